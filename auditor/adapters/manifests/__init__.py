@@ -1,0 +1,1 @@
+"""Reads Kubernetes manifest files (or stdin) into a snapshot: ``auditor check --manifests``."""

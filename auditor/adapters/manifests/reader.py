@@ -1,0 +1,156 @@
+"""Manifest files, directories (recursive) and ``-`` (stdin) to a ``Snapshot``.
+
+Each document is decoded by ``auditor.core.decode``, the same code the live reader uses.
+Malformed documents raise ``InputError`` with the file and document index; unknown kinds are
+ignored; the same object twice is an error (which one would the cluster hold?). Secrets are kept
+apart, only to resolve header values the rules reference, and never enter the snapshot.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from auditor.adapters.yaml_io import YamlProblem, load_documents
+from auditor.core.decode import (
+    DEFAULT_NAMESPACE,
+    DecodeError,
+    Decoded,
+    build_snapshot,
+    decode_object,
+)
+from auditor.core.snapshot import Snapshot
+from auditor.errors import InputError
+
+_SUFFIXES = (".yaml", ".yml", ".json")
+
+SecretData = Mapping[tuple[str, str], Mapping[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestInput:
+    snapshot: Snapshot
+    secrets: SecretData = field(default_factory=dict)
+    files: tuple[str, ...] = ()
+
+
+def read_manifests(paths: Sequence[str], stdin: TextIO) -> ManifestInput:
+    objects: list[Decoded] = []
+    secrets: dict[tuple[str, str], Mapping[str, str]] = {}
+    seen: dict[tuple[str, str, str], str] = {}
+    files = _expand(paths)
+    for name, text in _read_all(files, stdin):
+        for index, document in _documents(name, text):
+            _collect(name, index, document, objects, secrets, seen)
+    return ManifestInput(build_snapshot(objects), secrets, tuple(files))
+
+
+def _expand(paths: Sequence[str]) -> list[str]:
+    files: list[str] = []
+    for raw in paths:
+        if raw == "-":
+            files.append("-")
+            continue
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
+            if not found:
+                raise InputError(
+                    raw,
+                    "the directory holds no .yaml, .yml or .json file",
+                    fix="point --manifests at the manifests",
+                )
+            files += found
+        elif path.is_file():
+            files.append(raw)
+        else:
+            raise InputError(raw, "no such file or directory", fix="check the --manifests path")
+    return files
+
+
+def _read_all(files: list[str], stdin: TextIO) -> list[tuple[str, str]]:
+    texts = []
+    for name in files:
+        try:
+            texts.append(
+                ("<stdin>", stdin.read())
+                if name == "-"
+                else (name, Path(name).read_text(encoding="utf-8"))
+            )
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(
+                name,
+                f"cannot read: {error}",
+                fix="check the file's permissions and encoding (UTF-8)",
+            ) from error
+    return texts
+
+
+def _documents(name: str, text: str) -> list[tuple[int, Any]]:
+    try:
+        return list(load_documents(text))
+    except YamlProblem as problem:
+        raise InputError(
+            name, problem.message, document=problem.document, fix="fix the YAML syntax"
+        ) from problem
+
+
+def _collect(
+    name: str,
+    index: int,
+    document: Any,
+    objects: list[Decoded],
+    secrets: dict[tuple[str, str], Mapping[str, str]],
+    seen: dict[tuple[str, str, str], str],
+) -> None:
+    where = f"{name}#{index}"
+    if not isinstance(document, Mapping):
+        raise InputError(
+            name,
+            f"a document must be a Kubernetes object, got {type(document).__name__}",
+            document=index,
+            fix="remove it or write a mapping with apiVersion and kind",
+        )
+    try:
+        decoded = decode_object(document, source=where)
+        if document.get("kind") == "Secret":
+            secrets[_secret_key(document)] = _secret_values(document)
+    except DecodeError as error:
+        raise InputError(
+            name, error.problem, field=error.field, fix=error.fix, document=index
+        ) from error
+    for obj in decoded:
+        identity = (obj.meta.kind, obj.meta.namespace, obj.meta.name)
+        if identity in seen:
+            raise InputError(
+                name,
+                f"{obj.meta.ref} is defined twice (also at {seen[identity]})",
+                document=index,
+                fix="keep one definition",
+            )
+        seen[identity] = where
+        objects.append(obj)
+
+
+def _secret_key(document: Mapping[str, Any]) -> tuple[str, str]:
+    metadata = document.get("metadata") or {}
+    return (str(metadata.get("namespace") or DEFAULT_NAMESPACE), str(metadata.get("name", "")))
+
+
+def _secret_values(document: Mapping[str, Any]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for key, encoded in (document.get("data") or {}).items():
+        try:
+            values[str(key)] = base64.b64decode(str(encoded), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as error:
+            raise DecodeError(
+                f"data.{key}",
+                "is not base64-encoded UTF-8",
+                "encode the value with base64, or use stringData",
+            ) from error
+    values.update({str(k): str(v) for k, v in (document.get("stringData") or {}).items()})
+    return values

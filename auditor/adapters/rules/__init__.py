@@ -1,0 +1,1 @@
+"""Reads rules files (``rules/*.yaml``) into a validated ``Posture`` and resolves header values."""

@@ -1,0 +1,182 @@
+"""The ``auditor`` command line. Exit codes are a contract (docs/cli.md):
+
+0 every finding passes; 1 at least one FAIL (drift); 2 invalid input or usage;
+3 no FAIL, but at least one ERROR or INCONCLUSIVE finding (or nothing was audited).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from auditor import __version__
+from auditor.app import check_offline, configure_logging
+from auditor.core.checks.catalog import ALL
+from auditor.core.model import summarize
+from auditor.core.posture import PostureDocument
+from auditor.errors import InputError
+from auditor.render.document import audit_document
+from auditor.render.text import render_markdown, render_table
+from auditor.settings import load_settings
+
+EXIT_USAGE = 2
+
+_EPILOG = """\
+exit codes: 0 all pass, 1 drift (a FAIL), 2 invalid input or usage,
+            3 no FAIL but an ERROR/INCONCLUSIVE finding (never proven = never a pass)
+
+example:
+  auditor check --manifests examples/retail-store --rules rules/retail-store.yaml
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="auditor",
+        description="Prove the zero-trust promises of an Istio ambient mesh: strict-mtls, "
+        "principal-allowlist, waypoint-enrollment, required-headers.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mesh-auditor {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_check(commands)
+    rules = commands.add_parser("rules", help="work with rules files (schema, validation)")
+    rules_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    rules_commands.add_parser("schema", help="print the JSON Schema of rules files")
+    validate = rules_commands.add_parser("validate", help="validate rules files without auditing")
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    checks = commands.add_parser(
+        "checks", help="list every check with its id, property and severity"
+    )
+    checks.add_argument("--markdown", action="store_true", help="print docs/checks.md")
+    return parser
+
+
+def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = commands.add_parser(
+        "check",
+        help="audit manifests against rules (offline, for CI)",
+        description="Audit Kubernetes manifests against a mesh posture. Findings are grouped by target.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument(
+        "--manifests",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="manifest file, directory (recursive) or - for stdin; repeatable",
+    )
+    check.add_argument(
+        "--rules",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="rules file (rules/*.yaml); repeatable",
+    )
+    check.add_argument(
+        "--output",
+        choices=("table", "json", "markdown"),
+        default="table",
+        help="output format (default: table)",
+    )
+    check.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="table: show evidence and check ids for every finding",
+    )
+
+
+def main(
+    argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdout: TextIO | None = None
+) -> int:
+    out = stdout or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging(settings)
+        return _dispatch(args, stdin or sys.stdin, out)
+    except InputError as error:
+        print(f"auditor: error: {error.render()}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _dispatch(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
+    if args.command == "check":
+        return _check(args, stdin, out)
+    if args.command == "rules":
+        return _rules(args, out)
+    return _checks(args, out)
+
+
+def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
+    result = check_offline(args.manifests, args.rules, os.environ, stdin)
+    if args.output == "json":
+        out.write(
+            json.dumps(audit_document(result.findings, inputs=result.inputs), indent=2) + "\n"
+        )
+    elif args.output == "markdown":
+        out.write(render_markdown(result.findings))
+    else:
+        out.write(render_table(result.findings, verbose=args.verbose))
+    return summarize(result.findings).exit_code
+
+
+def _rules(args: argparse.Namespace, out: TextIO) -> int:
+    from auditor.adapters.rules.loader import load_rules
+
+    if args.rules_command == "schema":
+        out.write(schema_text())
+        return 0
+    posture = load_rules(args.files)
+    out.write(
+        f"ok: {len(args.files)} file(s), {len(posture.scope)} scope entries, {len(posture.protected)} protected service(s)\n"
+    )
+    return 0
+
+
+def schema_text() -> str:
+    schema = PostureDocument.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://mesh-auditor.dev/schemas/mesh-posture-v1alpha1.json"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def _checks(args: argparse.Namespace, out: TextIO) -> int:
+    if args.markdown:
+        out.write(checks_markdown())
+        return 0
+    for meta in ALL:
+        out.write(
+            f"{meta.id:<40} {meta.property.value:<20} {meta.severity.value}\n    {meta.title}\n"
+        )
+    return 0
+
+
+def checks_markdown() -> str:
+    lines = ["# Checks", "", "Generated by `auditor checks --markdown`; ids are stable.", ""]
+    for meta in ALL:
+        lines += [
+            f"## `{meta.id}`",
+            "",
+            f"**{meta.title}** ({meta.property.value}, severity {meta.severity.value})",
+            "",
+            f"Protects: {meta.protects}",
+            "",
+            f"Fix: {meta.remediation}",
+            "",
+        ]
+        if meta.remediation_yaml:
+            lines += ["```yaml", meta.remediation_yaml.rstrip(), "```", ""]
+        lines += [f"References: {', '.join(meta.references)}", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Runs every static check over a snapshot and a posture: the pure entry point of an audit.
+
+``run_static_audit`` is what ``auditor check`` (offline or live) and, later, the daemon call; it
+returns findings sorted by target, property and check id, so outputs are stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from auditor.core.checks import allowlist, headers, strict_mtls, waypoint
+from auditor.core.checks.catalog import SNAPSHOT_READ, TARGET_EXISTS
+from auditor.core.checks.context import AuditContext, finding
+from auditor.core.checks.reach import route_for
+from auditor.core.model import Evidence, Finding, Status
+from auditor.core.posture import Posture, ProtectedService, ScopeEntry
+from auditor.core.snapshot import Service, Snapshot, SnapshotIndex, selector_matches
+
+
+def run_static_audit(
+    snapshot: Snapshot, posture: Posture, header_values: Mapping[tuple[str, str], str | None]
+) -> tuple[Finding, ...]:
+    ctx = AuditContext(index=SnapshotIndex(snapshot), posture=posture, header_values=header_values)
+    findings = [
+        _read_problem(problem.resource, problem.message, problem.permission)
+        for problem in snapshot.problems
+    ]
+    in_scope, empty = _scoped_services(ctx)
+    findings += empty
+    for service in in_scope:
+        findings += [
+            strict_mtls.check_captured(ctx, service),
+            strict_mtls.check_peer_authentication(ctx, service),
+        ]
+    for protected in posture.protected:
+        findings += _protected_findings(ctx, protected)
+    return tuple(sorted(findings, key=Finding.sort_key))
+
+
+def _read_problem(resource: str, message: str, permission: str) -> Finding:
+    evidence = [Evidence(resource, "", permission or "(unreadable)", message)]
+    text = f"could not read {resource}: {message}" + (
+        f" (needs {permission})" if permission else ""
+    )
+    return finding(SNAPSHOT_READ, f"cluster/{resource}", Status.ERROR, text, evidence)
+
+
+def _scoped_services(ctx: AuditContext) -> tuple[list[Service], list[Finding]]:
+    """Services in scope, plus every protected one (L7 promises need STRICT beside them, §4.6)."""
+    chosen: dict[str, Service] = {}
+    empty: list[Finding] = []
+    for entry in ctx.posture.scope:
+        matched = [s for s in ctx.index.snapshot.services if _in_scope(entry, s)]
+        if not matched:
+            ev = Evidence(
+                f"rules scope namespace {entry.namespace}",
+                "",
+                "(no match)",
+                "selector, services and excludeServices applied",
+            )
+            empty.append(
+                finding(
+                    TARGET_EXISTS,
+                    f"{entry.namespace}/*",
+                    Status.ERROR,
+                    "the scope selects no Service in the input",
+                    [ev],
+                )
+            )
+        chosen.update((s.meta.key, s) for s in matched)
+    for protected in ctx.posture.protected:
+        service = ctx.index.services.get(protected.target)
+        if service is not None:
+            chosen.setdefault(service.meta.key, service)
+    return sorted(chosen.values(), key=lambda s: s.meta.key), empty
+
+
+def _in_scope(entry: ScopeEntry, service: Service) -> bool:
+    if service.meta.namespace != entry.namespace or service.meta.name in entry.exclude_services:
+        return False
+    if entry.services is not None and service.meta.name not in entry.services:
+        return False
+    return entry.selector is None or selector_matches(
+        entry.selector.match_labels, service.meta.labels
+    )
+
+
+def _protected_findings(ctx: AuditContext, protected: ProtectedService) -> list[Finding]:
+    service = ctx.index.services.get(protected.target)
+    if service is None:
+        ev = Evidence(
+            f"Service {protected.target}", "", "(not found)", "named in rules protectedServices"
+        )
+        return [
+            finding(
+                TARGET_EXISTS,
+                protected.target,
+                Status.ERROR,
+                "the protected Service is not in the input",
+                [ev],
+            )
+        ]
+    route = route_for(ctx, service)
+    findings = [
+        allowlist.check_intruders_refused(ctx, protected, service, route),
+        allowlist.check_allowed_admitted(ctx, protected, service, route),
+    ]
+    if protected.waypoint is not None:
+        findings += [
+            waypoint.check_bound(ctx, protected, service),
+            waypoint.check_gateway(ctx, protected, service),
+        ]
+    if protected.required_headers:
+        findings.append(headers.check_headers_enforced(ctx, protected, service, route))
+    return findings

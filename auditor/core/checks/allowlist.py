@@ -1,0 +1,169 @@
+"""principal-allowlist: only the listed identities reach a protected Service.
+
+Two checks: no identity outside the allow-list gets through the real enforcement path
+(§4.1-§4.4, §4.6), and every allowed identity does (the waypoint-identity pitfall, §4.5).
+"""
+
+from __future__ import annotations
+
+from auditor.core.authz import Caller
+from auditor.core.checks.catalog import ALLOWED_ADMITTED, INTRUDERS_REFUSED
+from auditor.core.checks.context import AuditContext, finding
+from auditor.core.checks.reach import Reach, Route, probe_request, reach
+from auditor.core.checks.witnesses import intruders, request_variants, required_headers
+from auditor.core.model import Evidence, Finding, Status
+from auditor.core.posture import ProtectedService
+from auditor.core.snapshot import Service
+
+_MAX_EXAMPLES = 4
+
+
+def check_intruders_refused(
+    ctx: AuditContext, protected: ProtectedService, service: Service, route: Route
+) -> Finding:
+    if not route.backends:
+        return finding(
+            INTRUDERS_REFUSED,
+            service,
+            Status.INCONCLUSIVE,
+            "no workload matches the Service selector",
+        )
+    headers, _ = required_headers(ctx, protected)
+    admitted: list[str] = []
+    unclear: list[str] = []
+    for caller in intruders(ctx, protected, route):
+        for request in request_variants(ctx, protected, service, route, headers):
+            outcome = _any_backend(reach(ctx, route, caller, request))
+            if outcome[0] is True:
+                admitted.append(
+                    f"{caller.describe()} ({request.describe()}): {outcome[1].explain()}"
+                )
+                break
+            if outcome[0] is None:
+                unclear.append(f"{caller.describe()}: {outcome[1].explain()}")
+    evidence = [*route.ignored(), *_enforcement_evidence(route)]
+    if admitted:
+        message = (
+            f"{len(admitted)} caller(s) outside the allow-list get through, e.g. "
+            + " | ".join(admitted[:_MAX_EXAMPLES])
+        )
+        return finding(INTRUDERS_REFUSED, service, Status.FAIL, message, evidence)
+    if unclear:
+        return finding(
+            INTRUDERS_REFUSED,
+            service,
+            Status.INCONCLUSIVE,
+            "cannot tell for: " + " | ".join(unclear[:_MAX_EXAMPLES]),
+            evidence,
+        )
+    where = _where(route)
+    return finding(
+        INTRUDERS_REFUSED,
+        service,
+        Status.PASS,
+        f"every caller outside the allow-list is refused ({where})",
+        evidence,
+    )
+
+
+def _any_backend(reaches: tuple[Reach, ...]) -> tuple[bool | None, Reach]:
+    for item in reaches:
+        if item.allowed is True:
+            return True, item
+    for item in reaches:
+        if item.allowed is None:
+            return None, item
+    return False, reaches[0]
+
+
+def _where(route: Route) -> str:
+    if route.waypoint.gateway is not None:
+        return f"enforced at waypoint {route.waypoint.gateway.meta.key}"
+    return "enforced by ztunnel at the destination"
+
+
+def _enforcement_evidence(route: Route) -> list[Evidence]:
+    evidence = []
+    if route.at_waypoint is not None:
+        evidence += [
+            Evidence(p.meta.ref, "spec.action", p.action, "enforced at the waypoint (targetRefs)")
+            for p in route.at_waypoint.policies
+        ]
+    for backend in route.backends:
+        evidence += [
+            Evidence(
+                p.meta.ref,
+                "spec.action",
+                p.action,
+                f"enforced by ztunnel for {backend.workload.meta.ref}",
+            )
+            for p in backend.ztunnel.policies
+        ]
+    if route.waypoint.gateway is not None and not any(b.ztunnel.policies for b in route.backends):
+        # §4.6: the allow-list lives only at the waypoint; pod-IP traffic would skip it.
+        evidence.append(
+            Evidence(
+                route.service.meta.ref,
+                "",
+                "waypoint only",
+                "in-mesh traffic addressed to a pod IP bypasses a service waypoint (§4.6); a ztunnel ALLOW for the waypoint identity closes that path",
+            )
+        )
+    return evidence
+
+
+def check_allowed_admitted(
+    ctx: AuditContext, protected: ProtectedService, service: Service, route: Route
+) -> Finding:
+    if not route.backends:
+        return finding(
+            ALLOWED_ADMITTED,
+            service,
+            Status.INCONCLUSIVE,
+            "no workload matches the Service selector",
+        )
+    headers, unknown = required_headers(ctx, protected)
+    if unknown:
+        message = f"the value of {', '.join(unknown)} could not be resolved, so the allowed request cannot be built"
+        return finding(ALLOWED_ADMITTED, service, Status.INCONCLUSIVE, message)
+    request = probe_request(protected, service, headers)
+    refused, unclear = [], []
+    evidence: list[Evidence] = list(route.ignored())
+    for principal in protected.allowed_principals:
+        for item in reach(ctx, route, Caller(principal), request):
+            if item.allowed is False:
+                refused.append(f"{principal} is refused: {item.explain()}")
+                evidence += _pitfall(route, item)
+            elif item.allowed is None:
+                unclear.append(f"{principal}: {item.explain()}")
+    if refused:
+        return finding(ALLOWED_ADMITTED, service, Status.FAIL, " | ".join(refused), evidence)
+    if unclear:
+        return finding(
+            ALLOWED_ADMITTED, service, Status.INCONCLUSIVE, " | ".join(unclear), evidence
+        )
+    return finding(
+        ALLOWED_ADMITTED,
+        service,
+        Status.PASS,
+        f"every allowed caller gets through ({_where(route)})",
+        evidence,
+    )
+
+
+def _pitfall(route: Route, item: Reach) -> list[Evidence]:
+    identity = route.waypoint_identity
+    if identity is None or len(item.hops) < 2 or item.last.decision.allowed is not False:
+        return []
+    note = (
+        "§4.5: behind a waypoint the destination ztunnel sees the waypoint's identity, not the caller's; "
+        f"the ztunnel-bound ALLOW must admit {identity.principal} (or move the allow-list to targetRefs)"
+    )
+    return [
+        Evidence(
+            item.last.decision.policy or item.backend.workload.meta.ref,
+            "rules[].from.source.principals",
+            "",
+            note,
+        )
+    ]

@@ -1,0 +1,249 @@
+"""Every check's stable id and metadata: the human story reports and alerts render from.
+
+Ids are ``<property>.<aspect>``; they are part of the output contract and are never reused for a
+different meaning. ``docs/checks.md`` is generated from this catalog (``auditor checks --markdown``).
+"""
+
+from __future__ import annotations
+
+from auditor.core.model import CheckMeta, Property, Severity
+
+SEMANTICS = "docs/ambient-semantics.md"
+
+MESH_WIDE_STRICT = """\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: istio-system
+spec:
+  mtls:
+    mode: STRICT
+"""
+
+CAPTURED = CheckMeta(
+    id="strict-mtls.captured",
+    property=Property.STRICT_MTLS,
+    title="Every workload behind the Service is captured by ztunnel",
+    severity=Severity.CRITICAL,
+    protects="Without capture, ztunnel never sees inbound traffic: no mTLS, no STRICT, no L4 policy.",
+    remediation=(
+        "Label the namespace istio.io/dataplane-mode=ambient and remove pod-level opt-outs "
+        "(istio.io/dataplane-mode: none, ambient.istio.io/bypass-inbound-capture), sidecar injection "
+        "and hostNetwork from the workload."
+    ),
+    remediation_yaml="""\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: <namespace>
+  labels:
+    istio.io/dataplane-mode: ambient
+""",
+    references=(f"{SEMANTICS} §2", "https://istio.io/latest/docs/ambient/usage/add-workloads/"),
+)
+
+PEER_AUTHENTICATION = CheckMeta(
+    id="strict-mtls.peer-authentication",
+    property=Property.STRICT_MTLS,
+    title="The effective PeerAuthentication mode is STRICT on every target port",
+    severity=Severity.CRITICAL,
+    protects="Plaintext from clients outside the mesh is refused (promise 1, strict-mtls).",
+    remediation=(
+        "Keep one mesh-wide STRICT PeerAuthentication in the root namespace and delete namespace, "
+        "workload or port-level overrides that set PERMISSIVE or DISABLE."
+    ),
+    remediation_yaml=MESH_WIDE_STRICT,
+    references=(
+        f"{SEMANTICS} §3",
+        "https://istio.io/latest/docs/reference/config/security/peer_authentication/",
+    ),
+)
+
+INTRUDERS_REFUSED = CheckMeta(
+    id="principal-allowlist.intruders-refused",
+    property=Property.PRINCIPAL_ALLOWLIST,
+    title="Callers outside the allow-list are refused where the traffic is enforced",
+    severity=Severity.HIGH,
+    protects="Only the listed identities reach the Service (promise 2, principal-allowlist).",
+    remediation=(
+        "Have exactly one ALLOW path at the enforcement point that sees the caller (the waypoint via "
+        "targetRefs when the Service uses one, ztunnel otherwise) listing only the allowed principals; "
+        "remove wildcards, prefixes, notPrincipals, ipBlocks and extra ALLOW policies that widen it."
+    ),
+    remediation_yaml="""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: <service>
+  namespace: <namespace>
+spec:
+  targetRefs:
+  - kind: Gateway
+    group: gateway.networking.k8s.io
+    name: <waypoint>
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals:
+        - cluster.local/ns/<namespace>/sa/<allowed-service-account>
+""",
+    references=(
+        f"{SEMANTICS} §4.1-§4.4, §4.6",
+        "https://istio.io/latest/docs/ambient/usage/l4-policy/",
+    ),
+)
+
+ALLOWED_ADMITTED = CheckMeta(
+    id="principal-allowlist.allowed-admitted",
+    property=Property.PRINCIPAL_ALLOWLIST,
+    title="Every allowed caller really gets through, waypoint hop included",
+    severity=Severity.HIGH,
+    protects="The allowed path works; the classic break is a ztunnel ALLOW without the waypoint's identity.",
+    remediation=(
+        "Move the caller allow-list to a targetRefs policy on the waypoint; any ztunnel-bound ALLOW "
+        "left on the workload must admit the waypoint's identity cluster.local/ns/<ns>/sa/<waypoint>."
+    ),
+    remediation_yaml="""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: <service>-from-waypoint
+  namespace: <namespace>
+spec:
+  selector:
+    matchLabels:
+      app.kubernetes.io/name: <service>
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals:
+        - cluster.local/ns/<namespace>/sa/<waypoint>
+""",
+    references=(f"{SEMANTICS} §4.5", "https://istio.io/latest/docs/ambient/usage/l7-features/"),
+)
+
+WAYPOINT_BOUND = CheckMeta(
+    id="waypoint-enrollment.bound",
+    property=Property.WAYPOINT_ENROLLMENT,
+    title="The Service is labelled to use its waypoint",
+    severity=Severity.HIGH,
+    protects="L7 policy applies only to traffic that goes through the waypoint (promise 3).",
+    remediation="Label the Service (or its namespace) with istio.io/use-waypoint=<waypoint> (and "
+    "istio.io/use-waypoint-namespace for a waypoint in another namespace). A typo bypasses the waypoint silently.",
+    remediation_yaml="""\
+apiVersion: v1
+kind: Service
+metadata:
+  name: <service>
+  namespace: <namespace>
+  labels:
+    istio.io/use-waypoint: <waypoint>
+""",
+    references=(f"{SEMANTICS} §2, §4.7", "https://istio.io/latest/docs/ambient/usage/waypoint/"),
+)
+
+WAYPOINT_GATEWAY = CheckMeta(
+    id="waypoint-enrollment.gateway",
+    property=Property.WAYPOINT_ENROLLMENT,
+    title="The waypoint Gateway exists, is a valid waypoint, serves Service traffic and is ready",
+    severity=Severity.HIGH,
+    protects="A waypoint that does not resolve or is not ready is skipped: traffic goes straight to the pods.",
+    remediation="Create the Gateway with class istio-waypoint, exactly one listener 15008/HBONE and "
+    "istio.io/waypoint-for: service (or all); allow other namespaces if it serves them.",
+    remediation_yaml="""\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: <waypoint>
+  namespace: <namespace>
+  labels:
+    istio.io/waypoint-for: service
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+""",
+    references=(f"{SEMANTICS} §2, §4.7", "https://istio.io/latest/docs/ambient/usage/waypoint/"),
+)
+
+HEADERS_ENFORCED = CheckMeta(
+    id="required-headers.enforced",
+    property=Property.REQUIRED_HEADERS,
+    title="Requests without the required header value are refused at the waypoint",
+    severity=Severity.HIGH,
+    protects="L7 policy demands the header (promise 4); requests without it get 403 RBAC: access denied.",
+    remediation="Bind the header condition to the waypoint with targetRefs, require the exact value "
+    "(values, not notValues or *), and make sure no other ALLOW rule admits requests without it.",
+    remediation_yaml="""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: <service>
+  namespace: <namespace>
+spec:
+  targetRefs:
+  - kind: Gateway
+    group: gateway.networking.k8s.io
+    name: <waypoint>
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals:
+        - cluster.local/ns/<namespace>/sa/<allowed-service-account>
+    when:
+    - key: request.headers[<header>]
+      values: ["<value>"]
+""",
+    references=(
+        f"{SEMANTICS} §4.3, §4.6",
+        "https://istio.io/latest/docs/reference/config/security/conditions/",
+    ),
+)
+
+TARGET_EXISTS = CheckMeta(
+    id="audit.target-exists",
+    property=Property.AUDIT_INTEGRITY,
+    title="Every Service the rules name exists and every scope selects something",
+    severity=Severity.MEDIUM,
+    protects="An audit of nothing proves nothing: a renamed or missing Service is not a pass.",
+    remediation="Fix the name or namespace in the rules, or add the missing manifests to the audit input.",
+    remediation_yaml="",
+    references=("docs/rules.md",),
+)
+
+SNAPSHOT_READ = CheckMeta(
+    id="audit.snapshot-read",
+    property=Property.AUDIT_INTEGRITY,
+    title="The auditor could read every kind it needs",
+    severity=Severity.HIGH,
+    protects="A forbidden list or a missing CRD must never look like an empty, compliant cluster.",
+    remediation="Grant the auditor's ClusterRole the missing verb on the resource named in the "
+    "finding (deploy/rbac.yaml), or install the missing CRDs.",
+    remediation_yaml="",
+    references=("deploy/rbac.yaml",),
+)
+
+ALL: tuple[CheckMeta, ...] = (
+    CAPTURED,
+    PEER_AUTHENTICATION,
+    INTRUDERS_REFUSED,
+    ALLOWED_ADMITTED,
+    WAYPOINT_BOUND,
+    WAYPOINT_GATEWAY,
+    HEADERS_ENFORCED,
+    TARGET_EXISTS,
+    SNAPSHOT_READ,
+)
+
+
+def by_id(check_id: str) -> CheckMeta:
+    for meta in ALL:
+        if meta.id == check_id:
+            return meta
+    raise KeyError(check_id)

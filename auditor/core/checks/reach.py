@@ -1,0 +1,185 @@
+"""Who reaches a protected Service: end-to-end decisions over the real enforcement path.
+
+In-mesh, Service-addressed traffic goes caller -> (waypoint, if effective) -> destination
+ztunnel; behind a waypoint the destination ztunnel sees the waypoint's identity (§4.5).
+Plaintext clients outside the mesh never traverse a waypoint (§4.6) and meet STRICT first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from auditor.core.authz import (
+    Applicable,
+    Caller,
+    Decision,
+    Request,
+    at_waypoint,
+    at_ztunnel,
+    decide,
+)
+from auditor.core.checks.context import AuditContext
+from auditor.core.mesh import (
+    Capture,
+    EffectiveWaypoint,
+    capture_of,
+    effective_mtls,
+    effective_waypoint,
+)
+from auditor.core.model import Evidence
+from auditor.core.posture import ProtectedService
+from auditor.core.snapshot import Service, Workload
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    workload: Workload
+    capture: Capture
+    ztunnel: Applicable
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    service: Service
+    waypoint: EffectiveWaypoint
+    at_waypoint: Applicable | None
+    waypoint_identity: Caller | None
+    backends: tuple[Backend, ...]
+
+    def ignored(self) -> tuple[Evidence, ...]:
+        notes = list(self.at_waypoint.ignored) if self.at_waypoint else []
+        notes += [ev for b in self.backends for ev in b.ztunnel.ignored]
+        return tuple(dict.fromkeys(notes))
+
+
+def route_for(ctx: AuditContext, service: Service) -> Route:
+    waypoint = effective_waypoint(service, ctx.index)
+    gateway = waypoint.gateway
+    policies, identity = None, None
+    if gateway is not None:
+        policies = at_waypoint(
+            service, gateway.meta.namespace, gateway.meta.name, ctx.index, ctx.root_namespace
+        )
+        principal = f"{ctx.trust_domain}/ns/{gateway.meta.namespace}/sa/{gateway.meta.name}"
+        identity = Caller(principal, label=f"the waypoint's identity {principal}")
+    backends = tuple(
+        Backend(w, capture_of(w, ctx.index), at_ztunnel(w, ctx.index, ctx.root_namespace))
+        for w in ctx.index.workloads_for(service)
+    )
+    return Route(service, waypoint, policies, identity, backends)
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    where: str
+    decision: Decision
+
+    def explain(self) -> str:
+        policy = f" ({self.decision.policy})" if self.decision.policy else ""
+        return f"{self.where}: {self.decision.reason}{policy}"
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """The outcome at one backend: allowed (True/False/None) and the hops that decided it."""
+
+    backend: Backend
+    allowed: bool | None
+    hops: tuple[Hop, ...]
+
+    def explain(self) -> str:
+        return "; ".join(h.explain() for h in self.hops)
+
+    @property
+    def last(self) -> Hop:
+        return self.hops[-1]
+
+
+def reach(ctx: AuditContext, route: Route, caller: Caller, request: Request) -> tuple[Reach, ...]:
+    """Decide the request at every backend; the caller is in-mesh unless its principal is None."""
+    return tuple(_reach_backend(ctx, route, backend, caller, request) for backend in route.backends)
+
+
+def _target_port(service: Service, workload: Workload, service_port: int) -> int:
+    for port in service.ports:
+        if port.port == service_port:
+            if isinstance(port.target_port, int):
+                return port.target_port
+            return workload.container_port(port.target_port) or service_port
+    return service_port
+
+
+def _reach_backend(
+    ctx: AuditContext, route: Route, backend: Backend, caller: Caller, request: Request
+) -> Reach:
+    target_port = _target_port(route.service, backend.workload, request.port)
+    l4 = Request(method=request.method, path=request.path, host=request.host, port=target_port)
+    if caller.principal is None:
+        return _plaintext(ctx, backend, l4)
+    hops: list[Hop] = []
+    seen_by_ztunnel = caller
+    if (
+        route.at_waypoint is not None
+        and route.waypoint_identity is not None
+        and route.waypoint.gateway is not None
+    ):
+        first = decide(route.at_waypoint, caller, request)
+        hops.append(Hop(f"waypoint {route.waypoint.gateway.meta.key}", first))
+        if first.allowed is False:
+            return Reach(backend, False, tuple(hops))
+        seen_by_ztunnel = route.waypoint_identity
+    second = _at_destination(backend, seen_by_ztunnel, l4)
+    hops.append(
+        Hop(f"ztunnel of {backend.workload.meta.ref} (sees {seen_by_ztunnel.describe()})", second)
+    )
+    return Reach(backend, _and(hops), tuple(hops))
+
+
+def _plaintext(ctx: AuditContext, backend: Backend, l4: Request) -> Reach:
+    if backend.capture.inbound_enforced:
+        mtls = effective_mtls(backend.workload, l4.port, ctx.index, ctx.root_namespace)
+        if mtls.refuses_plaintext and not mtls.ambiguous:
+            return Reach(
+                backend,
+                False,
+                (
+                    Hop(
+                        f"ztunnel of {backend.workload.meta.ref}",
+                        Decision(False, "STRICT refuses plaintext"),
+                    ),
+                ),
+            )
+    decision = _at_destination(backend, Caller(None), l4)
+    return Reach(
+        backend, decision.allowed, (Hop(f"ztunnel of {backend.workload.meta.ref}", decision),)
+    )
+
+
+def _at_destination(backend: Backend, caller: Caller, request: Request) -> Decision:
+    if not backend.capture.inbound_enforced:
+        return Decision(
+            True, f"the workload is not captured ({backend.capture.reason}): nothing is enforced"
+        )
+    return decide(backend.ztunnel, caller, request)
+
+
+def _and(hops: list[Hop]) -> bool | None:
+    values = [h.decision.allowed for h in hops]
+    if False in values:
+        return False
+    return None if None in values else True
+
+
+def probe_request(
+    protected: ProtectedService, service: Service, headers: dict[str, str]
+) -> Request:
+    """The request a probe sends to the Service (by name, so it meets the waypoint)."""
+    probe = protected.probe
+    port = probe.port if probe else (service.ports[0].port if service.ports else 80)
+    return Request(
+        method=probe.method if probe else "GET",
+        path=probe.path if probe else "/",
+        host=service.meta.name,
+        port=port,
+        headers=headers,
+    )

@@ -1,0 +1,123 @@
+"""strict-mtls: a client outside the mesh is refused by the Service's workloads.
+
+Two checks per in-scope Service: every backing workload is captured (§2), and the effective
+PeerAuthentication mode on every target port is STRICT (§3).
+"""
+
+from __future__ import annotations
+
+from auditor.core.checks.catalog import CAPTURED, PEER_AUTHENTICATION
+from auditor.core.checks.context import AuditContext, finding
+from auditor.core.mesh import CaptureState, capture_of, effective_mtls
+from auditor.core.model import Evidence, Finding, Status
+from auditor.core.snapshot import Service, Workload
+
+
+def check_captured(ctx: AuditContext, service: Service) -> Finding:
+    workloads = ctx.index.workloads_for(service)
+    missing = _no_workloads(ctx, service, workloads, CAPTURED.id)
+    if missing:
+        return missing
+    captures = [(w, capture_of(w, ctx.index)) for w in workloads]
+    evidence = [ev for _, c in captures for ev in c.evidence]
+    out = [f"{w.meta.ref}: {c.reason}" for w, c in captures if c.state is CaptureState.NOT_CAPTURED]
+    if out:
+        return finding(
+            CAPTURED, service, Status.FAIL, "not captured by ztunnel: " + "; ".join(out), evidence
+        )
+    pending = [w.meta.ref for w, c in captures if c.state is CaptureState.PENDING]
+    if pending:
+        return finding(
+            CAPTURED,
+            service,
+            Status.INCONCLUSIVE,
+            "capture pending for " + ", ".join(pending),
+            evidence,
+        )
+    names = ", ".join(w.meta.ref for w in workloads)
+    return finding(CAPTURED, service, Status.PASS, f"captured by ztunnel: {names}", evidence)
+
+
+def _no_workloads(
+    ctx: AuditContext, service: Service, workloads: tuple[Workload, ...], check_id: str
+) -> Finding | None:
+    meta = CAPTURED if check_id == CAPTURED.id else PEER_AUTHENTICATION
+    if service.selector is None:
+        ev = Evidence(service.meta.ref, "spec.selector", "(absent)")
+        return finding(
+            meta,
+            service,
+            Status.SKIPPED,
+            "the Service has no selector: no workloads to audit",
+            [ev],
+        )
+    if not workloads:
+        shown = ",".join(f"{k}={v}" for k, v in sorted(service.selector.items()))
+        ev = Evidence(
+            service.meta.ref, "spec.selector", shown, "no Pod or pod template in the input matches"
+        )
+        return finding(
+            meta,
+            service,
+            Status.INCONCLUSIVE,
+            "no workload matches the Service selector: nothing proves the promise",
+            [ev],
+        )
+    return None
+
+
+def check_peer_authentication(ctx: AuditContext, service: Service) -> Finding:
+    workloads = ctx.index.workloads_for(service)
+    missing = _no_workloads(ctx, service, workloads, PEER_AUTHENTICATION.id)
+    if missing:
+        return missing
+    failures, unclear, evidence, passed = [], [], [], []
+    for workload in workloads:
+        for port in _target_ports(service, workload):
+            if isinstance(port, str):
+                unclear.append(
+                    f"{workload.meta.ref}: named target port {port!r} has no container port"
+                )
+                continue
+            decision = effective_mtls(workload, port, ctx.index, ctx.root_namespace)
+            evidence += decision.evidence
+            label = f"{workload.meta.ref} port {port}"
+            if not decision.refuses_plaintext:
+                failures.append(f"{label} accepts plaintext (effective mode {decision.mode})")
+            elif decision.ambiguous:
+                unclear.append(
+                    f"{label}: policies at one level disagree and carry no creationTimestamp"
+                )
+            else:
+                passed.append(f"{label}")
+    if not passed and not failures and not unclear:
+        ev = Evidence(service.meta.ref, "spec.ports", "(none)")
+        return finding(
+            PEER_AUTHENTICATION,
+            service,
+            Status.INCONCLUSIVE,
+            "the Service has no ports to audit",
+            [ev],
+        )
+    if failures:
+        return finding(PEER_AUTHENTICATION, service, Status.FAIL, "; ".join(failures), evidence)
+    if unclear:
+        return finding(
+            PEER_AUTHENTICATION, service, Status.INCONCLUSIVE, "; ".join(unclear), evidence
+        )
+    return finding(
+        PEER_AUTHENTICATION, service, Status.PASS, "STRICT on " + ", ".join(passed), evidence
+    )
+
+
+def _target_ports(service: Service, workload: Workload) -> list[int | str]:
+    """Container ports the Service targets: portLevelMtls keys are these, not Service ports (§3)."""
+    ports: list[int | str] = []
+    for port in service.ports:
+        target = port.target_port
+        if isinstance(target, str):
+            resolved = workload.container_port(target)
+            target = resolved if resolved is not None else target
+        if target not in ports:
+            ports.append(target)
+    return ports

@@ -1,0 +1,119 @@
+"""waypoint-enrollment: the Service's traffic really goes through the waypoint it must use.
+
+Label resolution (Service, then namespace; ``none``; ``use-waypoint-namespace``), then the
+Gateway itself: class, the single HBONE listener, traffic type, attachment and, when the
+snapshot has status, ``Programmed`` / ``istio.io/WaypointBound`` (§2, §4.7).
+"""
+
+from __future__ import annotations
+
+from auditor.core.checks.catalog import WAYPOINT_BOUND, WAYPOINT_GATEWAY
+from auditor.core.checks.context import AuditContext, finding
+from auditor.core.mesh import condition, waypoint_binding, waypoint_problems
+from auditor.core.model import Evidence, Finding, Status
+from auditor.core.posture import ProtectedService
+from auditor.core.snapshot import Service
+
+
+def check_bound(ctx: AuditContext, protected: ProtectedService, service: Service) -> Finding:
+    binding = waypoint_binding(service, ctx.index)
+    expected = (
+        f"{protected.waypoint_namespace}/{protected.waypoint.name if protected.waypoint else ''}"
+    )
+    evidence = list(binding.evidence)
+    if binding.opted_out:
+        return finding(
+            WAYPOINT_BOUND,
+            service,
+            Status.FAIL,
+            f"the Service opts out of waypoints (use-waypoint: none); expected {expected}",
+            evidence,
+        )
+    if binding.name is None:
+        return finding(
+            WAYPOINT_BOUND,
+            service,
+            Status.FAIL,
+            f"no istio.io/use-waypoint label on the Service or its namespace; expected {expected}",
+            evidence,
+        )
+    actual = f"{binding.namespace}/{binding.name}"
+    if actual != expected:
+        message = f"labelled for waypoint {actual}, expected {expected}: traffic goes elsewhere or, for a typo, straight to the pods (§4.7)"
+        return finding(WAYPOINT_BOUND, service, Status.FAIL, message, evidence)
+    bound = condition(service.conditions, "istio.io/WaypointBound")
+    if bound is not None and bound.status != "True":
+        evidence.append(
+            Evidence(
+                service.meta.ref,
+                "status.conditions[istio.io/WaypointBound]",
+                f"{bound.status} ({bound.reason})",
+                bound.message,
+            )
+        )
+        return finding(
+            WAYPOINT_BOUND,
+            service,
+            Status.FAIL,
+            f"labelled for {expected} but Istio reports WaypointBound={bound.status} ({bound.reason})",
+            evidence,
+        )
+    if bound is None:
+        evidence.append(
+            Evidence(
+                service.meta.ref,
+                "status.conditions[istio.io/WaypointBound]",
+                "(absent)",
+                "no status in the input; labels decided",
+            )
+        )
+    return finding(
+        WAYPOINT_BOUND, service, Status.PASS, f"labelled for waypoint {expected}", evidence
+    )
+
+
+def check_gateway(ctx: AuditContext, protected: ProtectedService, service: Service) -> Finding:
+    waypoint = protected.waypoint
+    assert waypoint is not None  # noqa: S101 - only called for protected services with a waypoint
+    key = f"{protected.waypoint_namespace}/{waypoint.name}"
+    gateway = ctx.index.gateways.get(key)
+    if gateway is None:
+        ev = Evidence(
+            f"Gateway {key}",
+            "",
+            "(not found)",
+            "a missing waypoint is skipped: traffic goes straight to the pods (§4.7)",
+        )
+        return finding(
+            WAYPOINT_GATEWAY, service, Status.FAIL, f"waypoint Gateway {key} does not exist", [ev]
+        )
+    problems = waypoint_problems(gateway, service, ctx.index)
+    evidence = [p.evidence for p in problems]
+    if problems:
+        return finding(
+            WAYPOINT_GATEWAY, service, Status.FAIL, "; ".join(p.message for p in problems), evidence
+        )
+    evidence.append(Evidence(gateway.meta.ref, "spec.gatewayClassName", gateway.class_name))
+    evidence.append(
+        Evidence(
+            gateway.meta.ref,
+            "spec.listeners",
+            ", ".join(f"{lst.name}:{lst.port}/{lst.protocol}" for lst in gateway.listeners),
+        )
+    )
+    if not gateway.has_status:
+        evidence.append(
+            Evidence(
+                gateway.meta.ref,
+                "status",
+                "(absent)",
+                "no status in the input; readiness not shown",
+            )
+        )
+    return finding(
+        WAYPOINT_GATEWAY,
+        service,
+        Status.PASS,
+        f"{gateway.meta.ref} is a valid waypoint for Service traffic",
+        evidence,
+    )

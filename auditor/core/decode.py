@@ -1,0 +1,502 @@
+"""Turns Kubernetes-shaped dicts (from YAML files or the API server) into snapshot models.
+
+Pure and shared by the manifest reader and the live reader, so both build the same snapshot
+from the same object. Wrong shapes raise ``DecodeError`` naming the field and the fix; the
+caller adds where the object came from (file and document index, or the API resource).
+
+Kinds the auditor does not read are ignored (``decode_object`` returns ``()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from auditor.core import snapshot as s
+
+DEFAULT_NAMESPACE = "default"
+_T = TypeVar("_T")
+_CLUSTER_SCOPED = frozenset({"Namespace", "GatewayClass"})
+_GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+
+
+class DecodeError(ValueError):
+    """A document does not have the shape its kind requires."""
+
+    def __init__(self, field: str, problem: str, fix: str) -> None:
+        super().__init__(f"{field}: {problem}; fix: {fix}")
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+
+
+Decoded = s.Namespace | s.ServiceAccount | s.Service | s.Workload | s.PeerAuthentication
+Decoded = (
+    Decoded | s.AuthorizationPolicy | s.Gateway | s.GatewayClass | s.HTTPRoute | s.ServiceEntry
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Doc:
+    """A document plus the path prefix used in error messages."""
+
+    body: Mapping[str, Any]
+    path: str = ""
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def child(self, key: str) -> _Doc:
+        return _Doc(self.mapping(key), self.at(key))
+
+    def mapping(self, key: str) -> Mapping[str, Any]:
+        value = self.body.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise DecodeError(
+                self.at(key),
+                f"expected a mapping, got {_kind_of(value)}",
+                "write it as key: value pairs",
+            )
+        return value
+
+    def items(self, key: str) -> list[_Doc]:
+        value = self.body.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise DecodeError(
+                self.at(key),
+                f"expected a list, got {_kind_of(value)}",
+                "write it as a YAML list (- item)",
+            )
+        docs = []
+        for index, item in enumerate(value):
+            if not isinstance(item, Mapping):
+                raise DecodeError(
+                    f"{self.at(key)}[{index}]",
+                    f"expected a mapping, got {_kind_of(item)}",
+                    "each item is key: value pairs",
+                )
+            docs.append(_Doc(item, f"{self.at(key)}[{index}]"))
+        return docs
+
+    def string(self, key: str, default: str = "") -> str:
+        value = self.body.get(key, default)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise DecodeError(
+                self.at(key), f"expected a string, got {_kind_of(value)}", "quote the value"
+            )
+        return str(value)
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self.body.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(
+            isinstance(v, str | int) and not isinstance(v, bool) for v in value
+        ):
+            raise DecodeError(self.at(key), "expected a list of strings", 'write it as ["a", "b"]')
+        return tuple(str(v) for v in value)
+
+    def integer(self, key: str) -> int | None:
+        value = self.body.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DecodeError(
+                self.at(key),
+                f"expected an integer, got {_kind_of(value)}",
+                "write a number such as 8080",
+            )
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.body.get(key, False)
+        if not isinstance(value, bool):
+            raise DecodeError(
+                self.at(key),
+                f"expected true or false, got {_kind_of(value)}",
+                "write true or false",
+            )
+        return value
+
+    def labels(self, key: str) -> dict[str, str]:
+        mapping = self.mapping(key)
+        for label, value in mapping.items():
+            if (
+                not isinstance(label, str)
+                or not isinstance(value, str | int | float)
+                or isinstance(value, bool)
+            ):
+                raise DecodeError(
+                    f"{self.at(key)}.{label}",
+                    "label and annotation values must be strings",
+                    "quote the value",
+                )
+        return {str(k): str(v) for k, v in mapping.items()}
+
+
+def _kind_of(value: object) -> str:
+    return (
+        "nothing"
+        if value is None
+        else type(value).__name__.replace("dict", "mapping").replace("str", "string")
+    )
+
+
+def decode_object(body: Mapping[str, Any], *, source: str = "") -> tuple[Decoded, ...]:
+    """Decode one Kubernetes object; ``List`` kinds are flattened; unknown kinds give ``()``."""
+    doc = _Doc(body)
+    kind = doc.string("kind")
+    api_version = doc.string("apiVersion")
+    if not kind or not api_version:
+        missing = "kind" if not kind else "apiVersion"
+        raise DecodeError(
+            missing, "is missing", "every Kubernetes object names its apiVersion and kind"
+        )
+    if kind.endswith("List") and "items" in body:
+        return tuple(obj for item in doc.items("items") for obj in _decode_item(item, source))
+    decoder = _DECODERS.get(kind)
+    if decoder is None or not _group_matches(kind, api_version):
+        return ()
+    return decoder(doc, _meta(doc, kind, source))
+
+
+def _decode_item(item: _Doc, source: str) -> tuple[Decoded, ...]:
+    try:
+        return decode_object(item.body, source=source)
+    except DecodeError as error:
+        raise DecodeError(f"{item.path}.{error.field}", error.problem, error.fix) from error
+
+
+def _group_matches(kind: str, api_version: str) -> bool:
+    group = api_version.rpartition("/")[0]
+    if kind in {"Gateway", "GatewayClass", "HTTPRoute"}:
+        # networking.istio.io also has a Gateway kind; only the Gateway API one defines waypoints.
+        return group == _GATEWAY_API_GROUP
+    if kind in {"PeerAuthentication", "AuthorizationPolicy"}:
+        return group == "security.istio.io"
+    if kind == "ServiceEntry":
+        return group == "networking.istio.io"
+    return True
+
+
+def _meta(doc: _Doc, kind: str, source: str) -> s.ObjectMeta:
+    meta = doc.child("metadata")
+    name = meta.string("name")
+    if not name:
+        raise DecodeError("metadata.name", "is missing", "give the object a name")
+    namespace = "" if kind in _CLUSTER_SCOPED else meta.string("namespace") or DEFAULT_NAMESPACE
+    return s.ObjectMeta(
+        kind=kind,
+        name=name,
+        namespace=namespace,
+        labels=meta.labels("labels"),
+        annotations=meta.labels("annotations"),
+        creation_timestamp=meta.string("creationTimestamp") or None,
+        source=source,
+    )
+
+
+def _conditions(doc: _Doc) -> tuple[s.Condition, ...]:
+    return tuple(
+        s.Condition(
+            type=c.string("type"),
+            status=c.string("status"),
+            reason=c.string("reason"),
+            message=c.string("message"),
+        )
+        for c in doc.child("status").items("conditions")
+    )
+
+
+def _namespace(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
+    return (s.Namespace(meta),)
+
+
+def _service_account(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
+    return (s.ServiceAccount(meta),)
+
+
+def _service(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
+    spec = doc.child("spec")
+    selector = spec.labels("selector") if spec.body.get("selector") is not None else None
+    return (
+        s.Service(
+            meta=meta,
+            selector=selector,
+            ports=tuple(_service_port(p) for p in spec.items("ports")),
+            conditions=_conditions(doc),
+        ),
+    )
+
+
+def _service_port(doc: _Doc) -> s.ServicePort:
+    port = doc.integer("port")
+    if port is None:
+        raise DecodeError(doc.at("port"), "is missing", "give every Service port a number")
+    raw_target = doc.body.get("targetPort", port)
+    target: int | str = (
+        raw_target
+        if isinstance(raw_target, int) and not isinstance(raw_target, bool)
+        else doc.string("targetPort")
+    )
+    if isinstance(target, str) and target.isdigit():
+        target = int(target)
+    return s.ServicePort(
+        port=port,
+        target_port=target,
+        name=doc.string("name"),
+        protocol=doc.string("protocol", "TCP"),
+    )
+
+
+def _pod(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
+    return (_workload(meta, meta.labels, meta.annotations, doc.child("spec"), is_pod=True),)
+
+
+def _template_owner(*template_path: str) -> Callable[[_Doc, s.ObjectMeta], tuple[Decoded, ...]]:
+    def decode(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
+        node = doc
+        for key in template_path:
+            node = node.child(key)
+        template_meta = node.child("metadata")
+        return (
+            _workload(
+                meta,
+                template_meta.labels("labels"),
+                template_meta.labels("annotations"),
+                node.child("spec"),
+                is_pod=False,
+            ),
+        )
+
+    return decode
+
+
+def _workload(
+    meta: s.ObjectMeta, labels: s.Labels, annotations: s.Labels, spec: _Doc, *, is_pod: bool
+) -> s.Workload:
+    return s.Workload(
+        meta=meta,
+        pod_labels=labels,
+        pod_annotations=annotations,
+        service_account=spec.string("serviceAccountName")
+        or spec.string("serviceAccount")
+        or "default",
+        containers=tuple(_container(c) for c in spec.items("containers")),
+        init_containers=tuple(_container(c) for c in spec.items("initContainers")),
+        host_network=spec.flag("hostNetwork"),
+        is_pod=is_pod,
+    )
+
+
+def _container(doc: _Doc) -> s.Container:
+    ports = []
+    for port in doc.items("ports"):
+        number = port.integer("containerPort")
+        if number is None:
+            raise DecodeError(
+                port.at("containerPort"), "is missing", "give every container port a number"
+            )
+        ports.append(s.ContainerPort(container_port=number, name=port.string("name")))
+    return s.Container(name=doc.string("name"), ports=tuple(ports))
+
+
+def _selector(spec: _Doc) -> dict[str, str] | None:
+    if spec.body.get("selector") is None:
+        return None
+    return spec.child("selector").labels("matchLabels")
+
+
+def _peer_authentication(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
+    spec = doc.child("spec")
+    port_level: dict[int, str | None] = {}
+    for key, value in spec.mapping("portLevelMtls").items():
+        port = (
+            int(key) if isinstance(key, int) or (isinstance(key, str) and key.isdigit()) else None
+        )
+        if port is None or not isinstance(value, Mapping):
+            raise DecodeError(
+                spec.at(f"portLevelMtls.{key}"),
+                "expected a port number mapped to {mode: ...}",
+                "write 8080: {mode: STRICT}",
+            )
+        port_level[port] = _mode(_Doc(value, spec.at(f"portLevelMtls.{key}")))
+    mode = _mode(spec.child("mtls")) if spec.body.get("mtls") is not None else None
+    return (
+        s.PeerAuthentication(meta=meta, selector=_selector(spec), mode=mode, port_level=port_level),
+    )
+
+
+_MODES = frozenset({"UNSET", "DISABLE", "PERMISSIVE", "STRICT"})
+
+
+def _mode(doc: _Doc) -> str | None:
+    mode = doc.string("mode").upper() or "UNSET"
+    if mode not in _MODES:
+        raise DecodeError(
+            doc.at("mode"),
+            f"unknown mode {mode!r}",
+            "use one of STRICT, PERMISSIVE, DISABLE, UNSET",
+        )
+    return None if mode == "UNSET" else mode
+
+
+_ACTIONS = frozenset({"ALLOW", "DENY", "AUDIT", "CUSTOM"})
+
+
+def _authorization_policy(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
+    spec = doc.child("spec")
+    action = spec.string("action", "ALLOW").upper() or "ALLOW"
+    if action not in _ACTIONS:
+        raise DecodeError(
+            spec.at("action"), f"unknown action {action!r}", "use one of ALLOW, DENY, AUDIT, CUSTOM"
+        )
+    refs = [spec.child("targetRef")] if spec.body.get("targetRef") is not None else []
+    refs += spec.items("targetRefs")
+    return (
+        s.AuthorizationPolicy(
+            meta=meta,
+            action=action,
+            selector=_selector(spec),
+            target_refs=tuple(
+                s.TargetRef(kind=r.string("kind"), name=r.string("name"), group=r.string("group"))
+                for r in refs
+            ),
+            rules=tuple(_rule(r) for r in spec.items("rules")),
+            provider=spec.child("provider").string("name"),
+            conditions=_conditions(doc),
+        ),
+    )
+
+
+def _rule(doc: _Doc) -> s.AuthzRule:
+    return s.AuthzRule(
+        sources=tuple(_source(f.child("source")) for f in doc.items("from")),
+        operations=tuple(_operation(t.child("operation")) for t in doc.items("to")),
+        conditions=tuple(
+            s.AuthzCondition(
+                key=w.string("key"), values=w.strings("values"), not_values=w.strings("notValues")
+            )
+            for w in doc.items("when")
+        ),
+    )
+
+
+def _source(doc: _Doc) -> s.AuthzSource:
+    return s.AuthzSource(
+        **{field: doc.strings(_camel(field)) for field in s.AuthzSource.__dataclass_fields__}
+    )
+
+
+def _operation(doc: _Doc) -> s.AuthzOperation:
+    return s.AuthzOperation(
+        **{field: doc.strings(_camel(field)) for field in s.AuthzOperation.__dataclass_fields__}
+    )
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _gateway(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
+    spec = doc.child("spec")
+    status = doc.child("status")
+    listeners = tuple(
+        s.Listener(
+            name=item.string("name"),
+            port=item.integer("port") or 0,
+            protocol=item.string("protocol"),
+            allowed_routes_from=item.child("allowedRoutes")
+            .child("namespaces")
+            .string("from", "Same")
+            or "Same",
+        )
+        for item in spec.items("listeners")
+    )
+    return (
+        s.Gateway(
+            meta=meta,
+            class_name=spec.string("gatewayClassName"),
+            listeners=listeners,
+            addresses=tuple(a.string("value") for a in status.items("addresses")),
+            conditions=_conditions(doc),
+            has_status=bool(doc.body.get("status")),
+        ),
+    )
+
+
+def _gateway_class(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
+    return (s.GatewayClass(meta=meta, controller_name=doc.child("spec").string("controllerName")),)
+
+
+def _http_route(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
+    refs = tuple(
+        s.ParentRef(
+            kind=r.string("kind", "Gateway"),
+            name=r.string("name"),
+            namespace=r.string("namespace") or meta.namespace,
+            group=r.string("group"),
+        )
+        for r in doc.child("spec").items("parentRefs")
+    )
+    return (s.HTTPRoute(meta=meta, parent_refs=refs),)
+
+
+def _service_entry(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
+    return (s.ServiceEntry(meta=meta, hosts=doc.child("spec").strings("hosts")),)
+
+
+_DECODERS: Mapping[str, Callable[[_Doc, s.ObjectMeta], tuple[Decoded, ...]]] = {
+    "Namespace": _namespace,
+    "ServiceAccount": _service_account,
+    "Service": _service,
+    "Pod": _pod,
+    "Deployment": _template_owner("spec", "template"),
+    "StatefulSet": _template_owner("spec", "template"),
+    "DaemonSet": _template_owner("spec", "template"),
+    "ReplicaSet": _template_owner("spec", "template"),
+    "ReplicationController": _template_owner("spec", "template"),
+    "Job": _template_owner("spec", "template"),
+    "CronJob": _template_owner("spec", "jobTemplate", "spec", "template"),
+    "PeerAuthentication": _peer_authentication,
+    "AuthorizationPolicy": _authorization_policy,
+    "Gateway": _gateway,
+    "GatewayClass": _gateway_class,
+    "HTTPRoute": _http_route,
+    "ServiceEntry": _service_entry,
+}
+
+READ_KINDS: Sequence[str] = tuple(_DECODERS)
+
+
+def build_snapshot(
+    objects: Sequence[Decoded], *, problems: Sequence[s.ReadProblem] = (), live: bool = False
+) -> s.Snapshot:
+    """Sort decoded objects into a snapshot, in a stable order (namespace, name)."""
+    ordered = sorted(objects, key=lambda o: (o.meta.namespace, o.meta.name, o.meta.kind))
+
+    def of(cls: type[_T]) -> tuple[_T, ...]:
+        return tuple(o for o in ordered if isinstance(o, cls))
+
+    return s.Snapshot(
+        namespaces=of(s.Namespace),
+        service_accounts=of(s.ServiceAccount),
+        services=of(s.Service),
+        workloads=of(s.Workload),
+        peer_authentications=of(s.PeerAuthentication),
+        authorization_policies=of(s.AuthorizationPolicy),
+        gateways=of(s.Gateway),
+        gateway_classes=of(s.GatewayClass),
+        http_routes=of(s.HTTPRoute),
+        service_entries=of(s.ServiceEntry),
+        problems=tuple(problems),
+        live=live,
+    )

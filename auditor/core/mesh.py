@@ -1,0 +1,429 @@
+"""Istio 1.28 ambient data-plane semantics computed from a snapshot.
+
+Answers the questions every check asks: is this workload captured by ztunnel, what mTLS mode
+does its inbound port really get, and which waypoint (if any) does a Service's traffic use.
+Each answer carries the evidence that decided it. Section numbers refer to
+``../shared/docs/ambient-semantics.md`` (copied into docs/ambient-semantics.md's references).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from auditor.core.model import Evidence
+from auditor.core.snapshot import (
+    Condition,
+    Gateway,
+    Labels,
+    PeerAuthentication,
+    Service,
+    SnapshotIndex,
+    Workload,
+    selector_matches,
+)
+
+DATAPLANE_MODE = "istio.io/dataplane-mode"
+USE_WAYPOINT = "istio.io/use-waypoint"
+USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
+WAYPOINT_FOR = "istio.io/waypoint-for"
+REDIRECTION = "ambient.istio.io/redirection"
+BYPASS_INBOUND = "ambient.istio.io/bypass-inbound-capture"
+WAYPOINT_CLASS = "istio-waypoint"
+HBONE_PORT = 15008
+
+
+class CaptureState(StrEnum):
+    CAPTURED = "captured"
+    NOT_CAPTURED = "not-captured"
+    PENDING = "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """Whether ztunnel sees the workload's inbound traffic (and so can enforce anything on it)."""
+
+    state: CaptureState
+    reason: str
+    evidence: tuple[Evidence, ...]
+
+    @property
+    def inbound_enforced(self) -> bool:
+        return self.state is CaptureState.CAPTURED
+
+
+def capture_of(workload: Workload, index: SnapshotIndex) -> Capture:
+    """Capture rule of istio-cni (semantics §2), refined by the live redirection annotation."""
+    excluded = _never_captured(workload, index)
+    if excluded is not None:
+        return Capture(CaptureState.NOT_CAPTURED, excluded[0], (excluded[1],))
+    labelled = _enrolled_by_labels(workload, index)
+    if isinstance(labelled, Capture):
+        return labelled
+    if workload.is_pod and index.snapshot.live:
+        return _live_redirection(workload, labelled)
+    bypass = _inbound_bypass(workload)
+    return bypass or Capture(CaptureState.CAPTURED, "enrolled in the ambient mesh", (labelled,))
+
+
+def _never_captured(workload: Workload, index: SnapshotIndex) -> tuple[str, Evidence] | None:
+    if workload.host_network:
+        return "hostNetwork pods are never captured (§2)", Evidence(
+            workload.meta.ref, "spec.hostNetwork", "true"
+        )
+    sidecar = _sidecar_evidence(workload, index)
+    if sidecar is not None:
+        return "pods with a sidecar are never captured by ztunnel (§2)", sidecar
+    return None
+
+
+def _sidecar_evidence(workload: Workload, index: SnapshotIndex) -> Evidence | None:
+    names = {c.name for c in workload.containers + workload.init_containers}
+    if "istio-proxy" in names:
+        return Evidence(workload.meta.ref, "spec.containers[].name", "istio-proxy")
+    if "sidecar.istio.io/status" in workload.pod_annotations:
+        return Evidence(workload.meta.ref, "annotations.sidecar.istio.io/status", "present")
+    inject = workload.pod_labels.get("sidecar.istio.io/inject")
+    if inject == "true":
+        return Evidence(workload.meta.ref, "labels.sidecar.istio.io/inject", "true")
+    ns_labels = index.namespace_labels(workload.meta.namespace)
+    if ns_labels.get("istio-injection") == "enabled" and inject != "false":
+        return Evidence(f"Namespace {workload.meta.namespace}", "labels.istio-injection", "enabled")
+    return None
+
+
+def _enrolled_by_labels(workload: Workload, index: SnapshotIndex) -> Evidence | Capture:
+    ref = workload.meta.ref
+    pod_mode = workload.pod_labels.get(DATAPLANE_MODE)
+    if pod_mode == "none":
+        ev = Evidence(
+            ref, f"pod labels.{DATAPLANE_MODE}", "none", "the pod label beats the namespace label"
+        )
+        return Capture(CaptureState.NOT_CAPTURED, "the pod opts out of the mesh", (ev,))
+    if pod_mode == "ambient":
+        return Evidence(ref, f"pod labels.{DATAPLANE_MODE}", "ambient")
+    ns_mode = index.namespace_labels(workload.meta.namespace).get(DATAPLANE_MODE)
+    ns_ref = f"Namespace {workload.meta.namespace}"
+    if ns_mode == "ambient":
+        return Evidence(ns_ref, f"labels.{DATAPLANE_MODE}", "ambient")
+    known = workload.meta.namespace in index.namespaces
+    value = ns_mode or ("(absent)" if known else "(Namespace object not in the snapshot)")
+    ev = Evidence(ns_ref, f"labels.{DATAPLANE_MODE}", value)
+    return Capture(
+        CaptureState.NOT_CAPTURED, "neither the pod nor its namespace is labelled ambient", (ev,)
+    )
+
+
+def _live_redirection(workload: Workload, enrolled: Evidence) -> Capture:
+    value = workload.pod_annotations.get(REDIRECTION)
+    ev = Evidence(workload.meta.ref, f"annotations.{REDIRECTION}", value or "(absent)")
+    if value == "enabled":
+        return _inbound_bypass(workload) or Capture(
+            CaptureState.CAPTURED, "istio-cni redirected the pod", (enrolled, ev)
+        )
+    if value == "pending":
+        return Capture(
+            CaptureState.PENDING, "istio-cni has not finished redirecting the pod", (enrolled, ev)
+        )
+    return Capture(
+        CaptureState.NOT_CAPTURED,
+        "labelled for ambient but istio-cni did not redirect it",
+        (enrolled, ev),
+    )
+
+
+def _inbound_bypass(workload: Workload) -> Capture | None:
+    if workload.pod_annotations.get(BYPASS_INBOUND, "").lower() != "true":
+        return None
+    ev = Evidence(
+        workload.meta.ref,
+        f"annotations.{BYPASS_INBOUND}",
+        "true",
+        "STRICT and inbound policy are not enforced",
+    )
+    return Capture(
+        CaptureState.NOT_CAPTURED, "inbound capture is bypassed by annotation (§2)", (ev,)
+    )
+
+
+# --- PeerAuthentication (semantics §3) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MtlsDecision:
+    """Effective inbound mTLS mode of one workload port; ``ambiguous`` when creation order decides
+    between disagreeing policies and the snapshot does not carry creation timestamps."""
+
+    mode: str
+    evidence: tuple[Evidence, ...]
+    ambiguous: bool = False
+
+    @property
+    def refuses_plaintext(self) -> bool:
+        return self.mode == "STRICT"
+
+
+def effective_mtls(
+    workload: Workload, port: int, index: SnapshotIndex, root_namespace: str
+) -> MtlsDecision:
+    mode, evidence, ambiguous = (
+        "PERMISSIVE",
+        [Evidence("(mesh default)", "", "PERMISSIVE", "no policy = PERMISSIVE")],
+        False,
+    )
+    namespace = workload.meta.namespace
+    root = index.peer_auth_by_ns.get(root_namespace, [])
+    local = index.peer_auth_by_ns.get(namespace, []) if namespace != root_namespace else []
+    evidence += [
+        _ignored_root_selector(p)
+        for p in root
+        if _has_selector(p) and selector_matches(p.selector or {}, workload.pod_labels)
+    ]
+    levels = (
+        [p for p in root if not _has_selector(p)],
+        [p for p in local if not _has_selector(p)],
+        [
+            p
+            for p in local
+            if _has_selector(p) and selector_matches(p.selector or {}, workload.pod_labels)
+        ],
+    )
+    winner: PeerAuthentication | None = None
+    for policies in levels:
+        winner, unclear = _oldest(policies, port)
+        ambiguous = ambiguous or unclear
+        if winner is not None and winner.mode is not None:
+            mode = winner.mode
+            evidence.append(
+                Evidence(winner.meta.ref, "spec.mtls.mode", winner.mode, _level_note(winner))
+            )
+    port_mode = (
+        winner.port_level.get(port) if winner is not None and _has_selector(winner) else None
+    )
+    if winner is not None and port_mode is not None:
+        mode = port_mode
+        evidence.append(
+            Evidence(
+                winner.meta.ref,
+                f"spec.portLevelMtls.{port}.mode",
+                port_mode,
+                "keys are target ports (§3)",
+            )
+        )
+    return MtlsDecision(mode=mode, evidence=tuple(evidence), ambiguous=ambiguous)
+
+
+def _has_selector(policy: PeerAuthentication) -> bool:
+    return bool(policy.selector)
+
+
+def _ignored_root_selector(policy: PeerAuthentication) -> Evidence:
+    return Evidence(
+        policy.meta.ref,
+        "spec.selector",
+        "set",
+        "selector policies in the root namespace are ignored in ambient (§3)",
+    )
+
+
+def _level_note(policy: PeerAuthentication) -> str:
+    return (
+        "workload policy"
+        if _has_selector(policy)
+        else f"policy for namespace {policy.meta.namespace}"
+    )
+
+
+def _oldest(
+    policies: list[PeerAuthentication], port: int
+) -> tuple[PeerAuthentication | None, bool]:
+    """The oldest policy wins at one level (§3); without timestamps the winner is unknown."""
+    if not policies:
+        return None, False
+    ordered = sorted(policies, key=lambda p: (p.meta.creation_timestamp or "", p.meta.name))
+    untimed = any(p.meta.creation_timestamp is None for p in policies)
+    disagree = len({(p.mode, p.port_level.get(port)) for p in policies}) > 1
+    return ordered[0], untimed and disagree
+
+
+# --- Waypoints (semantics §2, §4.7) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WaypointBinding:
+    """Which waypoint a Service's labels (or its namespace's) ask for."""
+
+    name: str | None
+    namespace: str | None
+    evidence: tuple[Evidence, ...]
+    opted_out: bool = False
+
+
+def waypoint_binding(service: Service, index: SnapshotIndex) -> WaypointBinding:
+    """Object label beats namespace label; the namespace comes from the same object (§2)."""
+    own = service.meta.labels
+    if USE_WAYPOINT in own:
+        return _binding_from(own, service.meta.ref, service.meta.namespace)
+    ns_labels = index.namespace_labels(service.meta.namespace)
+    if USE_WAYPOINT in ns_labels:
+        return _binding_from(
+            ns_labels, f"Namespace {service.meta.namespace}", service.meta.namespace
+        )
+    ev = Evidence(service.meta.ref, f"labels.{USE_WAYPOINT}", "(absent, also on its namespace)")
+    return WaypointBinding(None, None, (ev,))
+
+
+def _binding_from(labels: Labels, ref: str, default_namespace: str) -> WaypointBinding:
+    name = labels[USE_WAYPOINT]
+    evidence = [Evidence(ref, f"labels.{USE_WAYPOINT}", name)]
+    if name == "none":
+        return WaypointBinding(None, None, tuple(evidence), opted_out=True)
+    namespace = labels.get(USE_WAYPOINT_NAMESPACE, default_namespace)
+    if USE_WAYPOINT_NAMESPACE in labels:
+        evidence.append(Evidence(ref, f"labels.{USE_WAYPOINT_NAMESPACE}", namespace))
+    return WaypointBinding(name, namespace, tuple(evidence))
+
+
+@dataclass(frozen=True, slots=True)
+class WaypointProblem:
+    message: str
+    evidence: Evidence
+
+
+def waypoint_problems(
+    gateway: Gateway, service: Service, index: SnapshotIndex
+) -> tuple[WaypointProblem, ...]:
+    """Reasons the named Gateway cannot serve the Service's traffic as its waypoint."""
+    problems = list(_gateway_shape_problems(gateway))
+    problems += _traffic_type_problems(gateway, index)
+    if gateway.meta.namespace != service.meta.namespace and not any(
+        listener.allowed_routes_from == "All" for listener in gateway.listeners
+    ):
+        ev = Evidence(
+            gateway.meta.ref, "spec.listeners[].allowedRoutes.namespaces.from", _froms(gateway)
+        )
+        problems.append(
+            WaypointProblem(
+                f"the waypoint does not allow attachment from namespace {service.meta.namespace}",
+                ev,
+            )
+        )
+    problems += _gateway_status_problems(gateway)
+    return tuple(problems)
+
+
+def _froms(gateway: Gateway) -> str:
+    return (
+        ",".join(sorted({listener.allowed_routes_from for listener in gateway.listeners})) or "Same"
+    )
+
+
+def _gateway_shape_problems(gateway: Gateway) -> list[WaypointProblem]:
+    problems = []
+    if gateway.class_name != WAYPOINT_CLASS:
+        ev = Evidence(gateway.meta.ref, "spec.gatewayClassName", gateway.class_name or "(absent)")
+        problems.append(WaypointProblem(f"the Gateway's class is not {WAYPOINT_CLASS}", ev))
+    hbone = [lst for lst in gateway.listeners if lst.port == HBONE_PORT and lst.protocol == "HBONE"]
+    if len(gateway.listeners) != 1 or len(hbone) != 1:
+        shown = (
+            ", ".join(f"{lst.name}:{lst.port}/{lst.protocol}" for lst in gateway.listeners)
+            or "(none)"
+        )
+        ev = Evidence(
+            gateway.meta.ref,
+            "spec.listeners",
+            shown,
+            "a waypoint has exactly one listener: 15008/HBONE (§2)",
+        )
+        problems.append(
+            WaypointProblem(
+                "the waypoint needs exactly one listener on port 15008 with protocol HBONE", ev
+            )
+        )
+    return problems
+
+
+def _traffic_type_problems(gateway: Gateway, index: SnapshotIndex) -> list[WaypointProblem]:
+    gateway_class = index.gateway_classes.get(gateway.class_name)
+    class_value = gateway_class.meta.labels.get(WAYPOINT_FOR) if gateway_class else None
+    value = gateway.meta.labels.get(WAYPOINT_FOR, class_value or "service")
+    if value in {"service", "all"}:
+        return []
+    ev = Evidence(
+        gateway.meta.ref,
+        f"labels.{WAYPOINT_FOR}",
+        value,
+        "Service-addressed traffic needs service or all",
+    )
+    return [
+        WaypointProblem(f"the waypoint serves {value!r} traffic, not Service-addressed traffic", ev)
+    ]
+
+
+def _gateway_status_problems(gateway: Gateway) -> list[WaypointProblem]:
+    if not gateway.has_status:
+        return []
+    programmed = condition(gateway.conditions, "Programmed")
+    if programmed is None or programmed.status != "True":
+        shown = "(absent)" if programmed is None else f"{programmed.status} ({programmed.reason})"
+        ev = Evidence(gateway.meta.ref, "status.conditions[Programmed]", shown)
+        return [WaypointProblem("the waypoint is not Programmed: traffic bypasses it (§4.7)", ev)]
+    if not gateway.addresses:
+        ev = Evidence(gateway.meta.ref, "status.addresses", "(empty)")
+        return [
+            WaypointProblem("the waypoint has no address yet: traffic bypasses it (§2, §4.7)", ev)
+        ]
+    return []
+
+
+def condition(conditions: tuple[Condition, ...], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveWaypoint:
+    """The waypoint Service-addressed in-mesh traffic really goes through, or why none."""
+
+    gateway: Gateway | None
+    binding: WaypointBinding
+    problems: tuple[WaypointProblem, ...]
+
+    @property
+    def identity_suffix(self) -> str | None:
+        gw = self.gateway
+        return None if gw is None else f"ns/{gw.meta.namespace}/sa/{gw.meta.name}"
+
+
+def effective_waypoint(service: Service, index: SnapshotIndex) -> EffectiveWaypoint:
+    """Fail-open like Istio: a waypoint that does not resolve or is not ready is skipped (§4.7)."""
+    binding = waypoint_binding(service, index)
+    if binding.name is None:
+        return EffectiveWaypoint(None, binding, ())
+    gateway = index.gateways.get(f"{binding.namespace}/{binding.name}")
+    if gateway is None:
+        ev = Evidence(
+            f"Gateway {binding.namespace}/{binding.name}",
+            "",
+            "(not found)",
+            "traffic goes straight to the pods (§4.7)",
+        )
+        return EffectiveWaypoint(
+            None, binding, (WaypointProblem("the waypoint Gateway does not exist", ev),)
+        )
+    problems = waypoint_problems(gateway, service, index)
+    bound = _service_bound_problem(service)
+    problems = problems + ((bound,) if bound else ())
+    return EffectiveWaypoint(None if problems else gateway, binding, problems)
+
+
+def _service_bound_problem(service: Service) -> WaypointProblem | None:
+    bound = condition(service.conditions, "istio.io/WaypointBound")
+    if bound is None or bound.status == "True":
+        return None
+    ev = Evidence(
+        service.meta.ref,
+        "status.conditions[istio.io/WaypointBound]",
+        f"{bound.status} ({bound.reason})",
+        bound.message,
+    )
+    return WaypointProblem("Istio reports the Service is not bound to its waypoint", ev)

@@ -1,0 +1,117 @@
+"""Findings, statuses and check metadata: the renderer-neutral vocabulary of every audit.
+
+Reports, the CLI and (later) Slack render these; nothing here knows how it will be shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """Outcome of one check on one target. Only PASS means "proven"."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    ERROR = "error"
+    INCONCLUSIVE = "inconclusive"
+    SKIPPED = "skipped"
+
+
+class Property(StrEnum):
+    """The zero-trust promises the auditor proves (plus the audit's own health)."""
+
+    STRICT_MTLS = "strict-mtls"
+    PRINCIPAL_ALLOWLIST = "principal-allowlist"
+    WAYPOINT_ENROLLMENT = "waypoint-enrollment"
+    REQUIRED_HEADERS = "required-headers"
+    AUDIT_INTEGRITY = "audit-integrity"
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+class Method(StrEnum):
+    """How a finding was established: by reading config, or by sending traffic."""
+
+    STATIC = "static"
+    PROBE = "probe"
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One fact that decided a finding: which object, which field, what it said."""
+
+    object: str
+    field: str = ""
+    value: str = ""
+    note: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"object": self.object, "field": self.field, "value": self.value, "note": self.note}
+
+
+@dataclass(frozen=True, slots=True)
+class CheckMeta:
+    """The human story of a check, shared by every renderer. Ids are stable and never reused."""
+
+    id: str
+    property: Property
+    title: str
+    severity: Severity
+    protects: str
+    remediation: str
+    remediation_yaml: str
+    references: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """The result of one check on one target (``<namespace>/<service>``)."""
+
+    check: CheckMeta
+    target: str
+    status: Status
+    message: str
+    evidence: tuple[Evidence, ...] = ()
+    method: Method = Method.STATIC
+    details: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def property(self) -> Property:
+        return self.check.property
+
+    def sort_key(self) -> tuple[str, str, str]:
+        return (self.target, self.check.property.value, self.check.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Counts per status and the exit code they imply (the CLI contract)."""
+
+    counts: Mapping[Status, int]
+    targets: int
+
+    @property
+    def exit_code(self) -> int:
+        if self.counts.get(Status.FAIL, 0):
+            return 1
+        if not self.targets:
+            # An audit that looked at nothing proves nothing: never exit 0 on an empty result.
+            return 3
+        if self.counts.get(Status.ERROR, 0) or self.counts.get(Status.INCONCLUSIVE, 0):
+            return 3
+        return 0
+
+
+def summarize(findings: tuple[Finding, ...]) -> Summary:
+    counts = {status: 0 for status in Status}
+    for finding in findings:
+        counts[finding.status] += 1
+    return Summary(counts=counts, targets=len({f.target for f in findings}))

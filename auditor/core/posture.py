@@ -1,0 +1,262 @@
+"""The declarative posture a platform team writes (``rules/*.yaml``), as validated models.
+
+The JSON Schema in ``rules/schema.json`` is generated from ``PostureDocument`` (``auditor rules
+schema``) and a test keeps the two identical. Field names are camelCase in YAML, like Kubernetes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "mesh-auditor.dev/v1alpha1"
+KIND = "MeshPosture"
+_PRINCIPAL = re.compile(r"^[^/\s*]+/ns/[^/\s*]+/sa/[^/\s*]+$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+Name = Annotated[
+    str, Field(pattern=_DNS_LABEL, max_length=253, description="A Kubernetes object name.")
+]
+
+
+class LabelSelector(_Model):
+    """Selects Services by their labels (equality only, like ``matchLabels``)."""
+
+    match_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels a Service must carry, all of them."
+    )
+
+
+class ScopeEntry(_Model):
+    """Services that must be in the ambient mesh and refuse plaintext (the strict-mtls promise)."""
+
+    namespace: Name = Field(description="Namespace whose Services are in scope.")
+    selector: LabelSelector | None = Field(
+        default=None, description="Only Services with these labels."
+    )
+    services: list[Name] | None = Field(default=None, description="Only these Services, by name.")
+    exclude_services: list[Name] = Field(
+        default_factory=list,
+        description="Services left out, e.g. `kubernetes`, the API server's own Service.",
+    )
+    require_strict_mtls: bool = Field(
+        default=True, description="Plaintext from outside the mesh must be refused."
+    )
+
+
+class WaypointRef(_Model):
+    name: Name = Field(description="Name of the waypoint Gateway (class istio-waypoint).")
+    namespace: Name | None = Field(
+        default=None, description="Its namespace; defaults to the Service's."
+    )
+
+
+class SecretKeyRef(_Model):
+    name: Name = Field(description="Secret name.")
+    key: str = Field(min_length=1, description="Key in the Secret's data.")
+    namespace: Name | None = Field(
+        default=None, description="Defaults to the protected Service's namespace."
+    )
+
+
+class HeaderValue(_Model):
+    """Exactly one source for the header's required value."""
+
+    literal: str | None = Field(default=None, min_length=1, description="The value itself.")
+    from_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the value.",
+    )
+    secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Kubernetes Secret key holding the value."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> HeaderValue:
+        given = [
+            name
+            for name in ("literal", "from_env", "secret_ref")
+            if getattr(self, name) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError("give exactly one of literal, fromEnv, secretRef")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return (
+            "literal"
+            if self.literal is not None
+            else "env"
+            if self.from_env is not None
+            else "secret"
+        )
+
+
+class RequiredHeader(_Model):
+    name: str = Field(
+        description="Header name, lower case (HTTP/2 and Envoy lower-case header names)."
+    )
+    value: HeaderValue
+
+    @field_validator("name")
+    @classmethod
+    def _lower_case_token(cls, name: str) -> str:
+        if not _HEADER_NAME.match(name):
+            raise ValueError("must be a lower-case HTTP header name such as x-auth-token")
+        return name
+
+
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+class ProbeTarget(_Model):
+    """What a probe request sends to prove the promise with real traffic."""
+
+    port: int = Field(ge=1, le=65535, description="Service port (not the container port).")
+    path: str = Field(default="/", pattern=r"^/", description="Request path, starting with /.")
+    method: HttpMethod = "GET"
+    expect_status: int = Field(
+        default=200, ge=200, le=399, description="Status the allowed request must get."
+    )
+
+
+class ControlProbe(_Model):
+    """The positive control: a probe pod running as an allowed ServiceAccount.
+
+    Off by default: it creates a pod with that ServiceAccount in the Service's namespace, which
+    the platform team must consent to (docs/probes.md).
+    """
+
+    enabled: bool = False
+    service_account: Name | None = Field(
+        default=None, description="Allowed ServiceAccount to run the control as."
+    )
+
+
+class ProtectedService(_Model):
+    """A Service whose callers, waypoint and headers are promised."""
+
+    name: Name
+    namespace: Name = "default"
+    allowed_principals: list[str] = Field(
+        min_length=1,
+        description="SPIFFE identities allowed in, e.g. cluster.local/ns/default/sa/ui.",
+    )
+    waypoint: WaypointRef | None = Field(
+        default=None, description="Waypoint the Service must use for L7 policy."
+    )
+    required_headers: list[RequiredHeader] = Field(default_factory=list)
+    probe: ProbeTarget | None = None
+    control: ControlProbe = Field(default_factory=ControlProbe)
+
+    @field_validator("allowed_principals")
+    @classmethod
+    def _principal_form(cls, principals: list[str]) -> list[str]:
+        normalized = [p.removeprefix("spiffe://") for p in principals]
+        for principal in normalized:
+            if not _PRINCIPAL.match(principal):
+                raise ValueError(
+                    f"{principal!r} is not <trust-domain>/ns/<namespace>/sa/<service-account>"
+                )
+        return normalized
+
+    @model_validator(mode="after")
+    def _headers_need_waypoint(self) -> ProtectedService:
+        if self.required_headers and self.waypoint is None:
+            # semantics §4.6: only a waypoint sees headers; ztunnel drops L7 rules (§4.3).
+            raise ValueError(
+                "requiredHeaders need a waypoint (only waypoints enforce L7); add waypoint: {name: ...}"
+            )
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def waypoint_namespace(self) -> str | None:
+        return None if self.waypoint is None else self.waypoint.namespace or self.namespace
+
+
+class MeshSettings(_Model):
+    root_namespace: Name = Field(
+        default="istio-system", description="Istio's root namespace (mesh-wide policies)."
+    )
+    trust_domain: str = Field(
+        default="cluster.local", min_length=1, description="The mesh trust domain."
+    )
+
+
+class PostureSpec(_Model):
+    mesh: MeshSettings = Field(default_factory=MeshSettings)
+    scope: list[ScopeEntry] = Field(default_factory=list)
+    protected_services: list[ProtectedService] = Field(default_factory=list)
+
+
+class PostureMetadata(_Model):
+    name: Name
+
+
+class PostureDocument(_Model):
+    """One rules file."""
+
+    api_version: Literal["mesh-auditor.dev/v1alpha1"]
+    kind: Literal["MeshPosture"]
+    metadata: PostureMetadata
+    spec: PostureSpec
+
+
+class Posture(BaseModel):
+    """All rules files merged: what the audit checks."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mesh: MeshSettings
+    scope: tuple[ScopeEntry, ...]
+    protected: tuple[ProtectedService, ...]
+    names: tuple[str, ...]
+
+    def protected_service(self, target: str) -> ProtectedService | None:
+        return next((p for p in self.protected if p.target == target), None)
+
+
+class PostureConflict(ValueError):
+    """Two rules files disagree (mesh settings, or the same protected Service twice)."""
+
+
+def merge(documents: list[tuple[str, PostureDocument]]) -> Posture:
+    """Merge rules files; ``documents`` pairs each with its file name for error messages."""
+    if not documents:
+        raise PostureConflict("no rules given; pass --rules FILE")
+    mesh = documents[0][1].spec.mesh
+    seen: dict[str, str] = {}
+    for origin, document in documents:
+        if document.spec.mesh != mesh:
+            raise PostureConflict(
+                f"{origin}: spec.mesh differs from {documents[0][0]}; use one mesh block"
+            )
+        for service in document.spec.protected_services:
+            if service.target in seen:
+                raise PostureConflict(
+                    f"{origin}: protected service {service.target} is also in {seen[service.target]}; keep one"
+                )
+            seen[service.target] = origin
+    return Posture(
+        mesh=mesh,
+        scope=tuple(e for _, d in documents for e in d.spec.scope),
+        protected=tuple(p for _, d in documents for p in d.spec.protected_services),
+        names=tuple(d.metadata.name for _, d in documents),
+    )

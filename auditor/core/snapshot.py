@@ -1,0 +1,339 @@
+"""The immutable snapshot of cluster state that every check reads.
+
+Both the manifest reader and the live cluster reader produce a ``Snapshot`` (via
+``auditor.core.decode``); checks never see raw Kubernetes dicts. ``SnapshotIndex`` adds the
+lookups checks need (by name, by namespace, label-selector candidates) in near-linear time.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+Labels = Mapping[str, str]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    type: str
+    status: str
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """Identity and provenance of an object; ``source`` is ``file#doc`` or ``cluster``."""
+
+    kind: str
+    name: str
+    namespace: str = ""
+    labels: Labels = field(default_factory=dict)
+    annotations: Labels = field(default_factory=dict)
+    creation_timestamp: str | None = None
+    source: str = ""
+
+    @property
+    def ref(self) -> str:
+        return (
+            f"{self.kind} {self.namespace}/{self.name}"
+            if self.namespace
+            else f"{self.kind} {self.name}"
+        )
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    meta: ObjectMeta
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccount:
+    meta: ObjectMeta
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    port: int
+    target_port: int | str
+    name: str = ""
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    meta: ObjectMeta
+    selector: Labels | None
+    ports: tuple[ServicePort, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerPort:
+    container_port: int
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    name: str
+    ports: tuple[ContainerPort, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A pod, or the pod template of a controller (Deployment, Job, ...), as the mesh sees it.
+
+    ``meta`` is the owning object (a Pod for real pods); ``is_pod`` tells real pods, which
+    carry istio-cni's redirection annotation on a live cluster, from templates, which never do.
+    """
+
+    meta: ObjectMeta
+    pod_labels: Labels
+    pod_annotations: Labels
+    service_account: str
+    containers: tuple[Container, ...] = ()
+    init_containers: tuple[Container, ...] = ()
+    host_network: bool = False
+    is_pod: bool = False
+
+    def container_port(self, name: str) -> int | None:
+        for container in self.containers + self.init_containers:
+            for port in container.ports:
+                if port.name == name:
+                    return port.container_port
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthentication:
+    meta: ObjectMeta
+    selector: Labels | None
+    mode: str | None
+    port_level: Mapping[int, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzSource:
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    not_namespaces: tuple[str, ...] = ()
+    service_accounts: tuple[str, ...] = ()
+    not_service_accounts: tuple[str, ...] = ()
+    ip_blocks: tuple[str, ...] = ()
+    not_ip_blocks: tuple[str, ...] = ()
+    remote_ip_blocks: tuple[str, ...] = ()
+    not_remote_ip_blocks: tuple[str, ...] = ()
+    request_principals: tuple[str, ...] = ()
+    not_request_principals: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzOperation:
+    hosts: tuple[str, ...] = ()
+    not_hosts: tuple[str, ...] = ()
+    ports: tuple[str, ...] = ()
+    not_ports: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzCondition:
+    key: str
+    values: tuple[str, ...] = ()
+    not_values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRule:
+    sources: tuple[AuthzSource, ...] = ()
+    operations: tuple[AuthzOperation, ...] = ()
+    conditions: tuple[AuthzCondition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRef:
+    kind: str
+    name: str
+    group: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationPolicy:
+    """``rules is None`` means the field was absent (an ALLOW then matches nothing)."""
+
+    meta: ObjectMeta
+    action: str
+    selector: Labels | None
+    target_refs: tuple[TargetRef, ...] = ()
+    rules: tuple[AuthzRule, ...] = ()
+    provider: str = ""
+    conditions: tuple[Condition, ...] = ()
+
+    @property
+    def dry_run(self) -> bool:
+        return self.meta.annotations.get("istio.io/dry-run", "").lower() == "true"
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    port: int
+    protocol: str
+    allowed_routes_from: str = "Same"
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    meta: ObjectMeta
+    class_name: str
+    listeners: tuple[Listener, ...] = ()
+    addresses: tuple[str, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+    has_status: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayClass:
+    meta: ObjectMeta
+    controller_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParentRef:
+    kind: str
+    name: str
+    namespace: str
+    group: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPRoute:
+    meta: ObjectMeta
+    parent_refs: tuple[ParentRef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntry:
+    meta: ObjectMeta
+    hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadProblem:
+    """Something the reader could not read (a forbidden list, a missing CRD): never a pass."""
+
+    resource: str
+    message: str
+    permission: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the checks may look at, frozen at one moment."""
+
+    namespaces: tuple[Namespace, ...] = ()
+    service_accounts: tuple[ServiceAccount, ...] = ()
+    services: tuple[Service, ...] = ()
+    workloads: tuple[Workload, ...] = ()
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    gateways: tuple[Gateway, ...] = ()
+    gateway_classes: tuple[GatewayClass, ...] = ()
+    http_routes: tuple[HTTPRoute, ...] = ()
+    service_entries: tuple[ServiceEntry, ...] = ()
+    problems: tuple[ReadProblem, ...] = ()
+    live: bool = False
+
+
+def selector_matches(selector: Labels, labels: Labels) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+class SelectorIndex(Generic[T]):
+    """Finds the objects whose ``matchLabels`` select a label set without scanning them all.
+
+    Each selector is filed under one of its (key, value) pairs; a lookup visits only the buckets
+    of the labels it has, which keeps 10k-Service audits near-linear (docs/benchmarks.md).
+    """
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, str], list[tuple[Labels, T]]] = defaultdict(list)
+        self._match_all: list[T] = []
+
+    def add(self, selector: Labels, item: T) -> None:
+        if not selector:
+            self._match_all.append(item)
+            return
+        key, value = min(selector.items())
+        self._buckets[(key, value)].append((selector, item))
+
+    def select(self, labels: Labels) -> list[T]:
+        found = list(self._match_all)
+        for pair in labels.items():
+            found.extend(i for s, i in self._buckets.get(pair, ()) if selector_matches(s, labels))
+        return found
+
+
+_LabelIndex = Mapping[tuple[str, str], list[Workload]]
+
+
+class SnapshotIndex:
+    """Read-only lookups over a snapshot, built once per audit."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.namespaces = {n.meta.name: n for n in snapshot.namespaces}
+        self.services = {s.meta.key: s for s in snapshot.services}
+        self.gateways = {g.meta.key: g for g in snapshot.gateways}
+        self.gateway_classes = {c.meta.name: c for c in snapshot.gateway_classes}
+        self.service_accounts = {a.meta.key for a in snapshot.service_accounts}
+        self._workloads = self._index_workloads(snapshot.workloads)
+        self.peer_auth_by_ns: dict[str, list[PeerAuthentication]] = defaultdict(list)
+        for policy in snapshot.peer_authentications:
+            self.peer_auth_by_ns[policy.meta.namespace].append(policy)
+        self.authz_by_ns: dict[str, list[AuthorizationPolicy]] = defaultdict(list)
+        for authz in snapshot.authorization_policies:
+            self.authz_by_ns[authz.meta.namespace].append(authz)
+
+    @staticmethod
+    def _index_workloads(workloads: Iterable[Workload]) -> dict[tuple[str, bool], _LabelIndex]:
+        by_scope: dict[tuple[str, bool], _LabelIndex] = defaultdict(lambda: defaultdict(list))
+        for workload in workloads:
+            bucket = by_scope[(workload.meta.namespace, workload.is_pod)]
+            for pair in workload.pod_labels.items():
+                bucket[pair].append(workload)
+        return dict(by_scope)
+
+    def namespace_labels(self, namespace: str) -> Labels:
+        found = self.namespaces.get(namespace)
+        return found.meta.labels if found else {}
+
+    def workloads_for(self, service: Service) -> tuple[Workload, ...]:
+        """Workloads behind a Service: real pods when any exist, else pod templates."""
+        if not service.selector:
+            return ()
+        for is_pod in (True, False):
+            found = self._select(
+                self._workloads.get((service.meta.namespace, is_pod), {}), service.selector
+            )
+            if found:
+                return found
+        return ()
+
+    @staticmethod
+    def _select(index: _LabelIndex, selector: Labels) -> tuple[Workload, ...]:
+        # The smallest bucket among the selector's pairs bounds the work per Service.
+        smallest = min((index.get(pair, []) for pair in selector.items()), key=len)
+        return tuple(w for w in smallest if selector_matches(selector, w.pod_labels))

@@ -1,0 +1,1 @@
+"""Pure renderers of findings: table (terminal), JSON (machines) and Markdown (humans, PRs)."""

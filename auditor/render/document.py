@@ -1,0 +1,62 @@
+"""The JSON document of an audit: the stable output contract of ``auditor check --output json``.
+
+Schema version 1: ``{"schema_version": 1, "summary": {...}, "findings": [...]}``; fields are
+only ever added. Every renderer starts from this, so table, Markdown and JSON agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from auditor.core.model import Finding, Status, summarize
+
+SCHEMA_VERSION = 1
+_RANK = {Status.FAIL: 0, Status.ERROR: 1, Status.INCONCLUSIVE: 2, Status.PASS: 3, Status.SKIPPED: 4}
+
+
+def finding_dict(finding: Finding) -> dict[str, Any]:
+    meta = finding.check
+    return {
+        "check": meta.id,
+        "property": meta.property.value,
+        "status": finding.status.value,
+        "target": finding.target,
+        "method": finding.method.value,
+        "title": meta.title,
+        "severity": meta.severity.value,
+        "message": finding.message,
+        "remediation": meta.remediation,
+        "remediation_yaml": meta.remediation_yaml,
+        "references": list(meta.references),
+        "evidence": [e.as_dict() for e in finding.evidence],
+    }
+
+
+def by_target(findings: tuple[Finding, ...]) -> dict[str, dict[str, str]]:
+    """Per target, per property: the worst status of its checks (what "property passes" means)."""
+    result: dict[str, dict[str, Status]] = {}
+    for finding in findings:
+        properties = result.setdefault(finding.target, {})
+        current = properties.get(finding.property.value)
+        if current is None or _RANK[finding.status] < _RANK[current]:
+            properties[finding.property.value] = finding.status
+    return {
+        target: {p: s.value for p, s in sorted(props.items())}
+        for target, props in sorted(result.items())
+    }
+
+
+def audit_document(findings: tuple[Finding, ...], *, inputs: dict[str, Any]) -> dict[str, Any]:
+    summary = summarize(findings)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "summary": {
+            "exit_code": summary.exit_code,
+            "targets": summary.targets,
+            "findings": len(findings),
+            "counts": {status.value: count for status, count in summary.counts.items()},
+            "by_target": by_target(findings),
+            "inputs": inputs,
+        },
+        "findings": [finding_dict(f) for f in findings],
+    }

@@ -1,0 +1,100 @@
+"""Table (80 columns, grouped by target) and Markdown renderings of an audit."""
+
+from __future__ import annotations
+
+import textwrap
+from itertools import groupby
+
+from auditor.core.model import Finding, Status, summarize
+
+WIDTH = 80
+_STATUS = {
+    Status.PASS: "PASS",
+    Status.FAIL: "FAIL",
+    Status.ERROR: "ERR ",
+    Status.INCONCLUSIVE: "INC ",
+    Status.SKIPPED: "SKIP",
+}
+_PROPERTY_WIDTH = 21
+_INDENT = " " * (2 + 4 + 2 + _PROPERTY_WIDTH)
+
+
+def render_table(findings: tuple[Finding, ...], *, verbose: bool = False) -> str:
+    lines = [_headline(findings), ""]
+    for target, group in groupby(findings, key=lambda f: f.target):
+        lines.append(target)
+        for finding in group:
+            lines += _row(finding, verbose=verbose)
+        lines.append("")
+    lines.append(_legend(findings))
+    return "\n".join(lines) + "\n"
+
+
+def _headline(findings: tuple[Finding, ...]) -> str:
+    summary = summarize(findings)
+    counts = ", ".join(f"{n} {s.value}" for s, n in summary.counts.items() if n)
+    return (
+        f"mesh-auditor: {summary.targets} target(s), {len(findings)} finding(s): {counts or 'none'}"
+    )
+
+
+def _row(finding: Finding, *, verbose: bool) -> list[str]:
+    head = f"  {_STATUS[finding.status]}  {finding.property.value:<{_PROPERTY_WIDTH}}"
+    body = textwrap.wrap(finding.message, WIDTH - len(_INDENT)) or [""]
+    lines = [head + body[0], *(_INDENT + line for line in body[1:])]
+    if finding.status is not Status.PASS or verbose:
+        lines.append(f"{_INDENT}check: {finding.check.id}")
+    if finding.status in {Status.FAIL, Status.ERROR}:
+        lines += textwrap.wrap(
+            "fix: " + finding.check.remediation,
+            WIDTH,
+            initial_indent=_INDENT,
+            subsequent_indent=_INDENT + "     ",
+        )
+    if verbose:
+        for evidence in finding.evidence:
+            text = f"- {evidence.object} {evidence.field}={evidence.value} {evidence.note}".rstrip()
+            lines += textwrap.wrap(
+                text, WIDTH, initial_indent=_INDENT, subsequent_indent=_INDENT + "  "
+            )
+    return lines
+
+
+def _legend(findings: tuple[Finding, ...]) -> str:
+    code = summarize(findings).exit_code
+    meaning = {0: "every finding passes", 1: "drift found", 3: "some promises could not be proven"}[
+        code
+    ]
+    return f"exit {code}: {meaning}. --output json for evidence, `auditor checks` for every check."
+
+
+def render_markdown(findings: tuple[Finding, ...]) -> str:
+    lines = [
+        "# mesh-auditor report",
+        "",
+        _headline(findings),
+        "",
+        "| target | property | status | check | message |",
+        "|---|---|---|---|---|",
+    ]
+    for f in findings:
+        lines.append(
+            f"| `{f.target}` | {f.property.value} | **{f.status.value.upper()}** | `{f.check.id}` | {_cell(f.message)} |"
+        )
+    failing = [f for f in findings if f.status in {Status.FAIL, Status.ERROR}]
+    if failing:
+        lines += ["", "## Remediation", ""]
+        for f in failing:
+            lines += [f"### `{f.target}`: {f.check.title}", "", f.check.remediation, ""]
+            if f.check.remediation_yaml:
+                lines += ["```yaml", f.check.remediation_yaml.rstrip(), "```", ""]
+            lines += [
+                f"- evidence: {_cell(e.object)} `{e.field}` = `{e.value}` {e.note}".rstrip()
+                for e in f.evidence
+            ]
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
