@@ -65,7 +65,7 @@ def _legend(findings: tuple[Finding, ...]) -> str:
     meaning = {0: "every finding passes", 1: "drift found", 3: "some promises could not be proven"}[
         code
     ]
-    return f"exit {code}: {meaning}. --output json for evidence, `auditor checks` for every check."
+    return f"exit {code}: {meaning}.\nMore: -v for evidence, --output json|markdown, `auditor checks`."
 
 
 def render_markdown(findings: tuple[Finding, ...]) -> str:

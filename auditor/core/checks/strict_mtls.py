@@ -106,7 +106,7 @@ def check_peer_authentication(ctx: AuditContext, service: Service) -> Finding:
             PEER_AUTHENTICATION, service, Status.INCONCLUSIVE, "; ".join(unclear), evidence
         )
     return finding(
-        PEER_AUTHENTICATION, service, Status.PASS, "STRICT on " + ", ".join(passed), evidence
+        PEER_AUTHENTICATION, service, Status.PASS, "effective mode STRICT on " + ", ".join(passed), evidence
     )
 
 
