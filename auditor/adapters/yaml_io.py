@@ -1,7 +1,11 @@
-"""Strict YAML reading shared by the file adapters: safe loading, duplicate keys rejected.
+"""Strict, fast YAML reading shared by the file adapters.
 
-PyYAML keeps the last of two duplicate keys silently; in a policy or a rules file that hides a
-mistake (two ``values:`` under one condition), so it is an error here.
+- Duplicate keys are errors: PyYAML keeps the last one silently, which in a policy or a rules
+  file hides a mistake (two ``values:`` under one condition).
+- Timestamps stay strings, as ``kubectl`` (sigs.k8s.io/yaml, via JSON) keeps them.
+- Nodes come from libyaml's C composer when available and are turned into Python values by a
+  small converter here: PyYAML's own constructor was most of an audit's time at 10k Services
+  (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -11,31 +15,14 @@ from typing import Any
 
 import yaml
 
-
-class _StrictLoader(yaml.SafeLoader):
-    pass
-
-
-def _mapping_without_duplicates(
-    loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False
-) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]  # PyYAML's stubs leave it untyped
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_STR = "tag:yaml.org,2002:str"
+_MERGE = "tag:yaml.org,2002:merge"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_MAX_DEPTH = 100
 
 
-_StrictLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
-)
-
-
-class YamlProblem(ValueError):
+class YamlSyntaxError(ValueError):
     def __init__(self, document: int, message: str) -> None:
         super().__init__(message)
         self.document = document
@@ -43,14 +30,61 @@ class YamlProblem(ValueError):
 
 
 def load_documents(text: str) -> Iterator[tuple[int, Any]]:
-    """Yield (index, document) for every non-empty document; YAML errors become ``YamlProblem``."""
+    """Yield (index, document) for every non-empty document; errors become ``YamlSyntaxError``."""
+    loader = _Loader(text)
     index = 0
     try:
-        for index, document in enumerate(yaml.load_all(text, Loader=_StrictLoader)):  # noqa: S506 - _StrictLoader is a SafeLoader
+        while loader.check_node():
+            node = loader.get_node()
+            document = None if node is None else _convert(loader, node, 0)
             if document is not None:
                 yield index, document
+            index += 1
     except yaml.YAMLError as error:
-        raise YamlProblem(index, _describe(error)) from error
+        raise YamlSyntaxError(index, _describe(error)) from error
+    finally:
+        loader.dispose()
+
+
+def _convert(loader: yaml.SafeLoader, node: yaml.Node, depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        raise yaml.constructor.ConstructorError(None, None, "nesting too deep (a recursive alias?)", node.start_mark)
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag in (_STR, _TIMESTAMP):
+            return node.value
+        return loader.construct_object(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return [_convert(loader, item, depth + 1) for item in node.value]
+    if isinstance(node, yaml.MappingNode):
+        return _mapping(loader, node, depth)
+    raise yaml.constructor.ConstructorError(None, None, f"unsupported node {node.tag}", node.start_mark)
+
+
+def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, depth: int) -> dict[Any, Any]:
+    result: dict[Any, Any] = {}
+    merged: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE:
+            merged.update(_merge_source(loader, value_node, depth))
+            continue
+        key = _convert(loader, key_node, depth + 1)
+        if isinstance(key, list | dict):
+            raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a scalar", key_node.start_mark)
+        if key in result:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        result[key] = _convert(loader, value_node, depth + 1)
+    return {**merged, **result}
+
+
+def _merge_source(loader: yaml.SafeLoader, node: yaml.Node, depth: int) -> dict[Any, Any]:
+    sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    merged: dict[Any, Any] = {}
+    for source in reversed(sources):
+        value = _convert(loader, source, depth + 1)
+        if not isinstance(value, dict):
+            raise yaml.constructor.ConstructorError(None, None, "a merge key (<<) needs a mapping", node.start_mark)
+        merged.update(value)
+    return merged
 
 
 def _describe(error: yaml.YAMLError) -> str:

@@ -21,10 +21,7 @@ def run_static_audit(
     snapshot: Snapshot, posture: Posture, header_values: Mapping[tuple[str, str], str | None]
 ) -> tuple[Finding, ...]:
     ctx = AuditContext(index=SnapshotIndex(snapshot), posture=posture, header_values=header_values)
-    findings = [
-        _read_problem(problem.resource, problem.message, problem.permission)
-        for problem in snapshot.problems
-    ]
+    findings = [_read_problem(problem.resource, problem.message, problem.permission) for problem in snapshot.problems]
     in_scope, empty = _scoped_services(ctx)
     findings += empty
     for service in in_scope:
@@ -39,9 +36,7 @@ def run_static_audit(
 
 def _read_problem(resource: str, message: str, permission: str) -> Finding:
     evidence = [Evidence(resource, "", permission or "(unreadable)", message)]
-    text = f"could not read {resource}: {message}" + (
-        f" (needs {permission})" if permission else ""
-    )
+    text = f"could not read {resource}: {message}" + (f" (needs {permission})" if permission else "")
     return finding(SNAPSHOT_READ, f"cluster/{resource}", Status.ERROR, text, evidence)
 
 
@@ -80,17 +75,13 @@ def _in_scope(entry: ScopeEntry, service: Service) -> bool:
         return False
     if entry.services is not None and service.meta.name not in entry.services:
         return False
-    return entry.selector is None or selector_matches(
-        entry.selector.match_labels, service.meta.labels
-    )
+    return entry.selector is None or selector_matches(entry.selector.match_labels, service.meta.labels)
 
 
 def _protected_findings(ctx: AuditContext, protected: ProtectedService) -> list[Finding]:
     service = ctx.index.services.get(protected.target)
     if service is None:
-        ev = Evidence(
-            f"Service {protected.target}", "", "(not found)", "named in rules protectedServices"
-        )
+        ev = Evidence(f"Service {protected.target}", "", "(not found)", "named in rules protectedServices")
         return [
             finding(
                 TARGET_EXISTS,

@@ -63,12 +63,8 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
-        shown = ", ".join(
-            f"{k}: <{'set' if v else 'empty'}>" for k, v in sorted(self.headers.items())
-        )
-        return f"{self.method} {self.path} port {self.port}" + (
-            f" with {shown}" if shown else " without headers"
-        )
+        shown = ", ".join(f"{k}: <{'set' if v else 'empty'}>" for k, v in sorted(self.headers.items()))
+        return f"{self.method} {self.path} port {self.port}" + (f" with {shown}" if shown else " without headers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,24 +99,16 @@ def at_ztunnel(workload: Workload, index: SnapshotIndex, root_namespace: str) ->
     return Applicable(Point.ZTUNNEL, tuple(applied), tuple(ignored))
 
 
-def _candidates(
-    namespace: str, index: SnapshotIndex, root_namespace: str
-) -> list[AuthorizationPolicy]:
+def _candidates(namespace: str, index: SnapshotIndex, root_namespace: str) -> list[AuthorizationPolicy]:
     local = index.authz_by_ns.get(namespace, [])
-    return local + (
-        [] if namespace == root_namespace else index.authz_by_ns.get(root_namespace, [])
-    )
+    return local + ([] if namespace == root_namespace else index.authz_by_ns.get(root_namespace, []))
 
 
-def _ztunnel_skip_reason(
-    policy: AuthorizationPolicy, workload: Workload, root_namespace: str
-) -> str | None:
+def _ztunnel_skip_reason(policy: AuthorizationPolicy, workload: Workload, root_namespace: str) -> str | None:
     """``None``: applies; ``""``: irrelevant to this workload; text: relevant but not enforced."""
     if policy.target_refs:
         return (
-            ""
-            if not _names_workload_service(policy)
-            else "targetRefs policies are enforced only by waypoints (§4.1)"
+            "" if not _names_workload_service(policy) else "targetRefs policies are enforced only by waypoints (§4.1)"
         )
     if policy.selector and not selector_matches(policy.selector, workload.pod_labels):
         return ""
@@ -141,9 +129,7 @@ def _inert_reason(policy: AuthorizationPolicy, point: Point) -> str | None:
     return None
 
 
-def _wrong_namespace(
-    workload: Workload, index: SnapshotIndex, root_namespace: str
-) -> list[Evidence]:
+def _wrong_namespace(workload: Workload, index: SnapshotIndex, root_namespace: str) -> list[Evidence]:
     """Selector policies elsewhere that match the workload's labels: a classic misplacement."""
     found = []
     for namespace, policies in index.authz_by_ns.items():
@@ -151,7 +137,10 @@ def _wrong_namespace(
             continue
         for policy in policies:
             if policy.selector and selector_matches(policy.selector, workload.pod_labels):
-                note = f"selects {workload.meta.ref}'s labels but lives in {namespace}; policies apply only in their own namespace"
+                note = (
+                    f"selects {workload.meta.ref}'s labels but lives in {namespace}; "
+                    "policies apply only in their own namespace (or mesh-wide from the root namespace)"
+                )
                 found.append(Evidence(policy.meta.ref, "metadata.namespace", namespace, note))
     return found
 
@@ -205,9 +194,7 @@ def _targets(
     return False
 
 
-def _unresolved_target(
-    policy: AuthorizationPolicy, service: Service, waypoint_name: str
-) -> list[Evidence]:
+def _unresolved_target(policy: AuthorizationPolicy, service: Service, waypoint_name: str) -> list[Evidence]:
     names = {service.meta.name, waypoint_name}
     misses = [ref for ref in policy.target_refs if ref.name in names]
     return [
@@ -249,9 +236,7 @@ def decide(applicable: Applicable, caller: Caller, request: Request) -> Decision
     if allowed and denied is False:
         return Decision(True, "an ALLOW policy matches", allow_policy, allow_rule)
     if allowed is False:
-        return Decision(
-            False, "ALLOW policies apply and none matches", ", ".join(p.meta.ref for p in allows)
-        )
+        return Decision(False, "ALLOW policies apply and none matches", ", ".join(p.meta.ref for p in allows))
     return Decision(
         None,
         "the decision depends on attributes the snapshot cannot tell",
@@ -274,18 +259,13 @@ def _first_match(
     return maybe
 
 
-L4_WHEN_KEYS = frozenset(
-    {"source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"}
-)
+L4_WHEN_KEYS = frozenset({"source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"})
 
 
 def l7_attributes(rule: AuthzRule) -> tuple[str, ...]:
     """Attributes ztunnel cannot evaluate (§4.2)."""
     found = [
-        f"from.source.{n}"
-        for s in rule.sources
-        for n in ("requestPrincipals", "notRequestPrincipals")
-        if _field(s, n)
+        f"from.source.{n}" for s in rule.sources for n in ("requestPrincipals", "notRequestPrincipals") if _field(s, n)
     ]
     found += [
         f"to.operation.{n}"
@@ -303,17 +283,13 @@ def _field(obj: AuthzSource | AuthzOperation, camel: str) -> tuple[str, ...]:
     return value
 
 
-def rule_matches(
-    rule: AuthzRule, caller: Caller, request: Request, point: Point, *, deny: bool
-) -> Tri:
+def rule_matches(rule: AuthzRule, caller: Caller, request: Request, point: Point, *, deny: bool) -> Tri:
     if point is Point.ZTUNNEL and l7_attributes(rule):
         # §4.3: ALLOW rules with L7 attributes are dropped; a DENY with them never matches at
         # ztunnel (unverified, and the conservative reading for "never a false pass").
         return False
     sources = [_source_matches(s, caller, point) for s in rule.sources] or [True]
-    operations = [_operation_matches(o, request, point, deny=deny) for o in rule.operations] or [
-        True
-    ]
+    operations = [_operation_matches(o, request, point, deny=deny) for o in rule.operations] or [True]
     conditions = [_condition_matches(c, caller, request) for c in rule.conditions]
     return _all([_any(sources), _any(operations), *conditions])
 
@@ -354,9 +330,7 @@ def match_pattern(pattern: str, value: str) -> bool:
 
 
 def _in(patterns: tuple[str, ...], value: str | None) -> bool:
-    return value is not None and any(
-        match_pattern(p.removeprefix("spiffe://"), value) for p in patterns
-    )
+    return value is not None and any(match_pattern(p.removeprefix("spiffe://"), value) for p in patterns)
 
 
 def _source_matches(source: AuthzSource, caller: Caller, point: Point) -> Tri:
@@ -371,27 +345,20 @@ def _source_matches(source: AuthzSource, caller: Caller, point: Point) -> Tri:
             checks.append(_in(positive, value))
         if negative:
             checks.append(not _in(negative, value))
-    if (
-        source.ip_blocks
-        or source.not_ip_blocks
-        or source.remote_ip_blocks
-        or source.not_remote_ip_blocks
-    ):
+    if source.ip_blocks or source.not_ip_blocks or source.remote_ip_blocks or source.not_remote_ip_blocks:
         checks.append(None)  # addresses are not in a config snapshot
     if source.request_principals:
         checks.append(False)  # probes and the callers we model carry no JWT
     return _all(checks)
 
 
-def _operation_matches(
-    operation: AuthzOperation, request: Request, point: Point, *, deny: bool
-) -> Tri:
+def _operation_matches(operation: AuthzOperation, request: Request, point: Point, *, deny: bool) -> Tri:
     ports = tuple(p for p in operation.ports if p.isdigit())
     not_ports = tuple(p for p in operation.not_ports if p.isdigit())
     checks: list[Tri] = []
     if operation.ports:
         # §4.2: named ports are dropped; a list left empty cannot be read safely either way.
-        checks.append(str(request.port) in ports if ports else (False if deny else True))
+        checks.append(str(request.port) in ports if ports else (not deny))
     if not_ports:
         checks.append(str(request.port) not in not_ports)
     for positive, negative, value in (

@@ -31,9 +31,17 @@ class DecodeError(ValueError):
         self.fix = fix
 
 
-Decoded = s.Namespace | s.ServiceAccount | s.Service | s.Workload | s.PeerAuthentication
 Decoded = (
-    Decoded | s.AuthorizationPolicy | s.Gateway | s.GatewayClass | s.HTTPRoute | s.ServiceEntry
+    s.Namespace
+    | s.ServiceAccount
+    | s.Service
+    | s.Workload
+    | s.PeerAuthentication
+    | s.AuthorizationPolicy
+    | s.Gateway
+    | s.GatewayClass
+    | s.HTTPRoute
+    | s.ServiceEntry
 )
 
 
@@ -88,18 +96,14 @@ class _Doc:
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise DecodeError(
-                self.at(key), f"expected a string, got {_kind_of(value)}", "quote the value"
-            )
+            raise DecodeError(self.at(key), f"expected a string, got {_kind_of(value)}", "quote the value")
         return str(value)
 
     def strings(self, key: str) -> tuple[str, ...]:
         value = self.body.get(key)
         if value is None:
             return ()
-        if not isinstance(value, list) or not all(
-            isinstance(v, str | int) and not isinstance(v, bool) for v in value
-        ):
+        if not isinstance(value, list) or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
             raise DecodeError(self.at(key), "expected a list of strings", 'write it as ["a", "b"]')
         return tuple(str(v) for v in value)
 
@@ -128,11 +132,7 @@ class _Doc:
     def labels(self, key: str) -> dict[str, str]:
         mapping = self.mapping(key)
         for label, value in mapping.items():
-            if (
-                not isinstance(label, str)
-                or not isinstance(value, str | int | float)
-                or isinstance(value, bool)
-            ):
+            if not isinstance(label, str) or not isinstance(value, str | int | float) or isinstance(value, bool):
                 raise DecodeError(
                     f"{self.at(key)}.{label}",
                     "label and annotation values must be strings",
@@ -142,11 +142,7 @@ class _Doc:
 
 
 def _kind_of(value: object) -> str:
-    return (
-        "nothing"
-        if value is None
-        else type(value).__name__.replace("dict", "mapping").replace("str", "string")
-    )
+    return "nothing" if value is None else type(value).__name__.replace("dict", "mapping").replace("str", "string")
 
 
 def decode_object(body: Mapping[str, Any], *, source: str = "") -> tuple[Decoded, ...]:
@@ -156,9 +152,7 @@ def decode_object(body: Mapping[str, Any], *, source: str = "") -> tuple[Decoded
     api_version = doc.string("apiVersion")
     if not kind or not api_version:
         missing = "kind" if not kind else "apiVersion"
-        raise DecodeError(
-            missing, "is missing", "every Kubernetes object names its apiVersion and kind"
-        )
+        raise DecodeError(missing, "is missing", "every Kubernetes object names its apiVersion and kind")
     if kind.endswith("List") and "items" in body:
         return tuple(obj for item in doc.items("items") for obj in _decode_item(item, source))
     decoder = _DECODERS.get(kind)
@@ -242,9 +236,7 @@ def _service_port(doc: _Doc) -> s.ServicePort:
         raise DecodeError(doc.at("port"), "is missing", "give every Service port a number")
     raw_target = doc.body.get("targetPort", port)
     target: int | str = (
-        raw_target
-        if isinstance(raw_target, int) and not isinstance(raw_target, bool)
-        else doc.string("targetPort")
+        raw_target if isinstance(raw_target, int) and not isinstance(raw_target, bool) else doc.string("targetPort")
     )
     if isinstance(target, str) and target.isdigit():
         target = int(target)
@@ -279,16 +271,12 @@ def _template_owner(*template_path: str) -> Callable[[_Doc, s.ObjectMeta], tuple
     return decode
 
 
-def _workload(
-    meta: s.ObjectMeta, labels: s.Labels, annotations: s.Labels, spec: _Doc, *, is_pod: bool
-) -> s.Workload:
+def _workload(meta: s.ObjectMeta, labels: s.Labels, annotations: s.Labels, spec: _Doc, *, is_pod: bool) -> s.Workload:
     return s.Workload(
         meta=meta,
         pod_labels=labels,
         pod_annotations=annotations,
-        service_account=spec.string("serviceAccountName")
-        or spec.string("serviceAccount")
-        or "default",
+        service_account=spec.string("serviceAccountName") or spec.string("serviceAccount") or "default",
         containers=tuple(_container(c) for c in spec.items("containers")),
         init_containers=tuple(_container(c) for c in spec.items("initContainers")),
         host_network=spec.flag("hostNetwork"),
@@ -301,9 +289,7 @@ def _container(doc: _Doc) -> s.Container:
     for port in doc.items("ports"):
         number = port.integer("containerPort")
         if number is None:
-            raise DecodeError(
-                port.at("containerPort"), "is missing", "give every container port a number"
-            )
+            raise DecodeError(port.at("containerPort"), "is missing", "give every container port a number")
         ports.append(s.ContainerPort(container_port=number, name=port.string("name")))
     return s.Container(name=doc.string("name"), ports=tuple(ports))
 
@@ -318,9 +304,7 @@ def _peer_authentication(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
     spec = doc.child("spec")
     port_level: dict[int, str | None] = {}
     for key, value in spec.mapping("portLevelMtls").items():
-        port = (
-            int(key) if isinstance(key, int) or (isinstance(key, str) and key.isdigit()) else None
-        )
+        port = int(key) if isinstance(key, int) or (isinstance(key, str) and key.isdigit()) else None
         if port is None or not isinstance(value, Mapping):
             raise DecodeError(
                 spec.at(f"portLevelMtls.{key}"),
@@ -329,9 +313,7 @@ def _peer_authentication(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
             )
         port_level[port] = _mode(_Doc(value, spec.at(f"portLevelMtls.{key}")))
     mode = _mode(spec.child("mtls")) if spec.body.get("mtls") is not None else None
-    return (
-        s.PeerAuthentication(meta=meta, selector=_selector(spec), mode=mode, port_level=port_level),
-    )
+    return (s.PeerAuthentication(meta=meta, selector=_selector(spec), mode=mode, port_level=port_level),)
 
 
 _MODES = frozenset({"UNSET", "DISABLE", "PERMISSIVE", "STRICT"})
@@ -355,9 +337,7 @@ def _authorization_policy(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
     spec = doc.child("spec")
     action = spec.string("action", "ALLOW").upper() or "ALLOW"
     if action not in _ACTIONS:
-        raise DecodeError(
-            spec.at("action"), f"unknown action {action!r}", "use one of ALLOW, DENY, AUDIT, CUSTOM"
-        )
+        raise DecodeError(spec.at("action"), f"unknown action {action!r}", "use one of ALLOW, DENY, AUDIT, CUSTOM")
     refs = [spec.child("targetRef")] if spec.body.get("targetRef") is not None else []
     refs += spec.items("targetRefs")
     return (
@@ -366,8 +346,7 @@ def _authorization_policy(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
             action=action,
             selector=_selector(spec),
             target_refs=tuple(
-                s.TargetRef(kind=r.string("kind"), name=r.string("name"), group=r.string("group"))
-                for r in refs
+                s.TargetRef(kind=r.string("kind"), name=r.string("name"), group=r.string("group")) for r in refs
             ),
             rules=tuple(_rule(r) for r in spec.items("rules")),
             provider=spec.child("provider").string("name"),
@@ -381,24 +360,18 @@ def _rule(doc: _Doc) -> s.AuthzRule:
         sources=tuple(_source(f.child("source")) for f in doc.items("from")),
         operations=tuple(_operation(t.child("operation")) for t in doc.items("to")),
         conditions=tuple(
-            s.AuthzCondition(
-                key=w.string("key"), values=w.strings("values"), not_values=w.strings("notValues")
-            )
+            s.AuthzCondition(key=w.string("key"), values=w.strings("values"), not_values=w.strings("notValues"))
             for w in doc.items("when")
         ),
     )
 
 
 def _source(doc: _Doc) -> s.AuthzSource:
-    return s.AuthzSource(
-        **{field: doc.strings(_camel(field)) for field in s.AuthzSource.__dataclass_fields__}
-    )
+    return s.AuthzSource(**{field: doc.strings(_camel(field)) for field in s.AuthzSource.__dataclass_fields__})
 
 
 def _operation(doc: _Doc) -> s.AuthzOperation:
-    return s.AuthzOperation(
-        **{field: doc.strings(_camel(field)) for field in s.AuthzOperation.__dataclass_fields__}
-    )
+    return s.AuthzOperation(**{field: doc.strings(_camel(field)) for field in s.AuthzOperation.__dataclass_fields__})
 
 
 def _camel(snake: str) -> str:
@@ -414,10 +387,7 @@ def _gateway(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
             name=item.string("name"),
             port=item.integer("port") or 0,
             protocol=item.string("protocol"),
-            allowed_routes_from=item.child("allowedRoutes")
-            .child("namespaces")
-            .string("from", "Same")
-            or "Same",
+            allowed_routes_from=item.child("allowedRoutes").child("namespaces").string("from", "Same") or "Same",
         )
         for item in spec.items("listeners")
     )

@@ -68,9 +68,7 @@ def capture_of(workload: Workload, index: SnapshotIndex) -> Capture:
 
 def _never_captured(workload: Workload, index: SnapshotIndex) -> tuple[str, Evidence] | None:
     if workload.host_network:
-        return "hostNetwork pods are never captured (§2)", Evidence(
-            workload.meta.ref, "spec.hostNetwork", "true"
-        )
+        return "hostNetwork pods are never captured (§2)", Evidence(workload.meta.ref, "spec.hostNetwork", "true")
     sidecar = _sidecar_evidence(workload, index)
     if sidecar is not None:
         return "pods with a sidecar are never captured by ztunnel (§2)", sidecar
@@ -96,9 +94,7 @@ def _enrolled_by_labels(workload: Workload, index: SnapshotIndex) -> Evidence | 
     ref = workload.meta.ref
     pod_mode = workload.pod_labels.get(DATAPLANE_MODE)
     if pod_mode == "none":
-        ev = Evidence(
-            ref, f"pod labels.{DATAPLANE_MODE}", "none", "the pod label beats the namespace label"
-        )
+        ev = Evidence(ref, f"pod labels.{DATAPLANE_MODE}", "none", "the pod label beats the namespace label")
         return Capture(CaptureState.NOT_CAPTURED, "the pod opts out of the mesh", (ev,))
     if pod_mode == "ambient":
         return Evidence(ref, f"pod labels.{DATAPLANE_MODE}", "ambient")
@@ -109,9 +105,7 @@ def _enrolled_by_labels(workload: Workload, index: SnapshotIndex) -> Evidence | 
     known = workload.meta.namespace in index.namespaces
     value = ns_mode or ("(absent)" if known else "(Namespace object not in the snapshot)")
     ev = Evidence(ns_ref, f"labels.{DATAPLANE_MODE}", value)
-    return Capture(
-        CaptureState.NOT_CAPTURED, "neither the pod nor its namespace is labelled ambient", (ev,)
-    )
+    return Capture(CaptureState.NOT_CAPTURED, "neither the pod nor its namespace is labelled ambient", (ev,))
 
 
 def _live_redirection(workload: Workload, enrolled: Evidence) -> Capture:
@@ -122,9 +116,7 @@ def _live_redirection(workload: Workload, enrolled: Evidence) -> Capture:
             CaptureState.CAPTURED, "istio-cni redirected the pod", (enrolled, ev)
         )
     if value == "pending":
-        return Capture(
-            CaptureState.PENDING, "istio-cni has not finished redirecting the pod", (enrolled, ev)
-        )
+        return Capture(CaptureState.PENDING, "istio-cni has not finished redirecting the pod", (enrolled, ev))
     return Capture(
         CaptureState.NOT_CAPTURED,
         "labelled for ambient but istio-cni did not redirect it",
@@ -141,9 +133,7 @@ def _inbound_bypass(workload: Workload) -> Capture | None:
         "true",
         "STRICT and inbound policy are not enforced",
     )
-    return Capture(
-        CaptureState.NOT_CAPTURED, "inbound capture is bypassed by annotation (§2)", (ev,)
-    )
+    return Capture(CaptureState.NOT_CAPTURED, "inbound capture is bypassed by annotation (§2)", (ev,))
 
 
 # --- PeerAuthentication (semantics §3) ---------------------------------------------------------
@@ -163,9 +153,7 @@ class MtlsDecision:
         return self.mode == "STRICT"
 
 
-def effective_mtls(
-    workload: Workload, port: int, index: SnapshotIndex, root_namespace: str
-) -> MtlsDecision:
+def effective_mtls(workload: Workload, port: int, index: SnapshotIndex, root_namespace: str) -> MtlsDecision:
     mode, evidence, ambiguous = (
         "PERMISSIVE",
         [Evidence("(mesh default)", "", "PERMISSIVE", "no policy = PERMISSIVE")],
@@ -182,11 +170,7 @@ def effective_mtls(
     levels = (
         [p for p in root if not _has_selector(p)],
         [p for p in local if not _has_selector(p)],
-        [
-            p
-            for p in local
-            if _has_selector(p) and selector_matches(p.selector or {}, workload.pod_labels)
-        ],
+        [p for p in local if _has_selector(p) and selector_matches(p.selector or {}, workload.pod_labels)],
     )
     winner: PeerAuthentication | None = None
     for policies in levels:
@@ -194,12 +178,8 @@ def effective_mtls(
         ambiguous = ambiguous or unclear
         if winner is not None and winner.mode is not None:
             mode = winner.mode
-            evidence.append(
-                Evidence(winner.meta.ref, "spec.mtls.mode", winner.mode, _level_note(winner))
-            )
-    port_mode = (
-        winner.port_level.get(port) if winner is not None and _has_selector(winner) else None
-    )
+            evidence.append(Evidence(winner.meta.ref, "spec.mtls.mode", winner.mode, _level_note(winner)))
+    port_mode = winner.port_level.get(port) if winner is not None and _has_selector(winner) else None
     if winner is not None and port_mode is not None:
         mode = port_mode
         evidence.append(
@@ -227,16 +207,10 @@ def _ignored_root_selector(policy: PeerAuthentication) -> Evidence:
 
 
 def _level_note(policy: PeerAuthentication) -> str:
-    return (
-        "workload policy"
-        if _has_selector(policy)
-        else f"policy for namespace {policy.meta.namespace}"
-    )
+    return "workload policy" if _has_selector(policy) else f"policy for namespace {policy.meta.namespace}"
 
 
-def _oldest(
-    policies: list[PeerAuthentication], port: int
-) -> tuple[PeerAuthentication | None, bool]:
+def _oldest(policies: list[PeerAuthentication], port: int) -> tuple[PeerAuthentication | None, bool]:
     """The oldest policy wins at one level (§3); without timestamps the winner is unknown."""
     if not policies:
         return None, False
@@ -266,9 +240,7 @@ def waypoint_binding(service: Service, index: SnapshotIndex) -> WaypointBinding:
         return _binding_from(own, service.meta.ref, service.meta.namespace)
     ns_labels = index.namespace_labels(service.meta.namespace)
     if USE_WAYPOINT in ns_labels:
-        return _binding_from(
-            ns_labels, f"Namespace {service.meta.namespace}", service.meta.namespace
-        )
+        return _binding_from(ns_labels, f"Namespace {service.meta.namespace}", service.meta.namespace)
     ev = Evidence(service.meta.ref, f"labels.{USE_WAYPOINT}", "(absent, also on its namespace)")
     return WaypointBinding(None, None, (ev,))
 
@@ -290,18 +262,14 @@ class WaypointProblem:
     evidence: Evidence
 
 
-def waypoint_problems(
-    gateway: Gateway, service: Service, index: SnapshotIndex
-) -> tuple[WaypointProblem, ...]:
+def waypoint_problems(gateway: Gateway, service: Service, index: SnapshotIndex) -> tuple[WaypointProblem, ...]:
     """Reasons the named Gateway cannot serve the Service's traffic as its waypoint."""
     problems = list(_gateway_shape_problems(gateway))
     problems += _traffic_type_problems(gateway, index)
     if gateway.meta.namespace != service.meta.namespace and not any(
         listener.allowed_routes_from == "All" for listener in gateway.listeners
     ):
-        ev = Evidence(
-            gateway.meta.ref, "spec.listeners[].allowedRoutes.namespaces.from", _froms(gateway)
-        )
+        ev = Evidence(gateway.meta.ref, "spec.listeners[].allowedRoutes.namespaces.from", _froms(gateway))
         problems.append(
             WaypointProblem(
                 f"the waypoint does not allow attachment from namespace {service.meta.namespace}",
@@ -313,9 +281,7 @@ def waypoint_problems(
 
 
 def _froms(gateway: Gateway) -> str:
-    return (
-        ",".join(sorted({listener.allowed_routes_from for listener in gateway.listeners})) or "Same"
-    )
+    return ",".join(sorted({listener.allowed_routes_from for listener in gateway.listeners})) or "Same"
 
 
 def _gateway_shape_problems(gateway: Gateway) -> list[WaypointProblem]:
@@ -325,10 +291,7 @@ def _gateway_shape_problems(gateway: Gateway) -> list[WaypointProblem]:
         problems.append(WaypointProblem(f"the Gateway's class is not {WAYPOINT_CLASS}", ev))
     hbone = [lst for lst in gateway.listeners if lst.port == HBONE_PORT and lst.protocol == "HBONE"]
     if len(gateway.listeners) != 1 or len(hbone) != 1:
-        shown = (
-            ", ".join(f"{lst.name}:{lst.port}/{lst.protocol}" for lst in gateway.listeners)
-            or "(none)"
-        )
+        shown = ", ".join(f"{lst.name}:{lst.port}/{lst.protocol}" for lst in gateway.listeners) or "(none)"
         ev = Evidence(
             gateway.meta.ref,
             "spec.listeners",
@@ -336,9 +299,7 @@ def _gateway_shape_problems(gateway: Gateway) -> list[WaypointProblem]:
             "a waypoint has exactly one listener: 15008/HBONE (§2)",
         )
         problems.append(
-            WaypointProblem(
-                "the waypoint needs exactly one listener on port 15008 with protocol HBONE", ev
-            )
+            WaypointProblem("the waypoint needs exactly one listener on port 15008 with protocol HBONE", ev)
         )
     return problems
 
@@ -355,9 +316,7 @@ def _traffic_type_problems(gateway: Gateway, index: SnapshotIndex) -> list[Waypo
         value,
         "Service-addressed traffic needs service or all",
     )
-    return [
-        WaypointProblem(f"the waypoint serves {value!r} traffic, not Service-addressed traffic", ev)
-    ]
+    return [WaypointProblem(f"the waypoint serves {value!r} traffic, not Service-addressed traffic", ev)]
 
 
 def _gateway_status_problems(gateway: Gateway) -> list[WaypointProblem]:
@@ -370,9 +329,7 @@ def _gateway_status_problems(gateway: Gateway) -> list[WaypointProblem]:
         return [WaypointProblem("the waypoint is not Programmed: traffic bypasses it (§4.7)", ev)]
     if not gateway.addresses:
         ev = Evidence(gateway.meta.ref, "status.addresses", "(empty)")
-        return [
-            WaypointProblem("the waypoint has no address yet: traffic bypasses it (§2, §4.7)", ev)
-        ]
+        return [WaypointProblem("the waypoint has no address yet: traffic bypasses it (§2, §4.7)", ev)]
     return []
 
 
@@ -407,9 +364,7 @@ def effective_waypoint(service: Service, index: SnapshotIndex) -> EffectiveWaypo
             "(not found)",
             "traffic goes straight to the pods (§4.7)",
         )
-        return EffectiveWaypoint(
-            None, binding, (WaypointProblem("the waypoint Gateway does not exist", ev),)
-        )
+        return EffectiveWaypoint(None, binding, (WaypointProblem("the waypoint Gateway does not exist", ev),))
     problems = waypoint_problems(gateway, service, index)
     bound = _service_bound_problem(service)
     problems = problems + ((bound,) if bound else ())

@@ -111,7 +111,7 @@ class Summary:
 
 
 def summarize(findings: tuple[Finding, ...]) -> Summary:
-    counts = {status: 0 for status in Status}
+    counts = dict.fromkeys(Status, 0)
     for finding in findings:
         counts[finding.status] += 1
     return Summary(counts=counts, targets=len({f.target for f in findings}))

@@ -20,54 +20,40 @@ _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
 
 
-Name = Annotated[
-    str, Field(pattern=_DNS_LABEL, max_length=253, description="A Kubernetes object name.")
-]
+Name = Annotated[str, Field(pattern=_DNS_LABEL, max_length=253, description="A Kubernetes object name.")]
 
 
 class LabelSelector(_Model):
     """Selects Services by their labels (equality only, like ``matchLabels``)."""
 
-    match_labels: dict[str, str] = Field(
-        default_factory=dict, description="Labels a Service must carry, all of them."
-    )
+    match_labels: dict[str, str] = Field(default_factory=dict, description="Labels a Service must carry, all of them.")
 
 
 class ScopeEntry(_Model):
     """Services that must be in the ambient mesh and refuse plaintext (the strict-mtls promise)."""
 
     namespace: Name = Field(description="Namespace whose Services are in scope.")
-    selector: LabelSelector | None = Field(
-        default=None, description="Only Services with these labels."
-    )
+    selector: LabelSelector | None = Field(default=None, description="Only Services with these labels.")
     services: list[Name] | None = Field(default=None, description="Only these Services, by name.")
     exclude_services: list[Name] = Field(
         default_factory=list,
         description="Services left out, e.g. `kubernetes`, the API server's own Service.",
     )
-    require_strict_mtls: bool = Field(
-        default=True, description="Plaintext from outside the mesh must be refused."
-    )
+    require_strict_mtls: bool = Field(default=True, description="Plaintext from outside the mesh must be refused.")
 
 
 class WaypointRef(_Model):
     name: Name = Field(description="Name of the waypoint Gateway (class istio-waypoint).")
-    namespace: Name | None = Field(
-        default=None, description="Its namespace; defaults to the Service's."
-    )
+    namespace: Name | None = Field(default=None, description="Its namespace; defaults to the Service's.")
 
 
 class SecretKeyRef(_Model):
     name: Name = Field(description="Secret name.")
     key: str = Field(min_length=1, description="Key in the Secret's data.")
-    namespace: Name | None = Field(
-        default=None, description="Defaults to the protected Service's namespace."
-    )
+    namespace: Name | None = Field(default=None, description="Defaults to the protected Service's namespace.")
 
 
 class HeaderValue(_Model):
@@ -79,36 +65,22 @@ class HeaderValue(_Model):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Environment variable holding the value.",
     )
-    secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Kubernetes Secret key holding the value."
-    )
+    secret_ref: SecretKeyRef | None = Field(default=None, description="Kubernetes Secret key holding the value.")
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> HeaderValue:
-        given = [
-            name
-            for name in ("literal", "from_env", "secret_ref")
-            if getattr(self, name) is not None
-        ]
+        given = [name for name in ("literal", "from_env", "secret_ref") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of literal, fromEnv, secretRef")
         return self
 
     @property
     def kind(self) -> str:
-        return (
-            "literal"
-            if self.literal is not None
-            else "env"
-            if self.from_env is not None
-            else "secret"
-        )
+        return "literal" if self.literal is not None else "env" if self.from_env is not None else "secret"
 
 
 class RequiredHeader(_Model):
-    name: str = Field(
-        description="Header name, lower case (HTTP/2 and Envoy lower-case header names)."
-    )
+    name: str = Field(description="Header name, lower case (HTTP/2 and Envoy lower-case header names).")
     value: HeaderValue
 
     @field_validator("name")
@@ -128,9 +100,7 @@ class ProbeTarget(_Model):
     port: int = Field(ge=1, le=65535, description="Service port (not the container port).")
     path: str = Field(default="/", pattern=r"^/", description="Request path, starting with /.")
     method: HttpMethod = "GET"
-    expect_status: int = Field(
-        default=200, ge=200, le=399, description="Status the allowed request must get."
-    )
+    expect_status: int = Field(default=200, ge=200, le=399, description="Status the allowed request must get.")
 
 
 class ControlProbe(_Model):
@@ -141,9 +111,7 @@ class ControlProbe(_Model):
     """
 
     enabled: bool = False
-    service_account: Name | None = Field(
-        default=None, description="Allowed ServiceAccount to run the control as."
-    )
+    service_account: Name | None = Field(default=None, description="Allowed ServiceAccount to run the control as.")
 
 
 class ProtectedService(_Model):
@@ -155,9 +123,7 @@ class ProtectedService(_Model):
         min_length=1,
         description="SPIFFE identities allowed in, e.g. cluster.local/ns/default/sa/ui.",
     )
-    waypoint: WaypointRef | None = Field(
-        default=None, description="Waypoint the Service must use for L7 policy."
-    )
+    waypoint: WaypointRef | None = Field(default=None, description="Waypoint the Service must use for L7 policy.")
     required_headers: list[RequiredHeader] = Field(default_factory=list)
     probe: ProbeTarget | None = None
     control: ControlProbe = Field(default_factory=ControlProbe)
@@ -168,18 +134,14 @@ class ProtectedService(_Model):
         normalized = [p.removeprefix("spiffe://") for p in principals]
         for principal in normalized:
             if not _PRINCIPAL.match(principal):
-                raise ValueError(
-                    f"{principal!r} is not <trust-domain>/ns/<namespace>/sa/<service-account>"
-                )
+                raise ValueError(f"{principal!r} is not <trust-domain>/ns/<namespace>/sa/<service-account>")
         return normalized
 
     @model_validator(mode="after")
     def _headers_need_waypoint(self) -> ProtectedService:
         if self.required_headers and self.waypoint is None:
             # semantics §4.6: only a waypoint sees headers; ztunnel drops L7 rules (§4.3).
-            raise ValueError(
-                "requiredHeaders need a waypoint (only waypoints enforce L7); add waypoint: {name: ...}"
-            )
+            raise ValueError("requiredHeaders need a waypoint (only waypoints enforce L7); add waypoint: {name: ...}")
         return self
 
     @property
@@ -192,12 +154,8 @@ class ProtectedService(_Model):
 
 
 class MeshSettings(_Model):
-    root_namespace: Name = Field(
-        default="istio-system", description="Istio's root namespace (mesh-wide policies)."
-    )
-    trust_domain: str = Field(
-        default="cluster.local", min_length=1, description="The mesh trust domain."
-    )
+    root_namespace: Name = Field(default="istio-system", description="Istio's root namespace (mesh-wide policies).")
+    trust_domain: str = Field(default="cluster.local", min_length=1, description="The mesh trust domain.")
 
 
 class PostureSpec(_Model):
@@ -233,24 +191,22 @@ class Posture(BaseModel):
         return next((p for p in self.protected if p.target == target), None)
 
 
-class PostureConflict(ValueError):
+class PostureConflictError(ValueError):
     """Two rules files disagree (mesh settings, or the same protected Service twice)."""
 
 
 def merge(documents: list[tuple[str, PostureDocument]]) -> Posture:
     """Merge rules files; ``documents`` pairs each with its file name for error messages."""
     if not documents:
-        raise PostureConflict("no rules given; pass --rules FILE")
+        raise PostureConflictError("no rules given; pass --rules FILE")
     mesh = documents[0][1].spec.mesh
     seen: dict[str, str] = {}
     for origin, document in documents:
         if document.spec.mesh != mesh:
-            raise PostureConflict(
-                f"{origin}: spec.mesh differs from {documents[0][0]}; use one mesh block"
-            )
+            raise PostureConflictError(f"{origin}: spec.mesh differs from {documents[0][0]}; use one mesh block")
         for service in document.spec.protected_services:
             if service.target in seen:
-                raise PostureConflict(
+                raise PostureConflictError(
                     f"{origin}: protected service {service.target} is also in {seen[service.target]}; keep one"
                 )
             seen[service.target] = origin

@@ -38,11 +38,7 @@ class ObjectMeta:
 
     @property
     def ref(self) -> str:
-        return (
-            f"{self.kind} {self.namespace}/{self.name}"
-            if self.namespace
-            else f"{self.kind} {self.name}"
-        )
+        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
 
     @property
     def key(self) -> str:
@@ -325,9 +321,7 @@ class SnapshotIndex:
         if not service.selector:
             return ()
         for is_pod in (True, False):
-            found = self._select(
-                self._workloads.get((service.meta.namespace, is_pod), {}), service.selector
-            )
+            found = self._select(self._workloads.get((service.meta.namespace, is_pod), {}), service.selector)
             if found:
                 return found
         return ()

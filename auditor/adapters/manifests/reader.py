@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from auditor.adapters.yaml_io import YamlProblem, load_documents
+from auditor.adapters.yaml_io import YamlSyntaxError, load_documents
 from auditor.core.decode import (
     DEFAULT_NAMESPACE,
-    DecodeError,
     Decoded,
+    DecodeError,
     build_snapshot,
     decode_object,
 )
@@ -45,7 +45,7 @@ def read_manifests(paths: Sequence[str], stdin: TextIO) -> ManifestInput:
     files = _expand(paths)
     for name, text in _read_all(files, stdin):
         for index, document in _documents(name, text):
-            _collect(name, index, document, objects, secrets, seen)
+            _collect(name, index=index, document=document, objects=objects, secrets=secrets, seen=seen)
     return ManifestInput(build_snapshot(objects), secrets, tuple(files))
 
 
@@ -76,11 +76,7 @@ def _read_all(files: list[str], stdin: TextIO) -> list[tuple[str, str]]:
     texts = []
     for name in files:
         try:
-            texts.append(
-                ("<stdin>", stdin.read())
-                if name == "-"
-                else (name, Path(name).read_text(encoding="utf-8"))
-            )
+            texts.append(("<stdin>", stdin.read()) if name == "-" else (name, Path(name).read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError) as error:
             raise InputError(
                 name,
@@ -93,14 +89,13 @@ def _read_all(files: list[str], stdin: TextIO) -> list[tuple[str, str]]:
 def _documents(name: str, text: str) -> list[tuple[int, Any]]:
     try:
         return list(load_documents(text))
-    except YamlProblem as problem:
-        raise InputError(
-            name, problem.message, document=problem.document, fix="fix the YAML syntax"
-        ) from problem
+    except YamlSyntaxError as problem:
+        raise InputError(name, problem.message, document=problem.document, fix="fix the YAML syntax") from problem
 
 
 def _collect(
     name: str,
+    *,
     index: int,
     document: Any,
     objects: list[Decoded],
@@ -120,9 +115,7 @@ def _collect(
         if document.get("kind") == "Secret":
             secrets[_secret_key(document)] = _secret_values(document)
     except DecodeError as error:
-        raise InputError(
-            name, error.problem, field=error.field, fix=error.fix, document=index
-        ) from error
+        raise InputError(name, error.problem, field=error.field, fix=error.fix, document=index) from error
     for obj in decoded:
         identity = (obj.meta.kind, obj.meta.namespace, obj.meta.name)
         if identity in seen:

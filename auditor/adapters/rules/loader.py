@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from auditor.adapters.yaml_io import YamlProblem, load_documents
-from auditor.core.posture import API_VERSION, KIND, Posture, PostureConflict, PostureDocument, merge
+from auditor.adapters.yaml_io import YamlSyntaxError, load_documents
+from auditor.core.posture import API_VERSION, KIND, Posture, PostureConflictError, PostureDocument, merge
 from auditor.errors import InputError
 
 SecretLookup = Callable[[str, str, str], str | None]
@@ -32,10 +32,8 @@ def load_rules(paths: Sequence[str]) -> Posture:
         documents += _load_file(path)
     try:
         return merge(documents)
-    except PostureConflict as conflict:
-        raise InputError(
-            ", ".join(paths), str(conflict), fix="merge the duplicate entries into one file"
-        ) from conflict
+    except PostureConflictError as conflict:
+        raise InputError(", ".join(paths), str(conflict), fix="merge the duplicate entries into one file") from conflict
 
 
 def _load_file(path: str) -> list[tuple[str, PostureDocument]]:
@@ -45,10 +43,8 @@ def _load_file(path: str) -> list[tuple[str, PostureDocument]]:
         raise InputError(path, f"cannot read: {error}", fix="check the --rules path") from error
     try:
         raw = list(load_documents(text))
-    except YamlProblem as problem:
-        raise InputError(
-            path, problem.message, document=problem.document, fix="fix the YAML syntax"
-        ) from problem
+    except YamlSyntaxError as problem:
+        raise InputError(path, problem.message, document=problem.document, fix="fix the YAML syntax") from problem
     if not raw:
         raise InputError(
             path,
@@ -64,9 +60,7 @@ def _validate(path: str, index: int, body: Any) -> PostureDocument:
     except ValidationError as error:
         first = error.errors()[0]
         field = _field_path(first["loc"])
-        more = (
-            f" (and {error.error_count() - 1} more problem(s))" if error.error_count() > 1 else ""
-        )
+        more = f" (and {error.error_count() - 1} more problem(s))" if error.error_count() > 1 else ""
         problem = first["msg"].removeprefix("Value error, ") + more
         raise InputError(
             path,

@@ -6,11 +6,10 @@ Two checks: no identity outside the allow-list gets through the real enforcement
 
 from __future__ import annotations
 
-from auditor.core.authz import Caller
 from auditor.core.checks.catalog import ALLOWED_ADMITTED, INTRUDERS_REFUSED
 from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.reach import Reach, Route, probe_request, reach
-from auditor.core.checks.witnesses import intruders, request_variants, required_headers
+from auditor.core.checks.witnesses import allowed_caller, intruders, request_variants, required_headers
 from auditor.core.model import Evidence, Finding, Status
 from auditor.core.posture import ProtectedService
 from auditor.core.snapshot import Service
@@ -18,9 +17,7 @@ from auditor.core.snapshot import Service
 _MAX_EXAMPLES = 4
 
 
-def check_intruders_refused(
-    ctx: AuditContext, protected: ProtectedService, service: Service, route: Route
-) -> Finding:
+def check_intruders_refused(ctx: AuditContext, protected: ProtectedService, service: Service, route: Route) -> Finding:
     if not route.backends:
         return finding(
             INTRUDERS_REFUSED,
@@ -31,21 +28,21 @@ def check_intruders_refused(
     headers, _ = required_headers(ctx, protected)
     admitted: list[str] = []
     unclear: list[str] = []
+    refused_at: dict[str, None] = {}
     for caller in intruders(ctx, protected, route):
         for request in request_variants(ctx, protected, service, route, headers):
             outcome = _any_backend(reach(ctx, route, caller, request))
             if outcome[0] is True:
-                admitted.append(
-                    f"{caller.describe()} ({request.describe()}): {outcome[1].explain()}"
-                )
+                admitted.append(f"{caller.describe()} ({request.describe()}): {outcome[1].explain()}")
                 break
             if outcome[0] is None:
                 unclear.append(f"{caller.describe()}: {outcome[1].explain()}")
+            else:
+                refused_at[_refusing_hop(outcome[1])] = None
     evidence = [*route.ignored(), *_enforcement_evidence(route)]
     if admitted:
-        message = (
-            f"{len(admitted)} caller(s) outside the allow-list get through, e.g. "
-            + " | ".join(admitted[:_MAX_EXAMPLES])
+        message = f"{len(admitted)} caller(s) outside the allow-list get through, e.g. " + " | ".join(
+            admitted[:_MAX_EXAMPLES]
         )
         return finding(INTRUDERS_REFUSED, service, Status.FAIL, message, evidence)
     if unclear:
@@ -56,12 +53,12 @@ def check_intruders_refused(
             "cannot tell for: " + " | ".join(unclear[:_MAX_EXAMPLES]),
             evidence,
         )
-    where = _where(route)
+    where = "; ".join(refused_at)
     return finding(
         INTRUDERS_REFUSED,
         service,
         Status.PASS,
-        f"every caller outside the allow-list is refused ({where})",
+        f"every caller outside the allow-list is refused (at {where})",
         evidence,
     )
 
@@ -76,10 +73,14 @@ def _any_backend(reaches: tuple[Reach, ...]) -> tuple[bool | None, Reach]:
     return False, reaches[0]
 
 
-def _where(route: Route) -> str:
+def _refusing_hop(item: Reach) -> str:
+    return next((hop.where.split(" (sees")[0] for hop in item.hops if hop.decision.allowed is False), "?")
+
+
+def _path(route: Route) -> str:
     if route.waypoint.gateway is not None:
-        return f"enforced at waypoint {route.waypoint.gateway.meta.key}"
-    return "enforced by ztunnel at the destination"
+        return f"via waypoint {route.waypoint.gateway.meta.key}"
+    return "straight to the pods through ztunnel"
 
 
 def _enforcement_evidence(route: Route) -> list[Evidence]:
@@ -106,15 +107,14 @@ def _enforcement_evidence(route: Route) -> list[Evidence]:
                 route.service.meta.ref,
                 "",
                 "waypoint only",
-                "in-mesh traffic addressed to a pod IP bypasses a service waypoint (§4.6); a ztunnel ALLOW for the waypoint identity closes that path",
+                "in-mesh traffic addressed to a pod IP bypasses a service waypoint (§4.6); "
+                "a ztunnel ALLOW for the waypoint identity closes that path",
             )
         )
     return evidence
 
 
-def check_allowed_admitted(
-    ctx: AuditContext, protected: ProtectedService, service: Service, route: Route
-) -> Finding:
+def check_allowed_admitted(ctx: AuditContext, protected: ProtectedService, service: Service, route: Route) -> Finding:
     if not route.backends:
         return finding(
             ALLOWED_ADMITTED,
@@ -130,7 +130,7 @@ def check_allowed_admitted(
     refused, unclear = [], []
     evidence: list[Evidence] = list(route.ignored())
     for principal in protected.allowed_principals:
-        for item in reach(ctx, route, Caller(principal), request):
+        for item in reach(ctx, route, allowed_caller(ctx, principal), request):
             if item.allowed is False:
                 refused.append(f"{principal} is refused: {item.explain()}")
                 evidence += _pitfall(route, item)
@@ -139,14 +139,12 @@ def check_allowed_admitted(
     if refused:
         return finding(ALLOWED_ADMITTED, service, Status.FAIL, " | ".join(refused), evidence)
     if unclear:
-        return finding(
-            ALLOWED_ADMITTED, service, Status.INCONCLUSIVE, " | ".join(unclear), evidence
-        )
+        return finding(ALLOWED_ADMITTED, service, Status.INCONCLUSIVE, " | ".join(unclear), evidence)
     return finding(
         ALLOWED_ADMITTED,
         service,
         Status.PASS,
-        f"every allowed caller gets through ({_where(route)})",
+        f"every allowed caller gets through ({_path(route)})",
         evidence,
     )
 

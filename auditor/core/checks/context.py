@@ -35,9 +35,7 @@ def finding(
     evidence: list[Evidence] | tuple[Evidence, ...] = (),
 ) -> Finding:
     target = service if isinstance(service, str) else service.meta.key
-    return Finding(
-        check=meta, target=target, status=status, message=message, evidence=_unique(evidence)
-    )
+    return Finding(check=meta, target=target, status=status, message=message, evidence=_unique(evidence))
 
 
 def _unique(evidence: list[Evidence] | tuple[Evidence, ...]) -> tuple[Evidence, ...]:

@@ -7,12 +7,13 @@ method, path and port the policies single out. Only a waypoint sees headers (§4
 
 from __future__ import annotations
 
-from auditor.core.authz import Caller, l7_attributes
+from auditor.core.authz import l7_attributes
 from auditor.core.checks.catalog import HEADERS_ENFORCED
 from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.reach import Reach, Route, probe_request, reach
 from auditor.core.checks.witnesses import (
     WRONG_VALUE,
+    allowed_caller,
     header_conditions,
     request_variants,
     required_headers,
@@ -24,9 +25,7 @@ from auditor.core.snapshot import Service
 _MAX_EXAMPLES = 3
 
 
-def check_headers_enforced(
-    ctx: AuditContext, protected: ProtectedService, service: Service, route: Route
-) -> Finding:
+def check_headers_enforced(ctx: AuditContext, protected: ProtectedService, service: Service, route: Route) -> Finding:
     if not route.backends:
         return finding(
             HEADERS_ENFORCED,
@@ -36,13 +35,13 @@ def check_headers_enforced(
         )
     headers, unknown = required_headers(ctx, protected)
     if unknown:
-        message = f"the value of {', '.join(unknown)} could not be resolved (see rules: value.fromEnv / value.secretRef)"
+        message = (
+            f"the value of {', '.join(unknown)} could not be resolved (see rules: value.fromEnv / value.secretRef)"
+        )
         return finding(HEADERS_ENFORCED, service, Status.INCONCLUSIVE, message)
     evidence = [*route.ignored(), *_dropped_at_ztunnel(route)]
     if route.waypoint.gateway is None:
-        evidence += [p.evidence for p in route.waypoint.problems] or list(
-            route.waypoint.binding.evidence
-        )
+        evidence += [p.evidence for p in route.waypoint.problems] or list(route.waypoint.binding.evidence)
     control = _control_failures(ctx, protected, service, route, headers)
     if control:
         message = (
@@ -52,9 +51,7 @@ def check_headers_enforced(
         return finding(HEADERS_ENFORCED, service, Status.FAIL, message, evidence)
     admitted, unclear = _headerless_admitted(ctx, protected, service, route, headers)
     if admitted:
-        return finding(
-            HEADERS_ENFORCED, service, Status.FAIL, " | ".join(admitted[:_MAX_EXAMPLES]), evidence
-        )
+        return finding(HEADERS_ENFORCED, service, Status.FAIL, " | ".join(admitted[:_MAX_EXAMPLES]), evidence)
     if unclear:
         return finding(
             HEADERS_ENFORCED,
@@ -85,7 +82,7 @@ def _control_failures(
     request = probe_request(protected, service, headers)
     failures = []
     for principal in protected.allowed_principals:
-        for item in reach(ctx, route, Caller(principal), request):
+        for item in reach(ctx, route, allowed_caller(ctx, principal), request):
             if item.allowed is False:
                 failures.append(f"{principal}: {item.explain()}")
     return failures
@@ -103,10 +100,11 @@ def _headerless_admitted(
     for principal in protected.allowed_principals:
         for name, label, variant in _degraded(headers):
             for request in request_variants(ctx, protected, service, route, variant):
-                for item in reach(ctx, route, Caller(principal), request):
+                for item in reach(ctx, route, allowed_caller(ctx, principal), request):
                     if item.allowed is True:
                         admitted.append(
-                            f"{principal} gets through {label} ({request.method} {request.path}): {_diagnose(item, name)}"
+                            f"{principal} gets through {label} ({request.method} {request.path}): "
+                            + _diagnose(item, name)
                         )
                     elif item.allowed is None:
                         unclear.append(f"{principal} {label}: {item.explain()}")
@@ -133,7 +131,10 @@ def _diagnose(item: Reach, header: str) -> str:
         return f"{first.decision.reason} ({first.where})"
     conditions = [c for c in rule.conditions if c.key in header_conditions(rule, header)]
     if not conditions:
-        return f"{first.decision.policy} admits it with no condition on {header} (another ALLOW path, or the condition is on another header)"
+        return (
+            f"{first.decision.policy} admits it with no condition on {header} "
+            "(another ALLOW path, or the condition is on another header)"
+        )
     if any("*" in c.values for c in conditions):
         return f'{first.decision.policy} only checks that {header} is present (values: ["*"])'
     if any(c.not_values and not c.values for c in conditions):
@@ -148,10 +149,9 @@ def _dropped_at_ztunnel(route: Route) -> list[Evidence]:
             for position, rule in enumerate(policy.rules):
                 attributes = l7_attributes(rule)
                 if attributes:
-                    note = f"bound to ztunnel, which drops rules with L7 attributes ({', '.join(attributes)}); status stays ZtunnelAccepted (§4.3)"
-                    evidence.append(
-                        Evidence(
-                            policy.meta.ref, f"spec.rules[{position}]", "dropped at ztunnel", note
-                        )
+                    note = (
+                        f"bound to ztunnel, which drops rules with L7 attributes ({', '.join(attributes)}); "
+                        "status stays ZtunnelAccepted (§4.3)"
                     )
+                    evidence.append(Evidence(policy.meta.ref, f"spec.rules[{position}]", "dropped at ztunnel", note))
     return evidence

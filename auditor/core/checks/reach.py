@@ -57,9 +57,7 @@ def route_for(ctx: AuditContext, service: Service) -> Route:
     gateway = waypoint.gateway
     policies, identity = None, None
     if gateway is not None:
-        policies = at_waypoint(
-            service, gateway.meta.namespace, gateway.meta.name, ctx.index, ctx.root_namespace
-        )
+        policies = at_waypoint(service, gateway.meta.namespace, gateway.meta.name, ctx.index, ctx.root_namespace)
         principal = f"{ctx.trust_domain}/ns/{gateway.meta.namespace}/sa/{gateway.meta.name}"
         identity = Caller(principal, label=f"the waypoint's identity {principal}")
     backends = tuple(
@@ -109,57 +107,40 @@ def _target_port(service: Service, workload: Workload, service_port: int) -> int
     return service_port
 
 
-def _reach_backend(
-    ctx: AuditContext, route: Route, backend: Backend, caller: Caller, request: Request
-) -> Reach:
+def _reach_backend(ctx: AuditContext, route: Route, backend: Backend, caller: Caller, request: Request) -> Reach:
     target_port = _target_port(route.service, backend.workload, request.port)
     l4 = Request(method=request.method, path=request.path, host=request.host, port=target_port)
     if caller.principal is None:
         return _plaintext(ctx, backend, l4)
     hops: list[Hop] = []
     seen_by_ztunnel = caller
-    if (
-        route.at_waypoint is not None
-        and route.waypoint_identity is not None
-        and route.waypoint.gateway is not None
-    ):
+    if route.at_waypoint is not None and route.waypoint_identity is not None and route.waypoint.gateway is not None:
         first = decide(route.at_waypoint, caller, request)
         hops.append(Hop(f"waypoint {route.waypoint.gateway.meta.key}", first))
         if first.allowed is False:
             return Reach(backend, False, tuple(hops))
         seen_by_ztunnel = route.waypoint_identity
     second = _at_destination(backend, seen_by_ztunnel, l4)
-    hops.append(
-        Hop(f"ztunnel of {backend.workload.meta.ref} (sees {seen_by_ztunnel.describe()})", second)
-    )
+    hops.append(Hop(f"ztunnel of {backend.workload.meta.ref} (sees {seen_by_ztunnel.describe()})", second))
     return Reach(backend, _and(hops), tuple(hops))
 
 
 def _plaintext(ctx: AuditContext, backend: Backend, l4: Request) -> Reach:
+    where = f"ztunnel of {backend.workload.meta.ref}"
     if backend.capture.inbound_enforced:
         mtls = effective_mtls(backend.workload, l4.port, ctx.index, ctx.root_namespace)
-        if mtls.refuses_plaintext and not mtls.ambiguous:
-            return Reach(
-                backend,
-                False,
-                (
-                    Hop(
-                        f"ztunnel of {backend.workload.meta.ref}",
-                        Decision(False, "STRICT refuses plaintext"),
-                    ),
-                ),
-            )
+        if mtls.ambiguous:
+            # Which PeerAuthentication wins is unknown (§3), so whether plaintext gets in is too.
+            return Reach(backend, None, (Hop(where, Decision(None, "the effective mTLS mode is ambiguous")),))
+        if mtls.refuses_plaintext:
+            return Reach(backend, False, (Hop(where, Decision(False, "STRICT refuses plaintext")),))
     decision = _at_destination(backend, Caller(None), l4)
-    return Reach(
-        backend, decision.allowed, (Hop(f"ztunnel of {backend.workload.meta.ref}", decision),)
-    )
+    return Reach(backend, decision.allowed, (Hop(where, decision),))
 
 
 def _at_destination(backend: Backend, caller: Caller, request: Request) -> Decision:
     if not backend.capture.inbound_enforced:
-        return Decision(
-            True, f"the workload is not captured ({backend.capture.reason}): nothing is enforced"
-        )
+        return Decision(True, f"the workload is not captured ({backend.capture.reason}): nothing is enforced")
     return decide(backend.ztunnel, caller, request)
 
 
@@ -170,9 +151,7 @@ def _and(hops: list[Hop]) -> bool | None:
     return None if None in values else True
 
 
-def probe_request(
-    protected: ProtectedService, service: Service, headers: dict[str, str]
-) -> Request:
+def probe_request(protected: ProtectedService, service: Service, headers: dict[str, str]) -> Request:
     """The request a probe sends to the Service (by name, so it meets the waypoint)."""
     probe = protected.probe
     port = probe.port if probe else (service.ports[0].port if service.ports else 80)

@@ -22,9 +22,7 @@ def check_captured(ctx: AuditContext, service: Service) -> Finding:
     evidence = [ev for _, c in captures for ev in c.evidence]
     out = [f"{w.meta.ref}: {c.reason}" for w, c in captures if c.state is CaptureState.NOT_CAPTURED]
     if out:
-        return finding(
-            CAPTURED, service, Status.FAIL, "not captured by ztunnel: " + "; ".join(out), evidence
-        )
+        return finding(CAPTURED, service, Status.FAIL, "not captured by ztunnel: " + "; ".join(out), evidence)
     pending = [w.meta.ref for w, c in captures if c.state is CaptureState.PENDING]
     if pending:
         return finding(
@@ -53,9 +51,7 @@ def _no_workloads(
         )
     if not workloads:
         shown = ",".join(f"{k}={v}" for k, v in sorted(service.selector.items()))
-        ev = Evidence(
-            service.meta.ref, "spec.selector", shown, "no Pod or pod template in the input matches"
-        )
+        ev = Evidence(service.meta.ref, "spec.selector", shown, "no Pod or pod template in the input matches")
         return finding(
             meta,
             service,
@@ -71,13 +67,14 @@ def check_peer_authentication(ctx: AuditContext, service: Service) -> Finding:
     missing = _no_workloads(ctx, service, workloads, PEER_AUTHENTICATION.id)
     if missing:
         return missing
-    failures, unclear, evidence, passed = [], [], [], []
+    failures: list[str] = []
+    unclear: list[str] = []
+    passed: list[str] = []
+    evidence: list[Evidence] = []
     for workload in workloads:
         for port in _target_ports(service, workload):
             if isinstance(port, str):
-                unclear.append(
-                    f"{workload.meta.ref}: named target port {port!r} has no container port"
-                )
+                unclear.append(f"{workload.meta.ref}: named target port {port!r} has no container port")
                 continue
             decision = effective_mtls(workload, port, ctx.index, ctx.root_namespace)
             evidence += decision.evidence
@@ -85,9 +82,7 @@ def check_peer_authentication(ctx: AuditContext, service: Service) -> Finding:
             if not decision.refuses_plaintext:
                 failures.append(f"{label} accepts plaintext (effective mode {decision.mode})")
             elif decision.ambiguous:
-                unclear.append(
-                    f"{label}: policies at one level disagree and carry no creationTimestamp"
-                )
+                unclear.append(f"{label}: policies at one level disagree and carry no creationTimestamp")
             else:
                 passed.append(f"{label}")
     if not passed and not failures and not unclear:
@@ -102,11 +97,13 @@ def check_peer_authentication(ctx: AuditContext, service: Service) -> Finding:
     if failures:
         return finding(PEER_AUTHENTICATION, service, Status.FAIL, "; ".join(failures), evidence)
     if unclear:
-        return finding(
-            PEER_AUTHENTICATION, service, Status.INCONCLUSIVE, "; ".join(unclear), evidence
-        )
+        return finding(PEER_AUTHENTICATION, service, Status.INCONCLUSIVE, "; ".join(unclear), evidence)
     return finding(
-        PEER_AUTHENTICATION, service, Status.PASS, "effective mode STRICT on " + ", ".join(passed), evidence
+        PEER_AUTHENTICATION,
+        service,
+        Status.PASS,
+        "effective mode STRICT on " + ", ".join(passed),
+        evidence,
     )
 
 

@@ -17,9 +17,7 @@ from auditor.core.snapshot import Service
 
 def check_bound(ctx: AuditContext, protected: ProtectedService, service: Service) -> Finding:
     binding = waypoint_binding(service, ctx.index)
-    expected = (
-        f"{protected.waypoint_namespace}/{protected.waypoint.name if protected.waypoint else ''}"
-    )
+    expected = f"{protected.waypoint_namespace}/{protected.waypoint.name if protected.waypoint else ''}"
     evidence = list(binding.evidence)
     if binding.opted_out:
         return finding(
@@ -39,7 +37,10 @@ def check_bound(ctx: AuditContext, protected: ProtectedService, service: Service
         )
     actual = f"{binding.namespace}/{binding.name}"
     if actual != expected:
-        message = f"labelled for waypoint {actual}, expected {expected}: traffic goes elsewhere or, for a typo, straight to the pods (§4.7)"
+        message = (
+            f"labelled for waypoint {actual}, expected {expected}: "
+            "traffic goes elsewhere or, for a typo, straight to the pods (§4.7)"
+        )
         return finding(WAYPOINT_BOUND, service, Status.FAIL, message, evidence)
     bound = condition(service.conditions, "istio.io/WaypointBound")
     if bound is not None and bound.status != "True":
@@ -67,9 +68,7 @@ def check_bound(ctx: AuditContext, protected: ProtectedService, service: Service
                 "no status in the input; labels decided",
             )
         )
-    return finding(
-        WAYPOINT_BOUND, service, Status.PASS, f"labelled for waypoint {expected}", evidence
-    )
+    return finding(WAYPOINT_BOUND, service, Status.PASS, f"labelled for waypoint {expected}", evidence)
 
 
 def check_gateway(ctx: AuditContext, protected: ProtectedService, service: Service) -> Finding:
@@ -84,15 +83,11 @@ def check_gateway(ctx: AuditContext, protected: ProtectedService, service: Servi
             "(not found)",
             "a missing waypoint is skipped: traffic goes straight to the pods (§4.7)",
         )
-        return finding(
-            WAYPOINT_GATEWAY, service, Status.FAIL, f"waypoint Gateway {key} does not exist", [ev]
-        )
+        return finding(WAYPOINT_GATEWAY, service, Status.FAIL, f"waypoint Gateway {key} does not exist", [ev])
     problems = waypoint_problems(gateway, service, ctx.index)
     evidence = [p.evidence for p in problems]
     if problems:
-        return finding(
-            WAYPOINT_GATEWAY, service, Status.FAIL, "; ".join(p.message for p in problems), evidence
-        )
+        return finding(WAYPOINT_GATEWAY, service, Status.FAIL, "; ".join(p.message for p in problems), evidence)
     evidence.append(Evidence(gateway.meta.ref, "spec.gatewayClassName", gateway.class_name))
     evidence.append(
         Evidence(

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from auditor.core.authz import Caller, Request, header_name
 from auditor.core.checks.context import AuditContext
 from auditor.core.checks.reach import Route, probe_request
+from auditor.core.mesh import capture_of
 from auditor.core.posture import ProtectedService
 from auditor.core.snapshot import AuthorizationPolicy, AuthzRule, Service
 
@@ -41,26 +42,18 @@ def intruders(ctx: AuditContext, protected: ProtectedService, route: Route) -> l
     namespaces = {protected.namespace}
     for rule in _rules(route):
         for source in rule.sources:
+            candidates += [_from_principal(td, p) for p in source.principals + source.not_principals]
             candidates += [
-                _from_principal(td, p) for p in source.principals + source.not_principals
+                f"{td}/ns/{_instance(n)}/sa/{INTRUDER_SA}" for n in source.namespaces + source.not_namespaces
             ]
-            candidates += [
-                f"{td}/ns/{_instance(n)}/sa/{INTRUDER_SA}"
-                for n in source.namespaces + source.not_namespaces
-            ]
-            candidates += [
-                _from_account(td, a) for a in source.service_accounts + source.not_service_accounts
-            ]
+            candidates += [_from_account(td, a) for a in source.service_accounts + source.not_service_accounts]
             namespaces.update(_instance(n) for n in source.namespaces)
         for condition in rule.conditions:
             if condition.key == "source.principal":
-                candidates += [
-                    _from_principal(td, p) for p in condition.values + condition.not_values
-                ]
+                candidates += [_from_principal(td, p) for p in condition.values + condition.not_values]
             if condition.key == "source.namespace":
                 candidates += [
-                    f"{td}/ns/{_instance(n)}/sa/{INTRUDER_SA}"
-                    for n in condition.values + condition.not_values
+                    f"{td}/ns/{_instance(n)}/sa/{INTRUDER_SA}" for n in condition.values + condition.not_values
                 ]
     candidates += _accounts_in(ctx, namespaces)
     excluded = set(protected.allowed_principals)
@@ -104,10 +97,25 @@ def _accounts_in(ctx: AuditContext, namespaces: set[str]) -> list[str]:
         for w in ctx.index.snapshot.workloads
         if w.meta.namespace in namespaces
     }
-    return [
-        f"{ctx.trust_domain}/ns/{ns}/sa/{sa}"
-        for ns, sa in (a.split("/", 1) for a in sorted(accounts))
+    return [f"{ctx.trust_domain}/ns/{ns}/sa/{sa}" for ns, sa in (a.split("/", 1) for a in sorted(accounts))]
+
+
+def allowed_caller(ctx: AuditContext, principal: str) -> Caller:
+    """The allowed identity as the mesh sees it: plaintext if every pod running as it is outside.
+
+    An allowed caller whose own pods are not captured sends plaintext: it never reaches a
+    waypoint (§4.6) and meets STRICT at the destination. Without any such pod in the snapshot,
+    the identity is taken as in-mesh (the promise is about the identity).
+    """
+    caller = Caller(principal)
+    workloads = [
+        w
+        for w in ctx.index.snapshot.workloads
+        if w.meta.namespace == caller.namespace and w.service_account == caller.service_account
     ]
+    if workloads and not any(capture_of(w, ctx.index).inbound_enforced for w in workloads):
+        return Caller(None, label=f"{principal}, whose pods are outside the mesh (plaintext)")
+    return caller
 
 
 def request_variants(
@@ -125,13 +133,12 @@ def request_variants(
             methods += list(operation.methods + operation.not_methods)
             paths += [_path_instance(p) for p in operation.paths + operation.not_paths]
     ports = [p.port for p in service.ports] or [base.port]
-    variants = [
+    return [
         Request(method=m, path=p, host=base.host, port=port, headers=headers)
         for m in dict.fromkeys(methods)
         for p in dict.fromkeys(paths)
         for port in dict.fromkeys([base.port, *ports])
     ]
-    return variants
 
 
 def _path_instance(pattern: str) -> str:
@@ -144,9 +151,7 @@ def _path_instance(pattern: str) -> str:
     return pattern
 
 
-def required_headers(
-    ctx: AuditContext, protected: ProtectedService
-) -> tuple[dict[str, str], list[str]]:
+def required_headers(ctx: AuditContext, protected: ProtectedService) -> tuple[dict[str, str], list[str]]:
     """Header values the allowed caller sends, and the names whose value is unknown."""
     values, unknown = {}, []
     for header in protected.required_headers:
