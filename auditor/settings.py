@@ -26,9 +26,7 @@ class LoggingSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="AUDITOR_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="AUDITOR_", env_nested_delimiter="__", extra="ignore")
 
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 

@@ -15,7 +15,13 @@ from typing import Any
 
 import yaml
 
-_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# The base loaders compose without resolving implicit tags: resolution of plain scalars happens
+# once, here, with the YAML 1.1 rules SafeLoader uses (ints, floats, bools, nulls).
+_Loader: type[yaml.BaseLoader] = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+_NULL = frozenset({"", "~", "null", "Null", "NULL"})
+_BOOL = dict.fromkeys(("yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"), True)
+_BOOL.update(dict.fromkeys(("no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"), False))
 _STR = "tag:yaml.org,2002:str"
 _MERGE = "tag:yaml.org,2002:merge"
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
@@ -46,13 +52,15 @@ def load_documents(text: str) -> Iterator[tuple[int, Any]]:
         loader.dispose()
 
 
-def _convert(loader: yaml.SafeLoader, node: yaml.Node, depth: int) -> Any:
+def _convert(loader: yaml.BaseLoader, node: yaml.Node, depth: int) -> Any:
     if depth > _MAX_DEPTH:
         raise yaml.constructor.ConstructorError(None, None, "nesting too deep (a recursive alias?)", node.start_mark)
     if isinstance(node, yaml.ScalarNode):
-        if node.tag in (_STR, _TIMESTAMP):
+        if node.tag == _STR:
+            return node.value if node.style else _plain(node)
+        if node.tag == _TIMESTAMP:
             return node.value
-        return loader.construct_object(node, deep=True)
+        return _CONSTRUCTOR.construct_object(node, deep=True)
     if isinstance(node, yaml.SequenceNode):
         return [_convert(loader, item, depth + 1) for item in node.value]
     if isinstance(node, yaml.MappingNode):
@@ -60,11 +68,28 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, depth: int) -> Any:
     raise yaml.constructor.ConstructorError(None, None, f"unsupported node {node.tag}", node.start_mark)
 
 
-def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, depth: int) -> dict[Any, Any]:
+def _plain(node: yaml.ScalarNode) -> Any:
+    """Resolve a plain (unquoted) scalar like SafeLoader, but keep timestamps as strings."""
+    value: str = node.value
+    if value in _NULL:
+        return None
+    if value in _BOOL:
+        return _BOOL[value]
+    if value[:1] in "0123456789+-.":
+        tag = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+        if tag not in (_STR, _TIMESTAMP):
+            return _CONSTRUCTOR.construct_object(yaml.ScalarNode(tag, value), deep=True)
+    return value
+
+
+_RESOLVER = yaml.resolver.Resolver()
+
+
+def _mapping(loader: yaml.BaseLoader, node: yaml.MappingNode, depth: int) -> dict[Any, Any]:
     result: dict[Any, Any] = {}
     merged: dict[Any, Any] = {}
     for key_node, value_node in node.value:
-        if key_node.tag == _MERGE:
+        if _is_merge_key(key_node):
             merged.update(_merge_source(loader, value_node, depth))
             continue
         key = _convert(loader, key_node, depth + 1)
@@ -76,7 +101,12 @@ def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, depth: int) -> dic
     return {**merged, **result}
 
 
-def _merge_source(loader: yaml.SafeLoader, node: yaml.Node, depth: int) -> dict[Any, Any]:
+def _is_merge_key(node: yaml.Node) -> bool:
+    plain_merge = isinstance(node, yaml.ScalarNode) and node.value == "<<" and not node.style
+    return node.tag == _MERGE or plain_merge
+
+
+def _merge_source(loader: yaml.BaseLoader, node: yaml.Node, depth: int) -> dict[Any, Any]:
     sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
     merged: dict[Any, Any] = {}
     for source in reversed(sources):

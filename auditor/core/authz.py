@@ -132,16 +132,15 @@ def _inert_reason(policy: AuthorizationPolicy, point: Point) -> str | None:
 def _wrong_namespace(workload: Workload, index: SnapshotIndex, root_namespace: str) -> list[Evidence]:
     """Selector policies elsewhere that match the workload's labels: a classic misplacement."""
     found = []
-    for namespace, policies in index.authz_by_ns.items():
+    for policy in index.authz_by_selector.select(workload.pod_labels):
+        namespace = policy.meta.namespace
         if namespace in {workload.meta.namespace, root_namespace}:
             continue
-        for policy in policies:
-            if policy.selector and selector_matches(policy.selector, workload.pod_labels):
-                note = (
-                    f"selects {workload.meta.ref}'s labels but lives in {namespace}; "
-                    "policies apply only in their own namespace (or mesh-wide from the root namespace)"
-                )
-                found.append(Evidence(policy.meta.ref, "metadata.namespace", namespace, note))
+        note = (
+            f"selects {workload.meta.ref}'s labels but lives in {namespace}; "
+            "policies apply only in their own namespace (or mesh-wide from the root namespace)"
+        )
+        found.append(Evidence(policy.meta.ref, "metadata.namespace", namespace, note))
     return found
 
 

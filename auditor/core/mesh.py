@@ -20,7 +20,6 @@ from auditor.core.snapshot import (
     Service,
     SnapshotIndex,
     Workload,
-    selector_matches,
 )
 
 DATAPLANE_MODE = "istio.io/dataplane-mode"
@@ -160,17 +159,12 @@ def effective_mtls(workload: Workload, port: int, index: SnapshotIndex, root_nam
         False,
     )
     namespace = workload.meta.namespace
-    root = index.peer_auth_by_ns.get(root_namespace, [])
-    local = index.peer_auth_by_ns.get(namespace, []) if namespace != root_namespace else []
-    evidence += [
-        _ignored_root_selector(p)
-        for p in root
-        if _has_selector(p) and selector_matches(p.selector or {}, workload.pod_labels)
-    ]
+    local = namespace != root_namespace
+    evidence += [_ignored_root_selector(p) for p in _selecting(index, root_namespace, workload)]
     levels = (
-        [p for p in root if not _has_selector(p)],
-        [p for p in local if not _has_selector(p)],
-        [p for p in local if _has_selector(p) and selector_matches(p.selector or {}, workload.pod_labels)],
+        index.peer_auth_wide.get(root_namespace, []),
+        index.peer_auth_wide.get(namespace, []) if local else [],
+        _selecting(index, namespace, workload) if local else [],
     )
     winner: PeerAuthentication | None = None
     for policies in levels:
@@ -191,6 +185,11 @@ def effective_mtls(workload: Workload, port: int, index: SnapshotIndex, root_nam
             )
         )
     return MtlsDecision(mode=mode, evidence=tuple(evidence), ambiguous=ambiguous)
+
+
+def _selecting(index: SnapshotIndex, namespace: str, workload: Workload) -> list[PeerAuthentication]:
+    selected = index.peer_auth_selected.get(namespace)
+    return selected.select(workload.pod_labels) if selected else []
 
 
 def _has_selector(policy: PeerAuthentication) -> bool:

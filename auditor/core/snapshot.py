@@ -297,11 +297,27 @@ class SnapshotIndex:
         self.service_accounts = {a.meta.key for a in snapshot.service_accounts}
         self._workloads = self._index_workloads(snapshot.workloads)
         self.peer_auth_by_ns: dict[str, list[PeerAuthentication]] = defaultdict(list)
+        self.peer_auth_wide: dict[str, list[PeerAuthentication]] = defaultdict(list)
+        self.peer_auth_selected: dict[str, SelectorIndex[PeerAuthentication]] = defaultdict(SelectorIndex)
         for policy in snapshot.peer_authentications:
             self.peer_auth_by_ns[policy.meta.namespace].append(policy)
+            if policy.selector:
+                self.peer_auth_selected[policy.meta.namespace].add(policy.selector, policy)
+            else:
+                self.peer_auth_wide[policy.meta.namespace].append(policy)
         self.authz_by_ns: dict[str, list[AuthorizationPolicy]] = defaultdict(list)
+        self.authz_by_selector: SelectorIndex[AuthorizationPolicy] = SelectorIndex()
         for authz in snapshot.authorization_policies:
             self.authz_by_ns[authz.meta.namespace].append(authz)
+            if authz.selector:
+                self.authz_by_selector.add(authz.selector, authz)
+        self.workloads_by_account: dict[tuple[str, str], list[Workload]] = defaultdict(list)
+        self.accounts_by_ns: dict[str, set[str]] = defaultdict(set)
+        for account in snapshot.service_accounts:
+            self.accounts_by_ns[account.meta.namespace].add(account.meta.name)
+        for workload in snapshot.workloads:
+            self.workloads_by_account[(workload.meta.namespace, workload.service_account)].append(workload)
+            self.accounts_by_ns[workload.meta.namespace].add(workload.service_account)
 
     @staticmethod
     def _index_workloads(workloads: Iterable[Workload]) -> dict[tuple[str, bool], _LabelIndex]:

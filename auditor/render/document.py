@@ -40,10 +40,7 @@ def by_target(findings: tuple[Finding, ...]) -> dict[str, dict[str, str]]:
         current = properties.get(finding.property.value)
         if current is None or _RANK[finding.status] < _RANK[current]:
             properties[finding.property.value] = finding.status
-    return {
-        target: {p: s.value for p, s in sorted(props.items())}
-        for target, props in sorted(result.items())
-    }
+    return {target: {p: s.value for p, s in sorted(props.items())} for target, props in sorted(result.items())}
 
 
 def audit_document(findings: tuple[Finding, ...], *, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -33,9 +33,7 @@ def render_table(findings: tuple[Finding, ...], *, verbose: bool = False) -> str
 def _headline(findings: tuple[Finding, ...]) -> str:
     summary = summarize(findings)
     counts = ", ".join(f"{n} {s.value}" for s, n in summary.counts.items() if n)
-    return (
-        f"mesh-auditor: {summary.targets} target(s), {len(findings)} finding(s): {counts or 'none'}"
-    )
+    return f"mesh-auditor: {summary.targets} target(s), {len(findings)} finding(s): {counts or 'none'}"
 
 
 def _row(finding: Finding, *, verbose: bool) -> list[str]:
@@ -54,17 +52,13 @@ def _row(finding: Finding, *, verbose: bool) -> list[str]:
     if verbose:
         for evidence in finding.evidence:
             text = f"- {evidence.object} {evidence.field}={evidence.value} {evidence.note}".rstrip()
-            lines += textwrap.wrap(
-                text, WIDTH, initial_indent=_INDENT, subsequent_indent=_INDENT + "  "
-            )
+            lines += textwrap.wrap(text, WIDTH, initial_indent=_INDENT, subsequent_indent=_INDENT + "  ")
     return lines
 
 
 def _legend(findings: tuple[Finding, ...]) -> str:
     code = summarize(findings).exit_code
-    meaning = {0: "every finding passes", 1: "drift found", 3: "some promises could not be proven"}[
-        code
-    ]
+    meaning = {0: "every finding passes", 1: "drift found", 3: "some promises could not be proven"}[code]
     return f"exit {code}: {meaning}.\nMore: -v for evidence, --output json|markdown, `auditor checks`."
 
 
@@ -79,7 +73,8 @@ def render_markdown(findings: tuple[Finding, ...]) -> str:
     ]
     for f in findings:
         lines.append(
-            f"| `{f.target}` | {f.property.value} | **{f.status.value.upper()}** | `{f.check.id}` | {_cell(f.message)} |"
+            f"| `{f.target}` | {f.property.value} | **{f.status.value.upper()}** "
+            f"| `{f.check.id}` | {_cell(f.message)} |"
         )
     failing = [f for f in findings if f.status in {Status.FAIL, Status.ERROR}]
     if failing:
@@ -88,10 +83,7 @@ def render_markdown(findings: tuple[Finding, ...]) -> str:
             lines += [f"### `{f.target}`: {f.check.title}", "", f.check.remediation, ""]
             if f.check.remediation_yaml:
                 lines += ["```yaml", f.check.remediation_yaml.rstrip(), "```", ""]
-            lines += [
-                f"- evidence: {_cell(e.object)} `{e.field}` = `{e.value}` {e.note}".rstrip()
-                for e in f.evidence
-            ]
+            lines += [f"- evidence: {_cell(e.object)} `{e.field}` = `{e.value}` {e.note}".rstrip() for e in f.evidence]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -91,13 +91,12 @@ def _from_account(td: str, pattern: str) -> str:
 
 
 def _accounts_in(ctx: AuditContext, namespaces: set[str]) -> list[str]:
-    accounts = {key for key in ctx.index.service_accounts if key.split("/")[0] in namespaces}
-    accounts |= {
-        w.meta.namespace + "/" + w.service_account
-        for w in ctx.index.snapshot.workloads
-        if w.meta.namespace in namespaces
-    }
-    return [f"{ctx.trust_domain}/ns/{ns}/sa/{sa}" for ns, sa in (a.split("/", 1) for a in sorted(accounts))]
+    """Every ServiceAccount (declared, or named by a pod) in the given namespaces, as principals."""
+    return [
+        f"{ctx.trust_domain}/ns/{ns}/sa/{sa}"
+        for ns in sorted(namespaces)
+        for sa in sorted(ctx.index.accounts_by_ns.get(ns, ()))
+    ]
 
 
 def allowed_caller(ctx: AuditContext, principal: str) -> Caller:
@@ -108,11 +107,7 @@ def allowed_caller(ctx: AuditContext, principal: str) -> Caller:
     the identity is taken as in-mesh (the promise is about the identity).
     """
     caller = Caller(principal)
-    workloads = [
-        w
-        for w in ctx.index.snapshot.workloads
-        if w.meta.namespace == caller.namespace and w.service_account == caller.service_account
-    ]
+    workloads = ctx.index.workloads_by_account.get((caller.namespace or "", caller.service_account or ""), [])
     if workloads and not any(capture_of(w, ctx.index).inbound_enforced for w in workloads):
         return Caller(None, label=f"{principal}, whose pods are outside the mesh (plaintext)")
     return caller

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Benchmark of the offline static audit (not a test): generated manifests of N Services.
+
+Each Service has a Deployment, a ServiceAccount and two policies (a workload PeerAuthentication
+and a selector AuthorizationPolicy), 100 Services per namespace; one Service in 100 is protected
+by the rules with a waypoint and a header policy. Each size is audited by the real CLI in a child
+process; the script prints wall time and the child's peak RSS. Usage:
+
+    python scripts/bench_static.py [--sizes 1000 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+PER_NAMESPACE = 100
+PROTECTED_EVERY = 100
+
+
+def _service_docs(ns: str, name: str, protected: bool) -> list[dict[str, object]]:
+    labels = {"app.kubernetes.io/name": name}
+    service_labels = {**labels, **({"istio.io/use-waypoint": f"{name}-waypoint"} if protected else {})}
+    docs: list[dict[str, object]] = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": ns, "labels": service_labels},
+            "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": name,
+                        "containers": [{"name": "app", "image": "app", "ports": [{"containerPort": 8080}]}],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "PeerAuthentication",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"selector": {"matchLabels": labels}, "mtls": {"mode": "STRICT"}},
+        },
+    ]
+    if protected:
+        docs += _waypoint_docs(ns, name)
+    else:
+        docs.append(
+            {
+                "apiVersion": "security.istio.io/v1",
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {
+                    "selector": {"matchLabels": labels},
+                    "rules": [{"from": [{"source": {"principals": [f"cluster.local/ns/{ns}/sa/client"]}}]}],
+                },
+            }
+        )
+    return docs
+
+
+def _waypoint_docs(ns: str, name: str) -> list[dict[str, object]]:
+    return [
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": f"{name}-waypoint", "namespace": ns, "labels": {"istio.io/waypoint-for": "service"}},
+            "spec": {
+                "gatewayClassName": "istio-waypoint",
+                "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
+            },
+        },
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": f"{name}-waypoint"}],
+                "rules": [
+                    {
+                        "from": [{"source": {"principals": [f"cluster.local/ns/{ns}/sa/client"]}}],
+                        "when": [{"key": "request.headers[x-token]", "values": ["t"]}],
+                    }
+                ],
+            },
+        },
+    ]
+
+
+def generate(size: int, directory: Path) -> tuple[Path, Path]:
+    documents: list[dict[str, object]] = []
+    namespaces = sorted({f"ns-{i // PER_NAMESPACE:04d}" for i in range(size)})
+    documents += [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": ns, "labels": {"istio.io/dataplane-mode": "ambient"}},
+        }
+        for ns in namespaces
+    ]
+    documents.append(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "PeerAuthentication",
+            "metadata": {"name": "default", "namespace": "istio-system"},
+            "spec": {"mtls": {"mode": "STRICT"}},
+        }
+    )
+    protected = []
+    for i in range(size):
+        ns, name = f"ns-{i // PER_NAMESPACE:04d}", f"svc-{i:05d}"
+        is_protected = i % PROTECTED_EVERY == 0
+        documents += _service_docs(ns, name, is_protected)
+        if is_protected:
+            protected.append(
+                {
+                    "name": name,
+                    "namespace": ns,
+                    "allowedPrincipals": [f"cluster.local/ns/{ns}/sa/client"],
+                    "waypoint": {"name": f"{name}-waypoint"},
+                    "requiredHeaders": [{"name": "x-token", "value": {"literal": "t"}}],
+                }
+            )
+    manifests = directory / f"services-{size}.yaml"
+    manifests.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
+    rules = directory / f"rules-{size}.yaml"
+    rules.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "mesh-auditor.dev/v1alpha1",
+                "kind": "MeshPosture",
+                "metadata": {"name": "bench"},
+                "spec": {"scope": [{"namespace": ns} for ns in namespaces], "protectedServices": protected},
+            }
+        ),
+        encoding="utf-8",
+    )
+    return manifests, rules
+
+
+def measure(manifests: Path, rules: Path) -> tuple[float, float, int]:
+    """Wall seconds, peak RSS in MiB and exit code of one `auditor check` child process."""
+    command = [
+        sys.executable,
+        "-m",
+        "auditor",
+        "check",
+        "--manifests",
+        str(manifests),
+        "--rules",
+        str(rules),
+        "--output",
+        "json",
+    ]
+    started = time.perf_counter()
+    # A fresh child per size, so ru_maxrss of RUSAGE_CHILDREN is that child's peak.
+    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if result.returncode not in {0, 1, 3}:
+        raise SystemExit(f"auditor failed ({result.returncode}): {result.stderr}")
+    return elapsed, peak_mib, result.returncode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    args = parser.parse_args()
+    print(f"{'services':>9} {'policies':>9} {'manifest MiB':>13} {'wall s':>8} {'peak RSS MiB':>13} {'exit':>5}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            manifests, rules = generate(size, Path(tmp))
+            # Each size in its own interpreter, so one size's peak does not mask the next's.
+            child = [sys.executable, __file__, "--one", str(manifests), str(rules)]
+            line = subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip()
+            mib = manifests.stat().st_size / 2**20
+            print(f"{size:>9} {2 * size:>9} {mib:>13.1f} {line}", flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--one":
+        wall, rss, code = measure(Path(sys.argv[2]), Path(sys.argv[3]))
+        print(f"{wall:>8.2f} {rss:>13.0f} {code:>5}")
+    else:
+        main()
