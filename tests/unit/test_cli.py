@@ -7,8 +7,10 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from auditor.cli import main, schema_text
 
@@ -24,7 +26,7 @@ def run(*argv: str, stdin: str = "") -> tuple[int, str]:
     return code, out.getvalue()
 
 
-def audit_json(*argv: str, stdin: str = "") -> tuple[int, dict[str, object]]:
+def audit_json(*argv: str, stdin: str = "") -> tuple[int, dict[str, Any]]:
     code, text = run("check", *argv, "--output", "json", stdin=stdin)
     return code, json.loads(text)
 
@@ -32,7 +34,7 @@ def audit_json(*argv: str, stdin: str = "") -> tuple[int, dict[str, object]]:
 def test_compliant_example_passes_all_four_properties_for_catalog() -> None:
     """The walkthrough's final state: exit 0, four properties pass for catalog, strict-mtls for the rest."""
     code, document = audit_json("--manifests", EXAMPLE, "--rules", RULES)
-    by_target = document["summary"]["by_target"]  # type: ignore[index]
+    by_target = document["summary"]["by_target"]
     assert code == 0
     assert by_target["default/catalog"] == {
         "principal-allowlist": "pass",
@@ -47,7 +49,7 @@ def test_compliant_example_passes_all_four_properties_for_catalog() -> None:
 def test_drifted_example_names_each_drift_on_its_property() -> None:
     """Each planted drift (examples/retail-store-drifted/README.md) fails exactly its check."""
     code, document = audit_json("--manifests", DRIFTED, "--rules", RULES)
-    failing = {(f["target"], f["property"], f["check"]) for f in document["findings"] if f["status"] == "fail"}  # type: ignore[index, union-attr]
+    failing = {(f["target"], f["property"], f["check"]) for f in document["findings"] if f["status"] == "fail"}
     assert code == 1
     assert failing == {
         ("default/orders", "strict-mtls", "strict-mtls.peer-authentication"),
@@ -61,8 +63,17 @@ def test_drifted_example_names_each_drift_on_its_property() -> None:
 def test_json_findings_carry_the_contract_fields() -> None:
     """Every finding has property, status, target, check, method, message, remediation, evidence."""
     _, document = audit_json("--manifests", DRIFTED, "--rules", RULES)
-    for finding in document["findings"]:  # type: ignore[attr-defined]
-        assert {"property", "status", "target", "check", "method", "message", "remediation", "evidence"} <= finding.keys()
+    for finding in document["findings"]:
+        assert {
+            "property",
+            "status",
+            "target",
+            "check",
+            "method",
+            "message",
+            "remediation",
+            "evidence",
+        } <= finding.keys()
         assert finding["method"] == "static"
         assert finding["evidence"], finding["check"]
 
@@ -72,13 +83,11 @@ def test_manifests_from_stdin_audit_like_files() -> None:
     text = "\n---\n".join(p.read_text(encoding="utf-8") for p in sorted(Path(EXAMPLE).glob("*.yaml")))
     code, document = audit_json("--manifests", "-", "--rules", RULES, stdin=text)
     assert code == 0
-    assert document["summary"]["targets"] == 5  # type: ignore[index]
+    assert document["summary"]["targets"] == 5
 
 
 def test_list_kind_is_flattened(tmp_path: Path) -> None:
     """A kind: List document contributes its items (what `kubectl get -o yaml` prints)."""
-    import yaml
-
     items = [d for p in sorted(Path(EXAMPLE).glob("*.yaml")) for d in yaml.safe_load_all(p.read_text(encoding="utf-8"))]
     listing = tmp_path / "list.yaml"
     listing.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}), encoding="utf-8")
@@ -91,7 +100,7 @@ def test_nothing_in_scope_is_never_exit_zero(tmp_path: Path) -> None:
     empty = tmp_path / "ns.yaml"
     empty.write_text("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n", encoding="utf-8")
     code, document = audit_json("--manifests", str(empty), "--rules", RULES)
-    statuses = {(f["target"], f["check"]): f["status"] for f in document["findings"]}  # type: ignore[attr-defined]
+    statuses = {(f["target"], f["check"]): f["status"] for f in document["findings"]}
     assert code == 3
     assert statuses[("default/*", "audit.target-exists")] == "error"
     assert statuses[("default/catalog", "audit.target-exists")] == "error"
@@ -101,18 +110,29 @@ def test_nothing_in_scope_is_never_exit_zero(tmp_path: Path) -> None:
     ("content", "expected"),
     [
         ("kind: Service\nmetadata: {name: x}\n", "(document 0): apiVersion: is missing"),
-        ("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec:\n  ports: 80\n", "spec.ports: expected a list"),
-        ("apiVersion: v1\nkind: Service\nmetadata: {name: x}\n---\n- a\n- b\n", "(document 1): a document must be a Kubernetes object"),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec:\n  ports: 80\n",
+            "spec.ports: expected a list",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n---\n- a\n- b\n",
+            "(document 1): a document must be a Kubernetes object",
+        ),
         ("apiVersion: v1\nkind: Service\nmetadata: {name: [x}\n", "invalid YAML at line 3"),
         (
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  mtls: {mode: STRICTLY}\n",
             "spec.mtls.mode: unknown mode 'STRICTLY'",
         ),
-        ("apiVersion: v1\nkind: Service\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: x}\n", "defined twice"),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: x}\n",
+            "defined twice",
+        ),
         ("apiVersion: v1\nkind: Service\nmetadata: {name: x, name: y}\n", "duplicate key 'name'"),
     ],
 )
-def test_malformed_manifest_exits_2_naming_file_document_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str) -> None:
+def test_malformed_manifest_exits_2_naming_file_document_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
+) -> None:
     """Bad manifests are refused with the file, the document index, the field and a fix."""
     bad = tmp_path / "bad.yaml"
     bad.write_text(content, encoding="utf-8")
@@ -128,7 +148,11 @@ def test_malformed_manifest_exits_2_naming_file_document_and_field(tmp_path: Pat
 @pytest.mark.parametrize(
     ("content", "field", "problem"),
     [
-        ("apiVersion: v1\nkind: MeshPosture\nmetadata: {name: a}\nspec: {}\n", "apiVersion", "Input should be 'mesh-auditor.dev/v1alpha1'"),
+        (
+            "apiVersion: v1\nkind: MeshPosture\nmetadata: {name: a}\nspec: {}\n",
+            "apiVersion",
+            "Input should be 'mesh-auditor.dev/v1alpha1'",
+        ),
         (
             "apiVersion: mesh-auditor.dev/v1alpha1\nkind: MeshPosture\nmetadata: {name: a}\nspec:\n  protectedServices:\n  - name: catalog\n    allowedPrincipals: [ui]\n",
             "spec.protectedServices[0].allowedPrincipals",
@@ -151,7 +175,9 @@ def test_malformed_manifest_exits_2_naming_file_document_and_field(tmp_path: Pat
         ),
     ],
 )
-def test_invalid_rules_exit_2_naming_field_and_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, field: str, problem: str) -> None:
+def test_invalid_rules_exit_2_naming_field_and_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, field: str, problem: str
+) -> None:
     """Rules that do not validate are refused with the file, the YAML field path and the problem."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(content, encoding="utf-8")
@@ -163,7 +189,9 @@ def test_invalid_rules_exit_2_naming_field_and_fix(tmp_path: Path, capsys: pytes
     assert "fix:" in err
 
 
-def test_two_rules_files_protecting_the_same_service_conflict(capsys: pytest.CaptureFixture[str]) -> None:
+def test_two_rules_files_protecting_the_same_service_conflict(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """The same protected Service in two files is an input error, not a silent override."""
     code, _ = run("check", "--manifests", EXAMPLE, "--rules", RULES, "--rules", RULES)
     assert code == 2
@@ -176,7 +204,9 @@ def test_missing_manifest_path_exits_2(capsys: pytest.CaptureFixture[str]) -> No
     assert "no such file or directory" in capsys.readouterr().err
 
 
-def test_invalid_setting_exits_2_naming_the_variable(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_setting_exits_2_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("AUDITOR_LOGGING__LEVEL", "loud")
     code, _ = run("check", "--manifests", EXAMPLE, "--rules", RULES)
     assert code == 2
@@ -196,7 +226,13 @@ def test_table_fits_80_columns_and_groups_by_target() -> None:
     assert code == 1
     assert max(len(line) for line in lines) <= 80
     headings = [line for line in lines if line.startswith("default/")]
-    assert headings == ["default/cart-carts", "default/catalog", "default/checkout", "default/orders", "default/ui"]
+    assert headings == [
+        "default/cart-carts",
+        "default/catalog",
+        "default/checkout",
+        "default/orders",
+        "default/ui",
+    ]
 
 
 def test_markdown_lists_remediation_yaml_for_failures() -> None:
@@ -220,7 +256,18 @@ def test_rules_validate_reports_ok() -> None:
 def test_console_script_runs_as_a_process() -> None:
     """The installed entry point works end to end (exit code through the process boundary)."""
     result = subprocess.run(
-        [sys.executable, "-m", "auditor", "check", "--manifests", DRIFTED, "--rules", RULES, "--output", "json"],
+        [
+            sys.executable,
+            "-m",
+            "auditor",
+            "check",
+            "--manifests",
+            DRIFTED,
+            "--rules",
+            RULES,
+            "--output",
+            "json",
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -21,7 +21,10 @@ def test_case_yields_declared_findings(case: Case, tmp_path: Path, monkeypatch: 
         monkeypatch.setenv(name, value)
     manifests = materialize(case, tmp_path)
     out = io.StringIO()
-    code = main(["check", "--manifests", str(manifests), "--rules", str(case.rules), "--output", "json"], stdout=out)
+    code = main(
+        ["check", "--manifests", str(manifests), "--rules", str(case.rules), "--output", "json"],
+        stdout=out,
+    )
     document = json.loads(out.getvalue())
     assert outcome(document) == case.expect, case.description
     assert code == document["summary"]["exit_code"]
