@@ -15,7 +15,7 @@ from typing import TextIO
 
 from auditor import __version__
 from auditor.adapters.rules.loader import load_rules
-from auditor.app import check_offline, configure_logging
+from auditor.app import AuditResult, check_live, check_offline, configure_logging
 from auditor.core.checks.catalog import ALL
 from auditor.core.model import summarize
 from auditor.core.posture import PostureDocument
@@ -59,37 +59,27 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check = commands.add_parser(
         "check",
-        help="audit manifests against rules (offline, for CI)",
-        description="Audit Kubernetes manifests against a mesh posture. Findings are grouped by target.",
+        help="audit manifests (offline, for CI) or a live cluster against rules",
+        description="Audit Kubernetes manifests or a live cluster against a mesh posture. "
+        "Findings are grouped by target.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument(
+    source = check.add_argument_group("what to audit: --manifests, or a cluster")
+    source.add_argument(
         "--manifests",
         action="append",
-        required=True,
         metavar="PATH",
         help="manifest file, directory (recursive) or - for stdin; repeatable",
     )
+    source.add_argument("--kubeconfig", metavar="FILE", help="audit the cluster of this kubeconfig (read-only)")
+    source.add_argument("--context", metavar="NAME", help="kubeconfig context (default: the current one)")
+    source.add_argument("--in-cluster", action="store_true", help="audit the cluster this pod runs in")
+    check.add_argument("--rules", action="append", required=True, metavar="FILE", help="rules file; repeatable")
     check.add_argument(
-        "--rules",
-        action="append",
-        required=True,
-        metavar="FILE",
-        help="rules file (rules/*.yaml); repeatable",
+        "--output", choices=("table", "json", "markdown"), default="table", help="output format (default: table)"
     )
-    check.add_argument(
-        "--output",
-        choices=("table", "json", "markdown"),
-        default="table",
-        help="output format (default: table)",
-    )
-    check.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="table: show evidence and check ids for every finding",
-    )
+    check.add_argument("-v", "--verbose", action="store_true", help="table: evidence and check ids for every finding")
 
 
 def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
@@ -113,15 +103,31 @@ def _dispatch(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
 
 
 def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
-    result = check_offline(args.manifests, args.rules, os.environ, stdin)
-    if args.output == "json":
-        # One line: the C encoder (indent disables it) keeps 10k-Service audits fast; pipe to jq to read.
+    live = args.kubeconfig is not None or args.context is not None or args.in_cluster
+    if bool(args.manifests) == live:
+        raise InputError(
+            "command line",
+            "give either --manifests or a cluster (--kubeconfig, --context or --in-cluster)",
+            fix="see auditor check --help",
+        )
+    if live:
+        result = check_live(args.kubeconfig, args.context, args.rules, os.environ)
+    else:
+        result = check_offline(args.manifests, args.rules, os.environ, stdin)
+    for problem in result.problems:
+        print(f"auditor: warning: {problem}", file=sys.stderr)
+    _render(args.output, result, out, verbose=args.verbose)
+    return summarize(result.findings).exit_code
+
+
+def _render(output: str, result: AuditResult, out: TextIO, *, verbose: bool) -> None:
+    if output == "json":
+        # One line: the C encoder (indent disables it) keeps 10k-Service audits fast; jq reads it.
         out.write(json.dumps(audit_document(result.findings, inputs=result.inputs)) + "\n")
-    elif args.output == "markdown":
+    elif output == "markdown":
         out.write(render_markdown(result.findings))
     else:
-        out.write(render_table(result.findings, verbose=args.verbose))
-    return summarize(result.findings).exit_code
+        out.write(render_table(result.findings, verbose=verbose))
 
 
 def _rules(args: argparse.Namespace, out: TextIO) -> int:

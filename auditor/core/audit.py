@@ -14,14 +14,14 @@ from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.reach import route_for
 from auditor.core.model import Evidence, Finding, Status
 from auditor.core.posture import Posture, ProtectedService, ScopeEntry
-from auditor.core.snapshot import Service, Snapshot, SnapshotIndex, selector_matches
+from auditor.core.snapshot import ReadProblem, Service, Snapshot, SnapshotIndex, selector_matches
 
 
 def run_static_audit(
     snapshot: Snapshot, posture: Posture, header_values: Mapping[tuple[str, str], str | None]
 ) -> tuple[Finding, ...]:
     ctx = AuditContext(index=SnapshotIndex(snapshot), posture=posture, header_values=header_values)
-    findings = [_read_problem(problem.resource, problem.message, problem.permission) for problem in snapshot.problems]
+    findings = [_read_problem(problem) for problem in snapshot.problems]
     in_scope, empty = _scoped_services(ctx)
     findings += empty
     for service in in_scope:
@@ -31,13 +31,25 @@ def run_static_audit(
         ]
     for protected in posture.protected:
         findings += _protected_findings(ctx, protected)
+    unreadable = {problem.kind: problem for problem in snapshot.problems}
+    findings = [_not_evaluated(f, unreadable) if f.check.reads & unreadable.keys() else f for f in findings]
     return tuple(sorted(findings, key=Finding.sort_key))
 
 
-def _read_problem(resource: str, message: str, permission: str) -> Finding:
-    evidence = [Evidence(resource, "", permission or "(unreadable)", message)]
-    text = f"could not read {resource}: {message}" + (f" (needs {permission})" if permission else "")
-    return finding(SNAPSHOT_READ, f"cluster/{resource}", Status.ERROR, text, evidence)
+def _not_evaluated(original: Finding, unreadable: Mapping[str, ReadProblem]) -> Finding:
+    """A check that needs a kind the reader could not read proves nothing either way."""
+    missing = sorted(original.check.reads & unreadable.keys())
+    needs = ", ".join(unreadable[kind].permission or kind for kind in missing)
+    evidence = [Evidence(unreadable[kind].resource, "", "(unreadable)", unreadable[kind].message) for kind in missing]
+    message = f"not evaluated: could not read {', '.join(missing)} (needs {needs})"
+    return finding(original.check, original.target, Status.ERROR, message, evidence)
+
+
+def _read_problem(problem: ReadProblem) -> Finding:
+    evidence = [Evidence(problem.resource, "", problem.permission or "(unreadable)", problem.message)]
+    needs = f" (needs {problem.permission})" if problem.permission else ""
+    text = f"could not read {problem.resource}: {problem.message}{needs}"
+    return finding(SNAPSHOT_READ, f"cluster/{problem.kind}", Status.ERROR, text, evidence)
 
 
 def _scoped_services(ctx: AuditContext) -> tuple[list[Service], list[Finding]]:

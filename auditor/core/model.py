@@ -69,6 +69,9 @@ class CheckMeta:
     remediation: str
     remediation_yaml: str
     references: tuple[str, ...]
+    # Kinds the check reads; when one of them could not be read, the check is not run and
+    # reports ERROR instead (a partial snapshot must produce neither a pass nor a false fail).
+    reads: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

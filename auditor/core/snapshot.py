@@ -230,6 +230,7 @@ class ServiceEntry:
 class ReadProblem:
     """Something the reader could not read (a forbidden list, a missing CRD): never a pass."""
 
+    kind: str
     resource: str
     message: str
     permission: str = ""

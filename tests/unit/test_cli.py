@@ -213,9 +213,12 @@ def test_invalid_setting_exits_2_naming_the_variable(
     assert "AUDITOR_LOGGING__LEVEL" in capsys.readouterr().err
 
 
-def test_usage_error_exits_2() -> None:
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """Neither manifests nor a cluster, or an unknown flag: usage errors, exit 2."""
+    assert main(["check", "--rules", RULES]) == 2
+    assert "give either --manifests or a cluster" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        main(["check", "--rules", RULES])
+        main(["check", "--rules", RULES, "--bogus"])
     assert exit_info.value.code == 2
 
 

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from auditor.core.model import CheckMeta, Property, Severity
 
+_WORKLOADS = frozenset(
+    {"Namespace", "Service", "Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
+)
+_MTLS = _WORKLOADS | {"PeerAuthentication"}
+_WAYPOINT = _WORKLOADS | {"Gateway", "GatewayClass"}
+_AUTHZ = _MTLS | _WAYPOINT | {"AuthorizationPolicy", "ServiceAccount"}
+
 SEMANTICS = "docs/ambient-semantics.md"
 
 MESH_WIDE_STRICT = """\
@@ -41,6 +48,7 @@ metadata:
     istio.io/dataplane-mode: ambient
 """,
     references=(f"{SEMANTICS} §2", "https://istio.io/latest/docs/ambient/usage/add-workloads/"),
+    reads=_WORKLOADS,
 )
 
 PEER_AUTHENTICATION = CheckMeta(
@@ -58,6 +66,7 @@ PEER_AUTHENTICATION = CheckMeta(
         f"{SEMANTICS} §3",
         "https://istio.io/latest/docs/reference/config/security/peer_authentication/",
     ),
+    reads=_MTLS,
 )
 
 INTRUDERS_REFUSED = CheckMeta(
@@ -93,6 +102,7 @@ spec:
         f"{SEMANTICS} §4.1-§4.4, §4.6",
         "https://istio.io/latest/docs/ambient/usage/l4-policy/",
     ),
+    reads=_AUTHZ,
 )
 
 ALLOWED_ADMITTED = CheckMeta(
@@ -123,6 +133,7 @@ spec:
         - cluster.local/ns/<namespace>/sa/<waypoint>
 """,
     references=(f"{SEMANTICS} §4.5", "https://istio.io/latest/docs/ambient/usage/l7-features/"),
+    reads=_AUTHZ,
 )
 
 WAYPOINT_BOUND = CheckMeta(
@@ -143,6 +154,7 @@ metadata:
     istio.io/use-waypoint: <waypoint>
 """,
     references=(f"{SEMANTICS} §2, §4.7", "https://istio.io/latest/docs/ambient/usage/waypoint/"),
+    reads=_WAYPOINT,
 )
 
 WAYPOINT_GATEWAY = CheckMeta(
@@ -169,6 +181,7 @@ spec:
     protocol: HBONE
 """,
     references=(f"{SEMANTICS} §2, §4.7", "https://istio.io/latest/docs/ambient/usage/waypoint/"),
+    reads=_WAYPOINT,
 )
 
 HEADERS_ENFORCED = CheckMeta(
@@ -204,6 +217,7 @@ spec:
         f"{SEMANTICS} §4.3, §4.6",
         "https://istio.io/latest/docs/reference/config/security/conditions/",
     ),
+    reads=_AUTHZ,
 )
 
 TARGET_EXISTS = CheckMeta(
@@ -215,6 +229,7 @@ TARGET_EXISTS = CheckMeta(
     remediation="Fix the name or namespace in the rules, or add the missing manifests to the audit input.",
     remediation_yaml="",
     references=("docs/rules.md",),
+    reads=frozenset({"Service"}),
 )
 
 SNAPSHOT_READ = CheckMeta(

@@ -1,0 +1,105 @@
+"""Kubernetes API access: building a client (kubeconfig, context or in-cluster) and raw JSON GETs.
+
+Objects are read as raw JSON, not as generated models, so the live snapshot is decoded by the
+same code, from the same shape, as manifest files. Failures are typed (``ApiUnavailable`` for a
+server that does not answer, ``ApiRefused`` for an HTTP error status) so the reader can turn
+them into findings that name the resource and the permission.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.config.config_exception import ConfigException
+
+from auditor.errors import InputError
+
+REQUEST_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds: a dead server is reported, never waited on forever
+
+
+class ApiUnavailable(Exception):  # noqa: N818 - a condition, not a programming error
+    """The API server did not answer (connection refused, reset, timeout)."""
+
+
+@dataclass
+class ApiRefused(Exception):  # noqa: N818 - mirrors the HTTP answer
+    status: int
+    reason: str
+    message: str
+
+
+def build_api_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
+    """From a kubeconfig (and context), or the in-cluster ServiceAccount when none is given."""
+    try:
+        if kubeconfig is None and context is None:
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)
+            return client.ApiClient(configuration)
+        api: client.ApiClient = config.new_client_from_config(config_file=kubeconfig, context=context)
+    except (ConfigException, OSError, TypeError, ValueError) as error:
+        source = kubeconfig or "in-cluster config"
+        raise InputError(
+            source,
+            f"cannot build a Kubernetes client: {error}",
+            field="--kubeconfig/--context",
+            fix="point --kubeconfig at a valid kubeconfig and --context at one of its contexts",
+        ) from error
+    return api
+
+
+def get_json(api: client.ApiClient, path: str, query: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    response = _request(api, path, query or [])
+    body = response.read()
+    if response.status >= 400:
+        raise _refused(response.status, response.reason or "", body)
+    document: dict[str, Any] = json.loads(body)
+    return document
+
+
+def stream_lines(
+    api: client.ApiClient, path: str, query: list[tuple[str, str]], read_timeout: float
+) -> Iterator[dict[str, Any]]:
+    """A watch: yields each JSON event line until the server ends the stream."""
+    response = _request(api, path, query, timeout=(REQUEST_TIMEOUT[0], read_timeout))
+    if response.status >= 400:
+        raise _refused(response.status, response.reason or "", response.read())
+    raw = response.response
+    try:
+        buffer = b""
+        for chunk in raw.stream(4096, decode_content=True):
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            yield from (json.loads(line) for line in lines if line.strip())
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        raise ApiUnavailable(str(error)) from error
+    finally:
+        raw.release_conn()
+
+
+def _request(
+    api: client.ApiClient, path: str, query: list[tuple[str, str]], timeout: tuple[float, float] = REQUEST_TIMEOUT
+) -> Any:
+    method, url, headers, _, _ = api.param_serialize(
+        method="GET",
+        resource_path=path,
+        query_params=query,
+        header_params={"Accept": "application/json"},
+        auth_settings=["BearerToken"],
+    )
+    try:
+        return api.call_api(method, url, header_params=headers, _request_timeout=timeout)
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        raise ApiUnavailable(str(error)) from error
+
+
+def _refused(status: int, reason: str, body: bytes) -> ApiRefused:
+    try:
+        message = str(json.loads(body).get("message", ""))
+    except (ValueError, AttributeError):
+        message = body[:200].decode("utf-8", "replace")
+    return ApiRefused(status, reason, message)

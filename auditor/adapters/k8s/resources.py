@@ -1,0 +1,56 @@
+"""The API resources the snapshot reads: the single source for the reader and for deploy/rbac.yaml.
+
+A test renders the auditor's ClusterRole from this table and compares it with the shipped one,
+so the RBAC is exactly what the reader uses, no more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    kind: str
+    group: str
+    version: str
+    plural: str
+    namespaced: bool = True
+    crd: bool = False
+
+    @property
+    def list_path(self) -> str:
+        prefix = "/api" if not self.group else f"/apis/{self.group}"
+        return f"{prefix}/{self.version}/{self.plural}"
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def qualified(self) -> str:
+        """``plural.group`` as RBAC and ``kubectl auth can-i`` spell it."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    def permission(self, verb: str = "list") -> str:
+        return f"{verb} {self.qualified}"
+
+
+SNAPSHOT_RESOURCES: tuple[Resource, ...] = (
+    Resource("Namespace", "", "v1", "namespaces", namespaced=False),
+    Resource("ServiceAccount", "", "v1", "serviceaccounts"),
+    Resource("Service", "", "v1", "services"),
+    Resource("Pod", "", "v1", "pods"),
+    Resource("Deployment", "apps", "v1", "deployments"),
+    Resource("StatefulSet", "apps", "v1", "statefulsets"),
+    Resource("DaemonSet", "apps", "v1", "daemonsets"),
+    Resource("ReplicaSet", "apps", "v1", "replicasets"),
+    Resource("Job", "batch", "v1", "jobs"),
+    Resource("CronJob", "batch", "v1", "cronjobs"),
+    Resource("PeerAuthentication", "security.istio.io", "v1", "peerauthentications", crd=True),
+    Resource("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies", crd=True),
+    Resource("Gateway", "gateway.networking.k8s.io", "v1", "gateways", crd=True),
+    Resource("GatewayClass", "gateway.networking.k8s.io", "v1", "gatewayclasses", namespaced=False, crd=True),
+    Resource("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes", crd=True),
+    Resource("ServiceEntry", "networking.istio.io", "v1", "serviceentries", crd=True),
+)
