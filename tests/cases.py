@@ -6,7 +6,9 @@ A case is a directory ``tests/fixtures/static/<name>/`` holding:
   optional ``remove`` (``Kind namespace/name`` entries dropped from the base), optional
   ``rules`` (default ``rules/retail-store.yaml``; a path relative to the case directory), optional
   ``env`` (variables for header values), and ``expect``: ``{target: {check id: status}}`` listing
-  every finding that is not ``pass``. Every other finding must be ``pass``.
+  every finding that is not ``pass``. Every other finding must be ``pass``. Optional
+  ``live_expect`` replaces ``expect`` for the live parity test where a live cluster knows more
+  than manifests (the server stamps creationTimestamp, so creation order is no longer unknown).
 - ``overlay.yaml`` (optional): documents that replace base objects of the same kind, namespace
   and name, or are added.
 
@@ -36,6 +38,7 @@ class Case:
     rules: Path
     env: dict[str, str]
     expect: dict[str, dict[str, str]] = field(default_factory=dict)
+    live_expect: dict[str, dict[str, str]] | None = None
 
 
 def all_cases() -> list[Case]:
@@ -53,8 +56,13 @@ def load_case(directory: Path) -> Case:
         remove=tuple(spec.get("remove", ())),
         rules=(directory / rules) if rules else ROOT / "rules" / "retail-store.yaml",
         env={str(k): str(v) for k, v in (spec.get("env") or {}).items()},
-        expect={t: {c: str(s) for c, s in checks.items()} for t, checks in (spec.get("expect") or {}).items()},
+        expect=_expectations(spec.get("expect")),
+        live_expect=_expectations(spec["live_expect"]) if "live_expect" in spec else None,
     )
+
+
+def _expectations(raw: Any) -> dict[str, dict[str, str]]:
+    return {str(t): {str(c): str(s) for c, s in checks.items()} for t, checks in (raw or {}).items()}
 
 
 def _identity(document: dict[str, Any]) -> str:

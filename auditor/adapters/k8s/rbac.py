@@ -1,0 +1,33 @@
+"""Renders the auditor's read-only ClusterRole from ``SNAPSHOT_RESOURCES``.
+
+``deploy/rbac.yaml`` holds the rendered role; a test renders it again and compares, so the
+shipped permissions are exactly what the reader lists, one rule per resource (so removing one
+rule removes one permission, which the RBAC test proves the audit reports). Regenerate with
+``python -m auditor.adapters.k8s.rbac``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from auditor.adapters.k8s.resources import SNAPSHOT_RESOURCES
+
+READER_ROLE = "mesh-auditor-reader"
+READ_VERBS = ("list", "watch")
+
+
+def reader_cluster_role() -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": READER_ROLE, "labels": {"app.kubernetes.io/part-of": "mesh-auditor"}},
+        "rules": [
+            {"apiGroups": [r.group], "resources": [r.plural], "verbs": list(READ_VERBS)} for r in SNAPSHOT_RESOURCES
+        ],
+    }
+
+
+if __name__ == "__main__":
+    print(yaml.safe_dump(reader_cluster_role(), sort_keys=False), end="")
