@@ -240,7 +240,7 @@ def _build_into(target: Path, pins: Pins, fingerprint: str) -> None:
     started = time.monotonic()
     _log(
         f"building kube-apiserver and kubectl {pins.kubernetes} and etcd {pins.etcd} into "
-        f"{target} (a cold build takes 10-20 min on 2 cores)"
+        f"{target} (a cold build takes 5-10 min on 2 cores)"
     )
     _run_go([go, "mod", "download"], env, "go mod download")
     ldflags = _ldflags(pins, _release_date(go, env))

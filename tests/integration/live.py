@@ -67,10 +67,9 @@ class AppliedCase:
                 time.sleep(1.1)  # creationTimestamp has one-second resolution
             self.kube.apply_text(yaml.safe_dump(_without_status(document)))
         for document in objects:
-            if document["kind"] == "Gateway" and not document.get("status"):
-                document = {**document, "status": READY_WAYPOINT_STATUS}
-            if document.get("status"):
-                self._write_status(document)
+            status = document.get("status") or (READY_WAYPOINT_STATUS if document["kind"] == "Gateway" else None)
+            if status:
+                self._write_status({**document, "status": status})
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from auditor.adapters.k8s import reader
+from auditor.adapters.k8s import client as api_calls
 from auditor.devtools import controlplane
 from auditor.devtools.controlplane import KubeAPI
 from tests.cases import ROOT
@@ -27,7 +27,7 @@ def test_api_server_stopped_mid_audit_exits_3(
     state = tmp_path / "cp"
     kubeconfig = controlplane.up(state)
     calls = {"n": 0}
-    real_get_json = reader.get_json
+    real_get_json = api_calls.get_json
 
     def get_json_then_stop(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
@@ -35,7 +35,7 @@ def test_api_server_stopped_mid_audit_exits_3(
             controlplane.down(state)  # mid-audit: after namespaces, serviceaccounts, services
         return real_get_json(*args, **kwargs)
 
-    monkeypatch.setattr(reader, "get_json", get_json_then_stop)
+    monkeypatch.setattr(api_calls, "get_json", get_json_then_stop)
     try:
         code, document = audit("--kubeconfig", str(kubeconfig), "--rules", RULES)
     finally:

@@ -10,11 +10,11 @@ import copy
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
-from kubernetes import client, config
+from kubernetes import client
 
 from auditor.adapters.k8s.rbac import READER_ROLE, reader_cluster_role
 from auditor.adapters.k8s.resources import SNAPSHOT_RESOURCES, Resource
@@ -187,16 +187,20 @@ def _probe_pod(namespace: str, **overrides: Any) -> dict[str, Any]:
     return pod
 
 
+def as_pod(manifest: dict[str, Any]) -> client.V1Pod:
+    """The client sends a plain dict as-is; the cast only tells mypy so (no model round trip)."""
+    return cast("client.V1Pod", manifest)
+
+
 def _as_auditor(auditor_kubeconfig: Path) -> client.ApiClient:
-    api: client.ApiClient = config.new_client_from_config(config_file=str(auditor_kubeconfig))
-    return api
+    return KubeAPI(auditor_kubeconfig, Path("kubectl")).new_client()
 
 
 def test_auditor_creates_and_deletes_hardened_probe_pods_in_probe_namespaces(auditor_kubeconfig: Path) -> None:
     """The happy path the probe runner needs: create, read, delete its own pod (201, 200, 200)."""
     with _as_auditor(auditor_kubeconfig) as api:
         core = client.CoreV1Api(api)
-        created = core.create_namespaced_pod("mesh-auditor-probes", _probe_pod("mesh-auditor-probes"))
+        created = core.create_namespaced_pod("mesh-auditor-probes", as_pod(_probe_pod("mesh-auditor-probes")))
         assert created.metadata is not None
         assert created.metadata.name
         core.read_namespaced_pod(created.metadata.name, "mesh-auditor-probes")
@@ -218,7 +222,7 @@ def test_probe_guard_rejects_pods_that_are_not_hardened(
     """The admission policy refuses the auditor any pod it did not label and harden."""
     with _as_auditor(auditor_kubeconfig) as api, pytest.raises(client.ApiException) as refused:
         client.CoreV1Api(api).create_namespaced_pod(
-            "mesh-auditor-probes", _probe_pod("mesh-auditor-probes", **override)
+            "mesh-auditor-probes", as_pod(_probe_pod("mesh-auditor-probes", **override))
         )
     assert refused.value.status in {403, 422}
     assert message in str(refused.value.body)

@@ -15,7 +15,8 @@ from typing import Any
 import structlog
 from kubernetes import client
 
-from auditor.adapters.k8s.client import ApiRefused, ApiUnavailable, get_json
+from auditor.adapters.k8s import client as api_calls
+from auditor.adapters.k8s.client import ApiRefused, ApiUnavailable
 from auditor.adapters.k8s.resources import SNAPSHOT_RESOURCES, Resource
 from auditor.core.decode import Decoded, DecodeError, build_snapshot, decode_object
 from auditor.core.snapshot import ReadProblem, Snapshot
@@ -61,7 +62,7 @@ class ClusterReader:
         token = ""
         while True:
             query = [("limit", str(self._page_size))] + ([("continue", token)] if token else [])
-            page = get_json(self._api, resource.list_path, query)
+            page = api_calls.get_json(self._api, resource.list_path, query)
             yield from page.get("items") or []
             token = str((page.get("metadata") or {}).get("continue") or "")
             if not token:
