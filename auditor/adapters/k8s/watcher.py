@@ -1,0 +1,201 @@
+"""Keeps a live snapshot current with list + watch, for the daemon (issue: continuous audits).
+
+One thread per resource: list (paginated), then watch from the list's resourceVersion with
+bookmarks; a watch that ends is resumed, a ``410 Gone`` (or an ERROR event) relists, a full
+relist happens every ``resync`` seconds anyway, and a server that stops answering is retried
+with capped exponential backoff. Objects are decoded as events arrive, so ``snapshot()`` is
+cheap. While a resource is not in sync (never listed, forbidden, server gone) the snapshot
+carries a ``ReadProblem`` for it, so checks that need it report ERROR, never a stale pass.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from kubernetes import client
+
+from auditor.adapters.k8s import client as api_calls
+from auditor.adapters.k8s.client import ApiRefused, ApiUnavailable
+from auditor.adapters.k8s.reader import PAGE_SIZE, refused_problem, with_type
+from auditor.adapters.k8s.resources import SNAPSHOT_RESOURCES, Resource
+from auditor.core.decode import Decoded, DecodeError, build_snapshot, decode_object
+from auditor.core.snapshot import ReadProblem, Snapshot
+
+Key = tuple[str, str]
+
+
+class _Relist(Exception):  # noqa: N818 - control flow inside the watch loop, never escapes it
+    """The watch cannot continue from its resourceVersion (410 Gone, or an ERROR event)."""
+
+
+@dataclass
+class _Store:
+    """What one resource's thread knows: decoded objects, and why it is not in sync (if so)."""
+
+    objects: dict[Key, tuple[Decoded, ...]] = field(default_factory=dict)
+    problem: ReadProblem | None = None
+    synced: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WatchTiming:
+    resync: float = 300.0  # seconds between full relists: repairs anything a watch missed
+    backoff_start: float = 0.5  # seconds before the first retry after an error
+    backoff_max: float = 30.0  # cap, so a long outage is retried every 30 s
+
+
+class SnapshotWatcher:
+    """A ``SnapshotSource`` that stays current; ``on_change`` is called after every change."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        timing: WatchTiming | None = None,
+        on_change: Callable[[], None] | None = None,
+        resources: tuple[Resource, ...] = SNAPSHOT_RESOURCES,
+    ) -> None:
+        self._api = api
+        self._timing = timing or WatchTiming()
+        self._on_change = on_change or (lambda: None)
+        self._resources = resources
+        self._stores = {r.kind: _Store(problem=_not_synced(r)) for r in resources}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._log = structlog.get_logger("auditor.k8s.watch")
+
+    def start(self) -> None:
+        for resource in self._resources:
+            thread = threading.Thread(target=self._run, args=(resource,), name=f"watch-{resource.plural}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop watching. Threads blocked in a watch read end when it does (daemon threads);
+        nothing they do after this call is visible, as ``snapshot()`` is no longer asked."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def wait_synced(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if all(store.synced for store in self._stores.values()):
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            objects = [obj for store in self._stores.values() for group in store.objects.values() for obj in group]
+            problems = [store.problem for store in self._stores.values() if store.problem is not None]
+        return build_snapshot(objects, problems=problems, live=True)
+
+    # --- one resource -----------------------------------------------------------------------
+
+    def _run(self, resource: Resource) -> None:
+        delay = self._timing.backoff_start
+        while not self._stop.is_set():
+            try:
+                version = self._list(resource)
+                delay = self._timing.backoff_start
+                self._watch_until_resync(resource, version)
+            except _Relist:
+                continue
+            except ApiRefused as error:
+                if error.status == 410:  # resourceVersion too old: relist at once
+                    continue
+                self._fail(resource, error)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._timing.backoff_max)
+            except (ApiUnavailable, DecodeError) as error:
+                self._fail(resource, error)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._timing.backoff_max)
+
+    def _list(self, resource: Resource) -> str:
+        objects: dict[Key, tuple[Decoded, ...]] = {}
+        token, version = "", ""
+        while True:
+            query = [("limit", str(PAGE_SIZE))] + ([("continue", token)] if token else [])
+            page = api_calls.get_json(self._api, resource.list_path, query)
+            for item in page.get("items") or []:
+                objects[_key(item)] = _decode(item, resource)
+            metadata = page.get("metadata") or {}
+            token, version = str(metadata.get("continue") or ""), str(metadata.get("resourceVersion") or "")
+            if not token:
+                break
+        with self._lock:
+            self._stores[resource.kind] = _Store(objects=objects, synced=True)
+        self._on_change()
+        return version
+
+    def _watch_until_resync(self, resource: Resource, version: str) -> None:
+        deadline = time.monotonic() + self._timing.resync
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            seconds = max(1, int(deadline - time.monotonic()))
+            query = [
+                ("watch", "1"),
+                ("allowWatchBookmarks", "true"),
+                ("resourceVersion", version),
+                ("timeoutSeconds", str(seconds)),
+            ]
+            for event in api_calls.stream_lines(self._api, resource.list_path, query, read_timeout=seconds + 10):
+                version = self._apply(resource, event) or version
+                if self._stop.is_set():
+                    return
+
+    def _apply(self, resource: Resource, event: Mapping[str, Any]) -> str | None:
+        kind, item = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            raise _Relist(str(item.get("message", "watch error")))
+        version = str((item.get("metadata") or {}).get("resourceVersion") or "") or None
+        if kind == "BOOKMARK":
+            return version
+        with self._lock:
+            store = self._stores[resource.kind]
+            if kind == "DELETED":
+                store.objects.pop(_key(item), None)
+            else:
+                store.objects[_key(item)] = _decode(item, resource)
+        self._on_change()
+        return version
+
+    def _fail(self, resource: Resource, error: Exception) -> None:
+        if isinstance(error, ApiRefused):
+            problem = refused_problem(resource, error)
+        else:
+            problem = ReadProblem(
+                resource.kind,
+                f"{resource.api_version} {resource.plural}",
+                f"not in sync: {error}",
+                resource.permission(),
+            )
+        with self._lock:
+            store = self._stores[resource.kind]
+            store.synced, store.problem = False, problem
+        self._log.warning("watch failed", resource=resource.qualified, error=str(error))
+        self._on_change()
+
+
+def _key(item: Mapping[str, Any]) -> Key:
+    metadata = item.get("metadata") or {}
+    return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+
+
+def _decode(item: Mapping[str, Any], resource: Resource) -> tuple[Decoded, ...]:
+    return decode_object(with_type(item, resource), source=f"cluster:{resource.qualified}")
+
+
+def _not_synced(resource: Resource) -> ReadProblem:
+    return ReadProblem(
+        resource.kind, f"{resource.api_version} {resource.plural}", "not listed yet", resource.permission()
+    )
