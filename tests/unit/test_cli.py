@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from auditor.cli import main, schema_text
+from auditor.core.checks.catalog import ALL, SNAPSHOT_READ
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = str(ROOT / "examples" / "retail-store")
@@ -277,3 +278,21 @@ def test_console_script_runs_as_a_process() -> None:
     )
     assert result.returncode == 1
     assert json.loads(result.stdout)["summary"]["exit_code"] == 1
+
+
+def test_checks_reference_is_generated_from_the_catalog() -> None:
+    """docs/checks.md is `auditor checks --markdown` (regenerate it when the catalog changes)."""
+    _, text = run("checks", "--markdown")
+    assert (ROOT / "docs" / "checks.md").read_text(encoding="utf-8") == text
+
+
+def test_every_check_has_complete_metadata() -> None:
+    """Ids are unique and dotted by property; every check tells what it protects and how to fix it."""
+    assert len({meta.id for meta in ALL}) == len(ALL)
+    for meta in ALL:
+        assert meta.id.split(".")[0] in {meta.property.value, "audit"}
+        assert meta.title
+        assert meta.protects
+        assert meta.remediation
+        assert meta.references
+        assert meta.reads or meta is SNAPSHOT_READ, meta.id  # reporting read problems needs no read
