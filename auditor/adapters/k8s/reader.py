@@ -79,7 +79,8 @@ def refused_problem(resource: Resource, error: ApiRefused) -> ReadProblem:
         return _problem(resource, f"forbidden: {error.message}")
     if error.status == 404:
         hint = "is the CRD installed?" if resource.crd else "is this API served?"
-        return _problem(resource, f"{resource.qualified} not found on the server: {hint}", permission="")
+        needs = f"the {resource.qualified} CRD" if resource.crd else f"the {resource.api_version} API"
+        return _problem(resource, f"{resource.qualified} not found on the server: {hint}", permission=needs)
     return _problem(resource, f"HTTP {error.status} {error.reason}: {error.message}")
 
 

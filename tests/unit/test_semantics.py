@@ -1,0 +1,144 @@
+"""Unit tests of the ambient semantics the checks build on (mesh.py, authz.py), by example."""
+
+from __future__ import annotations
+
+import pytest
+
+from auditor.core.authz import Applicable, Caller, Point, Request, decide, match_pattern, rule_matches
+from auditor.core.mesh import CaptureState, capture_of
+from auditor.core.snapshot import (
+    AuthorizationPolicy,
+    AuthzCondition,
+    AuthzOperation,
+    AuthzRule,
+    AuthzSource,
+    Namespace,
+    ObjectMeta,
+    Snapshot,
+    SnapshotIndex,
+    Workload,
+)
+
+UI = Caller("cluster.local/ns/default/sa/ui")
+ORDERS = Caller("cluster.local/ns/default/sa/orders")
+PLAINTEXT = Caller(None)
+
+
+def _pod(annotations: dict[str, str], labels: dict[str, str] | None = None) -> Workload:
+    meta = ObjectMeta(kind="Pod", name="catalog-1", namespace="default", annotations=annotations)
+    return Workload(
+        meta=meta, pod_labels=labels or {}, pod_annotations=annotations, service_account="catalog", is_pod=True
+    )
+
+
+def _live_index(workload: Workload) -> SnapshotIndex:
+    namespace = Namespace(ObjectMeta(kind="Namespace", name="default", labels={"istio.io/dataplane-mode": "ambient"}))
+    return SnapshotIndex(Snapshot(namespaces=(namespace,), workloads=(workload,), live=True))
+
+
+@pytest.mark.parametrize(
+    ("annotation", "state"),
+    [
+        ({"ambient.istio.io/redirection": "enabled"}, CaptureState.CAPTURED),
+        ({"ambient.istio.io/redirection": "pending"}, CaptureState.PENDING),
+        ({}, CaptureState.NOT_CAPTURED),
+        (
+            {"ambient.istio.io/redirection": "enabled", "ambient.istio.io/bypass-inbound-capture": "true"},
+            CaptureState.NOT_CAPTURED,
+        ),
+    ],
+)
+def test_live_pods_are_captured_only_when_istio_cni_says_so(annotation: dict[str, str], state: CaptureState) -> None:
+    """On a live cluster, labels are intent; istio-cni's redirection annotation is the fact (§2)."""
+    pod = _pod(annotation)
+    assert capture_of(pod, _live_index(pod)).state is state
+
+
+def test_pod_opt_out_beats_the_namespace_label() -> None:
+    pod = _pod({"ambient.istio.io/redirection": "enabled"}, labels={"istio.io/dataplane-mode": "none"})
+    capture = capture_of(pod, _live_index(pod))
+    assert capture.state is CaptureState.NOT_CAPTURED
+    assert "opts out" in capture.reason
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "expected"),
+    [
+        ("*", "cluster.local/ns/a/sa/b", True),
+        ("*", "", False),
+        ("cluster.local/ns/default/*", "cluster.local/ns/default/sa/ui", True),
+        ("cluster.local/ns/default/*", "cluster.local/ns/other/sa/ui", False),
+        ("*/sa/ui", "cluster.local/ns/x/sa/ui", True),
+        ("cluster.local/ns/default/sa/ui", "cluster.local/ns/default/sa/ui2", False),
+    ],
+)
+def test_istio_string_match(pattern: str, value: str, expected: bool) -> None:
+    assert match_pattern(pattern, value) is expected
+
+
+def _policy(action: str, *rules: AuthzRule) -> AuthorizationPolicy:
+    return AuthorizationPolicy(
+        meta=ObjectMeta(kind="AuthorizationPolicy", name=action.lower(), namespace="default"),
+        action=action,
+        selector=None,
+        rules=rules,
+    )
+
+
+FROM_UI = AuthzRule(sources=(AuthzSource(principals=("cluster.local/ns/default/sa/ui",)),))
+HEADER = AuthzCondition(key="request.headers[x-auth-token]", values=("t",))
+
+
+def test_no_allow_policy_allows_everyone_and_one_allow_flips_to_default_deny() -> None:
+    """§4.4: without ALLOW policies everything is allowed; with one, only its matches are."""
+    assert decide(Applicable(Point.ZTUNNEL, ()), ORDERS, Request()).allowed is True
+    only_ui = Applicable(Point.ZTUNNEL, (_policy("ALLOW", FROM_UI),))
+    assert decide(only_ui, UI, Request()).allowed is True
+    assert decide(only_ui, ORDERS, Request()).allowed is False
+    assert decide(only_ui, PLAINTEXT, Request()).allowed is False
+
+
+def test_deny_wins_over_allow() -> None:
+    both = Applicable(Point.WAYPOINT, (_policy("ALLOW", FROM_UI), _policy("DENY", FROM_UI)))
+    decision = decide(both, UI, Request())
+    assert decision.allowed is False
+    assert decision.reason == "a DENY policy matches"
+
+
+def test_allow_policy_without_rules_allows_nothing() -> None:
+    assert decide(Applicable(Point.WAYPOINT, (_policy("ALLOW"),)), UI, Request()).allowed is False
+
+
+def test_ztunnel_drops_rules_with_l7_attributes() -> None:
+    """§4.3: the header rule is dropped at ztunnel, so the ALLOW policy admits nobody there."""
+    rule = AuthzRule(sources=FROM_UI.sources, conditions=(HEADER,))
+    request = Request(headers={"x-auth-token": "t"})
+    assert rule_matches(rule, UI, request, Point.WAYPOINT, deny=False) is True
+    assert rule_matches(rule, UI, request, Point.ZTUNNEL, deny=False) is False
+
+
+def test_ip_blocks_cannot_be_decided_from_config() -> None:
+    rule = AuthzRule(sources=(AuthzSource(ip_blocks=("10.0.0.0/8",)),))
+    assert decide(Applicable(Point.ZTUNNEL, (_policy("ALLOW", rule),)), ORDERS, Request()).allowed is None
+
+
+@pytest.mark.parametrize(
+    ("condition", "headers", "expected"),
+    [
+        (AuthzCondition("request.headers[x-auth-token]", values=("t",)), {"x-auth-token": "t"}, True),
+        (AuthzCondition("request.headers[x-auth-token]", values=("t",)), {}, False),
+        (AuthzCondition("request.headers[x-auth-token]", values=("*",)), {"x-auth-token": "anything"}, True),
+        (AuthzCondition("request.headers[x-auth-token]", not_values=("bad",)), {}, True),
+        (AuthzCondition("request.headers[x-auth-token]", not_values=("bad",)), {"x-auth-token": "bad"}, False),
+    ],
+)
+def test_header_conditions(condition: AuthzCondition, headers: dict[str, str], expected: bool) -> None:
+    rule = AuthzRule(conditions=(condition,))
+    assert rule_matches(rule, UI, Request(headers=headers), Point.WAYPOINT, deny=False) is expected
+
+
+def test_named_ports_are_dropped_at_ztunnel() -> None:
+    """§4.2: a named port cannot be matched; ALLOW reads the emptied list as any port, DENY as none."""
+    rule = AuthzRule(operations=(AuthzOperation(ports=("http",)),))
+    assert rule_matches(rule, UI, Request(port=8080), Point.ZTUNNEL, deny=False) is True
+    assert rule_matches(rule, UI, Request(port=8080), Point.ZTUNNEL, deny=True) is False
