@@ -1,0 +1,203 @@
+"""Drift lifecycle: an immutable state machine per alert fingerprint (check id + target).
+
+    OK --fail--> PENDING --(N consecutive fails)--> FIRING --pass--> OK     (notify: opened / resolved)
+    any phase --error/inconclusive--> same phase, marked degraded            (never opens, never resolves)
+
+N is per method (default 1 for static config drift, 2 for probes, where one failure can be a
+fresh node's not-yet-ready ztunnel, semantics §6). Flapping is damped: an alert that opened
+``flap_threshold`` times within ``flap_window`` seconds stays FIRING (one open alert, no new
+messages) until it has passed ``quiet_passes`` times in a row.
+
+Pure: time comes in as epoch seconds; serialisation (``to_dict``/``from_dict``) is kept apart
+so the state store can persist it. Transitions are returned, never sent: notifying is a sink's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from auditor.core.model import Finding, Method, Status
+
+
+class Phase(StrEnum):
+    OK = "ok"
+    PENDING = "pending"
+    FIRING = "firing"
+
+
+class TransitionKind(StrEnum):
+    OPENED = "opened"
+    RESOLVED = "resolved"
+    CHANGED = "changed"  # still firing, but the message or evidence changed
+    DEGRADED = "degraded"  # could not evaluate: reported, never an open or a resolve
+
+
+@dataclass(frozen=True, slots=True)
+class DriftPolicy:
+    fails_to_open: Mapping[Method, int] = field(default_factory=lambda: {Method.STATIC: 1, Method.PROBE: 2})
+    flap_threshold: int = 3  # opens within the window that make an alert "flapping"
+    flap_window: float = 3600.0  # seconds
+    quiet_passes: int = 3  # consecutive passes a flapping alert needs before it resolves
+
+
+@dataclass(frozen=True, slots=True)
+class AlertState:
+    fingerprint: str
+    check: str
+    target: str
+    method: Method
+    phase: Phase = Phase.OK
+    failures: int = 0
+    passes: int = 0
+    degraded: bool = False
+    opened_at: float | None = None
+    updated_at: float = 0.0
+    opens: tuple[float, ...] = ()  # when it opened, within the flap window
+    message: str = ""
+
+    def with_evaluation(
+        self, finding: Finding, now: float, policy: DriftPolicy
+    ) -> tuple[AlertState, Transition | None]:
+        if finding.status in {Status.ERROR, Status.INCONCLUSIVE, Status.SKIPPED}:
+            return self._degraded(finding, now)
+        if finding.status is Status.FAIL:
+            return self._failed(finding, now, policy)
+        return self._passed(finding, now, policy)
+
+    def _degraded(self, finding: Finding, now: float) -> tuple[AlertState, Transition | None]:
+        state = replace(self, degraded=True, updated_at=now)
+        first = not self.degraded
+        return state, Transition(TransitionKind.DEGRADED, state, finding) if first else None
+
+    def _failed(self, finding: Finding, now: float, policy: DriftPolicy) -> tuple[AlertState, Transition | None]:
+        failures = self.failures + 1
+        recent = tuple(t for t in self.opens if now - t < policy.flap_window)
+        if self.phase is Phase.FIRING:
+            state = replace(
+                self, failures=failures, passes=0, degraded=False, updated_at=now, opens=recent, message=finding.message
+            )
+            changed = finding.message != self.message
+            return state, Transition(TransitionKind.CHANGED, state, finding) if changed else None
+        if failures < policy.fails_to_open.get(self.method, 1):
+            return replace(self, phase=Phase.PENDING, failures=failures, passes=0, degraded=False, updated_at=now), None
+        state = replace(
+            self,
+            phase=Phase.FIRING,
+            failures=failures,
+            passes=0,
+            degraded=False,
+            opened_at=now,
+            updated_at=now,
+            opens=(*recent, now),
+            message=finding.message,
+        )
+        return state, Transition(TransitionKind.OPENED, state, finding)
+
+    def _passed(self, finding: Finding, now: float, policy: DriftPolicy) -> tuple[AlertState, Transition | None]:
+        passes = self.passes + 1
+        recent = tuple(t for t in self.opens if now - t < policy.flap_window)
+        if self.phase is not Phase.FIRING:
+            return replace(
+                self, phase=Phase.OK, failures=0, passes=passes, degraded=False, updated_at=now, opens=recent
+            ), None
+        if len(recent) >= policy.flap_threshold and passes < policy.quiet_passes:
+            # Flapping: keep the one open alert instead of a resolve now and a re-open next cycle.
+            return replace(self, passes=passes, failures=0, degraded=False, updated_at=now, opens=recent), None
+        state = replace(
+            self,
+            phase=Phase.OK,
+            failures=0,
+            passes=passes,
+            degraded=False,
+            opened_at=None,
+            updated_at=now,
+            opens=recent,
+        )
+        return state, Transition(TransitionKind.RESOLVED, state, finding)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    kind: TransitionKind
+    state: AlertState
+    finding: Finding
+
+
+def fingerprint(finding: Finding) -> str:
+    return f"{finding.check.id}|{finding.target}"
+
+
+@dataclass(frozen=True, slots=True)
+class DriftBook:
+    """Every alert's state; ``evaluate`` returns the next book and the transitions to notify."""
+
+    alerts: Mapping[str, AlertState] = field(default_factory=dict)
+
+    def evaluate(
+        self, findings: Iterable[Finding], now: float, policy: DriftPolicy
+    ) -> tuple[DriftBook, tuple[Transition, ...]]:
+        alerts = dict(self.alerts)
+        transitions: list[Transition] = []
+        for finding in findings:
+            key = fingerprint(finding)
+            current = alerts.get(key) or AlertState(key, finding.check.id, finding.target, finding.method)
+            alerts[key], transition = current.with_evaluation(finding, now, policy)
+            if transition is not None:
+                transitions.append(transition)
+        # Alerts whose checks did not report this time stay as they are: a missing report can
+        # never resolve an open alert.
+        return DriftBook(alerts), tuple(transitions)
+
+    @property
+    def firing(self) -> tuple[AlertState, ...]:
+        return tuple(a for a in self.alerts.values() if a.phase is Phase.FIRING)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "alerts": [_state_dict(a) for a in sorted(self.alerts.values(), key=lambda a: a.fingerprint)],
+        }
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> DriftBook:
+        if data.get("version") != 1:
+            raise ValueError(f"unknown drift state version {data.get('version')!r}")
+        alerts = [_state_from(item) for item in data.get("alerts", [])]
+        return DriftBook({a.fingerprint: a for a in alerts})
+
+
+def _state_dict(state: AlertState) -> dict[str, Any]:
+    return {
+        "fingerprint": state.fingerprint,
+        "check": state.check,
+        "target": state.target,
+        "method": state.method.value,
+        "phase": state.phase.value,
+        "failures": state.failures,
+        "passes": state.passes,
+        "degraded": state.degraded,
+        "opened_at": state.opened_at,
+        "updated_at": state.updated_at,
+        "opens": list(state.opens),
+        "message": state.message,
+    }
+
+
+def _state_from(item: Mapping[str, Any]) -> AlertState:
+    return AlertState(
+        fingerprint=str(item["fingerprint"]),
+        check=str(item["check"]),
+        target=str(item["target"]),
+        method=Method(item["method"]),
+        phase=Phase(item["phase"]),
+        failures=int(item["failures"]),
+        passes=int(item["passes"]),
+        degraded=bool(item["degraded"]),
+        opened_at=None if item["opened_at"] is None else float(item["opened_at"]),
+        updated_at=float(item["updated_at"]),
+        opens=tuple(float(t) for t in item["opens"]),
+        message=str(item["message"]),
+    )
