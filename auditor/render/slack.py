@@ -1,0 +1,119 @@
+"""Slack Block Kit messages for drift transitions: pure functions from transitions to payloads.
+
+The Slack adapter only sends what these build (``chat.postMessage``/``chat.update``/thread
+replies). Texts respect Slack's limits (header 150 characters, section 3000, 50 blocks) and
+carry only what findings carry: header values and tokens never appear in findings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from auditor.core.drift import Transition, TransitionKind
+from auditor.core.model import Evidence
+
+HEADER_LIMIT = 150
+SECTION_LIMIT = 3000
+MAX_EVIDENCE = 8
+_ICON = {
+    TransitionKind.OPENED: ":rotating_light:",
+    TransitionKind.CHANGED: ":warning:",
+    TransitionKind.RESOLVED: ":white_check_mark:",
+    TransitionKind.DEGRADED: ":grey_question:",
+}
+_VERB = {
+    TransitionKind.OPENED: "Drift",
+    TransitionKind.CHANGED: "Still drifting",
+    TransitionKind.RESOLVED: "Resolved",
+    TransitionKind.DEGRADED: "Cannot verify",
+}
+
+Block = dict[str, Any]
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _mrkdwn(text: str) -> Block:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text, SECTION_LIMIT)}}
+
+
+def headline(transition: Transition) -> str:
+    finding = transition.finding
+    return f"{_VERB[transition.kind]}: {finding.property.value} on {finding.target}"
+
+
+def alert_message(transition: Transition) -> dict[str, Any]:
+    """The message that opens (or, via chat.update, re-renders) one alert."""
+    finding, meta = transition.finding, transition.finding.check
+    blocks: list[Block] = [
+        {
+            "type": "header",
+            "text": {
+                "type": "plain_text",
+                "text": _clip(f"{_ICON[transition.kind]} {headline(transition)}", HEADER_LIMIT),
+                "emoji": True,
+            },
+        },
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": f"*Check*\n`{meta.id}`"},
+                {"type": "mrkdwn", "text": f"*Severity*\n{meta.severity.value}"},
+                {"type": "mrkdwn", "text": f"*Target*\n`{finding.target}`"},
+                {"type": "mrkdwn", "text": f"*Found by*\n{_method(finding.method.value)}"},
+            ],
+        },
+        _mrkdwn(f"*{meta.title}*\n{finding.message}"),
+    ]
+    blocks += _evidence_blocks(finding.evidence)
+    if transition.kind is not TransitionKind.RESOLVED:
+        blocks.append(_mrkdwn(f"*Fix*\n{meta.remediation}"))
+        if meta.remediation_yaml:
+            blocks.append(_mrkdwn(f"```{meta.remediation_yaml.rstrip()}```"))
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": _clip("References: " + ", ".join(meta.references), SECTION_LIMIT)}],
+        }
+    )
+    return {"text": headline(transition), "blocks": blocks[:50]}
+
+
+def thread_reply(transition: Transition) -> dict[str, Any]:
+    """A short reply in the alert's thread: a change, a resolution, or a degraded evaluation."""
+    text = f"{_ICON[transition.kind]} *{_VERB[transition.kind]}* — {transition.finding.message}"
+    return {"text": headline(transition), "blocks": [_mrkdwn(text)]}
+
+
+def digest_message(transitions: Sequence[Transition]) -> dict[str, Any]:
+    """One message for many alerts opening at once (a bad rollout should not page 200 times)."""
+    lines = [f"• `{t.finding.target}` {t.finding.property.value}: {t.finding.check.id}" for t in transitions]
+    title = f":rotating_light: {len(transitions)} drift alerts opened"
+    blocks: list[Block] = [{"type": "header", "text": {"type": "plain_text", "text": title, "emoji": True}}]
+    chunk: list[str] = []
+    for line in lines:
+        if len("\n".join([*chunk, line])) > SECTION_LIMIT:
+            blocks.append(_mrkdwn("\n".join(chunk)))
+            chunk = []
+        chunk.append(line)
+    if chunk:
+        blocks.append(_mrkdwn("\n".join(chunk)))
+    return {"text": title, "blocks": blocks[:50]}
+
+
+def _method(method: str) -> str:
+    return "real traffic (probe)" if method == "probe" else "config (static analysis)"
+
+
+def _evidence_blocks(evidence: Sequence[Evidence]) -> list[Block]:
+    if not evidence:
+        return []
+    shown = [
+        f"• {e.object} `{e.field}` = `{e.value}`" + (f" — {e.note}" if e.note else "") for e in evidence[:MAX_EVIDENCE]
+    ]
+    if len(evidence) > MAX_EVIDENCE:
+        shown.append(f"… and {len(evidence) - MAX_EVIDENCE} more (see the report)")
+    return [_mrkdwn("*Evidence*\n" + "\n".join(shown))]
