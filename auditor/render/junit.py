@@ -1,0 +1,45 @@
+"""JUnit XML for CI systems: one test suite per target, one test case per check.
+
+FAIL is a ``<failure>``, ERROR and INCONCLUSIVE are ``<error>`` (could not prove: CI should stop
+as it does for exit code 3), SKIPPED is ``<skipped>``. Built with ElementTree, so every text is
+escaped.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from itertools import groupby
+
+from auditor.core.model import Finding, Status
+
+
+def render_junit(findings: tuple[Finding, ...]) -> str:
+    root = ET.Element("testsuites", name="mesh-auditor", tests=str(len(findings)))
+    for target, group in groupby(sorted(findings, key=Finding.sort_key), key=lambda f: f.target):
+        cases = list(group)
+        suite = ET.SubElement(root, "testsuite", name=target, tests=str(len(cases)))
+        suite.set("failures", str(sum(f.status is Status.FAIL for f in cases)))
+        suite.set("errors", str(sum(f.status in {Status.ERROR, Status.INCONCLUSIVE} for f in cases)))
+        suite.set("skipped", str(sum(f.status is Status.SKIPPED for f in cases)))
+        for finding in cases:
+            _case(suite, finding)
+    for name in ("failures", "errors", "skipped"):
+        root.set(name, str(sum(int(s.get(name, "0")) for s in root)))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _case(suite: ET.Element, finding: Finding) -> None:
+    case = ET.SubElement(
+        suite, "testcase", classname=finding.property.value, name=f"{finding.check.id} [{finding.method.value}]"
+    )
+    detail = finding.message + "\n\nFix: " + finding.check.remediation
+    evidence = "\n".join(f"- {e.object} {e.field}={e.value} {e.note}".rstrip() for e in finding.evidence)
+    if finding.status is Status.FAIL:
+        ET.SubElement(case, "failure", message=finding.message, type=finding.check.id).text = detail
+    elif finding.status in {Status.ERROR, Status.INCONCLUSIVE}:
+        ET.SubElement(case, "error", message=finding.message, type=finding.status.value).text = detail
+    elif finding.status is Status.SKIPPED:
+        ET.SubElement(case, "skipped", message=finding.message)
+    if evidence:
+        ET.SubElement(case, "system-out").text = evidence
