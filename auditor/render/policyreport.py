@@ -1,0 +1,75 @@
+"""Findings as Kubernetes-native ``PolicyReport`` objects (``wgpolicyk8s.io/v1alpha2``).
+
+One report per namespace (cluster-scoped findings go to a ``ClusterPolicyReport``), so existing
+policy dashboards show the mesh promises beside admission results. Reports stay small: messages
+are clipped and evidence is summarised to a count; the full evidence lives in the JSON archive.
+INCONCLUSIVE maps to ``warn`` (the API has no "could not prove"), ERROR to ``error``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from auditor.core.model import Finding, Status
+
+API_VERSION = "wgpolicyk8s.io/v1alpha2"
+SOURCE = "mesh-auditor"
+MESSAGE_LIMIT = 512
+_RESULT = {
+    Status.PASS: "pass",
+    Status.FAIL: "fail",
+    Status.ERROR: "error",
+    Status.INCONCLUSIVE: "warn",
+    Status.SKIPPED: "skip",
+}
+_SEVERITY = {"critical": "critical", "high": "high", "medium": "medium", "low": "low"}
+
+
+def policy_reports(findings: Sequence[Finding], *, run_id: str, timestamp: int) -> list[dict[str, Any]]:
+    """``timestamp`` is epoch seconds (the caller owns the clock)."""
+    by_namespace: dict[str, list[Finding]] = defaultdict(list)
+    for finding in findings:
+        namespace, _, _ = finding.target.partition("/")
+        by_namespace["" if namespace == "cluster" else namespace].append(finding)
+    return [_report(ns, items, run_id, timestamp) for ns, items in sorted(by_namespace.items())]
+
+
+def _report(namespace: str, findings: list[Finding], run_id: str, timestamp: int) -> dict[str, Any]:
+    results = [_result(f, timestamp) for f in findings]
+    metadata: dict[str, Any] = {
+        "name": "mesh-auditor",
+        "labels": {"app.kubernetes.io/managed-by": "mesh-auditor", "mesh-auditor.dev/run-id": run_id},
+    }
+    kind = "PolicyReport"
+    if namespace:
+        metadata["namespace"] = namespace
+    else:
+        kind = "ClusterPolicyReport"
+    summary = {name: sum(r["result"] == name for r in results) for name in ("pass", "fail", "warn", "error", "skip")}
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "summary": summary, "results": results}
+
+
+def _result(finding: Finding, timestamp: int) -> dict[str, Any]:
+    namespace, _, name = finding.target.partition("/")
+    message = finding.message if len(finding.message) <= MESSAGE_LIMIT else finding.message[: MESSAGE_LIMIT - 1] + "…"
+    result: dict[str, Any] = {
+        "source": SOURCE,
+        "policy": finding.property.value,
+        "rule": finding.check.id,
+        "result": _RESULT[finding.status],
+        "severity": _SEVERITY[finding.check.severity.value],
+        "category": "Istio ambient zero trust",
+        "message": message,
+        "scored": True,
+        "timestamp": {"seconds": timestamp, "nanos": 0},
+        "properties": {
+            "method": finding.method.value,
+            "status": finding.status.value,
+            "evidence": str(len(finding.evidence)),
+        },
+    }
+    if namespace != "cluster" and name and name != "*":
+        result["resources"] = [{"apiVersion": "v1", "kind": "Service", "namespace": namespace, "name": name}]
+    return result

@@ -1,0 +1,29 @@
+"""PolicyReports group findings per namespace, map statuses, and stay small."""
+
+from __future__ import annotations
+
+from auditor.core.checks.catalog import CAPTURED, SNAPSHOT_READ, WAYPOINT_BOUND
+from auditor.core.model import Finding, Status
+from auditor.render.policyreport import MESSAGE_LIMIT, policy_reports
+
+
+def test_one_report_per_namespace_with_mapped_results() -> None:
+    findings = [
+        Finding(CAPTURED, "default/checkout", Status.FAIL, "opts out"),
+        Finding(WAYPOINT_BOUND, "default/catalog", Status.INCONCLUSIVE, "x" * 5000),
+        Finding(CAPTURED, "shop/cart", Status.PASS, "ok"),
+        Finding(SNAPSHOT_READ, "cluster/Pod", Status.ERROR, "forbidden"),
+    ]
+    reports = {
+        (r["kind"], r["metadata"].get("namespace")): r
+        for r in policy_reports(findings, run_id="r1", timestamp=1700000000)
+    }
+    default = reports[("PolicyReport", "default")]
+    assert default["summary"] == {"pass": 0, "fail": 1, "warn": 1, "error": 0, "skip": 0}
+    assert [r["result"] for r in default["results"]] == ["fail", "warn"]
+    assert default["results"][0]["resources"] == [
+        {"apiVersion": "v1", "kind": "Service", "namespace": "default", "name": "checkout"}
+    ]
+    assert len(default["results"][1]["message"]) == MESSAGE_LIMIT
+    assert reports[("ClusterPolicyReport", None)]["results"][0]["result"] == "error"
+    assert reports[("PolicyReport", "shop")]["metadata"]["labels"]["mesh-auditor.dev/run-id"] == "r1"
