@@ -1,0 +1,1 @@
+"""AWS evidence sinks (all optional, all off by default): S3 archive, Security Hub, CloudWatch, EKS."""

@@ -1,0 +1,32 @@
+"""CloudWatch metrics for an audit cycle: findings by property and status, open alerts, duration."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from auditor.core.model import Finding
+
+NAMESPACE = "MeshAuditor"
+
+
+class CloudWatchMetrics:
+    def __init__(self, cloudwatch: Any, cluster: str) -> None:
+        self._cloudwatch = cloudwatch
+        self._cluster = cluster
+
+    def put_cycle(self, findings: Sequence[Finding], *, alerts_open: int, duration_s: float) -> None:
+        counts = Counter((f.property.value, f.status.value) for f in findings)
+        data: list[dict[str, Any]] = [
+            self._datum("Findings", float(n), "Count", Property=prop, Status=status)
+            for (prop, status), n in sorted(counts.items())
+        ]
+        data.append(self._datum("AlertsOpen", float(alerts_open), "Count"))
+        data.append(self._datum("CycleDuration", duration_s, "Seconds"))
+        for start in range(0, len(data), 1000):  # PutMetricData takes at most 1000 data points
+            self._cloudwatch.put_metric_data(Namespace=NAMESPACE, MetricData=data[start : start + 1000])
+
+    def _datum(self, name: str, value: float, unit: str, **dimensions: str) -> dict[str, Any]:
+        dims = [{"Name": "Cluster", "Value": self._cluster}] + [{"Name": k, "Value": v} for k, v in dimensions.items()]
+        return {"MetricName": name, "Value": value, "Unit": unit, "Dimensions": dims}
