@@ -7,11 +7,13 @@ carry only what findings carry: header values and tokens never appear in finding
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 from auditor.core.drift import Transition, TransitionKind
 from auditor.core.model import Evidence
+from auditor.core.outbox import Entry, EntryKind, Outbox
 
 HEADER_LIMIT = 150
 SECTION_LIMIT = 3000
@@ -117,3 +119,36 @@ def _evidence_blocks(evidence: Sequence[Evidence]) -> list[Block]:
     if len(evidence) > MAX_EVIDENCE:
         shown.append(f"… and {len(evidence) - MAX_EVIDENCE} more (see the report)")
     return [_mrkdwn("*Evidence*\n" + "\n".join(shown))]
+
+
+def enqueue(outbox: Outbox, transitions: Sequence[Transition], *, digest_at: int = 10) -> Outbox:
+    """Turn transitions into outbox entries: post on open (or one digest when many open at once),
+    update + thread reply on change and resolution, a thread reply when an alert turns degraded."""
+    opened = [t for t in transitions if t.kind is TransitionKind.OPENED]
+    if len(opened) >= digest_at:
+        ids = ",".join(sorted(t.state.fingerprint for t in opened))
+        digest_id = f"digest|{opened[0].state.updated_at}|{hashlib.sha256(ids.encode()).hexdigest()[:12]}"
+        outbox = outbox.with_enqueued(Entry(digest_id, "digest", EntryKind.DIGEST, digest_message(opened)))
+    for transition in transitions:
+        outbox = _enqueue_one(outbox, transition)
+    return outbox
+
+
+def _enqueue_one(outbox: Outbox, transition: Transition) -> Outbox:
+    state = transition.state
+    base = f"{state.fingerprint}|{state.updated_at}"
+    if transition.kind is TransitionKind.OPENED:
+        # Each alert still gets its own message (its thread), even when a digest announced it.
+        return outbox.with_enqueued(Entry(f"{base}|post", state.fingerprint, EntryKind.POST, alert_message(transition)))
+    if transition.kind is TransitionKind.DEGRADED and state.fingerprint not in _known(outbox):
+        return outbox  # nothing open to report on: a degraded check alone is reported, not alerted
+    outbox = outbox.with_enqueued(Entry(f"{base}|reply", state.fingerprint, EntryKind.REPLY, thread_reply(transition)))
+    if transition.kind in {TransitionKind.CHANGED, TransitionKind.RESOLVED}:
+        outbox = outbox.with_enqueued(
+            Entry(f"{base}|update", state.fingerprint, EntryKind.UPDATE, alert_message(transition))
+        )
+    return outbox
+
+
+def _known(outbox: Outbox) -> set[str]:
+    return set(outbox.threads) | {e.fingerprint for e in outbox.entries if e.kind is EntryKind.POST}
