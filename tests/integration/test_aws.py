@@ -72,7 +72,8 @@ def test_security_hub_imports_in_batches_and_resolves_by_stable_id(moto_endpoint
     hub = _client("securityhub", moto_endpoint)
     batches: list[int] = []
     hub.meta.events.register(
-        "provide-client-params.securityhub.BatchImportFindings", lambda params, **_: batches.append(len(params["Findings"]))
+        "provide-client-params.securityhub.BatchImportFindings",
+        lambda params, **_: batches.append(len(params["Findings"])),
     )
     sink = SecurityHubSink(hub, HubOptions(account_id="123456789012", region=REGION, cluster="ambient"))
     failing = [Finding(CAPTURED, f"ns-{i}/svc", Status.FAIL, "not captured") for i in range(250)]
