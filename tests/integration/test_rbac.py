@@ -16,8 +16,10 @@ import pytest
 import yaml
 from kubernetes import client
 
+from auditor.adapters.k8s.lease import LeaseElector
 from auditor.adapters.k8s.rbac import READER_ROLE, reader_cluster_role
 from auditor.adapters.k8s.resources import SNAPSHOT_RESOURCES, Resource
+from auditor.adapters.k8s.state import ConfigMapStateStore
 from auditor.devtools.controlplane import KubeAPI
 from tests.cases import ROOT
 from tests.integration.live import AppliedCase, audit, statuses
@@ -31,7 +33,8 @@ pytestmark = pytest.mark.kube
 
 
 def test_shipped_cluster_role_is_rendered_from_the_reader_table() -> None:
-    """deploy/rbac.yaml's ClusterRole is exactly one list/watch rule per resource the reader lists."""
+    """deploy/rbac.yaml's ClusterRole is exactly one list/watch rule per resource the reader lists;
+    nothing reads Secrets or execs, and writes are limited to the daemon's own named objects."""
     shipped = [d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text(encoding="utf-8")) if d]
     roles = [d for d in shipped if d["kind"] == "ClusterRole"]
     assert roles == [reader_cluster_role()]
@@ -39,7 +42,9 @@ def test_shipped_cluster_role_is_rendered_from_the_reader_table() -> None:
         for rule in document.get("rules", []):
             assert "secrets" not in rule["resources"]
             assert not {"pods/exec", "*"} & set(rule["resources"])
-            assert not {"*", "update", "patch", "escalate", "bind", "impersonate"} & set(rule["verbs"])
+            assert not {"*", "patch", "escalate", "bind", "impersonate"} & set(rule["verbs"])
+            if "update" in rule["verbs"]:  # only the daemon's own, named ConfigMap and Lease
+                assert rule["resourceNames"] in (["mesh-auditor-state"], ["mesh-auditor-leader"])
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +258,18 @@ def test_reader_role_name_is_what_the_binding_references() -> None:
         if d and d["kind"] == "ClusterRoleBinding"
     )
     assert binding["roleRef"]["name"] == READER_ROLE
+
+
+def test_auditor_keeps_state_and_elects_a_leader_in_its_own_namespace_only(
+    auditor_kubeconfig: Path, kube_api: KubeAPI
+) -> None:
+    """As the ServiceAccount: its ConfigMap and Lease work; any other ConfigMap is out of reach."""
+    with _as_auditor(auditor_kubeconfig) as api:
+        store = ConfigMapStateStore(api, "mesh-auditor")
+        store.load()
+        store.save({"drift": {"version": 1, "alerts": []}})
+        assert ConfigMapStateStore(api, "mesh-auditor").load() == {"drift": {"version": 1, "alerts": []}}
+        assert LeaseElector(api, "mesh-auditor", "replica-a").try_acquire_or_renew() is True
+    assert _can_i(kube_api, "update", "configmaps", namespace="kube-system") is False
+    assert _can_i(kube_api, "get", "configmaps", namespace="default") is False
+    assert _can_i(kube_api, "update", "leases", group="coordination.k8s.io", namespace="kube-system") is False

@@ -9,7 +9,7 @@ them into findings that name the resource and the permission.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,26 @@ def get_json(api: client.ApiClient, path: str, query: list[tuple[str, str]] | No
     if response.status >= 400:
         raise _refused(response.status, response.reason or "", body)
     document: dict[str, Any] = json.loads(body)
+    return document
+
+
+def send_json(api: client.ApiClient, method: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """POST/PUT a JSON object; HTTP errors raise ``ApiRefused`` (409 = someone else changed it)."""
+    verb, url, headers, payload, _ = api.param_serialize(
+        method=method,
+        resource_path=path,
+        body=dict(body),
+        header_params={"Accept": "application/json", "Content-Type": "application/json"},
+        auth_settings=["BearerToken"],
+    )
+    try:
+        response = api.call_api(verb, url, header_params=headers, body=payload, _request_timeout=REQUEST_TIMEOUT)
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        raise ApiUnavailable(str(error)) from error
+    data = response.read()
+    if response.status >= 400:
+        raise _refused(response.status, response.reason or "", data)
+    document: dict[str, Any] = json.loads(data)
     return document
 
 
