@@ -170,6 +170,8 @@ class SnapshotWatcher:
         return version
 
     def _fail(self, resource: Resource, error: Exception) -> None:
+        if self._stop.is_set():
+            return  # stopping closes the connections under the watches: not a failure to report
         if isinstance(error, ApiRefused):
             problem = refused_problem(resource, error)
         else:

@@ -1,0 +1,1 @@
+"""``auditor daemon``: continuous audits, drift lifecycle, alerts and reports (the in-cluster process)."""
