@@ -379,10 +379,9 @@ def header_name(key: str) -> str | None:
 
 
 def _condition_matches(condition: AuthzCondition, caller: Caller, request: Request) -> Tri:
-    value = _condition_value(condition.key, caller, request)
-    if value is _UNKNOWN:
+    known, value = _condition_value(condition.key, caller, request)
+    if not known:
         return None
-    assert value is None or isinstance(value, str)  # noqa: S101 - narrows the sentinel for mypy
     checks: list[Tri] = []
     if condition.values:
         checks.append(_in(condition.values, value))
@@ -391,21 +390,18 @@ def _condition_matches(condition: AuthzCondition, caller: Caller, request: Reque
     return _all(checks)
 
 
-_UNKNOWN = object()
-
-
-def _condition_value(key: str, caller: Caller, request: Request) -> object:
+def _condition_value(key: str, caller: Caller, request: Request) -> tuple[bool, str | None]:
+    """(known, value): ``known`` is False for attributes a config snapshot cannot tell (IPs, SNI)."""
     header = header_name(key)
     if header is not None:
-        return request.headers.get(header)
+        return True, request.headers.get(header)
     known: dict[str, str | None] = {
         "source.principal": caller.principal,
         "source.namespace": caller.namespace,
         "destination.port": str(request.port),
-        "request.auth.principal": None,
     }
     if key in known:
-        return known[key]
-    if key.startswith(("request.auth.", "request.auth")):
-        return None  # no JWT on the requests we model
-    return _UNKNOWN
+        return True, known[key]
+    if key.startswith("request.auth"):
+        return True, None  # no JWT on the requests we model
+    return False, None
