@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -18,10 +19,18 @@ from auditor.adapters.k8s.client import build_api_client
 from auditor.adapters.k8s.reader import ClusterReader
 from auditor.adapters.k8s.secrets import ClusterSecretReader
 from auditor.adapters.manifests.reader import read_manifests
+from auditor.adapters.probepods.kube import PodApi
+from auditor.adapters.probepods.podspec import PodOptions
+from auditor.adapters.probepods.runner import PodProbeRunner, RunnerOptions
 from auditor.adapters.rules.loader import load_rules, resolve_header_values
 from auditor.core.audit import run_static_audit
 from auditor.core.model import Finding
-from auditor.settings import Settings
+from auditor.core.ports import ProbeRunner
+from auditor.core.posture import Posture
+from auditor.core.probeplan import PlanOptions, plan_probes
+from auditor.core.snapshot import Snapshot
+from auditor.core.verdict import probe_findings
+from auditor.settings import ProbeSettings, Settings
 
 
 def configure_logging(settings: Settings) -> None:
@@ -76,14 +85,19 @@ def check_offline(
 
 
 def check_live(
-    kubeconfig: str | None, context: str | None, rules: Sequence[str], environ: Mapping[str, str]
+    kubeconfig: str | None,
+    context: str | None,
+    rules: Sequence[str],
+    environ: Mapping[str, str],
+    *,
+    probes: ProbeSettings | None = None,
 ) -> AuditResult:
-    """``auditor check --kubeconfig``: the same audit over a snapshot read from the API server."""
+    """``auditor check --kubeconfig``: the same audit over a snapshot read from the API server.
+
+    With ``probes`` (``--active``), probe pods then send real traffic and their verdicts join
+    the static findings (``method: probe``).
+    """
     posture = load_rules(rules)
-    with closing(build_api_client(kubeconfig, context)) as api:
-        snapshot = ClusterReader(api).snapshot()
-        values = resolve_header_values(posture, environ, ClusterSecretReader(api).secret_value)
-    findings = run_static_audit(snapshot, posture, values)
     inputs: dict[str, object] = {
         "mode": "live",
         "kubeconfig": kubeconfig or "(in-cluster)",
@@ -91,4 +105,63 @@ def check_live(
         "rules": list(rules),
         "posture": list(posture.names),
     }
+    with closing(build_api_client(kubeconfig, context)) as api:
+        snapshot = ClusterReader(api).snapshot()
+        values = resolve_header_values(posture, environ, ClusterSecretReader(api).secret_value)
+        findings = run_static_audit(snapshot, posture, values)
+        if probes is not None:
+            runner = PodProbeRunner(PodApi(api), runner_options(probes))
+            run_id = uuid.uuid4().hex[:12]
+            findings = active_audit(
+                snapshot,
+                posture,
+                values=values,
+                static=findings,
+                runner=runner,
+                options=plan_options(probes),
+                run_id=run_id,
+            )
+            inputs.update(active=True, probe_run=run_id)
     return AuditResult(findings, inputs, tuple(f"{p.resource}: {p.message}" for p in snapshot.problems))
+
+
+def active_audit(
+    snapshot: Snapshot,
+    posture: Posture,
+    *,
+    values: Mapping[tuple[str, str], str | None],
+    static: tuple[Finding, ...],
+    runner: ProbeRunner,
+    options: PlanOptions,
+    run_id: str,
+) -> tuple[Finding, ...]:
+    """Static findings plus the verdicts of one probe run, sorted together."""
+    log = structlog.get_logger("auditor.check")
+    plan = plan_probes(posture, snapshot, values, run_id, options)
+    log.info("probe run", run_id=run_id, pods=len(plan.batches), not_planned=len(plan.not_planned))
+    report = runner.run(plan)
+    return tuple(sorted(static + probe_findings(plan, report, static), key=Finding.sort_key))
+
+
+def plan_options(settings: ProbeSettings) -> PlanOptions:
+    return PlanOptions(
+        in_mesh_namespace=settings.in_mesh_namespace,
+        outside_namespace=settings.outside_namespace,
+        service_account=settings.service_account,
+        control_allowed=settings.control_enabled,
+        cluster_domain=settings.cluster_domain,
+        url_overrides=dict(settings.url_overrides),
+        timeout_s=settings.request_timeout_s,
+        marker_header=settings.marker_header,
+    )
+
+
+def runner_options(settings: ProbeSettings) -> RunnerOptions:
+    pod = PodOptions(
+        image=settings.image,
+        node_selector=dict(settings.node_selector),
+        run_as_user=settings.run_as_user,
+        active_deadline_s=settings.active_deadline_s,
+    )
+    sweep = (settings.in_mesh_namespace, settings.outside_namespace)
+    return RunnerOptions(pod, settings.deadline_s, settings.orphan_age_s, sweep)

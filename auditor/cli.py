@@ -22,7 +22,7 @@ from auditor.core.posture import PostureDocument
 from auditor.errors import InputError
 from auditor.render.document import audit_document
 from auditor.render.text import render_markdown, render_table
-from auditor.settings import load_settings
+from auditor.settings import Settings, load_settings
 
 EXIT_USAGE = 2
 
@@ -77,6 +77,11 @@ def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     source.add_argument("--in-cluster", action="store_true", help="audit the cluster this pod runs in")
     check.add_argument("--rules", action="append", required=True, metavar="FILE", help="rules file; repeatable")
     check.add_argument(
+        "--active",
+        action="store_true",
+        help="with a cluster: also run probe pods that send real traffic (docs/probes.md); settings: AUDITOR_PROBES__*",
+    )
+    check.add_argument(
         "--output", choices=("table", "json", "markdown"), default="table", help="output format (default: table)"
     )
     check.add_argument("-v", "--verbose", action="store_true", help="table: evidence and check ids for every finding")
@@ -88,21 +93,21 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdo
     try:
         settings = load_settings()
         configure_logging(settings)
-        return _dispatch(args, stdin or sys.stdin, out)
+        return _dispatch(args, stdin or sys.stdin, out, settings)
     except InputError as error:
         print(f"auditor: error: {error.render()}", file=sys.stderr)
         return EXIT_USAGE
 
 
-def _dispatch(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
+def _dispatch(args: argparse.Namespace, stdin: TextIO, out: TextIO, settings: Settings) -> int:
     if args.command == "check":
-        return _check(args, stdin, out)
+        return _check(args, stdin, out, settings)
     if args.command == "rules":
         return _rules(args, out)
     return _checks(args, out)
 
 
-def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
+def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO, settings: Settings) -> int:
     live = args.kubeconfig is not None or args.context is not None or args.in_cluster
     if bool(args.manifests) == live:
         raise InputError(
@@ -110,8 +115,11 @@ def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
             "give either --manifests or a cluster (--kubeconfig, --context or --in-cluster)",
             fix="see auditor check --help",
         )
+    if args.active and not live:
+        raise InputError("command line", "--active needs a cluster", fix="add --kubeconfig, --context or --in-cluster")
     if live:
-        result = check_live(args.kubeconfig, args.context, args.rules, os.environ)
+        probes = settings.probes if args.active else None
+        result = check_live(args.kubeconfig, args.context, args.rules, os.environ, probes=probes)
     else:
         result = check_offline(args.manifests, args.rules, os.environ, stdin)
     for problem in result.problems:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from auditor.core.probeplan import RunPlan
+from auditor.core.probereport import RunReport
 from auditor.core.snapshot import Snapshot
 
 
@@ -21,3 +23,13 @@ class SecretReader(Protocol):
     """Reads one key of one Secret (a required header's value); ``None`` when absent."""
 
     def secret_value(self, namespace: str, name: str, key: str) -> str | None: ...
+
+
+class ProbeRunner(Protocol):
+    """Sends a plan's batches (one probe pod per batch) and reports what each one observed.
+
+    Must not raise for anything the cluster does (refusals, capacity, deadlines): those become
+    ``BatchProblem``s in the report, so that the verdicts can say what was not proven.
+    """
+
+    def run(self, plan: RunPlan) -> RunReport: ...

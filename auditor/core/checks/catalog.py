@@ -244,6 +244,69 @@ SNAPSHOT_READ = CheckMeta(
     references=("deploy/rbac.yaml",),
 )
 
+# --- Probe checks: the same promises, proven with real traffic (docs/probes.md) ---------------
+
+_PROBES = "docs/probes.md"
+
+STRICT_MTLS_PROBE = CheckMeta(
+    id="strict-mtls.probe",
+    property=Property.STRICT_MTLS,
+    title="A plaintext request from a pod outside the mesh is refused",
+    severity=Severity.CRITICAL,
+    protects="Traffic, not config, shows that STRICT refuses out-of-mesh clients (promise 1).",
+    remediation=(
+        "If the probe's plaintext request was answered, find the PeerAuthentication or capture gap "
+        "the static findings name (strict-mtls.peer-authentication, strict-mtls.captured) and fix it; "
+        "a denial only counts when the positive control (control.enabled) succeeded in the same run."
+    ),
+    remediation_yaml=MESH_WIDE_STRICT,
+    references=(f"{SEMANTICS} §1.2, §3", _PROBES),
+)
+
+ALLOWLIST_PROBE = CheckMeta(
+    id="principal-allowlist.probe",
+    property=Property.PRINCIPAL_ALLOWLIST,
+    title="An in-mesh intruder is refused and the allowed identity gets through",
+    severity=Severity.HIGH,
+    protects="Traffic shows only the listed identities reach the Service (promise 2).",
+    remediation=(
+        "If the intruder got through, tighten the ALLOW policy at the enforcement point the static "
+        "finding principal-allowlist.intruders-refused names; if the allowed identity was refused, see "
+        "principal-allowlist.allowed-admitted (the waypoint identity pitfall, semantics §4.5)."
+    ),
+    remediation_yaml="",
+    references=(f"{SEMANTICS} §1.1, §1.3, §4.5", _PROBES),
+)
+
+HEADERS_PROBE = CheckMeta(
+    id="required-headers.probe",
+    property=Property.REQUIRED_HEADERS,
+    title="The allowed identity is refused at the waypoint without each required header",
+    severity=Severity.HIGH,
+    protects="Traffic shows the waypoint demands every required header (promise 4).",
+    remediation=(
+        "If a request without a required header got through, bind the header condition to the "
+        "waypoint with targetRefs (see required-headers.enforced). Needs the positive control."
+    ),
+    remediation_yaml="",
+    references=(f"{SEMANTICS} §1.3, §4.3, §4.6", _PROBES),
+)
+
+WAYPOINT_PROBE = CheckMeta(
+    id="waypoint-enrollment.probe",
+    property=Property.WAYPOINT_ENROLLMENT,
+    title="The allowed identity's response proves it went through the waypoint",
+    severity=Severity.HIGH,
+    protects="Traffic, not labels, shows the Service's requests meet its waypoint (promise 3).",
+    remediation=(
+        "If the response carries no waypoint marker (or no server: istio-envoy with "
+        "x-envoy-upstream-service-time), the traffic bypasses the waypoint: check the Service's "
+        "istio.io/use-waypoint label and the Gateway's status (waypoint-enrollment.bound, .gateway)."
+    ),
+    remediation_yaml="",
+    references=(f"{SEMANTICS} §1.7, §4.7", _PROBES),
+)
+
 ALL: tuple[CheckMeta, ...] = (
     CAPTURED,
     PEER_AUTHENTICATION,
@@ -254,6 +317,10 @@ ALL: tuple[CheckMeta, ...] = (
     HEADERS_ENFORCED,
     TARGET_EXISTS,
     SNAPSHOT_READ,
+    STRICT_MTLS_PROBE,
+    ALLOWLIST_PROBE,
+    HEADERS_PROBE,
+    WAYPOINT_PROBE,
 )
 
 

@@ -1,0 +1,307 @@
+"""Probe plans: the requests each probe identity sends to prove a protected Service's promises.
+
+Pure: posture + snapshot + resolved header values in, a ``RunPlan`` out. Each ``ProbeBatch`` is
+one identity's requests, run by one probe pod (``ports.ProbeRunner``); ``verdict`` later pairs
+every planned request's expectation with what the pod observed. Three identities (semantics §1):
+
+- ``outside``: a pod outside the mesh; its plaintext request must be refused by STRICT (§1.2).
+  It carries no header values: if STRICT is broken they would cross the network in clear text.
+- ``intruder``: an in-mesh identity on no allow-list, sending the required headers so that only
+  its identity is tested: refused by ztunnel (``l4-denied``, §1.1) or by the waypoint
+  (``l7-denied``, §1.3) when the rules promise one.
+- ``control``: an allowed identity (opt-in twice: rules and settings). Its request with the
+  headers must be ``allowed`` (the positive control, and the waypoint hop's proof, §1.7); the
+  same request without each header must be ``l7-denied``.
+
+Header values live only inside the wire requests (``PlannedRequest.wire``, hidden from repr);
+ids, expectations and everything a finding renders are free of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from auditor.core.posture import Posture, ProtectedService
+from auditor.core.snapshot import Snapshot
+from probes.wire import Outcome, ProbePlan, ProbeRequest
+
+WITH_HEADERS = "with-headers"
+PLAINTEXT = "plaintext"
+WITHOUT = "without:"
+# Linux caps one environment string at 128 KiB (MAX_ARG_STRLEN); the plan travels in one.
+DEFAULT_MAX_PLAN_BYTES = 96 * 1024
+_PLAN_OVERHEAD = 256  # the plan's own keys and run id around the requests
+
+
+class Role(StrEnum):
+    """Who sends a request, as far as the mesh can tell."""
+
+    OUTSIDE = "outside"
+    INTRUDER = "intruder"
+    CONTROL = "control"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Where a probe pod runs and as whom: its mesh identity."""
+
+    role: Role
+    namespace: str
+    service_account: str
+    in_mesh: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.role.value}:{self.namespace}/{self.service_account}"
+
+    @property
+    def label(self) -> str:
+        where = "in the mesh" if self.in_mesh else "outside the mesh"
+        return f"ServiceAccount {self.namespace}/{self.service_account} ({where})"
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRequest:
+    """One request and what the promise says it must meet. ``wire`` may carry secrets."""
+
+    id: str
+    target: str
+    role: Role
+    variant: str
+    expect: Outcome
+    wire: ProbeRequest = field(repr=False)
+    expect_status: int | None = None
+
+    @property
+    def omitted_header(self) -> str | None:
+        return self.variant.removeprefix(WITHOUT) if self.variant.startswith(WITHOUT) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeBatch:
+    """The requests one probe pod sends for one identity in one run."""
+
+    identity: Identity
+    requests: tuple[PlannedRequest, ...]
+    part: int = 0  # > 0 only when one identity's requests did not fit one plan
+
+    @property
+    def key(self) -> str:
+        return self.identity.key if not self.part else f"{self.identity.key}#{self.part}"
+
+    def wire_plan(self, run_id: str, marker_header: str | None) -> ProbePlan:
+        return ProbePlan(run_id=run_id, requests=tuple(r.wire for r in self.requests), marker_header=marker_header)
+
+
+@dataclass(frozen=True, slots=True)
+class NotPlanned:
+    """A request the plan could not include, and why (the verdict reports it, never passes it)."""
+
+    target: str
+    role: Role
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """Everything one probe run sends, plus what it had to leave out."""
+
+    run_id: str
+    batches: tuple[ProbeBatch, ...]
+    not_planned: tuple[NotPlanned, ...]
+    targets: tuple[ProtectedService, ...]  # every protected Service, probed or not
+    marker_header: str | None = None
+
+    def requests_for(self, target: str) -> tuple[PlannedRequest, ...]:
+        return tuple(r for b in self.batches for r in b.requests if r.target == target)
+
+    def batch_of(self, request_id: str) -> ProbeBatch | None:
+        return next((b for b in self.batches if any(r.id == request_id for r in b.requests)), None)
+
+    def not_planned_for(self, target: str, role: Role) -> NotPlanned | None:
+        return next((n for n in self.not_planned if n.target == target and n.role is role), None)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanOptions:
+    """Where probe pods run and how requests are addressed; built from settings by the app."""
+
+    in_mesh_namespace: str = "mesh-auditor-probes"
+    outside_namespace: str = "mesh-auditor-outside"
+    service_account: str = "mesh-auditor-probe"
+    control_allowed: bool = False
+    cluster_domain: str = "cluster.local"
+    # "<namespace>/<service>" or "<role>:<namespace>/<service>" -> base URL (scheme://host:port);
+    # the role-specific key wins. For tests and unusual networks; paths are kept.
+    url_overrides: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float = 3.0
+    marker_header: str | None = None
+    max_plan_bytes: int = DEFAULT_MAX_PLAN_BYTES
+
+
+def plan_probes(
+    posture: Posture,
+    snapshot: Snapshot,
+    header_values: Mapping[tuple[str, str], str | None],
+    run_id: str,
+    options: PlanOptions,
+) -> RunPlan:
+    """Every protected Service with a ``probe`` target, as batches per identity."""
+    services = {s.meta.key: s for s in snapshot.services}
+    requests: list[tuple[Identity, PlannedRequest]] = []
+    skipped: list[NotPlanned] = []
+    for protected in posture.protected:
+        if protected.probe is None:
+            continue  # the verdict reports it as SKIPPED
+        service = services.get(protected.target)
+        if service is None or protected.probe.port not in {p.port for p in service.ports}:
+            reason = _missing_reason(protected, service is None)
+            skipped += [NotPlanned(protected.target, role, reason) for role in Role]
+            continue
+        planned, left_out = _plan_target(protected, posture, header_values, options)
+        requests += planned
+        skipped += left_out
+    batches = _batches(requests, run_id, options)
+    return RunPlan(run_id, batches, tuple(skipped), posture.protected, options.marker_header)
+
+
+def _missing_reason(protected: ProtectedService, absent: bool) -> str:
+    if absent:
+        return f"Service {protected.target} is not in the snapshot"
+    assert protected.probe is not None  # noqa: S101 - only called for probe targets
+    return f"port {protected.probe.port} is not a port of Service {protected.target}"
+
+
+def _plan_target(
+    protected: ProtectedService,
+    posture: Posture,
+    header_values: Mapping[tuple[str, str], str | None],
+    options: PlanOptions,
+) -> tuple[list[tuple[Identity, PlannedRequest]], list[NotPlanned]]:
+    planned: list[tuple[Identity, PlannedRequest]] = []
+    outside = Identity(Role.OUTSIDE, options.outside_namespace, options.service_account, in_mesh=False)
+    planned.append((outside, _request(protected, outside, PLAINTEXT, Outcome.L4_DENIED, headers={}, options=options)))
+    headers, unresolved = _header_values(protected, header_values)
+    if unresolved:
+        reason = f"the value of required header {unresolved} could not be resolved (see the static findings)"
+        return planned, [NotPlanned(protected.target, role, reason) for role in (Role.INTRUDER, Role.CONTROL)]
+    intruder = Identity(Role.INTRUDER, options.in_mesh_namespace, options.service_account, in_mesh=True)
+    # semantics §4.1: behind a waypoint the caller is refused at L7 (403), otherwise by ztunnel.
+    refusal = Outcome.L7_DENIED if protected.waypoint is not None else Outcome.L4_DENIED
+    planned.append((intruder, _request(protected, intruder, WITH_HEADERS, refusal, headers=headers, options=options)))
+    control = _control_identity(protected, posture, options)
+    if isinstance(control, NotPlanned):
+        return planned, [control]
+    planned += [(control, r) for r in _control_requests(protected, control, headers, options)]
+    return planned, []
+
+
+def _header_values(
+    protected: ProtectedService, values: Mapping[tuple[str, str], str | None]
+) -> tuple[dict[str, str], str | None]:
+    headers: dict[str, str] = {}
+    for header in protected.required_headers:
+        value = values.get((protected.target, header.name))
+        if value is None:
+            return {}, header.name
+        headers[header.name] = value
+    return headers, None
+
+
+def _control_identity(protected: ProtectedService, posture: Posture, options: PlanOptions) -> Identity | NotPlanned:
+    if not protected.control.enabled:
+        return NotPlanned(protected.target, Role.CONTROL, "the positive control is off in the rules (control.enabled)")
+    if not options.control_allowed:
+        reason = "control probes are switched off in the auditor's settings (AUDITOR_PROBES__CONTROL_ENABLED)"
+        return NotPlanned(protected.target, Role.CONTROL, reason)
+    account = protected.control.service_account or _allowed_account(protected, posture.mesh.trust_domain)
+    if account is None:
+        reason = f"no control.serviceAccount and no allowed principal in namespace {protected.namespace}"
+        return NotPlanned(protected.target, Role.CONTROL, reason)
+    return Identity(Role.CONTROL, protected.namespace, account, in_mesh=True)
+
+
+def _allowed_account(protected: ProtectedService, trust_domain: str) -> str | None:
+    prefix = f"{trust_domain}/ns/{protected.namespace}/sa/"
+    return next((p.removeprefix(prefix) for p in protected.allowed_principals if p.startswith(prefix)), None)
+
+
+def _control_requests(
+    protected: ProtectedService, control: Identity, headers: dict[str, str], options: PlanOptions
+) -> list[PlannedRequest]:
+    assert protected.probe is not None  # noqa: S101 - only called for probe targets
+    status = protected.probe.expect_status
+    requests = [
+        _request(
+            protected, control, WITH_HEADERS, Outcome.ALLOWED, headers=headers, options=options, expect_status=status
+        )
+    ]
+    for name in headers:
+        others = {k: v for k, v in headers.items() if k != name}
+        requests.append(
+            _request(protected, control, f"{WITHOUT}{name}", Outcome.L7_DENIED, headers=others, options=options)
+        )
+    return requests
+
+
+def _request(
+    protected: ProtectedService,
+    identity: Identity,
+    variant: str,
+    expect: Outcome,
+    *,
+    headers: dict[str, str],
+    options: PlanOptions,
+    expect_status: int | None = None,
+) -> PlannedRequest:
+    assert protected.probe is not None  # noqa: S101 - only called for probe targets
+    request_id = f"{protected.target}:{identity.role.value}:{variant}"
+    wire = ProbeRequest(
+        id=request_id,
+        url=service_url(protected, identity.role, options),
+        method=protected.probe.method,
+        headers=headers,
+        timeout_s=options.timeout_s,
+    )
+    return PlannedRequest(request_id, protected.target, identity.role, variant, expect, wire, expect_status)
+
+
+def service_url(protected: ProtectedService, role: Role, options: PlanOptions) -> str:
+    """The Service by name (in-mesh traffic must address the Service to meet its waypoint, §4.6)."""
+    assert protected.probe is not None  # noqa: S101 - only called for probe targets
+    overrides = options.url_overrides
+    base = overrides.get(f"{role.value}:{protected.target}") or overrides.get(protected.target)
+    if base is None:
+        host = f"{protected.name}.{protected.namespace}.svc.{options.cluster_domain}"
+        base = f"http://{host}:{protected.probe.port}"
+    return base.rstrip("/") + protected.probe.path
+
+
+def _batches(
+    requests: list[tuple[Identity, PlannedRequest]], run_id: str, options: PlanOptions
+) -> tuple[ProbeBatch, ...]:
+    by_identity: dict[Identity, list[PlannedRequest]] = {}
+    for identity, request in requests:
+        by_identity.setdefault(identity, []).append(request)
+    batches: list[ProbeBatch] = []
+    for identity, planned in by_identity.items():
+        parts = _split(planned, options.max_plan_bytes - _PLAN_OVERHEAD - len(run_id))
+        numbered = len(parts) > 1
+        batches += [ProbeBatch(identity, tuple(p), i + 1 if numbered else 0) for i, p in enumerate(parts)]
+    return tuple(batches)
+
+
+def _split(requests: list[PlannedRequest], budget: int) -> list[list[PlannedRequest]]:
+    """Greedy split so that each part's plan stays under the environment-string limit."""
+    parts: list[list[PlannedRequest]] = [[]]
+    used = 0
+    for request in requests:
+        size = len(request.wire.model_dump_json()) + 1
+        if parts[-1] and used + size > budget:
+            parts.append([])
+            used = 0
+        parts[-1].append(request)
+        used += size
+    return parts

@@ -1,0 +1,322 @@
+"""Verdicts: what a probe run proves, per protected Service and promise, as ``method: probe`` findings.
+
+Pure: a ``probeplan.RunPlan``, the ``probereport.RunReport`` the runner brought back and the
+static findings of the same audit in; findings out. The rules, strictest first:
+
+- Traffic that reached what it must not (plaintext answered, intruder admitted, a request
+  without a required header admitted, an allowed request without a waypoint hop) is a FAIL. It
+  carries the static finding's evidence beside the probe's, and says whether config and traffic
+  disagree (the static check passed) or agree (the static check failed too).
+- The allowed identity refused (``l4-denied``/``l7-denied``) is a FAIL of principal-allowlist.
+- An expected denial is a PASS only when the positive control succeeded in the same run; without
+  one it is INCONCLUSIVE (a broken Service also "denies", semantics §1 closing note).
+- A denial of the wrong kind (503, timeout, refused, dns-failure, ztunnel where the waypoint was
+  expected) is INCONCLUSIVE (§1.4-§1.6). A missing report is ERROR or INCONCLUSIVE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from auditor.core.checks.catalog import (
+    ALLOWED_ADMITTED,
+    ALLOWLIST_PROBE,
+    CAPTURED,
+    HEADERS_ENFORCED,
+    HEADERS_PROBE,
+    INTRUDERS_REFUSED,
+    PEER_AUTHENTICATION,
+    STRICT_MTLS_PROBE,
+    WAYPOINT_BOUND,
+    WAYPOINT_GATEWAY,
+    WAYPOINT_PROBE,
+)
+from auditor.core.model import CheckMeta, Evidence, Finding, Method, Status
+from auditor.core.posture import ProtectedService
+from auditor.core.probeplan import PLAINTEXT, WITH_HEADERS, WITHOUT, PlannedRequest, Role, RunPlan
+from auditor.core.probereport import Observation, RunReport
+from probes.wire import Outcome
+
+WAYPOINT_SERVER = "istio-envoy"
+UPSTREAM_TIME = "x-envoy-upstream-service-time"
+# Outcomes that show the request reached the application: the promise under test was broken.
+_REACHED = frozenset({Outcome.ALLOWED, Outcome.APP_DENIED})
+_DENIED = frozenset({Outcome.L4_DENIED, Outcome.L7_DENIED})
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One planned request resolved against the report: an observation, or why there is none."""
+
+    request: PlannedRequest | None
+    observation: Observation | None
+    missing: Status = Status.INCONCLUSIVE
+    reason: str = ""
+    pod: str = ""
+
+    def evidence(self) -> Evidence:
+        if self.request is None:
+            return Evidence("probe (not planned)", "", "(no request)", self.reason)
+        where = f"sent from {self.pod}" if self.pod else ""
+        if self.observation is None:
+            return Evidence(f"probe request {self.request.id}", where, "(no result)", self.reason)
+        note = f"expected {_expected(self.request)}{_response_note(self.observation)}"
+        return Evidence(f"probe request {self.request.id}", where, self.observation.describe(), note)
+
+
+def _expected(request: PlannedRequest) -> str:
+    status = f" (HTTP {request.expect_status})" if request.expect_status is not None else ""
+    return f"{request.expect.value}{status}"
+
+
+def _response_note(observation: Observation) -> str:
+    shown = ", ".join(f"{k}: {v}" for k, v in sorted(observation.headers.items()))
+    return f"; response headers {shown}" if shown else ""
+
+
+@dataclass(frozen=True, slots=True)
+class TargetView:
+    """What one protected Service's verdicts read: its requests, their results, its static findings."""
+
+    protected: ProtectedService
+    plan: RunPlan
+    report: RunReport
+    static: Mapping[tuple[str, str], Finding]
+
+    def seen(self, role: Role, variant: str) -> Seen:
+        request = next(
+            (r for r in self.plan.requests_for(self.protected.target) if r.role is role and r.variant == variant),
+            None,
+        )
+        if request is None:
+            skipped = self.plan.not_planned_for(self.protected.target, role)
+            return Seen(None, None, reason=skipped.reason if skipped else f"no {role.value} request was planned")
+        return self._resolve(request)
+
+    def _resolve(self, request: PlannedRequest) -> Seen:
+        batch = self.plan.batch_of(request.id)
+        report = self.report.batch(batch.key) if batch else None
+        if report is None:
+            return Seen(request, None, Status.ERROR, "the probe runner returned no report for this request's pod")
+        if report.problem is not None:
+            return Seen(request, None, report.problem.status, report.problem.reason, report.pod)
+        observation = report.observations.get(request.id)
+        if observation is None:
+            cut = " (the termination message was cut to fit 4096 bytes)" if report.incomplete else ""
+            return Seen(
+                request, None, Status.ERROR, f"the probe's report has no result for this request{cut}", report.pod
+            )
+        return Seen(request, observation, pod=report.pod)
+
+    def statics(self, *checks: CheckMeta) -> list[Finding]:
+        found = (self.static.get((self.protected.target, c.id)) for c in checks)
+        return [f for f in found if f is not None]
+
+
+def probe_findings(plan: RunPlan, report: RunReport, static: Sequence[Finding]) -> tuple[Finding, ...]:
+    """The probe findings of one run, sorted like static ones."""
+    by_key = {(f.target, f.check.id): f for f in static}
+    findings: list[Finding] = []
+    for protected in plan.targets:
+        view = TargetView(protected, plan, report, by_key)
+        findings += _target_findings(view)
+    return tuple(sorted(findings, key=Finding.sort_key))
+
+
+def _target_findings(view: TargetView) -> list[Finding]:
+    protected = view.protected
+    checks = [STRICT_MTLS_PROBE, ALLOWLIST_PROBE]
+    checks += [HEADERS_PROBE] if protected.required_headers else []
+    checks += [WAYPOINT_PROBE] if protected.waypoint is not None else []
+    if protected.probe is None:
+        message = "not probed: the rules give no probe target (protectedServices[].probe)"
+        return [_finding(view, meta, Status.SKIPPED, message, []) for meta in checks]
+    verdicts = {
+        STRICT_MTLS_PROBE.id: strict_mtls_verdict,
+        ALLOWLIST_PROBE.id: allowlist_verdict,
+        HEADERS_PROBE.id: headers_verdict,
+        WAYPOINT_PROBE.id: waypoint_verdict,
+    }
+    return [verdicts[meta.id](view) for meta in checks]
+
+
+def _finding(view: TargetView, meta: CheckMeta, status: Status, message: str, evidence: list[Evidence]) -> Finding:
+    return Finding(
+        check=meta,
+        target=view.protected.target,
+        status=status,
+        message=message,
+        evidence=tuple(dict.fromkeys(evidence)),
+        method=Method.PROBE,
+        details={"run_id": view.plan.run_id},
+    )
+
+
+# --- the positive control ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """Whether the allowed identity's request with the headers succeeded in this run."""
+
+    seen: Seen
+    passed: bool
+    refused: bool
+    summary: str
+
+
+def control_of(view: TargetView) -> Control:
+    seen = view.seen(Role.CONTROL, WITH_HEADERS)
+    observation, request = seen.observation, seen.request
+    if request is None or observation is None:
+        return Control(seen, passed=False, refused=False, summary=f"no positive control ({seen.reason})")
+    if observation.outcome is Outcome.ALLOWED and observation.status == request.expect_status:
+        return Control(seen, passed=True, refused=False, summary="the positive control succeeded in the same run")
+    refused = observation.outcome in _DENIED
+    summary = f"the positive control got {observation.describe()}, expected {_expected(request)}"
+    return Control(seen, passed=False, refused=refused, summary=summary)
+
+
+# --- per promise ---------------------------------------------------------------------------------
+
+
+def strict_mtls_verdict(view: TargetView) -> Finding:
+    seen = view.seen(Role.OUTSIDE, PLAINTEXT)
+    observation = seen.observation
+    if observation is None:
+        return _not_observed(view, STRICT_MTLS_PROBE, seen)
+    if _plaintext_answered(observation):
+        traffic = f"a plaintext request from outside the mesh was answered: {observation.describe()}"
+        return _contradiction(view, STRICT_MTLS_PROBE, (CAPTURED, PEER_AUTHENTICATION), traffic, [seen])
+    if observation.outcome is Outcome.L4_DENIED:
+        return _denial(view, STRICT_MTLS_PROBE, "plaintext from outside the mesh was refused", [seen])
+    return _wrong_kind(view, STRICT_MTLS_PROBE, seen)
+
+
+def _plaintext_answered(observation: Observation) -> bool:
+    # Any application answer means ztunnel let plaintext in; a 503 or an Envoy 403 would be a
+    # proxy talking, which plaintext clients never meet (§4.6): those stay inconclusive.
+    if observation.outcome in _REACHED:
+        return True
+    return observation.outcome is Outcome.OTHER and observation.status is not None
+
+
+def allowlist_verdict(view: TargetView) -> Finding:
+    seen = view.seen(Role.INTRUDER, WITH_HEADERS)
+    control = control_of(view)
+    observation = seen.observation
+    if observation is not None and observation.outcome in _REACHED:
+        traffic = f"an identity on no allow-list got through: {observation.describe()}"
+        return _contradiction(view, ALLOWLIST_PROBE, (INTRUDERS_REFUSED,), traffic, [seen, control.seen])
+    if control.refused:
+        traffic = f"the allowed identity was refused: {control.summary}"
+        return _contradiction(view, ALLOWLIST_PROBE, (ALLOWED_ADMITTED,), traffic, [control.seen, seen])
+    if observation is None:
+        return _not_observed(view, ALLOWLIST_PROBE, seen)
+    assert seen.request is not None  # noqa: S101 - an observation always belongs to a request
+    if observation.outcome is seen.request.expect:
+        return _denial(view, ALLOWLIST_PROBE, "the intruder was refused", [seen, control.seen], control)
+    return _wrong_kind(view, ALLOWLIST_PROBE, seen)
+
+
+def headers_verdict(view: TargetView) -> Finding:
+    names = [h.name for h in view.protected.required_headers]
+    seens = [view.seen(Role.CONTROL, f"{WITHOUT}{name}") for name in names]
+    control = control_of(view)
+    admitted = [s for s in seens if s.observation is not None and s.observation.outcome in _REACHED]
+    if admitted:
+        shown = ", ".join(f"without {s.request.omitted_header}" for s in admitted if s.request)
+        traffic = f"the allowed identity got through {shown}"
+        return _contradiction(view, HEADERS_PROBE, (HEADERS_ENFORCED,), traffic, [*admitted, control.seen])
+    missing = [s for s in seens if s.observation is None]
+    if missing:
+        return _not_observed(view, HEADERS_PROBE, missing[0], needs_control=True)
+    wrong = [s for s in seens if s.observation is not None and s.observation.outcome is not Outcome.L7_DENIED]
+    if wrong:
+        return _wrong_kind(view, HEADERS_PROBE, wrong[0])
+    return _denial(view, HEADERS_PROBE, "every request without a required header was refused", [*seens, control.seen])
+
+
+def waypoint_verdict(view: TargetView) -> Finding:
+    control = control_of(view)
+    seen, observation = control.seen, control.seen.observation
+    if observation is None:
+        return _not_observed(view, WAYPOINT_PROBE, seen, needs_control=True)
+    if observation.outcome is not Outcome.ALLOWED:
+        message = f"not proven: {control.summary}; only an allowed response can show the waypoint hop"
+        return _finding(view, WAYPOINT_PROBE, Status.INCONCLUSIVE, message, [seen.evidence()])
+    if observation.compact:
+        message = "not proven: the report was cut to fit 4096 bytes and lost the response headers"
+        return _finding(view, WAYPOINT_PROBE, Status.INCONCLUSIVE, message, [seen.evidence()])
+    proof = waypoint_hop(observation, view.plan.marker_header)
+    if proof is not None:
+        return _finding(
+            view,
+            WAYPOINT_PROBE,
+            Status.PASS,
+            f"the allowed request went through the waypoint: {proof}",
+            [seen.evidence()],
+        )
+    traffic = f"the allowed request's response shows no waypoint hop ({_hop_wanted(view.plan.marker_header)})"
+    return _contradiction(view, WAYPOINT_PROBE, (WAYPOINT_BOUND, WAYPOINT_GATEWAY), traffic, [seen])
+
+
+def waypoint_hop(observation: Observation, marker: str | None) -> str | None:
+    """The response header(s) that prove the waypoint hop (semantics §1.7a, §1.7c), or None."""
+    headers = observation.headers
+    if marker is not None:
+        return f"marker header {marker} present" if marker in headers else None
+    if headers.get("server") == WAYPOINT_SERVER and UPSTREAM_TIME in headers:
+        return f"server: {WAYPOINT_SERVER} and {UPSTREAM_TIME} present"
+    return None
+
+
+def _hop_wanted(marker: str | None) -> str:
+    if marker is not None:
+        return f"no marker header {marker}"
+    return f"no server: {WAYPOINT_SERVER} with {UPSTREAM_TIME}"
+
+
+# --- shared outcomes -----------------------------------------------------------------------------
+
+
+def _not_observed(view: TargetView, meta: CheckMeta, seen: Seen, *, needs_control: bool = False) -> Finding:
+    prefix = "not proven (needs the positive control)" if needs_control and seen.request is None else "not proven"
+    return _finding(view, meta, seen.missing, f"{prefix}: {seen.reason}", [seen.evidence()])
+
+
+def _denial(view: TargetView, meta: CheckMeta, what: str, seens: list[Seen], control: Control | None = None) -> Finding:
+    control = control or control_of(view)
+    evidence = [s.evidence() for s in seens]
+    if control.passed:
+        return _finding(view, meta, Status.PASS, f"{what}, and {control.summary}", evidence)
+    message = f"{what}, but {control.summary}: a denial without a passing control proves nothing"
+    return _finding(view, meta, Status.INCONCLUSIVE, message, evidence)
+
+
+def _wrong_kind(view: TargetView, meta: CheckMeta, seen: Seen) -> Finding:
+    assert seen.request is not None  # noqa: S101 - only called with an observation
+    assert seen.observation is not None  # noqa: S101
+    message = (
+        f"expected {_expected(seen.request)}, got {seen.observation.describe()}: not the denial the "
+        "promise predicts (a 503, timeout or refusal is never proof of policy, semantics §1.4-§1.6)"
+    )
+    return _finding(view, meta, Status.INCONCLUSIVE, message, [seen.evidence()])
+
+
+def _contradiction(
+    view: TargetView, meta: CheckMeta, static_checks: tuple[CheckMeta, ...], traffic: str, seens: list[Seen]
+) -> Finding:
+    """A FAIL proven by traffic, with the static findings' evidence beside the probe's."""
+    statics = view.statics(*static_checks)
+    failing = [f.check.id for f in statics if f.status is Status.FAIL]
+    if statics and all(f.status is Status.PASS for f in statics):
+        ids = ", ".join(f.check.id for f in statics)
+        message = f"config and traffic disagree: the config passes ({ids}), but {traffic}"
+    elif failing:
+        message = f"traffic confirms the drift of {', '.join(failing)}: {traffic}"
+    else:
+        message = traffic
+    evidence = [s.evidence() for s in seens] + [ev for f in statics for ev in f.evidence]
+    return _finding(view, meta, Status.FAIL, message, evidence)
