@@ -1,0 +1,68 @@
+"""Command line of the lab: ``python -m auditor.lab up|down|status``.
+
+``up --manifests PATH [--manifests PATH ...] [--fault NAME ...]`` starts the lab, waits until the
+data plane serves the manifests, and prints the lab's kubeconfig path as the last stdout line;
+``down`` removes everything (safe to repeat); ``status`` prints JSON, exit 0 only when healthy.
+``_translate`` is the daemon ``up`` starts; it is not for people.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from auditor.devtools.controlplane import ControlPlaneError
+from auditor.lab.lab import DEFAULT_STATE_DIR, FAULTS, Lab, LabError
+from auditor.lab.manifests import ManifestError
+from auditor.lab.netns import NetnsError
+from auditor.lab.proxy import ProxyError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m auditor.lab", description="Ambient-mesh lab on this host.")
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="default: %(default)s")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start the lab; prints the kubeconfig path last")
+    up.add_argument("--manifests", type=Path, action="append", required=True, help="file or folder; repeatable")
+    up.add_argument("--fault", action="append", default=[], help=f"one of: {', '.join(sorted(FAULTS))}; repeatable")
+    commands.add_parser("down", help="stop and remove everything; safe to repeat")
+    commands.add_parser("status", help="JSON report; exit 0 only when healthy")
+    commands.add_parser("_translate", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    lab = Lab(args.state_dir)
+    try:
+        if args.command == "up":
+            print(lab.up(args.manifests, args.fault), flush=True)
+        elif args.command == "down":
+            lab.down()
+        elif args.command == "status":
+            report = lab.status()
+            print(json.dumps(report, indent=2))
+            return 0 if report.get("healthy") else 1
+        else:
+            return _translate(lab)
+    except (LabError, ManifestError, NetnsError, ProxyError, ControlPlaneError) as error:
+        print(f"lab: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _translate(lab: Lab) -> int:
+    from auditor.lab import translator  # noqa: PLC0415 - only the daemon needs the kubernetes client
+
+    record = lab.load()
+    if record is None:
+        return 1
+    translator.run(Path(record.kubeconfig), lab.reconcile, lab.record_path.exists)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

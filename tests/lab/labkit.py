@@ -1,0 +1,124 @@
+"""Helpers for the lab tests: manifests, mesh-object replacement, curl in a pod, leftover checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from auditor.lab import netns
+from auditor.lab.lab import Lab, Record
+
+SetMesh = Callable[..., None]
+Probe = Callable[..., dict[str, Any]]
+
+REPO = Path(__file__).resolve().parents[2]
+RETAIL = REPO / "examples" / "retail-store"
+HERE = Path(__file__).resolve().parent / "manifests"
+BASE_MANIFESTS = [RETAIL / "00-namespaces.yaml", RETAIL / "10-retail-store.yaml", HERE / "clients.yaml"]
+MESH_KINDS = (
+    "peerauthentications.security.istio.io,authorizationpolicies.security.istio.io,gateways.gateway.networking.k8s.io"
+)
+CATALOG_TAGS = (
+    '[{"name":"accessories","displayName":"Accessories"},{"name":"clothing","displayName":"Clothing"},'
+    '{"name":"food","displayName":"Food"},{"name":"vehicles","displayName":"Vehicles"}]'
+)
+
+STRICT = """
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"""
+CATALOG_L4_ALLOW_UI = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: catalog, namespace: default}
+spec:
+  selector:
+    matchLabels: {app.kubernetes.io/name: catalog, app.kubernetes.io/component: service}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/default/sa/ui]}
+"""
+WAYPOINT = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: catalog-waypoint
+  namespace: default
+  labels: {istio.io/waypoint-for: service}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+"""
+WAYPOINT_ALLOW_UI = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: catalog, namespace: default}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: catalog-waypoint}]
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/default/sa/ui]}
+"""
+WAYPOINT_ALLOW_UI_WITH_TOKEN = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: catalog, namespace: default}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: catalog-waypoint}]
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/default/sa/ui]}
+    when:
+    - key: request.headers[x-auth-token]
+      values: ["internal-retail-token"]
+"""
+
+
+def replace_mesh_objects(lab: Lab, manifest: str) -> None:
+    """Delete every policy and Gateway, then apply ``manifest`` (may be empty)."""
+    kube = lab.kube()
+    kube.kubectl("delete", MESH_KINDS, "--all", "--all-namespaces", "--wait=false")
+    if manifest.strip():
+        kube.apply_text(manifest)
+
+
+def curl(lab: Lab, pod: str, url: str, *headers: str) -> tuple[int, str]:
+    """curl -s as in the walkthrough, from inside the pod: (exit code, stdout)."""
+    argv = ["curl", "-s", "--max-time", "10", *(f"-H{h}" for h in headers), url]
+    result = lab.exec(pod, argv, timeout=20)
+    return result.returncode, result.stdout
+
+
+def assert_gone(state_dir: Path, record: Record) -> None:
+    """Nothing the lab created survives: namespaces, processes, /etc/netns files, the state dir."""
+    prefix = f"{netns.PREFIX}{record.lab_id}-"
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert prefix not in listing, listing
+    assert not any(path.name.startswith(prefix) for path in netns.ETC_NETNS.glob("*"))
+    assert [name for name, proc in record.procs.items() if proc.running()] == []
+    assert not state_dir.exists()
+
+
+def hbone_handshakes(lab: Lab, pod: str) -> int:
+    """TLS handshakes completed on the pod's inbound :15008 (its ztunnel's HBONE stand-in)."""
+    stats = lab.envoy_admin(pod, "/stats?filter=^listener.0.0.0.0_15008.ssl.handshake$")
+    return int(stats.split(":")[1]) if ":" in stats else 0
+
+
+def peer_identity(lab: Lab, pod: str) -> str:
+    """The URI SAN of the certificate the pod's proxy presents."""
+    certs = json.loads(lab.envoy_admin(pod, "/certs"))
+    for entry in certs["certificates"]:
+        for chain in entry.get("cert_chain", []):
+            for san in chain.get("subject_alt_names", []):
+                if "uri" in san:
+                    return str(san["uri"])
+    return ""
