@@ -81,6 +81,30 @@ def send_json(api: client.ApiClient, method: str, path: str, body: Mapping[str, 
     return document
 
 
+def apply_json(
+    api: client.ApiClient, path: str, body: Mapping[str, Any], manager: str = "mesh-auditor"
+) -> dict[str, Any]:
+    """Server-side apply (create or update, owning the fields we set)."""
+    verb, url, headers, _, _ = api.param_serialize(
+        method="PATCH",
+        resource_path=path,
+        query_params=[("fieldManager", manager), ("force", "true")],
+        header_params={"Accept": "application/json", "Content-Type": "application/apply-patch+yaml"},
+        auth_settings=["BearerToken"],
+    )
+    try:
+        response = api.call_api(
+            verb, url, header_params=headers, body=json.dumps(body), _request_timeout=REQUEST_TIMEOUT
+        )
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        raise ApiUnavailable(str(error)) from error
+    data = response.read()
+    if response.status >= 400:
+        raise _refused(response.status, response.reason or "", data)
+    document: dict[str, Any] = json.loads(data)
+    return document
+
+
 def stream_lines(
     api: client.ApiClient, path: str, query: list[tuple[str, str]], read_timeout: float
 ) -> Iterator[dict[str, Any]]:
