@@ -16,11 +16,13 @@ from typing import TextIO
 from auditor import __version__
 from auditor.adapters.rules.loader import load_rules
 from auditor.app import AuditResult, check_live, check_offline, configure_logging
+from auditor.cli_ops import OPERATIONS, add_operations, run_operation
 from auditor.core.checks.catalog import ALL
 from auditor.core.model import summarize
 from auditor.core.posture import PostureDocument
 from auditor.errors import InputError
 from auditor.render.document import audit_document
+from auditor.render.junit import render_junit
 from auditor.render.text import render_markdown, render_table
 from auditor.settings import Settings, load_settings
 
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="+", metavar="FILE")
     checks = commands.add_parser("checks", help="list every check with its id, property and severity")
     checks.add_argument("--markdown", action="store_true", help="print docs/checks.md")
+    add_operations(commands)
     return parser
 
 
@@ -82,7 +85,10 @@ def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="with a cluster: also run probe pods that send real traffic (docs/probes.md); settings: AUDITOR_PROBES__*",
     )
     check.add_argument(
-        "--output", choices=("table", "json", "markdown"), default="table", help="output format (default: table)"
+        "--output",
+        choices=("table", "json", "markdown", "junit"),
+        default="table",
+        help="output format (default: table; junit for CI test reports)",
     )
     check.add_argument("-v", "--verbose", action="store_true", help="table: evidence and check ids for every finding")
 
@@ -104,6 +110,8 @@ def _dispatch(args: argparse.Namespace, stdin: TextIO, out: TextIO, settings: Se
         return _check(args, stdin, out, settings)
     if args.command == "rules":
         return _rules(args, out)
+    if args.command in OPERATIONS:
+        return run_operation(args, out, settings)
     return _checks(args, out)
 
 
@@ -134,6 +142,8 @@ def _render(output: str, result: AuditResult, out: TextIO, *, verbose: bool) -> 
         out.write(json.dumps(audit_document(result.findings, inputs=result.inputs)) + "\n")
     elif output == "markdown":
         out.write(render_markdown(result.findings))
+    elif output == "junit":
+        out.write(render_junit(result.findings))
     else:
         out.write(render_table(result.findings, verbose=verbose))
 

@@ -1,21 +1,27 @@
 """Settings, built once in ``main()`` from the environment (``AUDITOR_*``), grouped and documented.
 
-Nested groups use ``__``: ``AUDITOR_LOGGING__LEVEL=debug``. Invalid values are input errors (exit
-2) that name the variable. The daemon's groups (schedule, Slack, AWS) join here later.
+Nested groups use ``__``: ``AUDITOR_LOGGING__LEVEL=debug``; the daemon also reads a YAML file
+named by ``AUDITOR_CONFIG_FILE`` (environment wins). Invalid values are input errors (exit 2)
+that name the variable. Every field documents its unit and why its default; docs/settings.md
+is generated from these descriptions.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from auditor import __version__
 from auditor.errors import InputError
 
 
 class LoggingSettings(BaseModel):
+    """How the auditor logs (always to stderr; stdout carries only reports)."""
+
     level: Literal["debug", "info", "warning", "error"] = Field(
         default="warning",
         description="Log level. warning keeps `auditor check` output clean; logs go to stderr.",
@@ -94,11 +100,95 @@ class ProbeSettings(BaseModel):
     )
 
 
+class SlackSettings(BaseModel):
+    """Where drift alerts go. Tokens are ``SecretStr``: never logged, never rendered."""
+
+    mode: Literal["off", "bot", "webhook"] = Field(
+        default="off", description="bot: threads and updates (needs chat:write); webhook: new messages only."
+    )
+    bot_token: SecretStr | None = Field(default=None, description="xoxb- token for bot mode.")
+    channel: str = Field(default="", description="Channel id (C...) for bot mode.")
+    webhook_url: SecretStr | None = Field(default=None, description="Incoming-webhook URL for webhook mode.")
+    base_url: str | None = Field(default=None, description="Slack API base URL; only for tests and proxies.")
+    digest_at: int = Field(default=10, ge=2, description="This many alerts opening at once send one digest first.")
+
+
+class AwsSettings(BaseModel):
+    """Optional AWS evidence; every part is off until configured. Credentials come from the usual
+    AWS chain (IRSA / EKS Pod Identity in-cluster), never from these settings."""
+
+    region: str | None = Field(default=None, description="AWS region of the cluster and the sinks.")
+    cluster_name: str | None = Field(default=None, description="EKS cluster name (for describe_cluster and ids).")
+    account_id: str | None = Field(default=None, description="Account id for Security Hub's ProductArn.")
+    s3_bucket: str | None = Field(default=None, description="Report archive bucket; unset = no archive.")
+    s3_prefix: str = Field(default="mesh-auditor/reports", description="Key prefix of archived reports.")
+    s3_retention_days: int = Field(default=365, ge=1, description="Object Lock retention, when the bucket has it.")
+    security_hub: bool = Field(default=False, description="Import findings into Security Hub (ASFF).")
+    cloudwatch: bool = Field(default=False, description="Put cycle metrics to CloudWatch (namespace MeshAuditor).")
+    verify_auto_mode: bool = Field(default=False, description="Report whether the cluster is EKS Auto Mode.")
+    endpoint_url: str | None = Field(default=None, description="AWS endpoint override; only for tests (moto).")
+
+
+class DaemonSettings(BaseModel):
+    """``auditor daemon``: what it audits, how often, and where it keeps its state."""
+
+    rules: list[str] = Field(default_factory=lambda: ["/etc/mesh-auditor/rules.yaml"], description="Rules files.")
+    namespace: str = Field(default="mesh-auditor", description="Namespace of its state ConfigMap and Lease.")
+    identity: str = Field(default="", description="This replica's name in the Lease (default: the hostname).")
+    kubeconfig: str | None = Field(default=None, description="Out of cluster only; in-cluster config otherwise.")
+    context: str | None = Field(default=None, description="kubeconfig context, with kubeconfig.")
+    static_debounce_s: float = Field(default=3.0, gt=0, description="Seconds a burst of config changes must settle.")
+    full_static_every_s: float = Field(default=600.0, gt=0, description="Full static re-audit period, seconds.")
+    probes_enabled: bool = Field(default=False, description="Run active probe cycles (needs the probe RBAC).")
+    probe_every_s: float = Field(default=300.0, gt=0, description="Probe cycle period, seconds (a few minutes).")
+    probe_jitter_s: float = Field(default=30.0, ge=0, description="Random delay added to each probe cycle.")
+    lease_duration_s: int = Field(default=15, ge=2, description="Leader lease duration; standby takes over after it.")
+    report_cron: str = Field(default="0 6 * * *", description="Daily compliance report (cron, UTC).")
+    reports_dir: str = Field(default="/var/lib/mesh-auditor/reports", description="Local JSON report archive.")
+    policy_reports: bool = Field(default=True, description="Write PolicyReports (needs the wgpolicyk8s.io CRDs).")
+    health_port: int = Field(default=8080, ge=0, le=65535, description="/metrics, /healthz, /readyz (0 = any).")
+    health_host: str = Field(default="0.0.0.0", description="Address the health server binds.")  # noqa: S104 - a pod serves its probes on its own IP
+    fails_to_open_static: int = Field(
+        default=1, ge=1, description="Consecutive failing static audits to open an alert."
+    )
+    fails_to_open_probe: int = Field(default=2, ge=1, description="Consecutive failing probe cycles to open an alert.")
+    rules_reload_s: float = Field(
+        default=60.0, gt=0, description="Re-read rules this often; bad rules keep the last good ones."
+    )
+
+
 class Settings(BaseSettings):
+    """Environment (``AUDITOR_*``, ``__`` between groups) over an optional YAML file
+    (``AUDITOR_CONFIG_FILE``, e.g. a mounted ConfigMap)."""
+
     model_config = SettingsConfigDict(env_prefix="AUDITOR_", env_nested_delimiter="__", extra="ignore")
 
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     probes: ProbeSettings = Field(default_factory=ProbeSettings)
+    slack: SlackSettings = Field(default_factory=SlackSettings)
+    aws: AwsSettings = Field(default_factory=AwsSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = os.environ.get("AUDITOR_CONFIG_FILE")
+        if not config_file:
+            return (init_settings, env_settings)
+        if not Path(config_file).is_file():
+            raise InputError(
+                config_file,
+                "the settings file does not exist",
+                field="AUDITOR_CONFIG_FILE",
+                fix="mount it or unset the variable",
+            )
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
 
 
 def load_settings() -> Settings:
@@ -113,3 +203,35 @@ def load_settings() -> Settings:
             field=variable,
             fix="see docs/settings.md for allowed values",
         ) from error
+
+
+def settings_markdown() -> str:
+    """docs/settings.md: every setting, its variable, default and why (from the field descriptions)."""
+    lines = [
+        "# Settings",
+        "",
+        "Generated by `auditor settings` from `auditor/settings.py`. Environment variables win over",
+        "the YAML file named by `AUDITOR_CONFIG_FILE` (keys nest like the variables: `daemon: {rules: [...]}`).",
+        "Invalid values exit 2 naming the variable. Secrets (`SecretStr`) are never logged or rendered.",
+        "",
+    ]
+    for group_name, group_field in Settings.model_fields.items():
+        model = group_field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        lines += [f"## `{group_name}`", "", " ".join((model.__doc__ or "").split()).replace("``", "`"), ""]
+        lines += ["| variable | default | meaning |", "|---|---|---|"]
+        for name, field in model.model_fields.items():
+            default = (
+                "(secret)"
+                if "Secret" in str(field.annotation)
+                else _default_text(field.get_default(call_default_factory=True))
+            )
+            variable = f"AUDITOR_{group_name.upper()}__{name.upper()}"
+            lines.append(f"| `{variable}` | `{default}` | {field.description or ''} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _default_text(value: object) -> str:
+    return "unset" if value is None else str(value).replace("|", "\\|")

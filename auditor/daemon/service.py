@@ -62,7 +62,10 @@ class ReportSink(Protocol):
     def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None: ...
 
 
-ProbeCycle = Callable[[Snapshot, Sequence[Finding]], tuple[Finding, ...]]
+# (snapshot, posture, header values, static findings) -> findings including probe verdicts
+ProbeCycle = Callable[
+    [Snapshot, Posture, Mapping[tuple[str, str], str | None], tuple[Finding, ...]], tuple[Finding, ...]
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +106,13 @@ class Daemon:
         sinks: Sequence[ReportSink] = (),
         probe_cycle: ProbeCycle | None = None,
         metrics: DaemonMetrics | None = None,
+        extra_findings: Callable[[], tuple[Finding, ...]] = tuple,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.config, self._snapshots, self._posture, self._values = config, snapshots, posture, header_values
         self._elector, self._state, self._notifier, self._sinks = elector, state, notifier, tuple(sinks)
         self._probe_cycle, self.metrics, self._clock = probe_cycle, metrics or DaemonMetrics(), clock
+        self._extra = extra_findings
         self._lock = threading.RLock()
         self._memory: _Memory | None = None  # None while not leading
         self._scheduler = BackgroundScheduler(
@@ -156,6 +161,12 @@ class Daemon:
             return False, f"snapshot not in sync: {problems[0].resource}: {problems[0].message}"
         return True, "leader" if self._memory is not None else "standby"
 
+    def replace_posture(self, posture: Posture, header_values: Mapping[tuple[str, str], str | None]) -> None:
+        """New rules take effect at the next audit; callers validate them first (bad rules never land)."""
+        with self._lock:
+            self._posture, self._values = posture, header_values
+        self.snapshot_changed()
+
     @property
     def leading(self) -> bool:
         return self._memory is not None
@@ -179,7 +190,7 @@ class Daemon:
         with self._lock:
             if self._memory is None:
                 return
-            static = run_static_audit(self._snapshots.snapshot(), self._posture, self._values)
+            static = run_static_audit(self._snapshots.snapshot(), self._posture, self._values) + self._extra()
             self._memory.static_findings = static
             # Only this job's findings advance the drift counters: re-counting the last probe
             # result at every static audit would open probe alerts on one failed cycle.
@@ -192,7 +203,9 @@ class Daemon:
         started = time.monotonic()
         snapshot = self._snapshots.snapshot()
         static = run_static_audit(snapshot, self._posture, self._values)
-        probe = tuple(f for f in self._probe_cycle(snapshot, static) if f.method is Method.PROBE)
+        with self._lock:
+            posture, values = self._posture, self._values
+        probe = tuple(f for f in self._probe_cycle(snapshot, posture, values, static) if f.method is Method.PROBE)
         with self._lock:
             if self._memory is None:
                 return  # lost the lease while probing: the new leader will probe again
@@ -241,7 +254,13 @@ class Daemon:
         return _Memory(book=book, outbox=outbox)
 
     def _run_info(self, kind: str) -> dict[str, Any]:
-        return {"kind": kind, "at": self._clock().isoformat(), "replica": self.config.identity}
+        now = self._clock()
+        return {
+            "id": f"{now:%Y%m%dT%H%M%S%f}-{kind}",
+            "kind": kind,
+            "at": now.isoformat(),
+            "replica": self.config.identity,
+        }
 
     def _timed(self, kind: str, started: float) -> None:
         self.metrics.cycle_seconds.labels(kind).observe(time.monotonic() - started)

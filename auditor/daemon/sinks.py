@@ -7,15 +7,17 @@ rolling history for the HTML report's per-target strips. AWS sinks wrap the adap
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from auditor.core.model import Finding
 from auditor.render.document import audit_document
 from auditor.render.html import HistoryPoint, render_html
+from auditor.render.policyreport import policy_reports
 
 
 class DirectorySink:
@@ -49,3 +51,42 @@ def _atomic_write(path: Path, text: str) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)  # atomic on POSIX: readers never see half a report
+
+
+class PolicyReportSink:
+    """PolicyReports per namespace, so policy dashboards show the promises beside admission results."""
+
+    def __init__(self, writer: PolicyReportWriterLike) -> None:
+        self._writer = writer
+
+    def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None:
+        at = dt.datetime.fromisoformat(str(run["at"]))
+        self._writer.write(
+            policy_reports(findings, run_id=str(run.get("id", run["at"])), timestamp=int(at.timestamp()))
+        )
+
+
+class PolicyReportWriterLike(Protocol):
+    def write(self, reports: Sequence[Mapping[str, Any]]) -> int: ...
+
+
+class AwsSink:
+    """S3 archive, Security Hub and CloudWatch, each only when configured (None = off)."""
+
+    def __init__(
+        self, *, archive: Any = None, hub: Any = None, metrics: Any = None, alerts_open: Callable[[], int] = lambda: 0
+    ) -> None:
+        self._archive, self._hub, self._metrics, self._alerts_open = archive, hub, metrics, alerts_open
+
+    def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None:
+        at = dt.datetime.fromisoformat(str(run["at"]))
+        if self._archive is not None:
+            document = audit_document(tuple(findings), inputs={"mode": "daemon"})
+            document["run"] = dict(run)
+            self._archive.put_run(document, str(run.get("id", at.strftime("%H%M%S"))), at)
+        if self._hub is not None:
+            self._hub.publish(findings, at)
+        if self._metrics is not None:
+            self._metrics.put_cycle(
+                findings, alerts_open=self._alerts_open(), duration_s=float(run.get("duration_s", 0.0))
+            )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from auditor.core.model import Finding, Status, summarize
+from auditor.core.model import CheckMeta, Evidence, Finding, Method, Property, Severity, Status, summarize
 
 SCHEMA_VERSION = 1
 _RANK = {Status.FAIL: 0, Status.ERROR: 1, Status.INCONCLUSIVE: 2, Status.PASS: 3, Status.SKIPPED: 4}
@@ -57,3 +57,36 @@ def audit_document(findings: tuple[Finding, ...], *, inputs: dict[str, Any]) -> 
         },
         "findings": [finding_dict(f) for f in findings],
     }
+
+
+class DocumentError(ValueError):
+    """A stored run is not an audit document this version can read."""
+
+
+def findings_from_document(document: dict[str, Any]) -> tuple[Finding, ...]:
+    """Rebuild findings from a stored JSON run (``auditor report``): the document is self-describing."""
+    if document.get("schema_version") != SCHEMA_VERSION:
+        raise DocumentError(f"schema_version {document.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    try:
+        return tuple(_finding_from(item) for item in document["findings"])
+    except (KeyError, ValueError, TypeError) as error:
+        raise DocumentError(f"a finding is malformed: {error}") from error
+
+
+def _finding_from(item: dict[str, Any]) -> Finding:
+    meta = CheckMeta(
+        id=str(item["check"]),
+        property=Property(item["property"]),
+        title=str(item["title"]),
+        severity=Severity(item["severity"]),
+        protects="",
+        remediation=str(item["remediation"]),
+        remediation_yaml=str(item.get("remediation_yaml", "")),
+        references=tuple(str(r) for r in item.get("references", [])),
+    )
+    evidence = tuple(
+        Evidence(str(e["object"]), str(e["field"]), str(e["value"]), str(e["note"])) for e in item["evidence"]
+    )
+    return Finding(
+        meta, str(item["target"]), Status(item["status"]), str(item["message"]), evidence, Method(item["method"])
+    )

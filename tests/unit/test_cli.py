@@ -297,3 +297,42 @@ def test_every_check_has_complete_metadata() -> None:
         assert meta.references
         # Static checks name the kinds they read; reporting read problems, or traffic, needs none.
         assert meta.reads or meta is SNAPSHOT_READ or meta.id.endswith(".probe"), meta.id
+
+
+def test_junit_output_and_report_round_trip(tmp_path: Path) -> None:
+    """`--output junit` and `auditor report RUN.json --output junit` agree: the stored run is self-describing."""
+    code, direct = run("check", "--manifests", DRIFTED, "--rules", RULES, "--output", "junit")
+    _, stored = run("check", "--manifests", DRIFTED, "--rules", RULES, "--output", "json")
+    run_file = tmp_path / "run.json"
+    run_file.write_text(stored, encoding="utf-8")
+    report_code, rendered = run("report", str(run_file), "--output", "junit")
+    assert code == 1
+    assert report_code == 0
+    assert rendered == direct
+    assert 'failures="5"' in direct
+
+
+def test_report_renders_html_with_history(tmp_path: Path) -> None:
+    _, stored = run("check", "--manifests", DRIFTED, "--rules", RULES, "--output", "json")
+    history = tmp_path / "history"
+    history.mkdir()
+    for day in range(3):
+        (history / f"2026-11-2{day}.json").write_text(stored, encoding="utf-8")
+    (tmp_path / "run.json").write_text(stored, encoding="utf-8")
+    code, html = run("report", str(tmp_path / "run.json"), "--history", str(history))
+    assert code == 0
+    assert html.count("aria-label='history of default/orders strict-mtls'") == 1
+
+
+def test_report_of_a_foreign_document_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bogus = tmp_path / "run.json"
+    bogus.write_text('{"schema_version": 99}', encoding="utf-8")
+    assert run("report", str(bogus))[0] == 2
+    assert "schema_version 99" in capsys.readouterr().err
+
+
+def test_settings_reference_is_generated_from_the_models() -> None:
+    """docs/settings.md is `auditor settings` (regenerate it when a setting changes)."""
+    _, text = run("settings")
+    assert (ROOT / "docs" / "settings.md").read_text(encoding="utf-8") == text
+    assert "`AUDITOR_SLACK__BOT_TOKEN` | `(secret)`" in text

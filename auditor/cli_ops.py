@@ -1,0 +1,88 @@
+"""The operational commands of ``auditor``: ``daemon`` (the in-cluster process) and ``report``
+(render a stored JSON run as HTML, Markdown or JUnit). ``auditor.cli`` registers them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, TextIO
+
+from auditor.errors import InputError
+from auditor.render.document import DocumentError, findings_from_document
+from auditor.render.html import HistoryPoint, render_html
+from auditor.render.junit import render_junit
+from auditor.render.text import render_markdown
+from auditor.settings import Settings, settings_markdown
+
+OPERATIONS = frozenset({"daemon", "report", "settings"})
+
+
+def add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    daemon = commands.add_parser(
+        "daemon",
+        help="run continuously in the cluster: audits, drift alerts, reports (settings: AUDITOR_*)",
+        description="The in-cluster process. Configured by environment (AUDITOR_*) and an optional YAML file "
+        "(AUDITOR_CONFIG_FILE); see docs/settings.md and docs/daemon.md. Stops gracefully on SIGTERM.",
+    )
+    daemon.add_argument(
+        "--rules", action="append", metavar="FILE", help="rules file(s); overrides AUDITOR_DAEMON__RULES"
+    )
+    commands.add_parser("settings", help="print every setting (docs/settings.md): variable, default, meaning")
+    report = commands.add_parser(
+        "report", help="render a stored JSON run (auditor check --output json, or the daemon's archive)"
+    )
+    report.add_argument("run", metavar="RUN.json", help="the stored audit document")
+    report.add_argument(
+        "--output", choices=("html", "markdown", "junit"), default="html", help="format (default: html)"
+    )
+    report.add_argument("--history", metavar="DIR", help="directory of earlier runs, for the HTML history strips")
+
+
+def run_operation(args: argparse.Namespace, out: TextIO, settings: Settings) -> int:
+    if args.command == "daemon":
+        from auditor.daemon.main import run_daemon  # noqa: PLC0415 - the daemon's SDKs load only for the daemon
+
+        if args.rules:
+            settings = settings.model_copy(update={"daemon": settings.daemon.model_copy(update={"rules": args.rules})})
+        return run_daemon(settings)
+    if args.command == "settings":
+        out.write(settings_markdown())
+        return 0
+    return _report(args, out)
+
+
+def _report(args: argparse.Namespace, out: TextIO) -> int:
+    document = _read_document(Path(args.run))
+    try:
+        findings = findings_from_document(document)
+    except DocumentError as error:
+        raise InputError(
+            args.run, str(error), fix="render a document written by auditor check --output json"
+        ) from error
+    if args.output == "junit":
+        out.write(render_junit(findings))
+    elif args.output == "markdown":
+        out.write(render_markdown(findings))
+    else:
+        out.write(render_html(document, _history(args.history)))
+    return 0
+
+
+def _read_document(path: Path) -> dict[str, Any]:
+    try:
+        document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(str(path), f"cannot read the run: {error}", fix="pass a JSON audit document") from error
+    return document
+
+
+def _history(directory: str | None) -> list[HistoryPoint]:
+    if directory is None:
+        return []
+    points = []
+    for path in sorted(Path(directory).glob("*.json")):
+        document = _read_document(path)
+        at = str((document.get("run") or {}).get("at", path.stem))
+        points.append(HistoryPoint(at, document["summary"]["by_target"]))
+    return points

@@ -1,0 +1,224 @@
+"""``auditor daemon``'s composition root: settings in, a running daemon until SIGTERM.
+
+Everything is built here from ``Settings`` and injected; nothing else creates clients. Bad
+rules at start exit 2; bad rules later (a ConfigMap edit) are logged and the daemon keeps
+auditing with its last good rules.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Mapping
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import boto3
+import structlog
+from slack_sdk.webhook import WebhookClient
+
+from auditor.adapters.aws.archive import ArchiveOptions, S3Archive
+from auditor.adapters.aws.eks import auto_mode_finding
+from auditor.adapters.aws.metrics import CloudWatchMetrics
+from auditor.adapters.aws.securityhub import HubOptions, SecurityHubSink
+from auditor.adapters.k8s.client import build_api_client
+from auditor.adapters.k8s.lease import LeaseElector
+from auditor.adapters.k8s.policyreports import PolicyReportWriter
+from auditor.adapters.k8s.secrets import ClusterSecretReader
+from auditor.adapters.k8s.state import ConfigMapStateStore
+from auditor.adapters.k8s.watcher import SnapshotWatcher
+from auditor.adapters.probepods.kube import PodApi
+from auditor.adapters.probepods.runner import PodProbeRunner
+from auditor.adapters.rules.loader import load_rules, resolve_header_values
+from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client
+from auditor.app import active_audit, plan_options, runner_options
+from auditor.core.drift import DriftPolicy
+from auditor.core.model import Finding, Method
+from auditor.core.outbox import Outbox
+from auditor.core.posture import Posture
+from auditor.core.snapshot import Snapshot
+from auditor.daemon.health import HealthServer
+from auditor.daemon.metrics import DaemonMetrics
+from auditor.daemon.service import Daemon, DaemonConfig, Notifier, ProbeCycle, ReportSink
+from auditor.daemon.sinks import AwsSink, DirectorySink, PolicyReportSink
+from auditor.errors import InputError
+from auditor.settings import AwsSettings, Settings, SlackSettings
+
+
+class _Silent:
+    """Slack off: transitions are still tracked and reported, just not sent."""
+
+    def flush(self, outbox: Outbox, save: Any) -> Outbox:
+        return outbox
+
+
+def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> int:
+    log = structlog.get_logger("auditor.daemon")
+    cfg = settings.daemon
+    stop = stop or _stop_on_signals()
+    posture = load_rules(cfg.rules)
+    with closing(build_api_client(cfg.kubeconfig, cfg.context)) as api:
+        secrets = ClusterSecretReader(api)
+        values = resolve_header_values(posture, os.environ, secrets.secret_value)
+        metrics = DaemonMetrics()
+        holder: list[Daemon] = []
+        watcher = SnapshotWatcher(api, on_change=lambda: holder[0].snapshot_changed() if holder else None)
+        identity = cfg.identity or socket.gethostname()
+        daemon = Daemon(
+            config=_config(settings, identity),
+            snapshots=watcher,
+            posture=posture,
+            header_values=values,
+            elector=LeaseElector(api, cfg.namespace, identity, duration_s=cfg.lease_duration_s),
+            state=ConfigMapStateStore(api, cfg.namespace),
+            notifier=_notifier(settings.slack),
+            sinks=_sinks(settings, api, metrics_alerts=lambda: int(metrics.alerts_open._value.get())),
+            probe_cycle=_probe_cycle(settings, api) if cfg.probes_enabled else None,
+            metrics=metrics,
+            extra_findings=_auto_mode(settings.aws),
+        )
+        holder.append(daemon)
+        health = HealthServer(cfg.health_host, cfg.health_port, metrics.exposition, daemon.readiness)
+        health.start()
+        daemon.start()
+        log.info("daemon started", identity=identity, health_port=health.port)
+        current = [posture]
+        try:
+            while not stop.wait(cfg.rules_reload_s):
+                _reload_rules(daemon, cfg.rules, current, secrets, log)
+        finally:
+            daemon.stop()
+            health.stop()
+    log.info("daemon stopped")
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def _reload_rules(
+    daemon: Daemon, paths: list[str], current: list[Posture], secrets: ClusterSecretReader, log: Any
+) -> None:
+    """Re-read the rules; valid and changed ones replace ``current[0]``, invalid ones are refused."""
+    try:
+        posture = load_rules(paths)
+    except InputError as error:
+        log.warning("rules invalid; keeping the last good rules", error=error.render())
+        return
+    if posture != current[0]:
+        daemon.replace_posture(posture, resolve_header_values(posture, os.environ, secrets.secret_value))
+        current[0] = posture
+        log.info("rules reloaded")
+
+
+def _config(settings: Settings, identity: str) -> DaemonConfig:
+    cfg = settings.daemon
+    policy = DriftPolicy(fails_to_open={Method.STATIC: cfg.fails_to_open_static, Method.PROBE: cfg.fails_to_open_probe})
+    return DaemonConfig(
+        identity=identity,
+        static_debounce_s=cfg.static_debounce_s,
+        full_static_every_s=cfg.full_static_every_s,
+        probe_every_s=cfg.probe_every_s,
+        probe_jitter_s=cfg.probe_jitter_s,
+        report_cron=cfg.report_cron,
+        digest_at=settings.slack.digest_at,
+        drift=policy,
+    )
+
+
+def _notifier(slack: SlackSettings) -> Notifier:
+    if slack.mode == "bot":
+        if slack.bot_token is None or not slack.channel:
+            raise InputError(
+                "settings",
+                "Slack bot mode needs a token and a channel",
+                field="AUDITOR_SLACK__BOT_TOKEN / AUDITOR_SLACK__CHANNEL",
+                fix="set both, or AUDITOR_SLACK__MODE=off",
+            )
+        return SlackNotifier(
+            build_web_client(slack.bot_token.get_secret_value(), base_url=slack.base_url), slack.channel
+        )
+    if slack.mode == "webhook":
+        if slack.webhook_url is None:
+            raise InputError(
+                "settings",
+                "Slack webhook mode needs a webhook URL",
+                field="AUDITOR_SLACK__WEBHOOK_URL",
+                fix="set it, or AUDITOR_SLACK__MODE=off",
+            )
+        return WebhookNotifier(WebhookClient(slack.webhook_url.get_secret_value()))
+    return _Silent()
+
+
+def _sinks(settings: Settings, api: Any, metrics_alerts: Any) -> list[ReportSink]:
+    sinks: list[ReportSink] = [DirectorySink(Path(settings.daemon.reports_dir))]
+    if settings.daemon.policy_reports:
+        sinks.append(PolicyReportSink(PolicyReportWriter(api)))
+    aws = settings.aws
+    if aws.s3_bucket or aws.security_hub or aws.cloudwatch:
+        sinks.append(_aws_sink(aws, metrics_alerts))
+    return sinks
+
+
+def _aws_client(aws: AwsSettings, service: str) -> Any:
+    return boto3.session.Session(region_name=aws.region).client(service, endpoint_url=aws.endpoint_url)
+
+
+def _aws_sink(aws: AwsSettings, alerts_open: Any) -> AwsSink:
+    archive = hub = cloudwatch = None
+    if aws.s3_bucket:
+        archive = S3Archive(
+            _aws_client(aws, "s3"),
+            ArchiveOptions(bucket=aws.s3_bucket, prefix=aws.s3_prefix, retention_days=aws.s3_retention_days),
+        )
+    if aws.security_hub:
+        if not (aws.account_id and aws.region and aws.cluster_name):
+            raise InputError(
+                "settings",
+                "Security Hub needs account id, region and cluster name",
+                field="AUDITOR_AWS__ACCOUNT_ID / REGION / CLUSTER_NAME",
+                fix="set them, or AUDITOR_AWS__SECURITY_HUB=false",
+            )
+        hub = SecurityHubSink(_aws_client(aws, "securityhub"), HubOptions(aws.account_id, aws.region, aws.cluster_name))
+    if aws.cloudwatch:
+        cloudwatch = CloudWatchMetrics(_aws_client(aws, "cloudwatch"), aws.cluster_name or "cluster")
+    return AwsSink(archive=archive, hub=hub, metrics=cloudwatch, alerts_open=alerts_open)
+
+
+def _auto_mode(aws: AwsSettings) -> Any:
+    if not (aws.verify_auto_mode and aws.cluster_name):
+        return tuple
+    cache: dict[str, tuple[Finding, ...]] = {}
+
+    def finding() -> tuple[Finding, ...]:
+        if "auto" not in cache:  # once per process: the cluster's mode does not change under us
+            cache["auto"] = (auto_mode_finding(_aws_client(aws, "eks"), aws.cluster_name or ""),)
+        return cache["auto"]
+
+    return finding
+
+
+def _probe_cycle(settings: Settings, api: Any) -> ProbeCycle:
+    runner = PodProbeRunner(PodApi(api), runner_options(settings.probes))
+    options = plan_options(settings.probes)
+
+    def cycle(
+        snapshot: Snapshot, posture: Posture, values: Mapping[tuple[str, str], str | None], static: tuple[Finding, ...]
+    ) -> tuple[Finding, ...]:
+        run_id = uuid.uuid4().hex[:12]
+        return active_audit(
+            snapshot, posture, values=values, static=static, runner=runner, options=options, run_id=run_id
+        )
+
+    return cycle
+
+
+__all__ = ["run_daemon"]

@@ -1,0 +1,84 @@
+"""`auditor daemon` as composed from settings: health endpoints, reports, rules reload (a bad
+rules edit keeps the last good rules), graceful stop."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from auditor.daemon.main import run_daemon
+from auditor.devtools.controlplane import KubeAPI
+from auditor.settings import DaemonSettings, Settings
+from tests.cases import ROOT
+
+pytestmark = pytest.mark.kube
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _eventually(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    pytest.fail("the daemon never got there")
+
+
+def test_daemon_serves_health_audits_and_keeps_last_good_rules(
+    kube_api: KubeAPI, kube_namespace: str, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    shutil.copy(ROOT / "rules" / "retail-store.yaml", rules)
+    port = _free_port()
+    settings = Settings(
+        daemon=DaemonSettings(
+            rules=[str(rules)],
+            namespace=kube_namespace,
+            identity="replica-main",
+            kubeconfig=str(kube_api.kubeconfig),
+            health_port=port,
+            health_host="127.0.0.1",
+            reports_dir=str(tmp_path / "reports"),
+            policy_reports=False,
+            rules_reload_s=0.3,
+            static_debounce_s=0.2,
+        )
+    )
+    stop = threading.Event()
+    exit_code: list[int] = []
+    thread = threading.Thread(target=lambda: exit_code.append(run_daemon(settings, stop=stop)), daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=2) as http:
+            _eventually(lambda: _get(http, "/readyz") == 200)
+            assert _get(http, "/healthz") == 200
+            _eventually(lambda: len(list((tmp_path / "reports").glob("*.json"))) >= 1)
+            rules.write_text("apiVersion: nope\n", encoding="utf-8")  # a broken ConfigMap edit
+            time.sleep(1.0)
+            assert thread.is_alive()
+            assert _get(http, "/readyz") == 200
+            assert "mesh_auditor_leader 1.0" in http.get("/metrics").text
+    finally:
+        stop.set()
+        thread.join(20)
+    assert exit_code == [0]
+
+
+def _get(http: httpx.Client, path: str) -> int:
+    try:
+        return http.get(path).status_code
+    except httpx.TransportError:
+        return 0
