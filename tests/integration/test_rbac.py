@@ -36,13 +36,19 @@ def test_shipped_cluster_role_is_rendered_from_the_reader_table() -> None:
     """deploy/rbac.yaml's ClusterRole is exactly one list/watch rule per resource the reader lists;
     nothing reads Secrets or execs, and writes are limited to the daemon's own named objects."""
     shipped = [d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text(encoding="utf-8")) if d]
-    roles = [d for d in shipped if d["kind"] == "ClusterRole"]
-    assert roles == [reader_cluster_role()]
+    roles = {d["metadata"]["name"]: d for d in shipped if d["kind"] == "ClusterRole"}
+    assert set(roles) == {READER_ROLE, "mesh-auditor-policyreports"}
+    assert roles[READER_ROLE] == reader_cluster_role()
+    assert [r["apiGroups"] for r in roles["mesh-auditor-policyreports"]["rules"]] == [["wgpolicyk8s.io"]]
     for document in shipped:
         for rule in document.get("rules", []):
             assert "secrets" not in rule["resources"]
             assert not {"pods/exec", "*"} & set(rule["resources"])
-            assert not {"*", "patch", "escalate", "bind", "impersonate"} & set(rule["verbs"])
+            assert not {"*", "escalate", "bind", "impersonate", "delete", "deletecollection"} & set(rule["verbs"]) or (
+                rule["resources"] == ["pods"]  # probe pods only, and probe-guard limits them to its own
+            )
+            if "patch" in rule["verbs"]:
+                assert rule["apiGroups"] == ["wgpolicyk8s.io"]
             if "update" in rule["verbs"]:  # only the daemon's own, named ConfigMap and Lease
                 assert rule["resourceNames"] in (["mesh-auditor-state"], ["mesh-auditor-leader"])
 
@@ -273,3 +279,24 @@ def test_auditor_keeps_state_and_elects_a_leader_in_its_own_namespace_only(
     assert _can_i(kube_api, "update", "configmaps", namespace="kube-system") is False
     assert _can_i(kube_api, "get", "configmaps", namespace="default") is False
     assert _can_i(kube_api, "update", "leases", group="coordination.k8s.io", namespace="kube-system") is False
+
+
+def test_daemon_deployment_is_hardened_and_accepted_by_the_api_server(kube_api: KubeAPI) -> None:
+    """deploy/daemon.yaml validates server-side and runs non-root, read-only, without capabilities."""
+    kube_api.apply(DEPLOY / "namespaces.yaml")
+    report = kube_api.kubectl("apply", "--dry-run=server", f"--filename={DEPLOY / 'daemon.yaml'}")
+    assert "deployment.apps/mesh-auditor created (server dry run)" in report
+    deployment = next(
+        d
+        for d in yaml.safe_load_all((DEPLOY / "daemon.yaml").read_text(encoding="utf-8"))
+        if d and d["kind"] == "Deployment"
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"] == {
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert deployment["spec"]["template"]["metadata"]["labels"]["istio.io/dataplane-mode"] == "none"
