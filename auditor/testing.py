@@ -1,0 +1,109 @@
+"""Fakes for the auditor's own seams (ports), for tests of the core and the daemon.
+
+Each fake does the smallest honest thing and records what it was asked; the ones that must
+not be used by a test raise (the "must not be called" default), so a test cannot pass by
+accident through a path it did not mean to take.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from auditor.core.model import Finding
+from auditor.core.outbox import Outbox
+from auditor.core.snapshot import Snapshot
+
+
+@dataclass
+class FakeSnapshots:
+    """A snapshot source whose snapshot the test sets; ``changed`` tells the daemon about it."""
+
+    current: Snapshot = field(default_factory=Snapshot)
+    on_change: Callable[[], None] | None = None
+    started: bool = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self.started = False
+
+    def snapshot(self) -> Snapshot:
+        return self.current
+
+    def wait_synced(self, timeout: float) -> bool:
+        return True
+
+    def replace(self, snapshot: Snapshot) -> None:
+        self.current = snapshot
+        if self.on_change is not None:
+            self.on_change()
+
+
+@dataclass
+class FakeElector:
+    leading: bool = True
+    released: int = 0
+
+    def try_acquire_or_renew(self) -> bool:
+        return self.leading
+
+    def release(self) -> None:
+        self.released += 1
+
+
+@dataclass
+class MemoryStateStore:
+    """Keeps the last saved document, as JSON-like data (so nothing is shared by reference)."""
+
+    document: dict[str, Any] = field(default_factory=dict)
+    saves: int = 0
+
+    def load(self) -> dict[str, Any]:
+        return _copy(self.document)
+
+    def save(self, document: dict[str, Any]) -> None:
+        self.document = _copy(document)
+        self.saves += 1
+
+
+def _copy(document: dict[str, Any]) -> dict[str, Any]:
+    copied: dict[str, Any] = json.loads(json.dumps(document))
+    return copied
+
+
+@dataclass
+class RecordingNotifier:
+    """Marks every entry sent in order and records the payload texts, like a healthy Slack."""
+
+    sent: list[str] = field(default_factory=list)
+
+    def flush(self, outbox: Outbox, save: Callable[[Outbox], None]) -> Outbox:
+        while (entry := outbox.next_unsent()) is not None:
+            outbox = outbox.with_in_flight(entry.id)
+            save(outbox)
+            self.sent.append(f"{entry.kind.value}: {entry.payload['text']}")
+            outbox = outbox.with_sent(entry.id, f"{len(self.sent)}.0")
+            save(outbox)
+        return outbox
+
+
+@dataclass
+class RecordingSink:
+    runs: list[tuple[tuple[Finding, ...], Mapping[str, Any]]] = field(default_factory=list)
+
+    def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None:
+        self.runs.append((tuple(findings), dict(run)))
+
+
+class MustNotBeCalled:
+    """A stand-in for a dependency the code under test must not touch."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        raise AssertionError(f"{self._name}.{attribute} must not be used here")
