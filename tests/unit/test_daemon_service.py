@@ -138,5 +138,5 @@ def test_new_rules_take_effect_at_the_next_audit() -> None:
 
 
 def test_must_not_be_called_names_the_misuse() -> None:
-    with pytest.raises(AssertionError, match="slack.flush must not be used here"):
+    with pytest.raises(AssertionError, match=r"slack\.flush must not be used here"):
         MustNotBeCalled("slack").flush()
