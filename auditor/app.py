@@ -15,9 +15,9 @@ from typing import TextIO
 
 import structlog
 
-from auditor.adapters.k8s.client import build_api_client
 from auditor.adapters.k8s.reader import ClusterReader
 from auditor.adapters.k8s.secrets import ClusterSecretReader
+from auditor.adapters.kubeapi import build_api_client
 from auditor.adapters.manifests.reader import read_manifests
 from auditor.adapters.probepods.kube import PodApi
 from auditor.adapters.probepods.podspec import PodOptions

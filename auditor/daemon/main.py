@@ -25,12 +25,12 @@ from auditor.adapters.aws.archive import ArchiveOptions, S3Archive
 from auditor.adapters.aws.eks import auto_mode_finding
 from auditor.adapters.aws.metrics import CloudWatchMetrics
 from auditor.adapters.aws.securityhub import HubOptions, SecurityHubSink
-from auditor.adapters.k8s.client import build_api_client
 from auditor.adapters.k8s.lease import LeaseElector
 from auditor.adapters.k8s.policyreports import PolicyReportWriter
 from auditor.adapters.k8s.secrets import ClusterSecretReader
 from auditor.adapters.k8s.state import ConfigMapStateStore
 from auditor.adapters.k8s.watcher import SnapshotWatcher
+from auditor.adapters.kubeapi import build_api_client
 from auditor.adapters.probepods.kube import PodApi
 from auditor.adapters.probepods.runner import PodProbeRunner
 from auditor.adapters.rules.loader import load_rules, resolve_header_values

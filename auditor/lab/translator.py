@@ -8,7 +8,7 @@ changed, calls ``Lab.reconcile``, which publishes new Envoy config (hot, no rest
 second or two. Polling a handful of small lists is cheaper to get right than seven watches with
 reconnects, and a change still reaches the proxies within a few seconds.
 
-The minimal raw-GET pattern follows ``auditor/adapters/k8s/client.py``, copied rather than
+The minimal raw-GET pattern follows ``auditor/adapters/kubeapi.py``, copied rather than
 imported: the lab must not depend on the auditor it checks (import-linter enforces it).
 """
 

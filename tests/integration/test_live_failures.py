@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from auditor.adapters.k8s import client as api_calls
+from auditor.adapters import kubeapi as api_calls
 from auditor.devtools import controlplane
 from auditor.devtools.controlplane import KubeAPI
 from tests.cases import ROOT

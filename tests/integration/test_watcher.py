@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from auditor.adapters.k8s import client as api_calls
-from auditor.adapters.k8s.client import ApiUnavailable
+from auditor.adapters import kubeapi as api_calls
 from auditor.adapters.k8s.watcher import SnapshotWatcher, WatchTiming
+from auditor.adapters.kubeapi import ApiUnavailable
 from auditor.adapters.rules.loader import load_rules
 from auditor.core.audit import run_static_audit
 from auditor.core.model import Status
@@ -31,7 +31,7 @@ def _statuses(snapshot: Snapshot) -> dict[tuple[str, str], Status]:
     return {(f.target, f.check.id): f.status for f in run_static_audit(snapshot, posture, values)}
 
 
-def _eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> float:
+def _eventually(predicate: Callable[[], bool], timeout: float = 30.0) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if predicate():
@@ -54,7 +54,7 @@ def watcher(retail: KubeAPI) -> Iterator[SnapshotWatcher]:
         watching = SnapshotWatcher(api, timing=FAST)
         watching.start()
         try:
-            assert watching.wait_synced(15), "the watcher never listed every resource"
+            assert watching.wait_synced(45), "the watcher never listed every resource"
             yield watching
         finally:
             watching.stop()
@@ -98,7 +98,7 @@ def test_watch_reconnects_after_the_stream_breaks(retail: KubeAPI, monkeypatch: 
         watching.start()
         try:
             _eventually(lambda: broken.get("/api/v1/services", 0) == 2)
-            assert watching.wait_synced(15)
+            assert watching.wait_synced(45)
             retail.kubectl("label", "service", "orders", "mesh-auditor-test=seen", "--overwrite")
             _eventually(
                 lambda: any(s.meta.labels.get("mesh-auditor-test") == "seen" for s in watching.snapshot().services)
@@ -129,7 +129,7 @@ def test_watch_error_event_triggers_a_relist(retail: KubeAPI, monkeypatch: pytes
         watching.start()
         try:
             _eventually(lambda: lists.get("/apis/gateway.networking.k8s.io/v1/gateways", 0) >= 2)
-            assert watching.wait_synced(15)
+            assert watching.wait_synced(45)
             assert [g.meta.name for g in watching.snapshot().gateways] == ["catalog-waypoint"]
         finally:
             watching.stop()

@@ -14,8 +14,8 @@ from typing import Any
 import structlog
 from kubernetes import client
 
-from auditor.adapters.k8s import client as api_calls
-from auditor.adapters.k8s.client import ApiRefused, ApiUnavailable
+from auditor.adapters import kubeapi as api_calls
+from auditor.adapters.kubeapi import ApiRefused, ApiUnavailable
 
 GROUP_PATH = "/apis/wgpolicyk8s.io/v1alpha2"
 

@@ -15,9 +15,9 @@ from typing import Any
 import structlog
 from kubernetes import client
 
-from auditor.adapters.k8s import client as api_calls
-from auditor.adapters.k8s.client import ApiRefused, ApiUnavailable
+from auditor.adapters import kubeapi as api_calls
 from auditor.adapters.k8s.resources import SNAPSHOT_RESOURCES, Resource
+from auditor.adapters.kubeapi import ApiRefused, ApiUnavailable
 from auditor.core.decode import Decoded, DecodeError, build_snapshot, decode_object
 from auditor.core.snapshot import ReadProblem, Snapshot
 

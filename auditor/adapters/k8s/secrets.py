@@ -11,7 +11,7 @@ import binascii
 
 from kubernetes import client
 
-from auditor.adapters.k8s.client import ApiRefused, ApiUnavailable, get_json
+from auditor.adapters.kubeapi import ApiRefused, ApiUnavailable, get_json
 
 
 class ClusterSecretReader:

@@ -17,8 +17,8 @@ from typing import Any
 
 from kubernetes import client
 
-from auditor.adapters.k8s import client as api_calls
-from auditor.adapters.k8s.client import ApiRefused
+from auditor.adapters import kubeapi as api_calls
+from auditor.adapters.kubeapi import ApiRefused
 
 STATE_NAME = "mesh-auditor-state"
 _KEY = "state.json.gz"

@@ -1,4 +1,5 @@
-"""Kubernetes API access: building a client (kubeconfig, context or in-cluster) and raw JSON GETs.
+"""Kubernetes API access shared by the adapters that talk to the API server (k8s, probepods):
+building a client (kubeconfig, context or in-cluster) and raw JSON requests and watches.
 
 Objects are read as raw JSON, not as generated models, so the live snapshot is decoded by the
 same code, from the same shape, as manifest files. Failures are typed (``ApiUnavailable`` for a
@@ -32,6 +33,9 @@ class ApiRefused(Exception):  # noqa: N818 - mirrors the HTTP answer
     reason: str
     message: str
 
+    def __str__(self) -> str:
+        return f"{self.status} {self.reason}: {self.message}"
+
 
 def build_api_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
     """From a kubeconfig (and context), or the in-cluster ServiceAccount when none is given."""
@@ -52,64 +56,47 @@ def build_api_client(kubeconfig: str | None, context: str | None) -> client.ApiC
     return api
 
 
-def get_json(api: client.ApiClient, path: str, query: list[tuple[str, str]] | None = None) -> dict[str, Any]:
-    response = _request(api, path, query or [])
-    body = response.read()
-    if response.status >= 400:
-        raise _refused(response.status, response.reason or "", body)
-    document: dict[str, Any] = json.loads(body)
-    return document
-
-
-def send_json(api: client.ApiClient, method: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    """POST/PUT a JSON object; HTTP errors raise ``ApiRefused`` (409 = someone else changed it)."""
-    verb, url, headers, payload, _ = api.param_serialize(
-        method=method,
-        resource_path=path,
-        body=dict(body),
-        header_params={"Accept": "application/json", "Content-Type": "application/json"},
-        auth_settings=["BearerToken"],
-    )
-    try:
-        response = api.call_api(verb, url, header_params=headers, body=payload, _request_timeout=REQUEST_TIMEOUT)
-    except (urllib3.exceptions.HTTPError, OSError) as error:
-        raise ApiUnavailable(str(error)) from error
+def request_json(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    *,
+    query: list[tuple[str, str]] | None = None,
+    body: Mapping[str, Any] | None = None,
+    content_type: str = "application/json",
+) -> dict[str, Any]:
+    """One JSON request; HTTP errors raise ``ApiRefused`` (409: someone else changed it)."""
+    payload = None if body is None else (dict(body) if content_type == "application/json" else json.dumps(body))
+    response = _request(api, method, path, query=query or [], body=payload, content_type=content_type)
     data = response.read()
     if response.status >= 400:
         raise _refused(response.status, response.reason or "", data)
     document: dict[str, Any] = json.loads(data)
     return document
+
+
+def get_json(api: client.ApiClient, path: str, query: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    return request_json(api, "GET", path, query=query)
+
+
+def send_json(api: client.ApiClient, method: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    return request_json(api, method, path, body=body)
 
 
 def apply_json(
     api: client.ApiClient, path: str, body: Mapping[str, Any], manager: str = "mesh-auditor"
 ) -> dict[str, Any]:
     """Server-side apply (create or update, owning the fields we set)."""
-    verb, url, headers, _, _ = api.param_serialize(
-        method="PATCH",
-        resource_path=path,
-        query_params=[("fieldManager", manager), ("force", "true")],
-        header_params={"Accept": "application/json", "Content-Type": "application/apply-patch+yaml"},
-        auth_settings=["BearerToken"],
-    )
-    try:
-        response = api.call_api(
-            verb, url, header_params=headers, body=json.dumps(body), _request_timeout=REQUEST_TIMEOUT
-        )
-    except (urllib3.exceptions.HTTPError, OSError) as error:
-        raise ApiUnavailable(str(error)) from error
-    data = response.read()
-    if response.status >= 400:
-        raise _refused(response.status, response.reason or "", data)
-    document: dict[str, Any] = json.loads(data)
-    return document
+    query = [("fieldManager", manager), ("force", "true")]
+    return request_json(api, "PATCH", path, query=query, body=body, content_type="application/apply-patch+yaml")
 
 
 def stream_lines(
     api: client.ApiClient, path: str, query: list[tuple[str, str]], read_timeout: float
 ) -> Iterator[dict[str, Any]]:
     """A watch: yields each JSON event line until the server ends the stream."""
-    response = _request(api, path, query, timeout=(REQUEST_TIMEOUT[0], read_timeout))
+    timeout = (REQUEST_TIMEOUT[0], read_timeout)
+    response = _request(api, "GET", path, query=query, body=None, content_type="application/json", timeout=timeout)
     if response.status >= 400:
         raise _refused(response.status, response.reason or "", response.read())
     raw = response.response
@@ -126,17 +113,25 @@ def stream_lines(
 
 
 def _request(
-    api: client.ApiClient, path: str, query: list[tuple[str, str]], timeout: tuple[float, float] = REQUEST_TIMEOUT
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    *,
+    query: list[tuple[str, str]],
+    body: Any,
+    content_type: str,
+    timeout: tuple[float, float] = REQUEST_TIMEOUT,
 ) -> Any:
-    method, url, headers, _, _ = api.param_serialize(
-        method="GET",
+    verb, url, headers, payload, _ = api.param_serialize(
+        method=method,
         resource_path=path,
         query_params=query,
-        header_params={"Accept": "application/json"},
+        body=body,
+        header_params={"Accept": "application/json", "Content-Type": content_type},
         auth_settings=["BearerToken"],
     )
     try:
-        return api.call_api(method, url, header_params=headers, _request_timeout=timeout)
+        return api.call_api(verb, url, header_params=headers, body=payload, _request_timeout=timeout)
     except (urllib3.exceptions.HTTPError, OSError) as error:
         raise ApiUnavailable(str(error)) from error
 
