@@ -11,19 +11,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from auditor.core.model import CheckMeta, Evidence, Finding, Property, Severity, Status
-
-AUTO_MODE = CheckMeta(
-    id="audit.eks-auto-mode",
-    property=Property.AUDIT_INTEGRITY,
-    title="The cluster is an EKS Auto Mode cluster with node pools",
-    severity=Severity.MEDIUM,
-    protects="Probe pods run on Auto Mode nodes; without Auto Mode they cannot be scheduled as designed.",
-    remediation="Enable EKS Auto Mode (computeConfig.enabled) with the general-purpose node pool, or set the "
-    "probe node selector (AUDITOR_PROBES__NODE_SELECTOR) for your nodes.",
-    remediation_yaml="",
-    references=("docs/ambient-semantics.md §6", "https://docs.aws.amazon.com/eks/latest/userguide/automode.html"),
-)
+from auditor.core.checks.catalog import AUTO_MODE
+from auditor.core.model import Evidence, Finding, Status
 
 
 def auto_mode_finding(eks: Any, cluster: str) -> Finding:

@@ -307,6 +307,18 @@ WAYPOINT_PROBE = CheckMeta(
     references=(f"{SEMANTICS} §1.7, §4.7", _PROBES),
 )
 
+AUTO_MODE = CheckMeta(
+    id="audit.eks-auto-mode",
+    property=Property.AUDIT_INTEGRITY,
+    title="The cluster is an EKS Auto Mode cluster with node pools",
+    severity=Severity.MEDIUM,
+    protects="Probe pods run on Auto Mode nodes; without Auto Mode they cannot be scheduled as designed.",
+    remediation="Enable EKS Auto Mode (computeConfig.enabled) with the general-purpose node pool, or set the "
+    "probe node selector (AUDITOR_PROBES__NODE_SELECTOR) for your nodes.",
+    remediation_yaml="",
+    references=(f"{SEMANTICS} §6", "https://docs.aws.amazon.com/eks/latest/userguide/automode.html"),
+)
+
 ALL: tuple[CheckMeta, ...] = (
     CAPTURED,
     PEER_AUTHENTICATION,
@@ -317,6 +329,7 @@ ALL: tuple[CheckMeta, ...] = (
     HEADERS_ENFORCED,
     TARGET_EXISTS,
     SNAPSHOT_READ,
+    AUTO_MODE,
     STRICT_MTLS_PROBE,
     ALLOWLIST_PROBE,
     HEADERS_PROBE,
