@@ -3,8 +3,14 @@ rules edit keeps the last good rules), graceful stop."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -82,3 +88,41 @@ def _get(http: httpx.Client, path: str) -> int:
         return http.get(path).status_code
     except httpx.TransportError:
         return 0
+
+
+def test_sigterm_stops_the_daemon_gracefully_and_releases_the_lease(
+    kube_api: KubeAPI, kube_namespace: str, tmp_path: Path
+) -> None:
+    """`auditor daemon` as a process: ready, then SIGTERM: exit 0 and a released Lease (a standby takes over at once)."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "AUDITOR_DAEMON__RULES": json.dumps([str(ROOT / "rules" / "retail-store.yaml")]),
+        "AUDITOR_DAEMON__NAMESPACE": kube_namespace,
+        "AUDITOR_DAEMON__IDENTITY": "replica-signal",
+        "AUDITOR_DAEMON__KUBECONFIG": str(kube_api.kubeconfig),
+        "AUDITOR_DAEMON__HEALTH_PORT": str(port),
+        "AUDITOR_DAEMON__HEALTH_HOST": "127.0.0.1",
+        "AUDITOR_DAEMON__REPORTS_DIR": str(tmp_path / "reports"),
+        "AUDITOR_DAEMON__POLICY_REPORTS": "false",
+    }
+    log = (tmp_path / "daemon.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "auditor", "daemon"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=2) as http:
+            _eventually(lambda: _get(http, "/readyz") == 200)
+            _eventually(lambda: "mesh_auditor_leader 1.0" in http.get("/metrics").text)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+    lease = json.loads(
+        kube_api.kubectl("get", "lease", "mesh-auditor-leader", f"--namespace={kube_namespace}", "-o", "json")
+    )
+    renewed = dt.datetime.fromisoformat(lease["spec"]["renewTime"].replace("Z", "+00:00"))
+    assert renewed < dt.datetime.now(dt.UTC) - dt.timedelta(seconds=lease["spec"]["leaseDurationSeconds"])
