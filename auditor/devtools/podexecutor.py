@@ -20,8 +20,14 @@ on one EKS Auto Mode node would, through the same API calls:
 - finishes graceful deletion: a deleted pod bound to its node loses its process and is removed
   with grace period 0, as the kubelet confirms a deletion.
 
-Not emulated: users and security contexts (the process runs as the test's user), networking
-(probe targets are on loopback), resource limits, image contents. Developer tooling only: the
+Where and as whom the process runs is a pluggable ``Launcher``: ``LocalLauncher`` (the default)
+starts it here, as the test's user, on loopback; the mesh lab's ``auditor.lab.kubelet.LabLauncher``
+starts it inside the pod's own lab network namespace, as the pod's ``runAsUser``. A launcher that
+raises ``LaunchError`` leaves the pod Pending with a waiting ``CreateContainerError`` container,
+as a kubelet does when it cannot create the sandbox or the container.
+
+Not emulated (by ``LocalLauncher``): users and security contexts, networking (probe targets are
+on loopback); by any launcher: resource limits, image contents. Developer tooling only: the
 auditor never imports it.
 """
 
@@ -38,7 +44,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -56,6 +62,36 @@ _UNSCHEDULABLE = (
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class LaunchError(RuntimeError):
+    """The container could not be started (no sandbox yet, no image...); the pod stays Pending."""
+
+
+class Launcher(Protocol):
+    """Starts one pod's container process: where (namespaces) and as whom is the launcher's business.
+
+    ``argv`` is the container's command and args, with the termination message path already
+    replaced by ``workdir/termination-log``; ``argv[0]`` may be ``python``. ``env`` is the pod's
+    literal ``env`` plus ``PATH``. The process must have piped stdout and stderr.
+    """
+
+    def launch(
+        self, pod: dict[str, Any], argv: list[str], env: dict[str, str], workdir: Path
+    ) -> subprocess.Popen[bytes]: ...
+
+
+class LocalLauncher:
+    """The process runs here, as the caller's user; ``python`` is this interpreter."""
+
+    def launch(
+        self, pod: dict[str, Any], argv: list[str], env: dict[str, str], workdir: Path
+    ) -> subprocess.Popen[bytes]:
+        del pod
+        if argv and argv[0] in {"python", "python3"}:
+            argv = [sys.executable, *argv[1:]]
+        env = {"PYTHONPATH": str(REPO_ROOT), **env}
+        return subprocess.Popen(argv, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @dataclass
@@ -79,8 +115,12 @@ class PodExecutor:
         node_labels: dict[str, str] | None = None,
         selector: str = DEFAULT_SELECTOR,
         unpullable: frozenset[str] = frozenset(),
+        launcher: Launcher | None = None,
+        poll_s: float = _POLL_S,
     ) -> None:
         self._api = api
+        self._launcher: Launcher = launcher or LocalLauncher()
+        self._poll_s = poll_s
         self.node_name = node_name
         self.node_labels = dict(AUTO_MODE_LABELS if node_labels is None else node_labels)
         self._selector = selector
@@ -89,6 +129,7 @@ class PodExecutor:
         self._thread = threading.Thread(target=self._loop, name="pod-executor", daemon=True)
         self._seen: set[str] = set()
         self._runs: dict[str, ContainerRun] = {}
+        self._deleted: set[str] = set()  # uids whose deletion came while their container was starting
         self._lock = threading.Lock()
         self.finished: dict[str, ContainerRun] = {}  # "namespace/name" -> the run, once done
         self.errors: list[str] = []
@@ -115,7 +156,7 @@ class PodExecutor:
     # --- the loop -----------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while not self._stop.wait(_POLL_S):
+        while not self._stop.wait(self._poll_s):
             try:
                 pods = self._call("GET", "/api/v1/pods", query=[("labelSelector", self._selector)])["items"]
                 for pod in pods:
@@ -148,6 +189,8 @@ class PodExecutor:
             return  # not ours: an unscheduled pod is deleted by the API server at once
         with self._lock:
             run = self._runs.pop(pod["metadata"]["uid"], None)
+            if run is None:
+                self._deleted.add(pod["metadata"]["uid"])
         if run is not None:
             _kill(run)
         meta = pod["metadata"]
@@ -175,21 +218,42 @@ class PodExecutor:
         self._call("POST", f"{_pod_path(meta)}/binding", body=binding)
 
     def _start(self, pod: dict[str, Any]) -> None:
+        # Launching may wait (the lab creates the pod's network first): never in the poll loop.
+        threading.Thread(target=self._launch_and_wait, args=(pod,), daemon=True).start()
+
+    def _launch_and_wait(self, pod: dict[str, Any]) -> None:
         container = pod["spec"]["containers"][0]
+        uid = pod["metadata"]["uid"]
         workdir = Path(tempfile.mkdtemp(prefix="pod-"))
         log_path = workdir / "termination-log"
         log_path.touch()
         argv = _argv(container, str(log_path))
-        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO_ROOT)}
+        env = {"PATH": os.environ.get("PATH", "")}
         env.update({e["name"]: e.get("value", "") for e in container.get("env") or []})
-        process = subprocess.Popen(argv, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            process = self._launcher.launch(pod, argv, env, workdir)
+        except Exception as error:  # noqa: BLE001 - any launch failure leaves the pod Pending, as a kubelet does
+            shutil.rmtree(workdir, ignore_errors=True)
+            self.errors.append(f"launch of {_ref(pod)}: {error}")
+            with contextlib.suppress(_ApiError):
+                self._patch_status(pod, _launch_failed_status(container, str(error)))
+            return
         run = ContainerRun(process)
         with self._lock:
-            self._runs[pod["metadata"]["uid"]] = run
+            deleted = uid in self._deleted
+            if not deleted:
+                self._runs[uid] = run
+        if deleted:  # deleted while it started: the kubelet kills it and reports nothing
+            _kill(run)
+            run.process.communicate()
+            shutil.rmtree(workdir, ignore_errors=True)
+            return
         started = _now()
-        self._patch_status(pod, _running_status(container, started))
-        deadline = pod["spec"].get("activeDeadlineSeconds")
-        threading.Thread(target=self._wait, args=(pod, run, log_path, started, deadline), daemon=True).start()
+        try:
+            self._patch_status(pod, _running_status(container, started))
+        except _ApiError as error:
+            self.errors.append(f"status of {_ref(pod)}: {error}")
+        self._wait(pod, run, log_path, started, pod["spec"].get("activeDeadlineSeconds"))
 
     def _wait(self, pod: dict[str, Any], run: ContainerRun, log_path: Path, started: str, deadline: int | None) -> None:
         try:
@@ -252,14 +316,15 @@ def _pod_path(meta: dict[str, Any]) -> str:
     return f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
 
 
+def _ref(pod: dict[str, Any]) -> str:
+    return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+
+
 def _argv(container: dict[str, Any], termination_log: str) -> list[str]:
-    """The container's command and args; ``python`` is this interpreter, the log path a temp file."""
+    """The container's command and args, the termination message path replaced by a local file."""
     argv = [*(container.get("command") or []), *(container.get("args") or [])]
     path = container.get("terminationMessagePath") or "/dev/termination-log"
-    argv = [arg.replace(path, termination_log) for arg in argv]
-    if argv and argv[0] in {"python", "python3"}:
-        argv[0] = sys.executable
-    return argv
+    return [arg.replace(path, termination_log) for arg in argv]
 
 
 def _kill(run: ContainerRun) -> None:
@@ -298,6 +363,15 @@ def _scheduled(now: str) -> dict[str, Any]:
 def _image_pull_status(container: dict[str, Any]) -> dict[str, Any]:
     message = f'Failed to pull image "{container["image"]}": not found'
     state = {"waiting": {"reason": "ErrImagePull", "message": message}}
+    return {
+        "phase": "Pending",
+        "conditions": [_scheduled(_now())],
+        "containerStatuses": [_container_status(container, state, ready=False)],
+    }
+
+
+def _launch_failed_status(container: dict[str, Any], message: str) -> dict[str, Any]:
+    state = {"waiting": {"reason": "CreateContainerError", "message": message[:1000]}}
     return {
         "phase": "Pending",
         "conditions": [_scheduled(_now())],

@@ -1,12 +1,16 @@
 """The lab: a real data plane with ambient semantics, driven by a real API server.
 
 Role: the composition root of ``auditor.lab``. ``Lab.up`` starts the control plane
-(``auditor.devtools.controlplane``), applies the manifests, builds the bridge namespace and the
-CA, then ``reconcile``s; ``reconcile`` is level-based and idempotent: from one snapshot of objects
-(``mesh.Mesh``) it creates or removes lab pods (``netns``), keeps each pod's app and Envoy
-running (``procs``, ``proxy``), publishes fresh Envoy config (``envoyconf``), and rewrites each
-pod's nat table and DNS files. ``down`` stops every recorded process by pid, deletes every
-``malab-<id>-*`` namespace and the state directory, and is safe to repeat.
+(``auditor.devtools.controlplane``), applies the manifests (and, ``with_auditor``, the auditor's
+``deploy/`` RBAC and probe-guard plus a kubeconfig for its ServiceAccount), builds the bridge
+namespace, the CA and the probe image (``image``), then ``reconcile``s and starts the translator
+and kubelet daemons (``translator``, ``kubelet``). ``reconcile`` is level-based and idempotent:
+from one snapshot of the API server, read under the lab's lock so concurrent reconcilers never
+apply an older snapshot after a newer one, it creates or removes lab pods (``netns``), keeps each
+pod's app and Envoy running (``procs``, ``proxy``), publishes fresh Envoy config (``envoyconf``),
+rewrites each pod's nat table and DNS files, and writes back the status Istio would
+(``writeback``). ``down`` stops every recorded process by pid, deletes every ``malab-<id>-*``
+namespace and the state directory, and is safe to repeat.
 
 Everything the lab created is recorded in ``<state dir>/lab.json`` before it is created, so a
 ``down`` from another process (or after a crash half-way through ``up``) finds it.
@@ -29,8 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from auditor.devtools import controlplane
-from auditor.lab import envoyconf, manifests, netns, procs, proxy
+from auditor.lab import envoyconf, manifests, netns, procs, proxy, writeback
+from auditor.lab import image as probe_image
 from auditor.lab.envoyconf import Certs, Faults, World
 from auditor.lab.mesh import BYPASS_INBOUND, Mesh, Obj, Workload
 from auditor.lab.pki import LabCA
@@ -47,6 +54,13 @@ DEFAULT_STATE_DIR = Path("/tmp/malab")  # noqa: S108 - must be traversable by th
 APP_READY_TIMEOUT_S = 15.0
 PROBE_TIMEOUT_S = 60.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# What the auditor needs to run probe pods (docs/probes.md); the opt-in control Roles are not here.
+AUDITOR_DEPLOY = tuple(
+    REPO_ROOT / "deploy" / name for name in ("namespaces.yaml", "serviceaccounts.yaml", "rbac.yaml", "probe-guard.yaml")
+)
+AUDITOR_SERVICE_ACCOUNT = ("mesh-auditor", "mesh-auditor")  # namespace, name
+AUDITOR_TOKEN_DURATION = "24h"  # noqa: S105 - a lifetime, not a secret
+PROBE_UID = 65532  # probe pods' runAsUser (auditor/adapters/probepods/podspec.py)
 
 
 class LabError(RuntimeError):
@@ -181,11 +195,25 @@ class Lab:
 
     # --- up --------------------------------------------------------------------------------------
 
-    def up(self, manifest_paths: Sequence[Path], faults: Sequence[str] = (), *, translator: bool = True) -> Path:
-        """Start everything, wait until the data plane serves the manifests; return the kubeconfig."""
+    def up(
+        self,
+        manifest_paths: Sequence[Path],
+        faults: Sequence[str] = (),
+        *,
+        translator: bool = True,
+        kubelet: bool | None = None,
+        with_auditor: bool = False,
+    ) -> Path:
+        """Start everything, wait until the data plane serves the manifests; return the kubeconfig.
+
+        ``translator`` starts the daemon that follows the API server; ``kubelet`` (default: as
+        ``translator``) the one that runs probe pods inside lab pods; ``with_auditor`` also
+        applies ``AUDITOR_DEPLOY`` and writes ``auditor_kubeconfig``.
+        """
         check_host()
         parse_faults(faults)
-        objects = manifests.supplement(manifests.load(list(manifest_paths)))
+        paths = [*AUDITOR_DEPLOY, *manifest_paths] if with_auditor else list(manifest_paths)
+        objects = manifests.supplement(manifests.load(paths))
         if self.load() is not None:
             raise LabError(f"a lab is already recorded in {self.state_dir}: run down first")
         self._make_state_dir()
@@ -193,8 +221,12 @@ class Lab:
         self._save(record)
         try:
             self._start(record, objects)
+            if with_auditor:
+                self._write_auditor_kubeconfig()
             if translator:
-                self._start_translator()
+                self._start_daemon("translator", "_translate")
+            if translator if kubelet is None else kubelet:
+                self._start_daemon("kubelet", "_kubelet")
         except BaseException:
             self.down()
             raise
@@ -218,13 +250,34 @@ class Lab:
         netns.create_bridge_namespace(self.bridge_netns(record))
         LabCA(self.state_dir / "ca").create()
         proxy.install_envoy(self.state_dir / "bin")
-        self.reconcile(self.read_api())
+        image = probe_image.build(self.state_dir / "image")
+        probe_image.verify(image, PROBE_UID)
+        image.save(self.state_dir / "image" / "image.json")
+        self.reconcile()
 
-    def _start_translator(self) -> None:
+    @property
+    def auditor_kubeconfig(self) -> Path:
+        """A kubeconfig for the auditor's ServiceAccount (``with_auditor``): RBAC and probe-guard apply."""
+        return self.state_dir / "auditor-kubeconfig"
+
+    def _write_auditor_kubeconfig(self) -> None:
+        namespace, name = AUDITOR_SERVICE_ACCOUNT
+        kube = self.kube()
+        token = kube.kubectl(
+            "create", "token", name, f"--namespace={namespace}", f"--duration={AUDITOR_TOKEN_DURATION}"
+        ).strip()
+        config = yaml.safe_load(kube.kubeconfig.read_text(encoding="utf-8"))
+        config["users"] = [{"name": name, "user": {"token": token}}]
+        for context in config.get("contexts") or []:
+            context["context"]["user"] = name
+        self.auditor_kubeconfig.touch(mode=0o600)
+        self.auditor_kubeconfig.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+    def _start_daemon(self, name: str, command: str) -> None:
         with self._locked():
             record = self._require()
-            argv = [sys.executable, "-m", "auditor.lab", "--state-dir", str(self.state_dir), "_translate"]
-            record.procs["translator"] = procs.spawn("translator", argv, self.state_dir / "translator.log")
+            argv = [sys.executable, "-m", "auditor.lab", "--state-dir", str(self.state_dir), command]
+            record.procs[name] = procs.spawn(name, argv, self.state_dir / f"{name}.log")
             self._save(record)
 
     def read_api(self) -> list[Obj]:
@@ -241,11 +294,23 @@ class Lab:
     # --- reconcile -------------------------------------------------------------------------------
 
     def reconcile(self, objects: list[Obj] | None = None) -> None:
-        """Make the data plane match ``objects`` (default: the API server now); returns when it does."""
-        snapshot = self.read_api() if objects is None else objects
+        """Make the data plane match ``objects`` (default: the API server now); returns when it does.
+
+        The API server is read under the lock: two reconcilers (the translator, the kubelet, a
+        test) never apply an older snapshot after a newer one. Status write-back (``writeback``)
+        follows, best effort: a refused write is reported on stderr and retried next time.
+        """
+        from auditor.lab import translator  # noqa: PLC0415 - the kubernetes client is slow to import
+
         with self._locked():
             record = self._require()
-            _Reconciler(self, record, Mesh(snapshot)).run()
+            with translator.new_client(Path(record.kubeconfig)) as api:
+                snapshot = translator.list_objects(api) if objects is None else objects
+                mesh = Mesh(snapshot)
+                _Reconciler(self, record, mesh).run()
+                running = {key: pod.ip for key, pod in record.pods.items() if key in record.applied}
+                for problem in writeback.apply(api, writeback.patches(snapshot, mesh, running)):
+                    print(f"lab: status write-back: {problem}", file=sys.stderr, flush=True)
 
     def set_faults(self, faults: Sequence[str]) -> None:
         """Change the planted faults; the next reconcile applies them."""
@@ -263,9 +328,8 @@ class Lab:
             return False
         record = self.load()
         if record is not None:
-            translator_proc = record.procs.pop("translator", None)
-            if translator_proc is not None:
-                procs.stop(translator_proc)
+            # The daemons first: they would reconcile, or start probes in, what is being removed.
+            procs.stop_all([record.procs.pop(name) for name in ("translator", "kubelet") if name in record.procs])
             procs.stop_all(list(record.procs.values()))
             self._delete_namespaces(record)
         controlplane.down(self.controlplane_dir)
@@ -294,6 +358,7 @@ class Lab:
             "up": True,
             "lab_id": record.lab_id,
             "kubeconfig": record.kubeconfig,
+            "auditor_kubeconfig": str(self.auditor_kubeconfig) if self.auditor_kubeconfig.exists() else None,
             "faults": record.faults,
             "healthy": all(running.values()) and controlplane.is_healthy(self.controlplane_dir),
             "pods": {key: {"netns": pod.netns, "ip": pod.ip} for key, pod in record.pods.items()},

@@ -32,6 +32,7 @@ from auditor.lab.procs import Proc, spawn_in_netns
 SETPRIV = "/usr/bin/setpriv"  # util-linux: drops to the proxy uid before exec
 READY_TIMEOUT_S = 20.0
 _ADMIN_TIMEOUT_S = 2.0
+_NUDGE_S = 0.3  # how long LDS may lag a current CDS before lds.json is renamed in again
 
 
 class ProxyError(RuntimeError):
@@ -134,6 +135,14 @@ def _write_xds(proxy_dir: ProxyDir, resources: Resources) -> str:
     return version
 
 
+def _rename_in_again(proxy_dir: ProxyDir, kind: str) -> None:
+    """Move an unchanged copy of ``<kind>.json`` into the watched directory: Envoy reloads it."""
+    temporary = proxy_dir.path / f".{kind}.json.tmp"
+    temporary.write_bytes((proxy_dir.xds / f"{kind}.json").read_bytes())
+    os.chown(temporary, PROXY_UID, PROXY_UID)
+    temporary.replace(proxy_dir.xds / f"{kind}.json")
+
+
 def current_versions(proxy_dir: ProxyDir) -> tuple[str, str, int] | None:
     """(LDS version, CDS version, listeners warming) from the admin API, or None if it is not up."""
     status, body = admin_get(proxy_dir, "/stats?filter=version_text|total_listeners_warming")
@@ -150,15 +159,26 @@ def current_versions(proxy_dir: ProxyDir) -> tuple[str, str, int] | None:
 
 
 def wait_version(proc: Proc, proxy_dir: ProxyDir, version: str, timeout: float = READY_TIMEOUT_S) -> None:
-    """Block until Envoy serves ``version`` (LDS and CDS) with no listener warming."""
+    """Block until Envoy serves ``version`` (LDS and CDS) with no listener warming.
+
+    Each rename into the watched directory makes Envoy re-read both files, in either order. When
+    the two renames land close together, LDS may read the new listeners before CDS has read the
+    new clusters; Envoy then rejects them ("unknown cluster") and keeps the old LDS version for
+    ever. So while CDS is current and LDS is not, lds.json is renamed in again: the retry finds
+    the clusters in place.
+    """
     deadline = time.monotonic() + timeout
     seen: tuple[str, str, int] | None = None
+    nudged = time.monotonic()
     while time.monotonic() < deadline:
         if not proc.running():
             raise ProxyError(f"Envoy {proc.name} exited; log tail:\n{tail(proxy_dir.log)}")
         seen = current_versions(proxy_dir)
         if seen is not None and seen[0] == version and seen[1] == version and seen[2] == 0:
             return
+        if seen is not None and seen[1] == version and seen[0] != version and time.monotonic() - nudged > _NUDGE_S:
+            _rename_in_again(proxy_dir, "lds")
+            nudged = time.monotonic()
         time.sleep(0.05)
     raise ProxyError(
         f"Envoy {proc.name} did not reach version {version} (saw {seen}); log tail:\n{tail(proxy_dir.log)}"

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from auditor.devtools.controlplane import KubeAPI
-from auditor.devtools.podexecutor import PodExecutor
+from auditor.devtools.podexecutor import LaunchError, PodExecutor
 
 pytestmark = pytest.mark.kube
 
@@ -152,3 +154,31 @@ def test_deleting_a_running_pod_kills_its_process_and_completes_the_deletion(
         time.sleep(0.1)
     assert run is not None
     assert run.process.returncode == -9
+
+
+class _RefusingLauncher:
+    """A "where to run" hook that cannot start anything (say, the pod's network is not there)."""
+
+    def launch(
+        self, pod: dict[str, Any], argv: list[str], env: dict[str, str], workdir: Path
+    ) -> subprocess.Popen[bytes]:
+        raise LaunchError("no sandbox for this pod")
+
+
+def test_a_launcher_that_cannot_start_the_container_leaves_the_pod_pending(
+    kube_api: KubeAPI, kube_namespace: str
+) -> None:
+    """The launch hook's failure: bound, Pending, container waiting with CreateContainerError and the reason."""
+    kube_api.kubectl("create", "serviceaccount", "runner", f"--namespace={kube_namespace}")
+    selector = f"{LABEL}={kube_namespace}"
+    with kube_api.new_client() as api, PodExecutor(api, selector=selector, launcher=_RefusingLauncher()) as executor:
+        name = _create(kube_api, _pod(kube_namespace, env={"MESSAGE": "", "CODE": "0"}))
+        stored = _until(
+            kube_api, kube_namespace, name, lambda p: bool(p and p.get("status", {}).get("containerStatuses"))
+        )
+        assert stored is not None
+        assert stored["spec"]["nodeName"] == executor.node_name
+        assert _phase(stored) == "Pending"
+        waiting = stored["status"]["containerStatuses"][0]["state"]["waiting"]
+        assert waiting == {"reason": "CreateContainerError", "message": "no sandbox for this pod"}
+        assert any("no sandbox for this pod" in error for error in executor.errors)
