@@ -196,16 +196,11 @@ def test_drift_opens_one_alert_restart_sends_nothing_twice_fix_resolves_in_threa
     assert "#2e7d32" in strip
     archived = s3.list_objects_v2(Bucket="evidence")["Contents"]
     assert len(archived) == len(DirectorySink(reports).documents())
-    hub_finding = hub.get_findings(
-        Filters={
-            "Id": [
-                {"Value": "mesh-auditor/ambient/strict-mtls.peer-authentication/default/orders", "Comparison": "EQUALS"}
-            ]
-        }
-    )
-    ids = {f["Id"]: f for f in hub_finding["Findings"]}
+    # moto keeps one in-process backend for every server: page through everything, find ours by id
+    stored = {f["Id"]: f for page in hub.get_paginator("get_findings").paginate() for f in page.get("Findings", [])}
     assert (
-        ids["mesh-auditor/ambient/strict-mtls.peer-authentication/default/orders"]["Workflow"]["Status"] == "RESOLVED"
+        stored["mesh-auditor/ambient/strict-mtls.peer-authentication/default/orders"]["Workflow"]["Status"]
+        == "RESOLVED"
     )
 
 
