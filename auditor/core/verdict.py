@@ -297,7 +297,7 @@ def _denial(view: TargetView, meta: CheckMeta, what: str, seens: list[Seen], con
 
 def _wrong_kind(view: TargetView, meta: CheckMeta, seen: Seen) -> Finding:
     assert seen.request is not None  # noqa: S101 - only called with an observation
-    assert seen.observation is not None  # noqa: S101
+    assert seen.observation is not None  # noqa: S101 - callers resolved the request to an observation
     message = (
         f"expected {_expected(seen.request)}, got {seen.observation.describe()}: not the denial the "
         "promise predicts (a 503, timeout or refusal is never proof of policy, semantics §1.4-§1.6)"
