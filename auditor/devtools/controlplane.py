@@ -51,7 +51,6 @@ import random
 import re
 import shlex
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -70,6 +69,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from auditor.devtools import processes
+from auditor.devtools.processes import TrackedProcess
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -557,73 +559,20 @@ def _write_kubeconfig(path: Path, server: str, pki: Pki) -> None:
 # Processes
 
 
-@dataclass(frozen=True)
-class Process:
-    """A server this module started, identified beyond its pid."""
-
-    name: str
-    pid: int
-    # Field 22 of /proc/<pid>/stat: tells the server apart from a later process reusing its pid,
-    # so down never signals an unrelated program.
-    start_ticks: int
-
-    def is_running(self) -> bool:
-        _reap(self.pid)
-        stat = _proc_stat(self.pid)
-        return stat is not None and stat[0] != "Z" and stat[1] == self.start_ticks
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name in parentheses may contain spaces; the fields after it do not.
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[19])
-
-
-def _reap(pid: int) -> None:
-    # A server started by this interpreter stays a zombie until waited for.
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+# Servers are the shared tracked processes (auditor/devtools/processes.py): pid plus start time.
+Process = TrackedProcess
 
 
 def _spawn(name: str, argv: Sequence[str], log_path: Path) -> Process:
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
-        (os.POSIX_SPAWN_DUP2, 1, 2),
-    ]
-    # posix_spawn rather than Popen: the servers outlive a Popen object, which would warn. Their
-    # own session keeps a Ctrl-C meant for the test run from killing them before teardown.
-    pid = os.posix_spawn(argv[0], list(argv), os.environ, file_actions=actions, setsid=True)
-    stat = _proc_stat(pid)
-    return Process(name, pid, stat[1] if stat else 0)
+    return processes.spawn(name, argv, log_path)
 
 
 def _stop(process: Process) -> None:
-    if not process.is_running():
+    if not process.running():
         return
     _log(f"stopping {process.name} (pid {process.pid})")
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(process.pid, signal.SIGTERM)
-    if _wait_gone(process, STOP_TIMEOUT_S):
-        return
-    _log(f"{process.name} ignored SIGTERM for {STOP_TIMEOUT_S:.0f} s; sending SIGKILL")
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(process.pid, signal.SIGKILL)
-    if not _wait_gone(process, 5.0):
+    if not processes.stop(process, STOP_TIMEOUT_S):
         raise ControlPlaneError(f"{process.name} (pid {process.pid}) survived SIGKILL")
-
-
-def _wait_gone(process: Process, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while process.is_running():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def _free_ports(count: int) -> list[int]:
@@ -720,7 +669,7 @@ def _save_record(state: StateDir, record: dict[str, Any]) -> None:
 
 
 def _processes(record: dict[str, Any]) -> list[Process]:
-    return [Process(p["name"], int(p["pid"]), int(p["start_ticks"])) for p in record.get("processes", [])]
+    return [Process.from_json(p) for p in record.get("processes", [])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -783,7 +732,7 @@ def is_healthy(state_dir: Path | None = None) -> bool:
     processes = _processes(record)
     if not record.get("crds_installed") or not processes or not state.kubeconfig.exists():
         return False
-    if not all(process.is_running() for process in processes):
+    if not all(process.running() for process in processes):
         return False
     return _probe(f"{record['server']}/readyz", _tls_context(state.pki)) == "ok"
 
@@ -796,7 +745,7 @@ def status(state_dir: Path | None = None) -> tuple[bool, str]:
     fields = [("state dir", str(state.path)), ("healthy", "yes" if healthy else "no")]
     if record:
         fields += [("server", str(record.get("server"))), ("kubeconfig", str(state.kubeconfig))]
-        fields += [(p.name, f"pid {p.pid} {'running' if p.is_running() else 'gone'}") for p in _processes(record)]
+        fields += [(p.name, f"pid {p.pid} {'running' if p.running() else 'gone'}") for p in _processes(record)]
     pins = read_pins()
     binaries = Binaries(binary_dir(pins))
     built = "built" if _is_built(binaries, _fingerprint()) else "not built"
@@ -917,7 +866,7 @@ def _wait_ready(server: str, state: StateDir) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     answer = "no answer yet"
     while time.monotonic() < deadline:
-        dead = [process.name for process in processes if not process.is_running()]
+        dead = [process.name for process in processes if not process.running()]
         if dead:
             raise ControlPlaneError(f"{', '.join(dead)} exited during start-up{_tails(state)}")
         answer = _probe(f"{server}/readyz", context)

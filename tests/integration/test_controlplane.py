@@ -346,7 +346,7 @@ def test_down_refuses_to_delete_a_directory_it_did_not_create(tmp_path: Path) ->
 
 def test_a_recorded_pid_taken_by_another_process_counts_as_gone() -> None:
     own = controlplane.Process("pytest", os.getpid(), start_ticks=0)
-    assert not own.is_running()  # so down would never signal this unrelated process
+    assert not own.running()  # so down would never signal this unrelated process
 
 
 def test_staging_modules_must_match_the_kubernetes_release(tmp_path: Path) -> None:
