@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from auditor.core.posture import Posture, ProtectedService
+from auditor.core.posture import Posture, ProbeTarget, ProtectedService
 from auditor.core.snapshot import Snapshot
 from probes.wire import Outcome, ProbePlan, ProbeRequest
 
@@ -170,8 +170,7 @@ def plan_probes(
 def _missing_reason(protected: ProtectedService, absent: bool) -> str:
     if absent:
         return f"Service {protected.target} is not in the snapshot"
-    assert protected.probe is not None  # noqa: S101 - only called for probe targets
-    return f"port {protected.probe.port} is not a port of Service {protected.target}"
+    return f"port {_probe_of(protected).port} is not a port of Service {protected.target}"
 
 
 def _plan_target(
@@ -231,8 +230,7 @@ def _allowed_account(protected: ProtectedService, trust_domain: str) -> str | No
 def _control_requests(
     protected: ProtectedService, control: Identity, headers: dict[str, str], options: PlanOptions
 ) -> list[PlannedRequest]:
-    assert protected.probe is not None  # noqa: S101 - only called for probe targets
-    status = protected.probe.expect_status
+    status = _probe_of(protected).expect_status
     requests = [
         _request(
             protected, control, WITH_HEADERS, Outcome.ALLOWED, headers=headers, options=options, expect_status=status
@@ -256,12 +254,11 @@ def _request(
     options: PlanOptions,
     expect_status: int | None = None,
 ) -> PlannedRequest:
-    assert protected.probe is not None  # noqa: S101 - only called for probe targets
     request_id = f"{protected.target}:{identity.role.value}:{variant}"
     wire = ProbeRequest(
         id=request_id,
         url=service_url(protected, identity.role, options),
-        method=protected.probe.method,
+        method=_probe_of(protected).method,
         headers=headers,
         timeout_s=options.timeout_s,
     )
@@ -270,13 +267,20 @@ def _request(
 
 def service_url(protected: ProtectedService, role: Role, options: PlanOptions) -> str:
     """The Service by name (in-mesh traffic must address the Service to meet its waypoint, §4.6)."""
-    assert protected.probe is not None  # noqa: S101 - only called for probe targets
+    probe = _probe_of(protected)
     overrides = options.url_overrides
     base = overrides.get(f"{role.value}:{protected.target}") or overrides.get(protected.target)
     if base is None:
         host = f"{protected.name}.{protected.namespace}.svc.{options.cluster_domain}"
-        base = f"http://{host}:{protected.probe.port}"
-    return base.rstrip("/") + protected.probe.path
+        base = f"http://{host}:{probe.port}"
+    return base.rstrip("/") + probe.path
+
+
+def _probe_of(protected: ProtectedService) -> ProbeTarget:
+    """The probe target; planning only reaches here for Services that have one."""
+    if protected.probe is None:
+        raise ValueError(f"{protected.target} has no probe target to plan")
+    return protected.probe
 
 
 def _batches(
