@@ -43,7 +43,6 @@ import re
 import struct
 from decimal import Decimal
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -124,15 +123,13 @@ class _Refused(Exception):
         self.fix = fix
 
 
-@dataclass(frozen=True, slots=True)
-class InputTooLarge(Exception):
+class InputTooLarge(ValueError):
     """Raised by ``check_size``: ``chars`` read, over ``limit``."""
 
-    chars: int
-    limit: int
-
-    def __str__(self) -> str:
-        return f"the input is too large ({self.chars:,} characters; the limit is {self.limit:,})"
+    def __init__(self, chars: int, limit: int) -> None:
+        super().__init__(f"the input is too large (over {limit:,} characters)")
+        self.chars = chars
+        self.limit = limit
 
 
 def check_size(text: str, already: int = 0, limit: int = MAX_FILE_CHARS) -> int:

@@ -95,17 +95,28 @@ class _Doc:
         value = self.body.get(key, default)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise DecodeError(self.at(key), f"expected a string, got {_kind_of(value)}", "quote the value")
-        return str(value)
+        # The API server refuses a number where its schema says string (core types' JSON decoding,
+        # CRDs' structural schema), so the offline reader must too: kubectl sends 0x10 as 16.
+        if not isinstance(value, str):
+            raise DecodeError(
+                self.at(key), f"expected a string, got {_kind_of(value)} (the API server refuses it)", "quote the value"
+            )
+        return value
 
     def strings(self, key: str) -> tuple[str, ...]:
         value = self.body.get(key)
         if value is None:
             return ()
-        if not isinstance(value, list) or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
-            raise DecodeError(self.at(key), "expected a list of strings", 'write it as ["a", "b"]')
-        return tuple(str(v) for v in value)
+        if not isinstance(value, list):
+            raise DecodeError(self.at(key), f"expected a list of strings, got {_kind_of(value)}", 'write it as ["a", "b"]')
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise DecodeError(
+                    f"{self.at(key)}[{index}]",
+                    f"expected a string, got {_kind_of(item)} (the API server refuses it)",
+                    "quote the value",
+                )
+        return tuple(value)
 
     def integer(self, key: str) -> int | None:
         value = self.body.get(key)
@@ -132,13 +143,13 @@ class _Doc:
     def labels(self, key: str) -> dict[str, str]:
         mapping = self.mapping(key)
         for label, value in mapping.items():
-            if not isinstance(label, str) or not isinstance(value, str | int | float) or isinstance(value, bool):
+            if not isinstance(label, str) or not isinstance(value, str):
                 raise DecodeError(
                     f"{self.at(key)}.{label}",
-                    "label and annotation values must be strings",
+                    f"label and annotation values must be strings, got {_kind_of(value)} (the API server refuses it)",
                     "quote the value",
                 )
-        return {str(k): str(v) for k, v in mapping.items()}
+        return dict(mapping)
 
 
 def _kind_of(value: object) -> str:
@@ -320,12 +331,14 @@ _MODES = frozenset({"UNSET", "DISABLE", "PERMISSIVE", "STRICT"})
 
 
 def _mode(doc: _Doc) -> str | None:
-    mode = doc.string("mode").upper() or "UNSET"
+    # The CRD's enum is case-sensitive: the API server refuses "strict" (and Istio's proto
+    # parsing would too), so it is an error here rather than STRICT.
+    mode = doc.string("mode", "UNSET")
     if mode not in _MODES:
         raise DecodeError(
             doc.at("mode"),
-            f"unknown mode {mode!r}",
-            "use one of STRICT, PERMISSIVE, DISABLE, UNSET",
+            f"unknown mode {mode!r} (the API server refuses it)",
+            "use one of STRICT, PERMISSIVE, DISABLE, UNSET, in capitals",
         )
     return None if mode == "UNSET" else mode
 
@@ -335,9 +348,13 @@ _ACTIONS = frozenset({"ALLOW", "DENY", "AUDIT", "CUSTOM"})
 
 def _authorization_policy(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
     spec = doc.child("spec")
-    action = spec.string("action", "ALLOW").upper() or "ALLOW"
+    action = spec.string("action", "ALLOW")  # case-sensitive, as the CRD's enum
     if action not in _ACTIONS:
-        raise DecodeError(spec.at("action"), f"unknown action {action!r}", "use one of ALLOW, DENY, AUDIT, CUSTOM")
+        raise DecodeError(
+            spec.at("action"),
+            f"unknown action {action!r} (the API server refuses it)",
+            "use one of ALLOW, DENY, AUDIT, CUSTOM, in capitals",
+        )
     refs = [spec.child("targetRef")] if spec.body.get("targetRef") is not None else []
     refs += spec.items("targetRefs")
     return (
