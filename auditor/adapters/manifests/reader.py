@@ -86,7 +86,7 @@ def _read_all(files: list[str], stdin: TextIO) -> list[tuple[str, str]]:
             else:
                 with Path(name).open(encoding="utf-8") as handle:
                     text = handle.read(budget)
-            total = check_size(text, total)
+            total = check_size(text, total, MAX_FILE_CHARS)
         except (OSError, UnicodeDecodeError) as error:
             raise InputError(
                 shown,
