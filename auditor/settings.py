@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from auditor import __version__
-from auditor.adapters.yaml_io import MAX_FILE_CHARS, InputTooLarge, YamlSyntaxError, check_size, load_documents
+from auditor.adapters.yaml_io import MAX_FILE_CHARS, InputTooLargeError, YamlSyntaxError, check_size, load_documents
 from auditor.errors import InputError
 
 
@@ -205,7 +205,7 @@ class _BoundedYamlSource(YamlConfigSettingsSource):
             documents = list(load_documents(text))
         except (OSError, UnicodeDecodeError) as error:
             raise InputError(name, f"cannot read: {error}", fix="check the file's permissions and encoding") from error
-        except InputTooLarge as error:
+        except InputTooLargeError as error:
             raise InputError(name, str(error), fix="see Input limits in docs/cli.md") from error
         except YamlSyntaxError as problem:
             raise InputError(name, problem.message, document=problem.document, fix=problem.fix) from problem

@@ -41,8 +41,8 @@ import binascii
 import math
 import re
 import struct
+from collections.abc import Callable, Iterator
 from decimal import Decimal
-from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -112,7 +112,7 @@ class YamlLimitError(YamlSyntaxError):
     """A document over one of the input limits (docs/cli.md, "Input limits")."""
 
 
-class _Refused(Exception):
+class _RefusedError(Exception):
     """Raised inside the builder; becomes ``YamlSyntaxError`` with the document number."""
 
     def __init__(self, message: str, mark: Any = None, *, limit: bool = False, fix: str = "") -> None:
@@ -123,7 +123,7 @@ class _Refused(Exception):
         self.fix = fix
 
 
-class InputTooLarge(ValueError):
+class InputTooLargeError(ValueError):
     """Raised by ``check_size``: ``chars`` read, over ``limit``."""
 
     def __init__(self, chars: int, limit: int) -> None:
@@ -133,10 +133,10 @@ class InputTooLarge(ValueError):
 
 
 def check_size(text: str, already: int = 0, limit: int = MAX_FILE_CHARS) -> int:
-    """Return ``already + len(text)``; raise ``InputTooLarge`` past ``limit`` (characters)."""
+    """Return ``already + len(text)``; raise ``InputTooLargeError`` past ``limit`` (characters)."""
     total = already + len(text)
     if len(text) > limit or total > limit:
-        raise InputTooLarge(total, limit)
+        raise InputTooLargeError(total, limit)
     return total
 
 
@@ -156,7 +156,7 @@ def load_documents(text: str, *, strict: bool = True) -> Iterator[tuple[int, Any
                 f"invalid document separator at line {line}: kubectl accepts only a comment after ---",
                 fix="put the document's content on the line after ---",
             )
-    parser = _Parser(text)
+    parser: Any = _Parser(text)  # get_event is untyped in types-PyYAML
     number = 0
     try:
         while True:
@@ -169,7 +169,7 @@ def load_documents(text: str, *, strict: bool = True) -> Iterator[tuple[int, Any
                     yield number, document
             elif kind is ev.StreamEndEvent:
                 return
-    except _Refused as refused:
+    except _RefusedError as refused:
         cls = YamlLimitError if refused.limit else YamlSyntaxError
         raise cls(number, _at(refused.mark, refused.message), refused.fix or "fix the YAML") from None
     except yaml.YAMLError as error:
@@ -204,70 +204,77 @@ class _Builder:
         self.strict = strict
         self.anchors: dict[str, tuple[Any, int]] = {}
         self.expanded = 0
+        self.stack: list[_Frame] = []
+        self.root: Any = None
 
     def document(self, start: ev.DocumentStartEvent) -> Any:
         get = self.parser.get_event
-        stack: list[_Frame] = []
-        root: Any = None
+        handlers: dict[type, Callable[[Any], None]] = {
+            ev.ScalarEvent: self._on_scalar,
+            ev.MappingStartEvent: self._on_start,
+            ev.SequenceStartEvent: self._on_start,
+            ev.MappingEndEvent: self._on_end,
+            ev.SequenceEndEvent: self._on_end,
+            ev.AliasEvent: self._on_alias,
+        }
         while True:
             event = get()
-            kind = type(event)
-            if kind is ev.ScalarEvent:
-                value = self._scalar(event)
-                if event.anchor is not None:
-                    self.anchors[event.anchor] = (value, 1)
-                if not stack:
-                    root = value
-                else:
-                    self._add(stack[-1], value, 1, event, scalar_event=event)
-            elif kind is ev.MappingStartEvent or kind is ev.SequenceStartEvent:
-                if stack and stack[-1].mapping and stack[-1].key is _NO_KEY:
-                    raise _Refused("a mapping key must be a scalar, not a collection", event.start_mark)
-                if len(stack) >= MAX_DEPTH:
-                    raise _Refused(
-                        f"nesting too deep (more than {MAX_DEPTH} levels)",
-                        event.start_mark,
-                        limit=True,
-                        fix="flatten the document",
-                    )
-                mapping = kind is ev.MappingStartEvent
-                stack.append(_Frame({} if mapping else [], event.anchor, mapping))
-            elif kind is ev.MappingEndEvent or kind is ev.SequenceEndEvent:
-                frame = stack.pop()
-                if frame.anchor is not None:
-                    self.anchors[frame.anchor] = (frame.value, frame.size)
-                if not stack:
-                    root = frame.value
-                else:
-                    self._add(stack[-1], frame.value, frame.size, event)
-            elif kind is ev.AliasEvent:
-                anchored = self.anchors.get(event.anchor)
-                if anchored is None:
-                    raise _Refused(f"unknown anchor {event.anchor!r}", event.start_mark)
-                value, size = anchored
-                self.expanded += size
-                if self.expanded > MAX_ALIAS_NODES:
-                    raise _Refused(
-                        f"too many alias expansions (aliases expand to more than {MAX_ALIAS_NODES:,} nodes)",
-                        event.start_mark,
-                        limit=True,
-                        fix="write the values out instead of nesting aliases",
-                    )
-                if not stack:
-                    root = value
-                else:
-                    self._add(stack[-1], value, size, event)
-            elif kind is ev.DocumentEndEvent:
-                if event.end_mark is not None and start.start_mark is not None:
-                    chars = event.end_mark.index - start.start_mark.index
-                    if chars > MAX_DOCUMENT_CHARS:
-                        raise _Refused(
-                            f"the document is too large ({chars:,} characters; the limit is {MAX_DOCUMENT_CHARS:,})",
-                            start.start_mark,
-                            limit=True,
-                            fix="split it into several documents",
-                        )
-                return _json_value(root, start.start_mark)
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(event)
+            elif type(event) is ev.DocumentEndEvent:
+                _check_document_size(start, event)
+                return _json_value(self.root, start.start_mark)
+
+    def _on_scalar(self, event: ev.ScalarEvent) -> None:
+        value = self._scalar(event)
+        if event.anchor is not None:
+            self.anchors[event.anchor] = (value, 1)
+        if self.stack:
+            self._add(self.stack[-1], value, 1, event, scalar_event=event)
+        else:
+            self.root = value
+
+    def _on_start(self, event: ev.CollectionStartEvent) -> None:
+        stack = self.stack
+        if stack and stack[-1].mapping and stack[-1].key is _NO_KEY:
+            raise _RefusedError("a mapping key must be a scalar, not a collection", event.start_mark)
+        if len(stack) >= MAX_DEPTH:
+            raise _RefusedError(
+                f"nesting too deep (more than {MAX_DEPTH} levels)",
+                event.start_mark,
+                limit=True,
+                fix="flatten the document",
+            )
+        mapping = type(event) is ev.MappingStartEvent
+        stack.append(_Frame({} if mapping else [], event.anchor, mapping))
+
+    def _on_end(self, event: ev.CollectionEndEvent) -> None:
+        frame = self.stack.pop()
+        if frame.anchor is not None:
+            self.anchors[frame.anchor] = (frame.value, frame.size)
+        if self.stack:
+            self._add(self.stack[-1], frame.value, frame.size, event)
+        else:
+            self.root = frame.value
+
+    def _on_alias(self, event: ev.AliasEvent) -> None:
+        anchored = self.anchors.get(event.anchor) if event.anchor is not None else None
+        if anchored is None:
+            raise _RefusedError(f"unknown anchor {event.anchor!r}", event.start_mark)
+        value, size = anchored
+        self.expanded += size
+        if self.expanded > MAX_ALIAS_NODES:
+            raise _RefusedError(
+                f"too many alias expansions (aliases expand to more than {MAX_ALIAS_NODES:,} nodes)",
+                event.start_mark,
+                limit=True,
+                fix="write the values out instead of nesting aliases",
+            )
+        if self.stack:
+            self._add(self.stack[-1], value, size, event)
+        else:
+            self.root = value
 
     def _add(self, frame: _Frame, value: Any, size: int, event: Any, scalar_event: Any = None) -> None:
         frame.size += size
@@ -276,7 +283,7 @@ class _Builder:
             return
         if frame.key is _NO_KEY:
             if scalar_event is None and isinstance(value, dict | list):
-                raise _Refused("a mapping key must be a scalar, not a collection", event.start_mark)
+                raise _RefusedError("a mapping key must be a scalar, not a collection", event.start_mark)
             frame.key = MERGE if scalar_event is not None and _is_merge(scalar_event) else _json_key(value, event)
             frame.key_mark = event.start_mark
             return
@@ -291,7 +298,7 @@ class _Builder:
             explicit = frame.explicit if frame.explicit is not None else set()
             frame.explicit = explicit
             if key in explicit:
-                raise _Refused(f"duplicate key {key!r}", frame.key_mark, fix="keep one of them")
+                raise _RefusedError(f"duplicate key {key!r}", frame.key_mark, fix="keep one of them")
             explicit.add(key)
         target[key] = value
 
@@ -300,11 +307,11 @@ class _Builder:
         target: dict[str, Any] = frame.value
         for source in sources:
             if not isinstance(source, dict):
-                raise _Refused("a merge key (<<) needs a mapping or a list of mappings", mark)
+                raise _RefusedError("a merge key (<<) needs a mapping or a list of mappings", mark)
             if self.strict and frame.explicit:
                 overridden = frame.explicit.intersection(source)
                 if overridden:
-                    raise _Refused(
+                    raise _RefusedError(
                         f"the merge (<<) overrides {sorted(overridden)[0]!r} written before it "
                         "(YAML says the explicit key wins, kubectl says the merge wins)",
                         mark,
@@ -321,18 +328,31 @@ class _Builder:
             try:
                 return base64.b64decode(value, validate=False).decode("utf-8", errors="replace")
             except (binascii.Error, ValueError) as error:
-                raise _Refused("!!binary value contains invalid base64 data", event.start_mark) from error
+                raise _RefusedError("!!binary value contains invalid base64 data", event.start_mark) from error
         if tag not in _RESOLVABLE:
             return value  # "!", "!!merge" as a value, custom tags: goyaml keeps the text
-        if tag == _STR or tag == _TIMESTAMP:
+        if tag in (_STR, _TIMESTAMP):
             return value
         resolved = _resolve_plain(value)
         if tag == _FLOAT and type(resolved) is int:
             return float(resolved)
         wanted = {_INT: int, _FLOAT: float, _BOOL: bool, _NULL: type(None)}[tag]
         if type(resolved) is not wanted:
-            raise _Refused(f"cannot decode {value!r} as a !!{tag.removeprefix(_TAG)}", event.start_mark)
+            raise _RefusedError(f"cannot decode {value!r} as a !!{tag.removeprefix(_TAG)}", event.start_mark)
         return resolved
+
+
+def _check_document_size(start: ev.DocumentStartEvent, end: ev.DocumentEndEvent) -> None:
+    if end.end_mark is None or start.start_mark is None:
+        return
+    chars = end.end_mark.index - start.start_mark.index
+    if chars > MAX_DOCUMENT_CHARS:
+        raise _RefusedError(
+            f"the document is too large ({chars:,} characters; the limit is {MAX_DOCUMENT_CHARS:,})",
+            start.start_mark,
+            limit=True,
+            fix="split it into several documents",
+        )
 
 
 def _is_merge(event: ev.ScalarEvent) -> bool:
@@ -360,17 +380,23 @@ def _resolve_plain(value: str) -> Any:
         parsed = float(plain)
         if not math.isinf(parsed):  # Go's ParseFloat fails out of range: the text stays a string
             return parsed
+    binary = _goyaml_binary(plain)
+    return value if binary is None else binary
+
+
+def _goyaml_binary(plain: str) -> int | None:
+    """resolve.go's own 0b/-0b fallback after ParseInt failed (e.g. ``0b-101``)."""
     if plain.startswith("0b"):
-        match = re.fullmatch(r"([+-]?)([01]+)", plain[2:])
+        match = re.fullmatch(r"[+-]?[01]+", plain[2:])
         if match:
-            parsed_int = int(match.group(0), 2)
-            if -_INT64 <= parsed_int < _UINT64:
-                return parsed_int
+            number = int(match.group(0), 2)
+            if -_INT64 <= number < _UINT64:
+                return number
     elif plain.startswith("-0b") and re.fullmatch(r"[01]+", plain[3:]):
-        parsed_int = -int(plain[3:], 2)
-        if parsed_int >= -_INT64:
-            return parsed_int
-    return value
+        number = -int(plain[3:], 2)
+        if number >= -_INT64:
+            return number
+    return None
 
 
 def _go_int(plain: str) -> int | None:
@@ -403,7 +429,7 @@ def _json_value(value: Any, mark: Any) -> Any:
     if type(value) is float:
         if math.isinf(value) or math.isnan(value):
             spelled = ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
-            raise _Refused(f"{spelled} has no JSON form (kubectl refuses the file)", mark, fix="quote it")
+            raise _RefusedError(f"{spelled} has no JSON form (kubectl refuses the file)", mark, fix="quote it")
         if value.is_integer() and abs(value) < _INT64:
             return int(value)
     return value
@@ -420,7 +446,7 @@ def _json_key(key: Any, event: Any) -> str:
             return str(key)
     elif type(key) is float:
         return _go_float32_g(key)
-    raise _Refused(f"unsupported mapping key {key!r} (kubectl refuses it)", event.start_mark, fix="quote the key")
+    raise _RefusedError(f"unsupported mapping key {key!r} (kubectl refuses it)", event.start_mark, fix="quote the key")
 
 
 def _go_float32_g(number: float) -> str:

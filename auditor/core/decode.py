@@ -108,7 +108,9 @@ class _Doc:
         if value is None:
             return ()
         if not isinstance(value, list):
-            raise DecodeError(self.at(key), f"expected a list of strings, got {_kind_of(value)}", 'write it as ["a", "b"]')
+            raise DecodeError(
+                self.at(key), f"expected a list of strings, got {_kind_of(value)}", 'write it as ["a", "b"]'
+            )
         for index, item in enumerate(value):
             if not isinstance(item, str):
                 raise DecodeError(

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import structlog
 
+from auditor.adapters.manifests import reader
 from auditor.adapters.rules.loader import load_rules
 from auditor.daemon import main as daemon_main
 from auditor.errors import InputError
@@ -53,7 +54,8 @@ def run_child(*argv: str, stdin: str = "", env: dict[str, str] | None = None) ->
         env=environment,
         text=True,
     )
-    assert child.stdin is not None and child.stderr is not None
+    assert child.stdin is not None
+    assert child.stderr is not None
     child.stdin.write(stdin)
     child.stdin.close()
     with child.stderr:
@@ -69,7 +71,9 @@ def _bomb_file(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("bomb", "problem"), [(alias_bomb(), "too many alias expansions"), (depth_bomb(), "nesting too deep")])
+@pytest.mark.parametrize(
+    ("bomb", "problem"), [(alias_bomb(), "too many alias expansions"), (depth_bomb(), "nesting too deep")]
+)
 @pytest.mark.parametrize("reader", ["manifests", "stdin", "rules", "rules validate", "settings"])
 def test_every_reader_refuses_a_bomb_naming_the_file(tmp_path: Path, reader: str, bomb: str, problem: str) -> None:
     path = _bomb_file(tmp_path, "bomb.yaml", bomb)
@@ -101,8 +105,6 @@ def test_the_rejection_itself_takes_milliseconds(tmp_path: Path) -> None:
 
 def test_manifests_over_the_total_size_limit_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The limit is on all files together: two files each under it, over it together."""
-    from auditor.adapters.manifests import reader
-
     monkeypatch.setattr(reader, "MAX_FILE_CHARS", 1000)
     first = _bomb_file(tmp_path, "a.yaml", "# " + "x" * 600 + "\n")
     second = _bomb_file(tmp_path, "b.yaml", "# " + "x" * 600 + "\n")
@@ -139,4 +141,5 @@ def test_the_daemon_keeps_its_last_good_rules_when_a_reload_meets_a_bomb(tmp_pat
     assert daemon.replaced == []
     [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
     assert warning["event"] == "rules invalid; keeping the last good rules"
-    assert str(rules) in warning["error"] and "too many alias expansions" in warning["error"]
+    assert str(rules) in warning["error"]
+    assert "too many alias expansions" in warning["error"]

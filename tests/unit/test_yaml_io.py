@@ -171,7 +171,9 @@ def test_aliases_share_values_within_the_budget() -> None:
     assert value["a3"][0] is value["a2"]
 
 
-@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "a:\n" + "".join(" " * i + "- \n" for i in range(1, 400))])
+@pytest.mark.parametrize(
+    "text", ["[" * 100_000 + "]" * 100_000, "a:\n" + "".join(" " * i + "- \n" for i in range(1, 400))]
+)
 def test_deep_nesting_is_an_error_not_a_crash(text: str) -> None:
     """libyaml's C composer overflows the C stack at ~100k levels (SIGSEGV); the reader stops at 256."""
     with pytest.raises(YamlLimitError, match="nesting too deep"):
@@ -192,7 +194,7 @@ def test_a_document_over_the_size_limit_is_refused(monkeypatch: pytest.MonkeyPat
 
 def test_check_size_counts_every_file_together() -> None:
     total = yaml_io.check_size("x" * 60, limit=100)
-    with pytest.raises(yaml_io.InputTooLarge):
+    with pytest.raises(yaml_io.InputTooLargeError):
         yaml_io.check_size("x" * 60, total, limit=100)
 
 

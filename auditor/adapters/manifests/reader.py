@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from auditor.adapters.yaml_io import MAX_FILE_CHARS, InputTooLarge, YamlSyntaxError, check_size, load_documents
+from auditor.adapters.yaml_io import MAX_FILE_CHARS, InputTooLargeError, YamlSyntaxError, check_size, load_documents
 from auditor.core.decode import (
     DEFAULT_NAMESPACE,
     Decoded,
@@ -93,7 +93,7 @@ def _read_all(files: list[str], stdin: TextIO) -> list[tuple[str, str]]:
                 f"cannot read: {error}",
                 fix="check the file's permissions and encoding (UTF-8)",
             ) from error
-        except InputTooLarge as error:
+        except InputTooLargeError as error:
             raise InputError(
                 shown,
                 f"the manifests are too large (more than {error.limit:,} characters in all)",

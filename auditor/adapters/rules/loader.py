@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from auditor.adapters.yaml_io import MAX_FILE_CHARS, InputTooLarge, YamlSyntaxError, check_size, load_documents
+from auditor.adapters.yaml_io import MAX_FILE_CHARS, InputTooLargeError, YamlSyntaxError, check_size, load_documents
 from auditor.core.posture import API_VERSION, KIND, Posture, PostureConflictError, PostureDocument, merge
 from auditor.errors import InputError
 
@@ -43,7 +43,7 @@ def _load_file(path: str) -> list[tuple[str, PostureDocument]]:
         check_size(text)
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(path, f"cannot read: {error}", fix="check the --rules path") from error
-    except InputTooLarge as error:
+    except InputTooLargeError as error:
         raise InputError(path, str(error), fix="see Input limits in docs/cli.md") from error
     try:
         raw = list(load_documents(text))
