@@ -257,8 +257,20 @@ def _service_port(doc: _Doc) -> s.ServicePort:
         port=port,
         target_port=target,
         name=doc.string("name"),
-        protocol=doc.string("protocol", "TCP"),
+        protocol=_enum(doc, "protocol", "TCP", ("TCP", "UDP", "SCTP")),
     )
+
+
+def _enum(doc: _Doc, key: str, default: str, allowed: tuple[str, ...]) -> str:
+    """A case-sensitive enum as the API server validates it (a null is the default)."""
+    value = doc.string(key, default)
+    if value not in allowed:
+        raise DecodeError(
+            doc.at(key),
+            f"unknown value {value!r} (the API server refuses it)",
+            f"use one of {', '.join(allowed)}, spelled exactly",
+        )
+    return value
 
 
 def _pod(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
@@ -406,7 +418,9 @@ def _gateway(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
             name=item.string("name"),
             port=item.integer("port") or 0,
             protocol=item.string("protocol"),
-            allowed_routes_from=item.child("allowedRoutes").child("namespaces").string("from", "Same") or "Same",
+            allowed_routes_from=_enum(
+                item.child("allowedRoutes").child("namespaces"), "from", "Same", ("All", "Selector", "Same")
+            ),
         )
         for item in spec.items("listeners")
     )

@@ -12,6 +12,7 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,27 +43,37 @@ def depth_bomb(levels: int = 200_000) -> str:
     return "a: " + "[" * levels + "]" * levels + "\n"
 
 
+# Peak RSS from the child's own /proc/self/status VmHWM, written at exit: the rusage of a child
+# (os.wait4, /usr/bin/time) also counts the parent's RSS at fork/exec on Linux.
+_MEASURED = """
+import atexit, os, runpy, sys
+def _peak():
+    with open("/proc/self/status") as status, open(os.environ["AUDITOR_TEST_PEAK"], "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+atexit.register(_peak)
+sys.argv = ["auditor", *sys.argv[1:]]
+runpy.run_module("auditor", run_name="__main__")
+"""
+
+
 def run_child(*argv: str, stdin: str = "", env: dict[str, str] | None = None) -> tuple[int, str, float, int]:
     """Exit code, stderr, wall seconds and peak RSS (KiB) of one ``auditor`` child process."""
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    started = time.monotonic()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "auditor", *argv],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=environment,
-        text=True,
-    )
-    assert child.stdin is not None
-    assert child.stderr is not None
-    child.stdin.write(stdin)
-    child.stdin.close()
-    with child.stderr:
-        err = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return child.returncode, err, time.monotonic() - started, usage.ru_maxrss
+    with tempfile.TemporaryDirectory() as scratch:
+        peak = Path(scratch) / "peak"
+        environment = {**os.environ, "PYTHONPATH": str(ROOT), "AUDITOR_TEST_PEAK": str(peak), **(env or {})}
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-c", _MEASURED, *argv],
+            input=stdin,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=environment,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        wall = time.monotonic() - started
+        return result.returncode, result.stderr, wall, int(peak.read_text(encoding="utf-8"))
 
 
 def _bomb_file(tmp_path: Path, name: str, text: str) -> Path:
