@@ -75,20 +75,22 @@ def flow_yaml(draw: st.DrawFn, anchors: list[tuple[str, bool]], depth: int = 0) 
 
 
 @st.composite
+def merged_mapping(draw: st.DrawFn, mappings: list[str]) -> str:
+    """One merge source: an alias of an anchored mapping or an inline mapping."""
+    alias: bool = draw(st.booleans())
+    if mappings and alias:
+        return "*" + draw(st.sampled_from(mappings))
+    keys = draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=3))
+    return "{" + ", ".join(f"{key}: {draw(st.sampled_from(TRICKY))}" for key in keys) + "}"
+
+
+@st.composite
 def merge_source(draw: st.DrawFn, anchors: list[tuple[str, bool]], depth: int) -> str:
+    """The value of a << key: one mapping, or a list of them (the earlier one wins)."""
     mappings = [name for name, is_mapping in anchors if is_mapping]
-
-    def one() -> str:
-        if mappings and draw(st.booleans()):
-            return "*" + draw(st.sampled_from(mappings))
-        pairs = [
-            f"{draw(st.sampled_from(KEYS))}: {draw(st.sampled_from(TRICKY))}" for _ in range(draw(st.integers(1, 3)))
-        ]
-        return "{" + ", ".join(pairs) + "}"
-
     if draw(st.booleans()):
-        return one()
-    return "[" + ", ".join(one() for _ in range(draw(st.integers(1, 3)))) + "]"
+        return draw(merged_mapping(mappings))
+    return "[" + ", ".join(draw(st.lists(merged_mapping(mappings), min_size=1, max_size=3))) + "]"
 
 
 @st.composite
