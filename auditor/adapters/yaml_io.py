@@ -206,8 +206,10 @@ class _Builder:
         self.expanded = 0
         self.stack: list[_Frame] = []
         self.root: Any = None
+        self.start: Any = None
 
     def document(self, start: ev.DocumentStartEvent) -> Any:
+        self.start = start
         get = self.parser.get_event
         handlers: dict[type, Callable[[Any], None]] = {
             ev.ScalarEvent: self._on_scalar,
@@ -250,6 +252,7 @@ class _Builder:
         stack.append(_Frame({} if mapping else [], event.anchor, mapping))
 
     def _on_end(self, event: ev.CollectionEndEvent) -> None:
+        _check_document_size(self.start, event)  # early: do not build a huge document first
         frame = self.stack.pop()
         if frame.anchor is not None:
             self.anchors[frame.anchor] = (frame.value, frame.size)
@@ -342,7 +345,7 @@ class _Builder:
         return resolved
 
 
-def _check_document_size(start: ev.DocumentStartEvent, end: ev.DocumentEndEvent) -> None:
+def _check_document_size(start: ev.DocumentStartEvent, end: ev.Event) -> None:
     if end.end_mark is None or start.start_mark is None:
         return
     chars = end.end_mark.index - start.start_mark.index
