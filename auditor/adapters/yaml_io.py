@@ -181,7 +181,7 @@ def load_documents(text: str, *, strict: bool = True) -> Iterator[tuple[int, Any
 class _Frame:
     """An open collection: its value, anchor, node count and (mappings) the pending key."""
 
-    __slots__ = ("anchor", "explicit", "key", "key_mark", "mapping", "size", "value")
+    __slots__ = ("anchor", "explicit", "key", "key_mark", "key_type", "mapping", "size", "value")
 
     def __init__(self, value: Any, anchor: str | None, mapping: bool) -> None:
         self.value = value
@@ -191,6 +191,7 @@ class _Frame:
         self.key: Any = _NO_KEY
         self.key_mark: Any = None
         self.explicit: set[str] | None = None
+        self.key_type: type = str
 
 
 _NO_KEY = object()
@@ -207,6 +208,11 @@ class _Builder:
         self.stack: list[_Frame] = []
         self.root: Any = None
         self.start: Any = None
+        self.non_finite = False
+        # The YAML type of every key that was not a string, per mapping (by id): goyaml keeps 1
+        # and "1" apart and sigs.k8s.io/yaml then writes both as "1" in Go's random map order.
+        self.key_types: dict[int, dict[str, type]] = {}
+        self.merged: list[Any] = []  # merge sources stay alive, so that their ids stay theirs
 
     def document(self, start: ev.DocumentStartEvent) -> Any:
         self.start = start
@@ -226,7 +232,24 @@ class _Builder:
                 handler(event)
             elif type(event) is ev.DocumentEndEvent:
                 _check_document_size(start, event)
-                return _json_value(self.root, start.start_mark)
+                return self._finish(start)
+
+    def _value(self, value: Any) -> Any:
+        if type(value) is float or type(value) is int:
+            value = _json_value(value)
+            if type(value) is float and not math.isfinite(value):
+                self.non_finite = True
+        return value
+
+    def _finish(self, start: ev.DocumentStartEvent) -> Any:
+        root = self._value(self.root)
+        # Only a value that survives merges and duplicate keys reaches json.Marshal.
+        where = _non_finite_path(root) if self.non_finite else None
+        if where is not None:
+            raise _RefusedError(
+                f"{where}: .inf and .nan have no JSON form (kubectl refuses the file)", start.start_mark, fix="quote it"
+            )
+        return root
 
     def _on_scalar(self, event: ev.ScalarEvent) -> None:
         value = self._scalar(event)
@@ -282,21 +305,23 @@ class _Builder:
     def _add(self, frame: _Frame, value: Any, size: int, event: Any, scalar_event: Any = None) -> None:
         frame.size += size
         if not frame.mapping:
-            frame.value.append(_json_value(value, event.start_mark) if scalar_event is not None else value)
+            frame.value.append(self._value(value))
             return
         if frame.key is _NO_KEY:
             if scalar_event is None and isinstance(value, dict | list):
                 raise _RefusedError("a mapping key must be a scalar, not a collection", event.start_mark)
             frame.key = MERGE if scalar_event is not None and _is_merge(scalar_event) else _json_key(value, event)
             frame.key_mark = event.start_mark
+            frame.key_type = type(value)
             return
         key, frame.key = frame.key, _NO_KEY
         if key is MERGE:
             self._merge(frame, value, frame.key_mark)
             return
-        if scalar_event is not None:
-            value = _json_value(value, event.start_mark)
+        value = self._value(value)
         target: dict[str, Any] = frame.value
+        if frame.key_type is not str or id(target) in self.key_types:
+            self._typed_key(target, key, frame.key_type, frame.key_mark)
         if self.strict:
             explicit = frame.explicit if frame.explicit is not None else set()
             frame.explicit = explicit
@@ -320,7 +345,27 @@ class _Builder:
                         mark,
                         fix="put << first, or remove one of the two",
                     )
+            self.merged.append(source)
+            source_types = self.key_types.get(id(source))
+            if source_types is not None or id(target) in self.key_types:
+                for key in source:
+                    self._typed_key(target, key, (source_types or {}).get(key, str), mark)
             target.update(source)
+
+    def _typed_key(self, target: dict[str, Any], key: str, key_type: type, mark: Any) -> None:
+        """Refuse two keys of different YAML types that become the same JSON key."""
+        types = self.key_types.setdefault(id(target), {})
+        if key in target and types.get(key, str) is not key_type:
+            raise _RefusedError(
+                f"two keys become {key!r} in JSON ({types.get(key, str).__name__} and {key_type.__name__}); "
+                "kubectl keeps one of them at random",
+                mark,
+                fix="quote the keys, and keep one",
+            )
+        if key_type is not str:
+            types[key] = key_type
+        else:
+            types.pop(key, None)
 
     def _scalar(self, event: ev.ScalarEvent) -> Any:
         tag = event.tag
@@ -427,15 +472,36 @@ def _go_int(plain: str) -> int | None:
     return None
 
 
-def _json_value(value: Any, mark: Any) -> Any:
-    """The value after sigs.k8s.io/yaml's JSON round trip (scalars only; collections are done)."""
-    if type(value) is float:
-        if math.isinf(value) or math.isnan(value):
-            spelled = ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
-            raise _RefusedError(f"{spelled} has no JSON form (kubectl refuses the file)", mark, fix="quote it")
+def _json_value(value: Any) -> Any:
+    """A scalar after sigs.k8s.io/yaml's JSON round trip and the API server's JSON decoding.
+
+    json.Marshal writes an integral float64 without a fraction, which decodes as an integer; an
+    integer outside int64 decodes as a float64. Infinities and NaN stay (``_non_finite_path``).
+    """
+    kind = type(value)
+    if kind is float:
         if value.is_integer() and abs(value) < _INT64:
             return int(value)
+    elif kind is int and not -_INT64 <= value < _INT64:
+        return float(value)
     return value
+
+
+def _non_finite_path(value: Any, path: str = "") -> str | None:
+    """Where a surviving infinity or NaN is (json.Marshal fails on it), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "(document)"
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = _non_finite_path(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 def _json_key(key: Any, event: Any) -> str:

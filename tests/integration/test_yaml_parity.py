@@ -155,6 +155,8 @@ def test_yaml_to_json_equals_kubectl(kube_api: KubeAPI, text: str) -> None:
         kube_api, "create", "--dry-run=client", "--output=json", "--validate=false", manifest=text
     )
     refusal, document = _read(text)
+    if refusal is not None and "at random" in refusal:
+        return  # 1 and "1" in one mapping: kubectl's answer depends on Go's map order
     if refusal is not None:
         assert code != 0, f"the reader refused what kubectl read:\n{text}\nreader: {refusal}\nkubectl: {printed}"
         return

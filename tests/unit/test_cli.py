@@ -136,7 +136,7 @@ def test_nothing_in_scope_is_never_exit_zero(tmp_path: Path) -> None:
             "apiVersion: v1\nkind: Service\nmetadata: {name: x, labels: {port: 0x10}}\n",
             "(document 1): metadata.labels.port: label and annotation values must be strings, got int",
         ),
-        ("apiVersion: v1\nkind: Service\nmetadata: {name: .inf}\n", ".inf has no JSON form"),
+        ("apiVersion: v1\nkind: Service\nmetadata: {name: .inf}\n", "metadata.name: .inf and .nan have no JSON form"),
     ],
 )
 def test_malformed_manifest_exits_2_naming_file_document_and_field(
