@@ -126,7 +126,14 @@ def _kubectl(kube_api: KubeAPI, *args: str, manifest: str) -> tuple[int, Any, st
         timeout=60,
         check=False,
     )
-    return result.returncode, json.loads(result.stdout) if result.returncode == 0 else None, result.stderr
+    printed = json.loads(result.stdout, parse_int=_json_int) if result.returncode == 0 else None
+    return result.returncode, printed, result.stderr
+
+
+def _json_int(text: str) -> int | float:
+    """An integer as Kubernetes decodes JSON: a float64 past int64 (kubectl prints it without a fraction)."""
+    number = int(text)
+    return number if -(2**63) <= number < 2**63 else float(text)
 
 
 @pytest.fixture(scope="module")
