@@ -89,7 +89,6 @@ _HINT: dict[str, str] = {
 }
 # Go strconv.ParseInt(s, 0, 64) syntax (underscores already removed).
 _GO_INT = re.compile(r"([+-]?)(?:0[xX]([0-9a-fA-F]+)|0[oO]([0-7]+)|0[bB]([01]+)|0([0-7]*)|([1-9][0-9]*))")
-_GO_UINT = re.compile(r"(?:0[xX]([0-9a-fA-F]+)|0[oO]([0-7]+)|0[bB]([01]+)|0([0-7]*)|([1-9][0-9]*))")
 _YAML_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 _GO_FLOAT_DOT = re.compile(r"\.[0-9]+([eE][-+]?[0-9]+)?")
 _BAD_SEPARATOR = re.compile(r"^---[ \t\r]*[^\s#]", re.MULTILINE)
