@@ -136,6 +136,15 @@ def test_nothing_in_scope_is_never_exit_zero(tmp_path: Path) -> None:
             "apiVersion: v1\nkind: Service\nmetadata: {name: x, labels: {port: 0x10}}\n",
             "(document 1): metadata.labels.port: label and annotation values must be strings, got int",
         ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n"
+            "spec:\n  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/a/sa/b, 0x10]}\n",
+            "(document 1): spec.rules[0].from[0].source.principals[1]: expected a string, got int",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {action: allow}\n",
+            "spec.action: unknown action 'allow' (the API server refuses it)",
+        ),
         ("apiVersion: v1\nkind: Service\nmetadata: {name: .inf}\n", "metadata.name: .inf and .nan have no JSON form"),
     ],
 )
