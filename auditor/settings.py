@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from auditor import __version__
+from auditor.adapters.yaml_io import MAX_FILE_CHARS, InputTooLargeError, YamlSyntaxError, check_size, load_documents
 from auditor.errors import InputError
 
 
@@ -188,7 +189,29 @@ class Settings(BaseSettings):
                 field="AUDITOR_CONFIG_FILE",
                 fix="mount it or unset the variable",
             )
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return (init_settings, env_settings, _BoundedYamlSource(settings_cls, yaml_file=config_file))
+
+
+class _BoundedYamlSource(YamlConfigSettingsSource):
+    """The settings file read by the shared bounded reader (auditor/adapters/yaml_io.py), not
+    ``yaml.safe_load``: an alias bomb or an oversized file is an input error naming the file."""
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        name = str(file_path)
+        try:
+            with file_path.open(encoding="utf-8") as handle:
+                text = handle.read(MAX_FILE_CHARS + 1)
+            check_size(text)
+            documents = list(load_documents(text))
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(name, f"cannot read: {error}", fix="check the file's permissions and encoding") from error
+        except InputTooLargeError as error:
+            raise InputError(name, str(error), fix="see Input limits in docs/cli.md") from error
+        except YamlSyntaxError as problem:
+            raise InputError(name, problem.message, document=problem.document, fix=problem.fix) from problem
+        if len(documents) > 1 or (documents and not isinstance(documents[0][1], dict)):
+            raise InputError(name, "the settings file must hold one mapping", fix="see docs/settings.md")
+        return documents[0][1] if documents else {}
 
 
 def load_settings() -> Settings:
