@@ -138,7 +138,7 @@ def test_header_conditions(condition: AuthzCondition, headers: dict[str, str], e
 
 
 def test_named_ports_are_dropped_at_ztunnel() -> None:
-    """§4.2: a named port cannot be matched; ALLOW reads the emptied list as any port, DENY as none."""
+    """§8.3: istiod drops a named port, leaving an empty match that ztunnel skips: the rule never matches."""
     rule = AuthzRule(operations=(AuthzOperation(ports=("http",)),))
-    assert rule_matches(rule, UI, Request(port=8080), Point.ZTUNNEL, deny=False) is True
+    assert rule_matches(rule, UI, Request(port=8080), Point.ZTUNNEL, deny=False) is False
     assert rule_matches(rule, UI, Request(port=8080), Point.ZTUNNEL, deny=True) is False
