@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from auditor.core.mesh import ClientKind
 from auditor.core.model import Evidence
 from auditor.core.snapshot import (
     AuthorizationPolicy,
@@ -37,10 +38,12 @@ class Point(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who connects: a SPIFFE principal without ``spiffe://``, or ``None`` for plaintext."""
+    """Who connects: a SPIFFE principal without ``spiffe://``, or ``None`` for plaintext, and which
+    kind of client it is (the caller model, ``mesh.CLIENTS``: it decides the hops)."""
 
     principal: str | None
     label: str = ""
+    kind: ClientKind = ClientKind.AMBIENT
 
     @property
     def namespace(self) -> str | None:
@@ -53,7 +56,11 @@ class Caller:
         return parts[4] if len(parts) == 5 and parts[3] == "sa" else None
 
     def describe(self) -> str:
-        return self.label or self.principal or "a plaintext client outside the mesh"
+        if self.label:
+            return self.label
+        if self.principal is None:
+            return "a plaintext client outside the mesh"
+        return self.principal if self.kind is ClientKind.AMBIENT else f"{self.principal} ({self.kind.value})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,7 +483,7 @@ def _ztunnel_rule(rule: AuthzRule, caller: Caller, port: int, *, deny: bool, nam
 # --- waypoint (Envoy RBAC) ------------------------------------------------------------------------
 
 
-class _Untranslatable(Exception):
+class _UntranslatableError(Exception):
     """A value istiod's generator refuses (named port, bad address, unknown key)."""
 
 
@@ -519,13 +526,13 @@ def _wp_account(value: str, caller: Caller, namespace: str) -> Tri:
 def _wp_port(value: str, port: int) -> Tri:
     number = _port(value)
     if number is None:
-        raise _Untranslatable(f"port {value!r}")
+        raise _UntranslatableError(f"port {value!r}")
     return number == port
 
 
 def _wp_ip(value: str) -> Tri:
     if not _ip(value):
-        raise _Untranslatable(f"address {value!r}")
+        raise _UntranslatableError(f"address {value!r}")
     return None
 
 
@@ -558,7 +565,7 @@ def _wp_field(values: tuple[str, ...], not_values: tuple[str, ...], predicate: _
         for value in group:
             try:
                 results.append(predicate(value))
-            except _Untranslatable:
+            except _UntranslatableError:
                 if not deny:
                     raise
         if results:
@@ -586,7 +593,7 @@ def _wp_condition(condition: AuthzCondition, caller: Caller, request: Request, d
     elif key == "connection.sni" or key.startswith("experimental.envoy.filters."):
         predicate = lambda v: None  # noqa: E731 - not in a config snapshot
     else:
-        raise _Untranslatable(f"unknown attribute {key!r}")  # model.New refuses the rule
+        raise _UntranslatableError(f"unknown attribute {key!r}")  # model.New refuses the rule
     return _wp_field(condition.values, condition.not_values, predicate, deny)
 
 
@@ -595,7 +602,7 @@ def _header_predicate(key: str, request: Request) -> _Predicate:
 
     def predicate(value: str) -> Tri:
         if name is None:
-            raise _Untranslatable(f"key {key!r}")  # extractNameInBrackets fails per value
+            raise _UntranslatableError(f"key {key!r}")  # extractNameInBrackets fails per value
         return _wp_header(value, request.header(name))
 
     return predicate
@@ -634,7 +641,7 @@ def _waypoint_rule(rule: AuthzRule, caller: Caller, request: Request, *, deny: b
             target += _wp_condition(condition, caller, request, deny)
         permissions = [_all([*_wp_operation(o, request, deny), *base_permission]) for o in rule.operations]
         principals = [_all([*_wp_source(s, caller, namespace, deny), *base_principal]) for s in rule.sources]
-    except _Untranslatable:
+    except _UntranslatableError:
         return False  # the ALLOW rule is skipped; an unknown key skips a DENY rule too
     return _all([_any(permissions or [_all(base_permission)]), _any(principals or [_all(base_principal)])])
 

@@ -2,7 +2,9 @@
 
 In-mesh, Service-addressed traffic goes caller -> (waypoint, if effective) -> destination
 ztunnel; behind a waypoint the destination ztunnel sees the waypoint's identity (§4.5).
-Plaintext clients outside the mesh never traverse a waypoint (§4.6) and meet STRICT first.
+Plaintext clients outside the mesh never traverse a waypoint (§4.6) and meet STRICT first;
+sidecar pods and Istio gateways speak mTLS with their own identity and skip a Service's waypoint
+(gateways unless the Service opts in), as the caller model says (§9, ``mesh.CLIENTS``).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from auditor.core.authz import (
 )
 from auditor.core.checks.context import AuditContext
 from auditor.core.mesh import (
+    CLIENTS,
     Capture,
     EffectiveWaypoint,
     capture_of,
     effective_mtls,
     effective_waypoint,
+    uses_service_waypoint,
 )
 from auditor.core.model import Evidence
 from auditor.core.posture import ProtectedService
@@ -114,14 +118,20 @@ def _reach_backend(ctx: AuditContext, route: Route, backend: Backend, caller: Ca
         return _plaintext(ctx, backend, l4)
     hops: list[Hop] = []
     seen_by_ztunnel = caller
+    skipped = ""
     if route.at_waypoint is not None and route.waypoint_identity is not None and route.waypoint.gateway is not None:
-        first = decide(route.at_waypoint, caller, request)
-        hops.append(Hop(f"waypoint {route.waypoint.gateway.meta.key}", first))
-        if first.allowed is False:
-            return Reach(backend, False, tuple(hops))
-        seen_by_ztunnel = route.waypoint_identity
+        if uses_service_waypoint(caller.kind, route.service):
+            first = decide(route.at_waypoint, caller, request)
+            hops.append(Hop(f"waypoint {route.waypoint.gateway.meta.key}", first))
+            if first.allowed is False:
+                return Reach(backend, False, tuple(hops))
+            seen_by_ztunnel = route.waypoint_identity
+        else:
+            # §9: sidecars, and gateways without ingress-use-waypoint, go straight to the pods.
+            skipped = f", skipping the waypoint: {CLIENTS[caller.kind].service_hops}"
     second = _at_destination(backend, seen_by_ztunnel, l4)
-    hops.append(Hop(f"ztunnel of {backend.workload.meta.ref} (sees {seen_by_ztunnel.describe()})", second))
+    where = f"ztunnel of {backend.workload.meta.ref} (sees {seen_by_ztunnel.describe()}{skipped})"
+    hops.append(Hop(where, second))
     return Reach(backend, _and(hops), tuple(hops))
 
 
