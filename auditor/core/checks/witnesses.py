@@ -9,6 +9,7 @@ contains a matching non-allowed caller whenever one exists.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from auditor.core.authz import Caller, Request, header_name
@@ -22,6 +23,7 @@ INTRUDER_SA = "mesh-auditor-intruder"
 OUTSIDE_NS = "mesh-auditor-outside"
 WRONG_VALUE = "mesh-auditor-wrong-value"
 NEAR_MISS = "mesh-auditor-near-miss"
+_IDENTITY = re.compile(r"^[A-Za-z0-9._-]+/ns/[^/]+/sa/[^/]+$")
 
 
 def route_policies(route: Route) -> list[AuthorizationPolicy]:
@@ -70,7 +72,8 @@ def intruders(ctx: AuditContext, protected: ProtectedService, route: Route) -> l
     excluded = set(protected.allowed_principals)
     if route.waypoint_identity is not None and route.waypoint_identity.principal:
         excluded.add(route.waypoint_identity.principal)
-    unique = dict.fromkeys(c for c in candidates if c and c not in excluded)
+    # Only identities that can exist: "<trust domain>/ns/<namespace>/sa/<account>" (SPIFFE, §8.1).
+    unique = dict.fromkeys(c for c in candidates if _IDENTITY.match(c) and c not in excluded)
     callers = [caller for principal in unique for caller in callers_as(ctx, principal)]
     callers += [c for c in bypass_callers(ctx) if c.principal not in excluded]
     return [*dict.fromkeys(callers), Caller(None, kind=ClientKind.OUTSIDE)]
