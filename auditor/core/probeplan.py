@@ -254,12 +254,12 @@ def _control_requests(
             protected, control, WITH_HEADERS, Outcome.ALLOWED, headers=headers, options=options, expect_status=status
         )
     ]
-    for name in headers:
+    for name, value in headers.items():
         others = {k: v for k, v in headers.items() if k != name}
         requests.append(
             _request(protected, control, f"{WITHOUT}{name}", Outcome.L7_DENIED, headers=others, options=options)
         )
-        near_miss = {**others, name: headers[name] + NEAR_MISS_SUFFIX}
+        near_miss = {**others, name: value + NEAR_MISS_SUFFIX}
         requests.append(
             _request(protected, control, f"{NEAR_MISS}{name}", Outcome.L7_DENIED, headers=near_miss, options=options)
         )
