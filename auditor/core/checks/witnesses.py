@@ -85,6 +85,9 @@ def _instances(patterns: tuple[str, ...]) -> list[str]:
     for pattern in patterns:
         found.append(_instance(pattern))
         found += near_misses(pattern.strip("*")) if pattern != "*" else []
+        if "*" in pattern.strip("*"):
+            # A waypoint reads every * in a namespace as ".*" (srcNamespaceGenerator), ztunnel none.
+            found.append(pattern.replace("*", INTRUDER_SA))
     return [f for f in found if f]
 
 
