@@ -1,7 +1,9 @@
 """Istio 1.28 ambient data-plane semantics computed from a snapshot.
 
 Answers the questions every check asks: is this workload captured by ztunnel, what mTLS mode
-does its inbound port really get, and which waypoint (if any) does a Service's traffic use.
+does its inbound port really get, which waypoint (if any) does a Service's traffic use, which
+kind of client a workload is and which hops its traffic takes (the caller model, §9), and which
+objects are Istio's own infrastructure (§10).
 Each answer carries the evidence that decided it. Section numbers refer to
 ``../shared/docs/ambient-semantics.md`` (copied into docs/ambient-semantics.md's references).
 """
