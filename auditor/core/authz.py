@@ -474,6 +474,19 @@ def ztunnel_clauses(rule: AuthzRule, caller: Caller, port: int, namespace: str) 
     return clauses
 
 
+def ztunnel_form(rule: AuthzRule, *, deny: bool) -> str:
+    """What istiod's translation leaves of a rule at ztunnel (§8.3), for evidence; "" if unchanged.
+
+    ``dropped``: an ALLOW rule with an HTTP attribute, never matches; ``inert``: a clause is left
+    with only empty matches, never matches; ``broader``: a DENY rule kept without its HTTP attributes.
+    """
+    if not deny and l7_attributes(rule):
+        return "dropped"
+    if any(clause and not any(clause) for clause in ztunnel_clauses(rule, Caller(None), 0, "")):
+        return "inert"
+    return "broader" if l7_attributes(rule) else ""
+
+
 def _ztunnel_rule(rule: AuthzRule, caller: Caller, port: int, *, deny: bool, namespace: str) -> Tri:
     if not deny and l7_attributes(rule):
         return False  # handleRule: "L7 policies never match for ALLOW"

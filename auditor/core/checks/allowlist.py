@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from auditor.core.checks.catalog import ALLOWED_ADMITTED, INTRUDERS_REFUSED
 from auditor.core.checks.context import AuditContext, finding
-from auditor.core.checks.reach import Reach, Route, probe_request, reach
+from auditor.core.checks.reach import Reach, Route, probe_request, reach, ztunnel_translation_notes
 from auditor.core.checks.witnesses import bypass_fix, callers_as, intruders, request_variants, required_headers
 from auditor.core.mesh import ClientKind
 from auditor.core.model import Evidence, Finding, Status
@@ -43,7 +43,7 @@ def check_intruders_refused(ctx: AuditContext, protected: ProtectedService, serv
                 unclear.append(f"{caller.describe()}: {outcome[1].explain()}")
             else:
                 refused_at[_refusing_hop(outcome[1])] = None
-    evidence = [*route.ignored(), *_enforcement_evidence(route)]
+    evidence = [*route.ignored(), *_enforcement_evidence(route), *ztunnel_translation_notes(route)]
     if admitted:
         message = f"{len(admitted)} caller(s) outside the allow-list get through, e.g. " + " | ".join(
             admitted[:_MAX_EXAMPLES]
@@ -133,7 +133,7 @@ def check_allowed_admitted(ctx: AuditContext, protected: ProtectedService, servi
         return finding(ALLOWED_ADMITTED, service, Status.INCONCLUSIVE, message)
     request = probe_request(protected, service, headers)
     refused, unclear = [], []
-    evidence: list[Evidence] = list(route.ignored())
+    evidence: list[Evidence] = [*route.ignored(), *ztunnel_translation_notes(route)]
     for principal in protected.allowed_principals:
         for caller in callers_as(ctx, principal):
             label = principal if caller.kind is ClientKind.AMBIENT else f"{principal} ({caller.kind.value})"

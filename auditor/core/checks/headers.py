@@ -7,10 +7,10 @@ method, path and port the policies single out. Only a waypoint sees headers (§4
 
 from __future__ import annotations
 
-from auditor.core.authz import Caller, l7_attributes
+from auditor.core.authz import Caller
 from auditor.core.checks.catalog import HEADERS_ENFORCED
 from auditor.core.checks.context import AuditContext, finding
-from auditor.core.checks.reach import Reach, Route, probe_request, reach
+from auditor.core.checks.reach import Reach, Route, probe_request, reach, ztunnel_translation_notes
 from auditor.core.checks.witnesses import (
     bypass_callers,
     bypass_fix,
@@ -156,18 +156,7 @@ def _diagnose(item: Reach, header: str, caller: Caller) -> str:
 
 
 def _dropped_at_ztunnel(route: Route) -> list[Evidence]:
-    evidence = []
-    for backend in route.backends:
-        for policy in backend.ztunnel.policies:
-            for position, rule in enumerate(policy.rules):
-                attributes = l7_attributes(rule)
-                if attributes:
-                    note = (
-                        f"bound to ztunnel, which drops rules with L7 attributes ({', '.join(attributes)}); "
-                        "status stays ZtunnelAccepted (§4.3)"
-                    )
-                    evidence.append(Evidence(policy.meta.ref, f"spec.rules[{position}]", "dropped at ztunnel", note))
-    return evidence
+    return ztunnel_translation_notes(route)
 
 
 def route_has_waypoint(item: Reach) -> bool:

@@ -19,6 +19,8 @@ from auditor.core.authz import (
     at_waypoint,
     at_ztunnel,
     decide,
+    l7_attributes,
+    ztunnel_form,
 )
 from auditor.core.checks.context import AuditContext
 from auditor.core.mesh import (
@@ -172,3 +174,25 @@ def probe_request(protected: ProtectedService, service: Service, headers: dict[s
         port=port,
         headers=headers,
     )
+
+
+_FORMS = {
+    "dropped": "an ALLOW rule with HTTP attributes is dropped: it never matches; status stays ZtunnelAccepted",
+    "inert": "istiod leaves an empty match where only HTTP attributes (or dropped values) were, and ztunnel "
+    "skips it: the rule never matches",
+    "broader": "a DENY keeps the rule's L4 matches without its HTTP attributes: it denies more than written",
+}
+
+
+def ztunnel_translation_notes(route: Route) -> list[Evidence]:
+    """How istiod's translation changed each ztunnel-bound rule on the route (§4.3, §8.3)."""
+    evidence = []
+    for backend in route.backends:
+        for policy in backend.ztunnel.policies:
+            for position, rule in enumerate(policy.rules):
+                form = ztunnel_form(rule, deny=policy.action == "DENY")
+                if form:
+                    attributes = ", ".join(l7_attributes(rule)) or "none"
+                    note = f"bound to ztunnel; HTTP attributes: {attributes}; {_FORMS[form]} (§8.3)"
+                    evidence.append(Evidence(policy.meta.ref, f"spec.rules[{position}]", f"{form} at ztunnel", note))
+    return evidence

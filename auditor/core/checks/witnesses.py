@@ -61,6 +61,10 @@ def intruders(ctx: AuditContext, protected: ProtectedService, route: Route) -> l
                     for a in source.service_accounts + source.not_service_accounts
                 ]
                 namespaces.update(_instances(source.namespaces))
+                # The other accounts of a namespace a serviceAccounts entry names are near misses too.
+                namespaces.update(
+                    a.partition("/")[0] if "/" in a else policy.meta.namespace for a in source.service_accounts
+                )
             for condition in rule.conditions:
                 if condition.key == "source.principal":
                     candidates += _principal_witnesses(td, condition.values + condition.not_values)
