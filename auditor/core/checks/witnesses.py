@@ -9,6 +9,7 @@ contains a matching non-allowed caller whenever one exists.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -17,7 +18,7 @@ from auditor.core.checks.context import AuditContext
 from auditor.core.checks.reach import Route, probe_request
 from auditor.core.mesh import CLIENTS, ClientKind, client_of
 from auditor.core.posture import ProtectedService
-from auditor.core.snapshot import AuthorizationPolicy, AuthzRule, Service
+from auditor.core.snapshot import AuthorizationPolicy, AuthzRule, Service, SnapshotIndex
 
 INTRUDER_SA = "mesh-auditor-intruder"
 OUTSIDE_NS = "mesh-auditor-outside"
@@ -219,14 +220,18 @@ def allowed_caller(ctx: AuditContext, principal: str) -> Caller:
 def bypass_callers(ctx: AuditContext) -> list[Caller]:
     """Every client in the snapshot with an identity that does not always use a Service's waypoint
     (sidecar pods, Istio gateways): the callers a waypoint-only policy does not see (§9)."""
+    return list(_bypass_callers(ctx.index, ctx.trust_domain))
+
+
+@functools.lru_cache(maxsize=4)  # once per audit (one index), not once per protected Service
+def _bypass_callers(index: SnapshotIndex, td: str) -> tuple[Caller, ...]:
     found: dict[Caller, None] = {}
-    td = ctx.trust_domain
-    for workload in ctx.index.snapshot.workloads:
-        kind = client_of(workload, ctx.index).kind
+    for workload in index.snapshot.workloads:
+        kind = client_of(workload, index).kind
         if kind in {ClientKind.SIDECAR, ClientKind.GATEWAY}:
             principal = f"{td}/ns/{workload.meta.namespace}/sa/{workload.service_account}"
             found[Caller(principal, kind=kind)] = None
-    return list(found)
+    return tuple(found)
 
 
 def request_variants(
