@@ -531,28 +531,33 @@ def uses_service_waypoint(kind: ClientKind, service: Service) -> bool:
 
 # --- Istio's own infrastructure (semantics §10) ------------------------------------------------------
 
-_CONTROL_PLANE_APPS = {"istiod": "istiod", "ztunnel": "ztunnel", "istio-cni-node": "istio-cni"}
+# app label -> (component, the container its Helm chart names): both must agree (Istio's charts).
+_CONTROL_PLANE = {
+    "istiod": ("istiod", "discovery"),
+    "ztunnel": ("ztunnel", PROXY_CONTAINER),
+    "istio-cni-node": ("istio-cni", "install-cni"),
+}
 
 
 def istio_workload(workload: Workload, index: SnapshotIndex) -> tuple[ClientKind | str, Evidence] | None:
-    """Istio's own workloads: a waypoint, a gateway, or a control-plane component by name."""
+    """Istio's own workloads: a control-plane component, a waypoint, or a gateway (§10)."""
     ref, labels = workload.meta.ref, workload.pod_labels
+    names = [c.name for c in workload.containers]
+    for key in ("app", "app.kubernetes.io/name", "k8s-app"):
+        component = _CONTROL_PLANE.get(labels.get(key, ""))
+        if component is not None and component[1] in names:
+            return component[0], Evidence(ref, f"labels.{key}", labels[key], f"container {component[1]}")
     gateway_name = labels.get(GATEWAY_NAME)
     gateway = index.gateways.get(f"{workload.meta.namespace}/{gateway_name}") if gateway_name else None
     if labels.get(GATEWAY_MANAGED) == MESH_CONTROLLER or (gateway is not None and gateway.class_name == WAYPOINT_CLASS):
         field = f"labels.{GATEWAY_MANAGED}" if GATEWAY_MANAGED in labels else f"labels.{GATEWAY_NAME}"
         return ClientKind.WAYPOINT, Evidence(ref, field, labels.get(GATEWAY_MANAGED) or gateway_name or "")
-    names = [c.name for c in workload.containers]
     if PROXY_CONTAINER in names:
         template = workload.pod_annotations.get("inject.istio.io/templates", "")
         if gateway_name or GATEWAY_MANAGED in labels or "gateway" in template.split(","):
             return ClientKind.GATEWAY, Evidence(ref, f"labels.{GATEWAY_NAME}", gateway_name or template or "")
         if labels.get("istio") in {"ingressgateway", "egressgateway"} or set(names) == {PROXY_CONTAINER}:
             return ClientKind.GATEWAY, Evidence(ref, "spec.containers[].name", PROXY_CONTAINER, "a proxy of its own")
-    for key in ("app", "app.kubernetes.io/name", "k8s-app"):
-        component = _CONTROL_PLANE_APPS.get(labels.get(key, ""))
-        if component is not None:
-            return component, Evidence(ref, f"labels.{key}", labels[key])
     return None
 
 
