@@ -36,7 +36,7 @@ def check_intruders_refused(ctx: AuditContext, protected: ProtectedService, serv
             outcome = _any_backend(reach(ctx, route, caller, request))
             if outcome[0] is True:
                 admitted.append(f"{caller.describe()} ({request.describe()}): {outcome[1].explain()}")
-                if any("skipping the waypoint" in hop.where for hop in outcome[1].hops):
+                if outcome[1].skipped_waypoint:
                     fixes[bypass_fix(caller)] = None
                 break
             if outcome[0] is None:

@@ -20,7 +20,6 @@ from auditor.core.checks.witnesses import (
     request_variants,
     required_headers,
 )
-from auditor.core.mesh import ClientKind
 from auditor.core.model import Evidence, Finding, Status
 from auditor.core.posture import ProtectedService
 from auditor.core.snapshot import Service
@@ -134,7 +133,7 @@ def _degraded(route: Route, headers: dict[str, str]) -> list[tuple[str, str, dic
 def _diagnose(item: Reach, header: str, caller: Caller) -> str:
     first = item.hops[0]
     if not first.where.startswith("waypoint"):
-        if caller.kind is not ClientKind.AMBIENT and route_has_waypoint(item):
+        if item.skipped_waypoint:
             return f"{item.explain()}; ztunnel cannot see headers (§4.3). {bypass_fix(caller)}"
         return f"no waypoint on the path, and ztunnel cannot see headers (§4.3): {item.explain()}"
     rule = first.decision.rule
@@ -157,7 +156,3 @@ def _diagnose(item: Reach, header: str, caller: Caller) -> str:
 
 def _dropped_at_ztunnel(route: Route) -> list[Evidence]:
     return ztunnel_translation_notes(route)
-
-
-def route_has_waypoint(item: Reach) -> bool:
-    return any("skipping the waypoint" in hop.where for hop in item.hops)

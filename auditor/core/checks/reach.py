@@ -90,6 +90,7 @@ class Reach:
     backend: Backend
     allowed: bool | None
     hops: tuple[Hop, ...]
+    skipped_waypoint: bool = False  # the caller's kind does not use the Service's waypoint (§9)
 
     def explain(self) -> str:
         return "; ".join(h.explain() for h in self.hops)
@@ -134,7 +135,7 @@ def _reach_backend(ctx: AuditContext, route: Route, backend: Backend, caller: Ca
     second = _at_destination(backend, seen_by_ztunnel, l4)
     where = f"ztunnel of {backend.workload.meta.ref} (sees {seen_by_ztunnel.describe()}{skipped})"
     hops.append(Hop(where, second))
-    return Reach(backend, _and(hops), tuple(hops))
+    return Reach(backend, _and(hops), tuple(hops), skipped_waypoint=bool(skipped))
 
 
 def _plaintext(ctx: AuditContext, backend: Backend, l4: Request) -> Reach:
