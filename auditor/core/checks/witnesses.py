@@ -1,10 +1,14 @@
 """Concrete callers and requests that exercise every matcher the policies use.
 
 The allow-list promise is about *all* identities; we test it on a finite set of witnesses built
-from the policies' own patterns (each prefix, suffix, namespace and service account gets a
-caller that matches it but is not allowed), the Service accounts of the namespace, outsiders,
-and a plaintext client. For the patterns Istio supports (exact, ``*``, prefix, suffix) this set
-contains a matching non-allowed caller whenever one exists.
+from the policies' own patterns, taken literally as Istio does (each prefix, suffix, namespace and
+service account gets a caller that matches it but is not allowed, plus near misses sharing a
+prefix or a suffix), the Service accounts of the namespaces they name, outsiders, a plaintext
+client, and every sidecar pod and Istio gateway of the snapshot. Each witness is a kind of client
+from the caller model (``mesh.CLIENTS``, semantics §9), which decides its hops. Header witnesses
+are near misses of the required value and every value a condition on that header admits (§8.2).
+For the patterns Istio supports (exact, ``*``, prefix, suffix) these sets contain a matching
+non-allowed value whenever one exists (tests/unit/test_fidelity_properties.py).
 """
 
 from __future__ import annotations
