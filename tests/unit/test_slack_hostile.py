@@ -69,7 +69,9 @@ def _assert_valid(payload: dict[str, Any]) -> None:
     assert len(payload["blocks"]) <= MAX_BLOCKS
     assert len(payload["text"]) <= FALLBACK_LIMIT
     for block in payload["blocks"]:
-        Block.parse(block).validate_json()  # raises SlackObjectFormationError past a limit
+        parsed = Block.parse(block)
+        assert parsed is not None, block
+        parsed.validate_json()  # raises SlackObjectFormationError past a limit
         for field in block.get("fields", []):
             assert len(field["text"]) <= 2000
         assert len(block.get("elements", [])) <= 10
@@ -128,7 +130,7 @@ def test_huge_hostile_input_keeps_every_block_within_slack_limits() -> None:
 
 
 def test_a_digest_of_many_long_targets_is_cut_at_fifty_blocks_with_and_n_more() -> None:
-    transitions = []
+    transitions: list[Transition] = []
     for index in range(2000):
         target = f"ns-{index}/" + "<" * 200
         finding = Finding(INTRUDERS_REFUSED, target, Status.FAIL, "m", method=Method.STATIC)
