@@ -110,7 +110,7 @@ def _check_url(url: str) -> str:
 
 
 def _check_header_name(name: str) -> str:
-    if not _TOKEN.match(name):
+    if not _TOKEN.fullmatch(name):
         raise ValueError(f"header name {name!r} is not an HTTP token")
     return name.lower()
 
@@ -118,7 +118,7 @@ def _check_header_name(name: str) -> str:
 def _check_headers(headers: dict[str, str]) -> dict[str, str]:
     for name, value in headers.items():
         _check_header_name(name)
-        if not _HEADER_VALUE.match(value):
+        if not _HEADER_VALUE.fullmatch(value):
             raise ValueError(f"header {name!r} has a value outside printable ASCII")
     return headers
 
@@ -126,13 +126,13 @@ def _check_headers(headers: dict[str, str]) -> dict[str, str]:
 def _check_header_refs(refs: dict[str, str]) -> dict[str, str]:
     for name, variable in refs.items():
         _check_header_name(name)
-        if not _HEADER_ENV.match(variable):
+        if not _HEADER_ENV.fullmatch(variable):
             raise ValueError(f"header {name!r} refers to {variable!r}, not a {HEADER_ENV_PREFIX}<n> variable")
     return {name.lower(): variable for name, variable in refs.items()}
 
 
 def _check_method(method: str) -> str:
-    if not _METHOD.match(method):
+    if not _METHOD.fullmatch(method):
         raise ValueError(f"method must be an upper-case HTTP token, got {method!r}")
     return method
 
@@ -287,7 +287,7 @@ def with_header_values(plan: ProbePlan, environ: Mapping[str, str]) -> ProbePlan
         headers = dict(request.headers)
         for name, variable in request.header_refs.items():
             value = environ.get(variable, "")
-            if not value or not _HEADER_VALUE.match(value):
+            if not value or not _HEADER_VALUE.fullmatch(value):
                 state = "unset or empty" if not value else "not printable ASCII (a trailing newline?)"
                 raise PlanError(f"requests[{request.id}].header_refs.{name}: {variable} is {state}")
             headers[name] = value
