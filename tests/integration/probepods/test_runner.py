@@ -295,6 +295,7 @@ SECRET_TOKEN = "internal-retail-token"  # what the waypoint stand-in admits (tes
 def _secret_plan(mesh: Mesh) -> RunPlan:
     """The intruder meets the token-checking waypoint: it is admitted only if the Secret's value arrived."""
     service = catalog_rules(control=False)
+    service["probe"] = {"port": 80, "path": "/ok"}  # the app behind the stand-in answers 200 there
     service["requiredHeaders"] = [
         {"name": "x-auth-token", "value": {"secretRef": {"name": "catalog-token", "key": "token"}}}
     ]
