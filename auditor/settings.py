@@ -13,14 +13,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from auditor import __version__
 from auditor.errors import InputError
 
 
-class LoggingSettings(BaseModel):
+class _Group(BaseModel):
+    # An unknown key in a group (``daemon: {rulez: ...}`` in the file, ``AUDITOR_DAEMON__RULEZ``) is
+    # a typo whose setting would silently keep its default: an error naming it instead.
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoggingSettings(_Group):
     """How the auditor logs (always to stderr; stdout carries only reports)."""
 
     level: Literal["debug", "info", "warning", "error"] = Field(
@@ -33,7 +39,7 @@ class LoggingSettings(BaseModel):
     )
 
 
-class ProbeSettings(BaseModel):
+class ProbeSettings(_Group):
     """Active probes (``auditor check --active``): where probe pods run and how long they may take."""
 
     image: str = Field(
@@ -101,7 +107,7 @@ class ProbeSettings(BaseModel):
     )
 
 
-class SlackSettings(BaseModel):
+class SlackSettings(_Group):
     """Where drift alerts go. Tokens are ``SecretStr``: never logged, never rendered."""
 
     mode: Literal["off", "bot", "webhook"] = Field(
@@ -114,7 +120,7 @@ class SlackSettings(BaseModel):
     digest_at: int = Field(default=10, ge=2, description="This many alerts opening at once send one digest first.")
 
 
-class AwsSettings(BaseModel):
+class AwsSettings(_Group):
     """Optional AWS evidence; every part is off until configured. Credentials come from the usual
     AWS chain (IRSA / EKS Pod Identity in-cluster), never from these settings."""
 
@@ -130,7 +136,7 @@ class AwsSettings(BaseModel):
     endpoint_url: str | None = Field(default=None, description="AWS endpoint override; only for tests (moto).")
 
 
-class DaemonSettings(BaseModel):
+class DaemonSettings(_Group):
     """``auditor daemon``: what it audits, how often, and where it keeps its state."""
 
     rules: list[str] = Field(default_factory=lambda: ["/etc/mesh-auditor/rules.yaml"], description="Rules files.")

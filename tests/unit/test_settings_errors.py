@@ -68,3 +68,14 @@ def test_every_bad_field_is_listed_with_its_own_source(tmp_path: Path, monkeypat
     text = caught.value.render()
     assert text.startswith("environment: AUDITOR_LOGGING__FORMAT: ")
     assert f"daemon.rules[0] ({path}): Input should be a valid string" in text
+
+
+def test_a_misspelt_key_in_the_settings_file_is_named_not_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _file(tmp_path, "daemon:\n  rulez: [rules.yaml]\n")
+    monkeypatch.setenv("AUDITOR_CONFIG_FILE", str(path))
+    with pytest.raises(InputError) as caught:
+        load_settings()
+    assert (caught.value.source, caught.value.field) == (str(path), "daemon.rulez")
+    assert "Extra inputs are not permitted" in caught.value.problem
