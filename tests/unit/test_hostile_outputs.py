@@ -27,6 +27,7 @@ from auditor.core.model import Evidence, Finding, Method, Status
 from auditor.errors import InputError
 from auditor.render.escape import visible, xml_text
 from auditor.render.junit import render_junit
+from auditor.render.policyreport import policy_reports
 from auditor.render.text import render_markdown, render_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -228,3 +229,11 @@ def test_visible_leaves_printable_text_alone() -> None:
     assert visible(text) == text
     assert visible("a\nb\tc", multiline=True) == "a\nb\tc"
     assert visible("a\nb\tc") == "a\\nb\\tc"
+
+
+def test_policy_report_messages_show_control_characters() -> None:
+    """`kubectl describe policyreport` prints messages raw: the renderer has made them visible."""
+    finding = Finding(CAPTURED, "default/x", Status.FAIL, "m\x1b[2K\r" + "y" * 600)
+    message = policy_reports([finding], run_id="r", timestamp=0)[0]["results"][0]["message"]
+    assert message.startswith("m\\x1b[2K\\ryyy")
+    assert len(message) == 512
