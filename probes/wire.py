@@ -7,13 +7,15 @@ arrive in the compact form. ``parse_plan`` and ``parse_result`` are the two entr
 raise a ``ValueError`` subclass whose message names the offending field.
 
     plan   {"schema_version": 1, "run_id": str, "marker_header": str?, "concurrency": int?,
-            "requests": [{"id", "url", "method", "headers", "header_refs"?, "timeout_s",
-                          "marker_header"?}]}
+            "requests": [{"id", "url", "method", "headers", "header_refs"?,
+                          "header_ref_suffixes"?, "timeout_s", "marker_header"?}]}
 
 ``header_refs`` maps a header name to the environment variable (``MESH_AUDITOR_HEADER_<n>``) that
 holds its value in the probe pod, set by the kubelet from a Secret (``secretKeyRef``): secret
-values never travel in the plan, which is part of the pod spec. ``with_header_values`` resolves
-them inside the probe program.
+values never travel in the plan, which is part of the pod spec. ``header_ref_suffixes`` appends a
+literal to a referenced value (the near-miss control request: the secret plus a suffix), so a
+value derived from a secret travels as a reference too. ``with_header_values`` resolves both
+inside the probe program.
     result {"schema_version": 1, "run_id": str,
             "results": [{"id", "outcome", "evidence": {status, connect_ms, first_byte_ms,
                          total_ms, headers, body_prefix, error}}]}
@@ -131,6 +133,14 @@ def _check_header_refs(refs: dict[str, str]) -> dict[str, str]:
     return {name.lower(): variable for name, variable in refs.items()}
 
 
+def _check_header_ref_suffixes(suffixes: dict[str, str]) -> dict[str, str]:
+    for name, suffix in suffixes.items():
+        _check_header_name(name)
+        if not suffix or not _HEADER_VALUE.fullmatch(suffix):
+            raise ValueError(f"header {name!r} has an empty suffix or one outside printable ASCII")
+    return {name.lower(): suffix for name, suffix in suffixes.items()}
+
+
 def _check_method(method: str) -> str:
     if not _METHOD.fullmatch(method):
         raise ValueError(f"method must be an upper-case HTTP token, got {method!r}")
@@ -159,12 +169,19 @@ class ProbeRequest(_Plan):
     marker_header: _HeaderName | None = None
     # Header name -> environment variable holding its value (from a Secret, see the module doc).
     header_refs: Annotated[dict[str, str], AfterValidator(_check_header_refs)] = Field(default_factory=dict)
+    # Header name -> literal appended to its referenced value (a near miss of a secret value).
+    header_ref_suffixes: Annotated[dict[str, str], AfterValidator(_check_header_ref_suffixes)] = Field(
+        default_factory=dict
+    )
 
     @model_validator(mode="after")
     def _refs_are_not_headers(self) -> ProbeRequest:
         both = sorted(set(self.headers) & set(self.header_refs))
         if both:
             raise ValueError(f"headers {both} are given both as values and as header_refs")
+        dangling = sorted(set(self.header_ref_suffixes) - set(self.header_refs))
+        if dangling:
+            raise ValueError(f"header_ref_suffixes {dangling} name headers that are not in header_refs")
         return self
 
 
@@ -290,8 +307,8 @@ def with_header_values(plan: ProbePlan, environ: Mapping[str, str]) -> ProbePlan
             if not value or not _HEADER_VALUE.fullmatch(value):
                 state = "unset or empty" if not value else "not printable ASCII (a trailing newline?)"
                 raise PlanError(f"requests[{request.id}].header_refs.{name}: {variable} is {state}")
-            headers[name] = value
-        requests.append(request.model_copy(update={"headers": headers, "header_refs": {}}))
+            headers[name] = value + request.header_ref_suffixes.get(name, "")
+        requests.append(request.model_copy(update={"headers": headers, "header_refs": {}, "header_ref_suffixes": {}}))
     return plan.model_copy(update={"requests": tuple(requests)})
 
 

@@ -74,8 +74,9 @@ def by_reference(batch: ProbeBatch, plan: RunPlan) -> tuple[ProbePlan, list[dict
     ``env`` entries (``valueFrom.secretKeyRef``) the references need.
 
     A header is secret when its rules source is ``secretRef`` or ``fromEnv`` (or has a
-    ``probeSecretRef``). Its real value is the one the plan's ``with-headers`` requests carry;
-    a request carrying another value for it (a deliberate wrong value) keeps that value.
+    ``probeSecretRef``). Its real value is the one the plan's ``with-headers`` requests carry; a
+    request carrying the real value plus a suffix (the near miss) gets the reference and the
+    suffix; a request carrying an unrelated value (a deliberate wrong value) keeps that value.
     ``SecretValueError`` when a secret header has no Secret for probe pods.
     """
     sources = {(t.target, h.name): h.value for t in plan.targets for h in t.required_headers}
@@ -84,10 +85,11 @@ def by_reference(batch: ProbeBatch, plan: RunPlan) -> tuple[ProbePlan, list[dict
     requests = []
     for planned in batch.requests:
         wire = planned.wire
-        headers, refs = dict(wire.headers), dict(wire.header_refs)
+        headers, refs, suffixes = dict(wire.headers), dict(wire.header_refs), dict(wire.header_ref_suffixes)
         for name, value in wire.headers.items():
             source = sources.get((planned.target, name))
-            if source is None or not _secret(source) or real.get((planned.target, name), value) != value:
+            secret_value = real.get((planned.target, name), value)
+            if source is None or not _secret(source) or not value.startswith(secret_value):
                 continue
             secret = source.probe_secret
             if secret is None:
@@ -96,8 +98,12 @@ def by_reference(batch: ProbeBatch, plan: RunPlan) -> tuple[ProbePlan, list[dict
                 )
             variable = env.setdefault((secret.name, secret.key), f"{HEADER_ENV_PREFIX}{len(env)}")
             refs[name] = variable
+            if value != secret_value:
+                suffixes[name] = value.removeprefix(secret_value)
             del headers[name]
-        requests.append(wire.model_copy(update={"headers": headers, "header_refs": refs}))
+        requests.append(
+            wire.model_copy(update={"headers": headers, "header_refs": refs, "header_ref_suffixes": suffixes})
+        )
     wire_plan = batch.wire_plan(plan.run_id, plan.marker_header).model_copy(update={"requests": tuple(requests)})
     return wire_plan, [_secret_env(variable, ProbeSecretRef(name=n, key=k)) for (n, k), variable in env.items()]
 

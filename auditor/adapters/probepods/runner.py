@@ -240,7 +240,10 @@ def _problem(key: str, ref: str, status: Status, reason: str) -> BatchReport:
 
 def _refuse_secret_values(batch: ProbeBatch, plan: RunPlan, manifest: dict[str, Any]) -> None:
     """Last check before a pod spec leaves the auditor: no secret header value anywhere in it."""
-    leaked = secret_values(plan) & spec_strings(manifest)
+    # Containment, not equality: a value derived from a secret (the secret plus a suffix) or a
+    # secret inside a longer string (the plan JSON) leaks it just the same.
+    strings = spec_strings(manifest)
+    leaked = {value for value in secret_values(plan) if any(value in string for string in strings)}
     if leaked:
         raise SecretValueError(f"the spec of batch {batch.key} would hold {len(leaked)} secret header value(s)")
 

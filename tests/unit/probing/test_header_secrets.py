@@ -28,7 +28,8 @@ from auditor.adapters.probepods.podspec import (
     secret_values,
     spec_strings,
 )
-from auditor.core.probeplan import PlanOptions, RunPlan, plan_probes
+from auditor.adapters.probepods.runner import _refuse_secret_values as refuse_secret_values  # the guard itself
+from auditor.core.probeplan import NEAR_MISS_SUFFIX, PlanOptions, RunPlan, plan_probes
 from probes.wire import PlanError, parse_plan, parse_result, with_header_values
 from tests.unit.probing.builders import CATALOG, RUN, TOKEN, catalog_rules, posture, snapshot
 
@@ -198,3 +199,28 @@ def test_the_pod_command_sends_the_header_from_its_secret_environment(tmp_path: 
     assert process.returncode == 0, stderr
     assert f"x-auth-token: {TOKEN}".encode() in request
     assert parse_result(log.read_bytes()).run_id == RUN
+
+
+def test_the_near_miss_of_a_secret_value_travels_as_a_reference_plus_suffix() -> None:
+    """The control's near-miss request (the secret plus a suffix) must not put the secret in the spec:
+    it refers to the same variable and the probe program appends the suffix."""
+    plan = _plan(SECRET_SOURCES["secretRef"])
+    control = next(b for b in plan.batches if b.identity.role.value == "control")
+    wire, _ = by_reference(control, plan)
+    near_miss = next(r for r in wire.requests if ":near-miss:" in r.id)
+    assert near_miss.headers == {}
+    assert near_miss.header_refs == {"x-auth-token": "MESH_AUDITOR_HEADER_0"}
+    assert near_miss.header_ref_suffixes == {"x-auth-token": NEAR_MISS_SUFFIX}
+    assert TOKEN not in wire.model_dump_json()
+    resolved = with_header_values(parse_plan(wire.model_dump_json()), {"MESH_AUDITOR_HEADER_0": TOKEN})
+    sent = {r.id: r.headers for r in resolved.requests}
+    assert sent[near_miss.id] == {"x-auth-token": TOKEN + NEAR_MISS_SUFFIX}
+
+
+def test_the_last_guard_refuses_a_secret_inside_a_longer_spec_string() -> None:
+    """The runner's final check matches by containment: a secret inside a longer string is a leak."""
+    plan = _plan(SECRET_SOURCES["secretRef"])
+    control = next(b for b in plan.batches if b.identity.role.value == "control")
+    pod = {"spec": {"containers": [{"env": [{"name": "X", "value": f"prefix-{TOKEN}-suffix"}]}]}}
+    with pytest.raises(SecretValueError, match="would hold 1 secret header value"):
+        refuse_secret_values(control, plan, pod)
