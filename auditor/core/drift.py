@@ -57,6 +57,12 @@ class AlertState:
     updated_at: float = 0.0
     opens: tuple[float, ...] = ()  # when it opened, within the flap window
     message: str = ""
+    openings: int = 0  # how many times it opened: each opening is its own incident (own thread)
+
+    @property
+    def incident(self) -> str:
+        """The key of the current (or last) incident: ``fingerprint#openings``."""
+        return f"{self.fingerprint}#{self.openings}"
 
     def with_evaluation(
         self, finding: Finding, now: float, policy: DriftPolicy
@@ -93,6 +99,7 @@ class AlertState:
             updated_at=now,
             opens=(*recent, now),
             message=finding.message,
+            openings=self.openings + 1,
         )
         return state, Transition(TransitionKind.OPENED, state, finding)
 
@@ -183,6 +190,7 @@ def _state_dict(state: AlertState) -> dict[str, Any]:
         "updated_at": state.updated_at,
         "opens": list(state.opens),
         "message": state.message,
+        "openings": state.openings,
     }
 
 
@@ -200,4 +208,6 @@ def _state_from(item: Mapping[str, Any]) -> AlertState:
         updated_at=float(item["updated_at"]),
         opens=tuple(float(t) for t in item["opens"]),
         message=str(item["message"]),
+        # Stored before incidents were counted: an open alert is in its first incident.
+        openings=int(item.get("openings", 1 if item["phase"] == Phase.FIRING.value else 0)),
     )

@@ -34,11 +34,11 @@ from auditor.adapters.kubeapi import build_api_client
 from auditor.adapters.probepods.kube import PodApi
 from auditor.adapters.probepods.runner import PodProbeRunner
 from auditor.adapters.rules.loader import load_rules, resolve_header_values
-from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client
+from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client, log_delivery
 from auditor.app import active_audit, plan_options, runner_options
 from auditor.core.drift import DriftPolicy
 from auditor.core.model import Finding, Method
-from auditor.core.outbox import Outbox
+from auditor.core.outbox import Delivery, Entry
 from auditor.core.posture import Posture
 from auditor.core.snapshot import Snapshot
 from auditor.daemon.health import HealthServer
@@ -52,8 +52,8 @@ from auditor.settings import AwsSettings, Settings, SlackSettings
 class _Silent:
     """Slack off: transitions are still tracked and reported, just not sent."""
 
-    def flush(self, outbox: Outbox, save: Any) -> Outbox:
-        return outbox
+    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery:
+        return Delivery("sent", ts="off")
 
 
 def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> int:
@@ -80,6 +80,7 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
             probe_cycle=_probe_cycle(settings, api) if cfg.probes_enabled else None,
             metrics=metrics,
             extra_findings=_auto_mode(settings.aws),
+            log_delivery=log_delivery,
         )
         holder.append(daemon)
         health = HealthServer(cfg.health_host, cfg.health_port, metrics.exposition, daemon.readiness)
@@ -91,7 +92,7 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
             while not stop.wait(cfg.rules_reload_s):
                 _reload_rules(daemon, cfg.rules, current, secrets, log)
         finally:
-            daemon.stop()
+            daemon.stop(grace_s=cfg.shutdown_grace_s)
             health.stop()
     log.info("daemon stopped")
     return 0
@@ -129,7 +130,12 @@ def _config(settings: Settings, identity: str) -> DaemonConfig:
         probe_every_s=cfg.probe_every_s,
         probe_jitter_s=cfg.probe_jitter_s,
         report_cron=cfg.report_cron,
+        lease_duration_s=cfg.lease_duration_s,
+        leader_tick_s=max(0.2, min(5.0, cfg.lease_duration_s / 3)),
         digest_at=settings.slack.digest_at,
+        digest_threads=settings.slack.digest_threads,
+        outbox_max_unsent=settings.slack.outbox_max_unsent,
+        slack_pace_s=settings.slack.pace_s,
         drift=policy,
     )
 

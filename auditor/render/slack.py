@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from auditor.core.drift import Transition, TransitionKind
+from auditor.core.drift import Phase, Transition, TransitionKind
 from auditor.core.model import Evidence
 from auditor.core.outbox import Entry, EntryKind, Outbox
 
@@ -121,34 +121,59 @@ def _evidence_blocks(evidence: Sequence[Evidence]) -> list[Block]:
     return [_mrkdwn("*Evidence*\n" + "\n".join(shown))]
 
 
-def enqueue(outbox: Outbox, transitions: Sequence[Transition], *, digest_at: int = 10) -> Outbox:
-    """Turn transitions into outbox entries: post on open (or one digest when many open at once),
-    update + thread reply on change and resolution, a thread reply when an alert turns degraded."""
+def enqueue(
+    outbox: Outbox,
+    transitions: Sequence[Transition],
+    *,
+    digest_at: int = 10,
+    digest_threads: int | None = None,
+    max_unsent: int | None = None,
+) -> Outbox:
+    """Turn transitions into outbox entries: post on open (or one digest when ``digest_at`` or more
+    open at once, with its own thread for only the first ``digest_threads`` of them: the others
+    are followed up in the digest's thread), update + thread reply on change and resolution, a
+    thread reply when an open alert turns degraded. Each opening is its own incident, with its own
+    message and thread (``AlertState.incident``). ``max_unsent`` bounds the outbox (see
+    ``Outbox.bounded``)."""
     opened = [t for t in transitions if t.kind is TransitionKind.OPENED]
+    threaded = {t.state.incident for t in opened}
     if len(opened) >= digest_at:
-        ids = ",".join(sorted(t.state.fingerprint for t in opened))
-        digest_id = f"digest|{opened[0].state.updated_at}|{hashlib.sha256(ids.encode()).hexdigest()[:12]}"
-        outbox = outbox.with_enqueued(Entry(digest_id, "digest", EntryKind.DIGEST, digest_message(opened)))
+        ids = ",".join(sorted(t.state.incident for t in opened))
+        digest_key = f"digest#{hashlib.sha256(ids.encode()).hexdigest()[:12]}"
+        digest_id = f"{digest_key}|{opened[0].state.updated_at}"
+        outbox = outbox.with_enqueued(
+            Entry(digest_id, digest_key, EntryKind.DIGEST, digest_message(opened)), max_unsent
+        )
+        if digest_threads is not None:
+            threaded = {t.state.incident for t in opened[:digest_threads]}
+            outbox = outbox.with_aliases({t.state.incident: digest_key for t in opened[digest_threads:]})
     for transition in transitions:
-        outbox = _enqueue_one(outbox, transition)
+        if transition.kind is TransitionKind.OPENED and transition.state.incident not in threaded:
+            continue  # announced by the digest only
+        outbox = _enqueue_one(outbox, transition, max_unsent)
     return outbox
 
 
-def _enqueue_one(outbox: Outbox, transition: Transition) -> Outbox:
+def _enqueue_one(outbox: Outbox, transition: Transition, max_unsent: int | None) -> Outbox:
     state = transition.state
-    base = f"{state.fingerprint}|{state.updated_at}"
+    key = outbox.thread_key(state.incident)
+    base = f"{state.incident}|{state.updated_at}"
     if transition.kind is TransitionKind.OPENED:
         # Each alert still gets its own message (its thread), even when a digest announced it.
-        return outbox.with_enqueued(Entry(f"{base}|post", state.fingerprint, EntryKind.POST, alert_message(transition)))
-    if transition.kind is TransitionKind.DEGRADED and state.fingerprint not in _known(outbox):
+        return outbox.with_enqueued(Entry(f"{base}|post", key, EntryKind.POST, alert_message(transition)), max_unsent)
+    if transition.kind is TransitionKind.DEGRADED and (
+        state.phase is not Phase.FIRING or state.incident not in _known(outbox)
+    ):
         return outbox  # nothing open to report on: a degraded check alone is reported, not alerted
-    outbox = outbox.with_enqueued(Entry(f"{base}|reply", state.fingerprint, EntryKind.REPLY, thread_reply(transition)))
-    if transition.kind in {TransitionKind.CHANGED, TransitionKind.RESOLVED}:
+    outbox = outbox.with_enqueued(Entry(f"{base}|reply", key, EntryKind.REPLY, thread_reply(transition)), max_unsent)
+    if transition.kind in {TransitionKind.CHANGED, TransitionKind.RESOLVED} and key == state.incident:
         outbox = outbox.with_enqueued(
-            Entry(f"{base}|update", state.fingerprint, EntryKind.UPDATE, alert_message(transition))
+            Entry(f"{base}|update", key, EntryKind.UPDATE, alert_message(transition)), max_unsent
         )
     return outbox
 
 
 def _known(outbox: Outbox) -> set[str]:
-    return set(outbox.threads) | {e.fingerprint for e in outbox.entries if e.kind is EntryKind.POST}
+    return (
+        set(outbox.threads) | set(outbox.aliases) | {e.fingerprint for e in outbox.entries if e.kind is EntryKind.POST}
+    )

@@ -67,16 +67,20 @@ def test_drift_alerts_once_and_a_restart_does_not_repeat_it() -> None:
     daemon = _daemon(snapshots, state, notifier)
     daemon.leader_tick()
     daemon.static_audit()
+    daemon.drain()
     assert notifier.sent == []
     snapshots.replace(_snapshot("retail-store-drifted"))
     daemon.static_audit()
+    daemon.drain()
     assert len(notifier.sent) == 5  # the five planted drifts, one message each
     restarted = _daemon(snapshots, state, notifier)
     restarted.leader_tick()
     restarted.static_audit()
+    restarted.drain()
     assert len(notifier.sent) == 5
     snapshots.replace(_snapshot("retail-store"))
     restarted.static_audit()
+    restarted.drain()
     resolved = [text for text in notifier.sent if text.startswith("reply: Resolved")]
     assert len(resolved) == 5
 
@@ -87,7 +91,9 @@ def test_a_standby_never_audits_or_alerts() -> None:
     )
     daemon.leader_tick()
     daemon.static_audit()
+    daemon.drain()
     daemon.probe_audit()
+    daemon.drain()
     assert not daemon.leading
 
 
@@ -112,12 +118,16 @@ def test_probe_failures_need_two_cycles_and_inconclusive_never_resolves() -> Non
     )
     daemon.leader_tick()
     daemon.probe_audit()
+    daemon.drain()
     assert notifier.sent == []
     daemon.probe_audit()
+    daemon.drain()
     assert [s.split(":")[0] for s in notifier.sent] == ["post"]
     daemon.probe_audit()  # inconclusive: reported once in the thread, nothing resolved
+    daemon.drain()
     assert not any("Resolved" in s for s in notifier.sent)
     daemon.probe_audit()
+    daemon.drain()
     assert any("Resolved" in s for s in notifier.sent)
 
 
@@ -131,12 +141,14 @@ def test_new_rules_take_effect_at_the_next_audit() -> None:
     daemon = _daemon(snapshots, state, notifier, posture=narrow)
     daemon.leader_tick()
     daemon.static_audit()
+    daemon.drain()
     assert notifier.sent == []  # nothing in scope, nothing alerted
     daemon.replace_posture(RULES, VALUES)
     daemon.static_audit()
+    daemon.drain()
     assert len(notifier.sent) == 5
 
 
 def test_must_not_be_called_names_the_misuse() -> None:
-    with pytest.raises(AssertionError, match=r"slack\.flush must not be used here"):
-        MustNotBeCalled("slack").flush()
+    with pytest.raises(AssertionError, match=r"slack\.deliver must not be used here"):
+        MustNotBeCalled("slack").deliver()

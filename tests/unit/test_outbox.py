@@ -38,6 +38,6 @@ def test_pruning_keeps_unsent_entries_and_threads() -> None:
     for index in range(5):
         outbox = outbox.with_enqueued(_entry(f"e{index}", fingerprint=f"f{index}")).with_sent(f"e{index}", f"{index}.0")
     outbox = outbox.with_enqueued(_entry("pending"))
-    pruned = outbox.pruned(keep_sent=2)
+    pruned = outbox.pruned(keep_done=2)
     assert [e.id for e in pruned.entries] == ["e3", "e4", "pending"]
     assert len(pruned.threads) == 5
