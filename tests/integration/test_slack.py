@@ -6,7 +6,6 @@ crash between sending and saving: every transition arrives once, in order.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 from auditor.adapters.manifests.reader import read_manifests
 from auditor.adapters.rules.loader import load_rules
 from auditor.core.model import Finding, Method, Status
+from auditor.core.outbox import Delivery, EntryKind, EntryState, Outbox
+from auditor.core.ports import CorruptState
 from auditor.core.posture import Posture
 from auditor.core.snapshot import Snapshot
 from auditor.daemon.service import Daemon, DaemonConfig
@@ -152,3 +155,123 @@ def test_new_rules_take_effect_at_the_next_audit() -> None:
 def test_must_not_be_called_names_the_misuse() -> None:
     with pytest.raises(AssertionError, match=r"slack\.deliver must not be used here"):
         MustNotBeCalled("slack").deliver()
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        CorruptState("state.json.gz is not gzip: Not a gzipped file"),
+        {"drift": {"version": 99, "alerts": []}},  # an unknown state version
+        {"drift": [1, 2, 3]},  # a wrong shape
+        {"drift": {"version": 1, "alerts": [{"fingerprint": "x"}]}},  # fields missing
+        {"outbox": {"version": 1, "entries": [{"id": "a", "kind": "telegram"}]}},
+    ],
+)
+def test_a_corrupt_state_is_set_aside_said_loudly_and_every_drift_alerted_again(stored: object) -> None:
+    """Issue #10.3: the leader sets the bad state aside, starts empty, says so (readiness, metric,
+    Slack notice) and the next audit opens an alert for every drift it finds."""
+    snapshots = FakeSnapshots(_snapshot("retail-store-drifted"))
+    state, notifier = MemoryStateStore(raw=stored), RecordingNotifier()
+    daemon = _daemon(snapshots, state, notifier)
+    daemon.leader_tick()
+    assert daemon.leading
+    [(reason, _)] = state.set_aside_as
+    ready, says = daemon.readiness()
+    assert ready
+    assert says.startswith("leader; state was reset at ")
+    assert "the bad copy is in ConfigMap state-corrupt-1" in says
+    assert daemon.metrics.state_resets._value.get() == 1
+    daemon.static_audit()
+    daemon.drain()
+    assert notifier.sent[0].startswith("post: :warning: mesh-auditor lost its alert state")
+    assert reason.split(":")[0] in notifier.sent[0]
+    assert all(s.startswith("post: Drift: ") for s in notifier.sent[1:])
+    assert len(notifier.sent) == 1 + 5  # the notice, then the five planted drifts
+
+
+def test_a_state_that_cannot_be_read_gives_the_lease_up() -> None:
+    """Never hold the Lease while unable to work: a standby may be able to."""
+    elector = FakeElector()
+    state = MemoryStateStore(raw=ConnectionError("API server unreachable"))
+    daemon = Daemon(
+        config=DaemonConfig(identity="test"),
+        snapshots=FakeSnapshots(_snapshot("retail-store")),
+        posture=RULES,
+        header_values=VALUES,
+        elector=elector,
+        state=state,
+        notifier=RecordingNotifier(),
+        clock=Clock(),
+    )
+    daemon.leader_tick()
+    assert not daemon.leading
+    assert elector.released == 1
+    assert daemon.readiness() == (
+        True,
+        "standby; not leading: cannot load the state: ConnectionError: API server unreachable",
+    )
+
+
+def test_a_permanently_refused_update_blocks_no_other_alert() -> None:
+    """Issue #10.2: every update is refused for good; posts and replies still go out, in order."""
+    snapshots, state = FakeSnapshots(_snapshot("retail-store")), MemoryStateStore()
+    notifier = RecordingNotifier(failures={EntryKind.UPDATE: Delivery("drop", error="cant_update_message")})
+    daemon = _daemon(snapshots, state, notifier)
+    daemon.leader_tick()
+    snapshots.replace(_snapshot("retail-store-drifted"))
+    daemon.static_audit()
+    daemon.drain()
+    snapshots.replace(_snapshot("retail-store"))
+    daemon.static_audit()
+    daemon.drain()
+    snapshots.replace(_snapshot("retail-store-drifted"))
+    daemon.static_audit()
+    daemon.drain()
+    kinds = [s.split(":")[0] for s in notifier.sent]
+    assert kinds == ["post"] * 5 + ["reply"] * 5 + ["post"] * 5
+    assert notifier.attempts == 20  # the 5 refused updates were tried once each, then dropped
+    dropped = [e for e in Outbox_from(state).entries if e.state is EntryState.DROPPED]
+    assert {e.error for e in dropped} == {"cant_update_message"}
+
+
+def test_each_opening_is_its_own_incident_with_its_own_thread() -> None:
+    """Issue #18.1: open, resolve, open, resolve: two posts, each resolved in its own thread."""
+    snapshots, state, notifier = FakeSnapshots(_snapshot("retail-store")), MemoryStateStore(), RecordingNotifier()
+    daemon = _daemon(snapshots, state, notifier)
+    daemon.leader_tick()
+    for example in ("retail-store-drifted", "retail-store", "retail-store-drifted", "retail-store"):
+        snapshots.replace(_snapshot(example))
+        daemon.static_audit()
+        daemon.drain()
+    outbox = Outbox_from(state)
+    posts = [e for e in outbox.entries if e.kind is EntryKind.POST]
+    assert len(posts) == 10
+    assert len({outbox.threads[e.fingerprint] for e in posts}) == 10  # ten threads
+    for post in posts:
+        replies = [e for e in outbox.entries if e.kind is EntryKind.REPLY and e.fingerprint == post.fingerprint]
+        assert [e.payload["text"].split(":")[0] for e in replies] == ["Resolved"]
+    assert daemon.metrics.alerts_open._value.get() == 0
+
+
+def test_renewal_never_waits_for_the_evaluation_lock() -> None:
+    """Issue #18.2: a job holding the lock (a slow state write) does not delay the Lease renewal."""
+    elector = FakeElector()
+    daemon = _daemon(FakeSnapshots(_snapshot("retail-store")), MemoryStateStore(), RecordingNotifier())
+    daemon._elector = elector
+    daemon.leader_tick()
+    renewed = threading.Event()
+
+    def renew() -> None:
+        daemon.leader_tick()
+        renewed.set()
+
+    with daemon._lock:
+        worker = threading.Thread(target=renew)
+        worker.start()
+        assert renewed.wait(2.0)
+    worker.join()
+    assert daemon.leading
+
+
+def Outbox_from(state: MemoryStateStore) -> Outbox:  # noqa: N802 - reads like the constructor it wraps
+    return Outbox.from_dict(state.document["outbox"])
