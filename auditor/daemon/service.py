@@ -388,6 +388,14 @@ class Daemon:
     ) -> tuple[tuple[Finding, ...], dict[str, Any]]:
         now = self._clock().timestamp()
         memory.book, transitions = memory.book.evaluate(findings, now, self.config.drift)
+        # Alerts the audit no longer reports at all (target deleted, check gone) are closed with
+        # the reason; for probes only when the target is gone from the static audit too.
+        if kind == "static":
+            memory.book, closed = memory.book.close_unreported(findings, Method.STATIC, now)
+            transitions += closed
+        elif memory.static_findings:
+            memory.book, closed = memory.book.close_unreported(report, Method.PROBE, now, only_gone=True)
+            transitions += closed
         before = {e.id for e in memory.outbox.entries if e.state is EntryState.DROPPED}
         memory.outbox = enqueue(
             memory.outbox,

@@ -23,12 +23,14 @@ _ICON = {
     TransitionKind.CHANGED: ":warning:",
     TransitionKind.RESOLVED: ":white_check_mark:",
     TransitionKind.DEGRADED: ":grey_question:",
+    TransitionKind.CLOSED: ":heavy_minus_sign:",
 }
 _VERB = {
     TransitionKind.OPENED: "Drift",
     TransitionKind.CHANGED: "Still drifting",
     TransitionKind.RESOLVED: "Resolved",
     TransitionKind.DEGRADED: "Cannot verify",
+    TransitionKind.CLOSED: "Closed",
 }
 
 Block = dict[str, Any]
@@ -71,7 +73,7 @@ def alert_message(transition: Transition) -> dict[str, Any]:
         _mrkdwn(f"*{meta.title}*\n{finding.message}"),
     ]
     blocks += _evidence_blocks(finding.evidence)
-    if transition.kind is not TransitionKind.RESOLVED:
+    if transition.kind not in {TransitionKind.RESOLVED, TransitionKind.CLOSED}:
         blocks.append(_mrkdwn(f"*Fix*\n{meta.remediation}"))
         if meta.remediation_yaml:
             blocks.append(_mrkdwn(f"```{meta.remediation_yaml.rstrip()}```"))
@@ -166,11 +168,14 @@ def _enqueue_one(outbox: Outbox, transition: Transition, max_unsent: int | None)
     ):
         return outbox  # nothing open to report on: a degraded check alone is reported, not alerted
     outbox = outbox.with_enqueued(Entry(f"{base}|reply", key, EntryKind.REPLY, thread_reply(transition)), max_unsent)
-    if transition.kind in {TransitionKind.CHANGED, TransitionKind.RESOLVED} and key == state.incident:
+    if transition.kind in _RE_RENDER and key == state.incident:
         outbox = outbox.with_enqueued(
             Entry(f"{base}|update", key, EntryKind.UPDATE, alert_message(transition)), max_unsent
         )
     return outbox
+
+
+_RE_RENDER = frozenset({TransitionKind.CHANGED, TransitionKind.RESOLVED, TransitionKind.CLOSED})
 
 
 def _known(outbox: Outbox) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import threading
@@ -275,3 +276,29 @@ def test_renewal_never_waits_for_the_evaluation_lock() -> None:
 
 def Outbox_from(state: MemoryStateStore) -> Outbox:  # noqa: N802 - reads like the constructor it wraps
     return Outbox.from_dict(state.document["outbox"])
+
+
+def test_alerts_whose_target_is_deleted_are_closed_with_the_reason_in_their_thread() -> None:
+    """Issue #18.4: the drifting Services are deleted: each alert is closed, said so in its thread,
+    and no longer counted as open."""
+    drifted = _snapshot("retail-store-drifted")
+    snapshots, state, notifier = FakeSnapshots(drifted), MemoryStateStore(), RecordingNotifier()
+    daemon = _daemon(snapshots, state, notifier)
+    daemon.leader_tick()
+    daemon.static_audit()
+    daemon.drain()
+    assert daemon.metrics.alerts_open._value.get() == 5
+    targets = {a["target"] for a in state.document["drift"]["alerts"] if a["phase"] == "firing"}
+    gone = dataclasses.replace(
+        drifted, services=tuple(s for s in drifted.services if f"{s.meta.namespace}/{s.meta.name}" not in targets)
+    )
+    snapshots.replace(gone)
+    daemon.static_audit()
+    daemon.drain()
+    replies = [s for s in notifier.sent if s.startswith("reply:")]
+    assert len(replies) == 5
+    assert all(s.startswith("reply: Closed: ") for s in replies)
+    outbox = Outbox_from(state)
+    closing = [e.payload["blocks"][0]["text"]["text"] for e in outbox.entries if e.kind is EntryKind.REPLY]
+    assert all("no longer" in text for text in closing)
+    assert daemon.metrics.alerts_open._value.get() == 0
