@@ -47,6 +47,7 @@ class FakeSnapshots:
 class FakeElector:
     leading: bool = True
     released: int = 0
+    duration_s: float = 15.0
 
     def try_acquire_or_renew(self) -> bool:
         return self.leading

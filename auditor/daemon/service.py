@@ -59,6 +59,10 @@ class WatchedSnapshot(Protocol):
 
 
 class Elector(Protocol):
+    """``duration_s``: the Lease duration; a standby may take over that long after a renewal."""
+
+    @property
+    def duration_s(self) -> float: ...
     def try_acquire_or_renew(self) -> bool: ...
     def release(self) -> None: ...
 
@@ -95,7 +99,6 @@ class DaemonConfig:
     probe_every_s: float = 300.0
     probe_jitter_s: float = 30.0
     leader_tick_s: float = 5.0
-    lease_duration_s: float = 15.0
     report_cron: str = "0 6 * * *"
     digest_at: int = 10
     digest_threads: int = 5
@@ -103,11 +106,6 @@ class DaemonConfig:
     slack_pace_s: float = 1.0
     delivery_tick_s: float = 0.25
     drift: DriftPolicy = field(default_factory=DriftPolicy)
-
-    @property
-    def lease_margin_s(self) -> float:
-        """Stop acting this long before the Lease could lapse (clock skew, a slow last call)."""
-        return min(2.0, self.lease_duration_s * 0.2)
 
 
 @dataclass
@@ -141,6 +139,7 @@ class Daemon:
         extra_findings: Callable[[], tuple[Finding, ...]] = tuple,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         log_delivery: LogDelivery | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.config, self._snapshots, self._posture, self._values = config, snapshots, posture, header_values
         self._elector, self._state, self._notifier, self._sinks = elector, state, notifier, tuple(sinks)
@@ -154,7 +153,9 @@ class Daemon:
         self._load_backoff_until = 0.0
         self._changes = 0  # snapshot changes seen (an audit compares before and after)
         self._send_after = 0.0  # monotonic: pacing and 429 pauses
-        self._stopping = threading.Event()
+        self._stopping = stopping or threading.Event()  # shared with the probe runner: SIGTERM cuts probing
+        self._busy = 0  # jobs running now (stop waits for them, bounded)
+        self._busy_lock = threading.Lock()
         self._note = ""  # what readiness says besides leader/standby (a state reset, a load failure)
         self._scheduler = BackgroundScheduler(
             timezone="UTC",
@@ -172,39 +173,56 @@ class Daemon:
         self._scheduler.add_job(
             self.leader_tick, IntervalTrigger(seconds=cfg.leader_tick_s), id="leader", next_run_time=self._clock()
         )
-        self._scheduler.add_job(self.static_audit, IntervalTrigger(seconds=cfg.full_static_every_s), id="static")
-        self._scheduler.add_job(self.deliver, IntervalTrigger(seconds=cfg.delivery_tick_s), id="deliver")
+        self._scheduler.add_job(
+            self._job(self.static_audit), IntervalTrigger(seconds=cfg.full_static_every_s), id="static"
+        )
+        self._scheduler.add_job(self._job(self.deliver), IntervalTrigger(seconds=cfg.delivery_tick_s), id="deliver")
         if self._probe_cycle is not None:
             trigger = IntervalTrigger(seconds=cfg.probe_every_s, jitter=int(cfg.probe_jitter_s) or None)
-            self._scheduler.add_job(self.probe_audit, trigger, id="probes")
+            self._scheduler.add_job(self._job(self.probe_audit), trigger, id="probes")
         self._scheduler.add_job(
-            self.daily_report, CronTrigger.from_crontab(cfg.report_cron, timezone="UTC"), id="report"
+            self._job(self.daily_report), CronTrigger.from_crontab(cfg.report_cron, timezone="UTC"), id="report"
         )
         self._scheduler.start()
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """Graceful shutdown (SIGTERM): start no new work, let running jobs reach a safe point for
-        up to ``grace_s``, release the Lease (the outbox is persisted after every step already)."""
+    def stop(self, grace_s: float = 10.0) -> bool:
+        """Graceful shutdown (SIGTERM): start no new work; running jobs stop at their next safe
+        point (an audit before evaluating, delivery before the next Slack call, a probe cycle within
+        a few seconds, deleting its pods); wait for them up to ``grace_s``; release the Lease (the
+        outbox is persisted after every step already). False when a job was still running at the
+        end of the grace (a Slack call that does not answer): the caller exits anyway; that entry
+        stays in-flight and the next leader looks it up before sending it."""
         self._stopping.set()
         started = time.monotonic()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+        while self._busy and time.monotonic() - started < grace_s:
+            time.sleep(0.02)
+        clean = not self._busy
         self._snapshots.stop()
-        # Running jobs check ``_stopping`` between steps; wait for them, bounded.
-        while self._lock_busy() and time.monotonic() - started < grace_s:
-            time.sleep(0.05)
         leading = self._holds_lease
         self._memory, self._lease_until, self._holds_lease = None, 0.0, False
         if leading:
             self._elector.release()
         self.metrics.leader.set(0)
-        self._log.info("stopped", seconds=round(time.monotonic() - started, 3), released_lease=leading)
+        self._log.info(
+            "stopped", seconds=round(time.monotonic() - started, 3), released_lease=leading, jobs_cut=not clean
+        )
+        return clean
 
-    def _lock_busy(self) -> bool:
-        if self._lock.acquire(blocking=False):
-            self._lock.release()
-            return False
-        return True
+    def _job(self, job: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            if self._stopping.is_set():
+                return
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                job()
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+
+        return run
 
     @property
     def stopping(self) -> threading.Event:
@@ -218,7 +236,9 @@ class Daemon:
     def _request_audit(self, delay_s: float) -> None:
         run_at = self._clock() + dt.timedelta(seconds=delay_s)
         if self._scheduler.running and not self._stopping.is_set():
-            self._scheduler.add_job(self.static_audit, "date", run_date=run_at, id="static-now", replace_existing=True)
+            self._scheduler.add_job(
+                self._job(self.static_audit), "date", run_date=run_at, id="static-now", replace_existing=True
+            )
 
     def readiness(self) -> tuple[bool, str]:
         problems = self._snapshots.snapshot().problems
@@ -252,7 +272,9 @@ class Daemon:
             return
         self._holds_lease = leading
         if leading:
-            self._lease_until = started + self.config.lease_duration_s - self.config.lease_margin_s
+            # Stop acting a margin before the Lease could lapse (clock skew, a slow last call).
+            duration = self._elector.duration_s
+            self._lease_until = started + duration - min(2.0, duration * 0.2)
             if self._memory is None:
                 self._take_over()
         else:
@@ -284,7 +306,7 @@ class Daemon:
         self._note = f"not leading: {why}"
         self._log.error("releasing the leader lease: unable to work", reason=why)
         self._memory, self._lease_until, self._holds_lease = None, 0.0, False
-        self._load_backoff_until = time.monotonic() + self.config.lease_duration_s
+        self._load_backoff_until = time.monotonic() + self._elector.duration_s
         self._elector.release()
         self.metrics.leader.set(0)
 

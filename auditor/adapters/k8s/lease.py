@@ -44,6 +44,10 @@ class LeaseElector:
         self._duration, self._clock, self._name = duration_s, clock, name
 
     @property
+    def duration_s(self) -> float:
+        return float(self._duration)
+
+    @property
     def _path(self) -> str:
         return f"/apis/coordination.k8s.io/v1/namespaces/{self._namespace}/leases"
 
