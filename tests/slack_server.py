@@ -10,7 +10,9 @@ message metadata, in memory; plus the faults a test can script:
   Slack's error code (``message_not_found``, ``channel_not_found``, ``msg_too_long`` ...);
 - ``lose_answers(method, n)``: the next n calls are carried out, then answered 500 (Slack stored
   the message but the caller never learns it: the exactly-once case);
-- ``delay_s``: every request is answered this much later;
+- ``delay_s``: every request is answered this much later (nothing done before);
+- ``answer_delay_s``: every call is carried out at once, its answer sent this much later (a
+  caller killed meanwhile never learns that Slack has the message);
 - ``rate_limit(method, per_s)``: more calls than that per second answer 429 ``Retry-After: 1``;
 - ``delete(ts)``: someone deleted a message in Slack (updates and replies to it then fail).
 
@@ -43,7 +45,9 @@ class SlackState:
     last_call: dict[str, float] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
     requests: list[str] = field(default_factory=list)
+    rate_limited: int = 0  # calls answered 429 by ``rate_limit``
     delay_s: float = 0.0
+    answer_delay_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ts: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -115,6 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(failure[0], {"ok": False, "error": code}, failure[1])
             return
         if limited:
+            with self.state.lock:
+                self.state.rate_limited += 1
             self._answer(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "1"})
             return
         if error is not None:
@@ -127,6 +133,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer_text(200, "ok")
             return
         answer = self._dispatch(method, body)
+        if self.state.answer_delay_s:
+            time.sleep(self.state.answer_delay_s)
         if lose:
             self._answer(500, {"ok": False, "error": "fatal_error"})
             return

@@ -149,11 +149,43 @@ def enqueue(
         if digest_threads is not None:
             threaded = {t.state.incident for t in opened[:digest_threads]}
             outbox = outbox.with_aliases({t.state.incident: digest_key for t in opened[digest_threads:]})
+    grouped: dict[str, list[Transition]] = {}
     for transition in transitions:
         if transition.kind is TransitionKind.OPENED and transition.state.incident not in threaded:
             continue  # announced by the digest only
+        key = outbox.thread_key(transition.state.incident)
+        if key != transition.state.incident and transition.kind is not TransitionKind.OPENED:
+            grouped.setdefault(key, []).append(transition)  # followed up in its digest's thread
+            continue
         outbox = _enqueue_one(outbox, transition, max_unsent)
+    for key, group in grouped.items():
+        if len(group) == 1:
+            outbox = _enqueue_one(outbox, group[0], max_unsent)
+            continue
+        ids = ",".join(sorted(f"{t.state.incident}|{t.kind.value}" for t in group))
+        entry_id = f"{key}|{group[0].state.updated_at}|followup|{hashlib.sha256(ids.encode()).hexdigest()[:12]}"
+        outbox = outbox.with_enqueued(Entry(entry_id, key, EntryKind.REPLY, digest_followup(group)), max_unsent)
     return outbox
+
+
+def digest_followup(transitions: Sequence[Transition]) -> dict[str, Any]:
+    """One reply in a digest's thread for many of its alerts changing at once (resolved, closed...)."""
+    lines = [
+        f"{_ICON[t.kind]} `{t.finding.target}` {t.finding.property.value}: {_VERB[t.kind]}" for t in transitions
+    ]
+    title = f"{len(transitions)} of these alerts changed"
+    blocks: list[Block] = [_mrkdwn(f"*{title}*")]
+    chunk: list[str] = []
+    for line in lines:
+        if len("\n".join([*chunk, line])) > SECTION_LIMIT:
+            blocks.append(_mrkdwn("\n".join(chunk)))
+            chunk = []
+        chunk.append(line)
+    if chunk:
+        blocks.append(_mrkdwn("\n".join(chunk)))
+    if len(blocks) > 50:
+        blocks = [*blocks[:49], _mrkdwn(f"… and more: {len(transitions)} in all (see the report)")]
+    return {"text": title, "blocks": blocks}
 
 
 def _enqueue_one(outbox: Outbox, transition: Transition, max_unsent: int | None) -> Outbox:
