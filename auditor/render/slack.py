@@ -170,9 +170,7 @@ def enqueue(
 
 def digest_followup(transitions: Sequence[Transition]) -> dict[str, Any]:
     """One reply in a digest's thread for many of its alerts changing at once (resolved, closed...)."""
-    lines = [
-        f"{_ICON[t.kind]} `{t.finding.target}` {t.finding.property.value}: {_VERB[t.kind]}" for t in transitions
-    ]
+    lines = [f"{_ICON[t.kind]} `{t.finding.target}` {t.finding.property.value}: {_VERB[t.kind]}" for t in transitions]
     title = f"{len(transitions)} of these alerts changed"
     blocks: list[Block] = [_mrkdwn(f"*{title}*")]
     chunk: list[str] = []
