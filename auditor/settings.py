@@ -161,6 +161,9 @@ class DaemonSettings(BaseModel):
         default=1, ge=1, description="Consecutive failing static audits to open an alert."
     )
     fails_to_open_probe: int = Field(default=2, ge=1, description="Consecutive failing probe cycles to open an alert.")
+    cannot_audit_after_s: float = Field(
+        default=60.0, gt=0, description="API unreachable or snapshot out of sync this long: one Slack alert."
+    )
     shutdown_grace_s: float = Field(
         default=10.0, gt=0, description="On SIGTERM, seconds running work gets to reach a safe point."
     )

@@ -48,6 +48,7 @@ class FakeElector:
     leading: bool = True
     released: int = 0
     duration_s: float = 15.0
+    last_error: str | None = None
 
     def try_acquire_or_renew(self) -> bool:
         return self.leading

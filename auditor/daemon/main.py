@@ -142,6 +142,7 @@ def _config(settings: Settings, identity: str) -> DaemonConfig:
         digest_threads=settings.slack.digest_threads,
         outbox_max_unsent=settings.slack.outbox_max_unsent,
         slack_pace_s=settings.slack.pace_s,
+        cannot_audit_after_s=cfg.cannot_audit_after_s,
         drift=policy,
     )
 

@@ -59,10 +59,13 @@ class WatchedSnapshot(Protocol):
 
 
 class Elector(Protocol):
-    """``duration_s``: the Lease duration; a standby may take over that long after a renewal."""
+    """``duration_s``: the Lease duration; a standby may take over that long after a renewal.
+    ``last_error``: why the last step could not reach the API (None when it could)."""
 
     @property
     def duration_s(self) -> float: ...
+    @property
+    def last_error(self) -> str | None: ...
     def try_acquire_or_renew(self) -> bool: ...
     def release(self) -> None: ...
 
@@ -105,6 +108,7 @@ class DaemonConfig:
     outbox_max_unsent: int = 1000
     slack_pace_s: float = 1.0
     delivery_tick_s: float = 0.25
+    cannot_audit_after_s: float = 60.0
     drift: DriftPolicy = field(default_factory=DriftPolicy)
 
 
@@ -157,6 +161,13 @@ class Daemon:
         self._busy = 0  # jobs running now (stop waits for them, bounded)
         self._busy_lock = threading.Lock()
         self._note = ""  # what readiness says besides leader/standby (a state reset, a load failure)
+        # The operational "cannot audit" alert: sent by the last leader (nobody can take over
+        # while the API is unreachable), outside the outbox (its ConfigMap is unreachable too).
+        self._last_leader = False
+        self._trouble_since: float | None = None
+        self._troubles: dict[str, str] = {}  # source (lease, snapshot) -> what is wrong
+        self._ops_ts: str | None = None
+        self._ops_recovered_after: float | None = None
         self._scheduler = BackgroundScheduler(
             timezone="UTC",
             executors={"default": ThreadPoolExecutor(6)},
@@ -271,6 +282,7 @@ class Daemon:
         if self._stopping.is_set():
             return
         self._holds_lease = leading
+        self._note_trouble("lease", self._elector.last_error)
         if leading:
             # Stop acting a margin before the Lease could lapse (clock skew, a slow last call).
             duration = self._elector.duration_s
@@ -279,9 +291,11 @@ class Daemon:
                 self._take_over()
         else:
             self._lease_until = 0.0
+            if self._elector.last_error is None:
+                self._last_leader = False  # someone else holds the Lease: theirs to say
             if self._memory is not None:
                 self._memory = None
-                self._log.warning("lost the leader lease; standing by")
+                self._log.warning("lost the leader lease; standing by", error=self._elector.last_error)
         self.metrics.leader.set(1 if leading and self._memory is not None else 0)
 
     def _take_over(self) -> None:
@@ -296,6 +310,7 @@ class Daemon:
                 self._give_up_lease(f"cannot load the state: {type(error).__name__}: {error}")
                 return
             self._memory = memory
+            self._last_leader = True
         finally:
             self._lock.release()
         self._log.info("became leader")
@@ -315,6 +330,12 @@ class Daemon:
             return
         started = time.monotonic()
         snapshot = self._snapshots.snapshot()
+        self._note_trouble(
+            "snapshot",
+            f"snapshot not in sync: {snapshot.problems[0].resource}: {snapshot.problems[0].message}"
+            if snapshot.problems
+            else None,
+        )
         if snapshot.problems:
             # Never audit from a snapshot that is not in sync: it would "find" what is merely unread.
             self.metrics.cycles_skipped.labels("static-not-in-sync").inc()
@@ -360,10 +381,58 @@ class Daemon:
             return
         self._publish(memory.last_findings, self._run_info("daily-report"))
 
+    def _note_trouble(self, source: str, trouble: str | None) -> None:
+        if trouble is not None:
+            if not self._troubles:
+                self._trouble_since = time.monotonic()
+                self._log.error("cannot audit", reason=trouble)
+            self._troubles[source] = trouble
+            return
+        if self._troubles.pop(source, None) is None or self._troubles or self._trouble_since is None:
+            return
+        self._log.info("auditing again", after_s=round(time.monotonic() - self._trouble_since, 1))
+        if self._ops_ts is not None:
+            self._ops_recovered_after = time.monotonic() - self._trouble_since
+        self._trouble_since = None
+
+    def _operational_alert(self) -> bool:
+        """Send the "cannot audit" alert once the trouble lasted ``cannot_audit_after_s`` (and its
+        recovery in its thread); True when a Slack call was made."""
+        if self._ops_recovered_after is not None and self._ops_ts is not None:
+            text = (
+                ":white_check_mark: mesh-auditor is auditing again "
+                f"(it could not for {self._ops_recovered_after:.0f} s)."
+            )
+            entry = Entry(
+                f"ops|cannot-audit|{self._ops_ts}|resolved", "ops|cannot-audit", EntryKind.REPLY, _plain(text)
+            )
+            delivery = self._notifier.deliver(entry, {"ops|cannot-audit": self._ops_ts})
+            if delivery.action in {"sent", "drop"}:
+                self._ops_ts, self._ops_recovered_after = None, None
+            return True
+        since = self._trouble_since
+        if since is None or self._ops_ts is not None or not self._last_leader:
+            return False
+        if time.monotonic() - since < self.config.cannot_audit_after_s:
+            return False
+        text = (
+            f":rotating_light: mesh-auditor cannot audit (for {time.monotonic() - since:.0f} s): "
+            f"{_escape('; '.join(self._troubles.values())[:500])}. Drift is not being detected until this clears."
+        )
+        entry = Entry(f"ops|cannot-audit|{since}", "ops|cannot-audit", EntryKind.POST, _plain(text))
+        delivery = self._notifier.deliver(entry, {})
+        self.metrics.slack_delivery("post", delivery.action, delivery.error)
+        if delivery.action == "sent":
+            self._ops_ts = delivery.ts
+        return True
+
     def deliver(self) -> bool:
         """Send the next due outbox entry, if pacing allows; True when one was attempted."""
         if self._stopping.is_set() or time.monotonic() < self._send_after:
             return False
+        if self._operational_alert():
+            self._send_after = time.monotonic() + self.config.slack_pace_s
+            return True
         with self._lock:
             memory = self._memory
             if memory is None or not self._may_act():
@@ -521,6 +590,10 @@ def _corrupt(error: Exception) -> bool:
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _plain(text: str) -> dict[str, Any]:
+    return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
 
 
 def _state_reset_notice(reason: str, aside: str, now: dt.datetime) -> Entry:

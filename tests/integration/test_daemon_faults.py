@@ -13,6 +13,7 @@ Figures are printed as ``FIGURE`` lines (the closing note's numbers).
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import json
 import threading
@@ -124,7 +125,7 @@ def test_an_alert_that_opens_twice_has_two_incidents_each_resolved_in_its_own_th
         _eventually(lambda: daemon.leading and daemon.metrics.last_success.labels("static")._value.get() > 0)
         for round_ in (1, 2):
             retail.apply_text(PERMISSIVE_ORDERS)
-            _eventually(lambda expected=round_: len(state.top_level()) == expected)
+            _eventually(functools.partial(_top_level_count, state, round_))
             assert daemon.metrics.alerts_open._value.get() == 1
             retail.kubectl("delete", "peerauthentication", "orders-debug", "--namespace=default")
             _eventually(lambda: len(state.replies(state.top_level()[-1]["ts"])) == 1)
@@ -161,6 +162,10 @@ def test_two_replicas_through_429s_never_both_lead_and_post_once(
         assert overlap.longest == 0.0
         assert state.transcript() == [(ORDERS_DRIFT, [])]
         retail.kubectl("delete", "peerauthentication", "orders-debug", "--namespace=default")
+
+
+def _top_level_count(state: SlackState, expected: int) -> bool:
+    return len(state.top_level()) == expected
 
 
 class _Overlap:

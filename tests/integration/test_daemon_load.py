@@ -33,6 +33,7 @@ RESOLVED = f"Resolved: {CAPTURED.property.value} on ns-{{:03d}}/svc"
 class CountingElector:
     renewals: int = 0
     duration_s: float = 15.0
+    last_error: str | None = None
 
     def try_acquire_or_renew(self) -> bool:
         self.renewals += 1

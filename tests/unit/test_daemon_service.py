@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import io
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from auditor.core.model import Finding, Method, Status
 from auditor.core.outbox import Delivery, EntryKind, EntryState, Outbox
 from auditor.core.ports import CorruptState
 from auditor.core.posture import Posture
-from auditor.core.snapshot import Snapshot
+from auditor.core.snapshot import ReadProblem, Snapshot
 from auditor.daemon.service import Daemon, DaemonConfig
 from auditor.testing import (
     FakeElector,
@@ -302,3 +303,127 @@ def test_alerts_whose_target_is_deleted_are_closed_with_the_reason_in_their_thre
     closing = [e.payload["blocks"][0]["text"]["text"] for e in outbox.entries if e.kind is EntryKind.REPLY]
     assert all("no longer" in text for text in closing)
     assert daemon.metrics.alerts_open._value.get() == 0
+
+
+def _ops_daemon(snapshots: FakeSnapshots, elector: FakeElector, notifier: RecordingNotifier) -> Daemon:
+    return Daemon(
+        config=DaemonConfig(identity="test", cannot_audit_after_s=0.0, slack_pace_s=0.0),
+        snapshots=snapshots,
+        posture=RULES,
+        header_values=VALUES,
+        elector=elector,
+        state=MemoryStateStore(),
+        notifier=notifier,
+        clock=Clock(),
+    )
+
+
+def test_an_api_outage_sends_one_cannot_audit_alert_and_its_recovery_in_its_thread() -> None:
+    """Issue #18.8: the leader loses the API (the Lease cannot be renewed): after the threshold one
+    operational alert, once; when the API is back, its recovery in the same thread."""
+    elector, notifier = FakeElector(), RecordingNotifier()
+    daemon = _ops_daemon(FakeSnapshots(_snapshot("retail-store")), elector, notifier)
+    daemon.leader_tick()
+    assert daemon.leading
+    elector.leading, elector.last_error = False, "the Lease cannot be read or written: connection refused"
+    for _ in range(3):
+        daemon.leader_tick()
+        daemon.drain()
+    assert [s.split(" (")[0] for s in notifier.sent] == ["post: :rotating_light: mesh-auditor cannot audit"]
+    assert "connection refused" in notifier.sent[0]
+    elector.leading, elector.last_error = True, None
+    daemon.leader_tick()
+    daemon.drain()
+    daemon.drain()
+    assert [s.split(" (")[0] for s in notifier.sent] == [
+        "post: :rotating_light: mesh-auditor cannot audit",
+        "reply: :white_check_mark: mesh-auditor is auditing again",
+    ]
+
+
+def test_no_audit_runs_from_a_snapshot_that_is_not_in_sync() -> None:
+    problem = ReadProblem("PeerAuthentication", "security.istio.io/v1 peerauthentications", "not in sync: 503")
+    drifted = _snapshot("retail-store-drifted")
+    snapshots = FakeSnapshots(dataclasses.replace(drifted, problems=(problem,)))
+    notifier = RecordingNotifier()
+    daemon = _ops_daemon(snapshots, FakeElector(), notifier)
+    daemon.leader_tick()
+    daemon.static_audit()
+    assert daemon.metrics.cycles_skipped.labels("static-not-in-sync")._value.get() == 1
+    daemon.drain()
+    assert [s.split(" (")[0] for s in notifier.sent] == ["post: :rotating_light: mesh-auditor cannot audit"]
+    snapshots.replace(drifted)
+    daemon.static_audit()
+    daemon.drain()
+    assert notifier.sent[1].startswith("reply: :white_check_mark: mesh-auditor is auditing again")
+    assert len([s for s in notifier.sent if s.startswith("post: Drift")]) == 5
+
+
+def test_no_cannot_verify_note_goes_to_a_resolved_alert() -> None:
+    """Issue #18.8: an ERROR after the alert resolved is not posted into its closed thread."""
+    snapshots, state, notifier = FakeSnapshots(_snapshot("retail-store")), MemoryStateStore(), RecordingNotifier()
+    outcomes = iter([Status.FAIL, Status.FAIL, Status.PASS, Status.ERROR, Status.FAIL, Status.FAIL, Status.ERROR])
+
+    def cycle(snapshot: Snapshot, posture: Posture, values: object, static: tuple[Finding, ...]) -> tuple[Finding, ...]:
+        meta = next(f.check for f in static if f.check.id == "strict-mtls.peer-authentication")
+        return (Finding(meta, "default/orders", next(outcomes), "probe", method=Method.PROBE),)
+
+    daemon = Daemon(
+        config=DaemonConfig(identity="test"),
+        snapshots=snapshots,
+        posture=RULES,
+        header_values=VALUES,
+        elector=FakeElector(),
+        state=state,
+        notifier=notifier,
+        probe_cycle=cycle,
+        clock=Clock(),
+    )
+    daemon.leader_tick()
+    for _ in range(7):
+        daemon.probe_audit()
+        daemon.drain()
+    assert [s.split(" on ")[0] for s in notifier.sent] == [
+        "post: Drift: strict-mtls",
+        "reply: Resolved: strict-mtls",
+        "update: Resolved: strict-mtls",
+        "post: Drift: strict-mtls",  # the second incident: its own message
+        "reply: Cannot verify: strict-mtls",  # into the open second incident's thread only
+    ]
+    outbox = Outbox_from(state)
+    [note] = [e for e in outbox.entries if e.payload.get("text", "").startswith("Cannot verify")]
+    assert note.fingerprint.endswith("#2")
+
+
+def test_a_change_during_an_audit_gets_its_own_audit_right_after() -> None:
+    """Issue #18.6: an edit made while an audit runs is audited right after it, not at the next full audit."""
+    snapshots, state, notifier = FakeSnapshots(_snapshot("retail-store")), MemoryStateStore(), RecordingNotifier()
+    audits: list[int] = []
+
+    def during_audit() -> tuple[Finding, ...]:
+        audits.append(len(audits))
+        if len(audits) == 1:
+            snapshots.current = _snapshot("retail-store-drifted")
+            daemon.snapshot_changed()  # the watcher saw an edit while this audit ran
+        return ()
+
+    daemon = Daemon(
+        config=DaemonConfig(identity="test", static_debounce_s=60.0, leader_tick_s=60.0, delivery_tick_s=0.05),
+        snapshots=snapshots,
+        posture=RULES,
+        header_values=VALUES,
+        elector=FakeElector(),
+        state=state,
+        notifier=notifier,
+        extra_findings=during_audit,
+    )
+    snapshots.on_change = daemon.snapshot_changed
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(notifier.sent) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        daemon.stop()
+    assert len(audits) >= 2  # the debounce is 60 s: only "audit again right after" explains it
+    assert len([s for s in notifier.sent if s.startswith("post: Drift")]) == 5
