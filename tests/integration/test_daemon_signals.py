@@ -1,0 +1,158 @@
+"""``auditor daemon`` as a process under SIGTERM (issue #18.5) and its log stream (#18.9).
+
+In each situation (idle, a Slack backlog, a Slack call that does not answer) SIGTERM makes the
+process exit 0 well inside the grace period, release the Lease, and send nothing afterwards; a
+message cut short is sent exactly once by the next leader. Every line the process logs is one
+JSON object. Exit times are printed as FIGURE lines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from auditor.devtools.controlplane import KubeAPI
+from tests.cases import ROOT
+from tests.integration.test_daemon import PERMISSIVE_ORDERS, _eventually, retail, slack
+from tests.integration.test_daemon_faults import PERMISSIVE_CHECKOUT
+from tests.slack_server import SlackState
+
+pytestmark = pytest.mark.kube
+__all__ = ["retail", "slack"]  # fixtures used by name
+GRACE_S = 3.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def daemon_process(
+    kube: KubeAPI, namespace: str, identity: str, slack_base: str, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], httpx.Client, Path]]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "AUDITOR_LOGGING__FORMAT": "json",
+        "AUDITOR_LOGGING__LEVEL": "info",
+        "AUDITOR_DAEMON__RULES": json.dumps([str(ROOT / "rules" / "retail-store.yaml")]),
+        "AUDITOR_DAEMON__NAMESPACE": namespace,
+        "AUDITOR_DAEMON__IDENTITY": identity,
+        "AUDITOR_DAEMON__KUBECONFIG": str(kube.kubeconfig),
+        "AUDITOR_DAEMON__HEALTH_PORT": str(port),
+        "AUDITOR_DAEMON__HEALTH_HOST": "127.0.0.1",
+        "AUDITOR_DAEMON__REPORTS_DIR": str(tmp_path / f"reports-{identity}"),
+        "AUDITOR_DAEMON__POLICY_REPORTS": "false",
+        "AUDITOR_DAEMON__LEASE_DURATION_S": "3",
+        "AUDITOR_DAEMON__STATIC_DEBOUNCE_S": "0.2",
+        "AUDITOR_DAEMON__SHUTDOWN_GRACE_S": str(GRACE_S),
+        "AUDITOR_SLACK__MODE": "bot",
+        "AUDITOR_SLACK__BOT_TOKEN": "xoxb-test",
+        "AUDITOR_SLACK__CHANNEL": "C0MESH",
+        "AUDITOR_SLACK__BASE_URL": slack_base + "api/",
+        "AUDITOR_SLACK__PACE_S": "0.1",
+    }
+    log_path = tmp_path / f"{identity}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "auditor", "daemon"], env=env, stdout=log, stderr=log)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=2) as http:
+                yield process, http, log_path
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _leading(http: httpx.Client) -> bool:
+    try:
+        return "mesh_auditor_leader 1.0" in http.get("/metrics").text
+    except httpx.TransportError:
+        return False
+
+
+def _audited(http: httpx.Client) -> bool:
+    try:
+        text = http.get("/metrics").text
+    except httpx.TransportError:
+        return False
+    return 'mesh_auditor_last_success_timestamp_seconds{kind="static"}' in text
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> float:
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    return time.monotonic() - started
+
+
+def _lease_released(kube: KubeAPI, namespace: str) -> bool:
+    lease = json.loads(kube.kubectl("get", "lease", "mesh-auditor-leader", f"--namespace={namespace}", "-o", "json"))
+    renewed = dt.datetime.fromisoformat(lease["spec"]["renewTime"].replace("Z", "+00:00"))
+    return renewed < dt.datetime.now(dt.UTC) - dt.timedelta(seconds=lease["spec"]["leaseDurationSeconds"])
+
+
+def _json_lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_sigterm_exits_well_inside_the_grace_period_in_every_situation(
+    retail: KubeAPI, kube_namespace: str, slack: tuple[str, SlackState], tmp_path: Path
+) -> None:
+    base, state = slack
+    figures: dict[str, float] = {}
+    # 1. idle leader
+    with daemon_process(retail, kube_namespace, "idle", base, tmp_path) as (process, http, log):
+        _eventually(lambda: _leading(http) and _audited(http), timeout=30)
+        figures["idle"] = _terminate(process)
+    assert _lease_released(retail, kube_namespace)
+    assert all(isinstance(record, dict) for record in _json_lines(log))  # #18.9: every line is JSON
+    # 2. a Slack backlog: every call takes 1 s; SIGTERM while the first of two posts is under way
+    state.delay_s = 1.0
+    with daemon_process(retail, kube_namespace, "backlog", base, tmp_path) as (process, http, log):
+        _eventually(lambda: _leading(http) and _audited(http), timeout=30)
+        retail.apply_text(PERMISSIVE_ORDERS)
+        retail.apply_text(PERMISSIVE_CHECKOUT)
+        _eventually(lambda: "chat.postMessage" in state.requests, timeout=10)
+        figures["Slack backlog"] = _terminate(process)
+        calls = len(state.requests)
+    time.sleep(2.5)
+    assert len(state.requests) == calls  # nothing sent after the exit
+    assert _lease_released(retail, kube_namespace)
+    # 3. a Slack call that never answers in time (60 s): cut at the grace period
+    state.delay_s = 60.0
+    retail.kubectl("delete", "peerauthentication", "checkout-debug", "--namespace=default")
+    before = len(state.requests)
+    with daemon_process(retail, kube_namespace, "stuck", base, tmp_path) as (process, http, log):
+        _eventually(lambda: len(state.requests) > before, timeout=30)  # a Slack call is under way
+        time.sleep(0.5)
+        figures["Slack call hanging"] = _terminate(process)
+    assert _lease_released(retail, kube_namespace)
+    for situation, seconds in figures.items():
+        print(f"\nFIGURE exit after SIGTERM ({situation}, grace {GRACE_S:g} s): {seconds:.2f} s")
+        assert seconds < GRACE_S + 3
+    # the next leader delivers what was cut short, each message once
+    state.delay_s = 0.0
+    with daemon_process(retail, kube_namespace, "next", base, tmp_path) as (process, http, log):
+        _eventually(lambda: _leading(http) and _audited(http), timeout=30)
+        time.sleep(3.0)
+        _terminate(process)
+    texts = [m["text"] for m in state.top_level()]
+    assert sorted(texts) == sorted(set(texts))  # no message twice
+    retail.kubectl("delete", "peerauthentication", "orders-debug", "--namespace=default", "--ignore-not-found")
