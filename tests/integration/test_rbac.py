@@ -6,10 +6,9 @@ so authentication, RBAC and the probe-guard admission policy all run as in a clu
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
-
-import copy
 import time
 from collections.abc import Iterator
 from pathlib import Path
