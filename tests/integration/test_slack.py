@@ -248,3 +248,22 @@ def test_slack_error_codes_are_classified(slack: tuple[str, SlackState], code: s
     else:
         assert entry.state is EntryState.DROPPED
         assert state.top_level() == []
+
+
+def test_a_slow_answer_is_looked_up_not_posted_twice(slack: tuple[str, SlackState]) -> None:
+    """Issue #18.3: Slack stores the message but answers after the client's timeout: the retry
+    finds it by its outbox id and adopts it."""
+    base, state = slack
+    state.answer_delay_s = 2.0
+    clock = FakeTime()
+    notifier = SlackNotifier(build_web_client("xoxb-test-token", base_url=base + "api/", timeout=1), CHANNEL)
+    _, opened = _evaluate(DriftBook(), Status.FAIL, 0.0)
+    outbox = notifier.flush(enqueue(Outbox(), opened), lambda _: None, now=clock)
+    [entry] = outbox.entries
+    assert (entry.state, entry.error) == (EntryState.IN_FLIGHT, "timeout")
+    state.answer_delay_s = 0.0
+    clock.now += 5
+    outbox = notifier.flush(outbox, lambda _: None, now=clock)
+    assert outbox.next_unsent() is None
+    assert state.transcript() == [("Drift: strict-mtls on default/orders", [])]
+    assert state.requests == ["chat.postMessage", "conversations.history"]
