@@ -288,7 +288,10 @@ class Daemon:
             duration = self._elector.duration_s
             self._lease_until = started + duration - min(2.0, duration * 0.2)
             if self._memory is None:
-                self._take_over()
+                if self._scheduler.running:  # loading the state is API work: not on the renewal's thread
+                    self._scheduler.add_job(self._job(self._take_over), id="takeover", replace_existing=True)
+                else:
+                    self._take_over()
         else:
             self._lease_until = 0.0
             if self._elector.last_error is None:
@@ -304,6 +307,7 @@ class Daemon:
         try:
             if self._memory is not None or not self._may_act():
                 return
+            self._note = ""
             try:
                 memory = self._load()
             except Exception as error:  # noqa: BLE001 - any failure to load means "cannot work": give the Lease up
