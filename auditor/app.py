@@ -66,6 +66,8 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # APScheduler logs every job run at INFO ("Running job ..."): its warnings and errors matter.
+    logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
     logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger -> JSON
     uncaught = structlog.get_logger("auditor.uncaught")
 

@@ -103,10 +103,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, path: str, raw: str, content_type: str) -> None:
         method = "webhook" if path.startswith("/webhook") else path.rsplit("/", 1)[-1]
+        with self.state.lock:
+            self.state.requests.append(method)
         if self.state.delay_s:
             time.sleep(self.state.delay_s)
         with self.state.lock:
-            self.state.requests.append(method)
             failure = self.state.outage.pop(0) if self.state.outage else None
             limited = self._limited(method)
             scripted = self.state.errors.get(method, [])

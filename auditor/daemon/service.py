@@ -210,7 +210,7 @@ class Daemon:
         while self._busy and time.monotonic() - started < grace_s:
             time.sleep(0.02)
         clean = not self._busy
-        self._snapshots.stop()
+        self._snapshots.stop(timeout=0.2)  # daemon threads blocked in a watch read: no need to wait
         leading = self._holds_lease
         self._memory, self._lease_until, self._holds_lease = None, 0.0, False
         if leading:
