@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from slack_sdk.webhook import WebhookClient
+from structlog.testing import capture_logs
 
 from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client
 from auditor.core.checks.catalog import CAPTURED, PEER_AUTHENTICATION
@@ -168,9 +169,7 @@ def _orders(book: DriftBook, status: Status, now: float, message: str) -> tuple[
     return _evaluate(book, status, now, message)
 
 
-def test_deleted_alert_message_is_posted_afresh_and_blocks_nothing(
-    slack: tuple[str, SlackState], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_deleted_alert_message_is_posted_afresh_and_blocks_nothing(slack: tuple[str, SlackState]) -> None:
     """Issue #10.2: someone deleted the alert in Slack; chat.update answers message_not_found.
     The update is posted as a fresh alert message (it anchors the thread from then on), the log
     names Slack's error code, and another alert opened meanwhile is delivered, once."""
@@ -183,7 +182,8 @@ def test_deleted_alert_message_is_posted_afresh_and_blocks_nothing(
     book, changed = _evaluate(book, Status.FAIL, 60.0, "port 8080 and 9090 accept plaintext")
     other = Finding(CAPTURED, "payments/api", Status.FAIL, "not captured")
     _, other_opened = DriftBook().evaluate([other], now=60.0, policy=DriftPolicy())
-    outbox = notifier.flush(enqueue(outbox, (*changed, *other_opened)), lambda _: None, now=clock)
+    with capture_logs() as logs:
+        outbox = notifier.flush(enqueue(outbox, (*changed, *other_opened)), lambda _: None, now=clock)
     assert outbox.next_unsent() is None
     # the reply found no thread: it became a fresh top-level message, which the update then
     # re-rendered as the full alert; the other alert went out unhindered
@@ -195,7 +195,9 @@ def test_deleted_alert_message_is_posted_afresh_and_blocks_nothing(
     assert state.update_texts(fresh["ts"]) == ["Still drifting: strict-mtls on default/orders"]
     assert [b["type"] for b in state.updates[-1]["blocks"]][:2] == ["header", "section"]
     assert outbox.threads["strict-mtls.peer-authentication|default/orders#1"] == fresh["ts"]
-    assert "slack_error=thread_not_found" in capsys.readouterr().out
+    assert [(e["event"], e["slack_error"]) for e in logs if e.get("slack_error")] == [
+        ("slack message to update or reply to is gone; posting a fresh one", "thread_not_found")
+    ]  # the log names Slack's error code
 
 
 def test_a_reply_whose_answer_was_lost_is_found_in_its_thread_not_repeated(slack: tuple[str, SlackState]) -> None:
