@@ -248,3 +248,24 @@ def test_delivery_retries_on_its_own_timer(
         assert took < 15
         assert state.transcript() == [(ORDERS_DRIFT, [])]
         retail.kubectl("delete", "peerauthentication", "orders-debug", "--namespace=default")
+
+
+def test_an_alert_whose_service_is_deleted_is_closed_in_its_thread(
+    retail: KubeAPI, kube_namespace: str, slack: tuple[str, SlackState], tmp_path: Path
+) -> None:
+    """#18.4: the drifting Service is deleted: its alert is closed with the reason, in its thread,
+    re-rendered as closed, and no longer counted as open."""
+    base, state = slack
+    with running_daemon(retail, kube_namespace, "replica-a", base, tmp_path / "reports") as daemon:
+        _eventually(lambda: daemon.leading and daemon.metrics.last_success.labels("static")._value.get() > 0)
+        retail.apply_text(PERMISSIVE_ORDERS)
+        _eventually(lambda: len(state.top_level()) == 1)
+        retail.kubectl("delete", "service", "orders", "--namespace=default")
+        _eventually(lambda: len(state.replies(state.top_level()[0]["ts"])) == 1)
+        time.sleep(1.0)
+        closing = state.replies(state.top_level()[0]["ts"])[0]["blocks"][0]["text"]["text"]
+        assert "default/orders no longer exists (its Service or namespace was deleted)" in closing
+        assert state.transcript() == [(ORDERS_DRIFT, ["Closed: strict-mtls on default/orders"])]
+        assert state.update_texts(state.top_level()[0]["ts"]) == ["Closed: strict-mtls on default/orders"]
+        assert daemon.metrics.alerts_open._value.get() == 0
+        retail.kubectl("delete", "peerauthentication", "orders-debug", "--namespace=default")
