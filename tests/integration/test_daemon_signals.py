@@ -127,7 +127,7 @@ def test_sigterm_exits_well_inside_the_grace_period_in_every_situation(
     state.delay_s = 1.0
     retail.apply_text(PERMISSIVE_ORDERS)
     retail.apply_text(PERMISSIVE_CHECKOUT)
-    with daemon_process(retail, kube_namespace, "backlog", base, tmp_path) as (process, http, log):
+    with daemon_process(retail, kube_namespace, "backlog", base, tmp_path) as (process, http, _log):
         _eventually(lambda: "chat.postMessage" in state.requests, timeout=30)
         figures["Slack backlog"] = _terminate(process)
         calls = len(state.requests)
@@ -137,7 +137,7 @@ def test_sigterm_exits_well_inside_the_grace_period_in_every_situation(
     # 3. a Slack call whose answer takes 60 s (Slack has the message): cut at the grace period
     state.delay_s, state.answer_delay_s = 0.0, 60.0
     before = len(state.requests)
-    with daemon_process(retail, kube_namespace, "stuck", base, tmp_path) as (process, http, log):
+    with daemon_process(retail, kube_namespace, "stuck", base, tmp_path) as (process, http, _log):
         _eventually(lambda: len(state.requests) > before, timeout=30)  # a Slack call is under way
         time.sleep(0.5)
         figures["Slack call hanging"] = _terminate(process)
@@ -147,7 +147,7 @@ def test_sigterm_exits_well_inside_the_grace_period_in_every_situation(
         assert seconds < GRACE_S + 3
     # the next leader delivers what was cut short, each message once
     state.answer_delay_s = 0.0
-    with daemon_process(retail, kube_namespace, "next", base, tmp_path) as (process, http, log):
+    with daemon_process(retail, kube_namespace, "next", base, tmp_path) as (process, http, _log):
         _eventually(lambda: len(state.top_level()) == 2, timeout=30)
         time.sleep(2.0)
         _terminate(process)
@@ -155,5 +155,36 @@ def test_sigterm_exits_well_inside_the_grace_period_in_every_situation(
         "Drift: strict-mtls on default/checkout",
         "Drift: strict-mtls on default/orders",
     ]
+    for path in tmp_path.glob("*.log"):  # #18.9: every line of every process's log is one JSON object
+        assert all(isinstance(record, dict) for record in _json_lines(path)), path
     for name in ("orders-debug", "checkout-debug"):
         retail.kubectl("delete", "peerauthentication", name, "--namespace=default", "--ignore-not-found")
+
+
+def test_kill_9_right_after_slack_stored_a_reply_does_not_repeat_it(
+    retail: KubeAPI, kube_namespace: str, slack: tuple[str, SlackState], tmp_path: Path
+) -> None:
+    """#18.3 as reported: SIGKILL while Slack's answer to the Resolved reply is on its way; the next
+    replica takes over when the Lease expires, finds the reply in conversations.replies, adopts it."""
+    base, state = slack
+    with daemon_process(retail, kube_namespace, "killed", base, tmp_path) as (process, http, _log):
+        _eventually(lambda: _leading(http) and _audited(http), timeout=30)
+        retail.apply_text(PERMISSIVE_ORDERS)
+        _eventually(lambda: len(state.top_level()) == 1, timeout=20)
+        state.answer_delay_s = 30.0
+        retail.kubectl("delete", "peerauthentication", "orders-debug", "--namespace=default")
+        _eventually(lambda: len(state.replies(state.top_level()[0]["ts"])) == 1, timeout=20)
+        process.kill()
+        process.wait()
+        killed = time.monotonic()
+    state.answer_delay_s = 0.0
+    with daemon_process(retail, kube_namespace, "next", base, tmp_path) as (process, http, _log):
+        _eventually(lambda: _leading(http), timeout=30)
+        print(
+            f"\nFIGURE takeover after kill -9 (Lease 3 s, new process start included): {time.monotonic() - killed:.2f} s"
+        )
+        _eventually(lambda: len(state.updates) == 1, timeout=20)  # the update that follows the reply
+        time.sleep(2.0)
+        _terminate(process)
+    assert state.transcript() == [("Drift: strict-mtls on default/orders", ["Resolved: strict-mtls on default/orders"])]
+    assert "conversations.replies" in state.requests
