@@ -18,6 +18,7 @@ import gzip
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,14 @@ PERMISSIVE_CHECKOUT = PERMISSIVE_ORDERS.replace("orders-debug", "checkout-debug"
 ORDERS_DRIFT = "Drift: strict-mtls on default/orders"
 ORDERS_RESOLVED = "Resolved: strict-mtls on default/orders"
 CHECKOUT_DRIFT = "Drift: strict-mtls on default/checkout"
+
+
+@pytest.fixture(autouse=True)
+def _no_debug_policies_left(kube_api: KubeAPI) -> Iterator[None]:
+    """The drifts these tests apply live in ``default``: a failing test must not leave them to the next."""
+    yield
+    for name in ("orders-debug", "checkout-debug"):
+        kube_api.kubectl("delete", "peerauthentication", name, "--namespace=default", "--ignore-not-found")
 
 
 def _gz(data: bytes) -> bytes:

@@ -34,6 +34,14 @@ __all__ = ["retail", "slack"]  # fixtures used by name
 GRACE_S = 3.0
 
 
+@pytest.fixture(autouse=True)
+def _no_debug_policies_left(kube_api: KubeAPI) -> Iterator[None]:
+    """The drifts these tests apply live in ``default``: a failing test must not leave them to the next."""
+    yield
+    for name in ("orders-debug", "checkout-debug"):
+        kube_api.kubectl("delete", "peerauthentication", name, "--namespace=default", "--ignore-not-found")
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -148,6 +156,7 @@ def test_sigterm_exits_well_inside_the_grace_period_in_every_situation(
     # the next leader delivers what was cut short, each message once
     state.answer_delay_s = 0.0
     with daemon_process(retail, kube_namespace, "next", base, tmp_path) as (process, http, _log):
+        _eventually(lambda: _leading(http) and _audited(http), timeout=30)  # signal handlers are in place
         _eventually(lambda: len(state.top_level()) == 2, timeout=30)
         time.sleep(2.0)
         _terminate(process)
