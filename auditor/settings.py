@@ -119,6 +119,15 @@ class SlackSettings(_Group):
     webhook_url: SecretStr | None = Field(default=None, description="Incoming-webhook URL for webhook mode.")
     base_url: str | None = Field(default=None, description="Slack API base URL; only for tests and proxies.")
     digest_at: int = Field(default=10, ge=2, description="This many alerts opening at once send one digest first.")
+    digest_threads: int = Field(
+        default=5, ge=0, description="Of a digest's alerts, only the first N get their own message and thread."
+    )
+    pace_s: float = Field(
+        default=1.0, ge=0, description="Seconds between Slack calls (Slack allows about 1 message/s per channel)."
+    )
+    outbox_max_unsent: int = Field(
+        default=1000, ge=10, description="Unsent Slack messages kept; beyond it the oldest updates, then replies, drop."
+    )
 
 
 class AwsSettings(_Group):
@@ -160,6 +169,12 @@ class DaemonSettings(_Group):
         default=1, ge=1, description="Consecutive failing static audits to open an alert."
     )
     fails_to_open_probe: int = Field(default=2, ge=1, description="Consecutive failing probe cycles to open an alert.")
+    cannot_audit_after_s: float = Field(
+        default=60.0, gt=0, description="API unreachable or snapshot out of sync this long: one Slack alert."
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0, gt=0, description="On SIGTERM, seconds running work gets to reach a safe point."
+    )
     rules_reload_s: float = Field(
         default=60.0, gt=0, description="Re-read rules this often; bad rules keep the last good ones."
     )

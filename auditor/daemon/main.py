@@ -34,11 +34,11 @@ from auditor.adapters.kubeapi import build_api_client
 from auditor.adapters.probepods.kube import PodApi
 from auditor.adapters.probepods.runner import PodProbeRunner
 from auditor.adapters.rules.loader import load_rules, resolve_header_values
-from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client
+from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client, log_delivery
 from auditor.app import active_audit, plan_options, runner_options
 from auditor.core.drift import DriftPolicy
 from auditor.core.model import Finding, Method
-from auditor.core.outbox import Outbox
+from auditor.core.outbox import Delivery, Entry
 from auditor.core.posture import Posture
 from auditor.core.snapshot import Snapshot
 from auditor.daemon.health import HealthServer
@@ -52,13 +52,14 @@ from auditor.settings import AwsSettings, Settings, SlackSettings
 class _Silent:
     """Slack off: transitions are still tracked and reported, just not sent."""
 
-    def flush(self, outbox: Outbox, save: Any) -> Outbox:
-        return outbox
+    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery:
+        return Delivery("sent", ts="off")
 
 
 def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> int:
     log = structlog.get_logger("auditor.daemon")
     cfg = settings.daemon
+    own_signals = stop is None
     stop = stop or _stop_on_signals()
     posture = load_rules(cfg.rules)
     with closing(build_api_client(cfg.kubeconfig, cfg.context)) as api:
@@ -66,6 +67,7 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
         values = resolve_header_values(posture, os.environ, secrets.secret_value)
         metrics = DaemonMetrics()
         holder: list[Daemon] = []
+        halt = threading.Event()  # set by Daemon.stop: probe cycles stop and delete their pods
         watcher = SnapshotWatcher(api, on_change=lambda: holder[0].snapshot_changed() if holder else None)
         identity = cfg.identity or socket.gethostname()
         daemon = Daemon(
@@ -77,9 +79,11 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
             state=ConfigMapStateStore(api, cfg.namespace),
             notifier=_notifier(settings.slack),
             sinks=_sinks(settings, api, metrics_alerts=lambda: int(metrics.alerts_open._value.get())),
-            probe_cycle=_probe_cycle(settings, api) if cfg.probes_enabled else None,
+            probe_cycle=_probe_cycle(settings, api, halt) if cfg.probes_enabled else None,
             metrics=metrics,
             extra_findings=_auto_mode(settings.aws),
+            log_delivery=log_delivery,
+            stopping=halt,
         )
         holder.append(daemon)
         health = HealthServer(cfg.health_host, cfg.health_port, metrics.exposition, daemon.readiness)
@@ -91,9 +95,13 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
             while not stop.wait(cfg.rules_reload_s):
                 _reload_rules(daemon, cfg.rules, current, secrets, log)
         finally:
-            daemon.stop()
+            clean = daemon.stop(grace_s=cfg.shutdown_grace_s)
             health.stop()
-    log.info("daemon stopped")
+    log.info("daemon stopped", clean=clean)
+    if not clean and own_signals:
+        # A job is stuck in a call past the grace period (its state is saved, the Lease released):
+        # exit now rather than wait for its thread and be killed by the kubelet.
+        os._exit(0)
     return 0
 
 
@@ -129,7 +137,12 @@ def _config(settings: Settings, identity: str) -> DaemonConfig:
         probe_every_s=cfg.probe_every_s,
         probe_jitter_s=cfg.probe_jitter_s,
         report_cron=cfg.report_cron,
+        leader_tick_s=max(0.2, min(5.0, cfg.lease_duration_s / 3)),
         digest_at=settings.slack.digest_at,
+        digest_threads=settings.slack.digest_threads,
+        outbox_max_unsent=settings.slack.outbox_max_unsent,
+        slack_pace_s=settings.slack.pace_s,
+        cannot_audit_after_s=cfg.cannot_audit_after_s,
         drift=policy,
     )
 
@@ -206,8 +219,8 @@ def _auto_mode(aws: AwsSettings) -> Any:
     return finding
 
 
-def _probe_cycle(settings: Settings, api: Any) -> ProbeCycle:
-    runner = PodProbeRunner(PodApi(api), runner_options(settings.probes))
+def _probe_cycle(settings: Settings, api: Any, halt: threading.Event) -> ProbeCycle:
+    runner = PodProbeRunner(PodApi(api), runner_options(settings.probes), stop=halt)
     options = plan_options(settings.probes)
 
     def cycle(

@@ -27,7 +27,7 @@ from auditor.adapters.k8s.policyreports import PolicyReportWriter
 from auditor.adapters.k8s.state import ConfigMapStateStore
 from auditor.adapters.k8s.watcher import SnapshotWatcher, WatchTiming
 from auditor.adapters.rules.loader import load_rules
-from auditor.adapters.slack.notifier import SlackNotifier, build_web_client
+from auditor.adapters.slack.notifier import SlackNotifier, build_web_client, log_delivery
 from auditor.daemon.service import Daemon, DaemonConfig, ReportSink
 from auditor.daemon.sinks import AwsSink, DirectorySink, PolicyReportSink
 from auditor.devtools.controlplane import KubeAPI
@@ -79,6 +79,7 @@ def running_daemon(
     reports: Path,
     lease_s: int = 2,
     extra_sinks: Callable[[Any], list[ReportSink]] = lambda _api: [],
+    **config: Any,
 ) -> Iterator[Daemon]:
     posture = load_rules([str(RULES)])
     values = {("default/catalog", "x-auth-token"): "internal-retail-token"}
@@ -88,7 +89,14 @@ def running_daemon(
             api, timing=WatchTiming(resync=60), on_change=lambda: holder[0].snapshot_changed() if holder else None
         )
         daemon = Daemon(
-            config=DaemonConfig(identity=identity, static_debounce_s=0.3, leader_tick_s=0.5, full_static_every_s=30),
+            config=DaemonConfig(
+                identity=identity,
+                static_debounce_s=0.3,
+                leader_tick_s=0.5,
+                full_static_every_s=30,
+                slack_pace_s=config.pop("slack_pace_s", 0.05),
+                **config,
+            ),
             snapshots=watcher,
             posture=posture,
             header_values=values,
@@ -96,6 +104,7 @@ def running_daemon(
             state=ConfigMapStateStore(api, namespace),
             notifier=SlackNotifier(build_web_client("xoxb-test", base_url=slack_base + "api/"), "C0MESH"),
             sinks=[DirectorySink(reports), *extra_sinks(api)],
+            log_delivery=log_delivery,
         )
         holder.append(daemon)
         daemon.start()

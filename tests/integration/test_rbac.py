@@ -7,6 +7,8 @@ so authentication, RBAC and the probe-guard admission policy all run as in a clu
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,6 +305,11 @@ def test_auditor_keeps_state_and_elects_a_leader_in_its_own_namespace_only(
         store.save({"drift": {"version": 1, "alerts": []}})
         assert ConfigMapStateStore(api, "mesh-auditor").load() == {"drift": {"version": 1, "alerts": []}}
         assert LeaseElector(api, "mesh-auditor", "replica-a").try_acquire_or_renew() is True
+        aside = store.set_aside("a test of setting the state aside", dt.datetime.now(dt.UTC))
+    assert aside.startswith("mesh-auditor-state-corrupt-")
+    events = json.loads(kube_api.kubectl("get", "events", "--namespace=mesh-auditor", "-o", "json"))["items"]
+    assert "StateReset" in {e["reason"] for e in events}
+    kube_api.kubectl("delete", "configmap", aside, "--namespace=mesh-auditor")
     assert _can_i(kube_api, "update", "configmaps", namespace="kube-system") is False
     assert _can_i(kube_api, "get", "configmaps", namespace="default") is False
     assert _can_i(kube_api, "update", "leases", group="coordination.k8s.io", namespace="kube-system") is False
