@@ -6,7 +6,7 @@ are clipped and evidence is summarised to a count; the full evidence lives in th
 INCONCLUSIVE maps to ``warn`` (the API has no "could not prove"), ERROR to ``error``.
 
 The fields follow the Policy WG's CRD (sigs.k8s.io/wg-policy-prototypes, policy-report/crd/v1alpha2,
-the version pinned in tools/policyreport-crd): each result names its promise as ``category``, and
+the version pinned in tools/test-crds): each result names its promise as ``category``, and
 ``severity`` is one of the CRD's ``high``/``medium``/``low`` (a critical check is ``high`` there,
 with ``properties.severity: critical``, since the released CRD has no ``critical``). Every report
 carries the label ``app.kubernetes.io/managed-by: mesh-auditor`` and the name ``mesh-auditor``:

@@ -32,8 +32,8 @@ from auditor.daemon.service import Daemon, DaemonConfig, ReportSink
 from auditor.daemon.sinks import AwsSink, DirectorySink, PolicyReportSink
 from auditor.devtools.controlplane import KubeAPI
 from tests.cases import ROOT, Case, materialize
+from tests.crd_modules import policyreport_crds
 from tests.integration.live import AppliedCase
-from tests.policyreport_crd import policyreport_crds
 from tests.slack_server import SlackState, slack_server
 
 pytestmark = pytest.mark.kube

@@ -1,6 +1,6 @@
 """PolicyReports against the Policy WG's real CRD, written as the auditor's ServiceAccount.
 
-The CRDs come from the Go module sigs.k8s.io/wg-policy-prototypes (tests/policyreport_crd.py);
+The CRDs come from the Go module sigs.k8s.io/wg-policy-prototypes (tests/crd_modules.py);
 reports are applied with strict field validation, so a field the CRD does not define fails here.
 """
 
@@ -23,7 +23,7 @@ from auditor.core.model import Finding, Status
 from auditor.devtools.controlplane import KubeAPI
 from auditor.render.policyreport import CATEGORY, policy_reports
 from tests.cases import ROOT
-from tests.policyreport_crd import policyreport_crds
+from tests.crd_modules import policyreport_crds
 
 pytestmark = pytest.mark.kube
 DEPLOY = ROOT / "deploy"
