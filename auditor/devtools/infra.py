@@ -10,7 +10,7 @@ It is developer tooling: the auditor never imports it.
 Commands (``scripts/infra CMD`` or ``python3 -m auditor.devtools.infra CMD``):
 
 * ``build``: build ``tofu`` and every pinned provider (a warm call returns at once; each build runs
-  under ``nice -n 19`` and its wall time is kept in ``build-seconds.json`` beside the binary).
+  under ``nice -n 19`` and its wall time is kept in a ``build-seconds.json`` of the cache).
 * ``validate``: build what is missing, then ``tofu fmt -check -recursive`` over ``infra/`` and
   ``tofu init`` + ``tofu validate`` on a copy of every configuration whose providers were built.
   Configurations that need a provider which cannot be built (see ``UNBUILDABLE``) are named on
@@ -58,7 +58,9 @@ UNBUILDABLE = {
     ),
 }
 # Bump when the build recipe changes so that cached binaries are rebuilt.
-BUILD_RECIPE = "1"
+BUILD_RECIPE = "2"
+# OpenTofu's release build (.goreleaser.yaml) marks the binary as a release, not "-dev".
+TOFU_LDFLAGS = "-X github.com/opentofu/opentofu/version.dev=no"
 
 
 class InfraError(Exception):
@@ -146,7 +148,7 @@ def _build_lock() -> Iterator[None]:
         yield
 
 
-def _go_build(module_dir: Path, package: str, output: Path) -> float:
+def _go_build(module_dir: Path, package: str, output: Path, record: Path, ldflags: str = "") -> float:
     """``go build`` one package of a pinned wrapper module under ``nice -n 19``; returns seconds."""
     go = shutil.which("go")
     if go is None:
@@ -154,7 +156,19 @@ def _go_build(module_dir: Path, package: str, output: Path) -> float:
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
     env = dict(os.environ, GOFLAGS="-mod=mod", CGO_ENABLED="0")
-    command = ["nice", "-n", "19", go, "build", "-trimpath", "-ldflags=-s -w", "-o", str(partial), package]
+    # As the projects' release builds do: static (CGO_ENABLED=0), stripped, no local paths.
+    command = [
+        "nice",
+        "-n",
+        "19",
+        go,
+        "build",
+        "-trimpath",
+        f"-ldflags=-s -w {ldflags}".strip(),
+        "-o",
+        str(partial),
+        package,
+    ]
     _log(f"building {package} in {module_dir.relative_to(REPO_ROOT)} (this can take many minutes)")
     started = time.monotonic()
     result = subprocess.run(command, cwd=module_dir, env=env, capture_output=True, text=True, check=False)
@@ -162,15 +176,15 @@ def _go_build(module_dir: Path, package: str, output: Path) -> float:
     if result.returncode != 0:
         raise InfraError(f"go build {package} failed after {seconds:.0f} s:\n{result.stderr[-4000:]}")
     partial.replace(output)  # atomic: a half-written binary is never taken for a built one
-    _record_seconds(output, seconds)
+    _record_seconds(record, output.name, seconds)
     _log(f"built {output} in {seconds:.0f} s")
     return seconds
 
 
-def _record_seconds(binary: Path, seconds: float) -> None:
-    record = binary.parent / "build-seconds.json"
+def _record_seconds(record: Path, name: str, seconds: float) -> None:
+    # Beside the binaries, not among them: a provider's platform directory must hold the provider only.
     known = json.loads(record.read_text(encoding="utf-8")) if record.exists() else {}
-    known[binary.name] = round(seconds, 1)
+    known[name] = round(seconds, 1)
     record.write_text(json.dumps(known, indent=2, sort_keys=True), encoding="utf-8")
 
 
@@ -179,12 +193,12 @@ def build() -> tuple[Path, Path]:
     with _build_lock():
         tofu = tofu_binary()
         if not tofu.exists():
-            _go_build(TOFU_MODULE_DIR, TOFU_PACKAGE, tofu)
+            _go_build(TOFU_MODULE_DIR, TOFU_PACKAGE, tofu, tofu.parent.parent / "build-seconds.json", TOFU_LDFLAGS)
         mirror = provider_mirror()
         for provider in pinned_providers():
             binary = provider.binary(mirror)
             if not binary.exists():
-                _go_build(PROVIDERS_DIR / provider.type, provider.module, binary)
+                _go_build(PROVIDERS_DIR / provider.type, provider.module, binary, mirror / "build-seconds.json")
     return tofu, mirror
 
 
