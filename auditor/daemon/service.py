@@ -179,6 +179,12 @@ class Daemon:
             if leading and self._memory is None:
                 self._memory = self._load()
                 self._log.info("became leader")
+                for sink in self._sinks:
+                    # Sinks that cache what they wrote (Security Hub's first-seen times) reload it:
+                    # another replica may have written since this one last led.
+                    became_leader = getattr(sink, "became_leader", None)
+                    if callable(became_leader):
+                        became_leader()
                 self.snapshot_changed()
             elif not leading and self._memory is not None:
                 self._memory = None

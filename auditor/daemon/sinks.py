@@ -78,6 +78,11 @@ class AwsSink:
     ) -> None:
         self._archive, self._hub, self._metrics, self._alerts_open = archive, hub, metrics, alerts_open
 
+    def became_leader(self) -> None:
+        """Security Hub's sink reloads first-seen times another leader may have written."""
+        if self._hub is not None:
+            self._hub.forget()
+
     def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None:
         at = dt.datetime.fromisoformat(str(run["at"]))
         if self._archive is not None:

@@ -357,3 +357,19 @@ def test_eks_api_error_is_an_error_finding_naming_the_action() -> None:
         finding = auto_mode_finding(eks, "ambient")
     assert finding.status is Status.ERROR
     assert "eks:DescribeCluster" in finding.message
+
+
+def test_a_replica_that_leads_again_learns_the_findings_another_leader_created(moto_endpoint: str) -> None:
+    hub = _client("securityhub", moto_endpoint)
+    sent = _recording(hub)
+    options = HubOptions(account_id=ACCOUNT, region=REGION, cluster="handover")
+    failing = Finding(CAPTURED, "default/cart", Status.FAIL, "opts out")
+    replica_a, replica_b = AwsSink(hub=SecurityHubSink(hub, options)), AwsSink(hub=SecurityHubSink(hub, options))
+    replica_a.publish([], {"at": NOW.isoformat()})  # A leads first and learns there is nothing yet
+    replica_b.publish([failing], {"at": (NOW + dt.timedelta(hours=1)).isoformat()})  # B leads, creates it
+    replica_a.became_leader()
+    replica_a.publish([failing], {"at": (NOW + dt.timedelta(hours=2)).isoformat()})
+    created, updated = sent[-2][0], sent[-1][0]
+    assert "Workflow" in created
+    assert set(updated) == UPDATE_FIELDS  # not a second creation
+    assert updated["CreatedAt"] == created["CreatedAt"] == "2026-11-26T13:00:00.000Z"

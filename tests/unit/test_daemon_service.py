@@ -140,3 +140,33 @@ def test_new_rules_take_effect_at_the_next_audit() -> None:
 def test_must_not_be_called_names_the_misuse() -> None:
     with pytest.raises(AssertionError, match=r"slack\.flush must not be used here"):
         MustNotBeCalled("slack").flush()
+
+
+def test_becoming_leader_tells_the_sinks_that_cache_what_a_leader_wrote() -> None:
+    class CachingSink(RecordingSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reloads = 0
+
+        def became_leader(self) -> None:
+            self.reloads += 1
+
+    sink, elector = CachingSink(), FakeElector(leading=True)
+    daemon = Daemon(
+        config=DaemonConfig(identity="test"),
+        snapshots=FakeSnapshots(_snapshot("retail-store")),
+        posture=RULES,
+        header_values=VALUES,
+        elector=elector,
+        state=MemoryStateStore(),
+        notifier=RecordingNotifier(),
+        sinks=[sink],
+        clock=Clock(),
+    )
+    daemon.leader_tick()
+    daemon.leader_tick()  # still leading: nothing to reload
+    elector.leading = False
+    daemon.leader_tick()
+    elector.leading = True
+    daemon.leader_tick()  # leading again: another replica may have written meanwhile
+    assert sink.reloads == 2

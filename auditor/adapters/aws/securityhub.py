@@ -11,7 +11,8 @@ the same finding. The rules of ``BatchImportFindings`` for a provider (Security 
   top-level ``Severity``/``Types`` are sent only at creation.
 * ``CreatedAt`` (and ``FirstObservedAt``) keep the time the finding was first seen, across
   restarts and leader changes: the sink loads its cluster's findings with ``GetFindings`` on its
-  first publish, again once a day, and after ``forget()``.
+  first publish, again once a day, and after ``forget()`` (the daemon calls it when its replica
+  becomes leader).
 * A check that passes again resolves its finding: ``Compliance.Status: PASSED`` and
   ``RecordState: ARCHIVED``. A pass that was never reported as failing is not imported at all.
   Findings that could not be proven are ``WARNING``/``NOT_AVAILABLE``, never ``PASSED``.
