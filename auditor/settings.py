@@ -134,12 +134,22 @@ class AwsSettings(_Group):
     """Optional AWS evidence; every part is off until configured. Credentials come from the usual
     AWS chain (IRSA / EKS Pod Identity in-cluster), never from these settings."""
 
-    region: str | None = Field(default=None, description="AWS region of the cluster and the sinks.")
-    cluster_name: str | None = Field(default=None, description="EKS cluster name (for describe_cluster and ids).")
-    account_id: str | None = Field(default=None, description="Account id for Security Hub's ProductArn.")
+    region: str | None = Field(
+        default=None, description="AWS region of the cluster and the sinks (named in every evidence record)."
+    )
+    cluster_name: str | None = Field(
+        default=None, description="EKS cluster name (describe_cluster, finding ids, every evidence record)."
+    )
+    account_id: str | None = Field(
+        default=None,
+        description="Account id (Security Hub's ProductArn, every evidence record); S3 and Security Hub need it.",
+    )
     s3_bucket: str | None = Field(default=None, description="Report archive bucket; unset = no archive.")
-    s3_prefix: str = Field(default="mesh-auditor/reports", description="Key prefix of archived reports.")
-    s3_retention_days: int = Field(default=365, ge=1, description="Object Lock retention, when the bucket has it.")
+    s3_prefix: str = Field(
+        default="mesh-auditor/reports",
+        description="Key prefix of archived reports: <prefix>/<account>/<region>/<cluster>/YYYY/MM/DD/<run>.json.",
+    )
+    s3_retention_days: int = Field(default=365, ge=1, description="Object Lock retention of each record, in days.")
     security_hub: bool = Field(default=False, description="Import findings into Security Hub (ASFF).")
     cloudwatch: bool = Field(default=False, description="Put cycle metrics to CloudWatch (namespace MeshAuditor).")
     verify_auto_mode: bool = Field(default=False, description="Report whether the cluster is EKS Auto Mode.")

@@ -26,6 +26,7 @@ from auditor.adapters.aws.eks import auto_mode_finding
 from auditor.adapters.aws.metrics import CloudWatchMetrics
 from auditor.adapters.aws.securityhub import HubOptions, SecurityHubSink
 from auditor.adapters.k8s.lease import LeaseElector
+from auditor.adapters.k8s.nodepools import read_node_pools
 from auditor.adapters.k8s.policyreports import PolicyReportWriter
 from auditor.adapters.k8s.secrets import ClusterSecretReader
 from auditor.adapters.k8s.state import ConfigMapStateStore
@@ -81,7 +82,7 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
             sinks=_sinks(settings, api, metrics_alerts=lambda: int(metrics.alerts_open._value.get())),
             probe_cycle=_probe_cycle(settings, api, halt) if cfg.probes_enabled else None,
             metrics=metrics,
-            extra_findings=_auto_mode(settings.aws),
+            extra_findings=_auto_mode(settings.aws, api),
             log_delivery=log_delivery,
             stopping=halt,
         )
@@ -187,33 +188,45 @@ def _aws_client(aws: AwsSettings, service: str) -> Any:
 
 def _aws_sink(aws: AwsSettings, alerts_open: Any) -> AwsSink:
     archive = hub = cloudwatch = None
+    if (aws.s3_bucket or aws.security_hub) and not (aws.account_id and aws.region and aws.cluster_name):
+        # Every evidence record names its cluster, account and region, so a fleet can share one
+        # bucket and one Security Hub aggregator (docs/aws.md).
+        raise InputError(
+            "settings",
+            "the S3 archive and Security Hub need account id, region and cluster name",
+            field="AUDITOR_AWS__ACCOUNT_ID / REGION / CLUSTER_NAME",
+            fix="set them (infra/ does), or unset AUDITOR_AWS__S3_BUCKET and AUDITOR_AWS__SECURITY_HUB=false",
+        )
     if aws.s3_bucket:
         archive = S3Archive(
             _aws_client(aws, "s3"),
-            ArchiveOptions(bucket=aws.s3_bucket, prefix=aws.s3_prefix, retention_days=aws.s3_retention_days),
+            ArchiveOptions(
+                bucket=aws.s3_bucket,
+                cluster=aws.cluster_name or "",
+                account_id=aws.account_id or "",
+                region=aws.region or "",
+                prefix=aws.s3_prefix,
+                retention_days=aws.s3_retention_days,
+            ),
         )
     if aws.security_hub:
-        if not (aws.account_id and aws.region and aws.cluster_name):
-            raise InputError(
-                "settings",
-                "Security Hub needs account id, region and cluster name",
-                field="AUDITOR_AWS__ACCOUNT_ID / REGION / CLUSTER_NAME",
-                fix="set them, or AUDITOR_AWS__SECURITY_HUB=false",
-            )
-        hub = SecurityHubSink(_aws_client(aws, "securityhub"), HubOptions(aws.account_id, aws.region, aws.cluster_name))
+        hub = SecurityHubSink(
+            _aws_client(aws, "securityhub"), HubOptions(aws.account_id or "", aws.region or "", aws.cluster_name or "")
+        )
     if aws.cloudwatch:
         cloudwatch = CloudWatchMetrics(_aws_client(aws, "cloudwatch"), aws.cluster_name or "cluster")
     return AwsSink(archive=archive, hub=hub, metrics=cloudwatch, alerts_open=alerts_open)
 
 
-def _auto_mode(aws: AwsSettings) -> Any:
+def _auto_mode(aws: AwsSettings, api: Any) -> Any:
     if not (aws.verify_auto_mode and aws.cluster_name):
         return tuple
     cache: dict[str, tuple[Finding, ...]] = {}
 
     def finding() -> tuple[Finding, ...]:
         if "auto" not in cache:  # once per process: the cluster's mode does not change under us
-            cache["auto"] = (auto_mode_finding(_aws_client(aws, "eks"), aws.cluster_name or ""),)
+            eks = _aws_client(aws, "eks")
+            cache["auto"] = (auto_mode_finding(eks, aws.cluster_name or "", lambda: read_node_pools(api)),)
         return cache["auto"]
 
     return finding

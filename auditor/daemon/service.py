@@ -320,6 +320,12 @@ class Daemon:
             self._lock.release()
         self._log.info("became leader")
         self.metrics.leader.set(1)
+        for sink in self._sinks:
+            # Sinks that cache what they wrote (Security Hub's first-seen times) reload it: another
+            # replica may have written since this one last led.
+            became_leader = getattr(sink, "became_leader", None)
+            if callable(became_leader):
+                became_leader()
         self._request_audit(0.0)
 
     def _give_up_lease(self, why: str) -> None:

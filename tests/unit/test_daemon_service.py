@@ -427,3 +427,33 @@ def test_a_change_during_an_audit_gets_its_own_audit_right_after() -> None:
         daemon.stop()
     assert len(audits) >= 2  # the debounce is 60 s: only "audit again right after" explains it
     assert len([s for s in notifier.sent if s.startswith("post: Drift")]) == 5
+
+
+def test_becoming_leader_tells_the_sinks_that_cache_what_a_leader_wrote() -> None:
+    class CachingSink(RecordingSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reloads = 0
+
+        def became_leader(self) -> None:
+            self.reloads += 1
+
+    sink, elector = CachingSink(), FakeElector(leading=True)
+    daemon = Daemon(
+        config=DaemonConfig(identity="test"),
+        snapshots=FakeSnapshots(_snapshot("retail-store")),
+        posture=RULES,
+        header_values=VALUES,
+        elector=elector,
+        state=MemoryStateStore(),
+        notifier=RecordingNotifier(),
+        sinks=[sink],
+        clock=Clock(),
+    )
+    daemon.leader_tick()
+    daemon.leader_tick()  # still leading: nothing to reload
+    elector.leading = False
+    daemon.leader_tick()
+    elector.leading = True
+    daemon.leader_tick()  # leading again: another replica may have written meanwhile
+    assert sink.reloads == 2
