@@ -1,13 +1,33 @@
-"""Prometheus metrics of the daemon, in a registry of its own (no process-global state)."""
+"""Prometheus metrics of the daemon, in a registry of its own (no process-global state).
+
+Besides the audit's own series, the registry carries what an operator needs to run it: build
+information (``mesh_auditor_build_info``), the process's CPU, memory and file descriptors
+(prometheus-client's process and platform collectors, ``process_*`` and ``python_info``), and a
+failed-write counter per sink (``mesh_auditor_sink_write_failures_total``), present at 0 for every
+sink from the start so that an alert rule can use ``increase()`` without a missing series.
+"""
 
 from __future__ import annotations
 
+import platform
 from collections import Counter as Tally
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
+from auditor import __version__
 from auditor.core.model import Finding, Property, Status
+
+# Every place the daemon writes results to; a failed write counts under one of these names.
+SINKS = ("slack", "s3", "securityhub", "cloudwatch", "policyreports")
 
 
 class DaemonMetrics:
@@ -45,6 +65,28 @@ class DaemonMetrics:
         self.leader = Gauge(
             "mesh_auditor_leader", "1 while this replica holds the leader lease", registry=self.registry
         )
+        self.build_info = Gauge(
+            "mesh_auditor_build_info",
+            "Always 1; the labels say which build runs",
+            ["version", "python_version"],
+            registry=self.registry,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.sink_write_failures = Counter(
+            "mesh_auditor_sink_write_failures_total",
+            "Writes to a sink that failed (the sink retries or the next cycle writes again)",
+            ["sink"],
+            registry=self.registry,
+        )
+        for sink in SINKS:
+            self.sink_write_failures.labels(sink)
+        # process_* (CPU seconds, resident memory, open fds, start time) and python_info.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+
+    def sink_write_failed(self, sink: str) -> None:
+        """Count one failed write to ``sink`` (one of ``SINKS``)."""
+        self.sink_write_failures.labels(sink).inc()
 
     def record_findings(self, findings: Sequence[Finding]) -> None:
         counts = Tally((f.property.value, f.status.value, f.method.value) for f in findings)

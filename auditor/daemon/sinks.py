@@ -7,14 +7,16 @@ rolling history for the HTML report's per-target strips. AWS sinks wrap the adap
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from auditor.core.model import Finding
+from auditor.core.outbox import Outbox
 from auditor.render.document import audit_document
 from auditor.render.html import HistoryPoint, render_html
 from auditor.render.policyreport import policy_reports
@@ -53,17 +55,36 @@ def _atomic_write(path: Path, text: str) -> None:
     temporary.replace(path)  # atomic on POSIX: readers never see half a report
 
 
+# Called with a sink's name (auditor.daemon.metrics.SINKS) when a write to it raised.
+OnFailure = Callable[[str], None]
+
+
+def _ignore(_sink: str) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def _counted(sink: str, on_failure: OnFailure) -> Iterator[None]:
+    """Report a write that raised to ``on_failure``, then let the error go on as before."""
+    try:
+        yield
+    except Exception:
+        on_failure(sink)
+        raise
+
+
 class PolicyReportSink:
     """PolicyReports per namespace, so policy dashboards show the promises beside admission results."""
 
-    def __init__(self, writer: PolicyReportWriterLike) -> None:
+    def __init__(self, writer: PolicyReportWriterLike, *, on_failure: OnFailure = _ignore) -> None:
         self._writer = writer
+        self._on_failure = on_failure
 
     def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None:
         at = dt.datetime.fromisoformat(str(run["at"]))
-        self._writer.write(
-            policy_reports(findings, run_id=str(run.get("id", run["at"])), timestamp=int(at.timestamp()))
-        )
+        reports = policy_reports(findings, run_id=str(run.get("id", run["at"])), timestamp=int(at.timestamp()))
+        with _counted("policyreports", self._on_failure):
+            self._writer.write(reports)
 
 
 class PolicyReportWriterLike(Protocol):
@@ -74,19 +95,53 @@ class AwsSink:
     """S3 archive, Security Hub and CloudWatch, each only when configured (None = off)."""
 
     def __init__(
-        self, *, archive: Any = None, hub: Any = None, metrics: Any = None, alerts_open: Callable[[], int] = lambda: 0
+        self,
+        *,
+        archive: Any = None,
+        hub: Any = None,
+        metrics: Any = None,
+        alerts_open: Callable[[], int] = lambda: 0,
+        on_failure: OnFailure = _ignore,
     ) -> None:
         self._archive, self._hub, self._metrics, self._alerts_open = archive, hub, metrics, alerts_open
+        self._on_failure = on_failure
 
     def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None:
         at = dt.datetime.fromisoformat(str(run["at"]))
         if self._archive is not None:
             document = audit_document(tuple(findings), inputs={"mode": "daemon"})
             document["run"] = dict(run)
-            self._archive.put_run(document, str(run.get("id", at.strftime("%H%M%S"))), at)
+            with _counted("s3", self._on_failure):
+                self._archive.put_run(document, str(run.get("id", at.strftime("%H%M%S"))), at)
         if self._hub is not None:
-            self._hub.publish(findings, at)
+            with _counted("securityhub", self._on_failure):
+                self._hub.publish(findings, at)
         if self._metrics is not None:
-            self._metrics.put_cycle(
-                findings, alerts_open=self._alerts_open(), duration_s=float(run.get("duration_s", 0.0))
-            )
+            with _counted("cloudwatch", self._on_failure):
+                self._metrics.put_cycle(
+                    findings, alerts_open=self._alerts_open(), duration_s=float(run.get("duration_s", 0.0))
+                )
+
+
+class CountingNotifier:
+    """Wraps a Slack notifier: a flush that stops with entries unsent is one failed Slack write.
+
+    Notifiers stop at the first entry they could not deliver and keep it for the next cycle
+    (``auditor.adapters.slack.notifier``), so an outbox that still has an unsent entry after a
+    flush is the one sign of a failed delivery; a flush that raises counts too.
+    """
+
+    def __init__(self, inner: NotifierLike, on_failure: OnFailure) -> None:
+        self._inner = inner
+        self._on_failure = on_failure
+
+    def flush(self, outbox: Outbox, save: Callable[[Outbox], None]) -> Outbox:
+        with _counted("slack", self._on_failure):
+            flushed = self._inner.flush(outbox, save)
+        if flushed.next_unsent() is not None:
+            self._on_failure("slack")
+        return flushed
+
+
+class NotifierLike(Protocol):
+    def flush(self, outbox: Outbox, save: Callable[[Outbox], None]) -> Outbox: ...
