@@ -1,5 +1,8 @@
-"""The shipped RBAC, proven against the real API server as the auditor's own ServiceAccount.
+"""The chart's RBAC and admission policy, proven against the real API server as the auditor itself.
 
+The chart is installed with ``helm install`` (helm built from tools/helm) into its own
+namespaces, with a ServiceAccount name of its own, so every proof also shows that the
+configured namespace and ServiceAccount reach the bindings and the ValidatingAdmissionPolicy.
 The auditor authenticates with a real ServiceAccount token (TokenRequest), not impersonation,
 so authentication, RBAC and the probe-guard admission policy all run as in a cluster.
 """
@@ -7,6 +10,7 @@ so authentication, RBAC and the probe-guard admission policy all run as in a clu
 from __future__ import annotations
 
 import copy
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,30 +21,52 @@ import yaml
 from kubernetes import client
 
 from auditor.adapters.k8s.lease import LeaseElector
-from auditor.adapters.k8s.rbac import READER_ROLE, reader_cluster_role
+from auditor.adapters.k8s.rbac import reader_cluster_role
 from auditor.adapters.k8s.resources import SNAPSHOT_RESOURCES, Resource
 from auditor.adapters.k8s.state import ConfigMapStateStore
+from auditor.devtools import charttools
 from auditor.devtools.controlplane import KubeAPI
 from tests.cases import ROOT
 from tests.integration.live import AppliedCase, audit, statuses
 
-DEPLOY = ROOT / "deploy"
 RULES = str(ROOT / "rules" / "retail-store.yaml")
 EXAMPLE = ROOT / "examples" / "retail-store"
-AUDITOR = "system:serviceaccount:mesh-auditor:mesh-auditor"
+# The release under test: names away from the defaults, so nothing passes by matching them.
+RELEASE = "chart-auditor"
+NAMESPACE = "chart-auditor"
+SERVICE_ACCOUNT = "auditor"
+PROBES = "chart-probes"
+OUTSIDE = "chart-outside"
+PROBE_SA = "chart-probe"
+READER = f"{RELEASE}-reader"
+STATE_ROLE = f"{RELEASE}-state"
+AUDITOR = f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
+VALUES = (
+    f"fullnameOverride={RELEASE}",
+    f"serviceAccount.name={SERVICE_ACCOUNT}",
+    f"probes.inMeshNamespace={PROBES}",
+    f"probes.outsideNamespace={OUTSIDE}",
+    f"probes.serviceAccount={PROBE_SA}",
+)
 
 pytestmark = pytest.mark.kube
 
 
-def test_shipped_cluster_role_is_rendered_from_the_reader_table() -> None:
-    """deploy/rbac.yaml's ClusterRole is exactly one list/watch rule per resource the reader lists;
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    """What the chart renders with this module's values (the objects helm installs)."""
+    helm = charttools.build((charttools.HELM,))["helm"]
+    return charttools.documents(charttools.template(helm, set_values=VALUES, release=RELEASE, namespace=NAMESPACE))
+
+
+def test_rendered_cluster_role_is_the_reader_table(rendered: list[dict[str, Any]]) -> None:
+    """The chart's reader ClusterRole is exactly one list/watch rule per resource the reader lists;
     nothing reads Secrets or execs, and writes are limited to the daemon's own named objects."""
-    shipped = [d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text(encoding="utf-8")) if d]
-    roles = {d["metadata"]["name"]: d for d in shipped if d["kind"] == "ClusterRole"}
-    assert set(roles) == {READER_ROLE, "mesh-auditor-policyreports"}
-    assert roles[READER_ROLE] == reader_cluster_role()
-    assert [r["apiGroups"] for r in roles["mesh-auditor-policyreports"]["rules"]] == [["wgpolicyk8s.io"]]
-    for document in shipped:
+    roles = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "ClusterRole"}
+    assert set(roles) == {READER, f"{RELEASE}-policyreports"}
+    assert roles[READER]["rules"] == reader_cluster_role()["rules"]
+    assert [r["apiGroups"] for r in roles[f"{RELEASE}-policyreports"]["rules"]] == [["wgpolicyk8s.io"]]
+    for document in rendered:
         for rule in document.get("rules", []):
             assert "secrets" not in rule["resources"]
             assert not {"pods/exec", "*"} & set(rule["resources"])
@@ -55,19 +81,32 @@ def test_shipped_cluster_role_is_rendered_from_the_reader_table() -> None:
 
 @pytest.fixture(scope="module")
 def auditor_kubeconfig(kube_api: KubeAPI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Installs deploy/ and returns a kubeconfig that authenticates as the auditor's ServiceAccount."""
-    for name in ("namespaces.yaml", "serviceaccounts.yaml", "rbac.yaml", "probe-guard.yaml"):
-        kube_api.apply(DEPLOY / name)
-    token = kube_api.kubectl("create", "token", "mesh-auditor", "--namespace=mesh-auditor", "--duration=2h").strip()
+    """``helm install``s the chart and returns a kubeconfig that authenticates as its ServiceAccount."""
+    helm = charttools.build((charttools.HELM,))["helm"]
+    argv = [str(helm), "upgrade", "--install", RELEASE, str(charttools.CHART_DIR), f"--namespace={NAMESPACE}"]
+    argv += ["--create-namespace", f"--kubeconfig={kube_api.kubeconfig}", *(f"--set={v}" for v in VALUES)]
+    installed = subprocess.run(argv, capture_output=True, text=True, check=False, env=charttools._helm_env())
+    assert installed.returncode == 0, installed.stderr
+    token = kube_api.kubectl("create", "token", SERVICE_ACCOUNT, f"--namespace={NAMESPACE}", "--duration=2h").strip()
     admin = yaml.safe_load(kube_api.kubeconfig.read_text(encoding="utf-8"))
     config = copy.deepcopy(admin)
-    config["users"] = [{"name": "mesh-auditor", "user": {"token": token}}]
+    config["users"] = [{"name": SERVICE_ACCOUNT, "user": {"token": token}}]
     for context in config["contexts"]:
-        context["context"]["user"] = "mesh-auditor"
+        context["context"]["user"] = SERVICE_ACCOUNT
     path = tmp_path_factory.mktemp("auditor") / "kubeconfig"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    _wait_until_allowed(kube_api, "create", "pods", namespace=PROBES)
     with AppliedCase(kube_api, _example_file(tmp_path_factory.mktemp("example")), tmp_path_factory.mktemp("applied")):
         yield path
+
+
+def _wait_until_allowed(kube_api: KubeAPI, verb: str, resource: str, *, namespace: str) -> None:
+    """New bindings reach the authorizer through an informer: wait until they have."""
+    for _ in range(100):
+        if _can_i(kube_api, verb, resource, namespace=namespace):
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the chart's RBAC never allowed {verb} {resource} in {namespace}")
 
 
 def _example_file(directory: Path) -> Path:
@@ -93,14 +132,14 @@ def test_removing_one_rule_reports_an_error_naming_that_permission(
     kube_api: KubeAPI, auditor_kubeconfig: Path, resource: Resource
 ) -> None:
     """Without one list permission the audit exits 3 with an ERROR that names it, never a pass."""
-    reduced = reader_cluster_role()
+    reduced = _reader_role()
     reduced["rules"] = [r for r in reduced["rules"] if r["resources"] != [resource.plural]]
     kube_api.apply_text(yaml.safe_dump(reduced))
     try:
         _wait_for_permission(kube_api, resource, allowed=False)
         code, document = audit("--kubeconfig", str(auditor_kubeconfig), "--rules", RULES)
     finally:
-        kube_api.apply_text(yaml.safe_dump(reader_cluster_role()))
+        kube_api.apply_text(yaml.safe_dump(_reader_role()))
         _wait_for_permission(kube_api, resource, allowed=True)
     errors = [f for f in document["findings"] if f["check"] == "audit.snapshot-read"]
     assert code == 3
@@ -111,6 +150,13 @@ def test_removing_one_rule_reports_an_error_naming_that_permission(
     dependent = [f for f in document["findings"] if f["status"] == "error" and f["check"] != "audit.snapshot-read"]
     for finding in dependent:
         assert f"list {resource.qualified}" in finding["message"]
+
+
+def _reader_role() -> dict[str, Any]:
+    """The reader table as the chart's ClusterRole (this release's name)."""
+    role = reader_cluster_role()
+    role["metadata"]["name"] = READER
+    return role
 
 
 def _wait_for_permission(kube_api: KubeAPI, resource: Resource, *, allowed: bool) -> None:
@@ -128,7 +174,7 @@ def _can_i(kube_api: KubeAPI, verb: str, resource: str, *, group: str = "", name
     review = client.V1SubjectAccessReview(
         spec=client.V1SubjectAccessReviewSpec(
             user=AUDITOR,
-            groups=["system:serviceaccounts", "system:serviceaccounts:mesh-auditor", "system:authenticated"],
+            groups=["system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}", "system:authenticated"],
             resource_attributes=client.V1ResourceAttributes(
                 verb=verb, resource=plural, subresource=subresource or None, group=group, namespace=namespace
             ),
@@ -146,8 +192,8 @@ def _can_i(kube_api: KubeAPI, verb: str, resource: str, *, group: str = "", name
         ("get", "secrets", "", None),
         ("list", "secrets", "", None),
         ("get", "secrets", "", "default"),
-        ("create", "pods/exec", "", "mesh-auditor-probes"),
-        ("get", "pods/exec", "", "mesh-auditor-probes"),
+        ("create", "pods/exec", "", PROBES),
+        ("get", "pods/exec", "", PROBES),
         ("create", "pods", "", "default"),
         ("create", "pods", "", "kube-system"),
         ("delete", "pods", "", "default"),
@@ -160,7 +206,7 @@ def test_auditor_is_refused_what_it_must_not_do(
 ) -> None:
     """Secrets, exec, pods outside the probe namespaces and writes to policy are all denied."""
     assert _can_i(kube_api, verb, resource, group=group, namespace=namespace) is False
-    assert _can_i(kube_api, "create", "pods", namespace="mesh-auditor-probes") is True  # the control
+    assert _can_i(kube_api, "create", "pods", namespace=PROBES) is True  # the control
 
 
 def _probe_pod(namespace: str, **overrides: Any) -> dict[str, Any]:
@@ -173,7 +219,7 @@ def _probe_pod(namespace: str, **overrides: Any) -> dict[str, Any]:
             "labels": {"app.kubernetes.io/managed-by": "mesh-auditor"},
         },
         "spec": {
-            "serviceAccountName": "mesh-auditor-probe",
+            "serviceAccountName": PROBE_SA,
             "automountServiceAccountToken": False,
             "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
             "containers": [
@@ -211,11 +257,11 @@ def test_auditor_creates_and_deletes_hardened_probe_pods_in_probe_namespaces(aud
     """The happy path the probe runner needs: create, read, delete its own pod (201, 200, 200)."""
     with _as_auditor(auditor_kubeconfig) as api:
         core = client.CoreV1Api(api)
-        created = core.create_namespaced_pod("mesh-auditor-probes", as_pod(_probe_pod("mesh-auditor-probes")))
+        created = core.create_namespaced_pod(PROBES, as_pod(_probe_pod(PROBES)))
         assert created.metadata is not None
         assert created.metadata.name
-        core.read_namespaced_pod(created.metadata.name, "mesh-auditor-probes")
-        core.delete_namespaced_pod(created.metadata.name, "mesh-auditor-probes")
+        core.read_namespaced_pod(created.metadata.name, PROBES)
+        core.delete_namespaced_pod(created.metadata.name, PROBES)
 
 
 @pytest.mark.parametrize(
@@ -232,9 +278,7 @@ def test_probe_guard_rejects_pods_that_are_not_hardened(
 ) -> None:
     """The admission policy refuses the auditor any pod it did not label and harden."""
     with _as_auditor(auditor_kubeconfig) as api, pytest.raises(client.ApiException) as refused:
-        client.CoreV1Api(api).create_namespaced_pod(
-            "mesh-auditor-probes", as_pod(_probe_pod("mesh-auditor-probes", **override))
-        )
+        client.CoreV1Api(api).create_namespaced_pod(PROBES, as_pod(_probe_pod(PROBES, **override)))
     assert refused.value.status in {403, 422}
     assert message in str(refused.value.body)
 
@@ -243,27 +287,23 @@ def test_probe_guard_rejects_deleting_a_pod_the_auditor_did_not_create(
     kube_api: KubeAPI, auditor_kubeconfig: Path
 ) -> None:
     """Even in its own probe namespace, the auditor cannot delete someone else's pod."""
-    foreign = _probe_pod("mesh-auditor-probes", metadata__labels={"app": "someone-else"}, metadata__name="foreign")
+    foreign = _probe_pod(PROBES, metadata__labels={"app": "someone-else"}, metadata__name="foreign")
     del foreign["metadata"]["generateName"]
     kube_api.apply_text(yaml.safe_dump(foreign))
     try:
         with _as_auditor(auditor_kubeconfig) as api, pytest.raises(client.ApiException) as refused:
-            client.CoreV1Api(api).delete_namespaced_pod("foreign", "mesh-auditor-probes")
+            client.CoreV1Api(api).delete_namespaced_pod("foreign", PROBES)
         assert refused.value.status in {403, 422}
         assert "only its own probe pods" in str(refused.value.body)
     finally:
-        kube_api.kubectl(
-            "delete", "pod", "foreign", "--namespace=mesh-auditor-probes", "--ignore-not-found", "--wait=false"
-        )
+        kube_api.kubectl("delete", "pod", "foreign", f"--namespace={PROBES}", "--ignore-not-found", "--wait=false")
 
 
-def test_reader_role_name_is_what_the_binding_references() -> None:
-    binding = next(
-        d
-        for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text(encoding="utf-8"))
-        if d and d["kind"] == "ClusterRoleBinding"
-    )
-    assert binding["roleRef"]["name"] == READER_ROLE
+def test_reader_role_name_is_what_the_binding_references(rendered: list[dict[str, Any]]) -> None:
+    bindings = [d for d in rendered if d["kind"] == "ClusterRoleBinding"]
+    assert {b["roleRef"]["name"] for b in bindings} == {READER, f"{RELEASE}-policyreports"}
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}]
 
 
 def test_auditor_keeps_state_and_elects_a_leader_in_its_own_namespace_only(
@@ -271,28 +311,25 @@ def test_auditor_keeps_state_and_elects_a_leader_in_its_own_namespace_only(
 ) -> None:
     """As the ServiceAccount: its ConfigMap and Lease work; any other ConfigMap is out of reach."""
     with _as_auditor(auditor_kubeconfig) as api:
-        store = ConfigMapStateStore(api, "mesh-auditor")
+        store = ConfigMapStateStore(api, NAMESPACE)
         store.load()
         store.save({"drift": {"version": 1, "alerts": []}})
-        assert ConfigMapStateStore(api, "mesh-auditor").load() == {"drift": {"version": 1, "alerts": []}}
-        assert LeaseElector(api, "mesh-auditor", "replica-a").try_acquire_or_renew() is True
+        assert ConfigMapStateStore(api, NAMESPACE).load() == {"drift": {"version": 1, "alerts": []}}
+        assert LeaseElector(api, NAMESPACE, "replica-a").try_acquire_or_renew() is True
     assert _can_i(kube_api, "update", "configmaps", namespace="kube-system") is False
     assert _can_i(kube_api, "get", "configmaps", namespace="default") is False
     assert _can_i(kube_api, "update", "leases", group="coordination.k8s.io", namespace="kube-system") is False
 
 
-def test_daemon_deployment_is_hardened_and_accepted_by_the_api_server(kube_api: KubeAPI) -> None:
-    """deploy/daemon.yaml validates server-side and runs non-root, read-only, without capabilities."""
-    kube_api.apply(DEPLOY / "namespaces.yaml")
-    report = kube_api.kubectl("apply", "--dry-run=server", f"--filename={DEPLOY / 'daemon.yaml'}")
-    assert "deployment.apps/mesh-auditor created (server dry run)" in report
-    deployment = next(
-        d
-        for d in yaml.safe_load_all((DEPLOY / "daemon.yaml").read_text(encoding="utf-8"))
-        if d and d["kind"] == "Deployment"
+def test_installed_daemon_deployment_is_hardened(kube_api: KubeAPI, auditor_kubeconfig: Path) -> None:
+    """The Deployment helm installed (accepted by the API server) runs non-root, read-only, without
+    capabilities, outside the mesh, with a grace period above the probe deadline."""
+    deployment = yaml.safe_load(
+        kube_api.kubectl("get", "deployment", RELEASE, f"--namespace={NAMESPACE}", "--output=yaml")
     )
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
+    assert pod["serviceAccountName"] == SERVICE_ACCOUNT
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"] == {
         "readOnlyRootFilesystem": True,
@@ -300,3 +337,6 @@ def test_daemon_deployment_is_hardened_and_accepted_by_the_api_server(kube_api: 
         "capabilities": {"drop": ["ALL"]},
     }
     assert deployment["spec"]["template"]["metadata"]["labels"]["istio.io/dataplane-mode"] == "none"
+    assert pod["terminationGracePeriodSeconds"] > 300
+    budget = yaml.safe_load(kube_api.kubectl("get", "pdb", RELEASE, f"--namespace={NAMESPACE}", "--output=yaml"))
+    assert budget["spec"]["maxUnavailable"] == 1
