@@ -296,6 +296,8 @@ def _install_python(spec: ImageSpec, rootfs: Path, work: Path, epoch: int) -> No
     # Wheels installed for the target may bring these along; the image must not have them.
     for unwanted in ("pip", "setuptools", "_distutils_hack", "wheel", "tests", "auditor/lab", "auditor/devtools"):
         shutil.rmtree(site / unwanted, ignore_errors=True)
+    # Test fakes are for the test suite only (no runtime module imports auditor.testing).
+    (site / "auditor" / "testing.py").unlink(missing_ok=True)
     for pattern in ("pip-*.dist-info", "setuptools-*.dist-info", "wheel-*.dist-info", "distutils-precedence.pth"):
         for path in site.glob(pattern):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
