@@ -266,6 +266,13 @@ def _install_python(spec: ImageSpec, rootfs: Path, work: Path, epoch: int) -> No
     _run([*pip, *platform, "--require-hashes", "-r", str(IMAGES_DIR / spec.lock)], what="pip install", env=env)
     if spec.with_project:
         wheels = work / "wheel"
+        # Build from a clean copy: an in-tree build/ directory could carry modules since deleted.
+        source = work / "src"
+        for name in ("pyproject.toml", "README.md"):
+            source.mkdir(exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, source / name)
+        for package in ("auditor", "probes"):
+            shutil.copytree(REPO_ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
         _run(
             [
                 sys.executable,
@@ -281,7 +288,7 @@ def _install_python(spec: ImageSpec, rootfs: Path, work: Path, epoch: int) -> No
             ],
             what="pip wheel (the auditor)",
             env=env,
-            cwd=REPO_ROOT,
+            cwd=source,
         )
         [wheel] = wheels.glob("mesh_auditor-*.whl")
         _run([*pip, str(wheel)], what="pip install (the auditor)", env=env)
