@@ -226,12 +226,12 @@ def template(
     argv.append(f"--kube-version={kube_version()}")
     argv += [f"--values={v}" for v in values] + [f"--set={s}" for s in set_values]
     argv += [f"--show-only={s}" for s in show_only]
-    return _run(argv, cwd=REPO_ROOT, env=_helm_env(), what="helm template")
+    return _run(argv, cwd=REPO_ROOT, env=helm_env(), what="helm template")
 
 
-def _helm_env() -> dict[str, str]:
-    # helm keeps caches and config under HOME; point them at a scratch place so rendering never
-    # depends on (or changes) the developer's helm setup.
+def helm_env() -> dict[str, str]:
+    """The environment to run helm in: its caches and config in a scratch directory, so that
+    rendering never depends on (or changes) the developer's helm setup."""
     scratch = Path(tempfile.gettempdir()) / "mesh-auditor-helm"
     env = dict(os.environ)
     env.update(

@@ -32,7 +32,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ PRUNE = (
     "usr/share/debconf",
     "usr/share/perl5",
     "usr/lib/binfmt.d",
+    "usr/lib/x86_64-linux-gnu/gconv",  # glibc's iconv modules; Python's codecs are its own
     "usr/bin/dpkg",
     "usr/bin/dpkg-deb",
     "usr/bin/dpkg-divert",
@@ -246,11 +247,27 @@ def _debootstrap(spec: ImageSpec, rootfs: Path, epoch: int) -> None:
         "--dpkgopt=path-exclude=/usr/share/doc/*",
         "--dpkgopt=path-exclude=/usr/share/man/*",
         "--dpkgopt=path-exclude=/usr/share/locale/*",
+        # Keep the downloaded .debs: _record_packages() writes dpkg's status from them.
+        "--skip=cleanup/apt/cache",
         SUITE,
         str(rootfs),
         MIRROR,
     ]
     _run(argv, what="mmdebstrap", env=env)
+    _record_packages(rootfs)
+
+
+def _record_packages(rootfs: Path) -> None:
+    """Write var/lib/dpkg/status for the unpacked packages (--variant=extract leaves it empty),
+    so the SBOM and image scanners (which read it) see exactly what the image holds."""
+    debs = sorted((rootfs / "var/cache/apt/archives").glob("*.deb"))
+    if not debs:
+        raise ImageError("mmdebstrap left no .deb files to record")
+    stanzas = []
+    for deb in debs:
+        control = _run(["dpkg-deb", "--field", str(deb)], what=f"dpkg-deb --field {deb.name}").strip()
+        stanzas.append(control + "\nStatus: install ok installed")
+    (rootfs / "var/lib/dpkg/status").write_text("\n\n".join(stanzas) + "\n", encoding="utf-8")
 
 
 def _install_python(spec: ImageSpec, rootfs: Path, work: Path, epoch: int) -> None:
@@ -273,6 +290,7 @@ def _install_python(spec: ImageSpec, rootfs: Path, work: Path, epoch: int) -> No
             shutil.copy2(REPO_ROOT / name, source / name)
         for package in ("auditor", "probes"):
             shutil.copytree(REPO_ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+        # Build isolation: setuptools comes from PyPI as pyproject's build-system asks.
         _run(
             [
                 sys.executable,
@@ -281,7 +299,6 @@ def _install_python(spec: ImageSpec, rootfs: Path, work: Path, epoch: int) -> No
                 "wheel",
                 "--quiet",
                 "--no-deps",
-                "--no-build-isolation",
                 "-w",
                 str(wheels),
                 ".",
@@ -303,6 +320,9 @@ def _install_python(spec: ImageSpec, rootfs: Path, work: Path, epoch: int) -> No
     # Wheels installed for the target may bring these along; the image must not have them.
     for unwanted in ("pip", "setuptools", "_distutils_hack", "wheel", "tests", "auditor/lab", "auditor/devtools"):
         shutil.rmtree(site / unwanted, ignore_errors=True)
+    # kubernetes 37 ships an asyncio copy of its whole client (kubernetes/aio, ~70 MB unpacked);
+    # nothing imports it (kubernetes/__init__ does not, the auditor uses the sync client).
+    shutil.rmtree(site / "kubernetes" / "aio", ignore_errors=True)
     # Test fakes are for the test suite only (no runtime module imports auditor.testing).
     (site / "auditor" / "testing.py").unlink(missing_ok=True)
     for pattern in ("pip-*.dist-info", "setuptools-*.dist-info", "wheel-*.dist-info", "distutils-precedence.pth"):
@@ -480,7 +500,7 @@ def _write_sbom(spec: ImageSpec, rootfs: Path, target: Path, epoch: int) -> None
         type=ComponentType.CONTAINER,
         purl=PackageURL("oci", None, spec.name, _version()),
     )
-    components: Iterable[Component] = [
+    components: list[Component] = [
         Component(
             name=name,
             version=version,
@@ -494,6 +514,7 @@ def _write_sbom(spec: ImageSpec, rootfs: Path, target: Path, epoch: int) -> None
     ]
     for component in components:
         bom.components.add(component)
+    bom.register_dependency(bom.metadata.component, components)
     target.write_text(JsonV1Dot6(bom).output_as_string(indent=1), encoding="utf-8")
 
 

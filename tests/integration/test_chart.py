@@ -60,7 +60,7 @@ def test_helm_lint_strict_passes(helm: Path, values: tuple[Path, ...]) -> None:
         capture_output=True,
         text=True,
         check=False,
-        env=charttools._helm_env(),
+        env=charttools.helm_env(),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout

@@ -120,6 +120,21 @@ def test_auditor_image_audits_the_example_offline(auditor_image: Unpacked) -> No
     assert any(f["status"] == "fail" for f in json.loads(drifted.stdout)["findings"])
 
 
+def test_auditor_image_imports_everything_the_daemon_uses(auditor_image: Unpacked) -> None:
+    """The daemon's composition root and its SDKs import, and boto3 finds its service models."""
+    code = (
+        "import auditor.daemon.main, kubernetes.client, kubernetes.watch, slack_sdk, boto3\n"
+        "for service in ('s3', 'securityhub', 'cloudwatch', 'eks', 'sts'):\n"
+        "    boto3.session.Session(region_name='eu-west-1').client(service)\n"
+        "print('ok')"
+    )
+    env = dict(item.split("=", 1) for item in auditor_image.config["Env"])
+    argv = ["chroot", f"--userspec={auditor_image.config['User']}", str(auditor_image.rootfs), "python3", "-c", code]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
 def test_auditor_image_has_no_pip_setuptools_tests_or_lab(auditor_image: Unpacked) -> None:
     rootfs = auditor_image.rootfs
     site = rootfs / image.SITE

@@ -85,7 +85,7 @@ def auditor_kubeconfig(kube_api: KubeAPI, tmp_path_factory: pytest.TempPathFacto
     helm = charttools.build((charttools.HELM,))["helm"]
     argv = [str(helm), "upgrade", "--install", RELEASE, str(charttools.CHART_DIR), f"--namespace={NAMESPACE}"]
     argv += ["--create-namespace", f"--kubeconfig={kube_api.kubeconfig}", *(f"--set={v}" for v in VALUES)]
-    installed = subprocess.run(argv, capture_output=True, text=True, check=False, env=charttools._helm_env())
+    installed = subprocess.run(argv, capture_output=True, text=True, check=False, env=charttools.helm_env())
     assert installed.returncode == 0, installed.stderr
     token = kube_api.kubectl("create", "token", SERVICE_ACCOUNT, f"--namespace={NAMESPACE}", "--duration=2h").strip()
     admin = yaml.safe_load(kube_api.kubeconfig.read_text(encoding="utf-8"))
