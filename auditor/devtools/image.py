@@ -180,7 +180,10 @@ def fingerprint(spec: ImageSpec) -> str:
     for relative in sources:
         root = REPO_ROOT / relative
         for path in sorted([root] if root.is_file() else root.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
+            # auditor/devtools and auditor/lab are not in the image (this file is, above).
+            top = path.relative_to(REPO_ROOT).parts[:2]
+            skipped = "__pycache__" in path.parts or top in {("auditor", "devtools"), ("auditor", "lab")}
+            if path.is_file() and not skipped:
                 digest.update(str(path.relative_to(REPO_ROOT)).encode())
                 digest.update(path.read_bytes())
     return digest.hexdigest()
