@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -477,7 +478,7 @@ def debian_packages(rootfs: Path) -> list[tuple[str, str]]:
 
 
 def python_distributions(rootfs: Path) -> list[tuple[str, str]]:
-    """(name, version) of every distribution installed in the image's site directory."""
+    """(normalized name, version) of every distribution installed in the image's site directory."""
     found = []
     for metadata in sorted((rootfs / SITE).glob("*.dist-info/METADATA")):
         fields = dict(
@@ -485,7 +486,8 @@ def python_distributions(rootfs: Path) -> list[tuple[str, str]]:
             for line in metadata.read_text(encoding="utf-8").split("\n\n")[0].splitlines()
             if ": " in line
         )
-        found.append((fields["Name"], fields["Version"]))
+        # PEP 503 normalized, as purls and package indexes name them.
+        found.append((re.sub(r"[-_.]+", "-", fields["Name"]).lower(), fields["Version"]))
     return found
 
 

@@ -25,6 +25,8 @@ from auditor.devtools.image import AUDITOR, PROBE, Built, ImageError, ImageSpec
 from tests.cases import ROOT
 
 pytestmark = pytest.mark.image
+# Resolved on the host's PATH: the chrooted process gets the image's PATH only.
+CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +65,7 @@ class Unpacked:
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         """The image's entrypoint with ``args``, chrooted, as the image's user, with its env only."""
         env = dict(item.split("=", 1) for item in self.config["Env"])
-        argv = ["chroot", f"--userspec={self.config['User']}", str(self.rootfs), *self.config["Entrypoint"], *args]
+        argv = [CHROOT, f"--userspec={self.config['User']}", str(self.rootfs), *self.config["Entrypoint"], *args]
         return subprocess.run(argv, capture_output=True, text=True, check=False, env=env, timeout=120)
 
 
@@ -129,7 +131,7 @@ def test_auditor_image_imports_everything_the_daemon_uses(auditor_image: Unpacke
         "print('ok')"
     )
     env = dict(item.split("=", 1) for item in auditor_image.config["Env"])
-    argv = ["chroot", f"--userspec={auditor_image.config['User']}", str(auditor_image.rootfs), "python3", "-c", code]
+    argv = [CHROOT, f"--userspec={auditor_image.config['User']}", str(auditor_image.rootfs), "python3", "-c", code]
     result = subprocess.run(argv, capture_output=True, text=True, check=False, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
@@ -162,7 +164,7 @@ def test_probe_image_has_only_python_and_the_probe_program(probe_image: Unpacked
     packages = {p.name for p in site.iterdir() if p.is_dir() and not p.name.endswith(".dist-info")}
     assert "probes" in packages
     assert "auditor" not in packages
-    distributions = {name.lower() for name, _ in image.python_distributions(rootfs)}
+    distributions = {name for name, _ in image.python_distributions(rootfs)}
     assert distributions == {
         "annotated-types",
         "anyio",
@@ -188,7 +190,7 @@ def test_sbom_lists_every_debian_package_and_python_distribution(
     purls = {c["purl"].split("@")[0] for c in sbom["components"]}
     rootfs = _unpack(built[spec.name].archive, tmp_path)
     assert {f"pkg:deb/debian/{name}" for name, _ in image.debian_packages(rootfs)} <= purls
-    assert {f"pkg:pypi/{name.lower()}" for name, _ in image.python_distributions(rootfs)} <= purls
+    assert {f"pkg:pypi/{name}" for name, _ in image.python_distributions(rootfs)} <= purls
     assert "pkg:deb/debian/python3.11-minimal" in purls
 
 
