@@ -10,9 +10,12 @@ skopeo (scripts/setup installs them); a missing tool fails, never skips.
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 import pytest
 
 from auditor import __version__
+from auditor.adapters.probepods.podspec import BOOTSTRAP, PLAN_ENV, TERMINATION_LOG
 from auditor.devtools import image
 from auditor.devtools.image import AUDITOR, PROBE, Built, ImageError, ImageSpec
 from tests.cases import ROOT
@@ -156,6 +160,43 @@ def test_probe_image_runs_the_probe_program(probe_image: Unpacked) -> None:
     assert "--plan" in result.stdout
     # Probe pods start it with `python -c <bootstrap>` (auditor.adapters.probepods.podspec).
     assert (rootfs / "usr" / "bin" / "python").exists()
+
+
+def test_probe_image_runs_a_plan_the_way_probe_pods_start_it(probe_image: Unpacked) -> None:
+    """The pod's own command (``python -c`` bootstrap, plan in the environment) against a real
+    HTTP server on loopback: the request succeeds and the termination message is written."""
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *_args: Any) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    # The kubelet provides the termination-log file, writable by the pod's user.
+    log = probe_image.rootfs / TERMINATION_LOG.lstrip("/")
+    log.write_text("", encoding="utf-8")
+    uid, gid = (int(part) for part in probe_image.config["User"].split(":"))
+    os.chown(log, uid, gid)
+    plan = {"run_id": "run-1", "requests": [{"id": "r1", "url": f"http://127.0.0.1:{server.server_address[1]}/"}]}
+    env = dict(item.split("=", 1) for item in probe_image.config["Env"])
+    env[PLAN_ENV] = json.dumps(plan)
+    argv = [CHROOT, f"--userspec={probe_image.config['User']}", str(probe_image.rootfs), "python", "-c", BOOTSTRAP]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, env=env, timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    [outcome] = json.loads(result.stdout)["results"]
+    assert (outcome["id"], outcome["outcome"]) == ("r1", "allowed")
+    assert "run-1" in log.read_text(encoding="utf-8")
 
 
 def test_probe_image_has_only_python_and_the_probe_program(probe_image: Unpacked) -> None:
