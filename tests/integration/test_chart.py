@@ -144,6 +144,25 @@ def test_custom_values_reach_every_object_that_depends_on_them(helm: Path) -> No
     assert objects[("ServiceMonitor", "platform-audit", "audit")]["spec"]["endpoints"][0]["interval"] == "1m"
 
 
+@pytest.mark.parametrize(
+    ("mode", "variable"),
+    [("bot", "AUDITOR_SLACK__BOT_TOKEN"), ("webhook", "AUDITOR_SLACK__WEBHOOK_URL"), ("off", None)],
+)
+def test_slack_secret_reaches_the_variable_of_its_mode(helm: Path, mode: str, variable: str | None) -> None:
+    """The token (bot) or URL (webhook) comes from the Secret only, never from values."""
+    rendered = template(helm, set_values=(f"slack.mode={mode}", "slack.channel=C0123456789"))
+    [container] = _objects(rendered)[("Deployment", "mesh-auditor", "mesh-auditor")]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    slack = [e for e in container["env"] if e["name"].startswith("AUDITOR_SLACK__")]
+    expected = (
+        []
+        if variable is None
+        else [{"name": variable, "valueFrom": {"secretKeyRef": {"name": "mesh-auditor-slack", "key": "bot-token"}}}]
+    )
+    assert slack == expected
+
+
 def test_settings_and_rules_changes_roll_the_pods(helm: Path) -> None:
     """The checksum annotations change with the rendered settings and the inline rules."""
 
