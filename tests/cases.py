@@ -11,6 +11,9 @@ A case is a directory ``tests/fixtures/static/<name>/`` holding:
   than manifests (the server stamps creationTimestamp, so creation order is no longer unknown).
 - ``overlay.yaml`` (optional): documents that replace base objects of the same kind, namespace
   and name, or are added.
+- ``raw.yaml`` (optional): documents appended to the merged manifests byte for byte, never parsed
+  here, for cases about how the YAML itself is read (merge keys, YAML 1.1 scalars): the offline
+  reader and kubectl each read the same text. Use ``remove`` to drop the base objects they replace.
 
 ``materialize`` writes the merged manifests to one file, so the offline audit and the live parity
 test (kubectl apply into the real API server) read exactly the same objects.
@@ -90,7 +93,11 @@ def merged_documents(case: Case) -> list[dict[str, Any]]:
 
 def materialize(case: Case, directory: Path) -> Path:
     target = directory / f"{case.name}.yaml"
-    target.write_text(yaml.safe_dump_all(merged_documents(case), sort_keys=False), encoding="utf-8")
+    text = yaml.safe_dump_all(merged_documents(case), sort_keys=False)
+    raw = case.directory / "raw.yaml"
+    if raw.is_file():
+        text += "---\n" + raw.read_text(encoding="utf-8")
+    target.write_text(text, encoding="utf-8")
     return target
 
 

@@ -95,17 +95,30 @@ class _Doc:
         value = self.body.get(key, default)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise DecodeError(self.at(key), f"expected a string, got {_kind_of(value)}", "quote the value")
-        return str(value)
+        # The API server refuses a number where its schema says string (core types' JSON decoding,
+        # CRDs' structural schema), so the offline reader must too: kubectl sends 0x10 as 16.
+        if not isinstance(value, str):
+            raise DecodeError(
+                self.at(key), f"expected a string, got {_kind_of(value)} (the API server refuses it)", "quote the value"
+            )
+        return value
 
     def strings(self, key: str) -> tuple[str, ...]:
         value = self.body.get(key)
         if value is None:
             return ()
-        if not isinstance(value, list) or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
-            raise DecodeError(self.at(key), "expected a list of strings", 'write it as ["a", "b"]')
-        return tuple(str(v) for v in value)
+        if not isinstance(value, list):
+            raise DecodeError(
+                self.at(key), f"expected a list of strings, got {_kind_of(value)}", 'write it as ["a", "b"]'
+            )
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise DecodeError(
+                    f"{self.at(key)}[{index}]",
+                    f"expected a string, got {_kind_of(item)} (the API server refuses it)",
+                    "quote the value",
+                )
+        return tuple(value)
 
     def integer(self, key: str) -> int | None:
         value = self.body.get(key)
@@ -132,13 +145,13 @@ class _Doc:
     def labels(self, key: str) -> dict[str, str]:
         mapping = self.mapping(key)
         for label, value in mapping.items():
-            if not isinstance(label, str) or not isinstance(value, str | int | float) or isinstance(value, bool):
+            if not isinstance(label, str) or not isinstance(value, str):
                 raise DecodeError(
                     f"{self.at(key)}.{label}",
-                    "label and annotation values must be strings",
+                    f"label and annotation values must be strings, got {_kind_of(value)} (the API server refuses it)",
                     "quote the value",
                 )
-        return {str(k): str(v) for k, v in mapping.items()}
+        return dict(mapping)
 
 
 def _kind_of(value: object) -> str:
@@ -244,8 +257,20 @@ def _service_port(doc: _Doc) -> s.ServicePort:
         port=port,
         target_port=target,
         name=doc.string("name"),
-        protocol=doc.string("protocol", "TCP"),
+        protocol=_enum(doc, "protocol", "TCP", ("TCP", "UDP", "SCTP")),
     )
+
+
+def _enum(doc: _Doc, key: str, default: str, allowed: tuple[str, ...]) -> str:
+    """A case-sensitive enum as the API server validates it (a null is the default)."""
+    value = doc.string(key, default)
+    if value not in allowed:
+        raise DecodeError(
+            doc.at(key),
+            f"unknown value {value!r} (the API server refuses it)",
+            f"use one of {', '.join(allowed)}, spelled exactly",
+        )
+    return value
 
 
 def _pod(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
@@ -320,12 +345,14 @@ _MODES = frozenset({"UNSET", "DISABLE", "PERMISSIVE", "STRICT"})
 
 
 def _mode(doc: _Doc) -> str | None:
-    mode = doc.string("mode").upper() or "UNSET"
+    # The CRD's enum is case-sensitive: the API server refuses "strict" (and Istio's proto
+    # parsing would too), so it is an error here rather than STRICT.
+    mode = doc.string("mode", "UNSET")
     if mode not in _MODES:
         raise DecodeError(
             doc.at("mode"),
-            f"unknown mode {mode!r}",
-            "use one of STRICT, PERMISSIVE, DISABLE, UNSET",
+            f"unknown mode {mode!r} (the API server refuses it)",
+            "use one of STRICT, PERMISSIVE, DISABLE, UNSET, in capitals",
         )
     return None if mode == "UNSET" else mode
 
@@ -335,9 +362,13 @@ _ACTIONS = frozenset({"ALLOW", "DENY", "AUDIT", "CUSTOM"})
 
 def _authorization_policy(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
     spec = doc.child("spec")
-    action = spec.string("action", "ALLOW").upper() or "ALLOW"
+    action = spec.string("action", "ALLOW")  # case-sensitive, as the CRD's enum
     if action not in _ACTIONS:
-        raise DecodeError(spec.at("action"), f"unknown action {action!r}", "use one of ALLOW, DENY, AUDIT, CUSTOM")
+        raise DecodeError(
+            spec.at("action"),
+            f"unknown action {action!r} (the API server refuses it)",
+            "use one of ALLOW, DENY, AUDIT, CUSTOM, in capitals",
+        )
     refs = [spec.child("targetRef")] if spec.body.get("targetRef") is not None else []
     refs += spec.items("targetRefs")
     return (
@@ -387,7 +418,9 @@ def _gateway(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
             name=item.string("name"),
             port=item.integer("port") or 0,
             protocol=item.string("protocol"),
-            allowed_routes_from=item.child("allowedRoutes").child("namespaces").string("from", "Same") or "Same",
+            allowed_routes_from=_enum(
+                item.child("allowedRoutes").child("namespaces"), "from", "Same", ("All", "Selector", "Same")
+            ),
         )
         for item in spec.items("listeners")
     )

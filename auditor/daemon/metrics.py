@@ -4,7 +4,9 @@ Besides the audit's own series, the registry carries what an operator needs to r
 information (``mesh_auditor_build_info``), the process's CPU, memory and file descriptors
 (prometheus-client's process and platform collectors, ``process_*`` and ``python_info``), and a
 failed-write counter per sink (``mesh_auditor_sink_write_failures_total``), present at 0 for every
-sink from the start so that an alert rule can use ``increase()`` without a missing series.
+sink from the start so that an alert rule can use ``increase()`` without a missing series. For
+``sink="slack"`` one failed delivery attempt counts once (``auditor.daemon.sinks.CountingNotifier``);
+Slack's own series (``mesh_auditor_slack_*``) break deliveries down by result and drops by reason.
 """
 
 from __future__ import annotations
@@ -65,6 +67,27 @@ class DaemonMetrics:
         self.leader = Gauge(
             "mesh_auditor_leader", "1 while this replica holds the leader lease", registry=self.registry
         )
+        # Slack delivery and the daemon's own state (issue #10 items 2 and 3).
+        self.slack_deliveries = Counter(
+            "mesh_auditor_slack_deliveries_total",
+            "Slack calls by entry kind, result (sent, retry, repost, text_only, drop) and Slack error code",
+            ["kind", "result", "error"],
+            registry=self.registry,
+        )
+        self.outbox_dropped = Counter(
+            "mesh_auditor_slack_outbox_dropped_total",
+            "Outbox entries dropped unsent, by reason (outbox-full or Slack's error code)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.outbox_unsent = Gauge(
+            "mesh_auditor_slack_outbox_unsent", "Outbox entries not yet delivered", registry=self.registry
+        )
+        self.state_resets = Counter(
+            "mesh_auditor_state_resets_total",
+            "Times a corrupt state ConfigMap was set aside and the daemon started from empty state",
+            registry=self.registry,
+        )
         self.build_info = Gauge(
             "mesh_auditor_build_info",
             "Always 1; the labels say which build runs",
@@ -96,6 +119,11 @@ class DaemonMetrics:
                     self.findings.labels(prop.value, status.value, method).set(
                         counts.get((prop.value, status.value, method), 0)
                     )
+
+    def slack_delivery(self, kind: str, result: str, error: str) -> None:
+        self.slack_deliveries.labels(kind, result, error[:64]).inc()
+        if result == "drop":
+            self.outbox_dropped.labels(error[:64] or "unknown").inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

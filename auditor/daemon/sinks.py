@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from auditor.core.model import Finding
-from auditor.core.outbox import Outbox
+from auditor.core.outbox import Delivery, Entry
 from auditor.render.document import audit_document
 from auditor.render.html import HistoryPoint, render_html
 from auditor.render.policyreport import policy_reports
@@ -106,6 +106,11 @@ class AwsSink:
         self._archive, self._hub, self._metrics, self._alerts_open = archive, hub, metrics, alerts_open
         self._on_failure = on_failure
 
+    def became_leader(self) -> None:
+        """Security Hub's sink reloads first-seen times another leader may have written."""
+        if self._hub is not None:
+            self._hub.forget()
+
     def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None:
         at = dt.datetime.fromisoformat(str(run["at"]))
         if self._archive is not None:
@@ -113,35 +118,51 @@ class AwsSink:
             document["run"] = dict(run)
             with _counted("s3", self._on_failure):
                 self._archive.put_run(document, str(run.get("id", at.strftime("%H%M%S"))), at)
+        refused = 0
         if self._hub is not None:
             with _counted("securityhub", self._on_failure):
-                self._hub.publish(findings, at)
+                refused = len(self._hub.publish(findings, at))  # each one is logged with its reason by the hub sink
+            if refused:  # BatchImportFindings answered, but refused some findings: a failed write too
+                self._on_failure("securityhub")
         if self._metrics is not None:
             with _counted("cloudwatch", self._on_failure):
                 self._metrics.put_cycle(
-                    findings, alerts_open=self._alerts_open(), duration_s=float(run.get("duration_s", 0.0))
+                    findings,
+                    alerts_open=self._alerts_open(),
+                    duration_s=float(run.get("duration_s", 0.0)),
+                    hub_refused=refused,
                 )
 
 
-class CountingNotifier:
-    """Wraps a Slack notifier: a flush that stops with entries unsent is one failed Slack write.
+# Slack's answers that delivered nothing in this attempt (auditor.core.outbox.Action): the entry
+# is retried later (retry), sent again as a new post (repost) or as plain text (text_only), or
+# given up (drop). "sent" (including an adopted earlier attempt) is the one success.
+_FAILED_DELIVERIES = frozenset({"retry", "repost", "text_only", "drop"})
 
-    Notifiers stop at the first entry they could not deliver and keep it for the next cycle
-    (``auditor.adapters.slack.notifier``), so an outbox that still has an unsent entry after a
-    flush is the one sign of a failed delivery; a flush that raises counts too.
+
+class CountingNotifier:
+    """Wraps a Slack notifier: each failed delivery ATTEMPT is one failed Slack write.
+
+    The daemon sends one outbox entry per ``deliver`` call (paced; ``auditor.daemon.service``) and
+    retries or reposts it on later calls, so counting per attempt makes
+    ``mesh_auditor_sink_write_failures_total{sink="slack"}`` rise for as long as Slack keeps
+    failing, like the other sinks that fail once per cycle. An entry retried three times and then
+    dropped counts 4. A ``deliver`` that raises counts once and the error goes on. Drops by reason
+    are in ``mesh_auditor_slack_outbox_dropped_total``; every attempt by result in
+    ``mesh_auditor_slack_deliveries_total``.
     """
 
     def __init__(self, inner: NotifierLike, on_failure: OnFailure) -> None:
         self._inner = inner
         self._on_failure = on_failure
 
-    def flush(self, outbox: Outbox, save: Callable[[Outbox], None]) -> Outbox:
+    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery:
         with _counted("slack", self._on_failure):
-            flushed = self._inner.flush(outbox, save)
-        if flushed.next_unsent() is not None:
+            delivery = self._inner.deliver(entry, threads)
+        if delivery.action in _FAILED_DELIVERIES:
             self._on_failure("slack")
-        return flushed
+        return delivery
 
 
 class NotifierLike(Protocol):
-    def flush(self, outbox: Outbox, save: Callable[[Outbox], None]) -> Outbox: ...
+    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery: ...

@@ -264,7 +264,14 @@ PLAIN_DEFAULTS = ("createNamespace=true",)
 RENDERED = (
     Rendered("namespaces.yaml", ("templates/namespaces.yaml",), PLAIN_DEFAULTS, "the auditor's namespaces"),
     Rendered("serviceaccounts.yaml", ("templates/serviceaccounts.yaml",), PLAIN_DEFAULTS, "ServiceAccounts"),
-    Rendered("rbac.yaml", ("templates/rbac.yaml",), PLAIN_DEFAULTS, "the auditor's RBAC"),
+    # With the Auto Mode read role: the plain manifests are for EKS Auto Mode clusters, where
+    # settings turn aws.verify_auto_mode on (the chart grants it only with aws.verifyAutoMode).
+    Rendered(
+        "rbac.yaml",
+        ("templates/rbac.yaml",),
+        (*PLAIN_DEFAULTS, "aws.verifyAutoMode=true"),
+        "the auditor's RBAC (with the Auto Mode read role)",
+    ),
     Rendered("probe-guard.yaml", ("templates/probe-guard.yaml",), PLAIN_DEFAULTS, "the probe-pod admission policy"),
     Rendered(
         "daemon.yaml",

@@ -49,7 +49,7 @@ class AppliedCase:
 
     def __init__(self, kube: KubeAPI, manifests: Path, workdir: Path) -> None:
         self.kube = kube
-        self.documents = [d for d in yaml.safe_load_all(manifests.read_text(encoding="utf-8")) if d]
+        self.documents = _as_kubectl_reads(kube, manifests)
         self.objects_file = workdir / "objects.yaml"
 
     def __enter__(self) -> AppliedCase:
@@ -104,6 +104,20 @@ class AppliedCase:
             "--type=merge",
             f"--patch={patch}",
         )
+
+
+def _as_kubectl_reads(kube: KubeAPI, manifests: Path) -> list[dict[str, Any]]:
+    """The file's objects as kubectl reads them (sigs.k8s.io/yaml: merge keys, YAML 1.1 scalars),
+    not as PyYAML does, so that the live side of a parity test is the cluster's own reading."""
+    printed = kube.kubectl("create", "--dry-run=client", "--validate=false", "--output=json", f"--filename={manifests}")
+    decoder = json.JSONDecoder()
+    documents: list[dict[str, Any]] = []
+    position = 0
+    while printed[position:].strip():  # one JSON object after another
+        document, end = decoder.raw_decode(printed, printed.index("{", position))
+        documents += document["items"] if document.get("kind") == "List" else [document]
+        position = end
+    return documents
 
 
 def _created(document: dict[str, Any]) -> str:

@@ -198,6 +198,10 @@ def test_generated_settings_are_valid_auditor_settings(helm: Path, tmp_path: Pat
         (("probes.deadlineSeconds=five",), "deadlineSeconds"),
         (("aws.iamRoleArn=my-role",), "iamRoleArn"),
         (("terminationGracePeriodSeconds=100",), "must exceed probes.deadlineSeconds"),
+        (
+            ("probes.deadlineSeconds=20", "settings.daemon.shutdown_grace_s=90", "terminationGracePeriodSeconds=60"),
+            "must exceed settings.daemon.shutdown_grace_s",
+        ),
         (("image.digest=latest",), "digest"),
     ],
 )
@@ -205,6 +209,24 @@ def test_bad_values_are_refused_with_the_field_named(helm: Path, set_values: tup
     with pytest.raises(ChartToolError) as refused:
         template(helm, set_values=set_values)
     assert message in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("set_values", "grace"),
+    [
+        ((), 330),  # the probe deadline (300 s) is the larger: 300 + 30
+        (("probes.deadlineSeconds=20",), 50),  # 20 s deadline over the 10 s default shutdown grace
+        (("probes.deadlineSeconds=20", "settings.daemon.shutdown_grace_s=90"), 120),
+        (("probes.deadlineSeconds=20", "settings.daemon.shutdown_grace_s=90.5"), 121),
+    ],
+)
+def test_default_grace_period_is_above_the_probe_deadline_and_the_daemons_shutdown_grace(
+    helm: Path, set_values: tuple[str, ...], grace: int
+) -> None:
+    """Unset, terminationGracePeriodSeconds is the larger of probes.deadlineSeconds and
+    settings.daemon.shutdown_grace_s (rounded up), plus 30 s."""
+    [deployment] = [d for d in documents(template(helm, set_values=set_values)) if d["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
 
 
 @pytest.mark.kube

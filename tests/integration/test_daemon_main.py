@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ from auditor.daemon.main import run_daemon
 from auditor.devtools.controlplane import KubeAPI
 from auditor.settings import DaemonSettings, Settings
 from tests.cases import ROOT
+from tests.unit.test_input_limits import alias_bomb
 
 pytestmark = pytest.mark.kube
 
@@ -76,6 +78,11 @@ def test_daemon_serves_health_audits_and_keeps_last_good_rules(
             time.sleep(1.0)
             assert thread.is_alive()
             assert _get(http, "/readyz") == 200
+            rules.write_text(alias_bomb(), encoding="utf-8")  # issue 10: a hostile edit, reloaded 3 times
+            time.sleep(1.0)
+            assert thread.is_alive()
+            assert _get(http, "/readyz") == 200
+            assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 1024 * 1024  # KiB: far from 1.5 GB
             assert "mesh_auditor_leader 1.0" in http.get("/metrics").text
     finally:
         stop.set()

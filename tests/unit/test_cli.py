@@ -110,14 +110,14 @@ def test_nothing_in_scope_is_never_exit_zero(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ("kind: Service\nmetadata: {name: x}\n", "(document 0): apiVersion: is missing"),
+        ("kind: Service\nmetadata: {name: x}\n", "(document 1): apiVersion: is missing"),
         (
             "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec:\n  ports: 80\n",
             "spec.ports: expected a list",
         ),
         (
             "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n---\n- a\n- b\n",
-            "(document 1): a document must be a Kubernetes object",
+            "(document 2): a document must be a Kubernetes object",
         ),
         ("apiVersion: v1\nkind: Service\nmetadata: {name: [x}\n", "invalid YAML at line 3"),
         (
@@ -128,7 +128,24 @@ def test_nothing_in_scope_is_never_exit_zero(tmp_path: Path) -> None:
             "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: x}\n",
             "defined twice",
         ),
-        ("apiVersion: v1\nkind: Service\nmetadata: {name: x, name: y}\n", "duplicate key 'name'"),
+        (
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  mtls: {mode: strict}\n",
+            "(document 1): spec.mtls.mode: unknown mode 'strict' (the API server refuses it)",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: x, labels: {port: 0x10}}\n",
+            "(document 1): metadata.labels.port: label and annotation values must be strings, got int",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n"
+            "spec:\n  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/a/sa/b, 0x10]}\n",
+            "(document 1): spec.rules[0].from[0].source.principals[1]: expected a string, got int",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {action: allow}\n",
+            "spec.action: unknown action 'allow' (the API server refuses it)",
+        ),
+        ("apiVersion: v1\nkind: Service\nmetadata: {name: .inf}\n", "metadata.name: .inf and .nan have no JSON form"),
     ],
 )
 def test_malformed_manifest_exits_2_naming_file_document_and_field(
@@ -185,7 +202,7 @@ def test_invalid_rules_exit_2_naming_field_and_fix(
     code, _ = run("check", "--manifests", EXAMPLE, "--rules", str(rules))
     err = capsys.readouterr().err
     assert code == 2
-    assert f"{rules} (document 0): {field}: " in err
+    assert f"{rules} (document 1): {field}: " in err
     assert problem in err
     assert "fix:" in err
 

@@ -1,20 +1,20 @@
 """/metrics for operators: build info, process metrics, and a failed-write counter per sink.
 
-Each sink's failure is provoked by a writer that raises (or, for Slack, a notifier that stops
-with an entry unsent) and must show as exactly one increment of that sink's series, with the
+Each sink's failure is provoked by a writer that raises (or, for Slack, a delivery attempt that
+Slack did not accept) and must show as exactly one increment of that sink's series, with the
 error still raised to the caller as before.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
 
 from auditor import __version__
-from auditor.core.outbox import Entry, EntryKind, Outbox
+from auditor.core.outbox import Action, Delivery, Entry, EntryKind
 from auditor.daemon.metrics import SINKS, DaemonMetrics
 from auditor.daemon.sinks import AwsSink, CountingNotifier, PolicyReportSink
 
@@ -45,7 +45,7 @@ class _Raises:
 
 class _Works:
     def __getattr__(self, name: str) -> Callable[..., Any]:
-        return lambda *_args, **_kwargs: None
+        return lambda *_args, **_kwargs: ()  # Security Hub's publish: no finding refused
 
 
 @pytest.mark.parametrize("failing", ["s3", "securityhub", "cloudwatch"])
@@ -75,22 +75,59 @@ def test_a_failed_policyreport_write_counts_for_policyreports() -> None:
     assert _failures(metrics)["policyreports"] == 1.0
 
 
-def _outbox() -> Outbox:
-    return Outbox().with_enqueued(Entry("a", "fp", EntryKind.POST, {"text": "a", "blocks": []}))
-
-
-class _Delivers:
-    def flush(self, outbox: Outbox, save: Callable[[Outbox], None]) -> Outbox:
-        return outbox.with_sent("a", "1.0")
-
-
-class _SlackDown:
-    def flush(self, outbox: Outbox, save: Callable[[Outbox], None]) -> Outbox:
-        return outbox  # stops at the first entry it could not send, as the notifiers do
-
-
-@pytest.mark.parametrize(("inner", "failures"), [(_Delivers(), 0.0), (_SlackDown(), 1.0)])
-def test_slack_counts_a_flush_that_left_an_entry_unsent(inner: Any, failures: float) -> None:
+def test_security_hub_refusing_findings_counts_once_per_publish() -> None:
     metrics = DaemonMetrics()
-    CountingNotifier(inner, metrics.sink_write_failed).flush(_outbox(), lambda _outbox: None)
-    assert _failures(metrics)["slack"] == failures
+
+    class Hub:
+        def publish(self, findings: Sequence[Any], at: dt.datetime) -> list[str]:
+            return ["finding-1", "finding-2"]  # BatchImportFindings answered with two FailedFindings
+
+    AwsSink(hub=Hub(), on_failure=metrics.sink_write_failed).publish([], RUN)
+    assert _failures(metrics) == {s: (1.0 if s == "securityhub" else 0.0) for s in SINKS}
+
+
+ENTRY = Entry("a", "fp", EntryKind.POST, {"text": "a", "blocks": []})
+
+
+class _Answers:
+    """A notifier whose every attempt comes to ``action`` (what the Slack adapter classified)."""
+
+    def __init__(self, action: Action) -> None:
+        self.action: Action = action
+
+    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery:
+        return Delivery(self.action, ts="1.0" if self.action == "sent" else None, error="x")
+
+
+@pytest.mark.parametrize(
+    ("action", "failures"),
+    [("sent", 0.0), ("retry", 1.0), ("repost", 1.0), ("text_only", 1.0), ("drop", 1.0)],
+)
+def test_slack_counts_each_delivery_attempt_slack_did_not_accept(action: Action, failures: float) -> None:
+    metrics = DaemonMetrics()
+    delivery = CountingNotifier(_Answers(action), metrics.sink_write_failed).deliver(ENTRY, {})
+    assert delivery.action == action  # passed on unchanged: the daemon still decides what follows
+    assert _failures(metrics) == {s: (failures if s == "slack" else 0.0) for s in SINKS}
+
+
+def test_slack_counts_once_per_attempt_so_retries_then_a_drop_count_each() -> None:
+    metrics = DaemonMetrics()
+    inner = _Answers("retry")
+    notifier = CountingNotifier(inner, metrics.sink_write_failed)
+    for _ in range(3):
+        notifier.deliver(ENTRY, {})
+    inner.action = "drop"
+    notifier.deliver(ENTRY, {})
+    assert _failures(metrics)["slack"] == 4.0
+
+
+def test_slack_delivery_that_raises_counts_once_and_still_raises() -> None:
+    metrics = DaemonMetrics()
+
+    class Broken:
+        def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery:
+            raise ConnectionError("slack")
+
+    with pytest.raises(ConnectionError):
+        CountingNotifier(Broken(), metrics.sink_write_failed).deliver(ENTRY, {})
+    assert _failures(metrics)["slack"] == 1.0

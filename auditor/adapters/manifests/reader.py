@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from auditor.adapters.yaml_io import YamlSyntaxError, load_documents
+from auditor.adapters.yaml_io import MAX_FILE_CHARS, InputTooLargeError, YamlSyntaxError, check_size, load_documents
 from auditor.core.decode import (
     DEFAULT_NAMESPACE,
     Decoded,
@@ -73,24 +73,41 @@ def _expand(paths: Sequence[str]) -> list[str]:
 
 
 def _read_all(files: list[str], stdin: TextIO) -> list[tuple[str, str]]:
+    """Every file's text; all of them together at most ``MAX_FILE_CHARS`` (docs/cli.md, "Input limits")."""
     texts = []
+    total = 0
     for name in files:
+        shown = "<stdin>" if name == "-" else name
         try:
-            texts.append(("<stdin>", stdin.read()) if name == "-" else (name, Path(name).read_text(encoding="utf-8")))
+            # Read one character past the budget, never the whole of an endless or huge file.
+            budget = MAX_FILE_CHARS - total + 1
+            if name == "-":
+                text = stdin.read(budget)
+            else:
+                with Path(name).open(encoding="utf-8") as handle:
+                    text = handle.read(budget)
+            total = check_size(text, total, MAX_FILE_CHARS)
         except (OSError, UnicodeDecodeError) as error:
             raise InputError(
-                name,
+                shown,
                 f"cannot read: {error}",
                 fix="check the file's permissions and encoding (UTF-8)",
             ) from error
+        except InputTooLargeError as error:
+            raise InputError(
+                shown,
+                f"the manifests are too large (more than {error.limit:,} characters in all)",
+                fix="audit fewer files at once (see Input limits in docs/cli.md)",
+            ) from error
+        texts.append((shown, text))
     return texts
 
 
 def _documents(name: str, text: str) -> list[tuple[int, Any]]:
     try:
-        return list(load_documents(text))
+        return list(load_documents(text, strict=False))  # kubectl's reading (yaml_io)
     except YamlSyntaxError as problem:
-        raise InputError(name, problem.message, document=problem.document, fix="fix the YAML syntax") from problem
+        raise InputError(name, problem.message, document=problem.document, fix=problem.fix) from problem
 
 
 def _collect(

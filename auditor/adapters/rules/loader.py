@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from auditor.adapters.yaml_io import YamlSyntaxError, load_documents
+from auditor.adapters.yaml_io import MAX_FILE_CHARS, InputTooLargeError, YamlSyntaxError, check_size, load_documents
 from auditor.core.posture import API_VERSION, KIND, Posture, PostureConflictError, PostureDocument, merge
 from auditor.errors import InputError
 
@@ -38,13 +38,17 @@ def load_rules(paths: Sequence[str]) -> Posture:
 
 def _load_file(path: str) -> list[tuple[str, PostureDocument]]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open(encoding="utf-8") as handle:
+            text = handle.read(MAX_FILE_CHARS + 1)
+        check_size(text)
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(path, f"cannot read: {error}", fix="check the --rules path") from error
+    except InputTooLargeError as error:
+        raise InputError(path, str(error), fix="see Input limits in docs/cli.md") from error
     try:
         raw = list(load_documents(text))
     except YamlSyntaxError as problem:
-        raise InputError(path, problem.message, document=problem.document, fix="fix the YAML syntax") from problem
+        raise InputError(path, problem.message, document=problem.document, fix=problem.fix) from problem
     if not raw:
         raise InputError(
             path,

@@ -57,12 +57,21 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- default (printf "%s-rules" (include "mesh-auditor.fullname" .)) .Values.rules.existingConfigMap -}}
 {{- end -}}
 
+{{/*
+terminationGracePeriodSeconds: above both the probe deadline (a replica stopped mid-cycle deletes
+its probe pods) and the daemon's own SIGTERM grace (settings daemon.shutdown_grace_s, default 10 s:
+running work reaching a safe point); unset: the larger of the two plus 30 s.
+*/}}
 {{- define "mesh-auditor.gracePeriod" -}}
-{{- $minimum := add (int .Values.probes.deadlineSeconds) 30 -}}
+{{- $deadline := int .Values.probes.deadlineSeconds -}}
+{{- $shutdown := int (ceil (float64 (dig "daemon" "shutdown_grace_s" 10 .Values.settings))) -}}
+{{- $minimum := add (max $deadline $shutdown) 30 -}}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds -}}
 {{- $minimum -}}
-{{- else if le (int .Values.terminationGracePeriodSeconds) (int .Values.probes.deadlineSeconds) -}}
+{{- else if le (int .Values.terminationGracePeriodSeconds) $deadline -}}
 {{- fail (printf "terminationGracePeriodSeconds (%v) must exceed probes.deadlineSeconds (%v): a replica stopped mid-cycle must have time to delete its probe pods; leave it unset for %v" .Values.terminationGracePeriodSeconds .Values.probes.deadlineSeconds $minimum) -}}
+{{- else if le (int .Values.terminationGracePeriodSeconds) $shutdown -}}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed settings.daemon.shutdown_grace_s (%v): the daemon must reach a safe point before it is killed; leave it unset for %v" .Values.terminationGracePeriodSeconds $shutdown $minimum) -}}
 {{- else -}}
 {{- int .Values.terminationGracePeriodSeconds -}}
 {{- end -}}
@@ -90,7 +99,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- range $key, $value := dict "region" .Values.aws.region "cluster_name" .Values.aws.clusterName "account_id" .Values.aws.accountId "s3_bucket" .Values.aws.s3Bucket -}}
 {{- if $value -}}{{- $_ := set $aws $key $value -}}{{- end -}}
 {{- end -}}
-{{- if .Values.aws.s3Bucket -}}{{- $_ := set $aws "s3_prefix" .Values.aws.s3Prefix -}}{{- end -}}
+{{- if .Values.aws.s3Bucket -}}
+{{- $_ := set $aws "s3_prefix" .Values.aws.s3Prefix -}}
+{{- $_ := set $aws "s3_retention_days" (int .Values.aws.s3RetentionDays) -}}
+{{- end -}}
 {{- $settings := dict "daemon" $daemon "probes" $probes "slack" $slack "aws" $aws "logging" .Values.logging -}}
 {{- toYaml (mustMergeOverwrite $settings (deepCopy .Values.settings)) -}}
 {{- end -}}
