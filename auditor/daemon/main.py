@@ -45,7 +45,7 @@ from auditor.core.snapshot import Snapshot
 from auditor.daemon.health import HealthServer
 from auditor.daemon.metrics import DaemonMetrics
 from auditor.daemon.service import Daemon, DaemonConfig, Notifier, ProbeCycle, ReportSink
-from auditor.daemon.sinks import AwsSink, DirectorySink, PolicyReportSink
+from auditor.daemon.sinks import AwsSink, CountingNotifier, DirectorySink, OnFailure, PolicyReportSink
 from auditor.errors import InputError
 from auditor.settings import AwsSettings, Settings, SlackSettings
 
@@ -78,8 +78,13 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
             header_values=values,
             elector=LeaseElector(api, cfg.namespace, identity, duration_s=cfg.lease_duration_s),
             state=ConfigMapStateStore(api, cfg.namespace),
-            notifier=_notifier(settings.slack),
-            sinks=_sinks(settings, api, metrics_alerts=lambda: int(metrics.alerts_open._value.get())),
+            notifier=_counted_notifier(_notifier(settings.slack), metrics),
+            sinks=_sinks(
+                settings,
+                api,
+                metrics_alerts=lambda: int(metrics.alerts_open._value.get()),
+                on_failure=metrics.sink_write_failed,
+            ),
             probe_cycle=_probe_cycle(settings, api, halt) if cfg.probes_enabled else None,
             metrics=metrics,
             extra_findings=_auto_mode(settings.aws, api),
@@ -172,13 +177,18 @@ def _notifier(slack: SlackSettings) -> Notifier:
     return _Silent()
 
 
-def _sinks(settings: Settings, api: Any, metrics_alerts: Any) -> list[ReportSink]:
+def _counted_notifier(notifier: Notifier, metrics: DaemonMetrics) -> Notifier:
+    # With Slack off the outbox is kept, never sent: that is not a failed write.
+    return notifier if isinstance(notifier, _Silent) else CountingNotifier(notifier, metrics.sink_write_failed)
+
+
+def _sinks(settings: Settings, api: Any, metrics_alerts: Any, on_failure: OnFailure) -> list[ReportSink]:
     sinks: list[ReportSink] = [DirectorySink(Path(settings.daemon.reports_dir))]
     if settings.daemon.policy_reports:
-        sinks.append(PolicyReportSink(PolicyReportWriter(api)))
+        sinks.append(PolicyReportSink(PolicyReportWriter(api), on_failure=on_failure))
     aws = settings.aws
     if aws.s3_bucket or aws.security_hub or aws.cloudwatch:
-        sinks.append(_aws_sink(aws, metrics_alerts))
+        sinks.append(_aws_sink(aws, metrics_alerts, on_failure))
     return sinks
 
 
@@ -186,7 +196,7 @@ def _aws_client(aws: AwsSettings, service: str) -> Any:
     return boto3.session.Session(region_name=aws.region).client(service, endpoint_url=aws.endpoint_url)
 
 
-def _aws_sink(aws: AwsSettings, alerts_open: Any) -> AwsSink:
+def _aws_sink(aws: AwsSettings, alerts_open: Any, on_failure: OnFailure) -> AwsSink:
     archive = hub = cloudwatch = None
     if (aws.s3_bucket or aws.security_hub) and not (aws.account_id and aws.region and aws.cluster_name):
         # Every evidence record names its cluster, account and region, so a fleet can share one
@@ -215,7 +225,7 @@ def _aws_sink(aws: AwsSettings, alerts_open: Any) -> AwsSink:
         )
     if aws.cloudwatch:
         cloudwatch = CloudWatchMetrics(_aws_client(aws, "cloudwatch"), aws.cluster_name or "cluster")
-    return AwsSink(archive=archive, hub=hub, metrics=cloudwatch, alerts_open=alerts_open)
+    return AwsSink(archive=archive, hub=hub, metrics=cloudwatch, alerts_open=alerts_open, on_failure=on_failure)
 
 
 def _auto_mode(aws: AwsSettings, api: Any) -> Any:

@@ -1,13 +1,35 @@
-"""Prometheus metrics of the daemon, in a registry of its own (no process-global state)."""
+"""Prometheus metrics of the daemon, in a registry of its own (no process-global state).
+
+Besides the audit's own series, the registry carries what an operator needs to run it: build
+information (``mesh_auditor_build_info``), the process's CPU, memory and file descriptors
+(prometheus-client's process and platform collectors, ``process_*`` and ``python_info``), and a
+failed-write counter per sink (``mesh_auditor_sink_write_failures_total``), present at 0 for every
+sink from the start so that an alert rule can use ``increase()`` without a missing series. For
+``sink="slack"`` one failed delivery attempt counts once (``auditor.daemon.sinks.CountingNotifier``);
+Slack's own series (``mesh_auditor_slack_*``) break deliveries down by result and drops by reason.
+"""
 
 from __future__ import annotations
 
+import platform
 from collections import Counter as Tally
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
+from auditor import __version__
 from auditor.core.model import Finding, Property, Status
+
+# Every place the daemon writes results to; a failed write counts under one of these names.
+SINKS = ("slack", "s3", "securityhub", "cloudwatch", "policyreports")
 
 
 class DaemonMetrics:
@@ -66,6 +88,28 @@ class DaemonMetrics:
             "Times a corrupt state ConfigMap was set aside and the daemon started from empty state",
             registry=self.registry,
         )
+        self.build_info = Gauge(
+            "mesh_auditor_build_info",
+            "Always 1; the labels say which build runs",
+            ["version", "python_version"],
+            registry=self.registry,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.sink_write_failures = Counter(
+            "mesh_auditor_sink_write_failures_total",
+            "Writes to a sink that failed (the sink retries or the next cycle writes again)",
+            ["sink"],
+            registry=self.registry,
+        )
+        for sink in SINKS:
+            self.sink_write_failures.labels(sink)
+        # process_* (CPU seconds, resident memory, open fds, start time) and python_info.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+
+    def sink_write_failed(self, sink: str) -> None:
+        """Count one failed write to ``sink`` (one of ``SINKS``)."""
+        self.sink_write_failures.labels(sink).inc()
 
     def record_findings(self, findings: Sequence[Finding]) -> None:
         counts = Tally((f.property.value, f.status.value, f.method.value) for f in findings)
