@@ -8,8 +8,10 @@ asserted here on every record sent, and each record is checked with botocore's v
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,10 +26,15 @@ from auditor.adapters.aws.archive import ArchiveOptions, S3Archive
 from auditor.adapters.aws.eks import auto_mode_finding
 from auditor.adapters.aws.metrics import NAMESPACE, CloudWatchMetrics
 from auditor.adapters.aws.securityhub import HubOptions, SecurityHubSink
+from auditor.adapters.manifests.reader import read_manifests
+from auditor.adapters.rules.loader import load_rules
 from auditor.core.checks.automode import NodePoolRef, NodePools
 from auditor.core.checks.catalog import CAPTURED, PEER_AUTHENTICATION
 from auditor.core.model import Finding, Status
+from auditor.daemon.service import Daemon, DaemonConfig
 from auditor.daemon.sinks import AwsSink
+from auditor.testing import FakeElector, FakeSnapshots, MemoryStateStore, RecordingNotifier
+from tests.cases import ROOT
 
 REGION = "us-west-2"
 ACCOUNT = "123456789012"
@@ -299,6 +306,51 @@ def test_cloudwatch_metrics_per_property_and_status(moto_endpoint: str) -> None:
     listed = cloudwatch.list_metrics(Namespace=NAMESPACE, Dimensions=[{"Name": "Cluster", "Value": "metrics"}])
     names = {m["MetricName"] for m in listed["Metrics"]}
     assert names == {"Findings", "AlertsOpen", "CycleDuration", "SecurityHubFindingsRefused"}
+
+
+def _cycle_durations(cloudwatch: Any, cluster: str) -> list[float]:
+    stats = cloudwatch.get_metric_statistics(
+        Namespace=NAMESPACE,
+        MetricName="CycleDuration",
+        Dimensions=[{"Name": "Cluster", "Value": cluster}],
+        StartTime=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
+        EndTime=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+        Period=60,
+        Statistics=["Maximum", "SampleCount"],
+    )
+    return [p["Maximum"] for p in stats["Datapoints"] for _ in range(int(p["SampleCount"]))]
+
+
+def test_cloudwatch_cycle_duration_is_the_real_duration_of_the_daemons_cycle(moto_endpoint: str) -> None:
+    """A static cycle that takes at least 0.3 s (its extra check sleeps) reports a CycleDuration of
+    at least 0.3 s and less than the wall time of the whole call; the daily report is no cycle and
+    adds no CycleDuration datum (it used to put 0)."""
+    cloudwatch = _client("cloudwatch", moto_endpoint)
+    sink = AwsSink(metrics=CloudWatchMetrics(cloudwatch, "timed"))
+
+    def slow_check() -> tuple[Finding, ...]:
+        time.sleep(0.3)
+        return ()
+
+    daemon = Daemon(
+        config=DaemonConfig(identity="timed"),
+        snapshots=FakeSnapshots(read_manifests([str(ROOT / "examples" / "retail-store")], io.StringIO()).snapshot),
+        posture=load_rules([str(ROOT / "rules" / "retail-store.yaml")]),
+        header_values={("default/catalog", "x-auth-token"): "internal-retail-token"},
+        elector=FakeElector(),
+        state=MemoryStateStore(),
+        notifier=RecordingNotifier(),
+        sinks=[sink],
+        extra_findings=slow_check,
+    )
+    daemon.leader_tick()
+    started = time.monotonic()
+    daemon.static_audit()
+    wall = time.monotonic() - started
+    [duration] = _cycle_durations(cloudwatch, "timed")
+    assert 0.3 <= duration < wall
+    daemon.daily_report()
+    assert len(_cycle_durations(cloudwatch, "timed")) == 1
 
 
 # --- EKS Auto Mode -----------------------------------------------------------------------------
