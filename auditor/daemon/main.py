@@ -22,7 +22,7 @@ import structlog
 from slack_sdk.webhook import WebhookClient
 
 from auditor.adapters.aws.archive import ArchiveOptions, S3Archive
-from auditor.adapters.aws.eks import auto_mode_finding
+from auditor.adapters.aws.eks import AutoModeCheck
 from auditor.adapters.aws.metrics import CloudWatchMetrics
 from auditor.adapters.aws.securityhub import HubOptions, SecurityHubSink
 from auditor.adapters.k8s.lease import LeaseElector
@@ -221,15 +221,7 @@ def _aws_sink(aws: AwsSettings, alerts_open: Any) -> AwsSink:
 def _auto_mode(aws: AwsSettings, api: Any) -> Any:
     if not (aws.verify_auto_mode and aws.cluster_name):
         return tuple
-    cache: dict[str, tuple[Finding, ...]] = {}
-
-    def finding() -> tuple[Finding, ...]:
-        if "auto" not in cache:  # once per process: the cluster's mode does not change under us
-            eks = _aws_client(aws, "eks")
-            cache["auto"] = (auto_mode_finding(eks, aws.cluster_name or "", lambda: read_node_pools(api)),)
-        return cache["auto"]
-
-    return finding
+    return AutoModeCheck(_aws_client(aws, "eks"), aws.cluster_name, lambda: read_node_pools(api))
 
 
 def _probe_cycle(settings: Settings, api: Any, halt: threading.Event) -> ProbeCycle:
