@@ -40,7 +40,10 @@ from auditor.app import active_audit, plan_options, runner_options
 from auditor.core.drift import DriftPolicy
 from auditor.core.model import Finding, Method
 from auditor.core.outbox import Delivery, Entry
+from auditor.core.ports import ProbeRunner
 from auditor.core.posture import Posture
+from auditor.core.probeplan import RunPlan
+from auditor.core.probereport import RunReport
 from auditor.core.snapshot import Snapshot
 from auditor.daemon.health import HealthServer
 from auditor.daemon.metrics import DaemonMetrics
@@ -80,7 +83,7 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
             state=ConfigMapStateStore(api, cfg.namespace),
             notifier=_notifier(settings.slack),
             sinks=_sinks(settings, api, metrics_alerts=lambda: int(metrics.alerts_open._value.get())),
-            probe_cycle=_probe_cycle(settings, api, halt) if cfg.probes_enabled else None,
+            probe_cycle=_probe_cycle(settings, api, halt, metrics) if cfg.probes_enabled else None,
             metrics=metrics,
             extra_findings=_auto_mode(settings.aws, api),
             log_delivery=log_delivery,
@@ -224,8 +227,20 @@ def _auto_mode(aws: AwsSettings, api: Any) -> Any:
     return AutoModeCheck(_aws_client(aws, "eks"), aws.cluster_name, lambda: read_node_pools(api))
 
 
-def _probe_cycle(settings: Settings, api: Any, halt: threading.Event) -> ProbeCycle:
-    runner = PodProbeRunner(PodApi(api), runner_options(settings.probes), stop=halt)
+class _CountedRunner:
+    """A probe runner whose every result is counted in ``mesh_auditor_probe_outcomes_total``."""
+
+    def __init__(self, runner: ProbeRunner, metrics: DaemonMetrics) -> None:
+        self._runner, self._metrics = runner, metrics
+
+    def run(self, plan: RunPlan) -> RunReport:
+        report = self._runner.run(plan)
+        self._metrics.record_probe_report(plan, report)
+        return report
+
+
+def _probe_cycle(settings: Settings, api: Any, halt: threading.Event, metrics: DaemonMetrics) -> ProbeCycle:
+    runner = _CountedRunner(PodProbeRunner(PodApi(api), runner_options(settings.probes), stop=halt), metrics)
     options = plan_options(settings.probes)
 
     def cycle(
