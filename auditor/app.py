@@ -51,8 +51,10 @@ def configure_logging(settings: Settings) -> None:
         structlog.processors.TimeStamper(fmt="iso"),
     ]
     exceptions: list[structlog.types.Processor] = [structlog.processors.format_exc_info] if json_out else []
+    # JSON escapes control characters itself; the console renderer prints strings raw.
+    shown: list[structlog.types.Processor] = [] if json_out else [visible_log_strings]
     structlog.configure(
-        processors=[*shared, *exceptions, visible_log_strings, renderer],
+        processors=[*shared, *exceptions, *shown, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
@@ -64,7 +66,7 @@ def configure_logging(settings: Settings) -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 *exceptions,
-                visible_log_strings,
+                *shown,
                 renderer,
             ],
         )
