@@ -15,6 +15,7 @@ the finding stays that ERROR (never a PASS from an older answer).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -65,8 +66,9 @@ RETRY_MAX_S = 300.0
 
 
 class AutoModeCheck:
-    """The daemon's Auto Mode finding: ``check()`` returns a one-finding tuple (the daemon's
-    ``extra_findings``). ``clock`` is monotonic seconds."""
+    """The daemon's Auto Mode finding: calling it returns a one-finding tuple (the daemon's
+    ``extra_findings``); it never raises (AWS errors are the ERROR finding). ``clock`` returns
+    monotonic seconds; ``definitive_for_s`` is how long a PASS or FAIL is reused, in seconds."""
 
     def __init__(
         self,
@@ -82,8 +84,13 @@ class AutoModeCheck:
         self._finding: Finding | None = None
         self._until = 0.0
         self._errors = 0  # consecutive ERROR answers: the retry delay doubles with each
+        self._lock = threading.Lock()  # the daemon's full and change-triggered audits may overlap
 
     def __call__(self) -> tuple[Finding, ...]:
+        with self._lock:
+            return self._current()
+
+    def _current(self) -> tuple[Finding, ...]:
         now = self._clock()
         if self._finding is None or now >= self._until:
             finding = auto_mode_finding(self._eks, self._cluster, self._node_pools)
