@@ -22,7 +22,7 @@ import structlog
 from slack_sdk.webhook import WebhookClient
 
 from auditor.adapters.aws.archive import ArchiveOptions, S3Archive
-from auditor.adapters.aws.eks import auto_mode_finding
+from auditor.adapters.aws.eks import AutoModeCheck
 from auditor.adapters.aws.metrics import CloudWatchMetrics
 from auditor.adapters.aws.securityhub import HubOptions, SecurityHubSink
 from auditor.adapters.k8s.lease import LeaseElector
@@ -40,7 +40,10 @@ from auditor.app import active_audit, plan_options, runner_options
 from auditor.core.drift import DriftPolicy
 from auditor.core.model import Finding, Method
 from auditor.core.outbox import Delivery, Entry
+from auditor.core.ports import ProbeRunner
 from auditor.core.posture import Posture
+from auditor.core.probeplan import RunPlan
+from auditor.core.probereport import RunReport
 from auditor.core.snapshot import Snapshot
 from auditor.daemon.health import HealthServer
 from auditor.daemon.metrics import DaemonMetrics
@@ -85,7 +88,7 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
                 metrics_alerts=lambda: int(metrics.alerts_open._value.get()),
                 on_failure=metrics.sink_write_failed,
             ),
-            probe_cycle=_probe_cycle(settings, api, halt) if cfg.probes_enabled else None,
+            probe_cycle=_probe_cycle(settings, api, halt, metrics) if cfg.probes_enabled else None,
             metrics=metrics,
             extra_findings=_auto_mode(settings.aws, api),
             log_delivery=log_delivery,
@@ -231,19 +234,23 @@ def _aws_sink(aws: AwsSettings, alerts_open: Any, on_failure: OnFailure) -> AwsS
 def _auto_mode(aws: AwsSettings, api: Any) -> Any:
     if not (aws.verify_auto_mode and aws.cluster_name):
         return tuple
-    cache: dict[str, tuple[Finding, ...]] = {}
-
-    def finding() -> tuple[Finding, ...]:
-        if "auto" not in cache:  # once per process: the cluster's mode does not change under us
-            eks = _aws_client(aws, "eks")
-            cache["auto"] = (auto_mode_finding(eks, aws.cluster_name or "", lambda: read_node_pools(api)),)
-        return cache["auto"]
-
-    return finding
+    return AutoModeCheck(_aws_client(aws, "eks"), aws.cluster_name, lambda: read_node_pools(api))
 
 
-def _probe_cycle(settings: Settings, api: Any, halt: threading.Event) -> ProbeCycle:
-    runner = PodProbeRunner(PodApi(api), runner_options(settings.probes), stop=halt)
+class _CountedRunner:
+    """A probe runner whose every result is counted in ``mesh_auditor_probe_outcomes_total``."""
+
+    def __init__(self, runner: ProbeRunner, metrics: DaemonMetrics) -> None:
+        self._runner, self._metrics = runner, metrics
+
+    def run(self, plan: RunPlan) -> RunReport:
+        report = self._runner.run(plan)
+        self._metrics.record_probe_report(plan, report)
+        return report
+
+
+def _probe_cycle(settings: Settings, api: Any, halt: threading.Event, metrics: DaemonMetrics) -> ProbeCycle:
+    runner = _CountedRunner(PodProbeRunner(PodApi(api), runner_options(settings.probes), stop=halt), metrics)
     options = plan_options(settings.probes)
 
     def cycle(

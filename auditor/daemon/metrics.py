@@ -27,6 +27,10 @@ from prometheus_client import (
 
 from auditor import __version__
 from auditor.core.model import Finding, Property, Status
+from auditor.core.probeplan import RunPlan
+from auditor.core.probereport import RunReport
+
+NO_RESULT = "no-result"  # the request's batch has no observation of it (pod never ran, report unusable or cut)
 
 # Every place the daemon writes results to; a failed write counts under one of these names.
 SINKS = ("slack", "s3", "securityhub", "cloudwatch", "policyreports")
@@ -49,7 +53,11 @@ class DaemonMetrics:
             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
         )
         self.probe_outcomes = Counter(
-            "mesh_auditor_probe_outcomes_total", "Probe request outcomes", ["outcome"], registry=self.registry
+            "mesh_auditor_probe_outcomes_total",
+            f"Probe requests by what their probe observed (probes.wire.Outcome), or {NO_RESULT} when their"
+            " probe pod brought none back",
+            ["outcome"],
+            registry=self.registry,
         )
         self.alerts_open = Gauge("mesh_auditor_alerts_open", "Drift alerts currently open", registry=self.registry)
         self.last_success = Gauge(
@@ -119,6 +127,15 @@ class DaemonMetrics:
                     self.findings.labels(prop.value, status.value, method).set(
                         counts.get((prop.value, status.value, method), 0)
                     )
+
+    def record_probe_report(self, plan: RunPlan, report: RunReport) -> None:
+        """One increment of ``mesh_auditor_probe_outcomes_total`` per request of ``plan``."""
+        for batch in plan.batches:
+            reported = report.batch(batch.key)
+            observations = reported.observations if reported is not None else {}
+            for request in batch.requests:
+                seen = observations.get(request.id)
+                self.probe_outcomes.labels(seen.outcome.value if seen is not None else NO_RESULT).inc()
 
     def slack_delivery(self, kind: str, result: str, error: str) -> None:
         self.slack_deliveries.labels(kind, result, error[:64]).inc()

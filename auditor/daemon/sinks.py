@@ -129,7 +129,7 @@ class AwsSink:
                 self._metrics.put_cycle(
                     findings,
                     alerts_open=self._alerts_open(),
-                    duration_s=float(run.get("duration_s", 0.0)),
+                    duration_s=float(run["duration_s"]) if "duration_s" in run else None,
                     hub_refused=refused,
                 )
 
