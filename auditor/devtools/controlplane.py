@@ -716,6 +716,15 @@ def _start_istiod(state: StateDir, binaries: Binaries) -> None:
     kubectl = [str(binaries.kubectl), f"--kubeconfig={state.kubeconfig}", f"--cache-dir={state.path / 'kubectl-cache'}"]
     started = time.monotonic()
     istio.apply_objects(kubectl, istio.istiod_objects(istio.chart_dir("istio-control/istio-discovery")))
+    # Pods for Deployments (waypoints included), pod IPs and Ready, EndpointSlices: what the
+    # missing controller-manager and kubelet would give istiod (podexecutor.WorkloadStandIn).
+    stand_in_argv = [sys.executable, "-m", "auditor.devtools.podexecutor", f"--kubeconfig={state.kubeconfig}"]
+    stand_in_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    stand_in = processes.spawn(
+        "workload-stand-in", stand_in_argv, state.logs / "workload-stand-in.log", env=stand_in_env
+    )
+    record["processes"].append({"name": stand_in.name, "pid": stand_in.pid, "start_ticks": stand_in.start_ticks})
+    _save_record(state, record)
     ports = istio.IstiodPorts(*_free_ports(6))
     workdir = state.path / "istiod"
     workdir.mkdir(exist_ok=True)  # istiod writes relative paths (./var/run/secrets...) here
@@ -736,6 +745,7 @@ def _start_istiod(state: StateDir, binaries: Binaries) -> None:
         ready_s = istio.wait_istiod(process, ports.http, log_path, istio.ISTIOD_READY_TIMEOUT_S)
     except BaseException:
         _stop(process)
+        _stop(stand_in)
         raise
     record["istiod"].update(ready_seconds=round(time.monotonic() - started, 1))
     _save_record(state, record)

@@ -493,3 +493,28 @@ def rss_bytes(pid: int) -> int:
     except (OSError, ValueError, IndexError):
         return 0
     return 0
+
+
+class IstioAPI(controlplane.KubeAPI):
+    """A test API server with istiod running against it (``up --istio``).
+
+    Adds istiod's loopback ports (``ports``: http, grpc, secure_grpc, monitoring, https, ctrlz),
+    the built ``istioctl`` and ``debug()`` for istiod's debug endpoints.
+    """
+
+    def __init__(self, kubeconfig: Path, kubectl_path: Path, istioctl_path: Path, ports: dict[str, int]) -> None:
+        super().__init__(kubeconfig, kubectl_path)
+        self.istioctl_path = istioctl_path
+        self.ports = ports
+
+    def debug(self, path: str) -> Any:
+        """GET ``path`` (``/debug/ambientz``...) from istiod's debug listener, parsed as JSON."""
+        return debug_get(self.ports["http"], path)
+
+    def istioctl(self, *args: str) -> str:
+        """Run the built istioctl against this server and istiod's plaintext XDS port."""
+        argv = [str(self.istioctl_path), f"--kubeconfig={self.kubeconfig}", *args]
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+        if result.returncode != 0:
+            raise ControlPlaneError(f"istioctl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
