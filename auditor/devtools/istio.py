@@ -26,7 +26,11 @@ Errors are ``controlplane.ControlPlaneError`` with a message naming the step tha
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import shutil
@@ -518,3 +522,69 @@ class IstioAPI(controlplane.KubeAPI):
         if result.returncode != 0:
             raise ControlPlaneError(f"istioctl {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The translation oracle: what istiod hands ztunnel, in the shape of core.ztunnelview
+
+
+# Policies istiod derives from PeerAuthentication carry these names (pilot/pkg/model/authentication.go).
+_CONVERTED_PEER_AUTHENTICATION = ("converted_peer_authentication_", "istio_converted_static_strict")
+
+
+def _is_converted(name: str) -> bool:
+    return any(marker in name for marker in _CONVERTED_PEER_AUTHENTICATION)
+
+
+def ambient_facts(
+    ambientz: dict[str, Any], gateway_addresses: dict[str, str]
+) -> tuple[dict[str, frozenset[str]], dict[str, str]]:
+    """istiod's ``/debug/ambientz`` as (workload -> enforced AuthorizationPolicies, Service -> waypoint).
+
+    A workload's enforced policies are its ``authorizationPolicies`` (istiod attaches only the
+    selector ones) plus every policy of scope ``NAMESPACE`` in its namespace and of scope
+    ``GLOBAL``, leaving out dry-run ones and those translated from PeerAuthentication. A
+    Service's waypoint is the Gateway (``namespace/name``) whose address or hostname the
+    Service's ``waypoint`` names, ``""`` without one. ``gateway_addresses`` maps each address
+    in a Gateway's status to that Gateway. Keys are ``namespace/name``.
+    """
+    policies = [p for p in ambientz.get("policies") or [] if not _is_converted(p.get("name", ""))]
+    enforced = [p for p in policies if not p.get("dryRun")]
+    dry_run = {f"{p.get('namespace', '')}/{p['name']}" for p in policies if p.get("dryRun")}
+    workloads: dict[str, frozenset[str]] = {}
+    for workload in ambientz.get("workloads") or []:
+        namespace = workload.get("namespace", "")
+        attached = {name for name in workload.get("authorizationPolicies") or [] if not _is_converted(name)}
+        wide = {
+            f"{p.get('namespace', '')}/{p['name']}"
+            for p in enforced
+            if p.get("scope") == "GLOBAL" or (p.get("scope") == "NAMESPACE" and p.get("namespace") == namespace)
+        }
+        workloads[f"{namespace}/{workload.get('name', '')}"] = frozenset((attached - dry_run) | wide)
+    services = {
+        f"{s.get('namespace', '')}/{s.get('name', '')}": _waypoint_of(s.get("waypoint"), gateway_addresses)
+        for s in ambientz.get("services") or []
+    }
+    return workloads, services
+
+
+def _waypoint_of(waypoint: dict[str, Any] | None, gateway_addresses: dict[str, str]) -> str:
+    if not waypoint:
+        return ""
+    if "hostname" in waypoint:
+        hostname = waypoint["hostname"]
+        return gateway_addresses.get(hostname.get("hostname", ""), f"(unknown hostname {hostname})")
+    raw = (waypoint.get("address") or {}).get("address", "")
+    return gateway_addresses.get(_ip_text(raw), f"(unknown address {raw})")
+
+
+def _ip_text(raw: str) -> str:
+    # ambientz rewrites the address bytes to the IP's text, which JSON then shows as base64.
+    try:
+        decoded = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return raw
+    for form in (decoded.decode("ascii", "replace"), decoded):
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_address(form))
+    return raw
