@@ -716,9 +716,16 @@ def _start_istiod(state: StateDir, binaries: Binaries) -> None:
     kubectl = [str(binaries.kubectl), f"--kubeconfig={state.kubeconfig}", f"--cache-dir={state.path / 'kubectl-cache'}"]
     started = time.monotonic()
     istio.apply_objects(kubectl, istio.istiod_objects(istio.chart_dir("istio-control/istio-discovery")))
-    # Pods for Deployments (waypoints included), pod IPs and Ready, EndpointSlices: what the
-    # missing controller-manager and kubelet would give istiod (podexecutor.WorkloadStandIn).
-    stand_in_argv = [sys.executable, "-m", "auditor.devtools.podexecutor", f"--kubeconfig={state.kubeconfig}"]
+    # Pods for Deployments (waypoints included), pod IPs and Ready, EndpointSlices, istio-cni's
+    # redirection annotation: what the missing controller-manager, kubelet and istio-cni would
+    # give istiod and the auditor (podexecutor.WorkloadStandIn).
+    stand_in_argv = [
+        sys.executable,
+        "-m",
+        "auditor.devtools.podexecutor",
+        f"--kubeconfig={state.kubeconfig}",
+        f"--cni-selectors={json.dumps(istio.cni_enablement_selectors())}",
+    ]
     stand_in_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     stand_in = processes.spawn(
         "workload-stand-in", stand_in_argv, state.logs / "workload-stand-in.log", env=stand_in_env
@@ -801,6 +808,13 @@ def status(state_dir: Path | None = None) -> tuple[bool, str]:
     binaries = Binaries(binary_dir(pins))
     built = "built" if _is_built(binaries, _fingerprint()) else "not built"
     fields.append(("binaries", f"{binaries.directory} ({pins.cache_key}, {built})"))
+    from auditor.devtools import istio  # noqa: PLC0415 - istio imports this module
+
+    istio_pins = istio.read_pins()
+    istio_built = "built" if istio.is_built(istio_pins) else "not built"
+    fields.append(("istio binaries", f"{istio.binary_dir(istio_pins)} ({istio_built})"))
+    if record.get("istiod"):
+        fields.append(("istiod", f"ports {record['istiod'].get('ports')}"))
     return healthy, "\n".join(f"{name + ':':<16}{value}" for name, value in fields)
 
 

@@ -389,6 +389,14 @@ def injector_configmap(chart: Path) -> dict[str, Any]:
     }
 
 
+def cni_enablement_selectors(pins: IstioPins | None = None) -> list[dict[str, Any]]:
+    """istio-cni's ``ambient.enablementSelectors`` from the pinned chart's values.yaml: which pods it redirects."""
+    raw = yaml.safe_load((chart_dir("istio-cni", pins) / "values.yaml").read_text())
+    values = raw.get("_internal_defaults_do_not_set", raw)
+    selectors: list[dict[str, Any]] = values["ambient"]["enablementSelectors"]
+    return selectors
+
+
 def istiod_objects(chart: Path) -> list[dict[str, Any]]:
     """What the chart installs and istiod reads before it starts: namespace and two ConfigMaps."""
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ISTIO_NAMESPACE}}
@@ -514,6 +522,12 @@ class IstioAPI(controlplane.KubeAPI):
     def debug(self, path: str) -> Any:
         """GET ``path`` (``/debug/ambientz``...) from istiod's debug listener, parsed as JSON."""
         return debug_get(self.ports["http"], path)
+
+    def server_version(self) -> str:
+        """istiod's own version (``/version`` on its monitoring port), e.g. ``1.31-dev-eed52ebb66ad-Clean``."""
+        url = f"http://127.0.0.1:{self.ports['monitoring']}/version"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return str(response.read().decode()).strip()
 
     def istioctl(self, *args: str) -> str:
         """Run the built istioctl against this server and istiod's plaintext XDS port."""

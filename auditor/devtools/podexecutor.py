@@ -435,6 +435,7 @@ STAND_IN_LABEL = "mesh-auditor.io/stand-in"
 POD_CIDR = "10.244.0.0/16"
 ENDPOINTSLICE_MANAGER = "endpointslice-controller.k8s.io"
 TEMPLATE_HASH = "mesh-auditor.io/template-hash"
+REDIRECTION = "ambient.istio.io/redirection"
 
 
 class WorkloadStandIn:
@@ -466,8 +467,10 @@ class WorkloadStandIn:
         pod_cidr: str = POD_CIDR,
         exclude: str = DEFAULT_SELECTOR,
         poll_s: float = 0.5,
+        cni_selectors: list[dict[str, Any]] | None = None,
     ) -> None:
         self._api = api
+        self._cni_selectors = cni_selectors or []
         self.node_name = node_name
         self.node_labels = dict(AUTO_MODE_LABELS if node_labels is None else node_labels)
         self._network = ipaddress.ip_network(pod_cidr)
@@ -498,11 +501,13 @@ class WorkloadStandIn:
         self._thread.join(timeout=10)
 
     def reconcile(self) -> None:
-        """One pass: pods for Deployments, then pod status, then EndpointSlices."""
+        """One pass: pods for Deployments, pod status, istio-cni's annotation, EndpointSlices."""
         self._deployments()
+        self._pods(self._call_list("/api/v1/pods"))
         pods = self._call_list("/api/v1/pods")
-        self._pods(pods)
-        self._endpoint_slices(self._call_list("/api/v1/pods"))
+        if self._cni_selectors:
+            self._redirection(pods)
+        self._endpoint_slices(pods)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._poll_s):
@@ -616,6 +621,25 @@ class WorkloadStandIn:
                 content_type="application/merge-patch+json",
             )  # fmt: skip
 
+    # --- istio-cni's node agent ------------------------------------------------------------------
+
+    def _redirection(self, pods: list[dict[str, Any]]) -> None:
+        # istio-cni annotates a pod it redirected to ztunnel (cni/pkg/util/podutil.go
+        # AnnotateEnrolledPod) and removes the annotation when the pod leaves the mesh; which pods
+        # it redirects is CompiledEnablementSelectors.Matches (enablement_selector.go).
+        namespaces = {
+            n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in self._call_list("/api/v1/namespaces")
+        }
+        for pod in pods:
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp") or not (pod.get("status") or {}).get("podIP"):
+                continue
+            wanted = redirection_enabled(pod, namespaces.get(meta["namespace"], {}), self._cni_selectors)
+            current = (meta.get("annotations") or {}).get(REDIRECTION) == "enabled"
+            if wanted != current:
+                patch = {"metadata": {"annotations": {REDIRECTION: "enabled" if wanted else None}}}
+                _api_call(self._api, "PATCH", _pod_path(meta), body=patch, content_type="application/merge-patch+json")
+
     # --- the EndpointSlice controller ------------------------------------------------------------
 
     def _endpoint_slices(self, pods: list[dict[str, Any]]) -> None:
@@ -690,6 +714,40 @@ class WorkloadStandIn:
         _api_call(self._api, "PUT", f"{base}/{name}", body=body)
 
 
+def redirection_enabled(pod: dict[str, Any], namespace_labels: dict[str, str], selectors: list[dict[str, Any]]) -> bool:
+    """istio-cni's CompiledEnablementSelectors.Matches: would it redirect this pod to ztunnel?
+
+    ``selectors`` is the istio-cni chart's ``ambient.enablementSelectors``: a list of
+    ``{podSelector, namespaceSelector}`` label selectors (an absent one matches everything). A
+    host-network pod or one with a sidecar (``sidecar.istio.io/status``) never is.
+    """
+    if pod["spec"].get("hostNetwork") or "sidecar.istio.io/status" in (pod["metadata"].get("annotations") or {}):
+        return False
+    labels = pod["metadata"].get("labels") or {}
+    return any(
+        _selects(entry.get("podSelector") or {}, labels)
+        and _selects(entry.get("namespaceSelector") or {}, namespace_labels)
+        for entry in selectors
+    )
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        present = key in labels
+        if operator == "In" and not (present and labels[key] in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
 def _template_hash(deployment: dict[str, Any]) -> str:
     template = json.dumps(deployment["spec"]["template"], sort_keys=True)
     return hashlib.sha256(template.encode()).hexdigest()[:16]
@@ -745,11 +803,15 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="podexecutor", description="Workload stand-in for a kubelet-less cluster.")
     parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument(
+        "--cni-selectors", help="istio-cni's ambient.enablementSelectors as JSON: also stand in for istio-cni"
+    )
     args = parser.parse_args(argv)
     api: ApiClient = config.new_client_from_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    with WorkloadStandIn(api) as stand_in:
+    selectors = json.loads(args.cni_selectors) if args.cni_selectors else None
+    with WorkloadStandIn(api, cni_selectors=selectors) as stand_in:
         reported = 0
         while not stopped.wait(1.0):
             for message in stand_in.errors[reported:]:

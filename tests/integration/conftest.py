@@ -56,6 +56,14 @@ def istio_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IstioAPI]:
         istio_binaries = istio.build()
     except controlplane.ControlPlaneError as error:
         pytest.fail(f"cannot build the test control plane with istiod: {error}")
+    reuse = os.environ.get("ISTIO_STATE_TEST")  # the --state-dir of a running `up --istio`
+    if reuse:
+        state = Path(reuse)
+        ports = controlplane.istiod_ports(state)
+        if not ports:
+            pytest.fail(f"ISTIO_STATE_TEST={reuse} holds no control plane with istiod")
+        yield IstioAPI(state / "kubeconfig", binaries.kubectl, istio_binaries.istioctl, ports)
+        return
     state_dir = tmp_path_factory.getbasetemp() / "controlplane-istio"
     try:
         kubeconfig = controlplane.up(state_dir, istio=True)

