@@ -436,6 +436,7 @@ POD_CIDR = "10.244.0.0/16"
 ENDPOINTSLICE_MANAGER = "endpointslice-controller.k8s.io"
 TEMPLATE_HASH = "mesh-auditor.io/template-hash"
 REDIRECTION = "ambient.istio.io/redirection"
+GATEWAY_API = "gateway.networking.k8s.io/v1"
 
 
 class WorkloadStandIn:
@@ -501,7 +502,8 @@ class WorkloadStandIn:
         self._thread.join(timeout=10)
 
     def reconcile(self) -> None:
-        """One pass: pods for Deployments, pod status, istio-cni's annotation, EndpointSlices."""
+        """One pass: garbage, pods for Deployments, pod status, istio-cni's annotation, EndpointSlices."""
+        self._collect_garbage()
         self._deployments()
         self._pods(self._call_list("/api/v1/pods"))
         pods = self._call_list("/api/v1/pods")
@@ -524,6 +526,24 @@ class WorkloadStandIn:
         query = [("labelSelector", selector)] if selector else None
         items: list[dict[str, Any]] = _api_call(self._api, "GET", path, query=query)["items"]
         return items
+
+    # --- the garbage collector ------------------------------------------------------------------
+
+    def _collect_garbage(self) -> None:
+        # What istiod renders for a waypoint (Deployment, Service, ServiceAccount) is owned by the
+        # Gateway, an EndpointSlice by its Service: deleting the owner deletes them on a cluster.
+        owners = {
+            "Gateway": {g["metadata"]["uid"] for g in self._call_list(f"/apis/{GATEWAY_API}/gateways")},
+            "Service": {s["metadata"]["uid"] for s in self._call_list("/api/v1/services")},
+        }
+        dependents = ("/apis/apps/v1/deployments", "/api/v1/services", "/api/v1/serviceaccounts")
+        for path in (*dependents, "/apis/discovery.k8s.io/v1/endpointslices"):
+            for item in self._call_list(path):
+                meta = item["metadata"]
+                refs = [r for r in meta.get("ownerReferences") or [] if r.get("kind") in owners]
+                if refs and all(r["uid"] not in owners[r["kind"]] for r in refs):
+                    with contextlib.suppress(_ApiError):
+                        _api_call(self._api, "DELETE", f"{_namespaced(path, meta['namespace'])}/{meta['name']}")
 
     # --- the Deployment controller --------------------------------------------------------------
 
@@ -746,6 +766,12 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
         if operator == "DoesNotExist" and present:
             return False
     return True
+
+
+def _namespaced(list_path: str, namespace: str) -> str:
+    """``/apis/apps/v1/deployments`` -> ``/apis/apps/v1/namespaces/<namespace>/deployments``."""
+    head, _, resource = list_path.rpartition("/")
+    return f"{head}/namespaces/{namespace}/{resource}"
 
 
 def _template_hash(deployment: dict[str, Any]) -> str:
