@@ -30,6 +30,7 @@ from tests.cases import ROOT, Case, all_cases, materialize
 from tests.integration.live import AppliedCase
 
 ROOT_NAMESPACE = "istio-system"
+BATCH_LABEL = "mesh-auditor.io/oracle-batch"
 CONVERGE_S = 45.0
 ORACLE_BATCHES = int(os.environ.get("ORACLE_BATCHES", "20"))
 ORACLE_BATCH_SIZE = int(os.environ.get("ORACLE_BATCH_SIZE", "25"))
@@ -108,11 +109,37 @@ def _example(name: str) -> Case:
     )
 
 
+# Disagreements the oracle found, reported to the model's owners (strict: fixed, they fail here
+# until removed). Each names what istiod does.
+_WAYPOINT_SELF = (
+    "istiod never binds a waypoint's own Service (created by istiod in the namespace) to a waypoint; "
+    "the model binds default/catalog-waypoint to itself through the namespace's istio.io/use-waypoint"
+)
+_EXTRA_LISTENER = (
+    "istiod binds the Service (WaypointBound=True) and programs the Gateway; the HBONE 15008 listener is "
+    "Accepted and the extra HTTP one only UnsupportedProtocol; the model says traffic bypasses the waypoint"
+)
+_WRONG_LISTENER = (
+    "istiod binds the Service (WaypointBound=True, Programmed=True, listener 15009 Accepted=False "
+    "UnsupportedProtocol); the model says traffic bypasses the waypoint"
+)
+KNOWN_DISAGREEMENTS = {
+    "waypoint-label-on-namespace": _WAYPOINT_SELF,
+    "waypoint-opt-out": _WAYPOINT_SELF,
+    "waypoint-two-listeners": _EXTRA_LISTENER,
+    "waypoint-wrong-listener": _WRONG_LISTENER,
+}
 CASES = [*all_cases(), _example("retail-store"), _example("retail-store-drifted")]
+PARAMS = [
+    pytest.param(c, id=c.name, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_DISAGREEMENTS[c.name])])
+    if c.name in KNOWN_DISAGREEMENTS
+    else pytest.param(c, id=c.name)
+    for c in CASES
+]
 
 
 @pytest.mark.kube
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", PARAMS)
 def test_model_agrees_with_istiod_on_fixture(case: Case, istio_api: IstioAPI, tmp_path: Path) -> None:
     manifests = materialize(case, tmp_path)
     with AppliedCase(istio_api, manifests, tmp_path, write_status=False) as applied:
@@ -273,11 +300,18 @@ def test_model_agrees_with_istiod_on_generated_configurations(
 ) -> None:
     documents = [doc for configuration in batch for doc in configuration]
     namespaces = {d["metadata"]["name"] for d in documents if d["kind"] == "Namespace"}
+    label = f"{BATCH_LABEL}={uuid.uuid4().hex[:10]}"
+    for document in documents:
+        key, value = label.split("=")
+        document["metadata"].setdefault("labels", {})[key] = value
     manifest = tmp_path_factory.mktemp("oracle") / "batch.yaml"
     manifest.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
     istio_api.apply(manifest)
     try:
         _compare(istio_api, documents, namespaces)
     finally:
-        for namespace in namespaces:
-            istio_api.empty_namespace(namespace)
+        # One call per kind list, not per namespace; what istiod and the stand-in derived from
+        # these objects (pods, waypoint Deployments, EndpointSlices) goes with its owner.
+        kinds = ",".join(k for k in istio_api.namespaced_kinds if k.split(".")[0] != "events")
+        istio_api.kubectl("delete", kinds, "--all-namespaces", f"--selector={label}", "--wait=false")
+        istio_api.kubectl("delete", "namespaces", f"--selector={label}", "--wait=false")
