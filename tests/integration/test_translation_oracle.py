@@ -65,6 +65,10 @@ def _within(facts: Facts, namespaces: set[str]) -> Facts:
     return {k: v for k, v in workloads.items() if keep(k)}, {k: v for k, v in services.items() if keep(k)}
 
 
+def _without(facts: Facts, services: frozenset[str]) -> Facts:
+    return facts[0], {key: value for key, value in facts[1].items() if key not in services}
+
+
 def _pods_expected(documents: list[dict[str, Any]], namespaces: set[str]) -> int:
     return sum(
         d["spec"].get("replicas", 1)
@@ -73,13 +77,18 @@ def _pods_expected(documents: list[dict[str, Any]], namespaces: set[str]) -> int
     )
 
 
-def _compare(api: IstioAPI, documents: list[dict[str, Any]], namespaces: set[str]) -> None:
-    """Wait until istiod and the model agree on the namespaces' facts, or fail with the difference."""
+def _compare(
+    api: IstioAPI, documents: list[dict[str, Any]], namespaces: set[str], ignore: frozenset[str] = frozenset()
+) -> None:
+    """Wait until istiod and the model agree on the namespaces' facts, or fail with the difference.
+
+    ``ignore``: Service keys left out on both sides (a known disagreement, tested elsewhere).
+    """
     expected_pods = _pods_expected(documents, namespaces)
     deadline = time.monotonic() + CONVERGE_S
     while True:
-        oracle = _within(_istiod_facts(api), namespaces)
-        model = _within(_model_facts(api), namespaces)
+        oracle = _without(_within(_istiod_facts(api), namespaces), ignore)
+        model = _without(_within(_model_facts(api), namespaces), ignore)
         settled = len(oracle[0]) >= expected_pods and len(model[0]) >= expected_pods
         if (settled and oracle == model) or time.monotonic() > deadline:
             break
@@ -310,7 +319,9 @@ def test_model_agrees_with_istiod_on_generated_configurations(
     manifest.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
     istio_api.apply(manifest)
     try:
-        _compare(istio_api, documents, namespaces)
+        # The waypoint's own Service: the known disagreement _WAYPOINT_SELF, kept visible by the
+        # strict xfail of the fixtures waypoint-label-on-namespace and waypoint-opt-out.
+        _compare(istio_api, documents, namespaces, ignore=frozenset(f"{ns}/wp" for ns in namespaces))
     finally:
         # One call per kind list, not per namespace; what istiod and the stand-in derived from
         # these objects (pods, waypoint Deployments, EndpointSlices) goes with its owner.
