@@ -6,7 +6,8 @@ fails, never skips, when the binaries cannot be built or the server does not bec
 ``kube_namespace`` gives each test a fresh namespace and empties it afterwards. Mark tests that
 use them ``@pytest.mark.kube``. ``istio_api`` (session) is a second control plane with istiod
 running against it (``controlplane up --istio``): istiod writes the status of Gateways, Services
-and AuthorizationPolicies there, so tests that apply objects with a ``status`` use ``kube_api``. See docs/controlplane.md for what the control plane lacks (no
+and AuthorizationPolicies there, so tests that apply objects with a ``status`` use ``kube_api``.
+``ISTIO_STATE_TEST=<state dir of a running controlplane up --istio>`` reuses that one instead. See docs/controlplane.md for what the control plane lacks (no
 controller-manager: no ``default`` ServiceAccount, namespaces never finish deleting).
 """
 
