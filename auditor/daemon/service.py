@@ -167,6 +167,7 @@ class Daemon:
         self._last_leader = False
         self._trouble_since: float | None = None
         self._troubles: dict[str, str] = {}  # source (lease, snapshot) -> what is wrong
+        self._trouble_lock = threading.Lock()
         self._ops_ts: str | None = None
         self._ops_recovered_after: float | None = None
         self._scheduler = BackgroundScheduler(
@@ -284,6 +285,10 @@ class Daemon:
             return
         self._holds_lease = leading
         self._note_trouble("lease", self._elector.last_error)
+        # The snapshot's trouble is tracked here too, leading or not: when the API returns, the
+        # Lease comes back before the watches have relisted, and "auditing again" must wait for
+        # them (else it is said too early, and a second "cannot audit" alert follows).
+        self._note_trouble("snapshot", _not_in_sync(self._snapshots.snapshot()))
         if leading:
             # Stop acting a margin before the Lease could lapse (clock skew, a slow last call).
             duration = self._elector.duration_s
@@ -341,12 +346,7 @@ class Daemon:
             return
         started = time.monotonic()
         snapshot = self._snapshots.snapshot()
-        self._note_trouble(
-            "snapshot",
-            f"snapshot not in sync: {snapshot.problems[0].resource}: {snapshot.problems[0].message}"
-            if snapshot.problems
-            else None,
-        )
+        self._note_trouble("snapshot", _not_in_sync(snapshot))
         if snapshot.problems:
             # Never audit from a snapshot that is not in sync: it would "find" what is merely unread.
             self.metrics.cycles_skipped.labels("static-not-in-sync").inc()
@@ -393,6 +393,10 @@ class Daemon:
         self._publish(memory.last_findings, self._run_info("daily-report"))
 
     def _note_trouble(self, source: str, trouble: str | None) -> None:
+        with self._trouble_lock:  # the leader tick and audits both report
+            self._note_trouble_locked(source, trouble)
+
+    def _note_trouble_locked(self, source: str, trouble: str | None) -> None:
         if trouble is not None:
             if not self._troubles:
                 self._trouble_since = time.monotonic()
@@ -592,6 +596,13 @@ class Daemon:
         if event.job_id == "static-now":
             self._request_audit(self.config.static_debounce_s)  # the change still gets its audit
         self._log.warning("cycle skipped: the previous one is still running", job=event.job_id)
+
+
+def _not_in_sync(snapshot: Snapshot) -> str | None:
+    """Why the snapshot cannot be audited (its first read problem), or None when it is in sync."""
+    if not snapshot.problems:
+        return None
+    return f"snapshot not in sync: {snapshot.problems[0].resource}: {snapshot.problems[0].message}"
 
 
 def _corrupt(error: Exception) -> bool:
