@@ -39,18 +39,19 @@ class ApiServerOutage:
         [entry] = [e for e in entries if e["name"] == APISERVER]
         return TrackedProcess.from_json(entry)
 
-    def stop(self, grace_s: float = 5.0) -> float:
+    def stop(self, grace_s: float = 5.0) -> tuple[float, float]:
         """SIGTERM the API server, SIGKILL it after ``grace_s``; its exact command line is kept
-        for ``start``. Returns the monotonic time of the SIGTERM: from then on it refuses new
-        connections (a terminating kube-apiserver still serves the watches already open, until
-        they time out or it is killed)."""
+        for ``start``. Returns the monotonic times of the SIGTERM (from then on it refuses new
+        connections) and of its end (until then a terminating kube-apiserver still serves the
+        watches and keep-alive connections already open)."""
         process = self._process()
         raw = Path(f"/proc/{process.pid}/cmdline").read_bytes()
         self._argv = [part.decode() for part in raw.split(b"\0") if part]
-        assert self._argv and self._argv[0].endswith(APISERVER), self._argv
+        assert self._argv, f"no command line for pid {process.pid}"
+        assert self._argv[0].endswith(APISERVER), self._argv
         signalled = time.monotonic()
         assert processes.stop(process, grace_s), "kube-apiserver survived SIGKILL"
-        return signalled
+        return signalled, time.monotonic()
 
     def start(self) -> float:
         """Start it again with the same command line (same port, certificates, etcd); record it.

@@ -249,28 +249,23 @@ def test_an_api_outage_sends_one_cannot_audit_alert_and_its_recovery_and_audits_
     with slack_server() as (base, state), daemon_process(kube, base, tmp_path) as (process, port):
         with HealthSampler(port) as sampler:
             _eventually(lambda: _ready_leader(sampler) and len(_reports(reports)) >= 1, 60, "the first audit")
-            # A drift opened and resolved: its thread must get nothing more.
-            kube.apply_text(PERMISSIVE.format(app="orders"))
-            _eventually(lambda: len(state.top_level()) == 1, what="the orders alert")
-            kube.kubectl("delete", "peerauthentication", "orders-debug", "--namespace=default")
-            _eventually(lambda: len(state.replies(state.top_level()[0]["ts"])) == 1, what="the orders resolution")
-            # A drift left open over the outage: an audit from an out-of-sync snapshot would
-            # note "Cannot verify" in its thread (or resolve it).
-            kube.apply_text(PERMISSIVE.format(app="checkout"))
-            _eventually(lambda: len(state.top_level()) == 2, what="the checkout alert")
-            time.sleep(1.0)
-            assert _texts(state) == [(ORDERS_DRIFT, [ORDERS_RESOLVED]), (CHECKOUT_DRIFT, [])]
+            _one_resolved_one_open(kube, state)
             messages_before = len(state.messages)
 
-            stopped = outage.stop()
+            stopping: list[tuple[float, float]] = []  # (SIGTERM, gone): the stop waits out the API server's grace
+            stopper = threading.Thread(target=lambda: stopping.append(outage.stop()), daemon=True)
+            stopper.start()
             _eventually(lambda: len(state.top_level()) == 3, CANNOT_AUDIT_AFTER_S + 20, "the cannot-audit alert")
-            to_alert = time.monotonic() - stopped
+            alerted = time.monotonic()
+            stopper.join()
+            [(stopped, gone)] = stopping
+            to_alert = alerted - stopped
             ops_ts = state.top_level()[2]["ts"]
             remaining = OUTAGE_S - (time.monotonic() - stopped)
             time.sleep(max(0.0, remaining))
             during_outage = [m["text"] for m in state.messages[messages_before:]]
             down_until = time.monotonic()
-            reports_during = [r for r in _reports(reports) if stopped + 0.5 < _monotonic_of(r) < down_until]
+            reports_during = [r for r in _reports(reports) if gone < _monotonic_of(r) < down_until]
 
             started = outage.start()
             api_ready = outage.wait_ready()
@@ -289,7 +284,9 @@ def test_an_api_outage_sends_one_cannot_audit_alert_and_its_recovery_and_audits_
         assert process.wait(timeout=15) == 0
 
     print(f"\nFIGURE API stop to the cannot-audit alert (threshold {CANNOT_AUDIT_AFTER_S:g} s): {to_alert:.2f} s")
-    print(f"FIGURE API start to the recovery reply: {to_recovery:.2f} s (API /readyz ok after {api_ready - started:.2f} s)")
+    print(
+        f"FIGURE API start to the recovery reply: {to_recovery:.2f} s (API /readyz ok after {api_ready - started:.2f} s)"
+    )
     print(f"FIGURE longest time the daemon said it led while its snapshot was not in sync: {led_out_of_sync:.2f} s")
     assert CANNOT_AUDIT_AFTER_S <= to_alert < CANNOT_AUDIT_AFTER_S + 5
     assert during_outage == [state.top_level()[2]["text"]]  # the alert, and nothing else while down
@@ -301,8 +298,8 @@ def test_an_api_outage_sends_one_cannot_audit_alert_and_its_recovery_and_audits_
     alert = state.top_level()[2]["text"]
     assert "Drift is not being detected until this clears." in alert
     assert not any("Cannot verify" in m["text"] for m in state.messages)
-    # No audit from a snapshot that is not in sync: no report has an ERROR finding, none was
-    # written while the API was down.
+    # No audit from a snapshot that is not in sync: none was written while the API was down,
+    # and no report has an ERROR finding (what a check reports for a resource it could not read).
     assert reports_during == []
     errors = [
         (r["run"]["at"], f["target"], f["check"], f.get("detail", ""))
@@ -311,11 +308,31 @@ def test_an_api_outage_sends_one_cannot_audit_alert_and_its_recovery_and_audits_
         if f["status"] == "ERROR"
     ]
     assert errors == []
-    log = _json_records(tmp_path / "daemon.log")
-    cannot = [line for line in log if line.get("event") == "cannot audit"]
-    assert cannot, "no 'cannot audit' line in the daemon's log"
-    assert all(line["level"] == "error" for line in cannot)
-    assert any(line.get("event") == "auditing again" for line in log)
+    _assert_logged_the_outage(tmp_path / "daemon.log")
+
+
+def _one_resolved_one_open(kube: KubeAPI, state: SlackState) -> None:
+    """A drift opened and resolved (its thread must get nothing more), and one left open over the
+    outage (an audit from an out-of-sync snapshot would note "Cannot verify" in its thread)."""
+    kube.apply_text(PERMISSIVE.format(app="orders"))
+    _eventually(lambda: len(state.top_level()) == 1, what="the orders alert")
+    kube.kubectl("delete", "peerauthentication", "orders-debug", "--namespace=default")
+    _eventually(lambda: len(state.replies(state.top_level()[0]["ts"])) == 1, what="the orders resolution")
+    kube.apply_text(PERMISSIVE.format(app="checkout"))
+    _eventually(lambda: len(state.top_level()) == 2, what="the checkout alert")
+    time.sleep(1.0)
+    assert _texts(state) == [(ORDERS_DRIFT, [ORDERS_RESOLVED]), (CHECKOUT_DRIFT, [])]
+
+
+def _assert_logged_the_outage(path: Path) -> None:
+    """An error line when the trouble began, an info line when auditing resumed, one each."""
+    log = _json_records(path)
+    troubles = [r for r in log if r.get("event") in {"cannot audit", "auditing again"}]
+    # The start-up (not listed yet) is a trouble too; the outage is the last one, logged once
+    # when it began (with the unreachable server in the reason) and once when it cleared.
+    assert [(r["level"], r["event"]) for r in troubles[-2:]] == [("error", "cannot audit"), ("info", "auditing again")]
+    assert "host='127.0.0.1'" in str(troubles[-2]["reason"]), troubles[-2]
+    assert float(troubles[-1]["after_s"]) >= OUTAGE_S - CANNOT_AUDIT_AFTER_S
 
 
 def _monotonic_of(report: dict[str, Any]) -> float:
