@@ -10,6 +10,8 @@ etcd keeps running: the data (the Lease, the state ConfigMap, the objects) is th
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -67,6 +69,17 @@ class ApiServerOutage:
         temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         temporary.replace(self._record_path)
         return spawned
+
+    def hang(self) -> float:
+        """SIGSTOP the API server: connections are still accepted (by the kernel), nothing is
+        answered. Returns the monotonic time of the signal."""
+        os.kill(self._process().pid, signal.SIGSTOP)
+        return time.monotonic()
+
+    def resume(self) -> float:
+        """SIGCONT: it answers again, with every connection and watch it had."""
+        os.kill(self._process().pid, signal.SIGCONT)
+        return time.monotonic()
 
     def ready(self) -> bool:
         argv = [str(self._kubectl), f"--kubeconfig={self._kubeconfig}", "--request-timeout=2s", "get", "--raw=/readyz"]

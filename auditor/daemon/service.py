@@ -170,6 +170,8 @@ class Daemon:
         self._trouble_lock = threading.Lock()
         self._ops_ts: str | None = None
         self._ops_recovered_after: float | None = None
+        self._ops_lock = threading.Lock()  # one "cannot audit" call at a time (deliver and operations jobs)
+        self._renewing_since: float | None = None  # monotonic start of the Lease call under way
         self._scheduler = BackgroundScheduler(
             timezone="UTC",
             executors={"default": ThreadPoolExecutor(6)},
@@ -190,6 +192,9 @@ class Daemon:
             self._job(self.static_audit), IntervalTrigger(seconds=cfg.full_static_every_s), id="static"
         )
         self._scheduler.add_job(self._job(self.deliver), IntervalTrigger(seconds=cfg.delivery_tick_s), id="deliver")
+        self._scheduler.add_job(
+            self._job(self.watch_operations), IntervalTrigger(seconds=cfg.delivery_tick_s), id="operations"
+        )
         if self._probe_cycle is not None:
             trigger = IntervalTrigger(seconds=cfg.probe_every_s, jitter=int(cfg.probe_jitter_s) or None)
             self._scheduler.add_job(self._job(self.probe_audit), trigger, id="probes")
@@ -279,8 +284,11 @@ class Daemon:
         """Acquire or renew the Lease. Takes no lock and sends nothing: it never waits on work."""
         if self._stopping.is_set() or time.monotonic() < self._load_backoff_until:
             return
-        started = time.monotonic()
-        leading = self._elector.try_acquire_or_renew()
+        started = self._renewing_since = time.monotonic()
+        try:
+            leading = self._elector.try_acquire_or_renew()
+        finally:
+            self._renewing_since = None
         if self._stopping.is_set():
             return
         self._holds_lease = leading
@@ -410,9 +418,30 @@ class Daemon:
             self._ops_recovered_after = time.monotonic() - self._trouble_since
         self._trouble_since = None
 
+    def watch_operations(self) -> None:
+        """Own job, so that a hung API server cannot hold the "cannot audit" alert back: its calls
+        wait for the API client's timeouts (30 s read, retried), blocking the renewal and
+        delivery jobs meanwhile. A renewal unanswered for a Lease duration is a trouble."""
+        since = self._renewing_since
+        if since is not None and time.monotonic() - since > self._elector.duration_s:
+            waited = time.monotonic() - since
+            self._note_trouble("lease", f"the API server has not answered the Lease renewal for {waited:.0f} s")
+        if self._stopping.is_set() or time.monotonic() < self._send_after:
+            return
+        if self._operational_alert():
+            self._send_after = time.monotonic() + self.config.slack_pace_s
+
     def _operational_alert(self) -> bool:
         """Send the "cannot audit" alert once the trouble lasted ``cannot_audit_after_s`` (and its
         recovery in its thread); True when a Slack call was made."""
+        if not self._ops_lock.acquire(blocking=False):
+            return False  # the other job is sending it
+        try:
+            return self._operational_alert_locked()
+        finally:
+            self._ops_lock.release()
+
+    def _operational_alert_locked(self) -> bool:
         if self._ops_recovered_after is not None and self._ops_ts is not None:
             text = (
                 ":white_check_mark: mesh-auditor is auditing again "

@@ -339,3 +339,47 @@ def _monotonic_of(report: dict[str, Any]) -> float:
     """Where a report's wall-clock time falls on this test's monotonic clock."""
     at = dt.datetime.fromisoformat(str(report["run"]["at"])).timestamp()
     return time.monotonic() - (time.time() - at)
+
+
+HUNG_S = 45.0  # past the API client's read timeout (30 s), so every kind of call has failed once
+
+
+def test_a_hung_api_server_sends_one_cannot_audit_alert_and_its_recovery(
+    own_control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """The second way an API server fails: it hangs (SIGSTOP): connections open, nothing answers."""
+    kube, outage = own_control_plane.kube, own_control_plane.outage
+    reports = tmp_path / "reports"
+    with slack_server() as (base, state), daemon_process(kube, base, tmp_path) as (process, port):
+        with HealthSampler(port) as sampler:
+            _eventually(lambda: _ready_leader(sampler) and len(_reports(reports)) >= 1, 60, "the first audit")
+            _one_resolved_one_open(kube, state)
+            hung = outage.hang()
+            try:
+                _eventually(lambda: len(state.top_level()) == 3, HUNG_S, "the cannot-audit alert")
+                to_alert = time.monotonic() - hung
+                ops_ts = state.top_level()[2]["ts"]
+                time.sleep(max(0.0, HUNG_S - (time.monotonic() - hung)))
+            finally:
+                resumed = outage.resume()
+            _eventually(lambda: len(state.replies(ops_ts)) == 1, 90, "the recovery reply")
+            to_recovery = time.monotonic() - resumed
+            _eventually(lambda: _ready_leader(sampler), 60, "an in-sync leader")
+            time.sleep(CANNOT_AUDIT_AFTER_S + 3.0)
+            kube.kubectl("delete", "peerauthentication", "checkout-debug", "--namespace=default")
+            _eventually(lambda: len(state.replies(state.top_level()[1]["ts"])) == 1, what="the checkout resolution")
+            time.sleep(1.0)
+        process.terminate()
+        assert process.wait(timeout=15) == 0
+    print(
+        f"\nFIGURE API hung (SIGSTOP) to the cannot-audit alert (threshold {CANNOT_AUDIT_AFTER_S:g} s): {to_alert:.2f} s"
+    )
+    print(f"FIGURE API resumed (SIGCONT) to the recovery reply: {to_recovery:.2f} s")
+    print(f"FIGURE longest time it said it led while not in sync (hung): {sampler.led_out_of_sync_s():.2f} s")
+    assert _texts(state) == [
+        (ORDERS_DRIFT, [ORDERS_RESOLVED]),
+        (CHECKOUT_DRIFT, [CHECKOUT_RESOLVED]),
+        (CANNOT_AUDIT, [AUDITING_AGAIN]),
+    ]
+    errors = [(r["run"]["at"], f["target"]) for r in _reports(reports) for f in r["findings"] if f["status"] == "ERROR"]
+    assert errors == []
