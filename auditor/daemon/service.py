@@ -19,6 +19,11 @@ Jobs (one scheduler, thread pool of 6), none of which waits on another's I/O:
   is stored as in-flight with a conditional write (resourceVersion) of the state ConfigMap, and
   leadership is checked again right before the call: a replica that lost the Lease, or whose
   state another replica has written since, sends nothing (fencing).
+- ``operations``: every ``delivery_tick_s``, the "cannot audit" alert and its recovery (sent by
+  the last leader after ``cannot_audit_after_s`` of trouble: the Lease, or a snapshot not in sync,
+  which is watched leading or not, so "auditing again" waits for the watches to relist). Its own
+  job: a hung API server blocks renewal and delivery for the client's timeouts, and a renewal
+  unanswered for a Lease duration is itself a trouble.
 - ``report``: daily, the compliance report.
 Drift state and outbox change under one lock, held only for in-memory work and the state write:
 never across a Slack call, a sink or the Lease renewal.

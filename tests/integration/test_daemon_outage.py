@@ -7,7 +7,9 @@ kube-apiserver is really stopped for longer than ``cannot_audit_after_s`` and st
 the same port with the same etcd data. Asserted: exactly one "cannot audit" alert and its
 recovery reply in its thread; no note in any other thread (resolved or open); no audit from a
 snapshot that is not in sync (no report document with an ERROR finding, none written while the
-API was down); an error line in the JSON log. Figures are printed as ``FIGURE`` lines.
+API was down); an error line in the JSON log. A second test hangs the API server instead
+(SIGSTOP, then SIGCONT: connections accepted, nothing answered) with the same transcript.
+Figures are printed as ``FIGURE`` lines.
 """
 
 from __future__ import annotations
