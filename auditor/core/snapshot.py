@@ -293,6 +293,9 @@ class SnapshotIndex:
         self.snapshot = snapshot
         self.namespaces = {n.meta.name: n for n in snapshot.namespaces}
         self.services = {s.meta.key: s for s in snapshot.services}
+        self.services_by_ns: dict[str, list[Service]] = defaultdict(list)
+        for service in snapshot.services:
+            self.services_by_ns[service.meta.namespace].append(service)
         self.gateways = {g.meta.key: g for g in snapshot.gateways}
         self.gateway_classes = {c.meta.name: c for c in snapshot.gateway_classes}
         self.service_accounts = {a.meta.key for a in snapshot.service_accounts}
