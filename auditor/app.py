@@ -11,17 +11,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import structlog
 
-from auditor.adapters.k8s.reader import ClusterReader
-from auditor.adapters.k8s.secrets import ClusterSecretReader
-from auditor.adapters.kubeapi import build_api_client
 from auditor.adapters.manifests.reader import read_manifests
-from auditor.adapters.probepods.kube import PodApi
-from auditor.adapters.probepods.podspec import PodOptions
-from auditor.adapters.probepods.runner import PodProbeRunner, RunnerOptions
 from auditor.adapters.rules.loader import load_rules, resolve_header_values
 from auditor.core.audit import run_static_audit
 from auditor.core.model import Finding
@@ -31,6 +25,9 @@ from auditor.core.probeplan import PlanOptions, plan_probes
 from auditor.core.snapshot import Snapshot
 from auditor.core.verdict import probe_findings
 from auditor.settings import ProbeSettings, Settings
+
+if TYPE_CHECKING:
+    from auditor.adapters.probepods.runner import RunnerOptions
 
 
 def configure_logging(settings: Settings) -> None:
@@ -97,6 +94,14 @@ def check_live(
     With ``probes`` (``--active``), probe pods then send real traffic and their verdicts join
     the static findings (``method: probe``).
     """
+    # The cluster adapters (the kubernetes client: a third of an offline audit's start-up) are
+    # imported only by the commands that talk to a cluster.
+    from auditor.adapters.k8s.reader import ClusterReader  # noqa: PLC0415 - start-up time (#16)
+    from auditor.adapters.k8s.secrets import ClusterSecretReader  # noqa: PLC0415 - start-up time (#16)
+    from auditor.adapters.kubeapi import build_api_client  # noqa: PLC0415 - start-up time (#16)
+    from auditor.adapters.probepods.kube import PodApi  # noqa: PLC0415 - start-up time (#16)
+    from auditor.adapters.probepods.runner import PodProbeRunner  # noqa: PLC0415 - start-up time (#16)
+
     posture = load_rules(rules)
     inputs: dict[str, object] = {
         "mode": "live",
@@ -157,6 +162,9 @@ def plan_options(settings: ProbeSettings) -> PlanOptions:
 
 
 def runner_options(settings: ProbeSettings) -> RunnerOptions:
+    from auditor.adapters.probepods.podspec import PodOptions  # noqa: PLC0415 - start-up time (#16)
+    from auditor.adapters.probepods.runner import RunnerOptions  # noqa: PLC0415 - start-up time (#16)
+
     pod = PodOptions(
         image=settings.image,
         node_selector=dict(settings.node_selector),
