@@ -7,11 +7,20 @@ by the rules with a waypoint and a header policy. Each size is audited by the re
 process; the script prints wall time and the child's peak RSS. Usage:
 
     python scripts/bench_static.py [--sizes 1000 10000]
+    python scripts/bench_static.py --paired [--sizes 100 1000 10000 100000]
+
+``--paired`` runs the auditor and ``istioctl analyze -A --use-kube=false`` on the same files, one
+after the other per size, and prints wall, CPU (user+sys) and peak RSS of each child (from
+``wait4``) and the auditor/istioctl ratios, with the load average before each size. Inputs over
+the auditor's 64 MiB input limit (100k Services) are audited with the limit raised for the
+benchmark only, and marked so.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import os
 import resource
 import subprocess
 import sys
@@ -22,6 +31,7 @@ from pathlib import Path
 import yaml
 
 PER_NAMESPACE = 100
+MAX_FILE_CHARS = 64 * 1024 * 1024  # auditor.adapters.yaml_io.MAX_FILE_CHARS (not imported: no auditor start-up here)
 PROTECTED_EVERY = 100
 
 
@@ -178,10 +188,67 @@ def measure(manifests: Path, rules: Path) -> tuple[float, float, int]:
     return elapsed, peak_mib, result.returncode
 
 
+def _istioctl() -> str:
+    found = sorted(glob.glob(str(Path.home() / ".cache/mesh-auditor/controlplane/istio-*/bin/istioctl")))
+    if not found:
+        raise SystemExit("istioctl is not built: scripts/controlplane build (the istio binaries)")
+    return found[-1]
+
+
+def _run_child(command: list[str]) -> tuple[float, float, float, int]:
+    """Wall s, CPU s (user+sys), peak RSS MiB and exit code of one child, from its own rusage."""
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    elapsed = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, child.returncode
+
+
+def _auditor_command(manifests: Path, rules: Path) -> tuple[list[str], bool]:
+    check = ["check", "--manifests", str(manifests), "--rules", str(rules), "--output", "json"]
+    if manifests.stat().st_size < MAX_FILE_CHARS:
+        return [sys.executable, "-m", "auditor", *check], False
+    # Over the input limit: the same CLI in a child whose limit is raised for the benchmark only.
+    code = (
+        "import sys, auditor.adapters.manifests.reader as r; r.MAX_FILE_CHARS = 1 << 40; "
+        "from auditor.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    return [sys.executable, "-c", code, *check], True
+
+
+def paired(sizes: list[int]) -> None:
+    """Print the auditor-versus-istioctl table (docs/benchmarks.md) for ``sizes`` Services."""
+    istioctl = _istioctl()
+    print("| Services | load (1 min) | auditor wall / CPU / peak RSS | istioctl wall / CPU / peak RSS | wall ratio | CPU ratio |")
+    print("|---:|---:|---|---|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            manifests, rules = generate(size, Path(tmp))
+            load = os.getloadavg()[0]
+            command, raised = _auditor_command(manifests, rules)
+            a_wall, a_cpu, a_rss, a_code = _run_child(command)
+            if a_code not in {0, 1, 3}:
+                raise SystemExit(f"auditor failed with exit code {a_code} at {size} Services")
+            i_wall, i_cpu, i_rss, _ = _run_child([istioctl, "analyze", "-A", "--use-kube=false", str(manifests)])
+            mark = " (input limit raised)" if raised else ""
+            print(
+                f"| {size:,} | {load:.1f} | {a_wall:.2f} s / {a_cpu:.2f} s / {a_rss:.0f} MiB{mark} "
+                f"| {i_wall:.2f} s / {i_cpu:.2f} s / {i_rss:.0f} MiB | {a_wall / i_wall:.2f} | {a_cpu / i_cpu:.2f} |",
+                flush=True,
+            )
+            manifests.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--paired", action="store_true", help="also run istioctl analyze on the same files")
     args = parser.parse_args()
+    if args.paired:
+        paired(args.sizes or [100, 1000, 10000, 100000])
+        return
+    args.sizes = args.sizes or [1000, 10000]
     print(f"{'services':>9} {'policies':>9} {'manifest MiB':>13} {'wall s':>8} {'peak RSS MiB':>13} {'exit':>5}")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
