@@ -5,11 +5,12 @@ Nothing else wires dependencies; no module creates clients at import time.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
-from contextlib import closing
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
@@ -62,15 +63,16 @@ def check_offline(
 ) -> AuditResult:
     """``auditor check --manifests``: read everything first, so bad input changes nothing."""
     log = structlog.get_logger("auditor.check")
-    posture = load_rules(rules)
-    loaded = read_manifests(manifests, stdin)
-    log.info("inputs read", files=len(loaded.files), services=len(loaded.snapshot.services), rules=list(rules))
+    with _without_cycle_collection():
+        posture = load_rules(rules)
+        loaded = read_manifests(manifests, stdin)
+        log.info("inputs read", files=len(loaded.files), services=len(loaded.snapshot.services), rules=list(rules))
 
-    def secret(namespace: str, name: str, key: str) -> str | None:
-        return loaded.secrets.get((namespace, name), {}).get(key)
+        def secret(namespace: str, name: str, key: str) -> str | None:
+            return loaded.secrets.get((namespace, name), {}).get(key)
 
-    values = resolve_header_values(posture, environ, secret)
-    findings = run_static_audit(loaded.snapshot, posture, values)
+        values = resolve_header_values(posture, environ, secret)
+        findings = run_static_audit(loaded.snapshot, posture, values)
     log.info("audit done", findings=len(findings))
     inputs: dict[str, object] = {
         "mode": "offline",
@@ -79,6 +81,23 @@ def check_offline(
         "posture": list(posture.names),
     }
     return AuditResult(findings, inputs)
+
+
+@contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a one-shot audit builds its objects.
+
+    Reading and auditing make millions of objects that all live until the audit ends; the
+    collector kept re-scanning them (a fifth of the CPU time of a 10,000-Service audit, #16) and
+    found nothing: the memory is freed by reference counting either way.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def check_live(
