@@ -25,6 +25,7 @@ from auditor.core.posture import Posture
 from auditor.core.probeplan import PlanOptions, plan_probes
 from auditor.core.snapshot import Snapshot
 from auditor.core.verdict import probe_findings
+from auditor.render.escape import visible
 from auditor.settings import ProbeSettings, Settings
 
 if TYPE_CHECKING:
@@ -43,12 +44,19 @@ def configure_logging(settings: Settings) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
+            visible_log_strings,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def visible_log_strings(_logger: object, _method: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    """Show control characters in every string of a log line as escapes (the console renderer
+    prints strings raw; JSON escapes them itself): a logged name cannot forge or erase a line."""
+    return {key: visible(value) if isinstance(value, str) else value for key, value in event.items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -204,6 +204,14 @@ def _plan_target(
     if unresolved:
         reason = f"the value of required header {unresolved} could not be resolved (see the static findings)"
         return planned, [NotPlanned(protected.target, role, reason) for role in (Role.INTRUDER, Role.CONTROL)]
+    unsendable = _without_probe_source(protected)
+    if unsendable:
+        # Probe pods get secret values only by reference to a Secret (podspec), never in their spec.
+        reason = (
+            f"the value of required header {unsendable} comes from the auditor's environment (fromEnv) and "
+            "probe pods read header values only from a Secret in their namespace: add value.probeSecretRef"
+        )
+        return planned, [NotPlanned(protected.target, role, reason) for role in (Role.INTRUDER, Role.CONTROL)]
     intruder = Identity(Role.INTRUDER, options.in_mesh_namespace, options.service_account, in_mesh=True)
     # semantics §4.1: behind a waypoint the caller is refused at L7 (403), otherwise by ztunnel.
     refusal = Outcome.L7_DENIED if protected.waypoint is not None else Outcome.L4_DENIED
@@ -225,6 +233,14 @@ def _header_values(
             return {}, header.name
         headers[header.name] = value
     return headers, None
+
+
+def _without_probe_source(protected: ProtectedService) -> str | None:
+    """The first header whose value is secret (fromEnv) but has no Secret for probe pods."""
+    return next(
+        (h.name for h in protected.required_headers if h.value.from_env is not None and h.value.probe_secret is None),
+        None,
+    )
 
 
 def _control_identity(protected: ProtectedService, posture: Posture, options: PlanOptions) -> Identity | NotPlanned:

@@ -3,7 +3,8 @@
 One report per namespace (cluster-scoped findings go to a ``ClusterPolicyReport``), so existing
 policy dashboards show the mesh promises beside admission results. Reports stay small: messages
 are clipped and evidence is summarised to a count; the full evidence lives in the JSON archive.
-INCONCLUSIVE maps to ``warn`` (the API has no "could not prove"), ERROR to ``error``.
+INCONCLUSIVE maps to ``warn`` (the API has no "could not prove"), ERROR to ``error``. Messages
+show control characters as escapes (``escape.visible``): ``kubectl describe`` prints them raw.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from auditor.core.model import Finding, Status
+from auditor.render.escape import visible
 
 API_VERSION = "wgpolicyk8s.io/v1alpha2"
 SOURCE = "mesh-auditor"
@@ -53,7 +55,8 @@ def _report(namespace: str, findings: list[Finding], run_id: str, timestamp: int
 
 def _result(finding: Finding, timestamp: int) -> dict[str, Any]:
     namespace, _, name = finding.target.partition("/")
-    message = finding.message if len(finding.message) <= MESSAGE_LIMIT else finding.message[: MESSAGE_LIMIT - 1] + "…"
+    shown = visible(finding.message)
+    message = shown if len(shown) <= MESSAGE_LIMIT else shown[: MESSAGE_LIMIT - 1] + "…"
     result: dict[str, Any] = {
         "source": SOURCE,
         "policy": finding.property.value,

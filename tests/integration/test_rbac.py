@@ -193,7 +193,7 @@ def _probe_pod(namespace: str, **overrides: Any) -> dict[str, Any]:
         node = pod
         *parents, leaf = path.split("__")
         for key in parents:
-            node = node[key]
+            node = node[int(key)] if isinstance(node, list) else node[key]
         node[leaf] = value
     return pod
 
@@ -218,6 +218,20 @@ def test_auditor_creates_and_deletes_hardened_probe_pods_in_probe_namespaces(aud
         core.delete_namespaced_pod(created.metadata.name, "mesh-auditor-probes")
 
 
+def test_auditor_may_create_probe_pods_that_read_header_values_from_a_secret(auditor_kubeconfig: Path) -> None:
+    """A MESH_AUDITOR_HEADER_<n> secretKeyRef needs no Secret permission of the auditor (the kubelet reads it)."""
+    secret_env = [
+        {"name": "MESH_AUDITOR_HEADER_0", "valueFrom": {"secretKeyRef": {"name": "catalog-token", "key": "t"}}}
+    ]
+    manifest = _probe_pod("mesh-auditor-probes", spec__containers__0__env=secret_env)
+    with _as_auditor(auditor_kubeconfig) as api:
+        core = client.CoreV1Api(api)
+        created = core.create_namespaced_pod("mesh-auditor-probes", as_pod(manifest))
+        assert created.metadata is not None
+        assert created.metadata.name
+        core.delete_namespaced_pod(created.metadata.name, "mesh-auditor-probes")
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -225,6 +239,19 @@ def test_auditor_creates_and_deletes_hardened_probe_pods_in_probe_namespaces(aud
         ({"spec__automountServiceAccountToken": True}, "must not mount a ServiceAccount token"),
         ({"spec__securityContext": {}}, "must run as non-root"),
         ({"spec__hostNetwork": True}, "must not use host namespaces"),
+        (
+            {"spec__volumes": [{"name": "s", "secret": {"secretName": "any"}}]},
+            "must have no volumes and no init containers",
+        ),
+        ({"spec__containers__0__envFrom": [{"secretRef": {"name": "any"}}]}, "refer to Secrets only as"),
+        (
+            {"spec__containers__0__env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "any", "key": "k"}}}]},
+            "refer to Secrets only as",
+        ),
+        (
+            {"spec__containers__0__env": [{"name": "MESH_AUDITOR_HEADER_0", "value": "in plain sight"}]},
+            "refer to Secrets only as",
+        ),
     ],
 )
 def test_probe_guard_rejects_pods_that_are_not_hardened(

@@ -14,7 +14,9 @@ Implements ``auditor.core.ports.ProbeRunner``. A run:
 Whatever the cluster does becomes a ``BatchProblem``, never an exception: a refused create
 (RBAC, probe-guard admission) or a pod still Pending at the deadline (no Auto Mode capacity,
 image pull failure) is INCONCLUSIVE with the reason; a pod that ran but left no usable report
-is ERROR. Header values travel inside the pod spec only; nothing here logs a plan.
+is ERROR. Secret header values never travel in a pod spec (``podspec.by_reference``: the kubelet
+reads them from a Secret); a manifest that would still hold one is not created (ERROR). Nothing
+here logs a plan.
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ from auditor.adapters.probepods.podspec import (
     MANAGED_BY_VALUE,
     RUN_ID_LABEL,
     PodOptions,
+    SecretValueError,
+    by_reference,
     probe_pod,
+    secret_values,
+    spec_strings,
 )
 from auditor.core.model import Status
 from auditor.core.probeplan import ProbeBatch, RunPlan
@@ -133,9 +139,14 @@ class PodProbeRunner:
 
     def _create(self, batch: ProbeBatch, plan: RunPlan, created: list[_Created]) -> BatchReport | None:
         """Create the batch's pod (recorded in ``created``), or report why it could not be."""
-        plan_json = batch.wire_plan(plan.run_id, plan.marker_header).model_dump_json()
-        manifest = probe_pod(batch, plan_json, plan.run_id, self._options.pod)
         namespace = batch.identity.namespace
+        try:
+            wire, secret_env = by_reference(batch, plan)
+            manifest = probe_pod(batch, wire.model_dump_json(), plan.run_id, self._options.pod, secret_env=secret_env)
+            _refuse_secret_values(batch, plan, manifest)
+        except SecretValueError as error:
+            reason = f"the probe pod was not created in namespace {namespace}: {error}"
+            return BatchReport(batch.key, "(not created)", problem=BatchProblem(Status.ERROR, reason))
         try:
             pod = self._pods.create(namespace, manifest)
         except (ApiRefused, ApiUnavailable) as error:
@@ -225,6 +236,16 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
 
 def _problem(key: str, ref: str, status: Status, reason: str) -> BatchReport:
     return BatchReport(key, ref, problem=BatchProblem(status, reason))
+
+
+def _refuse_secret_values(batch: ProbeBatch, plan: RunPlan, manifest: dict[str, Any]) -> None:
+    """Last check before a pod spec leaves the auditor: no secret header value anywhere in it."""
+    # Containment, not equality: a value derived from a secret (the secret plus a suffix) or a
+    # secret inside a longer string (the plan JSON) leaks it just the same.
+    strings = spec_strings(manifest)
+    leaked = {value for value in secret_values(plan) if any(value in string for string in strings)}
+    if leaked:
+        raise SecretValueError(f"the spec of batch {batch.key} would hold {len(leaked)} secret header value(s)")
 
 
 def _hint(error: ApiRefused | ApiUnavailable) -> str:
