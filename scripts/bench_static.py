@@ -19,7 +19,6 @@ benchmark only, and marked so.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import resource
 import subprocess
@@ -189,10 +188,10 @@ def measure(manifests: Path, rules: Path) -> tuple[float, float, int]:
 
 
 def _istioctl() -> str:
-    found = sorted(glob.glob(str(Path.home() / ".cache/mesh-auditor/controlplane/istio-*/bin/istioctl")))
+    found = sorted(Path.home().glob(".cache/mesh-auditor/controlplane/istio-*/bin/istioctl"))
     if not found:
         raise SystemExit("istioctl is not built: scripts/controlplane build (the istio binaries)")
-    return found[-1]
+    return str(found[-1])
 
 
 def _run_child(command: list[str]) -> tuple[float, float, float, int]:
@@ -220,7 +219,10 @@ def _auditor_command(manifests: Path, rules: Path) -> tuple[list[str], bool]:
 def paired(sizes: list[int]) -> None:
     """Print the auditor-versus-istioctl table (docs/benchmarks.md) for ``sizes`` Services."""
     istioctl = _istioctl()
-    print("| Services | load (1 min) | auditor wall / CPU / peak RSS | istioctl wall / CPU / peak RSS | wall ratio | CPU ratio |")
+    print(
+        "| Services | load (1 min) | auditor wall / CPU / peak RSS | istioctl wall / CPU / peak RSS "
+        "| wall ratio | CPU ratio |"
+    )
     print("|---:|---:|---|---|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:

@@ -82,7 +82,9 @@ def _service(ns: str, name: str, i: int) -> list[dict[str, Any]]:
                     },
                 }
             )
-        target = {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": f"{name}-wp"}]}
+        target: dict[str, Any] = {
+            "targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": f"{name}-wp"}]
+        }
     else:
         target = {"selector": {"matchLabels": labels}}
     if i % 17 != 3:
