@@ -119,18 +119,37 @@ class SlackSettings(_Group):
     webhook_url: SecretStr | None = Field(default=None, description="Incoming-webhook URL for webhook mode.")
     base_url: str | None = Field(default=None, description="Slack API base URL; only for tests and proxies.")
     digest_at: int = Field(default=10, ge=2, description="This many alerts opening at once send one digest first.")
+    digest_threads: int = Field(
+        default=5, ge=0, description="Of a digest's alerts, only the first N get their own message and thread."
+    )
+    pace_s: float = Field(
+        default=1.0, ge=0, description="Seconds between Slack calls (Slack allows about 1 message/s per channel)."
+    )
+    outbox_max_unsent: int = Field(
+        default=1000, ge=10, description="Unsent Slack messages kept; beyond it the oldest updates, then replies, drop."
+    )
 
 
 class AwsSettings(_Group):
     """Optional AWS evidence; every part is off until configured. Credentials come from the usual
     AWS chain (IRSA / EKS Pod Identity in-cluster), never from these settings."""
 
-    region: str | None = Field(default=None, description="AWS region of the cluster and the sinks.")
-    cluster_name: str | None = Field(default=None, description="EKS cluster name (for describe_cluster and ids).")
-    account_id: str | None = Field(default=None, description="Account id for Security Hub's ProductArn.")
+    region: str | None = Field(
+        default=None, description="AWS region of the cluster and the sinks (named in every evidence record)."
+    )
+    cluster_name: str | None = Field(
+        default=None, description="EKS cluster name (describe_cluster, finding ids, every evidence record)."
+    )
+    account_id: str | None = Field(
+        default=None,
+        description="Account id (Security Hub's ProductArn, every evidence record); S3 and Security Hub need it.",
+    )
     s3_bucket: str | None = Field(default=None, description="Report archive bucket; unset = no archive.")
-    s3_prefix: str = Field(default="mesh-auditor/reports", description="Key prefix of archived reports.")
-    s3_retention_days: int = Field(default=365, ge=1, description="Object Lock retention, when the bucket has it.")
+    s3_prefix: str = Field(
+        default="mesh-auditor/reports",
+        description="Key prefix of archived reports: <prefix>/<account>/<region>/<cluster>/YYYY/MM/DD/<run>.json.",
+    )
+    s3_retention_days: int = Field(default=365, ge=1, description="Object Lock retention of each record, in days.")
     security_hub: bool = Field(default=False, description="Import findings into Security Hub (ASFF).")
     cloudwatch: bool = Field(default=False, description="Put cycle metrics to CloudWatch (namespace MeshAuditor).")
     verify_auto_mode: bool = Field(default=False, description="Report whether the cluster is EKS Auto Mode.")
@@ -160,6 +179,12 @@ class DaemonSettings(_Group):
         default=1, ge=1, description="Consecutive failing static audits to open an alert."
     )
     fails_to_open_probe: int = Field(default=2, ge=1, description="Consecutive failing probe cycles to open an alert.")
+    cannot_audit_after_s: float = Field(
+        default=60.0, gt=0, description="API unreachable or snapshot out of sync this long: one Slack alert."
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0, gt=0, description="On SIGTERM, seconds running work gets to reach a safe point."
+    )
     rules_reload_s: float = Field(
         default=60.0, gt=0, description="Re-read rules this often; bad rules keep the last good ones."
     )

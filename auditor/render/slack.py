@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from auditor.core.drift import Transition, TransitionKind
+from auditor.core.drift import Phase, Transition, TransitionKind
 from auditor.core.model import Evidence
 from auditor.core.outbox import Entry, EntryKind, Outbox
 from auditor.render.escape import slack_clip, slack_text
@@ -35,12 +35,14 @@ _ICON = {
     TransitionKind.CHANGED: ":warning:",
     TransitionKind.RESOLVED: ":white_check_mark:",
     TransitionKind.DEGRADED: ":grey_question:",
+    TransitionKind.CLOSED: ":heavy_minus_sign:",
 }
 _VERB = {
     TransitionKind.OPENED: "Drift",
     TransitionKind.CHANGED: "Still drifting",
     TransitionKind.RESOLVED: "Resolved",
     TransitionKind.DEGRADED: "Cannot verify",
+    TransitionKind.CLOSED: "Closed",
 }
 
 Block = dict[str, Any]
@@ -92,7 +94,7 @@ def alert_message(transition: Transition) -> dict[str, Any]:
         _mrkdwn(f"*{_esc(meta.title)}*\n{_esc(finding.message)}"),
     ]
     blocks += _evidence_blocks(finding.evidence)
-    if transition.kind is not TransitionKind.RESOLVED:
+    if transition.kind not in {TransitionKind.RESOLVED, TransitionKind.CLOSED}:
         blocks.append(_mrkdwn(f"*Fix*\n{_esc(meta.remediation)}"))
         if meta.remediation_yaml:
             yaml_text = slack_text(meta.remediation_yaml.rstrip(), multiline=True)
@@ -165,34 +167,89 @@ def _evidence_line(evidence: Evidence) -> str:
     return f"• {_esc(evidence.object)} `{_esc(evidence.field)}` = `{_esc(evidence.value)}`{note}"
 
 
-def enqueue(outbox: Outbox, transitions: Sequence[Transition], *, digest_at: int = 10) -> Outbox:
-    """Turn transitions into outbox entries: post on open (or one digest when many open at once),
-    update + thread reply on change and resolution, a thread reply when an alert turns degraded."""
+def enqueue(
+    outbox: Outbox,
+    transitions: Sequence[Transition],
+    *,
+    digest_at: int = 10,
+    digest_threads: int | None = None,
+    max_unsent: int | None = None,
+) -> Outbox:
+    """Turn transitions into outbox entries: post on open (or one digest when ``digest_at`` or more
+    open at once, with its own thread for only the first ``digest_threads`` of them: the others
+    are followed up in the digest's thread), update + thread reply on change and resolution, a
+    thread reply when an open alert turns degraded. Each opening is its own incident, with its own
+    message and thread (``AlertState.incident``). ``max_unsent`` bounds the outbox (see
+    ``Outbox.bounded``)."""
     opened = [t for t in transitions if t.kind is TransitionKind.OPENED]
+    threaded = {t.state.incident for t in opened}
     if len(opened) >= digest_at:
-        ids = ",".join(sorted(t.state.fingerprint for t in opened))
-        digest_id = f"digest|{opened[0].state.updated_at}|{hashlib.sha256(ids.encode()).hexdigest()[:12]}"
-        outbox = outbox.with_enqueued(Entry(digest_id, "digest", EntryKind.DIGEST, digest_message(opened)))
+        ids = ",".join(sorted(t.state.incident for t in opened))
+        digest_key = f"digest#{hashlib.sha256(ids.encode()).hexdigest()[:12]}"
+        digest_id = f"{digest_key}|{opened[0].state.updated_at}"
+        outbox = outbox.with_enqueued(
+            Entry(digest_id, digest_key, EntryKind.DIGEST, digest_message(opened)), max_unsent
+        )
+        if digest_threads is not None:
+            threaded = {t.state.incident for t in opened[:digest_threads]}
+            outbox = outbox.with_aliases({t.state.incident: digest_key for t in opened[digest_threads:]})
+    grouped: dict[str, list[Transition]] = {}
     for transition in transitions:
-        outbox = _enqueue_one(outbox, transition)
+        if transition.kind is TransitionKind.OPENED and transition.state.incident not in threaded:
+            continue  # announced by the digest only
+        key = outbox.thread_key(transition.state.incident)
+        if key != transition.state.incident and transition.kind is not TransitionKind.OPENED:
+            grouped.setdefault(key, []).append(transition)  # followed up in its digest's thread
+            continue
+        outbox = _enqueue_one(outbox, transition, max_unsent)
+    for key, group in grouped.items():
+        if len(group) == 1:
+            outbox = _enqueue_one(outbox, group[0], max_unsent)
+            continue
+        ids = ",".join(sorted(f"{t.state.incident}|{t.kind.value}" for t in group))
+        entry_id = f"{key}|{group[0].state.updated_at}|followup|{hashlib.sha256(ids.encode()).hexdigest()[:12]}"
+        outbox = outbox.with_enqueued(Entry(entry_id, key, EntryKind.REPLY, digest_followup(group)), max_unsent)
     return outbox
 
 
-def _enqueue_one(outbox: Outbox, transition: Transition) -> Outbox:
+def digest_followup(transitions: Sequence[Transition]) -> dict[str, Any]:
+    """One reply in a digest's thread for many of its alerts changing at once (resolved, closed...).
+
+    At most ``MAX_BLOCKS`` blocks: the lines that do not fit end in "… and N more".
+    """
+    lines = [
+        _clip(f"{_ICON[t.kind]} `{_esc(t.finding.target)}` {t.finding.property.value}: {_VERB[t.kind]}", SECTION_LIMIT)
+        for t in transitions
+    ]
+    title = f"{len(transitions)} of these alerts changed"
+    blocks: list[Block] = [_mrkdwn(f"*{title}*")]
+    blocks += [_mrkdwn(section) for section in _pack(lines, MAX_BLOCKS - len(blocks))]
+    return {"text": title, "blocks": blocks}
+
+
+def _enqueue_one(outbox: Outbox, transition: Transition, max_unsent: int | None) -> Outbox:
     state = transition.state
-    base = f"{state.fingerprint}|{state.updated_at}"
+    key = outbox.thread_key(state.incident)
+    base = f"{state.incident}|{state.updated_at}"
     if transition.kind is TransitionKind.OPENED:
         # Each alert still gets its own message (its thread), even when a digest announced it.
-        return outbox.with_enqueued(Entry(f"{base}|post", state.fingerprint, EntryKind.POST, alert_message(transition)))
-    if transition.kind is TransitionKind.DEGRADED and state.fingerprint not in _known(outbox):
+        return outbox.with_enqueued(Entry(f"{base}|post", key, EntryKind.POST, alert_message(transition)), max_unsent)
+    if transition.kind is TransitionKind.DEGRADED and (
+        state.phase is not Phase.FIRING or state.incident not in _known(outbox)
+    ):
         return outbox  # nothing open to report on: a degraded check alone is reported, not alerted
-    outbox = outbox.with_enqueued(Entry(f"{base}|reply", state.fingerprint, EntryKind.REPLY, thread_reply(transition)))
-    if transition.kind in {TransitionKind.CHANGED, TransitionKind.RESOLVED}:
+    outbox = outbox.with_enqueued(Entry(f"{base}|reply", key, EntryKind.REPLY, thread_reply(transition)), max_unsent)
+    if transition.kind in _RE_RENDER and key == state.incident:
         outbox = outbox.with_enqueued(
-            Entry(f"{base}|update", state.fingerprint, EntryKind.UPDATE, alert_message(transition))
+            Entry(f"{base}|update", key, EntryKind.UPDATE, alert_message(transition)), max_unsent
         )
     return outbox
 
 
+_RE_RENDER = frozenset({TransitionKind.CHANGED, TransitionKind.RESOLVED, TransitionKind.CLOSED})
+
+
 def _known(outbox: Outbox) -> set[str]:
-    return set(outbox.threads) | {e.fingerprint for e in outbox.entries if e.kind is EntryKind.POST}
+    return (
+        set(outbox.threads) | set(outbox.aliases) | {e.fingerprint for e in outbox.entries if e.kind is EntryKind.POST}
+    )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -73,6 +74,9 @@ class _Created:
         return f"Pod {self.namespace}/{self.name}"
 
 
+STOP_CHECK_S = 3  # longest watch between two looks at the stop event (then it lists again)
+
+
 class PodProbeRunner:
     """Probe batches as pods through one API client (see the module docstring)."""
 
@@ -83,7 +87,11 @@ class PodProbeRunner:
         *,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        stop: threading.Event | None = None,
     ) -> None:
+        # ``stop`` (the daemon's SIGTERM): create no more pods, stop waiting within a few
+        # seconds, and delete what was created (the ``finally`` below), well inside the grace period.
+        self._stop = stop or threading.Event()
         self._pods = pods
         self._options = options
         self._clock = clock
@@ -98,12 +106,18 @@ class PodProbeRunner:
         try:
             reports: dict[str, BatchReport] = {}
             for batch in plan.batches:
+                if self._stop.is_set():
+                    break
                 refused = self._create(batch, plan, created)
                 if refused is not None:
                     reports[batch.key] = refused
             finals = self._await(created, plan.run_id, deadline)
             reports.update({c.batch.key: self._report(c, finals.get(c.name), plan.run_id) for c in created})
-            return RunReport(plan.run_id, tuple(reports[b.key] for b in plan.batches))
+            stopped = "not run: the auditor was stopping"
+            return RunReport(
+                plan.run_id,
+                tuple(reports.get(b.key) or _problem(b.key, "", Status.INCONCLUSIVE, stopped) for b in plan.batches),
+            )
         finally:
             self._delete(created)
 
@@ -186,9 +200,9 @@ class PodProbeRunner:
             listing = self._pods.list_pods(namespace, selector)
             by_name = {p["metadata"]["name"]: p for p in listing.get("items") or []}
             latest = {name: by_name.get(name) for name in names}
-            if _all_done(latest) or self._clock() >= deadline:
+            if _all_done(latest) or self._clock() >= deadline or self._stop.is_set():
                 return latest
-            remaining = max(1, math.ceil(deadline - self._clock()))
+            remaining = min(STOP_CHECK_S, max(1, math.ceil(deadline - self._clock())))
             version = str(listing["metadata"].get("resourceVersion", ""))
             for event in self._pods.watch(namespace, selector, version, remaining):
                 if event.get("type") == "ERROR":
@@ -196,7 +210,7 @@ class PodProbeRunner:
                 pod = event["object"]
                 if pod["metadata"]["name"] in names:
                     latest[pod["metadata"]["name"]] = None if event["type"] == "DELETED" else pod
-                if _all_done(latest) or self._clock() >= deadline:
+                if _all_done(latest) or self._clock() >= deadline or self._stop.is_set():
                     return latest
 
     # --- reading reports ----------------------------------------------------------------------

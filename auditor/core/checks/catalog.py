@@ -318,10 +318,15 @@ AUTO_MODE = CheckMeta(
     title="The cluster is an EKS Auto Mode cluster with node pools",
     severity=Severity.MEDIUM,
     protects="Probe pods run on Auto Mode nodes; without Auto Mode they cannot be scheduled as designed.",
-    remediation="Enable EKS Auto Mode (computeConfig.enabled) with the general-purpose node pool, or set the "
-    "probe node selector (AUDITOR_PROBES__NODE_SELECTOR) for your nodes.",
+    remediation="Enable EKS Auto Mode (computeConfig.enabled) with its built-in node pools, or with custom "
+    "NodePools whose nodeClassRef names an eks.amazonaws.com NodeClass; or set the probe node selector "
+    "(AUDITOR_PROBES__NODE_SELECTOR) for your nodes.",
     remediation_yaml="",
-    references=(f"{SEMANTICS} §6", "https://docs.aws.amazon.com/eks/latest/userguide/automode.html"),
+    references=(
+        f"{SEMANTICS} §6",
+        "https://docs.aws.amazon.com/eks/latest/userguide/automode.html",
+        "https://docs.aws.amazon.com/eks/latest/userguide/create-node-pool.html",
+    ),
 )
 
 ALL: tuple[CheckMeta, ...] = (
