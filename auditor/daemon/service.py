@@ -363,7 +363,7 @@ class Daemon:
             # Only this job's findings advance the drift counters: re-counting the last probe
             # result at every static audit would open probe alerts on one failed cycle.
             published = self._evaluate(memory, static, report=static + memory.probe_findings, kind="static")
-        self._publish(*published)
+        self._publish(*published, started=started)
         self._timed("static", started)
         if self._changes != changes:
             self._request_audit(0.0)  # changed while this audit ran: audit again right away
@@ -383,7 +383,7 @@ class Daemon:
                 return  # lost the lease (or stopping) while probing: the next leader probes again
             memory.probe_findings = probe
             published = self._evaluate(memory, probe, report=memory.static_findings + probe, kind="probe")
-        self._publish(*published)
+        self._publish(*published, started=started)
         self._timed("probe", started)
 
     def daily_report(self) -> None:
@@ -524,7 +524,11 @@ class Daemon:
         self._log.info("audit evaluated", kind=kind, findings=len(findings), transitions=len(transitions))
         return report, self._run_info(kind)
 
-    def _publish(self, report: tuple[Finding, ...], run: dict[str, Any]) -> None:
+    def _publish(self, report: tuple[Finding, ...], run: dict[str, Any], *, started: float | None = None) -> None:
+        """``started``: ``time.monotonic()`` at the start of the audit cycle; the run then carries
+        ``duration_s``, seconds from there to the evaluated audit (CloudWatch ``CycleDuration``)."""
+        if started is not None:
+            run["duration_s"] = round(time.monotonic() - started, 3)
         for sink in self._sinks:  # outside the lock: a slow sink holds up nobody's Slack message
             try:
                 sink.publish(report, run)
