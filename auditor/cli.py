@@ -12,7 +12,9 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 from auditor import __version__
@@ -30,6 +32,8 @@ from auditor.render.text import render_markdown, render_table
 from auditor.settings import Settings, load_settings
 
 EXIT_USAGE = 2
+PROGRESS_AFTER_S = 2.0
+"""An audit that runs longer than this shows a progress line (stderr, terminals only)."""
 
 _EPILOG = """\
 exit codes: 0 all pass, 1 drift (a FAIL), 2 invalid input or usage,
@@ -139,15 +143,50 @@ def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO, settings: Setti
         )
     if args.active and not live:
         raise InputError("command line", "--active needs a cluster", fix="add --kubeconfig, --context or --in-cluster")
-    if live:
-        probes = settings.probes if args.active else None
-        result = check_live(args.kubeconfig, args.context, args.rules, os.environ, probes=probes)
-    else:
-        result = check_offline(args.manifests, args.rules, os.environ, stdin)
+    with progress(sys.stderr, "auditing"):
+        if live:
+            probes = settings.probes if args.active else None
+            result = check_live(args.kubeconfig, args.context, args.rules, os.environ, probes=probes)
+        else:
+            result = check_offline(args.manifests, args.rules, os.environ, stdin)
     for problem in result.problems:
         print(f"auditor: warning: {visible(problem)}", file=sys.stderr)
     _render(args.output, result, out, verbose=args.verbose)
     return summarize(result.findings).exit_code
+
+
+@contextlib.contextmanager
+def progress(stream: TextIO, what: str, *, after_s: float | None = None) -> Iterator[None]:
+    """Show ``auditor: WHAT... N s`` on ``stream`` once the block has run ``after_s`` seconds.
+
+    Only when ``stream`` is a terminal (a pipe or a CI log gets nothing); the line is rewritten
+    every second and erased when the block ends, before anything else is printed.
+    """
+    if not stream.isatty():
+        yield
+        return
+    delay = PROGRESS_AFTER_S if after_s is None else after_s
+    done = threading.Event()
+    started = time.monotonic()
+
+    def show() -> None:
+        if done.wait(delay):
+            return
+        while True:
+            stream.write(f"\rauditor: {what}... {time.monotonic() - started:.0f} s")
+            stream.flush()
+            if done.wait(1.0):
+                break
+        stream.write("\r\033[K")
+        stream.flush()
+
+    thread = threading.Thread(target=show, name="auditor-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _render(output: str, result: AuditResult, out: TextIO, *, verbose: bool) -> None:

@@ -10,12 +10,20 @@ builds from tools/istio; ``--no-istioctl`` skips it), with its wall time, peak R
 of messages it reports. Usage:
 
     python scripts/bench_static.py [--sizes 1000 10000] [--no-istioctl]
+    python scripts/bench_static.py --paired [--sizes 100 1000 10000 100000]
+
+``--paired`` runs the auditor and ``istioctl analyze -A --use-kube=false`` on the same files, one
+after the other per size, and prints wall, CPU (user+sys) and peak RSS of each child (from
+``wait4``) and the auditor/istioctl ratios, with the load average before each size. Inputs over
+the auditor's 64 MiB input limit (100k Services) are audited with the limit raised for the
+benchmark only, and marked so.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -26,6 +34,7 @@ from pathlib import Path
 import yaml
 
 PER_NAMESPACE = 100
+MAX_FILE_CHARS = 64 * 1024 * 1024  # auditor.adapters.yaml_io.MAX_FILE_CHARS (not imported: no auditor start-up here)
 PROTECTED_EVERY = 100
 
 
@@ -142,7 +151,9 @@ def generate(size: int, directory: Path) -> tuple[Path, Path]:
                 }
             )
     manifests = directory / f"services-{size}.yaml"
-    manifests.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
+    # libyaml's emitter when available: the pure-Python one takes minutes at 100k Services.
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    manifests.write_text(yaml.dump_all(documents, Dumper=dumper, sort_keys=False), encoding="utf-8")
     rules = directory / f"rules-{size}.yaml"
     rules.write_text(
         yaml.safe_dump(
@@ -207,11 +218,70 @@ def _istioctl() -> Path:
     return istio.build().istioctl
 
 
+def _run_child(command: list[str], output: Path | None = None) -> tuple[float, float, float, int]:
+    """Wall s, CPU s (user+sys), peak RSS MiB and exit code of one child, from its own rusage."""
+    started = time.perf_counter()
+    with output.open("wb") if output is not None else open(os.devnull, "wb") as sink:  # noqa: PTH123 - os.devnull
+        child = subprocess.Popen(command, stdout=sink, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)
+    elapsed = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, child.returncode
+
+
+def _auditor_command(manifests: Path, rules: Path) -> tuple[list[str], bool]:
+    check = ["check", "--manifests", str(manifests), "--rules", str(rules), "--output", "json"]
+    if manifests.stat().st_size < MAX_FILE_CHARS:
+        return [sys.executable, "-m", "auditor", *check], False
+    # Over the input limit: the same CLI in a child whose limit is raised for the benchmark only.
+    code = (
+        "import sys, auditor.adapters.manifests.reader as r; r.MAX_FILE_CHARS = 1 << 30; "
+        "from auditor.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    return [sys.executable, "-c", code, *check], True
+
+
+def paired(sizes: list[int]) -> None:
+    """Print the auditor-versus-istioctl table (docs/benchmarks.md) for ``sizes`` Services."""
+    istioctl = str(_istioctl())
+    print(
+        "| Services | load (1 min) | auditor wall / CPU / peak RSS | istioctl wall / CPU / peak RSS "
+        "| wall ratio | CPU ratio |"
+    )
+    print("|---:|---:|---|---|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            manifests, rules = generate(size, Path(tmp))
+            load = os.getloadavg()[0]
+            command, raised = _auditor_command(manifests, rules)
+            report = Path(tmp) / "report.json"
+            a_wall, a_cpu, a_rss, a_code = _run_child(command, report)
+            # Exit 1 is also Python's for an uncaught exception: a real audit wrote its report.
+            with report.open("rb") as written:
+                started_right = written.read(20) == b'{"schema_version": 1'
+            if a_code not in {0, 1, 3} or not started_right:
+                raise SystemExit(f"auditor failed with exit code {a_code} at {size} Services")
+            report.unlink()
+            i_wall, i_cpu, i_rss, _ = _run_child([istioctl, "analyze", "-A", "--use-kube=false", str(manifests)])
+            mark = " (input limit raised)" if raised else ""
+            print(
+                f"| {size:,} | {load:.1f} | {a_wall:.2f} s / {a_cpu:.2f} s / {a_rss:.0f} MiB{mark} "
+                f"| {i_wall:.2f} s / {i_cpu:.2f} s / {i_rss:.0f} MiB | {a_wall / i_wall:.2f} | {a_cpu / i_cpu:.2f} |",
+                flush=True,
+            )
+            manifests.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=None)
     parser.add_argument("--no-istioctl", action="store_true", help="skip istioctl analyze")
+    parser.add_argument("--paired", action="store_true", help="the auditor-versus-istioctl table (wall, CPU, RSS)")
     args = parser.parse_args()
+    if args.paired:
+        paired(args.sizes or [100, 1000, 10000, 100000])
+        return
+    args.sizes = args.sizes or [1000, 10000]
     istioctl = None if args.no_istioctl else _istioctl()
     header = f"{'services':>9} {'policies':>9} {'manifest MiB':>13} {'wall s':>8} {'peak RSS MiB':>13} {'exit':>5}"
     if istioctl:

@@ -57,7 +57,9 @@ def _scoped_services(ctx: AuditContext) -> tuple[list[Service], list[Finding]]:
     chosen: dict[str, Service] = {}
     empty: list[Finding] = []
     for entry in ctx.posture.scope:
-        matched = [s for s in ctx.index.snapshot.services if _in_scope(entry, s)]
+        # Only the entry's namespace can match: linear in Services, not scope entries x Services.
+        candidates = ctx.index.services_by_ns.get(entry.namespace, ())
+        matched = [s for s in candidates if _in_scope(entry, s)]
         if not matched:
             ev = Evidence(
                 f"rules scope namespace {entry.namespace}",

@@ -10,7 +10,6 @@ Kinds the auditor does not read are ignored (``decode_object`` returns ``()``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from auditor.core import snapshot as s
@@ -45,12 +44,18 @@ Decoded = (
 )
 
 
-@dataclass(frozen=True, slots=True)
 class _Doc:
-    """A document plus the path prefix used in error messages."""
+    """A document plus the path prefix used in error messages.
 
-    body: Mapping[str, Any]
-    path: str = ""
+    A plain slotted class, not a frozen dataclass: one is made per mapping of every object, and
+    a frozen dataclass's ``__init__`` costs several times more (#16).
+    """
+
+    __slots__ = ("body", "path")
+
+    def __init__(self, body: Mapping[str, Any], path: str = "") -> None:
+        self.body = body
+        self.path = path
 
     def at(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -62,7 +67,7 @@ class _Doc:
         value = self.body.get(key)
         if value is None:
             return {}
-        if not isinstance(value, Mapping):
+        if type(value) is not dict and not isinstance(value, Mapping):
             raise DecodeError(
                 self.at(key),
                 f"expected a mapping, got {_kind_of(value)}",
@@ -81,14 +86,15 @@ class _Doc:
                 "write it as a YAML list (- item)",
             )
         docs = []
+        at = self.at(key)
         for index, item in enumerate(value):
-            if not isinstance(item, Mapping):
+            if type(item) is not dict and not isinstance(item, Mapping):
                 raise DecodeError(
-                    f"{self.at(key)}[{index}]",
+                    f"{at}[{index}]",
                     f"expected a mapping, got {_kind_of(item)}",
                     "each item is key: value pairs",
                 )
-            docs.append(_Doc(item, f"{self.at(key)}[{index}]"))
+            docs.append(_Doc(item, f"{at}[{index}]"))
         return docs
 
     def string(self, key: str, default: str = "") -> str:
@@ -398,16 +404,21 @@ def _rule(doc: _Doc) -> s.AuthzRule:
 
 
 def _source(doc: _Doc) -> s.AuthzSource:
-    return s.AuthzSource(**{field: doc.strings(_camel(field)) for field in s.AuthzSource.__dataclass_fields__})
+    return s.AuthzSource(**{field: doc.strings(key) for field, key in _SOURCE_KEYS})
 
 
 def _operation(doc: _Doc) -> s.AuthzOperation:
-    return s.AuthzOperation(**{field: doc.strings(_camel(field)) for field in s.AuthzOperation.__dataclass_fields__})
+    return s.AuthzOperation(**{field: doc.strings(key) for field, key in _OPERATION_KEYS})
 
 
 def _camel(snake: str) -> str:
     head, *rest = snake.split("_")
     return head + "".join(part.capitalize() for part in rest)
+
+
+# (model field, YAML key) pairs, computed once rather than per source and operation.
+_SOURCE_KEYS = tuple((field, _camel(field)) for field in s.AuthzSource.__dataclass_fields__)
+_OPERATION_KEYS = tuple((field, _camel(field)) for field in s.AuthzOperation.__dataclass_fields__)
 
 
 def _gateway(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
@@ -478,6 +489,18 @@ _DECODERS: Mapping[str, Callable[[_Doc, s.ObjectMeta], tuple[Decoded, ...]]] = {
 }
 
 READ_KINDS: Sequence[str] = tuple(_DECODERS)
+_MODEL_CLASSES: tuple[type, ...] = (
+    s.Namespace,
+    s.ServiceAccount,
+    s.Service,
+    s.Workload,
+    s.PeerAuthentication,
+    s.AuthorizationPolicy,
+    s.Gateway,
+    s.GatewayClass,
+    s.HTTPRoute,
+    s.ServiceEntry,
+)
 
 
 def build_snapshot(
@@ -485,9 +508,19 @@ def build_snapshot(
 ) -> s.Snapshot:
     """Sort decoded objects into a snapshot, in a stable order (namespace, name)."""
     ordered = sorted(objects, key=lambda o: (o.meta.namespace, o.meta.name, o.meta.kind))
+    # One pass (not one per kind); each type's model classes are found once, in stable order.
+    buckets: dict[type, list[Any]] = {}
+    classes: dict[type, list[list[Any]]] = {}
+    for obj in ordered:
+        kind = type(obj)
+        targets = classes.get(kind)
+        if targets is None:
+            targets = classes[kind] = [buckets.setdefault(cls, []) for cls in _MODEL_CLASSES if issubclass(kind, cls)]
+        for bucket in targets:
+            bucket.append(obj)
 
     def of(cls: type[_T]) -> tuple[_T, ...]:
-        return tuple(o for o in ordered if isinstance(o, cls))
+        return tuple(buckets.get(cls, ()))
 
     return s.Snapshot(
         namespaces=of(s.Namespace),

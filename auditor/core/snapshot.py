@@ -293,10 +293,14 @@ class SnapshotIndex:
         self.snapshot = snapshot
         self.namespaces = {n.meta.name: n for n in snapshot.namespaces}
         self.services = {s.meta.key: s for s in snapshot.services}
+        self.services_by_ns: dict[str, list[Service]] = defaultdict(list)
+        for service in snapshot.services:
+            self.services_by_ns[service.meta.namespace].append(service)
         self.gateways = {g.meta.key: g for g in snapshot.gateways}
         self.gateway_classes = {c.meta.name: c for c in snapshot.gateway_classes}
         self.service_accounts = {a.meta.key for a in snapshot.service_accounts}
         self._workloads = self._index_workloads(snapshot.workloads)
+        self._workloads_for: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Workload, ...]] = {}
         self.peer_auth_by_ns: dict[str, list[PeerAuthentication]] = defaultdict(list)
         self.peer_auth_wide: dict[str, list[PeerAuthentication]] = defaultdict(list)
         self.peer_auth_selected: dict[str, SelectorIndex[PeerAuthentication]] = defaultdict(SelectorIndex)
@@ -337,11 +341,19 @@ class SnapshotIndex:
         """Workloads behind a Service: real pods when any exist, else pod templates."""
         if not service.selector:
             return ()
+        # The answer depends only on the namespace and the selector; the checks ask several
+        # times per Service, so it is computed once (#16).
+        key = (service.meta.namespace, tuple(sorted(service.selector.items())))
+        cached = self._workloads_for.get(key)
+        if cached is not None:
+            return cached
+        found: tuple[Workload, ...] = ()
         for is_pod in (True, False):
             found = self._select(self._workloads.get((service.meta.namespace, is_pod), {}), service.selector)
             if found:
-                return found
-        return ()
+                break
+        self._workloads_for[key] = found
+        return found
 
     @staticmethod
     def _select(index: _LabelIndex, selector: Labels) -> tuple[Workload, ...]:

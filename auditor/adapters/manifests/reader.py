@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -44,8 +44,18 @@ def read_manifests(paths: Sequence[str], stdin: TextIO) -> ManifestInput:
     seen: dict[tuple[str, str, str], str] = {}
     files = _expand(paths)
     for name, text in _read_all(files, stdin):
+        # Each document is decoded as soon as it is read, so a file's raw documents are never all
+        # in memory at once. A file's YAML error still wins over an object error before it (the
+        # error reported is the same as when the whole file was read first).
+        refused: InputError | None = None
         for index, document in _documents(name, text):
-            _collect(name, index=index, document=document, objects=objects, secrets=secrets, seen=seen)
+            if refused is None:
+                try:
+                    _collect(name, index=index, document=document, objects=objects, secrets=secrets, seen=seen)
+                except InputError as error:
+                    refused = error
+        if refused is not None:
+            raise refused
     return ManifestInput(build_snapshot(objects), secrets, tuple(files))
 
 
@@ -103,9 +113,9 @@ def _read_all(files: list[str], stdin: TextIO) -> list[tuple[str, str]]:
     return texts
 
 
-def _documents(name: str, text: str) -> list[tuple[int, Any]]:
+def _documents(name: str, text: str) -> Iterator[tuple[int, Any]]:
     try:
-        return list(load_documents(text, strict=False))  # kubectl's reading (yaml_io)
+        yield from load_documents(text, strict=False)  # kubectl's reading (yaml_io)
     except YamlSyntaxError as problem:
         raise InputError(name, problem.message, document=problem.document, fix=problem.fix) from problem
 
