@@ -53,8 +53,18 @@ def _wait(what: str, attempt: Callable[[], bool], timeout: float = STATUS_TIMEOU
 
 
 def _wait_for_istiod_status(api: IstioAPI, documents: list[dict[str, Any]]) -> None:
-    """Every waypoint Gateway Programmed with an address; every waypoint-labelled Service bound."""
+    """Every waypoint Gateway Programmed with an address; every waypoint-labelled Service bound;
+    every Deployment's pods running with an address and, where the namespace enrolls them and the
+    pod does not opt out, istio-cni's redirection annotation (the workload stand-in writes it a
+    poll after the pod gets its address: auditing before that reads "not captured")."""
+    ambient = {
+        d["metadata"]["name"]
+        for d in documents
+        if d["kind"] == "Namespace" and (d["metadata"].get("labels") or {}).get("istio.io/dataplane-mode") == "ambient"
+    }
     for doc in documents:
+        if doc["kind"] == "Deployment":
+            _wait(f"pods of Deployment {doc['metadata']['name']} running and enrolled", _settled(api, doc, ambient))
         meta = doc["metadata"]
         namespace = meta.get("namespace", "default")
         if doc["kind"] == "Gateway":
@@ -71,6 +81,27 @@ def _wait_for_istiod_status(api: IstioAPI, documents: list[dict[str, Any]]) -> N
                 return "istio.io/WaypointBound" in _conditions(_get(api, "service", ns, name))
 
             _wait(f"istio.io/WaypointBound on Service {namespace}/{meta['name']}", bound)
+
+
+def _settled(api: IstioAPI, deployment: dict[str, Any], ambient: set[str]) -> Callable[[], bool]:
+    meta, spec = deployment["metadata"], deployment["spec"]
+    namespace = meta.get("namespace", "default")
+    selector = ",".join(f"{k}={v}" for k, v in spec["selector"]["matchLabels"].items())
+    opted_out = spec["template"]["metadata"].get("labels", {}).get("istio.io/dataplane-mode") == "none"
+
+    def check() -> bool:
+        text = api.kubectl("get", "pods", f"--namespace={namespace}", f"--selector={selector}", "--output=yaml")
+        pods = (yaml.safe_load(text) or {}).get("items") or []
+        addressed = [p for p in pods if (p.get("status") or {}).get("podIP")]
+        if len(addressed) < spec.get("replicas", 1):
+            return False
+        if namespace not in ambient or opted_out:
+            return True
+        return all(
+            (p["metadata"].get("annotations") or {}).get("ambient.istio.io/redirection") == "enabled" for p in addressed
+        )
+
+    return check
 
 
 @pytest.mark.kube
