@@ -17,7 +17,7 @@ import structlog
 
 from auditor.adapters.k8s.reader import ClusterReader
 from auditor.adapters.k8s.secrets import ClusterSecretReader
-from auditor.adapters.kubeapi import build_api_client
+from auditor.adapters.kubeapi import ApiUnavailable, build_api_client, server_of
 from auditor.adapters.manifests.reader import read_manifests
 from auditor.adapters.probepods.kube import PodApi
 from auditor.adapters.probepods.podspec import PodOptions
@@ -30,6 +30,7 @@ from auditor.core.posture import Posture
 from auditor.core.probeplan import PlanOptions, plan_probes
 from auditor.core.snapshot import Snapshot
 from auditor.core.verdict import probe_findings
+from auditor.errors import ClusterUnreachableError
 from auditor.settings import ProbeSettings, Settings
 
 
@@ -94,6 +95,7 @@ def check_live(
 ) -> AuditResult:
     """``auditor check --kubeconfig``: the same audit over a snapshot read from the API server.
 
+    Raises ``ClusterUnreachableError`` when the API server answers nothing at all.
     With ``probes`` (``--active``), probe pods then send real traffic and their verdicts join
     the static findings (``method: probe``).
     """
@@ -106,7 +108,12 @@ def check_live(
         "posture": list(posture.names),
     }
     with closing(build_api_client(kubeconfig, context)) as api:
-        snapshot = ClusterReader(api).snapshot()
+        try:
+            snapshot = ClusterReader(api).snapshot()
+        except ApiUnavailable as error:
+            source = f"kubeconfig {kubeconfig or '(default)'}" if kubeconfig or context else "in-cluster config"
+            source += f", context {context}" if context else ""
+            raise ClusterUnreachableError(server_of(api), str(error), source) from error
         values = resolve_header_values(posture, environ, ClusterSecretReader(api).secret_value)
         findings = run_static_audit(snapshot, posture, values)
         if probes is not None:

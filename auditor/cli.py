@@ -22,13 +22,14 @@ from auditor.cli_ops import OPERATIONS, add_operations, run_operation
 from auditor.core.checks.catalog import ALL
 from auditor.core.model import summarize
 from auditor.core.posture import PostureDocument
-from auditor.errors import InputError
+from auditor.errors import ClusterUnreachableError, InputError
 from auditor.render.document import audit_document
 from auditor.render.junit import render_junit
 from auditor.render.text import render_markdown, render_table
 from auditor.settings import Settings, load_settings
 
 EXIT_USAGE = 2
+EXIT_UNPROVEN = 3
 
 _EPILOG = """\
 exit codes: 0 all pass, 1 drift (a FAIL), 2 invalid input or usage,
@@ -116,6 +117,10 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdo
     except InputError as error:
         print(f"auditor: error: {error.render()}", file=sys.stderr)
         return EXIT_USAGE
+    except ClusterUnreachableError as error:
+        # One line, not a finding per resource each advising an RBAC fix: nothing was read.
+        print(f"auditor: error: {error.render()}", file=sys.stderr)
+        return EXIT_UNPROVEN
 
 
 def _dispatch(args: argparse.Namespace, stdin: TextIO, out: TextIO, settings: Settings) -> int:

@@ -29,3 +29,24 @@ class InputError(ValueError):
         what = f"{self.field}: " if self.field else ""
         fix = f"\n  fix: {self.fix}" if self.fix else ""
         return f"{where}: {what}{self.problem}{fix}"
+
+
+class ClusterUnreachableError(Exception):
+    """No answer at all from the API server: nothing was audited (exit 3, one line at the CLI).
+
+    ``server`` is the URL tried, ``reason`` the root cause (``connection refused``), ``source``
+    where the address came from (the kubeconfig path and context, or the in-cluster config).
+    """
+
+    def __init__(self, server: str, reason: str, source: str) -> None:
+        self.server = server
+        self.reason = reason
+        self.source = source
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        return (
+            f"cannot reach the API server {self.server} ({self.source}): {self.reason}; "
+            "nothing was audited. Check the server address in the kubeconfig, the VPN or network "
+            "route to it, and that the cluster is up (kubectl cluster-info)."
+        )

@@ -1,0 +1,57 @@
+"""What a newcomer sees when something is wrong (issue #17, "A newcomer's day"): one clear
+message naming what failed and what to check, and the documented exit code."""
+
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+import pytest
+
+from auditor.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = str(ROOT / "examples" / "retail-store")
+RULES = str(ROOT / "rules" / "retail-store.yaml")
+
+
+def run(*argv: str, stdin: str = "") -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), stdin=io.StringIO(stdin), stdout=out)
+    return code, out.getvalue()
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on: bound, then released (nothing re-binds it this fast)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_unreachable_api_server_is_one_line_naming_server_and_cause_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kubeconfig whose server is a closed loopback port: no findings, no RBAC advice, exit 3."""
+    server = f"https://127.0.0.1:{closed_port()}"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: lab\n"
+        f"clusters: [{{name: lab, cluster: {{server: '{server}', insecure-skip-tls-verify: true}}}}]\n"
+        "users: [{name: me, user: {token: t}}]\n"
+        "contexts: [{name: lab, context: {cluster: lab, user: me}}]\n",
+        encoding="utf-8",
+    )
+    code, out = run("check", "--kubeconfig", str(kubeconfig), "--rules", RULES)
+    err = capsys.readouterr().err
+    assert code == 3
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert server in lines[0]
+    assert str(kubeconfig) in lines[0]
+    assert "connection refused" in lines[0]
+    assert "VPN" in lines[0]
+    assert "RBAC" not in err
+    assert "permission" not in err
