@@ -38,12 +38,12 @@ def _headline(findings: tuple[Finding, ...]) -> str:
 
 def _row(finding: Finding, *, verbose: bool) -> list[str]:
     head = f"  {_STATUS[finding.status]}  {finding.property.value:<{_PROPERTY_WIDTH}}"
-    body = textwrap.wrap(finding.message, WIDTH - len(_INDENT)) or [""]
+    body = _wrap(finding.message, WIDTH - len(_INDENT)) or [""]
     lines = [head + body[0], *(_INDENT + line for line in body[1:])]
     if finding.status is not Status.PASS or verbose:
         lines.append(f"{_INDENT}check: {finding.check.id}")
     if finding.status in {Status.FAIL, Status.ERROR}:
-        lines += textwrap.wrap(
+        lines += _wrap(
             "fix: " + finding.check.remediation,
             WIDTH,
             initial_indent=_INDENT,
@@ -52,8 +52,15 @@ def _row(finding: Finding, *, verbose: bool) -> list[str]:
     if verbose:
         for evidence in finding.evidence:
             text = f"- {evidence.object} {evidence.field}={evidence.value} {evidence.note}".rstrip()
-            lines += textwrap.wrap(text, WIDTH, initial_indent=_INDENT, subsequent_indent=_INDENT + "  ")
+            lines += _wrap(text, WIDTH, initial_indent=_INDENT, subsequent_indent=_INDENT + "  ")
     return lines
+
+
+def _wrap(text: str, width: int, **indents: str) -> list[str]:
+    """Wrap at spaces only: an identifier (``istio.io/dataplane-mode=ambient``, a SPIFFE id, a
+    check id) is never split at a hyphen or mid-word, so it copies and pastes whole; a word longer
+    than the line overflows it instead."""
+    return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False, **indents)
 
 
 def _legend(findings: tuple[Finding, ...]) -> str:

@@ -55,3 +55,18 @@ def test_unreachable_api_server_is_one_line_naming_server_and_cause_exit_3(
     assert "VPN" in lines[0]
     assert "RBAC" not in err
     assert "permission" not in err
+
+
+DRIFTED = str(ROOT / "examples" / "retail-store-drifted")
+
+
+def test_table_wrapping_never_splits_an_identifier() -> None:
+    """Drifted example at -v: identifiers with hyphens (label keys, namespaces, check ids) stay whole."""
+    code, out = run("check", "--manifests", DRIFTED, "--rules", RULES, "-v")
+    assert code == 1
+    assert not [line for line in out.splitlines() if line.endswith("-")]
+    words = out.split()
+    assert "labels.istio.io/dataplane-mode=ambient" in words
+    for word in words:
+        if "istio.io/dataplane" in word:
+            assert "istio.io/dataplane-mode" in word, word
