@@ -31,6 +31,32 @@ class InputError(ValueError):
         return f"{where}: {what}{self.problem}{fix}"
 
 
+class InputErrors(InputError):
+    """Several problems in the input, most useful first; behaves as the first one.
+
+    ``render()`` shows the first and counts the rest (``auditor check``); ``render_all()`` lists
+    every one (``auditor rules validate``).
+    """
+
+    def __init__(self, problems: list[InputError], *, all_hint: str = "") -> None:
+        if not problems:
+            raise ValueError("InputErrors needs at least one problem")
+        self.problems = tuple(problems)
+        self.all_hint = all_hint
+        first = problems[0]
+        super().__init__(first.source, first.problem, field=first.field, fix=first.fix, document=first.document)
+
+    def render(self) -> str:
+        first = self.problems[0].render()
+        if len(self.problems) == 1:
+            return first
+        hint = f"; {self.all_hint}" if self.all_hint else ""
+        return f"{first}\n  (and {len(self.problems) - 1} more problem(s){hint})"
+
+    def render_all(self) -> str:
+        return "\n".join(problem.render() for problem in self.problems)
+
+
 class ClusterUnreachableError(Exception):
     """No answer at all from the API server: nothing was audited (exit 3, one line at the CLI).
 

@@ -70,3 +70,69 @@ def test_table_wrapping_never_splits_an_identifier() -> None:
     for word in words:
         if "istio.io/dataplane" in word:
             assert "istio.io/dataplane-mode" in word, word
+
+
+TYPO_RULES = """\
+apiVersion: mesh-auditor.dev/v1alpha1
+kind: MeshPosture
+metadata: {name: typo}
+spec:
+  scope:
+    - namespace: default
+      requireStrictMtl: true
+  protectedServices:
+    - name: catalog
+      allowedPrincipal: [cluster.local/ns/default/sa/ui]
+      probe: {port: 0}
+"""
+
+
+def test_rules_typo_names_the_unknown_field_first_with_the_close_match(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`allowedPrincipal:` is reported as itself with "did you mean", not as "allowedPrincipals: Field required"."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(TYPO_RULES, encoding="utf-8")
+    code, out = run("check", "--manifests", EXAMPLE, "--rules", str(rules))
+    err = capsys.readouterr().err
+    assert (code, out) == (2, "")
+    first = err.splitlines()[0]
+    assert (
+        "spec.scope[0].requireStrictMtl: unknown field 'requireStrictMtl'; did you mean 'requireStrictMtls'?" in first
+    )
+    assert "fix: rename it to requireStrictMtls" in err
+    assert f"(and 2 more problem(s); auditor rules validate {rules} lists them all)" in err
+    assert "Field required" not in err
+
+
+def test_rules_validate_lists_every_problem_of_every_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(TYPO_RULES, encoding="utf-8")
+    other = tmp_path / "other.yaml"
+    other.write_text(TYPO_RULES.replace("allowedPrincipal:", "allowedPrincipals:"), encoding="utf-8")
+    code, out = run("rules", "validate", str(rules), str(other))
+    err = capsys.readouterr().err
+    assert (code, out) == (2, "")
+    assert f"{rules} (document 1): spec.protectedServices[0].allowedPrincipal: unknown field" in err
+    assert "did you mean 'allowedPrincipals'?" in err
+    assert (
+        f"{rules} (document 1): spec.protectedServices[0].probe.port: Input should be greater than or equal to 1" in err
+    )
+    assert f"{other} (document 1): spec.scope[0].requireStrictMtl: unknown field" in err
+    assert f"{other} (document 1): spec.protectedServices[0].probe.port" in err
+    assert "auditor: 5 problem(s) in 2 file(s)" in err
+    assert "Field required" not in err
+
+
+def test_an_unknown_field_with_no_close_match_says_remove_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(TYPO_RULES.replace("requireStrictMtl:", "colour:"), encoding="utf-8")
+    code, _ = run("rules", "validate", str(rules))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        "spec.scope[0].colour: unknown field 'colour'\n  fix: remove it (the known fields are in rules/schema.json)"
+        in err
+    )
