@@ -22,7 +22,7 @@ from auditor.cli_ops import OPERATIONS, add_operations, run_operation
 from auditor.core.checks.catalog import ALL
 from auditor.core.model import summarize
 from auditor.core.posture import PostureDocument
-from auditor.errors import ClusterUnreachableError, InputError, InputErrors
+from auditor.errors import ClusterUnreachableError, InputError, InputProblemsError
 from auditor.render.document import audit_document
 from auditor.render.junit import render_junit
 from auditor.render.text import render_markdown, render_table
@@ -197,7 +197,7 @@ def _rules(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     try:
         posture = load_rules(args.files)
-    except InputErrors as errors:
+    except InputProblemsError as errors:
         for problem in errors.problems:
             print(f"auditor: error: {problem.render()}", file=sys.stderr)
         print(f"auditor: {len(errors.problems)} problem(s) in {len(args.files)} file(s)", file=sys.stderr)

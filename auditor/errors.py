@@ -31,7 +31,7 @@ class InputError(ValueError):
         return f"{where}: {what}{self.problem}{fix}"
 
 
-class InputErrors(InputError):
+class InputProblemsError(InputError):
     """Several problems in the input, most useful first; behaves as the first one.
 
     ``render()`` shows the first and counts the rest (``auditor check``); ``render_all()`` lists
@@ -40,7 +40,7 @@ class InputErrors(InputError):
 
     def __init__(self, problems: list[InputError], *, all_hint: str = "") -> None:
         if not problems:
-            raise ValueError("InputErrors needs at least one problem")
+            raise ValueError("InputProblemsError needs at least one problem")
         self.problems = tuple(problems)
         self.all_hint = all_hint
         first = problems[0]

@@ -56,11 +56,18 @@ def _row(finding: Finding, *, verbose: bool) -> list[str]:
     return lines
 
 
-def _wrap(text: str, width: int, **indents: str) -> list[str]:
+def _wrap(text: str, width: int, initial_indent: str = "", subsequent_indent: str = "") -> list[str]:
     """Wrap at spaces only: an identifier (``istio.io/dataplane-mode=ambient``, a SPIFFE id, a
     check id) is never split at a hyphen or mid-word, so it copies and pastes whole; a word longer
     than the line overflows it instead."""
-    return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False, **indents)
+    return textwrap.wrap(
+        text,
+        width,
+        initial_indent=initial_indent,
+        subsequent_indent=subsequent_indent,
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
 
 
 def _legend(findings: tuple[Finding, ...]) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -22,7 +21,7 @@ from auditor.core.posture import (
     field_names_at,
     merge,
 )
-from auditor.errors import InputError, InputErrors
+from auditor.errors import InputError, InputProblemsError
 
 SecretLookup = Callable[[str, str, str], str | None]
 
@@ -38,7 +37,7 @@ _FIXES = {
 def load_rules(paths: Sequence[str]) -> Posture:
     """Read, validate and merge rules files.
 
-    Raises ``InputErrors`` listing every problem of every file (unknown fields first, each with
+    Raises ``InputProblemsError`` listing every problem of every file (unknown fields first, each with
     the closest known name), or ``InputError`` for a conflict between files.
     """
     documents: list[tuple[str, PostureDocument]] = []
@@ -46,12 +45,12 @@ def load_rules(paths: Sequence[str]) -> Posture:
     for path in paths:
         try:
             documents += _load_file(path)
-        except InputErrors as error:
+        except InputProblemsError as error:
             problems += error.problems
         except InputError as error:
             problems.append(error)
     if problems:
-        raise InputErrors(problems, all_hint=f"auditor rules validate {' '.join(paths)} lists them all")
+        raise InputProblemsError(problems, all_hint=f"auditor rules validate {' '.join(paths)} lists them all")
     try:
         return merge(documents)
     except PostureConflictError as conflict:
@@ -85,7 +84,7 @@ def _load_file(path: str) -> list[tuple[str, PostureDocument]]:
         except ValidationError as error:
             problems += validation_problems(path, index, error)
     if problems:
-        raise InputErrors(problems)
+        raise InputProblemsError(problems)
     return validated
 
 
