@@ -22,7 +22,7 @@ from auditor.adapters.manifests.reader import read_manifests
 from auditor.adapters.probepods.kube import PodApi
 from auditor.adapters.probepods.podspec import PodOptions
 from auditor.adapters.probepods.runner import PodProbeRunner, RunnerOptions
-from auditor.adapters.rules.loader import load_rules, resolve_header_values
+from auditor.adapters.rules.loader import load_rules, resolve_header_values, unresolved_sources
 from auditor.core.audit import run_static_audit
 from auditor.core.model import Finding
 from auditor.core.ports import ProbeRunner
@@ -82,7 +82,7 @@ def check_offline(
         "rules": list(rules),
         "posture": list(posture.names),
     }
-    return AuditResult(findings, inputs)
+    return AuditResult(findings, inputs, unresolved_sources(posture, values))
 
 
 def check_live(
@@ -129,7 +129,8 @@ def check_live(
                 run_id=run_id,
             )
             inputs.update(active=True, probe_run=run_id)
-    return AuditResult(findings, inputs, tuple(f"{p.resource}: {p.message}" for p in snapshot.problems))
+    problems = tuple(f"{p.resource}: {p.message}" for p in snapshot.problems) + unresolved_sources(posture, values)
+    return AuditResult(findings, inputs, problems)
 
 
 def active_audit(

@@ -1,6 +1,7 @@
 """Errors about the user's input (rules, manifests, settings): exit code 2 at the CLI.
 
-Every ``InputError`` names where (file, document), what (field), the problem and the fix, so a
+Every ``InputError`` names where (file, document and, where the reader knows it, the line the
+document starts on), what (field), the problem and the fix, so a
 message alone is enough to correct the input. Nothing is applied when one is raised.
 """
 
@@ -16,19 +17,22 @@ class InputError(ValueError):
         field: str = "",
         fix: str = "",
         document: int | None = None,
+        line: int | None = None,
     ) -> None:
         self.source = source
         self.problem = problem
         self.field = field
         self.fix = fix
         self.document = document
+        self.line = line
         super().__init__(self.render())
 
     def render(self) -> str:
         where = self.source + (f" (document {self.document})" if self.document is not None else "")
+        line = f" (the document starts at line {self.line})" if self.line is not None else ""
         what = f"{self.field}: " if self.field else ""
         fix = f"\n  fix: {self.fix}" if self.fix else ""
-        return f"{where}: {what}{self.problem}{fix}"
+        return f"{where}: {what}{self.problem}{line}{fix}"
 
 
 class InputProblemsError(InputError):

@@ -132,7 +132,53 @@ def test_an_unknown_field_with_no_close_match_says_remove_it(
     code, _ = run("rules", "validate", str(rules))
     err = capsys.readouterr().err
     assert code == 2
+    assert "spec.scope[0].colour: unknown field 'colour' (the document starts at line 1)\n" in err
+    assert "fix: remove it (the known fields are in rules/schema.json)" in err
+
+
+def test_unset_from_env_header_value_names_the_variable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = tmp_path / "rules.yaml"
+    text = (ROOT / "rules" / "retail-store.yaml").read_text(encoding="utf-8")
+    rules.write_text(text.replace("literal: internal-retail-token", "fromEnv: NEWCOMER_UNSET_TOKEN"), encoding="utf-8")
+    code, _ = run("check", "--manifests", EXAMPLE, "--rules", str(rules))
+    err = capsys.readouterr().err
+    assert code == 3
     assert (
-        "spec.scope[0].colour: unknown field 'colour'\n  fix: remove it (the known fields are in rules/schema.json)"
-        in err
+        "auditor: warning: default/catalog header x-auth-token: environment variable NEWCOMER_UNSET_TOKEN "
+        "(value.fromEnv) is unset or empty" in err
     )
+
+
+@pytest.mark.parametrize("kind", ["empty file", "comments only", "empty directory", "empty stdin"])
+def test_nothing_to_audit_exits_2_naming_the_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """An empty file, directory or stdin is one behaviour: exit 2 naming it (docs/cli.md)."""
+    stdin = ""
+    if kind == "empty stdin":
+        path, shown = "-", "<stdin>"
+    elif kind == "empty directory":
+        path = shown = str(tmp_path / "manifests")
+        (tmp_path / "manifests").mkdir()
+        (tmp_path / "manifests" / "empty.yaml").write_text("", encoding="utf-8")
+    else:
+        path = shown = str(tmp_path / "m.yaml")
+        Path(path).write_text("" if kind == "empty file" else "# nothing yet\n---\n", encoding="utf-8")
+    code, out = run("check", "--manifests", path, "--rules", RULES, stdin=stdin)
+    err = capsys.readouterr().err
+    assert (code, out) == (2, "")
+    assert f"auditor: error: {shown}: holds no Kubernetes object" in err
+
+
+def test_manifest_error_names_the_line_its_document_starts_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\n# the second\nkind: Service\nmetadata: {name: b}\n",
+        encoding="utf-8",
+    )
+    code, _ = run("check", "--manifests", str(manifest), "--rules", RULES)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{manifest} (document 2): apiVersion: is missing (the document starts at line 4)" in err

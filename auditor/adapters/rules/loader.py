@@ -66,8 +66,9 @@ def _load_file(path: str) -> list[tuple[str, PostureDocument]]:
         raise InputError(path, f"cannot read: {error}", fix="check the --rules path") from error
     except InputTooLargeError as error:
         raise InputError(path, str(error), fix="see Input limits in docs/cli.md") from error
+    lines: dict[int, int] = {}
     try:
-        raw = list(load_documents(text))
+        raw = list(load_documents(text, lines=lines))
     except YamlSyntaxError as problem:
         raise InputError(path, problem.message, document=problem.document, fix=problem.fix) from problem
     if not raw:
@@ -82,13 +83,13 @@ def _load_file(path: str) -> list[tuple[str, PostureDocument]]:
         try:
             validated.append((path, PostureDocument.model_validate(body)))
         except ValidationError as error:
-            problems += validation_problems(path, index, error)
+            problems += validation_problems(path, index, error, line=lines.get(index))
     if problems:
         raise InputProblemsError(problems)
     return validated
 
 
-def validation_problems(path: str, index: int, error: ValidationError) -> list[InputError]:
+def validation_problems(path: str, index: int, error: ValidationError, *, line: int | None = None) -> list[InputError]:
     """Every problem of one document, unknown fields first: a misspelt field also makes the
     intended one "required", and the cause reads better than the symptom."""
     details = error.errors()
@@ -102,7 +103,8 @@ def validation_problems(path: str, index: int, error: ValidationError) -> list[I
             suggested.add((*parent, close[0]))
         fix = f"rename it to {close[0]}" if close else "remove it (the known fields are in rules/schema.json)"
         problem = f"unknown field {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-        problems.append(InputError(path, problem, field=_field_path(detail["loc"]), document=index, fix=fix))
+        field = _field_path(detail["loc"])
+        problems.append(InputError(path, problem, field=field, document=index, line=line, fix=fix))
     for detail in details:
         if detail["type"] == "extra_forbidden" or (detail["type"] == "missing" and tuple(detail["loc"]) in suggested):
             continue  # the missing field is the misspelt one, already named above
@@ -112,6 +114,7 @@ def validation_problems(path: str, index: int, error: ValidationError) -> list[I
                 detail["msg"].removeprefix("Value error, "),
                 field=_field_path(detail["loc"]),
                 document=index,
+                line=line,
                 fix=_FIXES.get(detail["type"], "see docs/rules.md"),
             )
         )
@@ -143,3 +146,28 @@ def resolve_header_values(
                 value = secret(ref.namespace or protected.namespace, ref.name, ref.key)
             values[(protected.target, header.name)] = value
     return values
+
+
+def unresolved_sources(posture: Posture, values: Mapping[tuple[str, str], str | None]) -> tuple[str, ...]:
+    """One line per required header whose value could not be resolved, naming its source:
+    the environment variable (unset or empty) or the Secret key. The affected findings are
+    INCONCLUSIVE; these lines say what to set."""
+    lines: list[str] = []
+    for protected in posture.protected:
+        for header in protected.required_headers:
+            if values.get((protected.target, header.name)) is not None:
+                continue
+            source = header.value
+            where = f"{protected.target} header {header.name}"
+            if source.from_env is not None:
+                lines.append(
+                    f"{where}: environment variable {source.from_env} (value.fromEnv) is unset or empty; "
+                    f"export {source.from_env}=... in the auditor's environment"
+                )
+            elif source.secret_ref is not None:
+                ref = source.secret_ref
+                lines.append(
+                    f"{where}: Secret {ref.namespace or protected.namespace}/{ref.name} key {ref.key} "
+                    "(value.secretRef) was not found or could not be read"
+                )
+    return tuple(lines)
