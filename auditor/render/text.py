@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from itertools import groupby
 
-from auditor.core.model import Finding, Status, summarize
+from auditor.core.model import Evidence, Finding, Status, summarize
 
 WIDTH = 80
 _STATUS = {
@@ -51,8 +51,17 @@ def _row(finding: Finding, *, verbose: bool) -> list[str]:
         )
     if verbose:
         for evidence in finding.evidence:
-            text = f"- {evidence.object} {evidence.field}={evidence.value} {evidence.note}".rstrip()
-            lines += _wrap(text, WIDTH, initial_indent=_INDENT, subsequent_indent=_INDENT + "  ")
+            lines += _evidence_lines(evidence)
+    return lines
+
+
+def _evidence_lines(evidence: Evidence) -> list[str]:
+    """``- <object>: <field>=<value>``, then the note on its own lines: the three never run together."""
+    fact = f"{evidence.field}={evidence.value}" if evidence.field else evidence.value
+    head = f"- {evidence.object}: {fact}" if fact else f"- {evidence.object}"
+    lines = _wrap(head, WIDTH, initial_indent=_INDENT, subsequent_indent=_INDENT + "    ")
+    if evidence.note:
+        lines += _wrap(evidence.note, WIDTH, initial_indent=_INDENT + "  ", subsequent_indent=_INDENT + "  ")
     return lines
 
 

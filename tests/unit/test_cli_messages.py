@@ -4,12 +4,17 @@ message naming what failed and what to check, and the documented exit code."""
 from __future__ import annotations
 
 import io
+import json
 import socket
 from pathlib import Path
 
 import pytest
 
 from auditor.cli import main
+from auditor.core.checks.catalog import SNAPSHOT_READ
+from auditor.core.model import Evidence, Finding, Status
+from auditor.render.document import audit_document, findings_from_document
+from auditor.render.text import render_table
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = str(ROOT / "examples" / "retail-store")
@@ -182,3 +187,39 @@ def test_manifest_error_names_the_line_its_document_starts_on(
     err = capsys.readouterr().err
     assert code == 2
     assert f"{manifest} (document 2): apiVersion: is missing (the document starts at line 4)" in err
+
+
+def test_verbose_evidence_separates_object_field_and_note() -> None:
+    """-v: "- <object>: <field>=<value>", the note on its own indented line."""
+    finding = Finding(
+        SNAPSHOT_READ,
+        "default/carts",
+        Status.FAIL,
+        "accepts plaintext",
+        (Evidence("PeerAuthentication a/m", "spec.mtls.mode", "PERMISSIVE", "keys are ports"),),
+    )
+    lines = render_table((finding,), verbose=True).splitlines()
+    at = lines.index(" " * 29 + "- PeerAuthentication a/m: spec.mtls.mode=PERMISSIVE")
+    assert lines[at + 1] == " " * 31 + "keys are ports"
+
+
+def test_report_history_that_does_not_exist_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_file = tmp_path / "run.json"
+    code, out = run("check", "--manifests", EXAMPLE, "--rules", RULES, "--output", "json")
+    run_file.write_text(out, encoding="utf-8")
+    missing = tmp_path / "no-such-history"
+    code, out = run("report", str(run_file), "--history", str(missing))
+    err = capsys.readouterr().err
+    assert (code, out) == (2, "")
+    assert f"auditor: error: {missing}: --history: no such directory" in err
+
+
+def test_finding_details_are_written_to_json_and_read_back() -> None:
+    finding = Finding(SNAPSHOT_READ, "cluster/Pod", Status.ERROR, "x", details={"run_id": "abc123"})
+    document = audit_document((finding,), inputs={})
+    assert document["findings"][0]["details"] == {"run_id": "abc123"}
+    assert findings_from_document(json.loads(json.dumps(document)))[0].details == {"run_id": "abc123"}
+    del document["findings"][0]["details"]  # a document written before the field was added
+    assert findings_from_document(document)[0].details == {}
