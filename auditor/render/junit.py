@@ -34,7 +34,10 @@ def _case(suite: ET.Element, finding: Finding) -> None:
         suite, "testcase", classname=finding.property.value, name=f"{finding.check.id} [{finding.method.value}]"
     )
     detail = finding.message + "\n\nFix: " + finding.check.remediation
-    evidence = "\n".join(f"- {e.object} {e.field}={e.value} {e.note}".rstrip() for e in finding.evidence)
+    # As the table's -v: object, field=value and note never run together.
+    evidence = "\n".join(
+        f"- {e.object}: {e.field}={e.value}" + (f"\n  {e.note}" if e.note else "") for e in finding.evidence
+    )
     if finding.status is Status.FAIL:
         ET.SubElement(case, "failure", message=finding.message, type=finding.check.id).text = detail
     elif finding.status in {Status.ERROR, Status.INCONCLUSIVE}:
