@@ -10,7 +10,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from itertools import groupby
 
-from auditor.core.model import Finding, Status
+from auditor.core.model import Evidence, Finding, Status
 
 
 def render_junit(findings: tuple[Finding, ...]) -> str:
@@ -35,9 +35,7 @@ def _case(suite: ET.Element, finding: Finding) -> None:
     )
     detail = finding.message + "\n\nFix: " + finding.check.remediation
     # As the table's -v: object, field=value and note never run together.
-    evidence = "\n".join(
-        f"- {e.object}: {e.field}={e.value}" + (f"\n  {e.note}" if e.note else "") for e in finding.evidence
-    )
+    evidence = "\n".join(_evidence(e) for e in finding.evidence)
     if finding.status is Status.FAIL:
         ET.SubElement(case, "failure", message=finding.message, type=finding.check.id).text = detail
     elif finding.status in {Status.ERROR, Status.INCONCLUSIVE}:
@@ -46,3 +44,9 @@ def _case(suite: ET.Element, finding: Finding) -> None:
         ET.SubElement(case, "skipped", message=finding.message)
     if evidence:
         ET.SubElement(case, "system-out").text = evidence
+
+
+def _evidence(evidence: Evidence) -> str:
+    fact = f"{evidence.field}={evidence.value}" if evidence.field else evidence.value
+    line = f"- {evidence.object}: {fact}" if fact else f"- {evidence.object}"
+    return line + (f"\n  {evidence.note}" if evidence.note else "")
