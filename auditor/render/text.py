@@ -106,10 +106,18 @@ def render_markdown(findings: tuple[Finding, ...]) -> str:
             lines += [f"### `{f.target}`: {f.check.title}", "", f.check.remediation, ""]
             if f.check.remediation_yaml:
                 lines += ["```yaml", f.check.remediation_yaml.rstrip(), "```", ""]
-            lines += [f"- evidence: {_cell(e.object)} `{e.field}` = `{e.value}` {e.note}".rstrip() for e in f.evidence]
+            lines += [_evidence_markdown(e) for e in f.evidence]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _evidence_markdown(evidence: Evidence) -> str:
+    """``- evidence: <object>: `field` = `value` — note``; no empty code span when there is no field."""
+    fact = f"`{evidence.field}` = `{evidence.value}`" if evidence.field else f"`{evidence.value}`"
+    note = f" — {_cell(evidence.note)}" if evidence.note else ""
+    return f"- evidence: {_cell(evidence.object)}: {fact}{note}"
+
+
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    # < and > as entities: GitHub drops what looks like an HTML tag (``<set>`` would vanish).
+    return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")

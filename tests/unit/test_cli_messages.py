@@ -14,7 +14,7 @@ from auditor.cli import main
 from auditor.core.checks.catalog import SNAPSHOT_READ
 from auditor.core.model import Evidence, Finding, Status
 from auditor.render.document import audit_document, findings_from_document
-from auditor.render.text import render_table
+from auditor.render.text import render_markdown, render_table
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = str(ROOT / "examples" / "retail-store")
@@ -223,3 +223,20 @@ def test_finding_details_are_written_to_json_and_read_back() -> None:
     assert findings_from_document(json.loads(json.dumps(document)))[0].details == {"run_id": "abc123"}
     del document["findings"][0]["details"]  # a document written before the field was added
     assert findings_from_document(document)[0].details == {}
+
+
+def test_markdown_escapes_angle_brackets_and_writes_no_empty_code_span() -> None:
+    """GitHub drops `<set>` as an unknown HTML tag; an evidence item without a field gets no `` span."""
+    finding = Finding(
+        SNAPSHOT_READ,
+        "default/catalog",
+        Status.FAIL,
+        "GET /catalog with x-auth-token: <set>",
+        (Evidence("(mesh default)", "", "PERMISSIVE", "no policy"), Evidence("Service a/b", "spec.x", "1", "")),
+    )
+    text = render_markdown((finding,))
+    assert "x-auth-token: &lt;set&gt;" in text
+    assert "<set>" not in text
+    assert "``" not in text.replace("```", "")
+    assert "- evidence: (mesh default): `PERMISSIVE` — no policy\n" in text
+    assert "- evidence: Service a/b: `spec.x` = `1`\n" in text
