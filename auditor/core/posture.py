@@ -43,7 +43,12 @@ class ScopeEntry(_Model):
         default_factory=list,
         description="Services left out, e.g. `kubernetes`, the API server's own Service.",
     )
-    require_strict_mtls: bool = Field(default=True, description="Plaintext from outside the mesh must be refused.")
+    require_strict_mtls: bool = Field(
+        default=True,
+        description="Plaintext from outside the mesh must be refused. false: the Services still must be "
+        "captured, but their PeerAuthentication mode is not asserted (strict-mtls.peer-authentication is "
+        "skipped) unless another scope entry or protectedServices requires it.",
+    )
 
 
 class WaypointRef(_Model):

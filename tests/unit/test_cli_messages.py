@@ -240,3 +240,35 @@ def test_markdown_escapes_angle_brackets_and_writes_no_empty_code_span() -> None
     assert "``" not in text.replace("```", "")
     assert "- evidence: (mesh default): `PERMISSIVE` — no policy\n" in text
     assert "- evidence: Service a/b: `spec.x` = `1`\n" in text
+
+
+def _json(*argv: str) -> tuple[int, dict[str, object]]:
+    code, out = run("check", *argv, "--output", "json")
+    return code, json.loads(out)
+
+
+@pytest.mark.parametrize("extra_scope", ["", "    - namespace: default\n      services: [orders]\n"])
+def test_require_strict_mtls_false_skips_the_strict_promise_with_the_reason(tmp_path: Path, extra_scope: str) -> None:
+    """Drifted example (orders and cart-carts PERMISSIVE) under requireStrictMtls: false.
+
+    Their PeerAuthentication check is SKIPPED naming the rule, capture is still checked, and the
+    protected catalog keeps its STRICT promise. A second scope entry that requires STRICT for
+    orders wins over the waiver.
+    """
+    text = (ROOT / "rules" / "retail-store.yaml").read_text(encoding="utf-8")
+    waived = text.replace("      requireStrictMtls: true\n", "      requireStrictMtls: false\n" + extra_scope)
+    assert waived != text
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(waived, encoding="utf-8")
+    _, document = _json("--manifests", DRIFTED, "--rules", str(rules))
+    findings = document["findings"]
+    assert isinstance(findings, list)
+    status = {(f["target"], f["check"]): f for f in findings}
+    carts = status[("default/cart-carts", "strict-mtls.peer-authentication")]
+    assert carts["status"] == "skipped"
+    assert "requireStrictMtls is false" in carts["message"]
+    assert carts["evidence"][0]["field"] == "requireStrictMtls"
+    orders = status[("default/orders", "strict-mtls.peer-authentication")]["status"]
+    assert orders == ("fail" if extra_scope else "skipped")
+    assert status[("default/checkout", "strict-mtls.captured")]["status"] == "fail"
+    assert status[("default/catalog", "strict-mtls.peer-authentication")]["status"] == "pass"
