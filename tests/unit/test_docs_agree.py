@@ -48,9 +48,14 @@ def test_scripts_check_comment_names_only_what_it_runs() -> None:
     text = (ROOT / "scripts" / "check").read_text(encoding="utf-8")
     comment = " ".join(line for line in text.splitlines()[1:4] if line.startswith("#"))
     runs = " ".join(line for line in text.splitlines() if not line.startswith("#"))
-    assert "formatting" in comment and "ruff format --check" in runs
-    assert "lint" in comment and "ruff check" in runs
-    assert "types" in comment and "mypy" in runs
-    assert "layer contracts" in comment and "lint-imports" in runs
+    named = {
+        "formatting": "ruff format --check",
+        "lint": "ruff check",
+        "types": "mypy",
+        "layer contracts": "lint-imports",
+    }
+    for words, command in named.items():
+        assert words in comment, words
+        assert command in runs, command
     listed = comment.split(".")[0]  # the first sentence lists what the script runs
     assert "schema" not in listed or "auditor rules schema" in runs
