@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
@@ -31,27 +32,74 @@ from auditor.core.probeplan import PlanOptions, plan_probes
 from auditor.core.snapshot import Snapshot
 from auditor.core.verdict import probe_findings
 from auditor.errors import ClusterUnreachableError
+from auditor.render.escape import visible
 from auditor.settings import ProbeSettings, Settings
 
 
 def configure_logging(settings: Settings) -> None:
+    """structlog for our own lines, and every other logger through the same renderer: the
+    standard library's (APScheduler, urllib3, kubernetes), ``warnings`` and uncaught exceptions
+    in any thread, so a JSON log stream stays one JSON object per line (tracebacks included,
+    as an ``exception`` field)."""
     level = getattr(logging, settings.logging.level.upper())
+    json_out = settings.logging.format == "json"
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
-        if settings.logging.format == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if json_out else structlog.dev.ConsoleRenderer(colors=False)
     )
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso"),
+    ]
+    exceptions: list[structlog.types.Processor] = [structlog.processors.format_exc_info] if json_out else []
+    # JSON escapes control characters itself; the console renderer prints strings raw.
+    shown: list[structlog.types.Processor] = [] if json_out else [visible_log_strings]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            renderer,
-        ],
+        processors=[*shared, *exceptions, *shown, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *exceptions,
+                *shown,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # APScheduler logs every job run at INFO ("Running job ..."): its warnings and errors matter.
+    logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
+    logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger -> JSON
+    uncaught = structlog.get_logger("auditor.uncaught")
+
+    def excepthook(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+        uncaught.error("uncaught exception", exc_info=(kind, error, trace))
+
+    def thread_excepthook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        uncaught.error(
+            "uncaught exception in a thread",
+            thread=getattr(args.thread, "name", None),
+            exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
+        )
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_excepthook
+
+
+def visible_log_strings(_logger: object, _method: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    """Show control characters in every string of a log line as escapes (the console renderer
+    prints strings raw; JSON escapes them itself): a logged name cannot forge or erase a line."""
+    return {key: visible(value) if isinstance(value, str) else value for key, value in event.items()}
 
 
 @dataclass(frozen=True, slots=True)

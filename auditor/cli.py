@@ -24,6 +24,7 @@ from auditor.core.model import summarize
 from auditor.core.posture import PostureDocument
 from auditor.errors import ClusterUnreachableError, InputError, InputProblemsError
 from auditor.render.document import audit_document
+from auditor.render.escape import visible
 from auditor.render.junit import render_junit
 from auditor.render.text import render_markdown, render_table
 from auditor.settings import Settings, load_settings
@@ -149,7 +150,7 @@ def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO, settings: Setti
     else:
         result = check_offline(args.manifests, args.rules, os.environ, stdin)
     for problem in result.problems:
-        print(f"auditor: warning: {problem}", file=sys.stderr)
+        print(f"auditor: warning: {visible(problem)}", file=sys.stderr)
     _render(args.output, result, out, verbose=args.verbose)
     return summarize(result.findings).exit_code
 

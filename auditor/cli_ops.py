@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from auditor.errors import InputError
 from auditor.render.document import DocumentError, findings_from_document
-from auditor.render.html import HistoryPoint, render_html
+from auditor.render.html import HistoryPoint, ReportError, render_html
 from auditor.render.junit import render_junit
 from auditor.render.text import render_markdown
 from auditor.settings import Settings, settings_markdown
@@ -65,7 +65,13 @@ def _report(args: argparse.Namespace, out: TextIO) -> int:
     elif args.output == "markdown":
         out.write(render_markdown(findings))
     else:
-        out.write(render_html(document, _history(args.history)))
+        try:
+            page = render_html(document, _history(args.history))
+        except ReportError as error:
+            raise InputError(
+                args.run, str(error), fix="render a document written by auditor check --output json"
+            ) from error
+        out.write(page)
     return 0
 
 
@@ -74,6 +80,8 @@ def _read_document(path: Path) -> dict[str, Any]:
         document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(str(path), f"cannot read the run: {error}", fix="pass a JSON audit document") from error
+    if not isinstance(document, dict):
+        raise InputError(str(path), "the run is not a JSON object", fix="pass a JSON audit document")
     return document
 
 
@@ -90,6 +98,11 @@ def _history(directory: str | None) -> list[HistoryPoint]:
     points = []
     for path in sorted(Path(directory).glob("*.json")):
         document = _read_document(path)
-        at = str((document.get("run") or {}).get("at", path.stem))
-        points.append(HistoryPoint(at, document["summary"]["by_target"]))
+        try:
+            at = str((document.get("run") or {}).get("at", path.stem))
+            points.append(HistoryPoint(at, dict(document["summary"]["by_target"])))
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise InputError(
+                str(path), f"not an audit document: {error!r}", fix="keep only stored runs in DIR"
+            ) from error
     return points

@@ -1,11 +1,15 @@
 """Errors about the user's input (rules, manifests, settings): exit code 2 at the CLI.
 
 Every ``InputError`` names where (file, document and, where the reader knows it, the line the
-document starts on), what (field), the problem and the fix, so a
-message alone is enough to correct the input. Nothing is applied when one is raised.
+document starts on), what (field), the problem and the fix, so a message alone is enough to
+correct the input. Nothing is applied when one is raised. The rendered message shows control
+characters as escapes (``render.escape.visible``): file names, fields and problems quote the
+hostile input itself.
 """
 
 from __future__ import annotations
+
+from auditor.render.escape import visible
 
 
 class InputError(ValueError):
@@ -28,11 +32,11 @@ class InputError(ValueError):
         super().__init__(self.render())
 
     def render(self) -> str:
-        where = self.source + (f" (document {self.document})" if self.document is not None else "")
+        where = visible(self.source) + (f" (document {self.document})" if self.document is not None else "")
         line = f" (the document starts at line {self.line})" if self.line is not None else ""
-        what = f"{self.field}: " if self.field else ""
-        fix = f"\n  fix: {self.fix}" if self.fix else ""
-        return f"{where}: {what}{self.problem}{line}{fix}"
+        what = f"{visible(self.field)}: " if self.field else ""
+        fix = f"\n  fix: {visible(self.fix, multiline=True)}" if self.fix else ""
+        return f"{where}: {what}{visible(self.problem, multiline=True)}{line}{fix}"
 
 
 class InputProblemsError(InputError):
@@ -76,7 +80,7 @@ class ClusterUnreachableError(Exception):
 
     def render(self) -> str:
         return (
-            f"cannot reach the API server {self.server} ({self.source}): {self.reason}; "
+            f"cannot reach the API server {visible(self.server)} ({visible(self.source)}): {visible(self.reason)}; "
             "nothing was audited. Check the server address in the kubeconfig, the VPN or network "
             "route to it, and that the cluster is up (kubectl cluster-info)."
         )

@@ -2,17 +2,18 @@
 
 Nested groups use ``__``: ``AUDITOR_LOGGING__LEVEL=debug``; the daemon also reads a YAML file
 named by ``AUDITOR_CONFIG_FILE`` (environment wins). Invalid values are input errors (exit 2)
-that name the variable. Every field documents its unit and why its default; docs/settings.md
-is generated from these descriptions.
+that name their source: the variable, or the file and the field's YAML path. Every field
+documents its unit and why its default; docs/settings.md is generated from these descriptions.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from auditor import __version__
@@ -20,7 +21,13 @@ from auditor.adapters.yaml_io import MAX_FILE_CHARS, InputTooLargeError, YamlSyn
 from auditor.errors import InputError
 
 
-class LoggingSettings(BaseModel):
+class _Group(BaseModel):
+    # An unknown key in a group (``daemon: {rulez: ...}`` in the file, ``AUDITOR_DAEMON__RULEZ``) is
+    # a typo whose setting would silently keep its default: an error naming it instead.
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoggingSettings(_Group):
     """How the auditor logs (always to stderr; stdout carries only reports)."""
 
     level: Literal["debug", "info", "warning", "error"] = Field(
@@ -33,7 +40,7 @@ class LoggingSettings(BaseModel):
     )
 
 
-class ProbeSettings(BaseModel):
+class ProbeSettings(_Group):
     """Active probes (``auditor check --active``): where probe pods run and how long they may take."""
 
     image: str = Field(
@@ -101,7 +108,7 @@ class ProbeSettings(BaseModel):
     )
 
 
-class SlackSettings(BaseModel):
+class SlackSettings(_Group):
     """Where drift alerts go. Tokens are ``SecretStr``: never logged, never rendered."""
 
     mode: Literal["off", "bot", "webhook"] = Field(
@@ -112,25 +119,44 @@ class SlackSettings(BaseModel):
     webhook_url: SecretStr | None = Field(default=None, description="Incoming-webhook URL for webhook mode.")
     base_url: str | None = Field(default=None, description="Slack API base URL; only for tests and proxies.")
     digest_at: int = Field(default=10, ge=2, description="This many alerts opening at once send one digest first.")
+    digest_threads: int = Field(
+        default=5, ge=0, description="Of a digest's alerts, only the first N get their own message and thread."
+    )
+    pace_s: float = Field(
+        default=1.0, ge=0, description="Seconds between Slack calls (Slack allows about 1 message/s per channel)."
+    )
+    outbox_max_unsent: int = Field(
+        default=1000, ge=10, description="Unsent Slack messages kept; beyond it the oldest updates, then replies, drop."
+    )
 
 
-class AwsSettings(BaseModel):
+class AwsSettings(_Group):
     """Optional AWS evidence; every part is off until configured. Credentials come from the usual
     AWS chain (IRSA / EKS Pod Identity in-cluster), never from these settings."""
 
-    region: str | None = Field(default=None, description="AWS region of the cluster and the sinks.")
-    cluster_name: str | None = Field(default=None, description="EKS cluster name (for describe_cluster and ids).")
-    account_id: str | None = Field(default=None, description="Account id for Security Hub's ProductArn.")
+    region: str | None = Field(
+        default=None, description="AWS region of the cluster and the sinks (named in every evidence record)."
+    )
+    cluster_name: str | None = Field(
+        default=None, description="EKS cluster name (describe_cluster, finding ids, every evidence record)."
+    )
+    account_id: str | None = Field(
+        default=None,
+        description="Account id (Security Hub's ProductArn, every evidence record); S3 and Security Hub need it.",
+    )
     s3_bucket: str | None = Field(default=None, description="Report archive bucket; unset = no archive.")
-    s3_prefix: str = Field(default="mesh-auditor/reports", description="Key prefix of archived reports.")
-    s3_retention_days: int = Field(default=365, ge=1, description="Object Lock retention, when the bucket has it.")
+    s3_prefix: str = Field(
+        default="mesh-auditor/reports",
+        description="Key prefix of archived reports: <prefix>/<account>/<region>/<cluster>/YYYY/MM/DD/<run>.json.",
+    )
+    s3_retention_days: int = Field(default=365, ge=1, description="Object Lock retention of each record, in days.")
     security_hub: bool = Field(default=False, description="Import findings into Security Hub (ASFF).")
     cloudwatch: bool = Field(default=False, description="Put cycle metrics to CloudWatch (namespace MeshAuditor).")
     verify_auto_mode: bool = Field(default=False, description="Report whether the cluster is EKS Auto Mode.")
     endpoint_url: str | None = Field(default=None, description="AWS endpoint override; only for tests (moto).")
 
 
-class DaemonSettings(BaseModel):
+class DaemonSettings(_Group):
     """``auditor daemon``: what it audits, how often, and where it keeps its state."""
 
     rules: list[str] = Field(default_factory=lambda: ["/etc/mesh-auditor/rules.yaml"], description="Rules files.")
@@ -153,6 +179,12 @@ class DaemonSettings(BaseModel):
         default=1, ge=1, description="Consecutive failing static audits to open an alert."
     )
     fails_to_open_probe: int = Field(default=2, ge=1, description="Consecutive failing probe cycles to open an alert.")
+    cannot_audit_after_s: float = Field(
+        default=60.0, gt=0, description="API unreachable or snapshot out of sync this long: one Slack alert."
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0, gt=0, description="On SIGTERM, seconds running work gets to reach a safe point."
+    )
     rules_reload_s: float = Field(
         default=60.0, gt=0, description="Re-read rules this often; bad rules keep the last good ones."
     )
@@ -214,18 +246,47 @@ class _BoundedYamlSource(YamlConfigSettingsSource):
         return documents[0][1] if documents else {}
 
 
-def load_settings() -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment and the optional file; ``InputError`` naming where a bad value is.
+
+    A value is blamed on the environment variable that set it (``AUDITOR_DAEMON__RULES``, or the
+    group's JSON variable ``AUDITOR_DAEMON``), else on the ``AUDITOR_CONFIG_FILE`` file with the
+    field's YAML path (``daemon.rules[0]``); every invalid field is listed, the first one leads.
+    ``environ`` is only read to attribute errors (pydantic-settings reads ``os.environ``).
+    """
     try:
         return Settings()
     except ValidationError as error:
-        first = error.errors()[0]
-        variable = "AUDITOR_" + "__".join(str(p) for p in first["loc"]).upper()
-        raise InputError(
-            "environment",
-            first["msg"],
-            field=variable,
-            fix="see docs/settings.md for allowed values",
-        ) from error
+        raise _settings_error(error, os.environ if environ is None else environ) from error
+
+
+def _settings_error(error: ValidationError, environ: Mapping[str, str]) -> InputError:
+    blamed = [(*_source_of(tuple(e["loc"]), environ), e["msg"]) for e in error.errors()]
+    (source, field, problem), rest = blamed[0], blamed[1:]
+    if rest:
+        problem += "; also " + "; ".join(f"{f} ({s}): {m}" for s, f, m in rest)
+    return InputError(source, problem, field=field, fix="see docs/settings.md for allowed values")
+
+
+def _source_of(loc: tuple[str | int, ...], environ: Mapping[str, str]) -> tuple[str, str]:
+    """(source, field): the variable that set ``loc`` if one did, else the settings file's YAML path."""
+    names = {name.upper() for name in environ}
+    keys = [str(part) for part in loc if isinstance(part, str)]
+    for depth in range(len(keys), 0, -1):
+        variable = "AUDITOR_" + "__".join(keys[:depth]).upper()
+        if variable in names:
+            return "environment", variable
+    config_file = environ.get("AUDITOR_CONFIG_FILE")
+    if config_file:
+        return config_file, _yaml_path(loc)
+    return "environment", "AUDITOR_" + "__".join(keys).upper()
+
+
+def _yaml_path(loc: tuple[str | int, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
+    return path
 
 
 def settings_markdown() -> str:
@@ -235,7 +296,8 @@ def settings_markdown() -> str:
         "",
         "Generated by `auditor settings` from `auditor/settings.py`. Environment variables win over",
         "the YAML file named by `AUDITOR_CONFIG_FILE` (keys nest like the variables: `daemon: {rules: [...]}`).",
-        "Invalid values exit 2 naming the variable. Secrets (`SecretStr`) are never logged or rendered.",
+        "Invalid values exit 2 naming the variable, or the file and the field (`daemon.rules[0]`).",
+        "Secrets (`SecretStr`) are never logged or rendered.",
         "",
     ]
     for group_name, group_field in Settings.model_fields.items():

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from auditor.core.model import Finding
-from auditor.core.outbox import Outbox
+from auditor.core.outbox import Delivery, Entry, EntryKind
 from auditor.core.snapshot import Snapshot
 
 
@@ -47,6 +47,8 @@ class FakeSnapshots:
 class FakeElector:
     leading: bool = True
     released: int = 0
+    duration_s: float = 15.0
+    last_error: str | None = None
 
     def try_acquire_or_renew(self) -> bool:
         return self.leading
@@ -62,12 +64,22 @@ class MemoryStateStore:
     document: dict[str, Any] = field(default_factory=dict)
     saves: int = 0
 
+    set_aside_as: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    raw: Any = None  # when set, what ``load`` finds instead of a document (a corrupt state)
+
     def load(self) -> dict[str, Any]:
-        return _copy(self.document)
+        if isinstance(self.raw, Exception):
+            raise self.raw
+        return _copy(self.document if self.raw is None else self.raw)
 
     def save(self, document: dict[str, Any]) -> None:
         self.document = _copy(document)
+        self.raw = None
         self.saves += 1
+
+    def set_aside(self, reason: str, now: Any) -> str:
+        self.set_aside_as.append((reason, self.raw))
+        return f"state-corrupt-{len(self.set_aside_as)}"
 
 
 def _copy(document: dict[str, Any]) -> dict[str, Any]:
@@ -77,18 +89,19 @@ def _copy(document: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class RecordingNotifier:
-    """Marks every entry sent in order and records the payload texts, like a healthy Slack."""
+    """Answers every entry "sent" and records ``kind: text``, like a healthy Slack; ``failures``
+    maps an entry kind to the ``Delivery`` to answer instead (e.g. a permanent Slack error)."""
 
     sent: list[str] = field(default_factory=list)
+    failures: dict[EntryKind, Delivery] = field(default_factory=dict)
+    attempts: int = 0
 
-    def flush(self, outbox: Outbox, save: Callable[[Outbox], None]) -> Outbox:
-        while (entry := outbox.next_unsent()) is not None:
-            outbox = outbox.with_in_flight(entry.id)
-            save(outbox)
-            self.sent.append(f"{entry.kind.value}: {entry.payload['text']}")
-            outbox = outbox.with_sent(entry.id, f"{len(self.sent)}.0")
-            save(outbox)
-        return outbox
+    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery:
+        self.attempts += 1
+        if entry.kind in self.failures:
+            return self.failures[entry.kind]
+        self.sent.append(f"{entry.kind.value}: {entry.payload['text']}")
+        return Delivery("sent", ts=f"{len(self.sent)}.0")
 
 
 @dataclass

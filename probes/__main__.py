@@ -2,21 +2,24 @@
 
 Reads a plan (``wire.ProbePlan``), runs it (``sender``), prints the full ``wire.RunResult`` as
 one JSON line on stdout and writes the size-capped form to the termination message
-(``termination``). Exit codes: 0 whenever the plan ran, whatever the outcomes; 2 for bad
-arguments or an unreadable or invalid plan (the message names the field).
+(``termination``). Header values the plan refers to (``header_refs``) come from the
+environment, where the kubelet put them from a Secret. Exit codes: 0 whenever the plan ran,
+whatever the outcomes; 2 for bad arguments, an unreadable or invalid plan, or a referenced header
+variable that is unset (the message names the field, never a value).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from probes.sender import DEFAULT_CONCURRENCY, run_plan
 from probes.termination import write_termination_message
-from probes.wire import PlanError, ProbePlan, parse_plan
+from probes.wire import PlanError, ProbePlan, parse_plan, with_header_values
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # argparse's own code for bad arguments; a bad plan is bad input just the same
@@ -27,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the probe program; return its exit code."""
     args = _parser().parse_args(argv)
     try:
-        plan = parse_plan(_read_plan(args.plan))
+        plan = with_header_values(parse_plan(_read_plan(args.plan)), os.environ)
     except (OSError, PlanError) as exc:
         print(f"probes: invalid plan {args.plan}: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -26,8 +26,17 @@ httpcore and anyio wrap the socket error two or three levels down):
     httpx.ReadError / WriteError with a reset or broken pipe        -> l4-denied (curl 56, §1.1)
     httpx.RemoteProtocolError "Server disconnected without
         sending a response"                                         -> l4-denied (curl 52, §1.2)
+    ResponseLimitError (head over MAX_HEAD_BYTES or
+        MAX_RESPONSE_HEADERS fields)                                -> other
     every other httpx.HTTPError, httpx.InvalidURL                   -> other
     any other exception type                                        -> other (``_unmapped``)
+
+Any byte received decides against a denial: a reset or a close after the peer sent even part of
+a response (``HTTP/1.1 200 OK\r\n`` and a close, an SSH banner) means something accepted the
+connection and spoke, and ztunnel refuses without a byte (§1.1, §1.2). httpcore reports such a
+close exactly like an empty one, so the sender counts the bytes (``received``) and ``l4-denied``
+becomes ``other`` whenever it is not zero. ``l4-denied`` is the only outcome decided from an
+exception that counts as proof of refusal; ``l7-denied`` needs a complete response.
 
 An exception raised after the response headers arrived (a broken body) is ``other``: the
 status alone is not a complete observation, and "could not evaluate" must never read as a pass.
@@ -46,8 +55,11 @@ from probes.wire import ErrorInfo, Evidence, Outcome
 __all__ = [
     "BODY_PREFIX_BYTES",
     "EVIDENCE_HEADERS",
+    "MAX_HEAD_BYTES",
+    "MAX_RESPONSE_HEADERS",
     "RBAC_DENIED_BODY",
     "Classified",
+    "ResponseLimitError",
     "ResponseSummary",
     "Timings",
     "classify_exception",
@@ -56,12 +68,21 @@ __all__ = [
 ]
 
 BODY_PREFIX_BYTES = 256
+# Bounds on a hostile peer's response head (docs/adversarial-inputs.md): 32 KiB holds any head an
+# application or Envoy sends (Envoy's own default limit for headers is 60 KiB in total, for
+# requests); 128 fields is several times what real responses carry.
+MAX_HEAD_BYTES = 32 * 1024
+MAX_RESPONSE_HEADERS = 128
 RBAC_DENIED_BODY = b"RBAC: access denied"  # Envoy's RBAC filter local reply, 19 bytes (§1.3)
 UPSTREAM_TIME = "x-envoy-upstream-service-time"
 EVIDENCE_HEADERS = ("server", UPSTREAM_TIME, "content-type")
 _DISCONNECTED = "Server disconnected without sending a response"
 _MAX_CHAIN = 6  # enough for httpx -> httpcore -> OSError -> group -> errno; keeps results small
 _MAX_MESSAGE = 300
+
+
+class ResponseLimitError(Exception):
+    """The peer's response broke a bound (head size, field count): classified ``other``."""
 
 
 @dataclass(frozen=True)
@@ -102,14 +123,22 @@ def classify_exception(
     timings: Timings,
     partial: ResponseSummary | None = None,
     marker_header: str | None = None,
+    *,
+    received: int = 0,
 ) -> Classified:
-    """Classify the exception that ended an exchange; ``partial`` is a response whose body broke."""
+    """Classify the exception that ended an exchange; ``partial`` is a response whose body broke,
+    ``received`` the bytes the peer sent before it ended (any byte rules out a denial)."""
     error = _error_info(exc)
     if partial is not None:
         evidence = _response_evidence(partial, timings, marker_header)
         return Classified(Outcome.OTHER, evidence.model_copy(update={"error": error}))
-    evidence = _timed_evidence(timings, error=error)
-    return Classified(_exception_outcome(exc), evidence)
+    outcome = _exception_outcome(exc)
+    if outcome is Outcome.L4_DENIED and received:
+        outcome = Outcome.OTHER
+        error = error.model_copy(
+            update={"chain": (*error.chain, f"not a denial: the peer sent {received} byte(s) first")}
+        )
+    return Classified(outcome, _timed_evidence(timings, error=error))
 
 
 def exception_chain(exc: BaseException) -> Iterator[BaseException]:
@@ -190,6 +219,7 @@ def _unmapped(_exc: BaseException) -> Outcome:
 _EXCEPTION_RULES: tuple[tuple[type[BaseException], Callable[[BaseException], Outcome]], ...] = (
     (httpx.TimeoutException, _timeout),
     (TimeoutError, _timeout),
+    (ResponseLimitError, _other),
     (httpx.ConnectError, _connect_error),
     (httpx.ReadError, _reset_or_broken),
     (httpx.WriteError, _reset_or_broken),

@@ -7,7 +7,15 @@ arrive in the compact form. ``parse_plan`` and ``parse_result`` are the two entr
 raise a ``ValueError`` subclass whose message names the offending field.
 
     plan   {"schema_version": 1, "run_id": str, "marker_header": str?, "concurrency": int?,
-            "requests": [{"id", "url", "method", "headers", "timeout_s", "marker_header"?}]}
+            "requests": [{"id", "url", "method", "headers", "header_refs"?,
+                          "header_ref_suffixes"?, "timeout_s", "marker_header"?}]}
+
+``header_refs`` maps a header name to the environment variable (``MESH_AUDITOR_HEADER_<n>``) that
+holds its value in the probe pod, set by the kubelet from a Secret (``secretKeyRef``): secret
+values never travel in the plan, which is part of the pod spec. ``header_ref_suffixes`` appends a
+literal to a referenced value (the near-miss control request: the secret plus a suffix), so a
+value derived from a secret travels as a reference too. ``with_header_values`` resolves both
+inside the probe program.
     result {"schema_version": 1, "run_id": str,
             "results": [{"id", "outcome", "evidence": {status, connect_ms, first_byte_ms,
                          total_ms, headers, body_prefix, error}}]}
@@ -19,6 +27,7 @@ raise a ``ValueError`` subclass whose message names the offending field.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Final, Literal
 from urllib.parse import urlsplit
@@ -30,9 +39,11 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 __all__ = [
+    "HEADER_ENV_PREFIX",
     "SCHEMA_VERSION",
     "CompactResult",
     "CompactRunResult",
@@ -47,6 +58,7 @@ __all__ = [
     "RunResult",
     "parse_plan",
     "parse_result",
+    "with_header_values",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -57,6 +69,8 @@ _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # so anything else would only fail later, inside the probe pod, as an `other` outcome.
 _HEADER_VALUE = re.compile(r"^[\x20-\x7e\t]*$")
 _METHOD = re.compile(r"^[A-Z][A-Z_-]{0,31}$")
+HEADER_ENV_PREFIX: Final = "MESH_AUDITOR_HEADER_"
+_HEADER_ENV = re.compile(rf"^{HEADER_ENV_PREFIX}[0-9]{{1,4}}$")
 _MAX_ERRORS_SHOWN = 5
 
 
@@ -98,7 +112,7 @@ def _check_url(url: str) -> str:
 
 
 def _check_header_name(name: str) -> str:
-    if not _TOKEN.match(name):
+    if not _TOKEN.fullmatch(name):
         raise ValueError(f"header name {name!r} is not an HTTP token")
     return name.lower()
 
@@ -106,13 +120,29 @@ def _check_header_name(name: str) -> str:
 def _check_headers(headers: dict[str, str]) -> dict[str, str]:
     for name, value in headers.items():
         _check_header_name(name)
-        if not _HEADER_VALUE.match(value):
+        if not _HEADER_VALUE.fullmatch(value):
             raise ValueError(f"header {name!r} has a value outside printable ASCII")
     return headers
 
 
+def _check_header_refs(refs: dict[str, str]) -> dict[str, str]:
+    for name, variable in refs.items():
+        _check_header_name(name)
+        if not _HEADER_ENV.fullmatch(variable):
+            raise ValueError(f"header {name!r} refers to {variable!r}, not a {HEADER_ENV_PREFIX}<n> variable")
+    return {name.lower(): variable for name, variable in refs.items()}
+
+
+def _check_header_ref_suffixes(suffixes: dict[str, str]) -> dict[str, str]:
+    for name, suffix in suffixes.items():
+        _check_header_name(name)
+        if not suffix or not _HEADER_VALUE.fullmatch(suffix):
+            raise ValueError(f"header {name!r} has an empty suffix or one outside printable ASCII")
+    return {name.lower(): suffix for name, suffix in suffixes.items()}
+
+
 def _check_method(method: str) -> str:
-    if not _METHOD.match(method):
+    if not _METHOD.fullmatch(method):
         raise ValueError(f"method must be an upper-case HTTP token, got {method!r}")
     return method
 
@@ -137,6 +167,22 @@ class ProbeRequest(_Plan):
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 3.0
     # Overrides the plan-level marker header for this request (semantics §1.7a).
     marker_header: _HeaderName | None = None
+    # Header name -> environment variable holding its value (from a Secret, see the module doc).
+    header_refs: Annotated[dict[str, str], AfterValidator(_check_header_refs)] = Field(default_factory=dict)
+    # Header name -> literal appended to its referenced value (a near miss of a secret value).
+    header_ref_suffixes: Annotated[dict[str, str], AfterValidator(_check_header_ref_suffixes)] = Field(
+        default_factory=dict
+    )
+
+    @model_validator(mode="after")
+    def _refs_are_not_headers(self) -> ProbeRequest:
+        both = sorted(set(self.headers) & set(self.header_refs))
+        if both:
+            raise ValueError(f"headers {both} are given both as values and as header_refs")
+        dangling = sorted(set(self.header_ref_suffixes) - set(self.header_refs))
+        if dangling:
+            raise ValueError(f"header_ref_suffixes {dangling} name headers that are not in header_refs")
+        return self
 
 
 class ProbePlan(_Plan):
@@ -245,6 +291,25 @@ def parse_plan(data: str | bytes) -> ProbePlan:
         return ProbePlan.model_validate_json(data)
     except ValidationError as exc:
         raise PlanError(_describe(exc)) from None
+
+
+def with_header_values(plan: ProbePlan, environ: Mapping[str, str]) -> ProbePlan:
+    """``plan`` with every ``header_refs`` entry replaced by its value from ``environ``.
+
+    Raises ``PlanError`` naming the request, header and variable (never the value) when the
+    variable is unset, empty, or not printable ASCII (a Secret written with a trailing newline).
+    """
+    requests = []
+    for request in plan.requests:
+        headers = dict(request.headers)
+        for name, variable in request.header_refs.items():
+            value = environ.get(variable, "")
+            if not value or not _HEADER_VALUE.fullmatch(value):
+                state = "unset or empty" if not value else "not printable ASCII (a trailing newline?)"
+                raise PlanError(f"requests[{request.id}].header_refs.{name}: {variable} is {state}")
+            headers[name] = value + request.header_ref_suffixes.get(name, "")
+        requests.append(request.model_copy(update={"headers": headers, "header_refs": {}, "header_ref_suffixes": {}}))
+    return plan.model_copy(update={"requests": tuple(requests)})
 
 
 def parse_result(data: str | bytes) -> RunResult | CompactRunResult:

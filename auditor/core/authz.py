@@ -8,10 +8,13 @@ the snapshot cannot tell (a source IP range, an external authorizer), and checks
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from auditor.core.mesh import ClientKind
 from auditor.core.model import Evidence
 from auditor.core.snapshot import (
     AuthorizationPolicy,
@@ -35,10 +38,12 @@ class Point(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who connects: a SPIFFE principal without ``spiffe://``, or ``None`` for plaintext."""
+    """Who connects: a SPIFFE principal without ``spiffe://``, or ``None`` for plaintext, and which
+    kind of client it is (the caller model, ``mesh.CLIENTS``: it decides the hops)."""
 
     principal: str | None
     label: str = ""
+    kind: ClientKind = ClientKind.AMBIENT
 
     @property
     def namespace(self) -> str | None:
@@ -51,7 +56,11 @@ class Caller:
         return parts[4] if len(parts) == 5 and parts[3] == "sa" else None
 
     def describe(self) -> str:
-        return self.label or self.principal or "a plaintext client outside the mesh"
+        if self.label:
+            return self.label
+        if self.principal is None:
+            return "a plaintext client outside the mesh"
+        return self.principal if self.kind is ClientKind.AMBIENT else f"{self.principal} ({self.kind.value})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,11 @@ class Request:
     host: str = ""
     port: int = 80
     headers: Mapping[str, str] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        """The value of a header, names compared case-insensitively (HTTP, Envoy)."""
+        wanted = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
 
     def describe(self) -> str:
         shown = ", ".join(f"{k}: <{'set' if v else 'empty'}>" for k, v in sorted(self.headers.items()))
@@ -249,7 +263,9 @@ def _first_match(
     maybe: tuple[Tri, str, AuthzRule | None] = (False, "", None)
     for policy in policies:
         for position, rule in enumerate(policy.rules):
-            result = rule_matches(rule, caller, request, point, deny=policy.action == "DENY")
+            result = rule_matches(
+                rule, caller, request, point, deny=policy.action == "DENY", namespace=policy.meta.namespace
+            )
             where = f"{policy.meta.ref} rules[{position}]"
             if result:
                 return True, where, rule
@@ -258,22 +274,35 @@ def _first_match(
     return maybe
 
 
+# --- Matching (§4.2, §4.3, §8) --------------------------------------------------------------------
+#
+# Two enforcement points, two translations of the same rule (docs/ambient-semantics.md §8):
+#
+# - ztunnel: istiod converts each rule (pilot/pkg/serviceregistry/kube/controller/ambient/
+#   authorization.go, ``handleRule``) into clauses: one for ``to`` (one match per operation, ports
+#   only), one for ``from`` (one match per source), one per ``when`` condition. ztunnel
+#   (src/rbac.rs, ``Authorization::matches``) ANDs the clauses, ORs the matches in a clause, skips
+#   an empty match (so a clause made only of empty matches never matches) and takes a clause with
+#   no match at all as matching. In an ALLOW policy a rule with any HTTP attribute is dropped; in a
+#   DENY policy only the HTTP attributes are dropped, the rule's L4 matches stay.
+# - waypoint: Envoy RBAC built by pilot/pkg/security/authz/model (``New``, ``Generate``) and
+#   ``generator.go``: principals become ``spiffe://`` + value matched against the peer's URI SAN,
+#   namespaces and service accounts become regexes over it, headers use Envoy header matchers.
+#   A value the generator cannot translate drops the whole rule of an ALLOW policy and only that
+#   value of a DENY policy (``rule.checkError``).
+
 L4_WHEN_KEYS = frozenset({"source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"})
+_HTTP_OPERATION_FIELDS = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
+_HTTP_SOURCE_FIELDS = ("remoteIpBlocks", "notRemoteIpBlocks", "requestPrincipals", "notRequestPrincipals")
+SPIFFE = "spiffe://"
 
 
 def l7_attributes(rule: AuthzRule) -> tuple[str, ...]:
-    """Attributes ztunnel cannot evaluate (§4.2)."""
-    found = [
-        f"from.source.{n}" for s in rule.sources for n in ("requestPrincipals", "notRequestPrincipals") if _field(s, n)
-    ]
-    found += [
-        f"to.operation.{n}"
-        for o in rule.operations
-        for n in ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
-        if _field(o, n)
-    ]
+    """The HTTP attributes istiod finds in a rule (``httpOperations``, ``httpSources``, non-L4 ``when`` keys)."""
+    found = [f"from.source.{n}" for s in rule.sources for n in _HTTP_SOURCE_FIELDS if _field(s, n)]
+    found += [f"to.operation.{n}" for o in rule.operations for n in _HTTP_OPERATION_FIELDS if _field(o, n)]
     found += [f"when[{c.key}]" for c in rule.conditions if c.key not in L4_WHEN_KEYS]
-    return tuple(found)
+    return tuple(dict.fromkeys(found))
 
 
 def _field(obj: AuthzSource | AuthzOperation, camel: str) -> tuple[str, ...]:
@@ -282,15 +311,13 @@ def _field(obj: AuthzSource | AuthzOperation, camel: str) -> tuple[str, ...]:
     return value
 
 
-def rule_matches(rule: AuthzRule, caller: Caller, request: Request, point: Point, *, deny: bool) -> Tri:
-    if point is Point.ZTUNNEL and l7_attributes(rule):
-        # §4.3: ALLOW rules with L7 attributes are dropped; a DENY with them never matches at
-        # ztunnel (unverified, and the conservative reading for "never a false pass").
-        return False
-    sources = [_source_matches(s, caller, point) for s in rule.sources] or [True]
-    operations = [_operation_matches(o, request, point, deny=deny) for o in rule.operations] or [True]
-    conditions = [_condition_matches(c, caller, request) for c in rule.conditions]
-    return _all([_any(sources), _any(operations), *conditions])
+def rule_matches(
+    rule: AuthzRule, caller: Caller, request: Request, point: Point, *, deny: bool, namespace: str = ""
+) -> Tri:
+    """Whether one rule of a policy in ``namespace`` matches, as the enforcement point computes it."""
+    if point is Point.ZTUNNEL:
+        return _ztunnel_rule(rule, caller, request.port, deny=deny, namespace=namespace)
+    return _waypoint_rule(rule, caller, request, deny=deny, namespace=namespace)
 
 
 def _all(values: Iterable[Tri]) -> Tri:
@@ -317,91 +344,323 @@ def _not(value: Tri) -> Tri:
     return None if value is None else not value
 
 
-def match_pattern(pattern: str, value: str) -> bool:
-    """Istio string match: exact, ``*``, ``prefix*`` or ``*suffix``."""
+def match_pattern(pattern: str, value: str | None) -> bool:
+    """Istio's string match (istiod ``stringToMatch``, Envoy ``StringMatcher``; ztunnel ``StringMatch``).
+
+    ``*`` is presence (a non-empty value); a leading ``*`` is checked first and makes a suffix
+    match, then a trailing ``*`` a prefix match; anything else is exact and case-sensitive. The
+    value is compared as written: no scheme is added or removed.
+    """
+    if value is None:
+        return False
     if pattern == "*":
         return bool(value)
-    if pattern.endswith("*"):
-        return value.startswith(pattern[:-1])
     if pattern.startswith("*"):
         return value.endswith(pattern[1:])
+    if pattern.endswith("*"):
+        return value.startswith(pattern[:-1])
     return value == pattern
 
 
-def _in(patterns: tuple[str, ...], value: str | None) -> bool:
-    return value is not None and any(match_pattern(p.removeprefix("spiffe://"), value) for p in patterns)
+def _port(value: str) -> int | None:
+    """istiod ``stringToPort`` / Envoy ``convertToPort``: decimal digits up to 65535, else dropped."""
+    if not value or not value.isascii() or not value.isdigit():
+        return None
+    number = int(value)
+    return number if number <= 65535 else None
 
 
-def _source_matches(source: AuthzSource, caller: Caller, point: Point) -> Tri:
-    checks: list[Tri] = []
-    account = f"{caller.namespace}/{caller.service_account}" if caller.principal else None
-    for positive, negative, value in (
-        (source.principals, source.not_principals, caller.principal),
-        (source.namespaces, source.not_namespaces, caller.namespace),
-        (source.service_accounts, source.not_service_accounts, account),
-    ):
-        if positive:
-            checks.append(_in(positive, value))
-        if negative:
-            checks.append(not _in(negative, value))
-    if source.ip_blocks or source.not_ip_blocks or source.remote_ip_blocks or source.not_remote_ip_blocks:
-        checks.append(None)  # addresses are not in a config snapshot
-    if source.request_principals:
-        checks.append(False)  # probes and the callers we model carry no JWT
-    return _all(checks)
+def _ip(value: str) -> bool:
+    """Whether istiod can parse an address or CIDR (invalid ones are dropped, ``stringToIP``)."""
+    try:
+        if "/" in value:
+            ipaddress.ip_network(value, strict=False)
+        else:
+            ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
-def _operation_matches(operation: AuthzOperation, request: Request, point: Point, *, deny: bool) -> Tri:
-    ports = tuple(p for p in operation.ports if p.isdigit())
-    not_ports = tuple(p for p in operation.not_ports if p.isdigit())
-    checks: list[Tri] = []
-    if operation.ports:
-        # §4.2: named ports are dropped; a list left empty cannot be read safely either way.
-        checks.append(str(request.port) in ports if ports else (not deny))
-    if not_ports:
-        checks.append(str(request.port) not in not_ports)
-    for positive, negative, value in (
-        (operation.methods, operation.not_methods, request.method),
-        (operation.paths, operation.not_paths, request.path),
-        (operation.hosts, operation.not_hosts, request.host),
-    ):
-        if positive:
-            checks.append(_in(positive, value))
-        if negative:
-            checks.append(not _in(negative, value))
-    return _all(checks)
+# --- ztunnel --------------------------------------------------------------------------------------
+
+# One match of a clause, already evaluated against the connection: one entry per declared field.
+_Match = list[Tri]
 
 
-def header_name(key: str) -> str | None:
-    if key.startswith("request.headers[") and key.endswith("]"):
-        return key[len("request.headers[") : -1].lower()
+def _field_result(positive: Iterable[Tri], negative: Iterable[Tri]) -> list[Tri]:
+    """ztunnel ``matches_internal``: any positive matches, none of the negative does; absent = no field."""
+    found: list[Tri] = []
+    pos, neg = list(positive), list(negative)
+    if pos:
+        found.append(_any(pos))
+    if neg:
+        found.append(_not(_any(neg)))
+    return found
+
+
+def _zt_principal(pattern: str, caller: Caller) -> bool:
+    # ztunnel matches_principal: strips spiffe:// from the peer identity, never from the pattern.
+    return caller.principal is not None and match_pattern(pattern, caller.principal)
+
+
+def _zt_namespace(pattern: str, caller: Caller) -> bool:
+    return match_pattern(pattern, caller.namespace or "")
+
+
+def _zt_account(value: str, caller: Caller, namespace: str) -> bool:
+    # istiod stringToServiceAccountMatch: "<ns>/<sa>" or "<sa>" in the policy's namespace; exact.
+    ns, slash, sa = value.partition("/")
+    if not slash:
+        ns, sa = namespace, value
+    return caller.principal is not None and (caller.namespace, caller.service_account) == (ns, sa)
+
+
+def _zt_ports(values: tuple[str, ...], port: int) -> list[Tri]:
+    return [_port(v) == port for v in values if _port(v) is not None]
+
+
+def _zt_ips(values: tuple[str, ...]) -> list[Tri]:
+    return [None for v in values if v and _ip(v)]  # addresses are not in a config snapshot
+
+
+def _zt_from(source: AuthzSource, caller: Caller, namespace: str) -> _Match:
+    found = _field_result(_zt_ips(source.ip_blocks), _zt_ips(source.not_ip_blocks))
+    found += _field_result(
+        (_zt_namespace(p, caller) for p in source.namespaces), (_zt_namespace(p, caller) for p in source.not_namespaces)
+    )
+    found += _field_result(
+        (_zt_account(v, caller, namespace) for v in source.service_accounts),
+        (_zt_account(v, caller, namespace) for v in source.not_service_accounts),
+    )
+    found += _field_result(
+        (_zt_principal(p, caller) for p in source.principals), (_zt_principal(p, caller) for p in source.not_principals)
+    )
+    return found
+
+
+def _zt_to(operation: AuthzOperation, port: int) -> _Match:
+    return _field_result(_zt_ports(operation.ports, port), _zt_ports(operation.not_ports, port))
+
+
+def _zt_when(condition: AuthzCondition, caller: Caller, port: int) -> _Match:
+    key, values, not_values = condition.key, condition.values, condition.not_values
+    if key == "source.namespace":
+        return _field_result((_zt_namespace(v, caller) for v in values), (_zt_namespace(v, caller) for v in not_values))
+    if key == "source.principal":
+        return _field_result((_zt_principal(v, caller) for v in values), (_zt_principal(v, caller) for v in not_values))
+    if key == "destination.port":
+        return _field_result(_zt_ports(values, port), _zt_ports(not_values, port))
+    if key in {"source.ip", "destination.ip"}:
+        return _field_result(_zt_ips(values), _zt_ips(not_values))
+    return []  # an HTTP key leaves an empty match behind
+
+
+def _clause(matches: list[_Match]) -> Tri:
+    """ztunnel: a clause without matches matches; empty matches are skipped; else any match."""
+    if not matches:
+        return True
+    return _any(_all(m) for m in matches if m)
+
+
+def ztunnel_clauses(rule: AuthzRule, caller: Caller, port: int, namespace: str) -> list[list[_Match]]:
+    """The clauses istiod's ``handleRule`` builds for one rule, evaluated for one connection."""
+    clauses: list[list[_Match]] = []
+    if rule.operations:
+        clauses.append([_zt_to(o, port) for o in rule.operations])
+    if rule.sources:
+        clauses.append([_zt_from(s, caller, namespace) for s in rule.sources])
+    clauses += [[_zt_when(c, caller, port)] for c in rule.conditions]
+    return clauses
+
+
+def ztunnel_form(rule: AuthzRule, *, deny: bool) -> str:
+    """What istiod's translation leaves of a rule at ztunnel (§8.3), for evidence; "" if unchanged.
+
+    ``dropped``: an ALLOW rule with an HTTP attribute, never matches; ``inert``: a clause is left
+    with only empty matches, never matches; ``broader``: a DENY rule kept without its HTTP attributes.
+    """
+    if not deny and l7_attributes(rule):
+        return "dropped"
+    if any(clause and not any(clause) for clause in ztunnel_clauses(rule, Caller(None), 0, "")):
+        return "inert"
+    return "broader" if l7_attributes(rule) else ""
+
+
+def _ztunnel_rule(rule: AuthzRule, caller: Caller, port: int, *, deny: bool, namespace: str) -> Tri:
+    if not deny and l7_attributes(rule):
+        return False  # handleRule: "L7 policies never match for ALLOW"
+    return _all(_clause(c) for c in ztunnel_clauses(rule, caller, port, namespace))
+
+
+# --- waypoint (Envoy RBAC) ------------------------------------------------------------------------
+
+
+class _UntranslatableError(Exception):
+    """A value istiod's generator refuses (named port, bad address, unknown key)."""
+
+
+def _regex(pattern: str, value: str) -> Tri:
+    try:
+        return re.fullmatch(pattern, value) is not None
+    except re.error:
+        return None  # Envoy would reject the configuration: the outcome is unknown
+
+
+def _san(caller: Caller) -> str:
+    return SPIFFE + caller.principal if caller.principal is not None else ""
+
+
+def _wp_principal(pattern: str, caller: Caller) -> Tri:
+    # generator.go srcPrincipalGenerator -> matcher.StringMatcherWithPrefix(value, "spiffe://").
+    san = _san(caller)
+    if pattern == "*":
+        return bool(san)  # regex ".+"
+    if pattern.startswith("*"):
+        return _regex(SPIFFE + ".*" + pattern[1:], san)
+    if pattern.endswith("*"):
+        return san.startswith(SPIFFE + pattern[:-1])
+    return san == SPIFFE + pattern
+
+
+def _wp_namespace(pattern: str, caller: Caller) -> Tri:
+    # srcNamespaceGenerator: regex ".*/ns/<value with * as .*>/.*" over the URI SAN.
+    return _regex(".*/ns/" + pattern.replace("*", ".*") + "/.*", _san(caller))
+
+
+def _wp_account(value: str, caller: Caller, namespace: str) -> Tri:
+    # srcServiceAccountGenerator / serviceAccountRegex.
+    ns, slash, sa = value.partition("/")
+    if not slash:
+        ns, sa = namespace, value
+    return _regex(f"spiffe://.+/ns/{ns}/(.+/|)sa/{sa}(/.+)?", _san(caller))
+
+
+def _wp_port(value: str, port: int) -> Tri:
+    number = _port(value)
+    if number is None:
+        raise _UntranslatableError(f"port {value!r}")
+    return number == port
+
+
+def _wp_ip(value: str) -> Tri:
+    if not _ip(value):
+        raise _UntranslatableError(f"address {value!r}")
     return None
 
 
-def _condition_matches(condition: AuthzCondition, caller: Caller, request: Request) -> Tri:
-    known, value = _condition_value(condition.key, caller, request)
-    if not known:
-        return None
-    checks: list[Tri] = []
-    if condition.values:
-        checks.append(_in(condition.values, value))
-    if condition.not_values:
-        checks.append(not _in(condition.not_values, value))
-    return _all(checks)
+def _wp_header(pattern: str, value: str | None) -> Tri:
+    # matcher.HeaderMatcher: "*" is present_match (an empty value is present); else StringMatcher.
+    if value is None:
+        return False
+    return True if pattern == "*" else match_pattern(pattern, value)
 
 
-def _condition_value(key: str, caller: Caller, request: Request) -> tuple[bool, str | None]:
-    """(known, value): ``known`` is False for attributes a config snapshot cannot tell (IPs, SNI)."""
-    header = header_name(key)
-    if header is not None:
-        return True, request.headers.get(header)
-    known: dict[str, str | None] = {
-        "source.principal": caller.principal,
-        "source.namespace": caller.namespace,
-        "destination.port": str(request.port),
-    }
-    if key in known:
-        return True, known[key]
-    if key.startswith("request.auth"):
-        return True, None  # no JWT on the requests we model
-    return False, None
+def _wp_path(pattern: str, path: str) -> Tri:
+    if "{" in pattern:
+        return None  # path templates ({*}, {**}) are not modelled
+    return bool(path) if pattern == "*" else match_pattern(pattern, path)
+
+
+def _wp_host(pattern: str, host: str) -> Tri:
+    # matcher.HostMatcher: ignore case.
+    return True if pattern == "*" else match_pattern(pattern.lower(), host.lower())
+
+
+_Predicate = Callable[[str], Tri]
+
+
+def _wp_field(values: tuple[str, ...], not_values: tuple[str, ...], predicate: _Predicate, deny: bool) -> list[Tri]:
+    """model.go ``rule.permission`` / ``rule.principal``: OR of values, NOT(OR) of notValues."""
+    found: list[Tri] = []
+    for group, negate in ((values, False), (not_values, True)):
+        results = []
+        for value in group:
+            try:
+                results.append(predicate(value))
+            except _UntranslatableError:
+                if not deny:
+                    raise
+        if results:
+            found.append(_not(_any(results)) if negate else _any(results))
+    return found
+
+
+def _wp_condition(condition: AuthzCondition, caller: Caller, request: Request, deny: bool) -> list[Tri]:
+    key = condition.key
+    predicate: _Predicate
+    if key == "source.principal":
+        predicate = lambda v: _wp_principal(v, caller)  # noqa: E731 - one-line dispatch table entries
+    elif key == "source.namespace":
+        predicate = lambda v: _wp_namespace(v, caller)  # noqa: E731 - one-line dispatch table entries
+    elif key == "destination.port":
+        predicate = lambda v: _wp_port(v, request.port)  # noqa: E731 - one-line dispatch table entries
+    elif key in {"source.ip", "remote.ip", "destination.ip"}:
+        predicate = _wp_ip
+    elif key.startswith("request.headers"):
+        predicate = _header_predicate(key, request)
+    elif key in {"request.auth.principal", "request.auth.audiences", "request.auth.presenter"} or key.startswith(
+        "request.auth.claims["
+    ):
+        predicate = lambda v: False  # noqa: E731 - the callers we model carry no JWT
+    elif key == "connection.sni" or key.startswith("experimental.envoy.filters."):
+        predicate = lambda v: None  # noqa: E731 - not in a config snapshot
+    else:
+        raise _UntranslatableError(f"unknown attribute {key!r}")  # model.New refuses the rule
+    return _wp_field(condition.values, condition.not_values, predicate, deny)
+
+
+def _header_predicate(key: str, request: Request) -> _Predicate:
+    name = header_name(key)
+
+    def predicate(value: str) -> Tri:
+        if name is None:
+            raise _UntranslatableError(f"key {key!r}")  # extractNameInBrackets fails per value
+        return _wp_header(value, request.header(name))
+
+    return predicate
+
+
+def _wp_source(source: AuthzSource, caller: Caller, namespace: str, deny: bool) -> list[Tri]:
+    found = _wp_field(source.ip_blocks, source.not_ip_blocks, _wp_ip, deny)
+    found += _wp_field(source.remote_ip_blocks, source.not_remote_ip_blocks, _wp_ip, deny)
+    found += _wp_field(source.namespaces, source.not_namespaces, lambda v: _wp_namespace(v, caller), deny)
+    found += _wp_field(
+        source.service_accounts, source.not_service_accounts, lambda v: _wp_account(v, caller, namespace), deny
+    )
+    found += _wp_field(source.request_principals, source.not_request_principals, lambda v: False, deny)
+    found += _wp_field(source.principals, source.not_principals, lambda v: _wp_principal(v, caller), deny)
+    return found
+
+
+def _wp_operation(operation: AuthzOperation, request: Request, deny: bool) -> list[Tri]:
+    found = _wp_field(operation.ports, operation.not_ports, lambda v: _wp_port(v, request.port), deny)
+    found += _wp_field(operation.paths, operation.not_paths, lambda v: _wp_path(v, request.path), deny)
+    found += _wp_field(operation.methods, operation.not_methods, lambda v: _wp_header(v, request.method), deny)
+    found += _wp_field(operation.hosts, operation.not_hosts, lambda v: _wp_host(v, request.host), deny)
+    return found
+
+
+_PERMISSION_KEYS = frozenset({"destination.ip", "destination.port", "connection.sni"})
+
+
+def _waypoint_rule(rule: AuthzRule, caller: Caller, request: Request, *, deny: bool, namespace: str) -> Tri:
+    """Envoy RBAC: (any ``to`` permission) AND (any ``from`` principal); ``when`` is ANDed into each."""
+    try:
+        base_permission: list[Tri] = []
+        base_principal: list[Tri] = []
+        for condition in rule.conditions:
+            target = base_permission if condition.key in _PERMISSION_KEYS else base_principal
+            target += _wp_condition(condition, caller, request, deny)
+        permissions = [_all([*_wp_operation(o, request, deny), *base_permission]) for o in rule.operations]
+        principals = [_all([*_wp_source(s, caller, namespace, deny), *base_principal]) for s in rule.sources]
+    except _UntranslatableError:
+        return False  # the ALLOW rule is skipped; an unknown key skips a DENY rule too
+    return _all([_any(permissions or [_all(base_permission)]), _any(principals or [_all(base_principal)])])
+
+
+def header_name(key: str) -> str | None:
+    """The header a ``request.headers[...]`` key names, lower-cased as Envoy compares header names."""
+    if key.startswith("request.headers[") and key.endswith("]") and len(key) > len("request.headers[]"):
+        return key[len("request.headers[") : -1].lower()
+    return None

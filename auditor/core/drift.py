@@ -19,7 +19,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from auditor.core.model import Finding, Method, Status
+from auditor.core.checks import catalog
+from auditor.core.model import CheckMeta, Finding, Method, Status
 
 
 class Phase(StrEnum):
@@ -33,6 +34,7 @@ class TransitionKind(StrEnum):
     RESOLVED = "resolved"
     CHANGED = "changed"  # still firing, but the message or evidence changed
     DEGRADED = "degraded"  # could not evaluate: reported, never an open or a resolve
+    CLOSED = "closed"  # its target or check no longer exists: closed with a reason, not "resolved"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,12 @@ class AlertState:
     updated_at: float = 0.0
     opens: tuple[float, ...] = ()  # when it opened, within the flap window
     message: str = ""
+    openings: int = 0  # how many times it opened: each opening is its own incident (own thread)
+
+    @property
+    def incident(self) -> str:
+        """The key of the current (or last) incident: ``fingerprint#openings``."""
+        return f"{self.fingerprint}#{self.openings}"
 
     def with_evaluation(
         self, finding: Finding, now: float, policy: DriftPolicy
@@ -93,6 +101,7 @@ class AlertState:
             updated_at=now,
             opens=(*recent, now),
             message=finding.message,
+            openings=self.openings + 1,
         )
         return state, Transition(TransitionKind.OPENED, state, finding)
 
@@ -151,6 +160,41 @@ class DriftBook:
         # never resolve an open alert.
         return DriftBook(alerts), tuple(transitions)
 
+    def close_unreported(
+        self, findings: Iterable[Finding], method: Method, now: float, *, only_gone: bool = False
+    ) -> tuple[DriftBook, tuple[Transition, ...]]:
+        """Close the open ``method`` alerts that a complete audit (``findings``: every finding of
+        one audit from an in-sync snapshot) no longer reports at all, with the reason: the check is
+        no longer run, the target no longer exists, or the check no longer applies to it. An alert
+        that is reported (even as ERROR or INCONCLUSIVE) is never closed here."""
+        findings = tuple(findings)
+        reported = {fingerprint(f) for f in findings}
+        checks = {f.check.id for f in findings}
+        targets = {f.target for f in findings}
+        missing = {f.target for f in findings if f.check.id == catalog.TARGET_EXISTS.id and f.status is Status.FAIL}
+        alerts = dict(self.alerts)
+        transitions: list[Transition] = []
+        for key, alert in self.alerts.items():
+            if alert.phase is not Phase.FIRING or alert.method is not method or key in reported:
+                continue
+            if only_gone and alert.target in targets and alert.target not in missing:
+                continue
+            if alert.target not in targets or alert.target in missing:
+                reason = f"{alert.target} no longer exists (its Service or namespace was deleted): alert closed"
+            elif alert.check not in checks:
+                reason = f"the check {alert.check} no longer runs (it left the rules or the catalog): alert closed"
+            else:
+                reason = (
+                    f"{alert.check} no longer applies to {alert.target} (out of scope or not protected): alert closed"
+                )
+            closed = replace(
+                alert, phase=Phase.OK, failures=0, passes=0, degraded=False, opened_at=None, updated_at=now
+            )
+            alerts[key] = closed
+            finding = Finding(_meta(alert.check), alert.target, Status.SKIPPED, reason, method=method)
+            transitions.append(Transition(TransitionKind.CLOSED, closed, finding))
+        return DriftBook(alerts), tuple(transitions)
+
     @property
     def firing(self) -> tuple[AlertState, ...]:
         return tuple(a for a in self.alerts.values() if a.phase is Phase.FIRING)
@@ -169,6 +213,13 @@ class DriftBook:
         return DriftBook({a.fingerprint: a for a in alerts})
 
 
+def _meta(check_id: str) -> CheckMeta:
+    try:
+        return catalog.by_id(check_id)
+    except KeyError:  # a check this version no longer has: describe it by its id
+        return replace(catalog.SNAPSHOT_READ, id=check_id, title=check_id, references=())
+
+
 def _state_dict(state: AlertState) -> dict[str, Any]:
     return {
         "fingerprint": state.fingerprint,
@@ -183,6 +234,7 @@ def _state_dict(state: AlertState) -> dict[str, Any]:
         "updated_at": state.updated_at,
         "opens": list(state.opens),
         "message": state.message,
+        "openings": state.openings,
     }
 
 
@@ -200,4 +252,6 @@ def _state_from(item: Mapping[str, Any]) -> AlertState:
         updated_at=float(item["updated_at"]),
         opens=tuple(float(t) for t in item["opens"]),
         message=str(item["message"]),
+        # Stored before incidents were counted: an open alert is in its first incident.
+        openings=int(item.get("openings", 1 if item["phase"] == Phase.FIRING.value else 0)),
     )

@@ -1,7 +1,9 @@
 """Istio 1.28 ambient data-plane semantics computed from a snapshot.
 
 Answers the questions every check asks: is this workload captured by ztunnel, what mTLS mode
-does its inbound port really get, and which waypoint (if any) does a Service's traffic use.
+does its inbound port really get, which waypoint (if any) does a Service's traffic use, which
+kind of client a workload is and which hops its traffic takes (the caller model, §9), and which
+objects are Istio's own infrastructure (§10).
 Each answer carries the evidence that decided it. Section numbers refer to
 ``../shared/docs/ambient-semantics.md`` (copied into docs/ambient-semantics.md's references).
 """
@@ -381,3 +383,194 @@ def _service_bound_problem(service: Service) -> WaypointProblem | None:
         bound.message,
     )
     return WaypointProblem("Istio reports the Service is not bound to its waypoint", ev)
+
+
+# --- Who the callers are (semantics §9) ------------------------------------------------------------
+
+INGRESS_USE_WAYPOINT = "istio.io/ingress-use-waypoint"
+GATEWAY_NAME = "gateway.networking.k8s.io/gateway-name"
+GATEWAY_MANAGED = "gateway.istio.io/managed"
+MESH_CONTROLLER = "istio.io-mesh-controller"
+PROXY_CONTAINER = "istio-proxy"
+
+
+class ClientKind(StrEnum):
+    """The kinds of client the mesh distinguishes; ``CLIENTS`` says how each one calls."""
+
+    AMBIENT = "ambient pod"
+    SIDECAR = "sidecar pod"
+    GATEWAY = "Istio gateway"
+    WAYPOINT = "waypoint"
+    OUTSIDE = "pod outside the mesh"
+    HOST = "hostNetwork pod or node"
+
+
+class WaypointUse(StrEnum):
+    ALWAYS = "always"
+    LABELLED = f"only for Services labelled {INGRESS_USE_WAYPOINT}=true"
+    NEVER = "never"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientModel:
+    """One row of the caller model (docs/ambient-semantics.md §9)."""
+
+    kind: ClientKind
+    identity: bool  # presents its ServiceAccount's SPIFFE identity
+    mtls: bool  # its traffic arrives as mTLS (HBONE), so STRICT does not refuse it
+    service_waypoint: WaypointUse  # Service-addressed traffic meets the Service's waypoint
+    service_hops: str
+    pod_ip_hops: str
+    source: str
+
+
+CLIENTS: dict[ClientKind, ClientModel] = {
+    model.kind: model
+    for model in (
+        ClientModel(
+            ClientKind.AMBIENT,
+            identity=True,
+            mtls=True,
+            service_waypoint=WaypointUse.ALWAYS,
+            service_hops="source ztunnel -> the Service's waypoint (if effective) -> destination ztunnel",
+            pod_ip_hops="source ztunnel -> destination ztunnel (a service waypoint is skipped)",
+            source="istio.io docs ambient/usage/waypoint; semantics §4.5, §4.6",
+        ),
+        ClientModel(
+            ClientKind.SIDECAR,
+            identity=True,
+            mtls=True,
+            service_waypoint=WaypointUse.NEVER,
+            service_hops="sidecar Envoy -> destination ztunnel (sidecars do not use waypoints)",
+            pod_ip_hops="sidecar Envoy -> destination ztunnel",
+            source="istio/istio#54483 (maintainer: sidecars don't go through waypoints)",
+        ),
+        ClientModel(
+            ClientKind.GATEWAY,
+            identity=True,
+            mtls=True,
+            service_waypoint=WaypointUse.LABELLED,
+            service_hops=f"gateway Envoy -> the waypoint only if the Service has {INGRESS_USE_WAYPOINT}: "
+            '"true", else -> destination ztunnel',
+            pod_ip_hops="gateway Envoy -> destination ztunnel",
+            source="istio.io docs ambient/usage/l7-features (ingress-use-waypoint)",
+        ),
+        ClientModel(
+            ClientKind.WAYPOINT,
+            identity=True,
+            mtls=True,
+            service_waypoint=WaypointUse.NEVER,
+            service_hops="waypoint Envoy -> destination ztunnel (it is the waypoint hop)",
+            pod_ip_hops="waypoint Envoy -> destination ztunnel",
+            source="semantics §2, §4.5",
+        ),
+        ClientModel(
+            ClientKind.OUTSIDE,
+            identity=False,
+            mtls=False,
+            service_waypoint=WaypointUse.NEVER,
+            service_hops="plaintext -> destination ztunnel (STRICT refuses it)",
+            pod_ip_hops="plaintext -> destination ztunnel (STRICT refuses it)",
+            source="semantics §1.2, §4.6",
+        ),
+        ClientModel(
+            ClientKind.HOST,
+            identity=False,
+            mtls=False,
+            service_waypoint=WaypointUse.NEVER,
+            service_hops="plaintext from the node's network -> destination ztunnel (STRICT refuses it)",
+            pod_ip_hops="plaintext from the node's network -> destination ztunnel",
+            source="semantics §2 (hostNetwork pods are never captured)",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOf:
+    """Which row of the caller model a workload is, and the field that decided it."""
+
+    kind: ClientKind
+    evidence: Evidence
+
+    @property
+    def model(self) -> ClientModel:
+        return CLIENTS[self.kind]
+
+
+def client_of(workload: Workload, index: SnapshotIndex) -> ClientOf:
+    """Classify a workload as a client: hostNetwork, waypoint, gateway, sidecar, ambient or outside."""
+    ref = workload.meta.ref
+    if workload.host_network:
+        return ClientOf(ClientKind.HOST, Evidence(ref, "spec.hostNetwork", "true"))
+    infra = istio_workload(workload, index)
+    if infra is not None and isinstance(infra[0], ClientKind):
+        return ClientOf(infra[0], infra[1])
+    sidecar = _sidecar_evidence(workload, index)
+    if sidecar is not None:
+        return ClientOf(ClientKind.SIDECAR, sidecar)
+    if _outbound_captured(workload, index):
+        return ClientOf(ClientKind.AMBIENT, Evidence(ref, "", "captured", "ztunnel carries its outbound traffic"))
+    return ClientOf(ClientKind.OUTSIDE, Evidence(ref, "", "not captured", capture_of(workload, index).reason))
+
+
+def _outbound_captured(workload: Workload, index: SnapshotIndex) -> bool:
+    """Outbound capture: the inbound bypass annotation leaves outbound traffic to ztunnel."""
+    capture = capture_of(workload, index)
+    if capture.state is CaptureState.CAPTURED:
+        return True
+    return any(ev.field == f"annotations.{BYPASS_INBOUND}" for ev in capture.evidence)
+
+
+def uses_service_waypoint(kind: ClientKind, service: Service) -> bool:
+    use = CLIENTS[kind].service_waypoint
+    if use is WaypointUse.LABELLED:
+        return service.meta.labels.get(INGRESS_USE_WAYPOINT, "").lower() == "true"
+    return use is WaypointUse.ALWAYS
+
+
+# --- Istio's own infrastructure (semantics §10) ------------------------------------------------------
+
+# app label -> (component, the container its Helm chart names): both must agree (Istio's charts).
+_CONTROL_PLANE = {
+    "istiod": ("istiod", "discovery"),
+    "ztunnel": ("ztunnel", PROXY_CONTAINER),
+    "istio-cni-node": ("istio-cni", "install-cni"),
+}
+
+
+def istio_workload(workload: Workload, index: SnapshotIndex) -> tuple[ClientKind | str, Evidence] | None:
+    """Istio's own workloads: a control-plane component, a waypoint, or a gateway (§10)."""
+    ref, labels = workload.meta.ref, workload.pod_labels
+    names = [c.name for c in workload.containers]
+    for key in ("app", "app.kubernetes.io/name", "k8s-app"):
+        component = _CONTROL_PLANE.get(labels.get(key, ""))
+        if component is not None and component[1] in names:
+            return component[0], Evidence(ref, f"labels.{key}", labels[key], f"container {component[1]}")
+    gateway_name = labels.get(GATEWAY_NAME)
+    gateway = index.gateways.get(f"{workload.meta.namespace}/{gateway_name}") if gateway_name else None
+    if labels.get(GATEWAY_MANAGED) == MESH_CONTROLLER or (gateway is not None and gateway.class_name == WAYPOINT_CLASS):
+        field = f"labels.{GATEWAY_MANAGED}" if GATEWAY_MANAGED in labels else f"labels.{GATEWAY_NAME}"
+        return ClientKind.WAYPOINT, Evidence(ref, field, labels.get(GATEWAY_MANAGED) or gateway_name or "")
+    if PROXY_CONTAINER in names:
+        template = workload.pod_annotations.get("inject.istio.io/templates", "")
+        if gateway_name or GATEWAY_MANAGED in labels or "gateway" in template.split(","):
+            return ClientKind.GATEWAY, Evidence(ref, f"labels.{GATEWAY_NAME}", gateway_name or template or "")
+        if labels.get("istio") in {"ingressgateway", "egressgateway"} or set(names) == {PROXY_CONTAINER}:
+            return ClientKind.GATEWAY, Evidence(ref, "spec.containers[].name", PROXY_CONTAINER, "a proxy of its own")
+    return None
+
+
+def istio_service(service: Service, index: SnapshotIndex) -> Evidence | None:
+    """Evidence that a Service is Istio's own (waypoint, gateway, istiod, ztunnel, istio-cni), or None."""
+    labels = service.meta.labels
+    for key in (GATEWAY_NAME, GATEWAY_MANAGED):
+        if key in labels:
+            return Evidence(service.meta.ref, f"labels.{key}", labels[key], "created by istiod for a Gateway")
+    for workload in index.workloads_for(service):
+        found = istio_workload(workload, index)
+        if found is not None:
+            what = found[0].value if isinstance(found[0], ClientKind) else found[0]
+            ev = found[1]
+            return Evidence(ev.object, ev.field, ev.value, f"{what}: part of Istio itself")
+    return None

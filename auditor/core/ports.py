@@ -33,3 +33,11 @@ class ProbeRunner(Protocol):
     """
 
     def run(self, plan: RunPlan) -> RunReport: ...
+
+
+class StateConflict(Exception):  # noqa: N818 - a condition to act on (stop writing), not a bug
+    """A state store's write was refused: someone else wrote the state since it was read."""
+
+
+class CorruptState(Exception):  # noqa: N818 - a condition to act on (set it aside), not a bug
+    """A stored state cannot be decoded (not base64, not gzip, not JSON, wrong shape or version)."""

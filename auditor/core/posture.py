@@ -62,8 +62,22 @@ class SecretKeyRef(_Model):
     namespace: Name | None = Field(default=None, description="Defaults to the protected Service's namespace.")
 
 
+class ProbeSecretRef(_Model):
+    """A Secret key in a probe pod's own namespace, read by the kubelet (``secretKeyRef``)."""
+
+    name: Name = Field(description="Secret name, in every namespace a probe pod sending this header runs in.")
+    key: str = Field(min_length=1, max_length=253, description="Key in the Secret's data.")
+
+
 class HeaderValue(_Model):
-    """Exactly one source for the header's required value."""
+    """Exactly one source for the header's required value, and how probe pods get it.
+
+    Probe pods never carry a ``secretRef`` or ``fromEnv`` value in their spec: the kubelet puts it
+    in their environment from a Secret in the pod's own namespace (``secretKeyRef``), named by
+    ``probeSecretRef`` or, for ``secretRef``, the same name and key. ``fromEnv`` values need a
+    ``probeSecretRef`` to be probed. A ``literal`` is not secret (it is in the rules file) and
+    travels in the probe plan unless a ``probeSecretRef`` is given. docs/probes.md.
+    """
 
     literal: str | None = Field(default=None, min_length=1, description="The value itself.")
     from_env: str | None = Field(
@@ -72,6 +86,20 @@ class HeaderValue(_Model):
         description="Environment variable holding the value.",
     )
     secret_ref: SecretKeyRef | None = Field(default=None, description="Kubernetes Secret key holding the value.")
+    probe_secret_ref: ProbeSecretRef | None = Field(
+        default=None,
+        description="Secret key, in the probe pods' namespaces, that holds the same value for active probes "
+        "(the platform team provides it; the auditor never reads it). Defaults to secretRef's name and key.",
+    )
+
+    @property
+    def probe_secret(self) -> ProbeSecretRef | None:
+        """Where probe pods read the value (None: a literal, in the plan; or a fromEnv that cannot be probed)."""
+        if self.probe_secret_ref is not None:
+            return self.probe_secret_ref
+        if self.secret_ref is not None:
+            return ProbeSecretRef(name=self.secret_ref.name, key=self.secret_ref.key)
+        return None
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> HeaderValue:

@@ -11,7 +11,8 @@ every planned request's expectation with what the pod observed. Three identities
   (``l7-denied``, §1.3) when the rules promise one.
 - ``control``: an allowed identity (opt-in twice: rules and settings). Its request with the
   headers must be ``allowed`` (the positive control, and the waypoint hop's proof, §1.7); the
-  same request without each header must be ``l7-denied``.
+  same request without each header, and with a near miss of each value (the value plus a
+  suffix, which a prefix match admits, §8.2), must be ``l7-denied``.
 
 Header values live only inside the wire requests (``PlannedRequest.wire``, hidden from repr);
 ids, expectations and everything a finding renders are free of them.
@@ -30,6 +31,10 @@ from probes.wire import Outcome, ProbePlan, ProbeRequest
 WITH_HEADERS = "with-headers"
 PLAINTEXT = "plaintext"
 WITHOUT = "without:"
+NEAR_MISS = "near-miss:"
+# Appended to the required value: the near miss shares the whole value as a prefix, so a policy
+# that matches the header by prefix (values: ["i*"]) admits it and the probe shows it (§8.2).
+NEAR_MISS_SUFFIX = "-mesh-auditor-near-miss"
 # Linux caps one environment string at 128 KiB (MAX_ARG_STRLEN); the plan travels in one.
 DEFAULT_MAX_PLAN_BYTES = 96 * 1024
 _PLAN_OVERHEAD = 256  # the plan's own keys and run id around the requests
@@ -77,6 +82,19 @@ class PlannedRequest:
     @property
     def omitted_header(self) -> str | None:
         return self.variant.removeprefix(WITHOUT) if self.variant.startswith(WITHOUT) else None
+
+    @property
+    def near_miss_header(self) -> str | None:
+        return self.variant.removeprefix(NEAR_MISS) if self.variant.startswith(NEAR_MISS) else None
+
+    @property
+    def degraded(self) -> str:
+        """How the request differs from the allowed one, without the value: for messages."""
+        if self.omitted_header is not None:
+            return f"without {self.omitted_header}"
+        if self.near_miss_header is not None:
+            return f"with a near miss of {self.near_miss_header} (the value plus a suffix)"
+        return self.variant
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +204,14 @@ def _plan_target(
     if unresolved:
         reason = f"the value of required header {unresolved} could not be resolved (see the static findings)"
         return planned, [NotPlanned(protected.target, role, reason) for role in (Role.INTRUDER, Role.CONTROL)]
+    unsendable = _without_probe_source(protected)
+    if unsendable:
+        # Probe pods get secret values only by reference to a Secret (podspec), never in their spec.
+        reason = (
+            f"the value of required header {unsendable} comes from the auditor's environment (fromEnv) and "
+            "probe pods read header values only from a Secret in their namespace: add value.probeSecretRef"
+        )
+        return planned, [NotPlanned(protected.target, role, reason) for role in (Role.INTRUDER, Role.CONTROL)]
     intruder = Identity(Role.INTRUDER, options.in_mesh_namespace, options.service_account, in_mesh=True)
     # semantics §4.1: behind a waypoint the caller is refused at L7 (403), otherwise by ztunnel.
     refusal = Outcome.L7_DENIED if protected.waypoint is not None else Outcome.L4_DENIED
@@ -207,6 +233,14 @@ def _header_values(
             return {}, header.name
         headers[header.name] = value
     return headers, None
+
+
+def _without_probe_source(protected: ProtectedService) -> str | None:
+    """The first header whose value is secret (fromEnv) but has no Secret for probe pods."""
+    return next(
+        (h.name for h in protected.required_headers if h.value.from_env is not None and h.value.probe_secret is None),
+        None,
+    )
 
 
 def _control_identity(protected: ProtectedService, posture: Posture, options: PlanOptions) -> Identity | NotPlanned:
@@ -236,10 +270,14 @@ def _control_requests(
             protected, control, WITH_HEADERS, Outcome.ALLOWED, headers=headers, options=options, expect_status=status
         )
     ]
-    for name in headers:
+    for name, value in headers.items():
         others = {k: v for k, v in headers.items() if k != name}
         requests.append(
             _request(protected, control, f"{WITHOUT}{name}", Outcome.L7_DENIED, headers=others, options=options)
+        )
+        near_miss = {**others, name: value + NEAR_MISS_SUFFIX}
+        requests.append(
+            _request(protected, control, f"{NEAR_MISS}{name}", Outcome.L7_DENIED, headers=near_miss, options=options)
         )
     return requests
 

@@ -34,7 +34,7 @@ from auditor.core.checks.catalog import (
 )
 from auditor.core.model import CheckMeta, Evidence, Finding, Method, Status
 from auditor.core.posture import ProtectedService
-from auditor.core.probeplan import PLAINTEXT, WITH_HEADERS, WITHOUT, PlannedRequest, Role, RunPlan
+from auditor.core.probeplan import NEAR_MISS, PLAINTEXT, WITH_HEADERS, WITHOUT, PlannedRequest, Role, RunPlan
 from auditor.core.probereport import Observation, RunReport
 from probes.wire import Outcome
 
@@ -223,10 +223,13 @@ def allowlist_verdict(view: TargetView) -> Finding:
 def headers_verdict(view: TargetView) -> Finding:
     names = [h.name for h in view.protected.required_headers]
     seens = [view.seen(Role.CONTROL, f"{WITHOUT}{name}") for name in names]
+    # A plan made before near misses existed has none: only the planned ones are awaited.
+    planned = {r.variant for r in view.plan.requests_for(view.protected.target)}
+    seens += [view.seen(Role.CONTROL, f"{NEAR_MISS}{n}") for n in names if f"{NEAR_MISS}{n}" in planned]
     control = control_of(view)
     admitted = [s for s in seens if s.observation is not None and s.observation.outcome in _REACHED]
     if admitted:
-        shown = ", ".join(f"without {s.request.omitted_header}" for s in admitted if s.request)
+        shown = ", ".join(s.request.degraded for s in admitted if s.request)
         traffic = f"the allowed identity got through {shown}"
         return _contradiction(view, HEADERS_PROBE, (HEADERS_ENFORCED,), traffic, [*admitted, control.seen])
     missing = [s for s in seens if s.observation is None]

@@ -26,6 +26,7 @@ from auditor.adapters.aws.eks import auto_mode_finding
 from auditor.adapters.aws.metrics import CloudWatchMetrics
 from auditor.adapters.aws.securityhub import HubOptions, SecurityHubSink
 from auditor.adapters.k8s.lease import LeaseElector
+from auditor.adapters.k8s.nodepools import read_node_pools
 from auditor.adapters.k8s.policyreports import PolicyReportWriter
 from auditor.adapters.k8s.secrets import ClusterSecretReader
 from auditor.adapters.k8s.state import ConfigMapStateStore
@@ -34,11 +35,11 @@ from auditor.adapters.kubeapi import build_api_client
 from auditor.adapters.probepods.kube import PodApi
 from auditor.adapters.probepods.runner import PodProbeRunner
 from auditor.adapters.rules.loader import load_rules, resolve_header_values
-from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client
+from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client, log_delivery
 from auditor.app import active_audit, plan_options, runner_options
 from auditor.core.drift import DriftPolicy
 from auditor.core.model import Finding, Method
-from auditor.core.outbox import Outbox
+from auditor.core.outbox import Delivery, Entry
 from auditor.core.posture import Posture
 from auditor.core.snapshot import Snapshot
 from auditor.daemon.health import HealthServer
@@ -52,13 +53,14 @@ from auditor.settings import AwsSettings, Settings, SlackSettings
 class _Silent:
     """Slack off: transitions are still tracked and reported, just not sent."""
 
-    def flush(self, outbox: Outbox, save: Any) -> Outbox:
-        return outbox
+    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery:
+        return Delivery("sent", ts="off")
 
 
 def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> int:
     log = structlog.get_logger("auditor.daemon")
     cfg = settings.daemon
+    own_signals = stop is None
     stop = stop or _stop_on_signals()
     posture = load_rules(cfg.rules)
     with closing(build_api_client(cfg.kubeconfig, cfg.context)) as api:
@@ -66,6 +68,7 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
         values = resolve_header_values(posture, os.environ, secrets.secret_value)
         metrics = DaemonMetrics()
         holder: list[Daemon] = []
+        halt = threading.Event()  # set by Daemon.stop: probe cycles stop and delete their pods
         watcher = SnapshotWatcher(api, on_change=lambda: holder[0].snapshot_changed() if holder else None)
         identity = cfg.identity or socket.gethostname()
         daemon = Daemon(
@@ -77,9 +80,11 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
             state=ConfigMapStateStore(api, cfg.namespace),
             notifier=_notifier(settings.slack),
             sinks=_sinks(settings, api, metrics_alerts=lambda: int(metrics.alerts_open._value.get())),
-            probe_cycle=_probe_cycle(settings, api) if cfg.probes_enabled else None,
+            probe_cycle=_probe_cycle(settings, api, halt) if cfg.probes_enabled else None,
             metrics=metrics,
-            extra_findings=_auto_mode(settings.aws),
+            extra_findings=_auto_mode(settings.aws, api),
+            log_delivery=log_delivery,
+            stopping=halt,
         )
         holder.append(daemon)
         health = HealthServer(cfg.health_host, cfg.health_port, metrics.exposition, daemon.readiness)
@@ -91,9 +96,13 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
             while not stop.wait(cfg.rules_reload_s):
                 _reload_rules(daemon, cfg.rules, current, secrets, log)
         finally:
-            daemon.stop()
+            clean = daemon.stop(grace_s=cfg.shutdown_grace_s)
             health.stop()
-    log.info("daemon stopped")
+    log.info("daemon stopped", clean=clean)
+    if not clean and own_signals:
+        # A job is stuck in a call past the grace period (its state is saved, the Lease released):
+        # exit now rather than wait for its thread and be killed by the kubelet.
+        os._exit(0)
     return 0
 
 
@@ -129,7 +138,12 @@ def _config(settings: Settings, identity: str) -> DaemonConfig:
         probe_every_s=cfg.probe_every_s,
         probe_jitter_s=cfg.probe_jitter_s,
         report_cron=cfg.report_cron,
+        leader_tick_s=max(0.2, min(5.0, cfg.lease_duration_s / 3)),
         digest_at=settings.slack.digest_at,
+        digest_threads=settings.slack.digest_threads,
+        outbox_max_unsent=settings.slack.outbox_max_unsent,
+        slack_pace_s=settings.slack.pace_s,
+        cannot_audit_after_s=cfg.cannot_audit_after_s,
         drift=policy,
     )
 
@@ -174,40 +188,52 @@ def _aws_client(aws: AwsSettings, service: str) -> Any:
 
 def _aws_sink(aws: AwsSettings, alerts_open: Any) -> AwsSink:
     archive = hub = cloudwatch = None
+    if (aws.s3_bucket or aws.security_hub) and not (aws.account_id and aws.region and aws.cluster_name):
+        # Every evidence record names its cluster, account and region, so a fleet can share one
+        # bucket and one Security Hub aggregator (docs/aws.md).
+        raise InputError(
+            "settings",
+            "the S3 archive and Security Hub need account id, region and cluster name",
+            field="AUDITOR_AWS__ACCOUNT_ID / REGION / CLUSTER_NAME",
+            fix="set them (infra/ does), or unset AUDITOR_AWS__S3_BUCKET and AUDITOR_AWS__SECURITY_HUB=false",
+        )
     if aws.s3_bucket:
         archive = S3Archive(
             _aws_client(aws, "s3"),
-            ArchiveOptions(bucket=aws.s3_bucket, prefix=aws.s3_prefix, retention_days=aws.s3_retention_days),
+            ArchiveOptions(
+                bucket=aws.s3_bucket,
+                cluster=aws.cluster_name or "",
+                account_id=aws.account_id or "",
+                region=aws.region or "",
+                prefix=aws.s3_prefix,
+                retention_days=aws.s3_retention_days,
+            ),
         )
     if aws.security_hub:
-        if not (aws.account_id and aws.region and aws.cluster_name):
-            raise InputError(
-                "settings",
-                "Security Hub needs account id, region and cluster name",
-                field="AUDITOR_AWS__ACCOUNT_ID / REGION / CLUSTER_NAME",
-                fix="set them, or AUDITOR_AWS__SECURITY_HUB=false",
-            )
-        hub = SecurityHubSink(_aws_client(aws, "securityhub"), HubOptions(aws.account_id, aws.region, aws.cluster_name))
+        hub = SecurityHubSink(
+            _aws_client(aws, "securityhub"), HubOptions(aws.account_id or "", aws.region or "", aws.cluster_name or "")
+        )
     if aws.cloudwatch:
         cloudwatch = CloudWatchMetrics(_aws_client(aws, "cloudwatch"), aws.cluster_name or "cluster")
     return AwsSink(archive=archive, hub=hub, metrics=cloudwatch, alerts_open=alerts_open)
 
 
-def _auto_mode(aws: AwsSettings) -> Any:
+def _auto_mode(aws: AwsSettings, api: Any) -> Any:
     if not (aws.verify_auto_mode and aws.cluster_name):
         return tuple
     cache: dict[str, tuple[Finding, ...]] = {}
 
     def finding() -> tuple[Finding, ...]:
         if "auto" not in cache:  # once per process: the cluster's mode does not change under us
-            cache["auto"] = (auto_mode_finding(_aws_client(aws, "eks"), aws.cluster_name or ""),)
+            eks = _aws_client(aws, "eks")
+            cache["auto"] = (auto_mode_finding(eks, aws.cluster_name or "", lambda: read_node_pools(api)),)
         return cache["auto"]
 
     return finding
 
 
-def _probe_cycle(settings: Settings, api: Any) -> ProbeCycle:
-    runner = PodProbeRunner(PodApi(api), runner_options(settings.probes))
+def _probe_cycle(settings: Settings, api: Any, halt: threading.Event) -> ProbeCycle:
+    runner = PodProbeRunner(PodApi(api), runner_options(settings.probes), stop=halt)
     options = plan_options(settings.probes)
 
     def cycle(

@@ -45,6 +45,27 @@ class DaemonMetrics:
         self.leader = Gauge(
             "mesh_auditor_leader", "1 while this replica holds the leader lease", registry=self.registry
         )
+        # Slack delivery and the daemon's own state (issue #10 items 2 and 3).
+        self.slack_deliveries = Counter(
+            "mesh_auditor_slack_deliveries_total",
+            "Slack calls by entry kind, result (sent, retry, repost, text_only, drop) and Slack error code",
+            ["kind", "result", "error"],
+            registry=self.registry,
+        )
+        self.outbox_dropped = Counter(
+            "mesh_auditor_slack_outbox_dropped_total",
+            "Outbox entries dropped unsent, by reason (outbox-full or Slack's error code)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.outbox_unsent = Gauge(
+            "mesh_auditor_slack_outbox_unsent", "Outbox entries not yet delivered", registry=self.registry
+        )
+        self.state_resets = Counter(
+            "mesh_auditor_state_resets_total",
+            "Times a corrupt state ConfigMap was set aside and the daemon started from empty state",
+            registry=self.registry,
+        )
 
     def record_findings(self, findings: Sequence[Finding]) -> None:
         counts = Tally((f.property.value, f.status.value, f.method.value) for f in findings)
@@ -54,6 +75,11 @@ class DaemonMetrics:
                     self.findings.labels(prop.value, status.value, method).set(
                         counts.get((prop.value, status.value, method), 0)
                     )
+
+    def slack_delivery(self, kind: str, result: str, error: str) -> None:
+        self.slack_deliveries.labels(kind, result, error[:64]).inc()
+        if result == "drop":
+            self.outbox_dropped.labels(error[:64] or "unknown").inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,15 +1,27 @@
 """The daemon's loop: APScheduler jobs around the watch-based snapshot, gated by the leader lease.
 
-Jobs (one scheduler, thread pool of 4):
-- ``leader``: every ``leader_tick_s``; acquires or renews the Lease. Only the leader evaluates,
-  probes and alerts; a follower keeps its snapshot warm to take over at once.
-- ``static-now``: a one-off job (re)scheduled ``static_debounce_s`` after each snapshot change,
-  so a burst of edits is audited once, seconds after it settles; ``static`` re-audits everything
-  every ``full_static_every_s`` anyway.
-- ``probes``: every ``probe_every_s`` with jitter, never overlapping (``max_instances=1``); a run
-  still going when the next is due is skipped and counted.
+Jobs (one scheduler, thread pool of 6), none of which waits on another's I/O:
+- ``leader``: every ``leader_tick_s``; acquires or renews the Lease and nothing else (no lock, no
+  Slack, no audit), so a slow Slack or a long audit never lets the Lease lapse. This replica
+  believes it leads only until ``lease_duration_s`` (less a safety margin) after the start of its
+  last successful renewal: by then a standby may take over, so it stops acting first.
+- ``takeover``: when the Lease is won, loads the state (a corrupt one is set aside, see
+  ``_load``); when it cannot load the state it releases the Lease: never hold it while unable
+  to work.
+- ``static-now``: a one-off job ``static_debounce_s`` after each snapshot change, so a burst of
+  edits is audited once; a change that arrives while an audit runs gets its own audit right
+  after it. ``static`` re-audits everything every ``full_static_every_s`` anyway. No audit runs
+  from a snapshot that is not in sync.
+- ``probes``: every ``probe_every_s`` with jitter, never overlapping.
+- ``deliver``: every ``delivery_tick_s``, at most one Slack call per ``slack_pace_s`` (Slack's
+  rate for chat.postMessage is about one message a second per channel); failures back off per
+  entry (``Outbox.due``), 429 pauses all sending for ``Retry-After``. Before each call the entry
+  is stored as in-flight with a conditional write (resourceVersion) of the state ConfigMap, and
+  leadership is checked again right before the call: a replica that lost the Lease, or whose
+  state another replica has written since, sends nothing (fencing).
 - ``report``: daily, the compliance report.
-Every evaluation goes through one lock: drift state, outbox and sinks see one audit at a time.
+Drift state and outbox change under one lock, held only for in-memory work and the state write:
+never across a Slack call, a sink or the Lease renewal.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ from typing import Any, Protocol
 
 import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -30,10 +43,12 @@ from apscheduler.triggers.interval import IntervalTrigger
 from auditor.core.audit import run_static_audit
 from auditor.core.drift import DriftBook, DriftPolicy, Phase
 from auditor.core.model import Finding, Method
-from auditor.core.outbox import Outbox
+from auditor.core.outbox import OUTBOX_FULL, Delivery, Entry, EntryKind, EntryState, Outbox
+from auditor.core.ports import CorruptState, StateConflict
 from auditor.core.posture import Posture
 from auditor.core.snapshot import Snapshot
 from auditor.daemon.metrics import DaemonMetrics
+from auditor.render.escape import slack_text as _escape
 from auditor.render.slack import enqueue
 
 
@@ -45,17 +60,28 @@ class WatchedSnapshot(Protocol):
 
 
 class Elector(Protocol):
+    """``duration_s``: the Lease duration; a standby may take over that long after a renewal.
+    ``last_error``: why the last step could not reach the API (None when it could)."""
+
+    @property
+    def duration_s(self) -> float: ...
+    @property
+    def last_error(self) -> str | None: ...
     def try_acquire_or_renew(self) -> bool: ...
     def release(self) -> None: ...
 
 
 class StateStore(Protocol):
+    """``load`` raises ``CorruptState`` for undecodable state;
+    ``save`` raises ``StateConflict`` when another writer changed it since it was read."""
+
     def load(self) -> dict[str, Any]: ...
     def save(self, document: dict[str, Any]) -> None: ...
+    def set_aside(self, reason: str, now: dt.datetime) -> str: ...
 
 
 class Notifier(Protocol):
-    def flush(self, outbox: Outbox, save: Callable[[Outbox], None]) -> Outbox: ...
+    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery: ...
 
 
 class ReportSink(Protocol):
@@ -66,6 +92,7 @@ class ReportSink(Protocol):
 ProbeCycle = Callable[
     [Snapshot, Posture, Mapping[tuple[str, str], str | None], tuple[Finding, ...]], tuple[Finding, ...]
 ]
+LogDelivery = Callable[[Any, Entry, Delivery, float], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +105,11 @@ class DaemonConfig:
     leader_tick_s: float = 5.0
     report_cron: str = "0 6 * * *"
     digest_at: int = 10
+    digest_threads: int = 5
+    outbox_max_unsent: int = 1000
+    slack_pace_s: float = 1.0
+    delivery_tick_s: float = 0.25
+    cannot_audit_after_s: float = 60.0
     drift: DriftPolicy = field(default_factory=DriftPolicy)
 
 
@@ -90,6 +122,9 @@ class _Memory:
     static_findings: tuple[Finding, ...] = ()
     probe_findings: tuple[Finding, ...] = ()
     last_findings: tuple[Finding, ...] = ()
+
+
+STATE_RESET_KEY = "ops|state-reset"
 
 
 class Daemon:
@@ -108,15 +143,36 @@ class Daemon:
         metrics: DaemonMetrics | None = None,
         extra_findings: Callable[[], tuple[Finding, ...]] = tuple,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        log_delivery: LogDelivery | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.config, self._snapshots, self._posture, self._values = config, snapshots, posture, header_values
         self._elector, self._state, self._notifier, self._sinks = elector, state, notifier, tuple(sinks)
         self._probe_cycle, self.metrics, self._clock = probe_cycle, metrics or DaemonMetrics(), clock
         self._extra = extra_findings
+        self._log_delivery = log_delivery
         self._lock = threading.RLock()
         self._memory: _Memory | None = None  # None while not leading
+        self._lease_until = 0.0  # monotonic: this replica may act as leader until then
+        self._holds_lease = False
+        self._load_backoff_until = 0.0
+        self._changes = 0  # snapshot changes seen (an audit compares before and after)
+        self._send_after = 0.0  # monotonic: pacing and 429 pauses
+        self._stopping = stopping or threading.Event()  # shared with the probe runner: SIGTERM cuts probing
+        self._busy = 0  # jobs running now (stop waits for them, bounded)
+        self._busy_lock = threading.Lock()
+        self._note = ""  # what readiness says besides leader/standby (a state reset, a load failure)
+        # The operational "cannot audit" alert: sent by the last leader (nobody can take over
+        # while the API is unreachable), outside the outbox (its ConfigMap is unreachable too).
+        self._last_leader = False
+        self._trouble_since: float | None = None
+        self._troubles: dict[str, str] = {}  # source (lease, snapshot) -> what is wrong
+        self._ops_ts: str | None = None
+        self._ops_recovered_after: float | None = None
         self._scheduler = BackgroundScheduler(
-            timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
+            timezone="UTC",
+            executors={"default": ThreadPoolExecutor(6)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
         )
         self._scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
         self._log = structlog.get_logger("auditor.daemon").bind(replica=config.identity)
@@ -129,37 +185,79 @@ class Daemon:
         self._scheduler.add_job(
             self.leader_tick, IntervalTrigger(seconds=cfg.leader_tick_s), id="leader", next_run_time=self._clock()
         )
-        self._scheduler.add_job(self.static_audit, IntervalTrigger(seconds=cfg.full_static_every_s), id="static")
+        self._scheduler.add_job(
+            self._job(self.static_audit), IntervalTrigger(seconds=cfg.full_static_every_s), id="static"
+        )
+        self._scheduler.add_job(self._job(self.deliver), IntervalTrigger(seconds=cfg.delivery_tick_s), id="deliver")
         if self._probe_cycle is not None:
             trigger = IntervalTrigger(seconds=cfg.probe_every_s, jitter=int(cfg.probe_jitter_s) or None)
-            self._scheduler.add_job(self.probe_audit, trigger, id="probes")
+            self._scheduler.add_job(self._job(self.probe_audit), trigger, id="probes")
         self._scheduler.add_job(
-            self.daily_report, CronTrigger.from_crontab(cfg.report_cron, timezone="UTC"), id="report"
+            self._job(self.daily_report), CronTrigger.from_crontab(cfg.report_cron, timezone="UTC"), id="report"
         )
         self._scheduler.start()
 
-    def stop(self) -> None:
-        """Graceful shutdown (SIGTERM): running jobs finish, then the lease is released."""
+    def stop(self, grace_s: float = 10.0) -> bool:
+        """Graceful shutdown (SIGTERM): start no new work; running jobs stop at their next safe
+        point (an audit before evaluating, delivery before the next Slack call, a probe cycle within
+        a few seconds, deleting its pods); wait for them up to ``grace_s``; release the Lease (the
+        outbox is persisted after every step already). False when a job was still running at the
+        end of the grace (a Slack call that does not answer): the caller exits anyway; that entry
+        stays in-flight and the next leader looks it up before sending it."""
+        self._stopping.set()
+        started = time.monotonic()
         if self._scheduler.running:
-            self._scheduler.shutdown(wait=True)
-        self._snapshots.stop()
-        with self._lock:
-            if self._memory is not None:
-                self._elector.release()
-                self._memory = None
+            self._scheduler.shutdown(wait=False)
+        while self._busy and time.monotonic() - started < grace_s:
+            time.sleep(0.02)
+        clean = not self._busy
+        self._snapshots.stop(timeout=0.2)  # daemon threads blocked in a watch read: no need to wait
+        leading = self._holds_lease
+        self._memory, self._lease_until, self._holds_lease = None, 0.0, False
+        if leading:
+            self._elector.release()
         self.metrics.leader.set(0)
+        self._log.info(
+            "stopped", seconds=round(time.monotonic() - started, 3), released_lease=leading, jobs_cut=not clean
+        )
+        return clean
+
+    def _job(self, job: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            if self._stopping.is_set():
+                return
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                job()
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+
+        return run
+
+    @property
+    def stopping(self) -> threading.Event:
+        return self._stopping
 
     def snapshot_changed(self) -> None:
         """Called by the watcher on every change: audit once the burst settles."""
-        run_at = self._clock() + dt.timedelta(seconds=self.config.static_debounce_s)
-        if self._scheduler.running:
-            self._scheduler.add_job(self.static_audit, "date", run_date=run_at, id="static-now", replace_existing=True)
+        self._changes += 1
+        self._request_audit(self.config.static_debounce_s)
+
+    def _request_audit(self, delay_s: float) -> None:
+        run_at = self._clock() + dt.timedelta(seconds=delay_s)
+        if self._scheduler.running and not self._stopping.is_set():
+            self._scheduler.add_job(
+                self._job(self.static_audit), "date", run_date=run_at, id="static-now", replace_existing=True
+            )
 
     def readiness(self) -> tuple[bool, str]:
         problems = self._snapshots.snapshot().problems
         if problems:
             return False, f"snapshot not in sync: {problems[0].resource}: {problems[0].message}"
-        return True, "leader" if self._memory is not None else "standby"
+        role = "leader" if self.leading else "standby"
+        return True, (f"{role}; {self._note}" if self._note else role)
 
     def replace_posture(self, posture: Posture, header_values: Mapping[tuple[str, str], str | None]) -> None:
         """New rules take effect at the next audit; callers validate them first (bad rules never land)."""
@@ -169,88 +267,311 @@ class Daemon:
 
     @property
     def leading(self) -> bool:
-        return self._memory is not None
+        return self._memory is not None and self._may_act()
+
+    def _may_act(self) -> bool:
+        return not self._stopping.is_set() and time.monotonic() < self._lease_until
 
     # --- jobs ---------------------------------------------------------------------------------
 
     def leader_tick(self) -> None:
+        """Acquire or renew the Lease. Takes no lock and sends nothing: it never waits on work."""
+        if self._stopping.is_set() or time.monotonic() < self._load_backoff_until:
+            return
+        started = time.monotonic()
         leading = self._elector.try_acquire_or_renew()
-        with self._lock:
-            if leading and self._memory is None:
-                self._memory = self._load()
-                self._log.info("became leader")
-                self.snapshot_changed()
-            elif not leading and self._memory is not None:
+        if self._stopping.is_set():
+            return
+        self._holds_lease = leading
+        self._note_trouble("lease", self._elector.last_error)
+        if leading:
+            # Stop acting a margin before the Lease could lapse (clock skew, a slow last call).
+            duration = self._elector.duration_s
+            self._lease_until = started + duration - min(2.0, duration * 0.2)
+            if self._memory is None:
+                if self._scheduler.running:  # loading the state is API work: not on the renewal's thread
+                    self._scheduler.add_job(self._job(self._take_over), id="takeover", replace_existing=True)
+                else:
+                    self._take_over()
+        else:
+            self._lease_until = 0.0
+            if self._elector.last_error is None:
+                self._last_leader = False  # someone else holds the Lease: theirs to say
+            if self._memory is not None:
                 self._memory = None
-                self._log.warning("lost the leader lease; standing by")
-        self.metrics.leader.set(1 if leading else 0)
+                self._log.warning("lost the leader lease; standing by", error=self._elector.last_error)
+        self.metrics.leader.set(1 if leading and self._memory is not None else 0)
+
+    def _take_over(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # a job still finishes with the old memory; the next tick takes over
+        try:
+            if self._memory is not None or not self._may_act():
+                return
+            self._note = ""
+            try:
+                memory = self._load()
+            except Exception as error:  # noqa: BLE001 - any failure to load means "cannot work": give the Lease up
+                self._give_up_lease(f"cannot load the state: {type(error).__name__}: {error}")
+                return
+            self._memory = memory
+            self._last_leader = True
+        finally:
+            self._lock.release()
+        self._log.info("became leader")
+        self.metrics.leader.set(1)
+        for sink in self._sinks:
+            # Sinks that cache what they wrote (Security Hub's first-seen times) reload it: another
+            # replica may have written since this one last led.
+            became_leader = getattr(sink, "became_leader", None)
+            if callable(became_leader):
+                became_leader()
+        self._request_audit(0.0)
+
+    def _give_up_lease(self, why: str) -> None:
+        self._note = f"not leading: {why}"
+        self._log.error("releasing the leader lease: unable to work", reason=why)
+        self._memory, self._lease_until, self._holds_lease = None, 0.0, False
+        self._load_backoff_until = time.monotonic() + self._elector.duration_s
+        self._elector.release()
+        self.metrics.leader.set(0)
 
     def static_audit(self) -> None:
-        started = time.monotonic()
-        with self._lock:
-            if self._memory is None:
-                return
-            static = run_static_audit(self._snapshots.snapshot(), self._posture, self._values) + self._extra()
-            self._memory.static_findings = static
-            # Only this job's findings advance the drift counters: re-counting the last probe
-            # result at every static audit would open probe alerts on one failed cycle.
-            self._evaluate(static, report=static + self._memory.probe_findings, kind="static")
-        self._timed("static", started)
-
-    def probe_audit(self) -> None:
-        if self._probe_cycle is None or self._memory is None:
+        if self._stopping.is_set() or not self.leading:
             return
         started = time.monotonic()
         snapshot = self._snapshots.snapshot()
-        static = run_static_audit(snapshot, self._posture, self._values)
+        self._note_trouble(
+            "snapshot",
+            f"snapshot not in sync: {snapshot.problems[0].resource}: {snapshot.problems[0].message}"
+            if snapshot.problems
+            else None,
+        )
+        if snapshot.problems:
+            # Never audit from a snapshot that is not in sync: it would "find" what is merely unread.
+            self.metrics.cycles_skipped.labels("static-not-in-sync").inc()
+            return
+        changes = self._changes
         with self._lock:
             posture, values = self._posture, self._values
+        static = run_static_audit(snapshot, posture, values) + self._extra()
+        with self._lock:
+            memory = self._memory
+            if memory is None or not self._may_act():
+                return
+            memory.static_findings = static
+            # Only this job's findings advance the drift counters: re-counting the last probe
+            # result at every static audit would open probe alerts on one failed cycle.
+            published = self._evaluate(memory, static, report=static + memory.probe_findings, kind="static")
+        self._publish(*published)
+        self._timed("static", started)
+        if self._changes != changes:
+            self._request_audit(0.0)  # changed while this audit ran: audit again right away
+
+    def probe_audit(self) -> None:
+        if self._probe_cycle is None or self._stopping.is_set() or not self.leading:
+            return
+        started = time.monotonic()
+        snapshot = self._snapshots.snapshot()
+        with self._lock:
+            posture, values = self._posture, self._values
+        static = run_static_audit(snapshot, posture, values)
         probe = tuple(f for f in self._probe_cycle(snapshot, posture, values, static) if f.method is Method.PROBE)
         with self._lock:
-            if self._memory is None:
-                return  # lost the lease while probing: the new leader will probe again
-            self._memory.probe_findings = probe
-            self._evaluate(probe, report=self._memory.static_findings + probe, kind="probe")
+            memory = self._memory
+            if memory is None or not self._may_act():
+                return  # lost the lease (or stopping) while probing: the next leader probes again
+            memory.probe_findings = probe
+            published = self._evaluate(memory, probe, report=memory.static_findings + probe, kind="probe")
+        self._publish(*published)
         self._timed("probe", started)
 
     def daily_report(self) -> None:
+        memory = self._memory
+        if memory is None or not self.leading:
+            return
+        self._publish(memory.last_findings, self._run_info("daily-report"))
+
+    def _note_trouble(self, source: str, trouble: str | None) -> None:
+        if trouble is not None:
+            if not self._troubles:
+                self._trouble_since = time.monotonic()
+                self._log.error("cannot audit", reason=trouble)
+            self._troubles[source] = trouble
+            return
+        if self._troubles.pop(source, None) is None or self._troubles or self._trouble_since is None:
+            return
+        self._log.info("auditing again", after_s=round(time.monotonic() - self._trouble_since, 1))
+        if self._ops_ts is not None:
+            self._ops_recovered_after = time.monotonic() - self._trouble_since
+        self._trouble_since = None
+
+    def _operational_alert(self) -> bool:
+        """Send the "cannot audit" alert once the trouble lasted ``cannot_audit_after_s`` (and its
+        recovery in its thread); True when a Slack call was made."""
+        if self._ops_recovered_after is not None and self._ops_ts is not None:
+            text = (
+                ":white_check_mark: mesh-auditor is auditing again "
+                f"(it could not for {self._ops_recovered_after:.0f} s)."
+            )
+            entry = Entry(
+                f"ops|cannot-audit|{self._ops_ts}|resolved", "ops|cannot-audit", EntryKind.REPLY, _plain(text)
+            )
+            delivery = self._notifier.deliver(entry, {"ops|cannot-audit": self._ops_ts})
+            if delivery.action in {"sent", "drop"}:
+                self._ops_ts, self._ops_recovered_after = None, None
+            return True
+        since = self._trouble_since
+        if since is None or self._ops_ts is not None or not self._last_leader:
+            return False
+        if time.monotonic() - since < self.config.cannot_audit_after_s:
+            return False
+        text = (
+            f":rotating_light: mesh-auditor cannot audit (for {time.monotonic() - since:.0f} s): "
+            f"{_escape('; '.join(self._troubles.values())[:500])}. Drift is not being detected until this clears."
+        )
+        entry = Entry(f"ops|cannot-audit|{since}", "ops|cannot-audit", EntryKind.POST, _plain(text))
+        delivery = self._notifier.deliver(entry, {})
+        self.metrics.slack_delivery("post", delivery.action, delivery.error)
+        if delivery.action == "sent":
+            self._ops_ts = delivery.ts
+        return True
+
+    def deliver(self) -> bool:
+        """Send the next due outbox entry, if pacing allows; True when one was attempted."""
+        if self._stopping.is_set() or time.monotonic() < self._send_after:
+            return False
+        if self._operational_alert():
+            self._send_after = time.monotonic() + self.config.slack_pace_s
+            return True
         with self._lock:
-            if self._memory is None:
-                return
-            run = self._run_info("daily-report")
-            for sink in self._sinks:
-                sink.publish(self._memory.last_findings, run)
+            memory = self._memory
+            if memory is None or not self._may_act():
+                return False
+            due = memory.outbox.due(self._clock().timestamp())
+            if not due:
+                return False
+            entry = due[0]
+            memory.outbox = memory.outbox.with_in_flight(entry.id)
+            if not self._save(memory):
+                return False  # fenced: unsaved in-flight state is never sent
+            threads = dict(memory.outbox.threads)
+        if not self._may_act():
+            return False  # leadership lapsed while saving: the next leader looks the entry up
+        delivery = self._notifier.deliver(entry, threads)
+        self._send_after = time.monotonic() + self.config.slack_pace_s
+        with self._lock:
+            if self._memory is not memory:
+                return True  # lost leadership meanwhile; the entry stays in-flight for the next leader
+            now = self._clock().timestamp()
+            memory.outbox, wait = memory.outbox.with_delivery(entry, delivery, now)
+            if delivery.retry_after or delivery.config:
+                self._send_after = time.monotonic() + wait  # Slack limits the app, not one message
+            self.metrics.slack_delivery(entry.kind.value, delivery.action, delivery.error)
+            if self._log_delivery is not None:
+                self._log_delivery(self._log, entry, delivery, wait)
+            self._save(memory)
+        return True
+
+    def drain(self, limit: int = 10_000) -> int:
+        """Deliver every due entry now, ignoring pacing (tests and one-shot runs); returns the count."""
+        sent = 0
+        while sent < limit:
+            self._send_after = 0.0
+            if not self.deliver():
+                break
+            sent += 1
+        return sent
 
     # --- evaluation ---------------------------------------------------------------------------
 
-    def _evaluate(self, findings: tuple[Finding, ...], *, report: tuple[Finding, ...], kind: str) -> None:
-        memory = self._memory
-        assert memory is not None  # noqa: S101 - callers hold the lock and checked leadership
+    def _evaluate(
+        self, memory: _Memory, findings: tuple[Finding, ...], *, report: tuple[Finding, ...], kind: str
+    ) -> tuple[tuple[Finding, ...], dict[str, Any]]:
         now = self._clock().timestamp()
         memory.book, transitions = memory.book.evaluate(findings, now, self.config.drift)
-        memory.outbox = enqueue(memory.outbox, transitions, digest_at=self.config.digest_at)
-        self._save(memory)
-        memory.outbox = self._notifier.flush(memory.outbox, lambda outbox: self._save_outbox(memory, outbox))
+        # Alerts the audit no longer reports at all (target deleted, check gone) are closed with
+        # the reason; for probes only when the target is gone from the static audit too.
+        if kind == "static":
+            memory.book, closed = memory.book.close_unreported(findings, Method.STATIC, now)
+            transitions += closed
+        elif memory.static_findings:
+            memory.book, closed = memory.book.close_unreported(report, Method.PROBE, now, only_gone=True)
+            transitions += closed
+        before = {e.id for e in memory.outbox.entries if e.state is EntryState.DROPPED}
+        memory.outbox = enqueue(
+            memory.outbox,
+            transitions,
+            digest_at=self.config.digest_at,
+            digest_threads=self.config.digest_threads,
+            max_unsent=self.config.outbox_max_unsent,
+        )
+        full = [e for e in memory.outbox.entries if e.error == OUTBOX_FULL and e.id not in before]
+        if full:
+            self.metrics.outbox_dropped.labels(OUTBOX_FULL).inc(len(full))
+            self._log.error(
+                "slack outbox full; dropped the oldest unsent messages",
+                dropped=len(full),
+                kinds=sorted({e.kind.value for e in full}),
+                limit=self.config.outbox_max_unsent,
+                first=full[0].id,
+            )
         memory.last_findings = report
         self._save(memory)
         self.metrics.record_findings(report)
         self.metrics.alerts_open.set(sum(1 for a in memory.book.alerts.values() if a.phase is Phase.FIRING))
-        run = self._run_info(kind)
-        for sink in self._sinks:
-            sink.publish(report, run)
+        self.metrics.outbox_unsent.set(len(memory.outbox.unsent))
         self._log.info("audit evaluated", kind=kind, findings=len(findings), transitions=len(transitions))
+        return report, self._run_info(kind)
 
-    def _save_outbox(self, memory: _Memory, outbox: Outbox) -> None:
-        memory.outbox = outbox
-        self._save(memory)
+    def _publish(self, report: tuple[Finding, ...], run: dict[str, Any]) -> None:
+        for sink in self._sinks:  # outside the lock: a slow sink holds up nobody's Slack message
+            try:
+                sink.publish(report, run)
+            except Exception as error:  # noqa: BLE001 - one failing sink must not stop the others
+                self._log.error(
+                    "report sink failed", sink=type(sink).__name__, error=f"{type(error).__name__}: {error}"
+                )
 
-    def _save(self, memory: _Memory) -> None:
-        self._state.save({"drift": memory.book.to_dict(), "outbox": memory.outbox.pruned().to_dict()})
+    def _save(self, memory: _Memory) -> bool:
+        """Persist; False when it could not be (a conflicting writer fences this replica off)."""
+        document = {"drift": memory.book.to_dict(), "outbox": memory.outbox.pruned().to_dict()}
+        try:
+            self._state.save(document)
+        except Exception as error:  # noqa: BLE001 - classified below; nothing may be sent unsaved
+            if isinstance(error, StateConflict):
+                self._log.warning("another replica wrote the state; standing by until re-elected")
+                if self._memory is memory:
+                    self._memory = None  # the next leader tick reloads it if the Lease is still ours
+                return False
+            self._log.error("cannot save the state", error=f"{type(error).__name__}: {error}")
+            return False
+        return True
 
     def _load(self) -> _Memory:
-        stored = self._state.load()
-        book = DriftBook.from_dict(stored["drift"]) if "drift" in stored else DriftBook()
-        outbox = Outbox.from_dict(stored["outbox"]) if "outbox" in stored else Outbox()
+        """The stored state; a corrupt one is set aside and replaced by empty state, said loudly
+        (log, Event, metric, Slack notice, readiness). Raises when it cannot be read or set aside."""
+        now = self._clock()
+        try:
+            stored = self._state.load()
+            book = DriftBook.from_dict(stored["drift"]) if "drift" in stored else DriftBook()
+            outbox = Outbox.from_dict(stored["outbox"]) if "outbox" in stored else Outbox()
+        except Exception as error:  # sorted into corrupt (set aside) vs unreadable (re-raised) below
+            if not _corrupt(error):
+                raise
+            reason = f"{type(error).__name__}: {error}"
+            aside = self._state.set_aside(reason, now)
+            self.metrics.state_resets.inc()
+            self._note = f"state was reset at {now:%Y-%m-%dT%H:%M:%SZ} ({reason}); the bad copy is in ConfigMap {aside}"
+            self._log.error(
+                "STATE CORRUPT: set aside, starting from empty state; every drift found is alerted again",
+                reason=reason,
+                set_aside_as=aside,
+            )
+            memory = _Memory(outbox=Outbox().with_enqueued(_state_reset_notice(reason, aside, now)))
+            if not self._save(memory):
+                raise RuntimeError("cannot write the empty state") from error
+            return memory
         return _Memory(book=book, outbox=outbox)
 
     def _run_info(self, kind: str) -> dict[str, Any]:
@@ -268,4 +589,30 @@ class Daemon:
 
     def _skipped(self, event: JobExecutionEvent) -> None:
         self.metrics.cycles_skipped.labels(event.job_id).inc()
+        if event.job_id == "static-now":
+            self._request_audit(self.config.static_debounce_s)  # the change still gets its audit
         self._log.warning("cycle skipped: the previous one is still running", job=event.job_id)
+
+
+def _corrupt(error: Exception) -> bool:
+    """A stored document that cannot be understood (as opposed to one that cannot be read)."""
+    return isinstance(error, CorruptState | ValueError | KeyError | TypeError | AttributeError)
+
+
+def _plain(text: str) -> dict[str, Any]:
+    return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
+
+
+def _state_reset_notice(reason: str, aside: str, now: dt.datetime) -> Entry:
+    text = (
+        ":warning: mesh-auditor lost its alert state and started from empty state: every drift it still "
+        f"finds is alerted again, in new threads. Reason: {_escape(reason[:500])}. "
+        f"The unreadable state is kept in ConfigMap `{_escape(aside)}`."
+    )
+    key = f"{STATE_RESET_KEY}#{int(now.timestamp())}"
+    return Entry(
+        f"{key}|post",
+        key,
+        EntryKind.POST,
+        {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]},
+    )

@@ -78,15 +78,24 @@ class AwsSink:
     ) -> None:
         self._archive, self._hub, self._metrics, self._alerts_open = archive, hub, metrics, alerts_open
 
+    def became_leader(self) -> None:
+        """Security Hub's sink reloads first-seen times another leader may have written."""
+        if self._hub is not None:
+            self._hub.forget()
+
     def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None:
         at = dt.datetime.fromisoformat(str(run["at"]))
         if self._archive is not None:
             document = audit_document(tuple(findings), inputs={"mode": "daemon"})
             document["run"] = dict(run)
             self._archive.put_run(document, str(run.get("id", at.strftime("%H%M%S"))), at)
+        refused = 0
         if self._hub is not None:
-            self._hub.publish(findings, at)
+            refused = len(self._hub.publish(findings, at))  # each one is logged with its reason by the hub sink
         if self._metrics is not None:
             self._metrics.put_cycle(
-                findings, alerts_open=self._alerts_open(), duration_s=float(run.get("duration_s", 0.0))
+                findings,
+                alerts_open=self._alerts_open(),
+                duration_s=float(run.get("duration_s", 0.0)),
+                hub_refused=refused,
             )

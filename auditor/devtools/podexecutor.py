@@ -11,7 +11,10 @@ on one EKS Auto Mode node would, through the same API calls:
   scheduler's message, and stays Pending;
 - an image listed in ``unpullable`` stays Pending with a waiting ``ErrImagePull`` container;
 - runs the container's command as a local process: ``python`` is this interpreter, the
-  environment is the pod's literal ``env`` values, and the container's
+  environment is the pod's literal ``env`` values and its ``valueFrom.secretKeyRef`` values, read
+  from the Secret in the pod's namespace as the kubelet does (a missing Secret or key leaves the
+  pod Pending with a waiting ``CreateContainerConfigError`` container and the kubelet's
+  message, e.g. ``secret "catalog-token" not found``), and the container's
   ``terminationMessagePath`` (a kubelet bind mount) is replaced in the arguments by a temp file;
 - writes the status through the status subresource: ``Running``, then ``Succeeded`` or
   ``Failed`` with ``containerStatuses[].state.terminated`` (exit code, reason, the termination
@@ -33,6 +36,7 @@ auditor never imports it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import json
@@ -228,8 +232,13 @@ class PodExecutor:
         log_path = workdir / "termination-log"
         log_path.touch()
         argv = _argv(container, str(log_path))
-        env = {"PATH": os.environ.get("PATH", "")}
-        env.update({e["name"]: e.get("value", "") for e in container.get("env") or []})
+        try:
+            env = {"PATH": os.environ.get("PATH", ""), **self._environment(pod, container)}
+        except _ConfigError as error:
+            shutil.rmtree(workdir, ignore_errors=True)
+            with contextlib.suppress(_ApiError):
+                self._patch_status(pod, _launch_failed_status(container, str(error), "CreateContainerConfigError"))
+            return
         try:
             process = self._launcher.launch(pod, argv, env, workdir)
         except Exception as error:  # noqa: BLE001 - any launch failure leaves the pod Pending, as a kubelet does
@@ -254,6 +263,26 @@ class PodExecutor:
         except _ApiError as error:
             self.errors.append(f"status of {_ref(pod)}: {error}")
         self._wait(pod, run, log_path, started, pod["spec"].get("activeDeadlineSeconds"))
+
+    def _environment(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+        """The container's env: literal values, and secretKeyRef values read as the kubelet does."""
+        env: dict[str, str] = {}
+        for entry in container.get("env") or []:
+            ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
+            env[entry["name"]] = entry.get("value", "") if ref is None else self._secret_value(pod, ref)
+        return env
+
+    def _secret_value(self, pod: dict[str, Any], ref: dict[str, Any]) -> str:
+        path = f"/api/v1/namespaces/{pod['metadata']['namespace']}/secrets/{ref['name']}"
+        try:
+            data = self._call("GET", path).get("data") or {}
+        except _ApiError as error:
+            if error.status == 404:
+                raise _ConfigError(f'secret "{ref["name"]}" not found') from error
+            raise
+        if ref["key"] not in data:
+            raise _ConfigError(f"couldn't find key {ref['key']} in Secret {pod['metadata']['namespace']}/{ref['name']}")
+        return base64.b64decode(data[ref["key"]]).decode("utf-8")
 
     def _wait(self, pod: dict[str, Any], run: ContainerRun, log_path: Path, started: str, deadline: int | None) -> None:
         try:
@@ -304,6 +333,10 @@ class PodExecutor:
             raise _ApiError(response.status, data.decode("utf-8", "replace")[:500])
         document: dict[str, Any] = json.loads(data)
         return document
+
+
+class _ConfigError(Exception):
+    """The container's configuration cannot be built (a missing Secret or key)."""
 
 
 class _ApiError(Exception):
@@ -370,8 +403,10 @@ def _image_pull_status(container: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _launch_failed_status(container: dict[str, Any], message: str) -> dict[str, Any]:
-    state = {"waiting": {"reason": "CreateContainerError", "message": message[:1000]}}
+def _launch_failed_status(
+    container: dict[str, Any], message: str, reason: str = "CreateContainerError"
+) -> dict[str, Any]:
+    state = {"waiting": {"reason": reason, "message": message[:1000]}}
     return {
         "phase": "Pending",
         "conditions": [_scheduled(_now())],

@@ -3,7 +3,10 @@
 Built from the JSON audit document (the contract, ``auditor.render.document``) plus an optional
 history of earlier runs, so a stored run renders the same today and next year
 (``auditor report``). Per property and target it shows the current status and the last days as a
-small inline SVG strip (one square per run, oldest left). Every text is HTML-escaped.
+small inline SVG strip (one square per run, oldest left). A stored run is untrusted input: every
+value read from it, whatever its JSON type (summary counts and targets included), goes through
+``_text``: control characters shown as escapes (``escape.visible``), then HTML-escaped, quotes
+included. A document whose shape is wrong raises ``ReportError``, never a half-written page.
 """
 
 from __future__ import annotations
@@ -13,9 +16,20 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from auditor.render.escape import visible
+
 PROPERTIES = ("strict-mtls", "principal-allowlist", "waypoint-enrollment", "required-headers")
 _COLOURS = {"pass": "#2e7d32", "fail": "#c62828", "error": "#ef6c00", "inconclusive": "#f9a825", "skipped": "#9e9e9e"}
 _SQUARE, _GAP, _MAX_RUNS = 9, 2, 60
+
+
+class ReportError(ValueError):
+    """A stored run whose summary or findings do not have the audit document's shape."""
+
+
+def _text(value: object, *, multiline: bool = False) -> str:
+    """Any stored value as HTML text: controls made visible, ``& < > " '`` escaped."""
+    return escape(visible(str(value), multiline=multiline))
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +43,16 @@ class HistoryPoint:
 def render_html(
     document: Mapping[str, Any], history: Sequence[HistoryPoint] = (), *, title: str = "Mesh compliance report"
 ) -> str:
+    """The page for one audit document; ``ReportError`` when the document's shape is wrong."""
+    try:
+        return _render(document, history, title)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ReportError(
+            f"the document's shape is not an audit document's: {type(error).__name__}: {error}"
+        ) from error
+
+
+def _render(document: Mapping[str, Any], history: Sequence[HistoryPoint], title: str) -> str:
     summary = document["summary"]
     run = document.get("run") or {}
     parts = [
@@ -56,19 +80,19 @@ pre{background:#f5f5f5;padding:0.6rem;overflow-x:auto}details{margin:0.4rem 0 0.
 
 
 def _badge(status: str) -> str:
-    return f"<span class='badge {escape(status)}'>{escape(status.upper())}</span>"
+    return f"<span class='badge {_text(status)}'>{_text(str(status).upper())}</span>"
 
 
 def _run_block(run: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
-    counts = ", ".join(f"{n} {escape(s)}" for s, n in summary["counts"].items() if n) or "no findings"
-    rows = [("Result", _badge(_overall(summary))), ("Findings", counts), ("Targets", str(summary["targets"]))]
-    rows += [(escape(k.replace("_", " ").capitalize()), escape(str(v))) for k, v in run.items()]
+    counts = ", ".join(f"{_text(n)} {_text(s)}" for s, n in summary["counts"].items() if n) or "no findings"
+    rows = [("Result", _badge(_overall(summary))), ("Findings", counts), ("Targets", _text(summary["targets"]))]
+    rows += [(_text(str(k).replace("_", " ").capitalize()), _text(v)) for k, v in run.items()]
     body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f"<section id='summary'><h2>Summary</h2><table>{body}</table></section>"
 
 
 def _overall(summary: Mapping[str, Any]) -> str:
-    return {0: "pass", 1: "fail"}.get(int(summary["exit_code"]), "inconclusive")
+    return {0: "pass", 1: "fail"}.get(summary["exit_code"], "inconclusive")
 
 
 def _matrix(by_target: Mapping[str, Mapping[str, str]], history: Sequence[HistoryPoint]) -> str:
@@ -76,7 +100,7 @@ def _matrix(by_target: Mapping[str, Mapping[str, str]], history: Sequence[Histor
     rows = []
     for target, properties in by_target.items():
         cells = "".join(_cell(target, prop, properties.get(prop), history) for prop in PROPERTIES)
-        rows.append(f"<tr><th>{escape(target)}</th>{cells}</tr>")
+        rows.append(f"<tr><th>{_text(target)}</th>{cells}</tr>")
     return f"<table><tr><th>target</th>{header}</tr>{''.join(rows)}</table>"
 
 
@@ -92,30 +116,34 @@ def _strip(statuses: Sequence[str | None], label: str) -> str:
         return ""
     width = len(statuses) * (_SQUARE + _GAP)
     squares = "".join(
-        f"<rect x='{i * (_SQUARE + _GAP)}' y='0' width='{_SQUARE}' height='{_SQUARE}' fill='{_COLOURS.get(s or '', '#eeeeee')}'><title>{escape(s or 'not audited')}</title></rect>"
+        f"<rect x='{i * (_SQUARE + _GAP)}' y='0' width='{_SQUARE}' height='{_SQUARE}' fill='{_COLOURS.get(str(s or ''), '#eeeeee')}'><title>{_text(s or 'not audited')}</title></rect>"
         for i, s in enumerate(statuses)
     )
-    return f"<svg role='img' aria-label='history of {escape(label)}' width='{width}' height='{_SQUARE}' viewBox='0 0 {width} {_SQUARE}'>{squares}</svg>"
+    return f"<svg role='img' aria-label='history of {_text(label)}' width='{width}' height='{_SQUARE}' viewBox='0 0 {width} {_SQUARE}'>{squares}</svg>"
 
 
 def _findings(findings: Sequence[Mapping[str, Any]]) -> str:
     order = {"fail": 0, "error": 1, "inconclusive": 2, "skipped": 3, "pass": 4}
-    ranked = sorted(findings, key=lambda f: (order.get(f["status"], 5), f["target"], f["check"]))
+    ranked = sorted(findings, key=lambda f: (order.get(str(f["status"]), 5), str(f["target"]), str(f["check"])))
     return "\n".join(_finding(f) for f in ranked)
 
 
 def _finding(finding: Mapping[str, Any]) -> str:
     evidence = "".join(
-        f"<li>{escape(e['object'])} <code>{escape(e['field'])}</code> = <code>{escape(e['value'])}</code> {escape(e['note'])}</li>"
+        f"<li>{_text(e['object'])} <code>{_text(e['field'])}</code> = <code>{_text(e['value'])}</code> {_text(e['note'])}</li>"
         for e in finding["evidence"]
     )
     fix = ""
     if finding["status"] in {"fail", "error"}:
-        yaml_fix = f"<pre>{escape(finding['remediation_yaml'])}</pre>" if finding.get("remediation_yaml") else ""
-        fix = f"<p><strong>Fix:</strong> {escape(finding['remediation'])}</p>{yaml_fix}"
+        yaml_fix = (
+            f"<pre>{_text(finding['remediation_yaml'], multiline=True)}</pre>"
+            if finding.get("remediation_yaml")
+            else ""
+        )
+        fix = f"<p><strong>Fix:</strong> {_text(finding['remediation'])}</p>{yaml_fix}"
     opened = " open" if finding["status"] != "pass" else ""
     return (
-        f"<details{opened}><summary>{_badge(finding['status'])} <strong>{escape(finding['target'])}</strong> "
-        f"{escape(finding['property'])} — <code>{escape(finding['check'])}</code> ({escape(finding['method'])})</summary>"
-        f"<p>{escape(finding['message'])}</p>{fix}<ul>{evidence}</ul></details>"
+        f"<details{opened}><summary>{_badge(finding['status'])} <strong>{_text(finding['target'])}</strong> "
+        f"{_text(finding['property'])} — <code>{_text(finding['check'])}</code> ({_text(finding['method'])})</summary>"
+        f"<p>{_text(finding['message'])}</p>{fix}<ul>{evidence}</ul></details>"
     )

@@ -1,8 +1,10 @@
 """JUnit XML for CI systems: one test suite per target, one test case per check.
 
 FAIL is a ``<failure>``, ERROR and INCONCLUSIVE are ``<error>`` (could not prove: CI should stop
-as it does for exit code 3), SKIPPED is ``<skipped>``. Built with ElementTree, so every text is
-escaped.
+as it does for exit code 3), SKIPPED is ``<skipped>``. Built with ElementTree, so ``& < > "`` are
+escaped; ElementTree does not refuse characters XML 1.0 forbids (ESC, other C0 controls, lone
+surrogates), so every string passes ``escape.xml_text`` first: the document stays well-formed and
+a reader sees ``\\x1b`` where a manifest put an ESC.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import xml.etree.ElementTree as ET
 from itertools import groupby
 
 from auditor.core.model import Evidence, Finding, Status
+from auditor.render.escape import xml_text
 
 
 def render_junit(findings: tuple[Finding, ...]) -> str:
     root = ET.Element("testsuites", name="mesh-auditor", tests=str(len(findings)))
     for target, group in groupby(sorted(findings, key=Finding.sort_key), key=lambda f: f.target):
         cases = list(group)
-        suite = ET.SubElement(root, "testsuite", name=target, tests=str(len(cases)))
+        suite = ET.SubElement(root, "testsuite", name=xml_text(target), tests=str(len(cases)))
         suite.set("failures", str(sum(f.status is Status.FAIL for f in cases)))
         suite.set("errors", str(sum(f.status in {Status.ERROR, Status.INCONCLUSIVE} for f in cases)))
         suite.set("skipped", str(sum(f.status is Status.SKIPPED for f in cases)))
@@ -30,18 +33,17 @@ def render_junit(findings: tuple[Finding, ...]) -> str:
 
 
 def _case(suite: ET.Element, finding: Finding) -> None:
-    case = ET.SubElement(
-        suite, "testcase", classname=finding.property.value, name=f"{finding.check.id} [{finding.method.value}]"
-    )
-    detail = finding.message + "\n\nFix: " + finding.check.remediation
+    check, message = xml_text(finding.check.id), xml_text(finding.message)
+    case = ET.SubElement(suite, "testcase", classname=finding.property.value, name=f"{check} [{finding.method.value}]")
+    detail = message + "\n\nFix: " + xml_text(finding.check.remediation)
     # As the table's -v: object, field=value and note never run together.
-    evidence = "\n".join(_evidence(e) for e in finding.evidence)
+    evidence = "\n".join(xml_text(_evidence(e)) for e in finding.evidence)
     if finding.status is Status.FAIL:
-        ET.SubElement(case, "failure", message=finding.message, type=finding.check.id).text = detail
+        ET.SubElement(case, "failure", message=message, type=check).text = detail
     elif finding.status in {Status.ERROR, Status.INCONCLUSIVE}:
-        ET.SubElement(case, "error", message=finding.message, type=finding.status.value).text = detail
+        ET.SubElement(case, "error", message=message, type=finding.status.value).text = detail
     elif finding.status is Status.SKIPPED:
-        ET.SubElement(case, "skipped", message=finding.message)
+        ET.SubElement(case, "skipped", message=message)
     if evidence:
         ET.SubElement(case, "system-out").text = evidence
 

@@ -3,7 +3,16 @@
 One report per namespace (cluster-scoped findings go to a ``ClusterPolicyReport``), so existing
 policy dashboards show the mesh promises beside admission results. Reports stay small: messages
 are clipped and evidence is summarised to a count; the full evidence lives in the JSON archive.
-INCONCLUSIVE maps to ``warn`` (the API has no "could not prove"), ERROR to ``error``.
+INCONCLUSIVE maps to ``warn`` (the API has no "could not prove"), ERROR to ``error``. Messages
+show control characters as escapes (``escape.visible``): ``kubectl describe`` prints them raw.
+
+The fields follow the Policy WG's CRD (sigs.k8s.io/wg-policy-prototypes, policy-report/crd/v1alpha2,
+the version pinned in tools/test-crds): each result names its promise as ``category``, and
+``severity`` is one of the CRD's ``high``/``medium``/``low`` (a critical check is ``high`` there,
+with ``properties.severity: critical``, since the released CRD has no ``critical``). Every report
+carries the label ``app.kubernetes.io/managed-by: mesh-auditor`` and the name ``mesh-auditor``:
+the writer finds, and may delete, only those (``auditor.adapters.k8s.policyreports``). Resources
+are the audited Services; the writer adds their ``uid``.
 """
 
 from __future__ import annotations
@@ -12,10 +21,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from auditor.core.model import Finding, Status
+from auditor.core.model import Finding, Property, Status
+from auditor.render.escape import visible
 
 API_VERSION = "wgpolicyk8s.io/v1alpha2"
 SOURCE = "mesh-auditor"
+REPORT_NAME = "mesh-auditor"
+MANAGED_BY = ("app.kubernetes.io/managed-by", "mesh-auditor")
 MESSAGE_LIMIT = 512
 _RESULT = {
     Status.PASS: "pass",
@@ -24,7 +36,15 @@ _RESULT = {
     Status.INCONCLUSIVE: "warn",
     Status.SKIPPED: "skip",
 }
-_SEVERITY = {"critical": "critical", "high": "high", "medium": "medium", "low": "low"}
+_SEVERITY = {"critical": "high", "high": "high", "medium": "medium", "low": "low"}
+# One category per promise, as policy dashboards group results by category.
+CATEGORY = {
+    Property.STRICT_MTLS: "Istio ambient: strict mTLS",
+    Property.PRINCIPAL_ALLOWLIST: "Istio ambient: principal allowlist",
+    Property.WAYPOINT_ENROLLMENT: "Istio ambient: waypoint enrollment",
+    Property.REQUIRED_HEADERS: "Istio ambient: required headers",
+    Property.AUDIT_INTEGRITY: "mesh-auditor: audit integrity",
+}
 
 
 def policy_reports(findings: Sequence[Finding], *, run_id: str, timestamp: int) -> list[dict[str, Any]]:
@@ -39,8 +59,8 @@ def policy_reports(findings: Sequence[Finding], *, run_id: str, timestamp: int) 
 def _report(namespace: str, findings: list[Finding], run_id: str, timestamp: int) -> dict[str, Any]:
     results = [_result(f, timestamp) for f in findings]
     metadata: dict[str, Any] = {
-        "name": "mesh-auditor",
-        "labels": {"app.kubernetes.io/managed-by": "mesh-auditor", "mesh-auditor.dev/run-id": run_id},
+        "name": REPORT_NAME,
+        "labels": {MANAGED_BY[0]: MANAGED_BY[1], "mesh-auditor.dev/run-id": run_id},
     }
     kind = "PolicyReport"
     if namespace:
@@ -53,14 +73,15 @@ def _report(namespace: str, findings: list[Finding], run_id: str, timestamp: int
 
 def _result(finding: Finding, timestamp: int) -> dict[str, Any]:
     namespace, _, name = finding.target.partition("/")
-    message = finding.message if len(finding.message) <= MESSAGE_LIMIT else finding.message[: MESSAGE_LIMIT - 1] + "…"
+    shown = visible(finding.message)
+    message = shown if len(shown) <= MESSAGE_LIMIT else shown[: MESSAGE_LIMIT - 1] + "…"
     result: dict[str, Any] = {
         "source": SOURCE,
         "policy": finding.property.value,
         "rule": finding.check.id,
         "result": _RESULT[finding.status],
         "severity": _SEVERITY[finding.check.severity.value],
-        "category": "Istio ambient zero trust",
+        "category": CATEGORY[finding.property],
         "message": message,
         "scored": True,
         "timestamp": {"seconds": timestamp, "nanos": 0},
@@ -68,6 +89,8 @@ def _result(finding: Finding, timestamp: int) -> dict[str, Any]:
             "method": finding.method.value,
             "status": finding.status.value,
             "evidence": str(len(finding.evidence)),
+            "severity": finding.check.severity.value,
+            "target": finding.target,
         },
     }
     if namespace != "cluster" and name and name != "*":

@@ -1,11 +1,21 @@
-"""Table (80 columns, grouped by target) and Markdown renderings of an audit."""
+"""Table (80 columns, grouped by target) and Markdown renderings of an audit.
+
+Every string from a finding (names, values, messages; from a stored run also titles and
+remediations) is hostile input. The table shows control characters as escapes
+(``escape.visible``), so no ESC sequence, carriage return or newline can erase or forge a line.
+Markdown does the same and then escapes the syntax that would build links, images, raw HTML or
+new table cells (``_md``, ``_prose``), and puts values in code spans and fences longer than any
+backtick run inside them (``_code``, ``_fence``).
+"""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from itertools import groupby
 
 from auditor.core.model import Evidence, Finding, Status, summarize
+from auditor.render.escape import visible
 
 WIDTH = 80
 _STATUS = {
@@ -22,7 +32,7 @@ _INDENT = " " * (2 + 4 + 2 + _PROPERTY_WIDTH)
 def render_table(findings: tuple[Finding, ...], *, verbose: bool = False) -> str:
     lines = [_headline(findings), ""]
     for target, group in groupby(findings, key=lambda f: f.target):
-        lines.append(target)
+        lines.append(visible(target))
         for finding in group:
             lines += _row(finding, verbose=verbose)
         lines.append("")
@@ -38,13 +48,13 @@ def _headline(findings: tuple[Finding, ...]) -> str:
 
 def _row(finding: Finding, *, verbose: bool) -> list[str]:
     head = f"  {_STATUS[finding.status]}  {finding.property.value:<{_PROPERTY_WIDTH}}"
-    body = _wrap(finding.message, WIDTH - len(_INDENT)) or [""]
+    body = _wrap(visible(finding.message), WIDTH - len(_INDENT)) or [""]
     lines = [head + body[0], *(_INDENT + line for line in body[1:])]
     if finding.status is not Status.PASS or verbose:
-        lines.append(f"{_INDENT}check: {finding.check.id}")
+        lines.append(f"{_INDENT}check: {visible(finding.check.id)}")
     if finding.status in {Status.FAIL, Status.ERROR}:
         lines += _wrap(
-            "fix: " + finding.check.remediation,
+            "fix: " + visible(finding.check.remediation),
             WIDTH,
             initial_indent=_INDENT,
             subsequent_indent=_INDENT + "     ",
@@ -58,10 +68,10 @@ def _row(finding: Finding, *, verbose: bool) -> list[str]:
 def _evidence_lines(evidence: Evidence) -> list[str]:
     """``- <object>: <field>=<value>``, then the note on its own lines: the three never run together."""
     fact = f"{evidence.field}={evidence.value}" if evidence.field else evidence.value
-    head = f"- {evidence.object}: {fact}" if fact else f"- {evidence.object}"
+    head = visible(f"- {evidence.object}: {fact}" if fact else f"- {evidence.object}")
     lines = _wrap(head, WIDTH, initial_indent=_INDENT, subsequent_indent=_INDENT + "    ")
     if evidence.note:
-        lines += _wrap(evidence.note, WIDTH, initial_indent=_INDENT + "  ", subsequent_indent=_INDENT + "  ")
+        lines += _wrap(visible(evidence.note), WIDTH, initial_indent=_INDENT + "  ", subsequent_indent=_INDENT + "  ")
     return lines
 
 
@@ -96,16 +106,18 @@ def render_markdown(findings: tuple[Finding, ...]) -> str:
     ]
     for f in findings:
         lines.append(
-            f"| `{f.target}` | {f.property.value} | **{f.status.value.upper()}** "
-            f"| `{f.check.id}` | {_cell(f.message)} |"
+            f"| {_code(f.target, cell=True)} | {f.property.value} | **{f.status.value.upper()}** "
+            f"| {_code(f.check.id, cell=True)} | {_md(f.message)} |"
         )
     failing = [f for f in findings if f.status in {Status.FAIL, Status.ERROR}]
     if failing:
         lines += ["", "## Remediation", ""]
         for f in failing:
-            lines += [f"### `{f.target}`: {f.check.title}", "", f.check.remediation, ""]
+            lines += [f"### {_code(f.target)}: {_md(f.check.title)}", "", _prose(f.check.remediation), ""]
             if f.check.remediation_yaml:
-                lines += ["```yaml", f.check.remediation_yaml.rstrip(), "```", ""]
+                body = visible(f.check.remediation_yaml.rstrip(), multiline=True)
+                fence = _fence(body)
+                lines += [fence + "yaml", body, fence, ""]
             lines += [_evidence_markdown(e) for e in f.evidence]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
@@ -113,11 +125,41 @@ def render_markdown(findings: tuple[Finding, ...]) -> str:
 
 def _evidence_markdown(evidence: Evidence) -> str:
     """``- evidence: <object>: `field` = `value` — note``; no empty code span when there is no field."""
-    fact = f"`{evidence.field}` = `{evidence.value}`" if evidence.field else f"`{evidence.value}`"
-    note = f" — {_cell(evidence.note)}" if evidence.note else ""
-    return f"- evidence: {_cell(evidence.object)}: {fact}{note}"
+    fact = f"{_code(evidence.field)} = {_code(evidence.value)}" if evidence.field else _code(evidence.value)
+    note = f" — {_md(evidence.note)}" if evidence.note else ""
+    return f"- evidence: {_md(evidence.object)}: {fact}{note}"
 
 
-def _cell(text: str) -> str:
-    # < and > as entities: GitHub drops what looks like an HTML tag (``<set>`` would vanish).
-    return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+# CommonMark lets any ASCII punctuation be backslash-escaped; these start emphasis, code, links,
+# images, raw HTML, entities, headings, strikethrough or (GFM) a new table cell.
+_MD_SYNTAX = re.compile(r"([\\`*_\[\]<>|!~#&])")
+# Remediation prose keeps its code spans and emphasis; links, images, HTML, entities and cells go.
+_PROSE_SYNTAX = re.compile(r"([\\\[\]<>|!&])")
+_BACKTICKS = re.compile(r"`+")
+
+
+def _md(text: str) -> str:
+    """Plain text in Markdown: visible controls, every syntax character escaped."""
+    return _MD_SYNTAX.sub(r"\\\1", visible(text))
+
+
+def _prose(text: str) -> str:
+    return _PROSE_SYNTAX.sub(r"\\\1", visible(text))
+
+
+def _code(text: str, *, cell: bool = False) -> str:
+    """A code span that no backtick in ``text`` can close early; in a GFM table cell ``|`` is escaped."""
+    body = visible(text)
+    if cell:
+        body = body.replace("|", "\\|")
+    ticks = "`" * (_longest_backtick_run(body) + 1)
+    pad = " " if body.startswith("`") or body.endswith("`") or not body.strip() else ""
+    return f"{ticks}{pad}{body}{pad}{ticks}"
+
+
+def _fence(body: str) -> str:
+    return "`" * max(3, _longest_backtick_run(body) + 1)
+
+
+def _longest_backtick_run(text: str) -> int:
+    return max((len(run) for run in _BACKTICKS.findall(text)), default=0)

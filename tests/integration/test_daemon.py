@@ -27,11 +27,12 @@ from auditor.adapters.k8s.policyreports import PolicyReportWriter
 from auditor.adapters.k8s.state import ConfigMapStateStore
 from auditor.adapters.k8s.watcher import SnapshotWatcher, WatchTiming
 from auditor.adapters.rules.loader import load_rules
-from auditor.adapters.slack.notifier import SlackNotifier, build_web_client
+from auditor.adapters.slack.notifier import SlackNotifier, build_web_client, log_delivery
 from auditor.daemon.service import Daemon, DaemonConfig, ReportSink
 from auditor.daemon.sinks import AwsSink, DirectorySink, PolicyReportSink
 from auditor.devtools.controlplane import KubeAPI
 from tests.cases import ROOT, Case, materialize
+from tests.crd_modules import policyreport_crds
 from tests.integration.live import AppliedCase
 from tests.slack_server import SlackState, slack_server
 
@@ -79,6 +80,7 @@ def running_daemon(
     reports: Path,
     lease_s: int = 2,
     extra_sinks: Callable[[Any], list[ReportSink]] = lambda _api: [],
+    **config: Any,
 ) -> Iterator[Daemon]:
     posture = load_rules([str(RULES)])
     values = {("default/catalog", "x-auth-token"): "internal-retail-token"}
@@ -88,7 +90,14 @@ def running_daemon(
             api, timing=WatchTiming(resync=60), on_change=lambda: holder[0].snapshot_changed() if holder else None
         )
         daemon = Daemon(
-            config=DaemonConfig(identity=identity, static_debounce_s=0.3, leader_tick_s=0.5, full_static_every_s=30),
+            config=DaemonConfig(
+                identity=identity,
+                static_debounce_s=0.3,
+                leader_tick_s=0.5,
+                full_static_every_s=30,
+                slack_pace_s=config.pop("slack_pace_s", 0.05),
+                **config,
+            ),
             snapshots=watcher,
             posture=posture,
             header_values=values,
@@ -96,6 +105,7 @@ def running_daemon(
             state=ConfigMapStateStore(api, namespace),
             notifier=SlackNotifier(build_web_client("xoxb-test", base_url=slack_base + "api/"), "C0MESH"),
             sinks=[DirectorySink(reports), *extra_sinks(api)],
+            log_delivery=log_delivery,
         )
         holder.append(daemon)
         daemon.start()
@@ -143,7 +153,7 @@ def test_drift_opens_one_alert_restart_sends_nothing_twice_fix_resolves_in_threa
     """Through a Slack outage (500s, then 429s), a restart, and every report sink."""
     base, state = slack
     reports = tmp_path / "reports"
-    retail.apply(ROOT / "tests" / "fixtures" / "crds" / "wgpolicyk8s-policyreports.yaml")
+    retail.apply(*policyreport_crds())
     retail.kubectl("wait", "--for=condition=Established", "crd/policyreports.wgpolicyk8s.io", "--timeout=30s")
     s3, hub = _aws("s3", moto_endpoint), _aws("securityhub", moto_endpoint)
     s3.create_bucket(
@@ -154,7 +164,9 @@ def test_drift_opens_one_alert_restart_sends_nothing_twice_fix_resolves_in_threa
 
     def sinks(api: Any) -> list[ReportSink]:
         aws = AwsSink(
-            archive=S3Archive(s3, ArchiveOptions(bucket="evidence")),
+            archive=S3Archive(
+                s3, ArchiveOptions(bucket="evidence", cluster="ambient", account_id="123456789012", region="us-west-2")
+            ),
             hub=SecurityHubSink(hub, HubOptions("123456789012", "us-west-2", "ambient")),
             metrics=CloudWatchMetrics(_aws("cloudwatch", moto_endpoint), "ambient"),
         )
@@ -198,10 +210,8 @@ def test_drift_opens_one_alert_restart_sends_nothing_twice_fix_resolves_in_threa
     assert len(archived) == len(DirectorySink(reports).documents())
     # moto keeps one in-process backend for every server: page through everything, find ours by id
     stored = {f["Id"]: f for page in hub.get_paginator("get_findings").paginate() for f in page.get("Findings", [])}
-    assert (
-        stored["mesh-auditor/ambient/strict-mtls.peer-authentication/default/orders"]["Workflow"]["Status"]
-        == "RESOLVED"
-    )
+    resolved = stored["mesh-auditor/ambient/strict-mtls.peer-authentication/default/orders"]
+    assert (resolved["Compliance"]["Status"], resolved["RecordState"]) == ("PASSED", "ARCHIVED")
 
 
 def _static_sample(daemon: Daemon, suffix: str) -> float:

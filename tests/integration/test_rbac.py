@@ -7,6 +7,8 @@ so authentication, RBAC and the probe-guard admission policy all run as in a clu
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from kubernetes import client
 
 from auditor.adapters.k8s.lease import LeaseElector
 from auditor.adapters.k8s.rbac import READER_ROLE, reader_cluster_role
-from auditor.adapters.k8s.resources import SNAPSHOT_RESOURCES, Resource
+from auditor.adapters.k8s.resources import AUTO_MODE_RESOURCES, SNAPSHOT_RESOURCES, Resource
 from auditor.adapters.k8s.state import ConfigMapStateStore
 from auditor.devtools.controlplane import KubeAPI
 from tests.cases import ROOT
@@ -37,16 +39,21 @@ def test_shipped_cluster_role_is_rendered_from_the_reader_table() -> None:
     nothing reads Secrets or execs, and writes are limited to the daemon's own named objects."""
     shipped = [d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text(encoding="utf-8")) if d]
     roles = {d["metadata"]["name"]: d for d in shipped if d["kind"] == "ClusterRole"}
-    assert set(roles) == {READER_ROLE, "mesh-auditor-policyreports"}
+    assert set(roles) == {READER_ROLE, "mesh-auditor-policyreports", "mesh-auditor-automode"}
     assert roles[READER_ROLE] == reader_cluster_role()
-    assert [r["apiGroups"] for r in roles["mesh-auditor-policyreports"]["rules"]] == [["wgpolicyk8s.io"]]
+    assert [r["apiGroups"] for r in roles["mesh-auditor-policyreports"]["rules"]] == [["wgpolicyk8s.io"]] * 2
+    assert roles["mesh-auditor-automode"]["rules"] == [
+        {"apiGroups": [r.group], "resources": [r.plural], "verbs": ["list"]} for r in AUTO_MODE_RESOURCES
+    ]
     for document in shipped:
         for rule in document.get("rules", []):
             assert "secrets" not in rule["resources"]
             assert not {"pods/exec", "*"} & set(rule["resources"])
             assert not {"*", "escalate", "bind", "impersonate", "delete", "deletecollection"} & set(rule["verbs"]) or (
                 rule["resources"] == ["pods"]  # probe pods only, and probe-guard limits them to its own
+                or rule.get("resourceNames") == ["mesh-auditor"]  # its own PolicyReports only
             )
+            assert "deletecollection" not in rule["verbs"]
             if "patch" in rule["verbs"]:
                 assert rule["apiGroups"] == ["wgpolicyk8s.io"]
             if "update" in rule["verbs"]:  # only the daemon's own, named ConfigMap and Lease
@@ -193,7 +200,7 @@ def _probe_pod(namespace: str, **overrides: Any) -> dict[str, Any]:
         node = pod
         *parents, leaf = path.split("__")
         for key in parents:
-            node = node[key]
+            node = node[int(key)] if isinstance(node, list) else node[key]
         node[leaf] = value
     return pod
 
@@ -218,6 +225,20 @@ def test_auditor_creates_and_deletes_hardened_probe_pods_in_probe_namespaces(aud
         core.delete_namespaced_pod(created.metadata.name, "mesh-auditor-probes")
 
 
+def test_auditor_may_create_probe_pods_that_read_header_values_from_a_secret(auditor_kubeconfig: Path) -> None:
+    """A MESH_AUDITOR_HEADER_<n> secretKeyRef needs no Secret permission of the auditor (the kubelet reads it)."""
+    secret_env = [
+        {"name": "MESH_AUDITOR_HEADER_0", "valueFrom": {"secretKeyRef": {"name": "catalog-token", "key": "t"}}}
+    ]
+    manifest = _probe_pod("mesh-auditor-probes", spec__containers__0__env=secret_env)
+    with _as_auditor(auditor_kubeconfig) as api:
+        core = client.CoreV1Api(api)
+        created = core.create_namespaced_pod("mesh-auditor-probes", as_pod(manifest))
+        assert created.metadata is not None
+        assert created.metadata.name
+        core.delete_namespaced_pod(created.metadata.name, "mesh-auditor-probes")
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -225,6 +246,19 @@ def test_auditor_creates_and_deletes_hardened_probe_pods_in_probe_namespaces(aud
         ({"spec__automountServiceAccountToken": True}, "must not mount a ServiceAccount token"),
         ({"spec__securityContext": {}}, "must run as non-root"),
         ({"spec__hostNetwork": True}, "must not use host namespaces"),
+        (
+            {"spec__volumes": [{"name": "s", "secret": {"secretName": "any"}}]},
+            "must have no volumes and no init containers",
+        ),
+        ({"spec__containers__0__envFrom": [{"secretRef": {"name": "any"}}]}, "refer to Secrets only as"),
+        (
+            {"spec__containers__0__env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "any", "key": "k"}}}]},
+            "refer to Secrets only as",
+        ),
+        (
+            {"spec__containers__0__env": [{"name": "MESH_AUDITOR_HEADER_0", "value": "in plain sight"}]},
+            "refer to Secrets only as",
+        ),
     ],
 )
 def test_probe_guard_rejects_pods_that_are_not_hardened(
@@ -276,6 +310,11 @@ def test_auditor_keeps_state_and_elects_a_leader_in_its_own_namespace_only(
         store.save({"drift": {"version": 1, "alerts": []}})
         assert ConfigMapStateStore(api, "mesh-auditor").load() == {"drift": {"version": 1, "alerts": []}}
         assert LeaseElector(api, "mesh-auditor", "replica-a").try_acquire_or_renew() is True
+        aside = store.set_aside("a test of setting the state aside", dt.datetime.now(dt.UTC))
+    assert aside.startswith("mesh-auditor-state-corrupt-")
+    events = json.loads(kube_api.kubectl("get", "events", "--namespace=mesh-auditor", "-o", "json"))["items"]
+    assert "StateReset" in {e["reason"] for e in events}
+    kube_api.kubectl("delete", "configmap", aside, "--namespace=mesh-auditor")
     assert _can_i(kube_api, "update", "configmaps", namespace="kube-system") is False
     assert _can_i(kube_api, "get", "configmaps", namespace="default") is False
     assert _can_i(kube_api, "update", "leases", group="coordination.k8s.io", namespace="kube-system") is False

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from auditor.core.checks.catalog import CAPTURED, SNAPSHOT_READ, WAYPOINT_BOUND
-from auditor.core.model import Finding, Status
-from auditor.render.policyreport import MESSAGE_LIMIT, policy_reports
+from auditor.core.model import Finding, Property, Status
+from auditor.render.policyreport import CATEGORY, MESSAGE_LIMIT, policy_reports
 
 
 def test_one_report_per_namespace_with_mapped_results() -> None:
@@ -27,3 +27,22 @@ def test_one_report_per_namespace_with_mapped_results() -> None:
     assert len(default["results"][1]["message"]) == MESSAGE_LIMIT
     assert reports[("ClusterPolicyReport", None)]["results"][0]["result"] == "error"
     assert reports[("PolicyReport", "shop")]["metadata"]["labels"]["mesh-auditor.dev/run-id"] == "r1"
+
+
+def test_each_promise_has_its_category_and_severity_fits_the_released_crd() -> None:
+    """The CRD (wg-policy-prototypes v1alpha2) knows high/medium/low only: critical maps to high
+    and the original stays in properties; every property has a category of its own."""
+    findings = [
+        Finding(CAPTURED, "default/checkout", Status.FAIL, "opts out"),  # critical
+        Finding(WAYPOINT_BOUND, "default/checkout", Status.PASS, "bound"),  # high
+        Finding(SNAPSHOT_READ, "cluster/Pod", Status.ERROR, "forbidden"),
+    ]
+    results = [r for report in policy_reports(findings, run_id="r1", timestamp=1) for r in report["results"]]
+    by_rule = {r["rule"]: r for r in results}
+    assert (by_rule[CAPTURED.id]["severity"], by_rule[CAPTURED.id]["properties"]["severity"]) == ("high", "critical")
+    assert by_rule[CAPTURED.id]["category"] == "Istio ambient: strict mTLS"
+    assert by_rule[WAYPOINT_BOUND.id]["category"] == "Istio ambient: waypoint enrollment"
+    assert by_rule[SNAPSHOT_READ.id]["category"] == "mesh-auditor: audit integrity"
+    assert set(CATEGORY) == set(Property)
+    assert len(set(CATEGORY.values())) == len(Property)
+    assert {r["severity"] for r in results} <= {"high", "medium", "low"}

@@ -138,7 +138,46 @@ def test_header_conditions(condition: AuthzCondition, headers: dict[str, str], e
 
 
 def test_named_ports_are_dropped_at_ztunnel() -> None:
-    """§4.2: a named port cannot be matched; ALLOW reads the emptied list as any port, DENY as none."""
+    """§8.3: istiod drops a named port, leaving an empty match that ztunnel skips: the rule never matches."""
     rule = AuthzRule(operations=(AuthzOperation(ports=("http",)),))
-    assert rule_matches(rule, UI, Request(port=8080), Point.ZTUNNEL, deny=False) is True
+    assert rule_matches(rule, UI, Request(port=8080), Point.ZTUNNEL, deny=False) is False
     assert rule_matches(rule, UI, Request(port=8080), Point.ZTUNNEL, deny=True) is False
+
+
+@pytest.mark.parametrize(
+    ("operation", "deny", "expected"),
+    [
+        # generator.go destPortGenerator refuses "http": the ALLOW rule is skipped (rule.checkError) ...
+        (AuthzOperation(ports=("http",)), False, False),
+        # ... a DENY only loses that value, so the rule has no port constraint left and matches.
+        (AuthzOperation(ports=("http",)), True, True),
+        (AuthzOperation(ports=("http", "80")), True, True),
+        (AuthzOperation(ports=("8080",)), False, False),
+    ],
+)
+def test_untranslatable_values_at_the_waypoint(operation: AuthzOperation, deny: bool, expected: bool) -> None:
+    """§8.2: at the waypoint the port is the Service port (80 here)."""
+    rule = AuthzRule(operations=(operation,))
+    assert rule_matches(rule, UI, Request(port=80), Point.WAYPOINT, deny=deny) is expected
+
+
+def test_unknown_when_key_drops_the_rule_at_the_waypoint_whatever_the_action() -> None:
+    rule = AuthzRule(conditions=(AuthzCondition("request.nonsense", values=("x",)),))
+    for deny in (False, True):
+        assert rule_matches(rule, UI, Request(), Point.WAYPOINT, deny=deny) is False
+
+
+def test_suffix_principal_at_the_waypoint_is_an_unescaped_regex() -> None:
+    """StringMatcherWithPrefix("*.local/ns/default/sa/ui", "spiffe://") is regex spiffe://.*.local/..."""
+    rule = AuthzRule(sources=(AuthzSource(principals=("*.local/ns/default/sa/ui",)),))
+    assert rule_matches(rule, UI, Request(), Point.WAYPOINT, deny=False) is True
+    xlocal = Caller("clusterxlocal/ns/default/sa/ui")
+    assert rule_matches(rule, xlocal, Request(), Point.WAYPOINT, deny=False) is True  # "." is any character
+    assert rule_matches(rule, xlocal, Request(), Point.ZTUNNEL, deny=False) is False  # ztunnel: a plain suffix
+
+
+def test_no_jwt_fails_request_principals_and_passes_their_not_form() -> None:
+    values = AuthzRule(conditions=(AuthzCondition("request.auth.principal", values=("*",)),))
+    not_values = AuthzRule(conditions=(AuthzCondition("request.auth.principal", not_values=("*",)),))
+    assert rule_matches(values, UI, Request(), Point.WAYPOINT, deny=False) is False
+    assert rule_matches(not_values, UI, Request(), Point.WAYPOINT, deny=False) is True

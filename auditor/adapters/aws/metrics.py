@@ -1,4 +1,5 @@
-"""CloudWatch metrics for an audit cycle: findings by property and status, open alerts, duration."""
+"""CloudWatch metrics for an audit cycle: findings by property and status, open alerts, duration, and
+the findings Security Hub refused. Every datum has the dimension ``Cluster``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ class CloudWatchMetrics:
         self._cloudwatch = cloudwatch
         self._cluster = cluster
 
-    def put_cycle(self, findings: Sequence[Finding], *, alerts_open: int, duration_s: float) -> None:
+    def put_cycle(
+        self, findings: Sequence[Finding], *, alerts_open: int, duration_s: float, hub_refused: int = 0
+    ) -> None:
+        """Needs ``cloudwatch:PutMetricData`` in namespace ``NAMESPACE``; ``hub_refused`` is how many
+        findings Security Hub refused in this cycle (``SecurityHubFindingsRefused``)."""
         counts = Counter((f.property.value, f.status.value) for f in findings)
         data: list[dict[str, Any]] = [
             self._datum("Findings", float(n), "Count", Property=prop, Status=status)
@@ -24,6 +29,7 @@ class CloudWatchMetrics:
         ]
         data.append(self._datum("AlertsOpen", float(alerts_open), "Count"))
         data.append(self._datum("CycleDuration", duration_s, "Seconds"))
+        data.append(self._datum("SecurityHubFindingsRefused", float(hub_refused), "Count"))
         for start in range(0, len(data), 1000):  # PutMetricData takes at most 1000 data points
             self._cloudwatch.put_metric_data(Namespace=NAMESPACE, MetricData=data[start : start + 1000])
 

@@ -42,6 +42,11 @@ class LeaseElector:
     ) -> None:
         self._api, self._namespace, self._identity = api, namespace, identity
         self._duration, self._clock, self._name = duration_s, clock, name
+        self.last_error: str | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return float(self._duration)
 
     @property
     def _path(self) -> str:
@@ -50,9 +55,12 @@ class LeaseElector:
     def try_acquire_or_renew(self) -> bool:
         """One election step; True while this replica leads. API trouble means "not leader"."""
         try:
-            return self._step()
-        except (ApiRefused, ApiUnavailable):
+            leading = self._step()
+        except (ApiRefused, ApiUnavailable) as error:
+            self.last_error = f"the Lease cannot be read or written: {error}"
             return False
+        self.last_error = None
+        return leading
 
     def release(self) -> None:
         """On graceful shutdown: let a standby take over at once instead of after the duration."""

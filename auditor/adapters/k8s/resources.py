@@ -54,3 +54,10 @@ SNAPSHOT_RESOURCES: tuple[Resource, ...] = (
     Resource("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes", crd=True),
     Resource("ServiceEntry", "networking.istio.io", "v1", "serviceentries", crd=True),
 )
+
+# Read by the EKS Auto Mode check only (auditor/adapters/aws/eks.py), not by the snapshot: a
+# cluster without Karpenter's or Auto Mode's CRDs must not turn the audit's reads into errors.
+# Their RBAC is its own ClusterRole (mesh-auditor-automode in deploy/rbac.yaml).
+NODE_POOL = Resource("NodePool", "karpenter.sh", "v1", "nodepools", namespaced=False, crd=True)
+NODE_CLASS = Resource("NodeClass", "eks.amazonaws.com", "v1", "nodeclasses", namespaced=False, crd=True)
+AUTO_MODE_RESOURCES: tuple[Resource, ...] = (NODE_POOL, NODE_CLASS)

@@ -5,28 +5,35 @@ Why a ConfigMap, not a CRD: nothing extra to install, RBAC can name exactly this
 limit is handled by gzip (``binaryData``) and by the outbox pruning sent entries. Every write
 carries the resourceVersion it read: a 409 means another writer (a replica that still thinks it
 leads) changed it, and the caller must stop, not overwrite.
+
+A stored state that cannot be decoded (not base64, not gzip, not JSON, not an object) raises
+``CorruptState``; the daemon then calls ``set_aside``: the raw bytes are copied to a ConfigMap
+of their own (``mesh-auditor-state-corrupt-<epoch>``, with the reason in an annotation) and a
+Warning Event names it, before the daemon starts from empty state.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import datetime as dt
 import gzip
 import json
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
 
 from auditor.adapters import kubeapi as api_calls
-from auditor.adapters.kubeapi import ApiRefused
+from auditor.adapters.kubeapi import ApiRefused, ApiUnavailable
+from auditor.core.ports import CorruptState, StateConflict
+
+__all__ = ["STATE_NAME", "ConfigMapStateStore", "CorruptState", "StateConflict"]
 
 STATE_NAME = "mesh-auditor-state"
 _KEY = "state.json.gz"
 MAX_BYTES = 900 * 1024  # below the 1 MiB object limit, leaving room for metadata
-
-
-class StateConflict(Exception):  # noqa: N818 - a condition to act on (stop writing), not a bug
-    """Someone else wrote the state since we read it."""
 
 
 @dataclass
@@ -41,6 +48,7 @@ class ConfigMapStateStore:
         self._namespace = namespace
         self._name = name
         self._version: str | None = None
+        self._raw: str | None = None  # the stored binaryData value of the last load, as read
 
     @property
     def _path(self) -> str:
@@ -57,10 +65,77 @@ class ConfigMapStateStore:
             raise
         self._version = str(found["metadata"]["resourceVersion"])
         encoded = (found.get("binaryData") or {}).get(_KEY)
+        self._raw = None if encoded is None else str(encoded)
         if encoded is None:
             return {}
-        loaded: dict[str, Any] = json.loads(gzip.decompress(base64.b64decode(encoded)))
+        try:
+            packed = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise CorruptState(f"{_KEY} is not base64: {error}") from error
+        try:
+            text = gzip.decompress(packed)
+        except (OSError, EOFError, zlib.error) as error:
+            raise CorruptState(f"{_KEY} is not gzip: {error}") from error
+        try:
+            loaded = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CorruptState(f"{_KEY} holds no valid JSON: {error}") from error
+        if not isinstance(loaded, dict):
+            raise CorruptState(f"{_KEY} holds a JSON {type(loaded).__name__}, not an object")
         return loaded
+
+    def set_aside(self, reason: str, now: dt.datetime) -> str:
+        """Copy the state as last loaded to a ConfigMap of its own, with ``reason``, and record a
+        Warning Event on the state ConfigMap. Returns the copy's name; raises ``ApiRefused`` /
+        ``ApiUnavailable`` when the copy cannot be made (the caller must not lead then)."""
+        name = f"{self._name}-corrupt-{int(now.timestamp())}"
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": self._namespace,
+                "labels": {"app.kubernetes.io/managed-by": "mesh-auditor"},
+                "annotations": {"mesh-auditor.io/set-aside-reason": reason[:1000], "mesh-auditor.io/from": self._name},
+            },
+            "binaryData": {} if self._raw is None else {_KEY: self._raw},
+        }
+        try:
+            api_calls.send_json(self._api, "POST", self._path, body)
+        except ApiRefused as error:
+            if error.status != 409:  # already set aside this second
+                raise
+        self._event(
+            f"The daemon state could not be read ({reason[:500]}); set aside as ConfigMap {name}; "
+            "starting from empty state: every drift still found is alerted again.",
+            now,
+        )
+        return name
+
+    def _event(self, message: str, now: dt.datetime) -> None:
+        stamp = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{self._name}.", "namespace": self._namespace},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "name": self._name,
+                "namespace": self._namespace,
+            },
+            "reason": "StateReset",
+            "message": message,
+            "type": "Warning",
+            "source": {"component": "mesh-auditor"},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            api_calls.send_json(self._api, "POST", f"/api/v1/namespaces/{self._namespace}/events", event)
+        except (ApiRefused, ApiUnavailable):
+            return  # the log line and the metric still say it; an Event is a courtesy
 
     def save(self, document: dict[str, Any]) -> None:
         packed = gzip.compress(json.dumps(document, sort_keys=True).encode("utf-8"))

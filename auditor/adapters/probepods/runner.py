@@ -14,13 +14,16 @@ Implements ``auditor.core.ports.ProbeRunner``. A run:
 Whatever the cluster does becomes a ``BatchProblem``, never an exception: a refused create
 (RBAC, probe-guard admission) or a pod still Pending at the deadline (no Auto Mode capacity,
 image pull failure) is INCONCLUSIVE with the reason; a pod that ran but left no usable report
-is ERROR. Header values travel inside the pod spec only; nothing here logs a plan.
+is ERROR. Secret header values never travel in a pod spec (``podspec.by_reference``: the kubelet
+reads them from a Secret); a manifest that would still hold one is not created (ERROR). Nothing
+here logs a plan.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +38,11 @@ from auditor.adapters.probepods.podspec import (
     MANAGED_BY_VALUE,
     RUN_ID_LABEL,
     PodOptions,
+    SecretValueError,
+    by_reference,
     probe_pod,
+    secret_values,
+    spec_strings,
 )
 from auditor.core.model import Status
 from auditor.core.probeplan import ProbeBatch, RunPlan
@@ -67,6 +74,9 @@ class _Created:
         return f"Pod {self.namespace}/{self.name}"
 
 
+STOP_CHECK_S = 3  # longest watch between two looks at the stop event (then it lists again)
+
+
 class PodProbeRunner:
     """Probe batches as pods through one API client (see the module docstring)."""
 
@@ -77,7 +87,11 @@ class PodProbeRunner:
         *,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        stop: threading.Event | None = None,
     ) -> None:
+        # ``stop`` (the daemon's SIGTERM): create no more pods, stop waiting within a few
+        # seconds, and delete what was created (the ``finally`` below), well inside the grace period.
+        self._stop = stop or threading.Event()
         self._pods = pods
         self._options = options
         self._clock = clock
@@ -92,12 +106,18 @@ class PodProbeRunner:
         try:
             reports: dict[str, BatchReport] = {}
             for batch in plan.batches:
+                if self._stop.is_set():
+                    break
                 refused = self._create(batch, plan, created)
                 if refused is not None:
                     reports[batch.key] = refused
             finals = self._await(created, plan.run_id, deadline)
             reports.update({c.batch.key: self._report(c, finals.get(c.name), plan.run_id) for c in created})
-            return RunReport(plan.run_id, tuple(reports[b.key] for b in plan.batches))
+            stopped = "not run: the auditor was stopping"
+            return RunReport(
+                plan.run_id,
+                tuple(reports.get(b.key) or _problem(b.key, "", Status.INCONCLUSIVE, stopped) for b in plan.batches),
+            )
         finally:
             self._delete(created)
 
@@ -133,9 +153,14 @@ class PodProbeRunner:
 
     def _create(self, batch: ProbeBatch, plan: RunPlan, created: list[_Created]) -> BatchReport | None:
         """Create the batch's pod (recorded in ``created``), or report why it could not be."""
-        plan_json = batch.wire_plan(plan.run_id, plan.marker_header).model_dump_json()
-        manifest = probe_pod(batch, plan_json, plan.run_id, self._options.pod)
         namespace = batch.identity.namespace
+        try:
+            wire, secret_env = by_reference(batch, plan)
+            manifest = probe_pod(batch, wire.model_dump_json(), plan.run_id, self._options.pod, secret_env=secret_env)
+            _refuse_secret_values(batch, plan, manifest)
+        except SecretValueError as error:
+            reason = f"the probe pod was not created in namespace {namespace}: {error}"
+            return BatchReport(batch.key, "(not created)", problem=BatchProblem(Status.ERROR, reason))
         try:
             pod = self._pods.create(namespace, manifest)
         except (ApiRefused, ApiUnavailable) as error:
@@ -175,9 +200,9 @@ class PodProbeRunner:
             listing = self._pods.list_pods(namespace, selector)
             by_name = {p["metadata"]["name"]: p for p in listing.get("items") or []}
             latest = {name: by_name.get(name) for name in names}
-            if _all_done(latest) or self._clock() >= deadline:
+            if _all_done(latest) or self._clock() >= deadline or self._stop.is_set():
                 return latest
-            remaining = max(1, math.ceil(deadline - self._clock()))
+            remaining = min(STOP_CHECK_S, max(1, math.ceil(deadline - self._clock())))
             version = str(listing["metadata"].get("resourceVersion", ""))
             for event in self._pods.watch(namespace, selector, version, remaining):
                 if event.get("type") == "ERROR":
@@ -185,7 +210,7 @@ class PodProbeRunner:
                 pod = event["object"]
                 if pod["metadata"]["name"] in names:
                     latest[pod["metadata"]["name"]] = None if event["type"] == "DELETED" else pod
-                if _all_done(latest) or self._clock() >= deadline:
+                if _all_done(latest) or self._clock() >= deadline or self._stop.is_set():
                     return latest
 
     # --- reading reports ----------------------------------------------------------------------
@@ -225,6 +250,16 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
 
 def _problem(key: str, ref: str, status: Status, reason: str) -> BatchReport:
     return BatchReport(key, ref, problem=BatchProblem(status, reason))
+
+
+def _refuse_secret_values(batch: ProbeBatch, plan: RunPlan, manifest: dict[str, Any]) -> None:
+    """Last check before a pod spec leaves the auditor: no secret header value anywhere in it."""
+    # Containment, not equality: a value derived from a secret (the secret plus a suffix) or a
+    # secret inside a longer string (the plan JSON) leaks it just the same.
+    strings = spec_strings(manifest)
+    leaked = {value for value in secret_values(plan) if any(value in string for string in strings)}
+    if leaked:
+        raise SecretValueError(f"the spec of batch {batch.key} would hold {len(leaked)} secret header value(s)")
 
 
 def _hint(error: ApiRefused | ApiUnavailable) -> str:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from auditor.core.checks.catalog import ALLOWED_ADMITTED, INTRUDERS_REFUSED
 from auditor.core.checks.context import AuditContext, finding
-from auditor.core.checks.reach import Reach, Route, probe_request, reach
-from auditor.core.checks.witnesses import allowed_caller, intruders, request_variants, required_headers
+from auditor.core.checks.reach import Reach, Route, probe_request, reach, ztunnel_translation_notes
+from auditor.core.checks.witnesses import bypass_fix, callers_as, intruders, request_variants, required_headers
+from auditor.core.mesh import ClientKind
 from auditor.core.model import Evidence, Finding, Status
 from auditor.core.posture import ProtectedService
 from auditor.core.snapshot import Service
@@ -27,6 +28,7 @@ def check_intruders_refused(ctx: AuditContext, protected: ProtectedService, serv
         )
     headers, _ = required_headers(ctx, protected)
     admitted: list[str] = []
+    fixes: dict[str, None] = {}
     unclear: list[str] = []
     refused_at: dict[str, None] = {}
     for caller in intruders(ctx, protected, route):
@@ -34,16 +36,19 @@ def check_intruders_refused(ctx: AuditContext, protected: ProtectedService, serv
             outcome = _any_backend(reach(ctx, route, caller, request))
             if outcome[0] is True:
                 admitted.append(f"{caller.describe()} ({request.describe()}): {outcome[1].explain()}")
+                if outcome[1].skipped_waypoint:
+                    fixes[bypass_fix(caller)] = None
                 break
             if outcome[0] is None:
                 unclear.append(f"{caller.describe()}: {outcome[1].explain()}")
             else:
                 refused_at[_refusing_hop(outcome[1])] = None
-    evidence = [*route.ignored(), *_enforcement_evidence(route)]
+    evidence = [*route.ignored(), *_enforcement_evidence(route), *ztunnel_translation_notes(route)]
     if admitted:
         message = f"{len(admitted)} caller(s) outside the allow-list get through, e.g. " + " | ".join(
             admitted[:_MAX_EXAMPLES]
         )
+        message += "".join(f". {fix}" for fix in fixes)
         return finding(INTRUDERS_REFUSED, service, Status.FAIL, message, evidence)
     if unclear:
         return finding(
@@ -128,14 +133,16 @@ def check_allowed_admitted(ctx: AuditContext, protected: ProtectedService, servi
         return finding(ALLOWED_ADMITTED, service, Status.INCONCLUSIVE, message)
     request = probe_request(protected, service, headers)
     refused, unclear = [], []
-    evidence: list[Evidence] = list(route.ignored())
+    evidence: list[Evidence] = [*route.ignored(), *ztunnel_translation_notes(route)]
     for principal in protected.allowed_principals:
-        for item in reach(ctx, route, allowed_caller(ctx, principal), request):
-            if item.allowed is False:
-                refused.append(f"{principal} is refused: {item.explain()}")
-                evidence += _pitfall(route, item)
-            elif item.allowed is None:
-                unclear.append(f"{principal}: {item.explain()}")
+        for caller in callers_as(ctx, principal):
+            label = principal if caller.kind is ClientKind.AMBIENT else f"{principal} ({caller.kind.value})"
+            for item in reach(ctx, route, caller, request):
+                if item.allowed is False:
+                    refused.append(f"{label} is refused: {item.explain()}")
+                    evidence += _pitfall(route, item)
+                elif item.allowed is None:
+                    unclear.append(f"{label}: {item.explain()}")
     if refused:
         return finding(ALLOWED_ADMITTED, service, Status.FAIL, " | ".join(refused), evidence)
     if unclear:

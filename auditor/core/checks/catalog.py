@@ -47,7 +47,7 @@ metadata:
   labels:
     istio.io/dataplane-mode: ambient
 """,
-    references=(f"{SEMANTICS} §2", "https://istio.io/latest/docs/ambient/usage/add-workloads/"),
+    references=(f"{SEMANTICS} §2, §10", "https://istio.io/latest/docs/ambient/usage/add-workloads/"),
     reads=_WORKLOADS,
 )
 
@@ -63,7 +63,7 @@ PEER_AUTHENTICATION = CheckMeta(
     ),
     remediation_yaml=MESH_WIDE_STRICT,
     references=(
-        f"{SEMANTICS} §3",
+        f"{SEMANTICS} §3, §10",
         "https://istio.io/latest/docs/reference/config/security/peer_authentication/",
     ),
     reads=_MTLS,
@@ -78,7 +78,10 @@ INTRUDERS_REFUSED = CheckMeta(
     remediation=(
         "Have exactly one ALLOW path at the enforcement point that sees the caller (the waypoint via "
         "targetRefs when the Service uses one, ztunnel otherwise) listing only the allowed principals; "
-        "remove wildcards, prefixes, notPrincipals, ipBlocks and extra ALLOW policies that widen it."
+        "remove wildcards, prefixes, notPrincipals, ipBlocks and extra ALLOW policies that widen it. "
+        "Clients that skip the waypoint (sidecar pods; gateways unless the Service has "
+        'istio.io/ingress-use-waypoint: "true") meet only ztunnel: add a ztunnel-bound ALLOW admitting '
+        "just the waypoint's identity, or move their namespace to ambient."
     ),
     remediation_yaml="""\
 apiVersion: security.istio.io/v1
@@ -99,7 +102,7 @@ spec:
         - cluster.local/ns/<namespace>/sa/<allowed-service-account>
 """,
     references=(
-        f"{SEMANTICS} §4.1-§4.4, §4.6",
+        f"{SEMANTICS} §4.1-§4.4, §4.6, §8, §9",
         "https://istio.io/latest/docs/ambient/usage/l4-policy/",
     ),
     reads=_AUTHZ,
@@ -132,7 +135,7 @@ spec:
         principals:
         - cluster.local/ns/<namespace>/sa/<waypoint>
 """,
-    references=(f"{SEMANTICS} §4.5", "https://istio.io/latest/docs/ambient/usage/l7-features/"),
+    references=(f"{SEMANTICS} §4.5, §8.1, §9", "https://istio.io/latest/docs/ambient/usage/l7-features/"),
     reads=_AUTHZ,
 )
 
@@ -191,7 +194,9 @@ HEADERS_ENFORCED = CheckMeta(
     severity=Severity.HIGH,
     protects="L7 policy demands the header (promise 4); requests without it get 403 RBAC: access denied.",
     remediation="Bind the header condition to the waypoint with targetRefs, require the exact value "
-    "(values, not notValues or *), and make sure no other ALLOW rule admits requests without it.",
+    "(values, not notValues, * or a prefix/suffix pattern), and make sure no other ALLOW rule admits requests "
+    "without it. Sidecar pods and gateways skip the waypoint: a ztunnel-bound ALLOW admitting only the waypoint's "
+    "identity makes them go through it or be refused.",
     remediation_yaml="""\
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -214,7 +219,7 @@ spec:
       values: ["<value>"]
 """,
     references=(
-        f"{SEMANTICS} §4.3, §4.6",
+        f"{SEMANTICS} §4.3, §4.6, §8.2, §9",
         "https://istio.io/latest/docs/reference/config/security/conditions/",
     ),
     reads=_AUTHZ,
@@ -289,7 +294,7 @@ HEADERS_PROBE = CheckMeta(
         "waypoint with targetRefs (see required-headers.enforced). Needs the positive control."
     ),
     remediation_yaml="",
-    references=(f"{SEMANTICS} §1.3, §4.3, §4.6", _PROBES),
+    references=(f"{SEMANTICS} §1.3, §4.3, §4.6, §8.2", _PROBES),
 )
 
 WAYPOINT_PROBE = CheckMeta(
@@ -313,10 +318,15 @@ AUTO_MODE = CheckMeta(
     title="The cluster is an EKS Auto Mode cluster with node pools",
     severity=Severity.MEDIUM,
     protects="Probe pods run on Auto Mode nodes; without Auto Mode they cannot be scheduled as designed.",
-    remediation="Enable EKS Auto Mode (computeConfig.enabled) with the general-purpose node pool, or set the "
-    "probe node selector (AUDITOR_PROBES__NODE_SELECTOR) for your nodes.",
+    remediation="Enable EKS Auto Mode (computeConfig.enabled) with its built-in node pools, or with custom "
+    "NodePools whose nodeClassRef names an eks.amazonaws.com NodeClass; or set the probe node selector "
+    "(AUDITOR_PROBES__NODE_SELECTOR) for your nodes.",
     remediation_yaml="",
-    references=(f"{SEMANTICS} §6", "https://docs.aws.amazon.com/eks/latest/userguide/automode.html"),
+    references=(
+        f"{SEMANTICS} §6",
+        "https://docs.aws.amazon.com/eks/latest/userguide/automode.html",
+        "https://docs.aws.amazon.com/eks/latest/userguide/create-node-pool.html",
+    ),
 )
 
 ALL: tuple[CheckMeta, ...] = (

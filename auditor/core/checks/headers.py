@@ -7,14 +7,16 @@ method, path and port the policies single out. Only a waypoint sees headers (§4
 
 from __future__ import annotations
 
-from auditor.core.authz import l7_attributes
+from auditor.core.authz import Caller
 from auditor.core.checks.catalog import HEADERS_ENFORCED
 from auditor.core.checks.context import AuditContext, finding
-from auditor.core.checks.reach import Reach, Route, probe_request, reach
+from auditor.core.checks.reach import Reach, Route, probe_request, reach, ztunnel_translation_notes
 from auditor.core.checks.witnesses import (
-    WRONG_VALUE,
-    allowed_caller,
+    bypass_callers,
+    bypass_fix,
+    callers_as,
     header_conditions,
+    header_witnesses,
     request_variants,
     required_headers,
 )
@@ -82,9 +84,10 @@ def _control_failures(
     request = probe_request(protected, service, headers)
     failures = []
     for principal in protected.allowed_principals:
-        for item in reach(ctx, route, allowed_caller(ctx, principal), request):
-            if item.allowed is False:
-                failures.append(f"{principal}: {item.explain()}")
+        for caller in callers_as(ctx, principal):
+            for item in reach(ctx, route, caller, request):
+                if item.allowed is False:
+                    failures.append(f"{caller.describe()}: {item.explain()}")
     return failures
 
 
@@ -95,36 +98,43 @@ def _headerless_admitted(
     route: Route,
     headers: dict[str, str],
 ) -> tuple[list[str], list[str]]:
+    """Requests without a required value that get through: from every kind of client an allowed
+    identity runs as, and from every client in the snapshot that skips the waypoint (§9)."""
     admitted: list[str] = []
     unclear: list[str] = []
-    for principal in protected.allowed_principals:
-        for name, label, variant in _degraded(headers):
+    allowed = [c for p in protected.allowed_principals for c in callers_as(ctx, p)]
+    callers = list(dict.fromkeys([*allowed, *bypass_callers(ctx)]))
+    for caller in callers:
+        for name, label, variant in _degraded(route, headers):
             for request in request_variants(ctx, protected, service, route, variant):
-                for item in reach(ctx, route, allowed_caller(ctx, principal), request):
+                for item in reach(ctx, route, caller, request):
                     if item.allowed is True:
                         admitted.append(
-                            f"{principal} gets through {label} ({request.method} {request.path}): "
-                            + _diagnose(item, name)
+                            f"{caller.describe()} gets through {label} ({request.method} {request.path}): "
+                            + _diagnose(item, name, caller)
                         )
                     elif item.allowed is None:
-                        unclear.append(f"{principal} {label}: {item.explain()}")
+                        unclear.append(f"{caller.describe()} {label}: {item.explain()}")
                 if admitted:
                     return admitted, unclear
     return admitted, unclear
 
 
-def _degraded(headers: dict[str, str]) -> list[tuple[str, str, dict[str, str]]]:
+def _degraded(route: Route, headers: dict[str, str]) -> list[tuple[str, str, dict[str, str]]]:
     variants = []
-    for name in headers:
+    for name, value in headers.items():
         missing = {k: v for k, v in headers.items() if k != name}
         variants.append((name, f"without {name}", missing))
-        variants.append((name, f"with a wrong {name}", {**missing, name: WRONG_VALUE}))
+        for wrong, label in header_witnesses(route, name, value):
+            variants.append((name, f"with {label} in {name}", {**missing, name: wrong}))
     return variants
 
 
-def _diagnose(item: Reach, header: str) -> str:
+def _diagnose(item: Reach, header: str, caller: Caller) -> str:
     first = item.hops[0]
     if not first.where.startswith("waypoint"):
+        if item.skipped_waypoint:
+            return f"{item.explain()}; ztunnel cannot see headers (§4.3). {bypass_fix(caller)}"
         return f"no waypoint on the path, and ztunnel cannot see headers (§4.3): {item.explain()}"
     rule = first.decision.rule
     if rule is None:
@@ -137,21 +147,12 @@ def _diagnose(item: Reach, header: str) -> str:
         )
     if any("*" in c.values for c in conditions):
         return f'{first.decision.policy} only checks that {header} is present (values: ["*"])'
+    if any(v != "*" and "*" in (v[0], v[-1]) for c in conditions for v in c.values):
+        return f"{first.decision.policy} matches {header} by prefix or suffix: other values pass (§8.2)"
     if any(c.not_values and not c.values for c in conditions):
         return f"{first.decision.policy} uses notValues on {header}: any other value passes"
     return f"{first.decision.policy} admits it: {first.decision.reason}"
 
 
 def _dropped_at_ztunnel(route: Route) -> list[Evidence]:
-    evidence = []
-    for backend in route.backends:
-        for policy in backend.ztunnel.policies:
-            for position, rule in enumerate(policy.rules):
-                attributes = l7_attributes(rule)
-                if attributes:
-                    note = (
-                        f"bound to ztunnel, which drops rules with L7 attributes ({', '.join(attributes)}); "
-                        "status stays ZtunnelAccepted (§4.3)"
-                    )
-                    evidence.append(Evidence(policy.meta.ref, f"spec.rules[{position}]", "dropped at ztunnel", note))
-    return evidence
+    return ztunnel_translation_notes(route)

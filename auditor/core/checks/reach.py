@@ -2,7 +2,9 @@
 
 In-mesh, Service-addressed traffic goes caller -> (waypoint, if effective) -> destination
 ztunnel; behind a waypoint the destination ztunnel sees the waypoint's identity (§4.5).
-Plaintext clients outside the mesh never traverse a waypoint (§4.6) and meet STRICT first.
+Plaintext clients outside the mesh never traverse a waypoint (§4.6) and meet STRICT first;
+sidecar pods and Istio gateways speak mTLS with their own identity and skip a Service's waypoint
+(gateways unless the Service opts in), as the caller model says (§9, ``mesh.CLIENTS``).
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ from auditor.core.authz import (
     at_waypoint,
     at_ztunnel,
     decide,
+    l7_attributes,
+    ztunnel_form,
 )
 from auditor.core.checks.context import AuditContext
 from auditor.core.mesh import (
+    CLIENTS,
     Capture,
     EffectiveWaypoint,
     capture_of,
     effective_mtls,
     effective_waypoint,
+    uses_service_waypoint,
 )
 from auditor.core.model import Evidence
 from auditor.core.posture import ProtectedService
@@ -84,6 +90,7 @@ class Reach:
     backend: Backend
     allowed: bool | None
     hops: tuple[Hop, ...]
+    skipped_waypoint: bool = False  # the caller's kind does not use the Service's waypoint (§9)
 
     def explain(self) -> str:
         return "; ".join(h.explain() for h in self.hops)
@@ -114,15 +121,21 @@ def _reach_backend(ctx: AuditContext, route: Route, backend: Backend, caller: Ca
         return _plaintext(ctx, backend, l4)
     hops: list[Hop] = []
     seen_by_ztunnel = caller
+    skipped = ""
     if route.at_waypoint is not None and route.waypoint_identity is not None and route.waypoint.gateway is not None:
-        first = decide(route.at_waypoint, caller, request)
-        hops.append(Hop(f"waypoint {route.waypoint.gateway.meta.key}", first))
-        if first.allowed is False:
-            return Reach(backend, False, tuple(hops))
-        seen_by_ztunnel = route.waypoint_identity
+        if uses_service_waypoint(caller.kind, route.service):
+            first = decide(route.at_waypoint, caller, request)
+            hops.append(Hop(f"waypoint {route.waypoint.gateway.meta.key}", first))
+            if first.allowed is False:
+                return Reach(backend, False, tuple(hops))
+            seen_by_ztunnel = route.waypoint_identity
+        else:
+            # §9: sidecars, and gateways without ingress-use-waypoint, go straight to the pods.
+            skipped = f", skipping the waypoint: {CLIENTS[caller.kind].service_hops}"
     second = _at_destination(backend, seen_by_ztunnel, l4)
-    hops.append(Hop(f"ztunnel of {backend.workload.meta.ref} (sees {seen_by_ztunnel.describe()})", second))
-    return Reach(backend, _and(hops), tuple(hops))
+    where = f"ztunnel of {backend.workload.meta.ref} (sees {seen_by_ztunnel.describe()}{skipped})"
+    hops.append(Hop(where, second))
+    return Reach(backend, _and(hops), tuple(hops), skipped_waypoint=bool(skipped))
 
 
 def _plaintext(ctx: AuditContext, backend: Backend, l4: Request) -> Reach:
@@ -162,3 +175,25 @@ def probe_request(protected: ProtectedService, service: Service, headers: dict[s
         port=port,
         headers=headers,
     )
+
+
+_FORMS = {
+    "dropped": "an ALLOW rule with HTTP attributes is dropped: it never matches; status stays ZtunnelAccepted",
+    "inert": "istiod leaves an empty match where only HTTP attributes (or dropped values) were, and ztunnel "
+    "skips it: the rule never matches",
+    "broader": "a DENY keeps the rule's L4 matches without its HTTP attributes: it denies more than written",
+}
+
+
+def ztunnel_translation_notes(route: Route) -> list[Evidence]:
+    """How istiod's translation changed each ztunnel-bound rule on the route (§4.3, §8.3)."""
+    evidence = []
+    for backend in route.backends:
+        for policy in backend.ztunnel.policies:
+            for position, rule in enumerate(policy.rules):
+                form = ztunnel_form(rule, deny=policy.action == "DENY")
+                if form:
+                    attributes = ", ".join(l7_attributes(rule)) or "none"
+                    note = f"bound to ztunnel; HTTP attributes: {attributes}; {_FORMS[form]} (§8.3)"
+                    evidence.append(Evidence(policy.meta.ref, f"spec.rules[{position}]", f"{form} at ztunnel", note))
+    return evidence

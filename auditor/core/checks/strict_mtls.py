@@ -1,19 +1,23 @@
 """strict-mtls: a client outside the mesh is refused by the Service's workloads.
 
 Two checks per in-scope Service: every backing workload is captured (§2), and the effective
-PeerAuthentication mode on every target port is STRICT (§3).
+PeerAuthentication mode on every target port is STRICT (§3). Istio's own Services (waypoints,
+gateways, istiod, ztunnel, istio-cni) are ``skipped`` with the reason (§10).
 """
 
 from __future__ import annotations
 
 from auditor.core.checks.catalog import CAPTURED, PEER_AUTHENTICATION
 from auditor.core.checks.context import AuditContext, finding
-from auditor.core.mesh import CaptureState, capture_of, effective_mtls
-from auditor.core.model import Evidence, Finding, Status
+from auditor.core.mesh import CaptureState, capture_of, effective_mtls, istio_service
+from auditor.core.model import CheckMeta, Evidence, Finding, Status
 from auditor.core.snapshot import Service, Workload
 
 
 def check_captured(ctx: AuditContext, service: Service) -> Finding:
+    infra = _istio_own(service, ctx, CAPTURED)
+    if infra:
+        return infra
     workloads = ctx.index.workloads_for(service)
     missing = _no_workloads(ctx, service, workloads, CAPTURED.id)
     if missing:
@@ -34,6 +38,18 @@ def check_captured(ctx: AuditContext, service: Service) -> Finding:
         )
     names = ", ".join(w.meta.ref for w in workloads)
     return finding(CAPTURED, service, Status.PASS, f"captured by ztunnel: {names}", evidence)
+
+
+def _istio_own(service: Service, ctx: AuditContext, meta: CheckMeta) -> Finding | None:
+    """Istio's own Services (waypoints, gateways, istiod, ztunnel, istio-cni) are not applications (§10)."""
+    evidence = istio_service(service, ctx.index)
+    if evidence is None:
+        return None
+    message = (
+        "Istio's own infrastructure, not an application Service: its pods are outside ztunnel's capture by "
+        f"design ({evidence.note or evidence.field})"
+    )
+    return finding(meta, service, Status.SKIPPED, message, [evidence])
 
 
 def _no_workloads(
@@ -63,6 +79,9 @@ def _no_workloads(
 
 
 def check_peer_authentication(ctx: AuditContext, service: Service) -> Finding:
+    infra = _istio_own(service, ctx, PEER_AUTHENTICATION)
+    if infra:
+        return infra
     workloads = ctx.index.workloads_for(service)
     missing = _no_workloads(ctx, service, workloads, PEER_AUTHENTICATION.id)
     if missing:

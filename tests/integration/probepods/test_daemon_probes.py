@@ -6,6 +6,7 @@ killing the leader hands probing over without a second alert."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -78,7 +79,7 @@ def replica(auditor_kubeconfig: Path, identity: str, settings: Settings, slack_b
             elector=LeaseElector(api, "mesh-auditor", identity, duration_s=3),  # RBAC names this one Lease
             state=ConfigMapStateStore(api, "mesh-auditor"),
             notifier=SlackNotifier(build_web_client("xoxb-test", base_url=slack_base + "api/"), "C0MESH"),
-            probe_cycle=_probe_cycle(settings, api),
+            probe_cycle=_probe_cycle(settings, api, threading.Event()),
         )
         holder.append(daemon)
         daemon.start()

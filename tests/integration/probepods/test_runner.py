@@ -285,3 +285,78 @@ def _create(kube: KubeAPI, manifest: dict[str, Any]) -> str:
     del manifest["metadata"]["generateName"]
     kube.apply_text(yaml.safe_dump(manifest))
     return str(manifest["metadata"]["name"])
+
+
+# --- header values from Secrets (issue #10, item 7) ------------------------------------------------
+
+SECRET_TOKEN = "internal-retail-token"  # what the waypoint stand-in admits (tests/integration/probes)
+
+
+def _secret_plan(mesh: Mesh) -> RunPlan:
+    """The intruder meets the token-checking waypoint: it is admitted only if the Secret's value arrived."""
+    service = catalog_rules(control=False)
+    service["probe"] = {"port": 80, "path": "/ok"}  # the app behind the stand-in answers 200 there
+    service["requiredHeaders"] = [
+        {"name": "x-auth-token", "value": {"secretRef": {"name": "catalog-token", "key": "token"}}}
+    ]
+    rules = posture(service)
+    overrides = {
+        "outside:default/catalog": mesh.base(mesh.l4_deny),
+        "intruder:default/catalog": mesh.base(mesh.waypoint),
+    }
+    options = PlanOptions(url_overrides=overrides, timeout_s=2.0)
+    values = {("default/catalog", "x-auth-token"): SECRET_TOKEN}
+    return plan_probes(rules, snapshot("default/catalog"), values, f"t{uuid.uuid4().hex[:10]}", options)
+
+
+@pytest.fixture
+def probe_secret(deployed: KubeAPI) -> Iterator[None]:
+    """The Secret the platform team provides in the probe namespace (the auditor never reads it)."""
+    deployed.kubectl(
+        "create", "secret", "generic", "catalog-token", f"--from-literal=token={SECRET_TOKEN}",
+        "--namespace=mesh-auditor-probes",
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        deployed.kubectl("delete", "secret", "catalog-token", "--namespace=mesh-auditor-probes", "--ignore-not-found")
+
+
+def test_header_values_reach_probe_pods_from_a_secret_and_no_pod_spec_holds_them(
+    deployed: KubeAPI,
+    auditor_kubeconfig: Path,
+    executor: PodExecutor,
+    mesh: Mesh,
+    make_runner: MakeRunner,
+    probe_secret: None,
+) -> None:
+    """As the auditor's ServiceAccount (which may not read Secrets): the header arrives, the specs hold no value."""
+    plan = _secret_plan(mesh)
+    runner, pods = make_runner(KubeAPI(auditor_kubeconfig, deployed.kubectl_path), RecordingPodApi)
+    report = runner.run(plan)
+    batches = _by_role(report)
+    assert batches["intruder"].problem is None, batches["intruder"].problem
+    # The waypoint admits exactly the Secret's value: ALLOWED proves the kubelet's value was sent.
+    assert batches["intruder"].observations[INTRUDER].outcome is Outcome.ALLOWED
+    assert isinstance(pods, RecordingPodApi)
+    assert len(pods.stored) == 2
+    for pod in pods.stored:  # as the API server stored them, every field
+        assert SECRET_TOKEN not in json.dumps(pod)
+    intruder_env = next(p for p in pods.stored if "intruder" in p["metadata"]["generateName"])["spec"]["containers"][0][
+        "env"
+    ]
+    assert intruder_env[-1]["valueFrom"]["secretKeyRef"] == {"name": "catalog-token", "key": "token", "optional": False}
+    assert not executor.errors
+
+
+def test_a_missing_probe_secret_is_inconclusive_with_the_kubelets_reason(
+    deployed: KubeAPI, auditor_kubeconfig: Path, executor: PodExecutor, mesh: Mesh, make_runner: MakeRunner
+) -> None:
+    """No Secret in the probe namespace: the pod never starts, the batch is INCONCLUSIVE naming the Secret."""
+    plan = _secret_plan(mesh)
+    runner, _ = make_runner(KubeAPI(auditor_kubeconfig, deployed.kubectl_path), deadline_s=4.0)
+    problem = _by_role(runner.run(plan))["intruder"].problem
+    assert problem is not None
+    assert problem.status is Status.INCONCLUSIVE
+    assert 'CreateContainerConfigError: secret "catalog-token" not found' in problem.reason
+    _eventually_no_pods(deployed, plan.run_id)

@@ -69,28 +69,29 @@ def test_port_without_listener_is_refused(closed_port_url: str) -> None:
 
 
 def test_silent_server_is_timeout(raw_server: RawServers) -> None:
-    """An accepted connection that never answers times out on read (semantics §1.5)."""
+    """An accepted connection that never answers times out at the exchange's deadline (semantics §1.5)."""
     result = probe(raw_server(never_answer).url(), timeout_s=0.3)
 
     assert result.outcome is Outcome.TIMEOUT
     assert result.evidence.connect_ms is not None
     assert result.evidence.error is not None
-    assert result.evidence.error.type == "ReadTimeout"
+    assert result.evidence.error.type == "TimeoutError"
+    assert result.evidence.error.message == "no complete exchange within the 0.3 s deadline"
     assert result.evidence.total_ms is not None
     assert 300 <= result.evidence.total_ms < 1000
 
 
-def test_bytes_that_never_form_a_head_count_as_no_response(raw_server: RawServers) -> None:
-    """A banner line and a close is still "closed without any HTTP response": l4-denied.
+def test_bytes_that_never_form_a_head_are_not_a_denial(raw_server: RawServers) -> None:
+    """A banner line and a close: something accepted the connection and spoke, so `other`.
 
-    httpcore reports it exactly like an empty close, so this is a documented limit: a peer
-    that speaks another protocol and hangs up looks like a denial (docs/probes.md).
+    httpcore reports it exactly like an empty close; the sender counts the bytes received.
     """
     result = probe(raw_server(banner_then_close).url())
 
-    assert result.outcome is Outcome.L4_DENIED
+    assert result.outcome is Outcome.OTHER
     assert result.evidence.error is not None
     assert result.evidence.error.type == "RemoteProtocolError"
+    assert result.evidence.error.chain[-1] == "not a denial: the peer sent 21 byte(s) first"
 
 
 def test_malformed_response_head_is_other(raw_server: RawServers) -> None:

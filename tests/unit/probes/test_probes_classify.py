@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from probes.classify import (
+    ResponseLimitError,
     ResponseSummary,
     Timings,
     classify_exception,
@@ -216,6 +217,30 @@ def test_exception_outcome(raised: BaseException, expected: Outcome) -> None:
     assert classified.evidence.error is not None
     assert classified.evidence.error.type == type(raised).__name__
     assert classified.evidence.status is None
+
+
+DENIALS = [
+    chained(httpx.ConnectError("x"), ConnectionResetError(104, "reset")),
+    chained(httpx.ReadError(""), OSError("broken"), ConnectionResetError(104, "reset")),
+    chained(httpx.WriteError(""), BrokenPipeError(32, "Broken pipe")),
+    chained(httpx.WriteError(""), ConnectionResetError(104, "reset")),
+    httpx.RemoteProtocolError("Server disconnected without sending a response."),
+]
+
+
+@pytest.mark.parametrize("raised", DENIALS, ids=["connect-reset", "read-reset", "write-pipe", "write-reset", "fin"])
+def test_every_denial_path_turns_other_once_the_peer_sent_a_byte(raised: BaseException) -> None:
+    """A reset or close after any byte of a response (`HTTP/1.1 200 OK\\r\\n`, a banner) is no denial."""
+    assert classify_exception(raised, TIMINGS).outcome is Outcome.L4_DENIED
+    after_bytes = classify_exception(raised, TIMINGS, received=17)
+    assert after_bytes.outcome is Outcome.OTHER
+    assert after_bytes.evidence.error is not None
+    assert after_bytes.evidence.error.chain[-1] == "not a denial: the peer sent 17 byte(s) first"
+
+
+def test_a_broken_response_limit_is_other() -> None:
+    classified = classify_exception(ResponseLimitError("the response head is longer than 32768 bytes"), TIMINGS)
+    assert classified.outcome is Outcome.OTHER
 
 
 class SurpriseError(Exception):

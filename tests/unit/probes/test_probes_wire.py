@@ -43,6 +43,7 @@ def test_public_surface_is_pinned() -> None:
     """The auditor imports these names; changing them is a schema change."""
     assert sorted(probes.wire.__all__) == sorted(
         [
+            "HEADER_ENV_PREFIX",
             "SCHEMA_VERSION",
             "CompactResult",
             "CompactRunResult",
@@ -57,6 +58,7 @@ def test_public_surface_is_pinned() -> None:
             "RunResult",
             "parse_plan",
             "parse_result",
+            "with_header_values",
         ]
     )
     assert SCHEMA_VERSION == 1

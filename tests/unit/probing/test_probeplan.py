@@ -32,6 +32,8 @@ def test_waypoint_service_with_control_plans_every_identity_and_header() -> None
         "default/catalog:control:with-headers": Outcome.ALLOWED,
         "default/catalog:control:without:x-auth-token": Outcome.L7_DENIED,
         "default/catalog:control:without:x-tenant": Outcome.L7_DENIED,
+        "default/catalog:control:near-miss:x-auth-token": Outcome.L7_DENIED,
+        "default/catalog:control:near-miss:x-tenant": Outcome.L7_DENIED,
     }
 
 
@@ -74,6 +76,9 @@ def test_header_values_reach_only_the_wire_requests() -> None:
     assert sent["default/catalog:intruder:with-headers"] == {"x-auth-token": TOKEN}
     assert sent["default/catalog:control:with-headers"] == {"x-auth-token": TOKEN}
     assert sent["default/catalog:control:without:x-auth-token"] == {}
+    near_miss = sent["default/catalog:control:near-miss:x-auth-token"]["x-auth-token"]
+    assert near_miss != TOKEN
+    assert near_miss.startswith(TOKEN)  # §8.2: shares the value as a prefix
     assert sent["default/catalog:outside:plaintext"] == {}
     assert TOKEN not in repr(plan.batches)
     assert (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,3 +84,33 @@ def test_unusable_pod_endings_become_batch_problems(status: dict[str, Any], expe
     assert batch.problem.status is expected
     assert reason in batch.problem.reason
     assert sorted(pods.deleted) == sorted(pods.pods)
+
+
+class PendingPods(FinishedPods):
+    """Pods that never start (no capacity): the watch idles until its timeout, like a real one."""
+
+    def __init__(self) -> None:
+        super().__init__({"phase": "Pending"})
+        self.watch_timeouts: list[int] = []
+
+    def watch(self, namespace: str, selector: str, resource_version: str, timeout_s: int) -> Iterator[dict[str, Any]]:
+        self.watch_timeouts.append(timeout_s)
+        time.sleep(min(timeout_s, 0.2))
+        return iter(())
+
+
+def test_a_stop_cuts_a_probe_cycle_within_seconds_and_deletes_its_pods() -> None:
+    """Issue #18.5: SIGTERM during a probe cycle (deadline 300 s): the runner stops waiting at its
+    next look at the stop event (every 3 s at most), deletes every pod it created, and reports the
+    batches as not run, never as a pass."""
+    plan = make_plan(posture(catalog_rules()), control_allowed=False)
+    pods, stop = PendingPods(), threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    started = time.monotonic()
+    report = PodProbeRunner(pods, RunnerOptions(deadline_s=300), stop=stop).run(plan)
+    took = time.monotonic() - started
+    print(f"\nFIGURE probe cycle cut after the stop: {took - 0.5:.2f} s")
+    assert took < 0.5 + 3.5
+    assert max(pods.watch_timeouts) <= 3
+    assert sorted(pods.deleted) == sorted(pods.pods)
+    assert all(b.problem is not None and b.problem.status is not Status.PASS for b in report.batches)

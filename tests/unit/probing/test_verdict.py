@@ -35,6 +35,7 @@ OUTSIDE = "default/catalog:outside:plaintext"
 INTRUDER = "default/catalog:intruder:with-headers"
 CONTROL = "default/catalog:control:with-headers"
 NO_TOKEN = "default/catalog:control:without:x-auth-token"
+NEAR_MISS = "default/catalog:control:near-miss:x-auth-token"
 
 
 def _verdicts(
@@ -145,6 +146,14 @@ def test_header_not_enforced_fails_required_headers() -> None:
     assert finding.status is Status.FAIL
     assert "without x-auth-token" in finding.message
     assert "config and traffic disagree" in finding.message
+
+
+def test_near_miss_admitted_fails_required_headers() -> None:
+    """Kind 1 B: the value plus a suffix got 200 (a prefix match such as values: ["i*"]): FAIL."""
+    finding = _verdicts({NEAR_MISS: ALLOWED})["required-headers.probe"]
+    assert finding.status is Status.FAIL
+    assert "near miss of x-auth-token" in finding.message
+    assert TOKEN not in finding.message
 
 
 def test_waypoint_label_without_a_waypoint_hop_fails_with_both_evidences() -> None:

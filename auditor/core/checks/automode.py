@@ -1,0 +1,98 @@
+"""The EKS Auto Mode check's verdict (pure): is the cluster an Auto Mode cluster with node pools?
+
+AWS documents two valid Auto Mode setups (EKS user guide, "Create a Node Pool for EKS Auto Mode"
+and "Disable built-in NodePools"): the built-in NodePools (``computeConfig.nodePools``), or the
+built-in ones disabled in favour of custom ``karpenter.sh`` NodePools whose ``nodeClassRef``
+points at an Auto Mode ``NodeClass`` (group ``eks.amazonaws.com``). Both PASS. A NodePool that
+refers to another kind of node class (e.g. open-source Karpenter's ``EC2NodeClass``) does not
+run Auto Mode nodes and does not count. Inputs that could not be read make the verdict ERROR,
+never PASS and never FAIL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from auditor.core.checks.catalog import AUTO_MODE
+from auditor.core.model import Evidence, Finding, Status
+
+AUTO_MODE_NODE_CLASS_GROUP = "eks.amazonaws.com"
+AUTO_MODE_NODE_CLASS_KIND = "NodeClass"
+
+
+@dataclass(frozen=True, slots=True)
+class NodePoolRef:
+    """One ``karpenter.sh`` NodePool and the node class its template refers to."""
+
+    name: str
+    node_class_group: str
+    node_class_kind: str
+    node_class_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodePools:
+    """The cluster's custom NodePools and Auto Mode NodeClass names, or why they could not be read."""
+
+    pools: tuple[NodePoolRef, ...] = ()
+    node_classes: frozenset[str] = frozenset()
+    problem: str | None = None
+
+
+def auto_mode_verdict(cluster: str, compute: Mapping[str, Any] | None, node_pools: NodePools | None) -> Finding:
+    """``compute`` is ``describe_cluster``'s ``computeConfig`` (None/empty = not Auto Mode);
+    ``node_pools`` is what the cluster's API said (None = not looked at)."""
+    target = f"cluster/{cluster}"
+    compute = compute or {}
+    enabled, built_in = bool(compute.get("enabled")), [str(p) for p in compute.get("nodePools") or []]
+    evidence = [
+        Evidence(f"EKS cluster {cluster}", "computeConfig.enabled", str(enabled).lower()),
+        Evidence(f"EKS cluster {cluster}", "computeConfig.nodePools", ",".join(built_in) or "(none)"),
+    ]
+    if not enabled:
+        return Finding(AUTO_MODE, target, Status.FAIL, "Auto Mode is not enabled", tuple(evidence))
+    if built_in:
+        message = f"Auto Mode enabled with built-in node pools {', '.join(built_in)}"
+        return Finding(AUTO_MODE, target, Status.PASS, message, tuple(evidence))
+    if node_pools is None or node_pools.problem is not None:
+        reason = node_pools.problem if node_pools is not None else "NodePools were not read"
+        message = f"Auto Mode enabled without built-in node pools, and custom NodePools could not be read: {reason}"
+        return Finding(AUTO_MODE, target, Status.ERROR, message, tuple(evidence))
+    auto: list[str] = []
+    other: list[str] = []
+    for pool in node_pools.pools:
+        ref = f"{pool.node_class_group}/{pool.node_class_kind}/{pool.node_class_name}"
+        is_auto = (pool.node_class_group, pool.node_class_kind) == (
+            AUTO_MODE_NODE_CLASS_GROUP,
+            AUTO_MODE_NODE_CLASS_KIND,
+        )
+        exists = pool.node_class_name in node_pools.node_classes
+        note = "" if not is_auto or exists else "its NodeClass does not exist"
+        evidence.append(Evidence(f"NodePool {pool.name}", "spec.template.spec.nodeClassRef", ref, note))
+        (auto if is_auto and exists else other).append(pool.name)
+    if auto:
+        message = f"Auto Mode enabled with custom node pools {', '.join(sorted(auto))} (built-in node pools disabled)"
+        return Finding(AUTO_MODE, target, Status.PASS, message, tuple(evidence))
+    message = "Auto Mode has no node pools: the built-in ones are disabled and no NodePool uses an Auto Mode NodeClass"
+    if other:
+        message += f" ({', '.join(sorted(other))} do not)"
+    return Finding(AUTO_MODE, target, Status.FAIL, message, tuple(evidence))
+
+
+def node_pool_refs(items: Sequence[Mapping[str, Any]]) -> tuple[NodePoolRef, ...]:
+    """NodePool objects (``karpenter.sh/v1``) as refs; a missing nodeClassRef yields empty fields."""
+    refs = []
+    for item in items:
+        spec = ((item.get("spec") or {}).get("template") or {}).get("spec") or {}
+        ref = spec.get("nodeClassRef") or {}
+        refs.append(
+            NodePoolRef(
+                name=str((item.get("metadata") or {}).get("name", "")),
+                node_class_group=str(ref.get("group", "")),
+                node_class_kind=str(ref.get("kind", "")),
+                node_class_name=str(ref.get("name", "")),
+            )
+        )
+    return tuple(sorted(refs, key=lambda r: r.name))
