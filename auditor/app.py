@@ -77,6 +77,9 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(level)
     # APScheduler logs every job run at INFO ("Running job ..."): its warnings and errors matter.
     logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
+    # urllib3 logs every retry of a failed connection at WARNING; the caller reports the final
+    # failure once, naming the server and the cause (``ClusterUnreachableError``). Kept at debug.
+    logging.getLogger("urllib3.connectionpool").setLevel(level if level <= logging.DEBUG else logging.ERROR)
     logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger -> JSON
     uncaught = structlog.get_logger("auditor.uncaught")
 
