@@ -52,7 +52,9 @@ class InputProblemsError(InputError):
         self.problems = tuple(problems)
         self.all_hint = all_hint
         first = problems[0]
-        super().__init__(first.source, first.problem, field=first.field, fix=first.fix, document=first.document)
+        super().__init__(
+            first.source, first.problem, field=first.field, fix=first.fix, document=first.document, line=first.line
+        )
 
     def render(self) -> str:
         first = self.problems[0].render()
