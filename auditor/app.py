@@ -54,10 +54,12 @@ def configure_logging(settings: Settings) -> None:
     exceptions: list[structlog.types.Processor] = [structlog.processors.format_exc_info] if json_out else []
     # JSON escapes control characters itself; the console renderer prints strings raw.
     shown: list[structlog.types.Processor] = [] if json_out else [visible_log_strings]
+    # Our own lines go through the same stdlib handler as everyone else's: one stream behind one
+    # lock, so lines from different threads and loggers never interleave within a line.
     structlog.configure(
-        processors=[*shared, *exceptions, *shown, renderer],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)

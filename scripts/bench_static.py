@@ -4,14 +4,18 @@
 Each Service has a Deployment, a ServiceAccount and two policies (a workload PeerAuthentication
 and a selector AuthorizationPolicy), 100 Services per namespace; one Service in 100 is protected
 by the rules with a waypoint and a header policy. Each size is audited by the real CLI in a child
-process; the script prints wall time and the child's peak RSS. Usage:
+process; the script prints wall time and the child's peak RSS. Side by side, the same file is
+given to ``istioctl analyze -A --use-kube=false`` (the istioctl that ``scripts/controlplane build``
+builds from tools/istio; ``--no-istioctl`` skips it), with its wall time, peak RSS and the number
+of messages it reports. Usage:
 
-    python scripts/bench_static.py [--sizes 1000 10000]
+    python scripts/bench_static.py [--sizes 1000 10000] [--no-istioctl]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import subprocess
 import sys
@@ -178,17 +182,52 @@ def measure(manifests: Path, rules: Path) -> tuple[float, float, int]:
     return elapsed, peak_mib, result.returncode
 
 
+def measure_istioctl(istioctl: Path, manifests: Path) -> tuple[float, float, int, int]:
+    """Wall seconds, peak RSS in MiB, exit code and message count of `istioctl analyze` on the file.
+
+    ``-A``: every namespace (without it only ``default`` is analysed); ``--use-kube=false``: the
+    files only, no cluster. Exit 0 means no Error message, 79 that there was one.
+    """
+    command = [str(istioctl), "analyze", "-A", "--use-kube=false", "--output=json", str(manifests)]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if result.returncode not in {0, 79}:
+        raise SystemExit(f"istioctl analyze failed ({result.returncode}): {result.stderr[-2000:]}")
+    messages = json.loads(result.stdout or "[]")
+    return elapsed, peak_mib, result.returncode, len(messages)
+
+
+def _istioctl() -> Path:
+    # The binary scripts/controlplane build put in the cache (built on first use if missing).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from auditor.devtools import istio  # noqa: PLC0415 - after the repository is on sys.path
+
+    return istio.build().istioctl
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--no-istioctl", action="store_true", help="skip istioctl analyze")
     args = parser.parse_args()
-    print(f"{'services':>9} {'policies':>9} {'manifest MiB':>13} {'wall s':>8} {'peak RSS MiB':>13} {'exit':>5}")
+    istioctl = None if args.no_istioctl else _istioctl()
+    header = f"{'services':>9} {'policies':>9} {'manifest MiB':>13} {'wall s':>8} {'peak RSS MiB':>13} {'exit':>5}"
+    if istioctl:
+        header += f" | istioctl {'wall s':>8} {'peak RSS MiB':>13} {'exit':>5} {'messages':>9}"
+    print(header)
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             manifests, rules = generate(size, Path(tmp))
             # Each size in its own interpreter, so one size's peak does not mask the next's.
             child = [sys.executable, __file__, "--one", str(manifests), str(rules)]
             line = subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip()
+            if istioctl:
+                child = [sys.executable, __file__, "--istioctl", str(istioctl), str(manifests)]
+                line += (
+                    " |          " + subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip()
+                )
             mib = manifests.stat().st_size / 2**20
             print(f"{size:>9} {2 * size:>9} {mib:>13.1f} {line}", flush=True)
 
@@ -197,5 +236,8 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--one":
         wall, rss, code = measure(Path(sys.argv[2]), Path(sys.argv[3]))
         print(f"{wall:>8.2f} {rss:>13.0f} {code:>5}")
+    elif len(sys.argv) == 4 and sys.argv[1] == "--istioctl":
+        wall, rss, code, count = measure_istioctl(Path(sys.argv[2]), Path(sys.argv[3]))
+        print(f"{wall:>8.2f} {rss:>13.0f} {code:>5} {count:>9}")
     else:
         main()

@@ -392,6 +392,16 @@ GATEWAY_NAME = "gateway.networking.k8s.io/gateway-name"
 GATEWAY_MANAGED = "gateway.istio.io/managed"
 MESH_CONTROLLER = "istio.io-mesh-controller"
 PROXY_CONTAINER = "istio-proxy"
+# The labels every probe pod the auditor creates carries (adapters.probepods.podspec sets them).
+PROBE_MANAGED_BY = ("app.kubernetes.io/managed-by", "mesh-auditor")
+PROBE_ROLE_LABEL = "mesh-auditor.dev/role"
+
+
+def is_auditor_probe(workload: Workload) -> bool:
+    """A probe pod of the auditor's own: short-lived, and no way an application calls anything."""
+    key, value = PROBE_MANAGED_BY
+    labels = workload.meta.labels
+    return workload.meta.kind == "Pod" and labels.get(key) == value and PROBE_ROLE_LABEL in labels
 
 
 class ClientKind(StrEnum):

@@ -22,7 +22,7 @@ import structlog
 from slack_sdk.webhook import WebhookClient
 
 from auditor.adapters.aws.archive import ArchiveOptions, S3Archive
-from auditor.adapters.aws.eks import auto_mode_finding
+from auditor.adapters.aws.eks import AutoModeCheck
 from auditor.adapters.aws.metrics import CloudWatchMetrics
 from auditor.adapters.aws.securityhub import HubOptions, SecurityHubSink
 from auditor.adapters.k8s.lease import LeaseElector
@@ -40,12 +40,15 @@ from auditor.app import active_audit, plan_options, runner_options
 from auditor.core.drift import DriftPolicy
 from auditor.core.model import Finding, Method
 from auditor.core.outbox import Delivery, Entry
+from auditor.core.ports import ProbeRunner
 from auditor.core.posture import Posture
+from auditor.core.probeplan import RunPlan
+from auditor.core.probereport import RunReport
 from auditor.core.snapshot import Snapshot
 from auditor.daemon.health import HealthServer
 from auditor.daemon.metrics import DaemonMetrics
 from auditor.daemon.service import Daemon, DaemonConfig, Notifier, ProbeCycle, ReportSink
-from auditor.daemon.sinks import AwsSink, DirectorySink, PolicyReportSink
+from auditor.daemon.sinks import AwsSink, CountingNotifier, DirectorySink, OnFailure, PolicyReportSink
 from auditor.errors import InputError
 from auditor.settings import AwsSettings, Settings, SlackSettings
 
@@ -78,9 +81,14 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
             header_values=values,
             elector=LeaseElector(api, cfg.namespace, identity, duration_s=cfg.lease_duration_s),
             state=ConfigMapStateStore(api, cfg.namespace),
-            notifier=_notifier(settings.slack),
-            sinks=_sinks(settings, api, metrics_alerts=lambda: int(metrics.alerts_open._value.get())),
-            probe_cycle=_probe_cycle(settings, api, halt) if cfg.probes_enabled else None,
+            notifier=_counted_notifier(_notifier(settings.slack), metrics),
+            sinks=_sinks(
+                settings,
+                api,
+                metrics_alerts=lambda: int(metrics.alerts_open._value.get()),
+                on_failure=metrics.sink_write_failed,
+            ),
+            probe_cycle=_probe_cycle(settings, api, halt, metrics) if cfg.probes_enabled else None,
             metrics=metrics,
             extra_findings=_auto_mode(settings.aws, api),
             log_delivery=log_delivery,
@@ -172,13 +180,18 @@ def _notifier(slack: SlackSettings) -> Notifier:
     return _Silent()
 
 
-def _sinks(settings: Settings, api: Any, metrics_alerts: Any) -> list[ReportSink]:
+def _counted_notifier(notifier: Notifier, metrics: DaemonMetrics) -> Notifier:
+    # With Slack off the outbox is kept, never sent: that is not a failed write.
+    return notifier if isinstance(notifier, _Silent) else CountingNotifier(notifier, metrics.sink_write_failed)
+
+
+def _sinks(settings: Settings, api: Any, metrics_alerts: Any, on_failure: OnFailure) -> list[ReportSink]:
     sinks: list[ReportSink] = [DirectorySink(Path(settings.daemon.reports_dir))]
     if settings.daemon.policy_reports:
-        sinks.append(PolicyReportSink(PolicyReportWriter(api)))
+        sinks.append(PolicyReportSink(PolicyReportWriter(api), on_failure=on_failure))
     aws = settings.aws
     if aws.s3_bucket or aws.security_hub or aws.cloudwatch:
-        sinks.append(_aws_sink(aws, metrics_alerts))
+        sinks.append(_aws_sink(aws, metrics_alerts, on_failure))
     return sinks
 
 
@@ -186,7 +199,7 @@ def _aws_client(aws: AwsSettings, service: str) -> Any:
     return boto3.session.Session(region_name=aws.region).client(service, endpoint_url=aws.endpoint_url)
 
 
-def _aws_sink(aws: AwsSettings, alerts_open: Any) -> AwsSink:
+def _aws_sink(aws: AwsSettings, alerts_open: Any, on_failure: OnFailure) -> AwsSink:
     archive = hub = cloudwatch = None
     if (aws.s3_bucket or aws.security_hub) and not (aws.account_id and aws.region and aws.cluster_name):
         # Every evidence record names its cluster, account and region, so a fleet can share one
@@ -215,25 +228,29 @@ def _aws_sink(aws: AwsSettings, alerts_open: Any) -> AwsSink:
         )
     if aws.cloudwatch:
         cloudwatch = CloudWatchMetrics(_aws_client(aws, "cloudwatch"), aws.cluster_name or "cluster")
-    return AwsSink(archive=archive, hub=hub, metrics=cloudwatch, alerts_open=alerts_open)
+    return AwsSink(archive=archive, hub=hub, metrics=cloudwatch, alerts_open=alerts_open, on_failure=on_failure)
 
 
 def _auto_mode(aws: AwsSettings, api: Any) -> Any:
     if not (aws.verify_auto_mode and aws.cluster_name):
         return tuple
-    cache: dict[str, tuple[Finding, ...]] = {}
-
-    def finding() -> tuple[Finding, ...]:
-        if "auto" not in cache:  # once per process: the cluster's mode does not change under us
-            eks = _aws_client(aws, "eks")
-            cache["auto"] = (auto_mode_finding(eks, aws.cluster_name or "", lambda: read_node_pools(api)),)
-        return cache["auto"]
-
-    return finding
+    return AutoModeCheck(_aws_client(aws, "eks"), aws.cluster_name, lambda: read_node_pools(api))
 
 
-def _probe_cycle(settings: Settings, api: Any, halt: threading.Event) -> ProbeCycle:
-    runner = PodProbeRunner(PodApi(api), runner_options(settings.probes), stop=halt)
+class _CountedRunner:
+    """A probe runner whose every result is counted in ``mesh_auditor_probe_outcomes_total``."""
+
+    def __init__(self, runner: ProbeRunner, metrics: DaemonMetrics) -> None:
+        self._runner, self._metrics = runner, metrics
+
+    def run(self, plan: RunPlan) -> RunReport:
+        report = self._runner.run(plan)
+        self._metrics.record_probe_report(plan, report)
+        return report
+
+
+def _probe_cycle(settings: Settings, api: Any, halt: threading.Event, metrics: DaemonMetrics) -> ProbeCycle:
+    runner = _CountedRunner(PodProbeRunner(PodApi(api), runner_options(settings.probes), stop=halt), metrics)
     options = plan_options(settings.probes)
 
     def cycle(

@@ -1,13 +1,39 @@
-"""Prometheus metrics of the daemon, in a registry of its own (no process-global state)."""
+"""Prometheus metrics of the daemon, in a registry of its own (no process-global state).
+
+Besides the audit's own series, the registry carries what an operator needs to run it: build
+information (``mesh_auditor_build_info``), the process's CPU, memory and file descriptors
+(prometheus-client's process and platform collectors, ``process_*`` and ``python_info``), and a
+failed-write counter per sink (``mesh_auditor_sink_write_failures_total``), present at 0 for every
+sink from the start so that an alert rule can use ``increase()`` without a missing series. For
+``sink="slack"`` one failed delivery attempt counts once (``auditor.daemon.sinks.CountingNotifier``);
+Slack's own series (``mesh_auditor_slack_*``) break deliveries down by result and drops by reason.
+"""
 
 from __future__ import annotations
 
+import platform
 from collections import Counter as Tally
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
+from auditor import __version__
 from auditor.core.model import Finding, Property, Status
+from auditor.core.probeplan import RunPlan
+from auditor.core.probereport import RunReport
+
+NO_RESULT = "no-result"  # the request's batch has no observation of it (pod never ran, report unusable or cut)
+
+# Every place the daemon writes results to; a failed write counts under one of these names.
+SINKS = ("slack", "s3", "securityhub", "cloudwatch", "policyreports")
 
 
 class DaemonMetrics:
@@ -27,7 +53,11 @@ class DaemonMetrics:
             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
         )
         self.probe_outcomes = Counter(
-            "mesh_auditor_probe_outcomes_total", "Probe request outcomes", ["outcome"], registry=self.registry
+            "mesh_auditor_probe_outcomes_total",
+            f"Probe requests by what their probe observed (probes.wire.Outcome), or {NO_RESULT} when their"
+            " probe pod brought none back",
+            ["outcome"],
+            registry=self.registry,
         )
         self.alerts_open = Gauge("mesh_auditor_alerts_open", "Drift alerts currently open", registry=self.registry)
         self.last_success = Gauge(
@@ -66,6 +96,28 @@ class DaemonMetrics:
             "Times a corrupt state ConfigMap was set aside and the daemon started from empty state",
             registry=self.registry,
         )
+        self.build_info = Gauge(
+            "mesh_auditor_build_info",
+            "Always 1; the labels say which build runs",
+            ["version", "python_version"],
+            registry=self.registry,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.sink_write_failures = Counter(
+            "mesh_auditor_sink_write_failures_total",
+            "Writes to a sink that failed (the sink retries or the next cycle writes again)",
+            ["sink"],
+            registry=self.registry,
+        )
+        for sink in SINKS:
+            self.sink_write_failures.labels(sink)
+        # process_* (CPU seconds, resident memory, open fds, start time) and python_info.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+
+    def sink_write_failed(self, sink: str) -> None:
+        """Count one failed write to ``sink`` (one of ``SINKS``)."""
+        self.sink_write_failures.labels(sink).inc()
 
     def record_findings(self, findings: Sequence[Finding]) -> None:
         counts = Tally((f.property.value, f.status.value, f.method.value) for f in findings)
@@ -75,6 +127,15 @@ class DaemonMetrics:
                     self.findings.labels(prop.value, status.value, method).set(
                         counts.get((prop.value, status.value, method), 0)
                     )
+
+    def record_probe_report(self, plan: RunPlan, report: RunReport) -> None:
+        """One increment of ``mesh_auditor_probe_outcomes_total`` per request of ``plan``."""
+        for batch in plan.batches:
+            reported = report.batch(batch.key)
+            observations = reported.observations if reported is not None else {}
+            for request in batch.requests:
+                seen = observations.get(request.id)
+                self.probe_outcomes.labels(seen.outcome.value if seen is not None else NO_RESULT).inc()
 
     def slack_delivery(self, kind: str, result: str, error: str) -> None:
         self.slack_deliveries.labels(kind, result, error[:64]).inc()

@@ -19,6 +19,11 @@ Jobs (one scheduler, thread pool of 6), none of which waits on another's I/O:
   is stored as in-flight with a conditional write (resourceVersion) of the state ConfigMap, and
   leadership is checked again right before the call: a replica that lost the Lease, or whose
   state another replica has written since, sends nothing (fencing).
+- ``operations``: every ``delivery_tick_s``, the "cannot audit" alert and its recovery (sent by
+  the last leader after ``cannot_audit_after_s`` of trouble: the Lease, or a snapshot not in sync,
+  which is watched leading or not, so "auditing again" waits for the watches to relist). Its own
+  job: a hung API server blocks renewal and delivery for the client's timeouts, and a renewal
+  unanswered for a Lease duration is itself a trouble.
 - ``report``: daily, the compliance report.
 Drift state and outbox change under one lock, held only for in-memory work and the state write:
 never across a Slack call, a sink or the Lease renewal.
@@ -167,8 +172,11 @@ class Daemon:
         self._last_leader = False
         self._trouble_since: float | None = None
         self._troubles: dict[str, str] = {}  # source (lease, snapshot) -> what is wrong
+        self._trouble_lock = threading.Lock()
         self._ops_ts: str | None = None
         self._ops_recovered_after: float | None = None
+        self._ops_lock = threading.Lock()  # one "cannot audit" call at a time (deliver and operations jobs)
+        self._renewing_since: float | None = None  # monotonic start of the Lease call under way
         self._scheduler = BackgroundScheduler(
             timezone="UTC",
             executors={"default": ThreadPoolExecutor(6)},
@@ -189,6 +197,9 @@ class Daemon:
             self._job(self.static_audit), IntervalTrigger(seconds=cfg.full_static_every_s), id="static"
         )
         self._scheduler.add_job(self._job(self.deliver), IntervalTrigger(seconds=cfg.delivery_tick_s), id="deliver")
+        self._scheduler.add_job(
+            self._job(self.watch_operations), IntervalTrigger(seconds=cfg.delivery_tick_s), id="operations"
+        )
         if self._probe_cycle is not None:
             trigger = IntervalTrigger(seconds=cfg.probe_every_s, jitter=int(cfg.probe_jitter_s) or None)
             self._scheduler.add_job(self._job(self.probe_audit), trigger, id="probes")
@@ -278,12 +289,19 @@ class Daemon:
         """Acquire or renew the Lease. Takes no lock and sends nothing: it never waits on work."""
         if self._stopping.is_set() or time.monotonic() < self._load_backoff_until:
             return
-        started = time.monotonic()
-        leading = self._elector.try_acquire_or_renew()
+        started = self._renewing_since = time.monotonic()
+        try:
+            leading = self._elector.try_acquire_or_renew()
+        finally:
+            self._renewing_since = None
         if self._stopping.is_set():
             return
         self._holds_lease = leading
         self._note_trouble("lease", self._elector.last_error)
+        # The snapshot's trouble is tracked here too, leading or not: when the API returns, the
+        # Lease comes back before the watches have relisted, and "auditing again" must wait for
+        # them (else it is said too early, and a second "cannot audit" alert follows).
+        self._note_trouble("snapshot", _not_in_sync(self._snapshots.snapshot()))
         if leading:
             # Stop acting a margin before the Lease could lapse (clock skew, a slow last call).
             duration = self._elector.duration_s
@@ -341,12 +359,7 @@ class Daemon:
             return
         started = time.monotonic()
         snapshot = self._snapshots.snapshot()
-        self._note_trouble(
-            "snapshot",
-            f"snapshot not in sync: {snapshot.problems[0].resource}: {snapshot.problems[0].message}"
-            if snapshot.problems
-            else None,
-        )
+        self._note_trouble("snapshot", _not_in_sync(snapshot))
         if snapshot.problems:
             # Never audit from a snapshot that is not in sync: it would "find" what is merely unread.
             self.metrics.cycles_skipped.labels("static-not-in-sync").inc()
@@ -363,7 +376,7 @@ class Daemon:
             # Only this job's findings advance the drift counters: re-counting the last probe
             # result at every static audit would open probe alerts on one failed cycle.
             published = self._evaluate(memory, static, report=static + memory.probe_findings, kind="static")
-        self._publish(*published)
+        self._publish(*published, started=started)
         self._timed("static", started)
         if self._changes != changes:
             self._request_audit(0.0)  # changed while this audit ran: audit again right away
@@ -383,7 +396,7 @@ class Daemon:
                 return  # lost the lease (or stopping) while probing: the next leader probes again
             memory.probe_findings = probe
             published = self._evaluate(memory, probe, report=memory.static_findings + probe, kind="probe")
-        self._publish(*published)
+        self._publish(*published, started=started)
         self._timed("probe", started)
 
     def daily_report(self) -> None:
@@ -393,6 +406,10 @@ class Daemon:
         self._publish(memory.last_findings, self._run_info("daily-report"))
 
     def _note_trouble(self, source: str, trouble: str | None) -> None:
+        with self._trouble_lock:  # the leader tick and audits both report
+            self._note_trouble_locked(source, trouble)
+
+    def _note_trouble_locked(self, source: str, trouble: str | None) -> None:
         if trouble is not None:
             if not self._troubles:
                 self._trouble_since = time.monotonic()
@@ -406,9 +423,30 @@ class Daemon:
             self._ops_recovered_after = time.monotonic() - self._trouble_since
         self._trouble_since = None
 
+    def watch_operations(self) -> None:
+        """Own job, so that a hung API server cannot hold the "cannot audit" alert back: its calls
+        wait for the API client's timeouts (30 s read, retried), blocking the renewal and
+        delivery jobs meanwhile. A renewal unanswered for a Lease duration is a trouble."""
+        since = self._renewing_since
+        if since is not None and time.monotonic() - since > self._elector.duration_s:
+            waited = time.monotonic() - since
+            self._note_trouble("lease", f"the API server has not answered the Lease renewal for {waited:.0f} s")
+        if self._stopping.is_set() or time.monotonic() < self._send_after:
+            return
+        if self._operational_alert():
+            self._send_after = time.monotonic() + self.config.slack_pace_s
+
     def _operational_alert(self) -> bool:
         """Send the "cannot audit" alert once the trouble lasted ``cannot_audit_after_s`` (and its
         recovery in its thread); True when a Slack call was made."""
+        if not self._ops_lock.acquire(blocking=False):
+            return False  # the other job is sending it
+        try:
+            return self._operational_alert_locked()
+        finally:
+            self._ops_lock.release()
+
+    def _operational_alert_locked(self) -> bool:
         if self._ops_recovered_after is not None and self._ops_ts is not None:
             text = (
                 ":white_check_mark: mesh-auditor is auditing again "
@@ -524,7 +562,11 @@ class Daemon:
         self._log.info("audit evaluated", kind=kind, findings=len(findings), transitions=len(transitions))
         return report, self._run_info(kind)
 
-    def _publish(self, report: tuple[Finding, ...], run: dict[str, Any]) -> None:
+    def _publish(self, report: tuple[Finding, ...], run: dict[str, Any], *, started: float | None = None) -> None:
+        """``started``: ``time.monotonic()`` at the start of the audit cycle; the run then carries
+        ``duration_s``, seconds from there to the evaluated audit (CloudWatch ``CycleDuration``)."""
+        if started is not None:
+            run["duration_s"] = round(time.monotonic() - started, 3)
         for sink in self._sinks:  # outside the lock: a slow sink holds up nobody's Slack message
             try:
                 sink.publish(report, run)
@@ -592,6 +634,13 @@ class Daemon:
         if event.job_id == "static-now":
             self._request_audit(self.config.static_debounce_s)  # the change still gets its audit
         self._log.warning("cycle skipped: the previous one is still running", job=event.job_id)
+
+
+def _not_in_sync(snapshot: Snapshot) -> str | None:
+    """Why the snapshot cannot be audited (its first read problem), or None when it is in sync."""
+    if not snapshot.problems:
+        return None
+    return f"snapshot not in sync: {snapshot.problems[0].resource}: {snapshot.problems[0].message}"
 
 
 def _corrupt(error: Exception) -> bool:

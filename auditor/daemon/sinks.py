@@ -7,14 +7,16 @@ rolling history for the HTML report's per-target strips. AWS sinks wrap the adap
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from auditor.core.model import Finding
+from auditor.core.outbox import Delivery, Entry
 from auditor.render.document import audit_document
 from auditor.render.html import HistoryPoint, render_html
 from auditor.render.policyreport import policy_reports
@@ -53,17 +55,36 @@ def _atomic_write(path: Path, text: str) -> None:
     temporary.replace(path)  # atomic on POSIX: readers never see half a report
 
 
+# Called with a sink's name (auditor.daemon.metrics.SINKS) when a write to it raised.
+OnFailure = Callable[[str], None]
+
+
+def _ignore(_sink: str) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def _counted(sink: str, on_failure: OnFailure) -> Iterator[None]:
+    """Report a write that raised to ``on_failure``, then let the error go on as before."""
+    try:
+        yield
+    except Exception:
+        on_failure(sink)
+        raise
+
+
 class PolicyReportSink:
     """PolicyReports per namespace, so policy dashboards show the promises beside admission results."""
 
-    def __init__(self, writer: PolicyReportWriterLike) -> None:
+    def __init__(self, writer: PolicyReportWriterLike, *, on_failure: OnFailure = _ignore) -> None:
         self._writer = writer
+        self._on_failure = on_failure
 
     def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None:
         at = dt.datetime.fromisoformat(str(run["at"]))
-        self._writer.write(
-            policy_reports(findings, run_id=str(run.get("id", run["at"])), timestamp=int(at.timestamp()))
-        )
+        reports = policy_reports(findings, run_id=str(run.get("id", run["at"])), timestamp=int(at.timestamp()))
+        with _counted("policyreports", self._on_failure):
+            self._writer.write(reports)
 
 
 class PolicyReportWriterLike(Protocol):
@@ -74,9 +95,16 @@ class AwsSink:
     """S3 archive, Security Hub and CloudWatch, each only when configured (None = off)."""
 
     def __init__(
-        self, *, archive: Any = None, hub: Any = None, metrics: Any = None, alerts_open: Callable[[], int] = lambda: 0
+        self,
+        *,
+        archive: Any = None,
+        hub: Any = None,
+        metrics: Any = None,
+        alerts_open: Callable[[], int] = lambda: 0,
+        on_failure: OnFailure = _ignore,
     ) -> None:
         self._archive, self._hub, self._metrics, self._alerts_open = archive, hub, metrics, alerts_open
+        self._on_failure = on_failure
 
     def became_leader(self) -> None:
         """Security Hub's sink reloads first-seen times another leader may have written."""
@@ -88,14 +116,53 @@ class AwsSink:
         if self._archive is not None:
             document = audit_document(tuple(findings), inputs={"mode": "daemon"})
             document["run"] = dict(run)
-            self._archive.put_run(document, str(run.get("id", at.strftime("%H%M%S"))), at)
+            with _counted("s3", self._on_failure):
+                self._archive.put_run(document, str(run.get("id", at.strftime("%H%M%S"))), at)
         refused = 0
         if self._hub is not None:
-            refused = len(self._hub.publish(findings, at))  # each one is logged with its reason by the hub sink
+            with _counted("securityhub", self._on_failure):
+                refused = len(self._hub.publish(findings, at))  # each one is logged with its reason by the hub sink
+            if refused:  # BatchImportFindings answered, but refused some findings: a failed write too
+                self._on_failure("securityhub")
         if self._metrics is not None:
-            self._metrics.put_cycle(
-                findings,
-                alerts_open=self._alerts_open(),
-                duration_s=float(run.get("duration_s", 0.0)),
-                hub_refused=refused,
-            )
+            with _counted("cloudwatch", self._on_failure):
+                self._metrics.put_cycle(
+                    findings,
+                    alerts_open=self._alerts_open(),
+                    duration_s=float(run["duration_s"]) if "duration_s" in run else None,
+                    hub_refused=refused,
+                )
+
+
+# Slack's answers that delivered nothing in this attempt (auditor.core.outbox.Action): the entry
+# is retried later (retry), sent again as a new post (repost) or as plain text (text_only), or
+# given up (drop). "sent" (including an adopted earlier attempt) is the one success.
+_FAILED_DELIVERIES = frozenset({"retry", "repost", "text_only", "drop"})
+
+
+class CountingNotifier:
+    """Wraps a Slack notifier: each failed delivery ATTEMPT is one failed Slack write.
+
+    The daemon sends one outbox entry per ``deliver`` call (paced; ``auditor.daemon.service``) and
+    retries or reposts it on later calls, so counting per attempt makes
+    ``mesh_auditor_sink_write_failures_total{sink="slack"}`` rise for as long as Slack keeps
+    failing, like the other sinks that fail once per cycle. An entry retried three times and then
+    dropped counts 4. A ``deliver`` that raises counts once and the error goes on. Drops by reason
+    are in ``mesh_auditor_slack_outbox_dropped_total``; every attempt by result in
+    ``mesh_auditor_slack_deliveries_total``.
+    """
+
+    def __init__(self, inner: NotifierLike, on_failure: OnFailure) -> None:
+        self._inner = inner
+        self._on_failure = on_failure
+
+    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery:
+        with _counted("slack", self._on_failure):
+            delivery = self._inner.deliver(entry, threads)
+        if delivery.action in _FAILED_DELIVERIES:
+            self._on_failure("slack")
+        return delivery
+
+
+class NotifierLike(Protocol):
+    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery: ...

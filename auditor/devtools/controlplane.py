@@ -9,12 +9,14 @@ auditor never imports it.
 
 Commands (``scripts/controlplane CMD`` or ``python3 -m auditor.devtools.controlplane CMD``):
 
-* ``build``: build the three binaries once into
+* ``build``: build etcd, kube-apiserver and kubectl, then pilot-discovery and istioctl
+  (``auditor.devtools.istio``), once each into
   ``${MESH_AUDITOR_CACHE:-${XDG_CACHE_HOME:-~/.cache}}/mesh-auditor/controlplane/<versions>/bin``;
   a warm call returns at once.
 * ``up``: build if needed, start etcd and kube-apiserver (RBAC, ValidatingAdmissionPolicy,
-  service-account token signing), install the CRDs from ``<repo>/../shared/crds`` (env
-  ``MESH_AUDITOR_CRDS``) and wait until they are Established and ``/readyz`` is ok. Prints the
+  service-account token signing), install Istio's and Gateway API's CRDs from the Go module cache
+  (``istio.crd_manifests``) and wait until they are Established and ``/readyz`` is ok. With
+  ``--istio``, also start istiod against it (``auditor.devtools.istio``). Prints the
   kubeconfig path as the last line of stdout; progress goes to stderr. The state (pids, logs,
   certificates, kubeconfig, etcd data) lives in ``--state-dir``, default
   ``${MESH_AUDITOR_STATE:-/tmp/mesh-auditor-controlplane}``. If that state dir already holds a
@@ -93,7 +95,6 @@ GO_BUILD_TAGS = "selinux,notest,grpcnotrace"
 VERSION_PACKAGES = ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
 # Bump when the build recipe changes so that cached binaries are rebuilt.
 BUILD_RECIPE = "1"
-CRD_SOURCES = ("istio-1.28/crd-all.gen.yaml", "gateway-api-v1.4.1")
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 READY_TIMEOUT_S = 90.0
@@ -270,11 +271,11 @@ def _go_env() -> dict[str, str]:
     return env
 
 
-def _run_go(argv: Sequence[str], env: dict[str, str], what: str) -> None:
+def _run_go(argv: Sequence[str], env: dict[str, str], what: str, cwd: Path = GO_MODULE_DIR) -> None:
     _log(f"{what} ...")
     started = time.monotonic()
     # Go's own output goes to fd 2: stdout is reserved for the command's result.
-    with subprocess.Popen(argv, cwd=GO_MODULE_DIR, env=env, stdin=subprocess.DEVNULL, stdout=2, stderr=2) as process:
+    with subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=2, stderr=2) as process:
         while True:
             try:
                 code = process.wait(timeout=30)
@@ -285,8 +286,8 @@ def _run_go(argv: Sequence[str], env: dict[str, str], what: str) -> None:
         raise ControlPlaneError(f"{what} failed with exit code {code}; its output is above")
 
 
-def _output(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(argv, cwd=GO_MODULE_DIR, env=env, capture_output=True, text=True, check=False)
+def _output(argv: Sequence[str], env: dict[str, str] | None = None, cwd: Path = GO_MODULE_DIR) -> str:
+    result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise ControlPlaneError(f"{shlex.join(argv)} failed: {result.stderr.strip()}")
     return result.stdout
@@ -677,32 +678,24 @@ def _processes(record: dict[str, Any]) -> list[Process]:
 # up / down / status
 
 
-def default_crds_dir() -> Path:
-    explicit = os.environ.get("MESH_AUDITOR_CRDS")
-    return Path(explicit) if explicit else REPO_ROOT.parent / "shared" / "crds"
+def crd_manifests() -> list[Path]:
+    """The CRD manifests up installs, from the Go module cache (``istio.crd_manifests``)."""
+    from auditor.devtools import istio  # noqa: PLC0415 - istio imports this module
+
+    return istio.crd_manifests()
 
 
-def crd_manifests(crds_dir: Path | None = None) -> list[Path]:
-    """The CRD manifest files installed by up, in a fixed order."""
-    root = crds_dir or default_crds_dir()
-    files: list[Path] = []
-    for source in CRD_SOURCES:
-        path = root / source
-        found = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
-        found = [file for file in found if file.is_file()]
-        if not found:
-            raise ControlPlaneError(
-                f"no CRD manifests at {path}: set MESH_AUDITOR_CRDS to the folder holding {' and '.join(CRD_SOURCES)}"
-            )
-        files += found
-    return files
+def up(state_dir: Path | None = None, *, istio: bool = False) -> Path:
+    """Start the control plane in state_dir unless it is up already; return the kubeconfig.
 
-
-def up(state_dir: Path | None = None) -> Path:
-    """Start the control plane in state_dir unless it is up already; return the kubeconfig."""
+    With ``istio``, also start istiod against it (``auditor.devtools.istio``), or add istiod to
+    a healthy control plane that runs without it.
+    """
     state = _state(state_dir)
     with _file_lock(state.lock):
         if is_healthy(state.path):
+            if istio and not _load_record(state).get("istiod"):
+                _start_istiod(state, build())
             _log(f"already up (state in {state.path})")
             return state.kubeconfig
         _teardown(state)  # leftovers of a crashed or half-finished start
@@ -711,7 +704,70 @@ def up(state_dir: Path | None = None) -> Path:
         started = time.monotonic()
         _start(state, binaries, manifests)
         _log(f"up in {time.monotonic() - started:.1f} s; state in {state.path}")
+        if istio:
+            _start_istiod(state, binaries)
         return state.kubeconfig
+
+
+def _start_istiod(state: StateDir, binaries: Binaries) -> None:
+    from auditor.devtools import istio  # noqa: PLC0415 - istio imports this module
+
+    istio_binaries = istio.build()
+    record = _load_record(state)
+    kubectl = [str(binaries.kubectl), f"--kubeconfig={state.kubeconfig}", f"--cache-dir={state.path / 'kubectl-cache'}"]
+    started = time.monotonic()
+    istio.apply_objects(kubectl, istio.istiod_objects(istio.chart_dir("istio-control/istio-discovery")))
+    # Pods for Deployments (waypoints included), pod IPs and Ready, EndpointSlices, istio-cni's
+    # redirection annotation: what the missing controller-manager, kubelet and istio-cni would
+    # give istiod and the auditor (podexecutor.WorkloadStandIn).
+    stand_in_argv = [
+        sys.executable,
+        "-m",
+        "auditor.devtools.podexecutor",
+        f"--kubeconfig={state.kubeconfig}",
+        f"--cni-selectors={json.dumps(istio.cni_enablement_selectors())}",
+    ]
+    stand_in_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    stand_in = processes.spawn(
+        "workload-stand-in", stand_in_argv, state.logs / "workload-stand-in.log", env=stand_in_env
+    )
+    record["processes"].append({"name": stand_in.name, "pid": stand_in.pid, "start_ticks": stand_in.start_ticks})
+    _save_record(state, record)
+    ports = istio.IstiodPorts(*_free_ports(6))
+    workdir = state.path / "istiod"
+    workdir.mkdir(exist_ok=True)  # istiod writes relative paths (./var/run/secrets...) here
+    log_path = state.logs / "istiod.log"
+    # istiod reads and writes paths relative to its working directory (./var/run/secrets/istio-dns,
+    # ./etc/cacerts...); posix_spawn cannot change directory, env -C does and then execs istiod.
+    argv = [
+        shutil.which("env") or "/usr/bin/env",
+        "-C",
+        str(workdir),
+        *istio.istiod_args(istio_binaries, state.kubeconfig, ports),
+    ]
+    process = processes.spawn("istiod", argv, log_path, env=istio.istiod_env(state.kubeconfig))
+    record["processes"].append({"name": "istiod", "pid": process.pid, "start_ticks": process.start_ticks})
+    record["istiod"] = {"ports": ports.as_json()}
+    _save_record(state, record)
+    try:
+        ready_s = istio.wait_istiod(process, ports.http, log_path, istio.ISTIOD_READY_TIMEOUT_S)
+    except BaseException:
+        _stop(process)
+        _stop(stand_in)
+        raise
+    record["istiod"].update(ready_seconds=round(time.monotonic() - started, 1))
+    _save_record(state, record)
+    _log(
+        f"istiod ready in {ready_s:.1f} s ({time.monotonic() - started:.1f} s with its ConfigMaps); "
+        f"debug http://127.0.0.1:{ports.http}, plaintext XDS 127.0.0.1:{ports.grpc}, "
+        f"RSS {istio.rss_bytes(process.pid) / 2**20:.0f} MiB"
+    )
+
+
+def istiod_ports(state_dir: Path | None = None) -> dict[str, int]:
+    """The loopback ports of the istiod that ``up --istio`` started in state_dir ({} if none)."""
+    ports: dict[str, int] = (_load_record(_state(state_dir)).get("istiod") or {}).get("ports") or {}
+    return ports
 
 
 def down(state_dir: Path | None = None) -> bool:
@@ -735,6 +791,8 @@ def is_healthy(state_dir: Path | None = None) -> bool:
         return False
     if not all(process.running() for process in processes):
         return False
+    if record.get("istiod") and record["istiod"].get("ready_seconds") is None:
+        return False  # istiod was being started when its up died
     return _probe(f"{record['server']}/readyz", _tls_context(state.pki)) == "ok"
 
 
@@ -751,6 +809,13 @@ def status(state_dir: Path | None = None) -> tuple[bool, str]:
     binaries = Binaries(binary_dir(pins))
     built = "built" if _is_built(binaries, _fingerprint()) else "not built"
     fields.append(("binaries", f"{binaries.directory} ({pins.cache_key}, {built})"))
+    from auditor.devtools import istio  # noqa: PLC0415 - istio imports this module
+
+    istio_pins = istio.read_pins()
+    istio_built = "built" if istio.is_built(istio_pins) else "not built"
+    fields.append(("istio binaries", f"{istio.binary_dir(istio_pins)} ({istio_built})"))
+    if record.get("istiod"):
+        fields.append(("istiod", f"ports {record['istiod'].get('ports')}"))
     return healthy, "\n".join(f"{name + ':':<16}{value}" for name, value in fields)
 
 
@@ -904,7 +969,9 @@ def _install_crds(binaries: Binaries, state: StateDir, manifests: Sequence[Path]
         "-o",
         "name",
     ]
-    names = _output([*kubectl, *apply, *(f"--filename={path}" for path in manifests)]).split()
+    applied = _output([*kubectl, *apply, *(f"--filename={path}" for path in manifests)]).split()
+    # Gateway API's standard channel also holds a ValidatingAdmissionPolicy and its binding.
+    names = [name for name in applied if name.startswith("customresourcedefinition")]
     _log(f"installed {len(names)} CRDs; waiting for them to be Established")
     _output([*kubectl, "wait", "--for=condition=Established", "--timeout=60s", *names])
 
@@ -971,15 +1038,21 @@ def _namespace_args(namespace: str | None) -> list[str]:
 
 
 def _cmd_build(_: argparse.Namespace) -> int:
+    from auditor.devtools import istio  # noqa: PLC0415 - istio imports this module
+
     binaries = build()
     for name, version in build_info(binaries).get("versions", {}).items():
         _log(f"{name}: {' | '.join(version.splitlines())}")
+    istio_binaries = istio.build()
+    for name, version in istio.build_info(istio_binaries).get("versions", {}).items():
+        _log(f"{name}: {' | '.join(version.splitlines())}")
     print(binaries.directory)
+    print(istio_binaries.directory)
     return 0
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    print(up(args.state_dir))
+    print(up(args.state_dir, istio=args.istio))
     return 0
 
 
@@ -1025,6 +1098,10 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="default: $MESH_AUDITOR_STATE or /tmp/mesh-auditor-controlplane",
         )
+        if name == "up":
+            command.add_argument(
+                "--istio", action="store_true", help="also start istiod (pilot-discovery) against the API server"
+            )
         command.set_defaults(handler=handler)
     return parser
 

@@ -39,6 +39,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import hashlib
+import ipaddress
 import json
 import os
 import shutil
@@ -322,17 +324,30 @@ class PodExecutor:
         body: dict[str, Any] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        method, url, headers, payload, _ = self._api.param_serialize(
-            method=method, resource_path=path, query_params=query or [], header_params=headers, body=body,
-            auth_settings=["BearerToken"],
-        )  # fmt: skip
-        response = self._api.call_api(method, url, header_params=headers, body=payload, _request_timeout=(5, 30))
-        data: bytes = response.read()  # type: ignore[no-untyped-call]  # the client ships no annotations
-        if response.status >= 400:
-            raise _ApiError(response.status, data.decode("utf-8", "replace")[:500])
-        document: dict[str, Any] = json.loads(data)
-        return document
+        return _api_call(self._api, method, path, query=query, body=body, content_type=content_type)
+
+
+def _api_call(
+    api: ApiClient,
+    method: str,
+    path: str,
+    *,
+    query: list[tuple[str, str]] | None = None,
+    body: dict[str, Any] | None = None,
+    content_type: str = "application/json",
+) -> dict[str, Any]:
+    """One API request as raw JSON; raises _ApiError for a status >= 400."""
+    headers = {"Accept": "application/json", "Content-Type": content_type}
+    method, url, headers, payload, _ = api.param_serialize(
+        method=method, resource_path=path, query_params=query or [], header_params=headers, body=body,
+        auth_settings=["BearerToken"],
+    )  # fmt: skip
+    response = api.call_api(method, url, header_params=headers, body=payload, _request_timeout=(5, 30))
+    data: bytes = response.read()  # type: ignore[no-untyped-call]  # the client ships no annotations
+    if response.status >= 400:
+        raise _ApiError(response.status, data.decode("utf-8", "replace")[:500])
+    document: dict[str, Any] = json.loads(data)
+    return document
 
 
 class _ConfigError(Exception):
@@ -446,3 +461,425 @@ def _terminated_status(
             reason="DeadlineExceeded", message="Pod was active on the node longer than the specified deadline"
         )
     return status
+
+
+# ---------------------------------------------------------------------------------------------
+# Workloads that run nothing: Deployments get pods, pods get IPs and Ready, Services EndpointSlices
+
+STAND_IN_LABEL = "mesh-auditor.io/stand-in"
+POD_CIDR = "10.244.0.0/16"
+ENDPOINTSLICE_MANAGER = "endpointslice-controller.k8s.io"
+TEMPLATE_HASH = "mesh-auditor.io/template-hash"
+REDIRECTION = "ambient.istio.io/redirection"
+GATEWAY_API = "gateway.networking.k8s.io/v1"
+
+
+class WorkloadStandIn:
+    """What the Deployment controller, a kubelet and the EndpointSlice controller would do for
+    pods whose containers are never run (waypoints, the retail-store apps), so that istiod sees
+    workloads: until ``stop()``, every ``poll_s`` seconds it
+
+    - creates ``spec.replicas`` (default 1) pods ``<deployment>-<i>`` from each Deployment's
+      template, owned by it and labelled ``mesh-auditor.io/stand-in: "true"``, and writes the
+      Deployment's status (replicas ready and available) through the status subresource; a pod
+      the API server refuses (its ServiceAccount does not exist yet) is retried on the next poll;
+    - binds every unscheduled pod that is not a probe pod (``exclude``: the ``PodExecutor``'s
+      selector) to the node and gives it a pod IP from ``pod_cidr``, phase ``Running`` and the
+      ``Ready`` and ``ContainersReady`` conditions, as a kubelet reports a started pod;
+    - keeps one EndpointSlice ``<service>-stand-in`` per Service with a selector, listing the
+      matching pods that have an IP (ready, serving), with the Service's ports (a named
+      ``targetPort`` resolved through the container ports, as the controller does).
+
+    Nothing runs in the pods and nothing is deleted when a Deployment scales down. Errors are
+    collected in ``errors`` and the loop keeps going.
+    """
+
+    def __init__(
+        self,
+        api: ApiClient,
+        *,
+        node_name: str = "auto-node-1",
+        node_labels: dict[str, str] | None = None,
+        pod_cidr: str = POD_CIDR,
+        exclude: str = DEFAULT_SELECTOR,
+        poll_s: float = 0.5,
+        cni_selectors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self._api = api
+        self._cni_selectors = cni_selectors or []
+        self.node_name = node_name
+        self.node_labels = dict(AUTO_MODE_LABELS if node_labels is None else node_labels)
+        self._network = ipaddress.ip_network(pod_cidr)
+        self._exclude = exclude
+        self._poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="workload-stand-in", daemon=True)
+        self.errors: list[str] = []
+
+    def __enter__(self) -> WorkloadStandIn:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.node_name, "labels": self.node_labels}}
+        try:
+            _api_call(self._api, "POST", "/api/v1/nodes", body=node)
+        except _ApiError as error:
+            if error.status != 409:
+                raise
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def reconcile(self) -> None:
+        """One pass: garbage, pods for Deployments, pod status, istio-cni's annotation, EndpointSlices."""
+        self._collect_garbage()
+        self._deployments()
+        self._pods(self._call_list("/api/v1/pods"))
+        pods = self._call_list("/api/v1/pods")
+        if self._cni_selectors:
+            self._redirection(pods)
+        self._endpoint_slices(pods)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._poll_s):
+            try:
+                self.reconcile()
+            except Exception as error:  # noqa: BLE001 - a stand-in controller keeps going, like the real ones
+                self._error(f"{type(error).__name__}: {error}")
+
+    def _error(self, message: str) -> None:
+        if message not in self.errors[-20:]:
+            self.errors.append(message)
+
+    def _call_list(self, path: str, selector: str | None = None) -> list[dict[str, Any]]:
+        query = [("labelSelector", selector)] if selector else None
+        items: list[dict[str, Any]] = _api_call(self._api, "GET", path, query=query)["items"]
+        return items
+
+    # --- the garbage collector ------------------------------------------------------------------
+
+    def _collect_garbage(self) -> None:
+        # What istiod renders for a waypoint (Deployment, Service, ServiceAccount) is owned by the
+        # Gateway, an EndpointSlice by its Service: deleting the owner deletes them on a cluster.
+        owners = {
+            "Gateway": {g["metadata"]["uid"] for g in self._call_list(f"/apis/{GATEWAY_API}/gateways")},
+            "Service": {s["metadata"]["uid"] for s in self._call_list("/api/v1/services")},
+        }
+        dependents = ("/apis/apps/v1/deployments", "/api/v1/services", "/api/v1/serviceaccounts")
+        for path in (*dependents, "/apis/discovery.k8s.io/v1/endpointslices"):
+            for item in self._call_list(path):
+                meta = item["metadata"]
+                refs = [r for r in meta.get("ownerReferences") or [] if r.get("kind") in owners]
+                if refs and all(r["uid"] not in owners[r["kind"]] for r in refs):
+                    with contextlib.suppress(_ApiError):
+                        _api_call(self._api, "DELETE", f"{_namespaced(path, meta['namespace'])}/{meta['name']}")
+
+    # --- the Deployment controller --------------------------------------------------------------
+
+    def _deployments(self) -> None:
+        deployments = [
+            d for d in self._call_list("/apis/apps/v1/deployments") if not d["metadata"].get("deletionTimestamp")
+        ]
+        hashes = {d["metadata"]["uid"]: _template_hash(d) for d in deployments}
+        existing: set[tuple[str, str]] = set()
+        for pod in self._call_list("/api/v1/pods", f"{STAND_IN_LABEL}=true"):
+            meta = pod["metadata"]
+            owners: list[dict[str, Any]] = meta.get("ownerReferences") or [{}]
+            owner = owners[0].get("uid")
+            # There is no garbage collector: a pod whose Deployment is gone or whose template
+            # changed is deleted here (and re-created from the new template next time).
+            if hashes.get(owner) != (meta.get("annotations") or {}).get(TEMPLATE_HASH):
+                with contextlib.suppress(_ApiError):
+                    _api_call(self._api, "DELETE", _pod_path(meta), body={"gracePeriodSeconds": 0})
+                continue
+            existing.add((meta["namespace"], meta["name"]))
+        for deployment in deployments:
+            meta = deployment["metadata"]
+            replicas = deployment["spec"].get("replicas", 1)
+            for index in range(replicas):
+                name = f"{meta['name']}-{index}"
+                if (meta["namespace"], name) not in existing:
+                    self._create_pod(deployment, name, hashes[meta["uid"]])
+            self._deployment_status(deployment, replicas)
+
+    def _create_pod(self, deployment: dict[str, Any], name: str, template_hash: str) -> None:
+        meta, template = deployment["metadata"], deployment["spec"]["template"]
+        template_meta = template.get("metadata") or {}
+        owner = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": meta["name"],
+            "uid": meta["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": meta["namespace"],
+                "labels": {**(template_meta.get("labels") or {}), STAND_IN_LABEL: "true"},
+                "annotations": {**(template_meta.get("annotations") or {}), TEMPLATE_HASH: template_hash},
+                "ownerReferences": [owner],
+            },
+            "spec": template["spec"],
+        }
+        try:
+            _api_call(self._api, "POST", f"/api/v1/namespaces/{meta['namespace']}/pods", body=pod)
+        except _ApiError as error:
+            if error.status != 409:
+                self._error(f"pod {meta['namespace']}/{name}: {error}")
+
+    def _deployment_status(self, deployment: dict[str, Any], replicas: int) -> None:
+        meta = deployment["metadata"]
+        status = {
+            "observedGeneration": meta.get("generation", 1),
+            "replicas": replicas,
+            "updatedReplicas": replicas,
+            "readyReplicas": replicas,
+            "availableReplicas": replicas,
+        }
+        current = deployment.get("status") or {}
+        if all(current.get(key) == value for key, value in status.items()):
+            return
+        path = f"/apis/apps/v1/namespaces/{meta['namespace']}/deployments/{meta['name']}/status"
+        _api_call(self._api, "PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
+
+    # --- the scheduler and the kubelet -----------------------------------------------------------
+
+    def _pods(self, pods: list[dict[str, Any]]) -> None:
+        excluded = {p["metadata"]["uid"] for p in self._call_list("/api/v1/pods", self._exclude)}
+        used = {(p.get("status") or {}).get("podIP") for p in pods}
+        candidates = (ip for ip in self._network.hosts() if str(ip) not in used)
+        for pod in pods:
+            meta = pod["metadata"]
+            if meta["uid"] in excluded or meta.get("deletionTimestamp") or (pod.get("status") or {}).get("podIP"):
+                continue
+            if not pod["spec"].get("nodeName"):
+                binding = {
+                    "apiVersion": "v1",
+                    "kind": "Binding",
+                    "metadata": {"name": meta["name"]},
+                    "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name},
+                }
+                _api_call(self._api, "POST", f"{_pod_path(meta)}/binding", body=binding)
+            patch = {"status": _ready_status(pod, str(next(candidates)))}
+            _api_call(
+                self._api, "PATCH", f"{_pod_path(meta)}/status", body=patch,
+                content_type="application/merge-patch+json",
+            )  # fmt: skip
+
+    # --- istio-cni's node agent ------------------------------------------------------------------
+
+    def _redirection(self, pods: list[dict[str, Any]]) -> None:
+        # istio-cni annotates a pod it redirected to ztunnel (cni/pkg/util/podutil.go
+        # AnnotateEnrolledPod) and removes the annotation when the pod leaves the mesh; which pods
+        # it redirects is CompiledEnablementSelectors.Matches (enablement_selector.go).
+        namespaces = {
+            n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in self._call_list("/api/v1/namespaces")
+        }
+        for pod in pods:
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp") or not (pod.get("status") or {}).get("podIP"):
+                continue
+            wanted = redirection_enabled(pod, namespaces.get(meta["namespace"], {}), self._cni_selectors)
+            current = (meta.get("annotations") or {}).get(REDIRECTION) == "enabled"
+            if wanted != current:
+                patch = {"metadata": {"annotations": {REDIRECTION: "enabled" if wanted else None}}}
+                _api_call(self._api, "PATCH", _pod_path(meta), body=patch, content_type="application/merge-patch+json")
+
+    # --- the EndpointSlice controller ------------------------------------------------------------
+
+    def _endpoint_slices(self, pods: list[dict[str, Any]]) -> None:
+        for service in self._call_list("/api/v1/services"):
+            selector = service["spec"].get("selector")
+            if not selector or service["metadata"].get("deletionTimestamp"):
+                continue
+            namespace = service["metadata"]["namespace"]
+            members = [
+                p
+                for p in pods
+                if p["metadata"]["namespace"] == namespace
+                and not p["metadata"].get("deletionTimestamp")
+                and (p.get("status") or {}).get("podIP")
+                and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
+            ]
+            self._apply_slice(service, members)
+
+    def _apply_slice(self, service: dict[str, Any], members: list[dict[str, Any]]) -> None:
+        meta = service["metadata"]
+        name = f"{meta['name']}-stand-in"
+        ports = [_slice_port(port, members) for port in service["spec"].get("ports") or []]
+        endpoints = [
+            {
+                "addresses": [pod["status"]["podIP"]],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "nodeName": pod["spec"].get("nodeName") or self.node_name,
+                "targetRef": {
+                    "kind": "Pod",
+                    "namespace": pod["metadata"]["namespace"],
+                    "name": pod["metadata"]["name"],
+                    "uid": pod["metadata"]["uid"],
+                },
+            }
+            for pod in sorted(members, key=lambda p: str(p["metadata"]["name"]))
+        ]
+        body: dict[str, Any] = {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": name,
+                "namespace": meta["namespace"],
+                "labels": {
+                    "kubernetes.io/service-name": meta["name"],
+                    "endpointslice.kubernetes.io/managed-by": ENDPOINTSLICE_MANAGER,
+                },
+                "ownerReferences": [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Service",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                    }
+                ],
+            },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": ports,
+        }
+        base = f"/apis/discovery.k8s.io/v1/namespaces/{meta['namespace']}/endpointslices"
+        try:
+            current = _api_call(self._api, "GET", f"{base}/{name}")
+        except _ApiError as error:
+            if error.status != 404:
+                raise
+            _api_call(self._api, "POST", base, body=body)
+            return
+        if current.get("endpoints") == endpoints and current.get("ports") == ports:
+            return
+        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        _api_call(self._api, "PUT", f"{base}/{name}", body=body)
+
+
+def redirection_enabled(pod: dict[str, Any], namespace_labels: dict[str, str], selectors: list[dict[str, Any]]) -> bool:
+    """istio-cni's CompiledEnablementSelectors.Matches: would it redirect this pod to ztunnel?
+
+    ``selectors`` is the istio-cni chart's ``ambient.enablementSelectors``: a list of
+    ``{podSelector, namespaceSelector}`` label selectors (an absent one matches everything). A
+    host-network pod or one with a sidecar (``sidecar.istio.io/status``) never is.
+    """
+    if pod["spec"].get("hostNetwork") or "sidecar.istio.io/status" in (pod["metadata"].get("annotations") or {}):
+        return False
+    labels = pod["metadata"].get("labels") or {}
+    return any(
+        _selects(entry.get("podSelector") or {}, labels)
+        and _selects(entry.get("namespaceSelector") or {}, namespace_labels)
+        for entry in selectors
+    )
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        present = key in labels
+        if operator == "In" and not (present and labels[key] in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def _namespaced(list_path: str, namespace: str) -> str:
+    """``/apis/apps/v1/deployments`` -> ``/apis/apps/v1/namespaces/<namespace>/deployments``."""
+    head, _, resource = list_path.rpartition("/")
+    return f"{head}/namespaces/{namespace}/{resource}"
+
+
+def _template_hash(deployment: dict[str, Any]) -> str:
+    template = json.dumps(deployment["spec"]["template"], sort_keys=True)
+    return hashlib.sha256(template.encode()).hexdigest()[:16]
+
+
+def _ready_status(pod: dict[str, Any], ip: str) -> dict[str, Any]:
+    now = _now()
+    containers = [
+        _container_status(c, {"running": {"startedAt": now}}, ready=True) for c in pod["spec"].get("containers") or []
+    ]
+    conditions = [
+        {"type": kind, "status": "True", "lastTransitionTime": now}
+        for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+    ]
+    return {
+        "phase": "Running",
+        "startTime": now,
+        "hostIP": "127.0.0.1",
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "conditions": conditions,
+        "containerStatuses": containers,
+    }
+
+
+def _slice_port(port: dict[str, Any], members: list[dict[str, Any]]) -> dict[str, Any]:
+    target = port.get("targetPort", port["port"])
+    if isinstance(target, str):
+        # A named targetPort resolves through the first member's container ports, as the
+        # EndpointSlice controller does per pod; unresolved stays the Service port.
+        named = [
+            p["containerPort"]
+            for pod in members[:1]
+            for c in pod["spec"].get("containers") or []
+            for p in c.get("ports") or []
+            if p.get("name") == target
+        ]
+        target = named[0] if named else port["port"]
+    entry: dict[str, Any] = {"port": int(target), "protocol": port.get("protocol", "TCP")}
+    if port.get("name"):
+        entry["name"] = port["name"]
+    if port.get("appProtocol"):
+        entry["appProtocol"] = port["appProtocol"]
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m auditor.devtools.podexecutor --kubeconfig PATH``: run the WorkloadStandIn until SIGTERM."""
+    import argparse  # noqa: PLC0415 - only the command line needs it
+    import signal  # noqa: PLC0415 - only the command line needs it
+
+    from kubernetes import config  # noqa: PLC0415 - the client library is slow to import
+
+    parser = argparse.ArgumentParser(prog="podexecutor", description="Workload stand-in for a kubelet-less cluster.")
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument(
+        "--cni-selectors", help="istio-cni's ambient.enablementSelectors as JSON: also stand in for istio-cni"
+    )
+    args = parser.parse_args(argv)
+    api: ApiClient = config.new_client_from_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    selectors = json.loads(args.cni_selectors) if args.cni_selectors else None
+    with WorkloadStandIn(api, cni_selectors=selectors) as stand_in:
+        reported = 0
+        while not stopped.wait(1.0):
+            for message in stand_in.errors[reported:]:
+                print(f"workload-stand-in: {message}", file=sys.stderr, flush=True)
+            reported = len(stand_in.errors)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -44,11 +44,14 @@ class AppliedCase:
     status subresource, as Istio would. Gateways without a status in the fixture get the one
     Istio writes for a ready waypoint: the Gateway API CRD defaults a new Gateway's conditions to
     ``Pending`` (no controller reconciled it), which the auditor rightly treats as "not ready"
-    (semantics §2), and this control plane runs no Istio.
+    (semantics §2), and this control plane runs no Istio. With ``write_status=False`` (a
+    control plane with istiod, ``istio_api``) no status is written: istiod writes it.
     """
 
-    def __init__(self, kube: KubeAPI, manifests: Path, workdir: Path) -> None:
+    def __init__(self, kube: KubeAPI, manifests: Path, workdir: Path, *, write_status: bool = True) -> None:
         self.kube = kube
+        # False where istiod runs against the server: then istiod writes every status.
+        self.write_status = write_status
         self.documents = _as_kubectl_reads(kube, manifests)
         self.objects_file = workdir / "objects.yaml"
 
@@ -66,7 +69,7 @@ class AppliedCase:
             if position:
                 time.sleep(1.1)  # creationTimestamp has one-second resolution
             self.kube.apply_text(yaml.safe_dump(_without_status(document)))
-        for document in objects:
+        for document in objects if self.write_status else ():
             status = document.get("status") or (READY_WAYPOINT_STATUS if document["kind"] == "Gateway" else None)
             if status:
                 self._write_status({**document, "status": status})

@@ -8,26 +8,36 @@ asserted here on every record sent, and each record is checked with botocore's v
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
 from botocore.stub import Stubber
 from botocore.validate import ParamValidator
 from moto.server import ThreadedMotoServer
 from structlog.testing import capture_logs
 
 from auditor.adapters.aws.archive import ArchiveOptions, S3Archive
-from auditor.adapters.aws.eks import auto_mode_finding
+from auditor.adapters.aws.eks import DEFINITIVE_FOR_S, RETRY_FIRST_S, AutoModeCheck, auto_mode_finding
 from auditor.adapters.aws.metrics import NAMESPACE, CloudWatchMetrics
 from auditor.adapters.aws.securityhub import HubOptions, SecurityHubSink
+from auditor.adapters.manifests.reader import read_manifests
+from auditor.adapters.rules.loader import load_rules
 from auditor.core.checks.automode import NodePoolRef, NodePools
 from auditor.core.checks.catalog import CAPTURED, PEER_AUTHENTICATION
 from auditor.core.model import Finding, Status
+from auditor.daemon.main import _auto_mode
+from auditor.daemon.service import Daemon, DaemonConfig
 from auditor.daemon.sinks import AwsSink
+from auditor.settings import AwsSettings
+from auditor.testing import FakeElector, FakeSnapshots, MemoryStateStore, RecordingNotifier
+from tests.cases import ROOT
 
 REGION = "us-west-2"
 ACCOUNT = "123456789012"
@@ -301,6 +311,51 @@ def test_cloudwatch_metrics_per_property_and_status(moto_endpoint: str) -> None:
     assert names == {"Findings", "AlertsOpen", "CycleDuration", "SecurityHubFindingsRefused"}
 
 
+def _cycle_durations(cloudwatch: Any, cluster: str) -> list[float]:
+    stats = cloudwatch.get_metric_statistics(
+        Namespace=NAMESPACE,
+        MetricName="CycleDuration",
+        Dimensions=[{"Name": "Cluster", "Value": cluster}],
+        StartTime=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
+        EndTime=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+        Period=60,
+        Statistics=["Maximum", "SampleCount"],
+    )
+    return [p["Maximum"] for p in stats["Datapoints"] for _ in range(int(p["SampleCount"]))]
+
+
+def test_cloudwatch_cycle_duration_is_the_real_duration_of_the_daemons_cycle(moto_endpoint: str) -> None:
+    """A static cycle that takes at least 0.3 s (its extra check sleeps) reports a CycleDuration of
+    at least 0.3 s and less than the wall time of the whole call; the daily report is no cycle and
+    adds no CycleDuration datum (it used to put 0)."""
+    cloudwatch = _client("cloudwatch", moto_endpoint)
+    sink = AwsSink(metrics=CloudWatchMetrics(cloudwatch, "timed"))
+
+    def slow_check() -> tuple[Finding, ...]:
+        time.sleep(0.3)
+        return ()
+
+    daemon = Daemon(
+        config=DaemonConfig(identity="timed"),
+        snapshots=FakeSnapshots(read_manifests([str(ROOT / "examples" / "retail-store")], io.StringIO()).snapshot),
+        posture=load_rules([str(ROOT / "rules" / "retail-store.yaml")]),
+        header_values={("default/catalog", "x-auth-token"): "internal-retail-token"},
+        elector=FakeElector(),
+        state=MemoryStateStore(),
+        notifier=RecordingNotifier(),
+        sinks=[sink],
+        extra_findings=slow_check,
+    )
+    daemon.leader_tick()
+    started = time.monotonic()
+    daemon.static_audit()
+    wall = time.monotonic() - started
+    [duration] = _cycle_durations(cloudwatch, "timed")
+    assert 0.3 <= duration < wall
+    daemon.daily_report()
+    assert len(_cycle_durations(cloudwatch, "timed")) == 1
+
+
 # --- EKS Auto Mode -----------------------------------------------------------------------------
 
 
@@ -357,6 +412,111 @@ def test_eks_api_error_is_an_error_finding_naming_the_action() -> None:
         finding = auto_mode_finding(eks, "ambient")
     assert finding.status is Status.ERROR
     assert "eks:DescribeCluster" in finding.message
+
+
+class _Counting:
+    """Counts describe_cluster calls (an unqueued call to a Stubber would be an ERROR finding too,
+    so the count is what proves the check did not ask)."""
+
+    def __init__(self, eks: Any) -> None:
+        self.eks, self.calls = eks, 0
+
+    def describe_cluster(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.eks.describe_cluster(**kwargs)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+AUTO_MODE_ON = {"cluster": {"name": "ambient", "computeConfig": {"enabled": True, "nodePools": ["general-purpose"]}}}
+
+
+@pytest.mark.parametrize(
+    ("code", "http_status"),
+    [("ThrottlingException", 400), ("ServiceUnavailableException", 503), ("ServerException", 500)],
+)
+def test_a_transient_eks_error_is_an_error_retried_with_backoff_never_cached(code: str, http_status: int) -> None:
+    """moto cannot make EKS throttle or fail with a 5xx (and lacks computeConfig), so Stubber answers.
+    The ERROR holds only until the retry delay (5 s, then 10 s); the answer after it is PASS, which
+    is then reused for DEFINITIVE_FOR_S and asked again after it."""
+    eks, clock = _client("eks"), _Clock()
+    counting = _Counting(eks)
+    check = AutoModeCheck(counting, "ambient", clock=clock)
+    with Stubber(eks) as stub:
+        for _ in range(2):
+            stub.add_client_error("describe_cluster", service_error_code=code, http_status_code=http_status)
+        stub.add_response("describe_cluster", AUTO_MODE_ON, {"name": "ambient"})
+        stub.add_response(
+            "describe_cluster", {"cluster": {"name": "ambient", "computeConfig": {}}}, {"name": "ambient"}
+        )
+        [first] = check()
+        assert first.status is Status.ERROR
+        assert "transient" in first.message
+        assert code in first.message
+        clock.now += RETRY_FIRST_S - 0.1
+        assert check() == (first,)
+        assert counting.calls == 1
+        clock.now += 0.1
+        [second] = check()
+        assert second.status is Status.ERROR
+        assert counting.calls == 2
+        clock.now += RETRY_FIRST_S  # the delay doubled: 10 s
+        assert check() == (second,)
+        assert counting.calls == 2
+        clock.now += RETRY_FIRST_S
+        [answer] = check()
+        assert answer.status is Status.PASS
+        assert counting.calls == 3
+        clock.now += DEFINITIVE_FOR_S - 1
+        assert check() == (answer,)
+        assert counting.calls == 3
+        clock.now += 1
+        [later] = check()  # a bounded cache: Auto Mode was switched off meanwhile, and that is seen
+        assert later.status is Status.FAIL
+        assert counting.calls == 4
+        stub.assert_no_pending_responses()
+
+
+def test_the_daemon_wires_the_check_that_retries_errors() -> None:
+    aws = AwsSettings(verify_auto_mode=True, cluster_name="ambient", region=REGION)
+    assert isinstance(_auto_mode(aws, api=None), AutoModeCheck)
+
+
+def test_an_unreachable_eks_endpoint_is_a_transient_error_and_the_next_audit_asks_again() -> None:
+    """A real connection refused on loopback (botocore's own retries off, to keep the test short)."""
+    eks = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+    ).client("eks", endpoint_url=f"http://127.0.0.1:{_free_port()}", config=Config(retries={"max_attempts": 1}))
+    clock = _Clock()
+    counting = _Counting(eks)
+    check = AutoModeCheck(counting, "ambient", clock=clock)
+    [first] = check()
+    assert first.status is Status.ERROR
+    assert "transient" in first.message
+    clock.now += RETRY_FIRST_S
+    [second] = check()
+    assert second.status is Status.ERROR
+    assert counting.calls == 2
+
+
+def test_a_refused_describe_cluster_is_an_error_that_is_not_called_transient() -> None:
+    eks, clock = _client("eks"), _Clock()
+    check = AutoModeCheck(eks, "ambient", clock=clock)
+    with Stubber(eks) as stub:
+        stub.add_client_error("describe_cluster", service_error_code="AccessDeniedException", http_status_code=403)
+        stub.add_response("describe_cluster", AUTO_MODE_ON, {"name": "ambient"})
+        [refused] = check()
+        assert refused.status is Status.ERROR
+        assert "transient" not in refused.message
+        assert "IAM" in refused.message
+        clock.now += RETRY_FIRST_S  # the role fixed: seen at the next audit after the delay
+        assert check()[0].status is Status.PASS
 
 
 def test_a_replica_that_leads_again_learns_the_findings_another_leader_created(moto_endpoint: str) -> None:

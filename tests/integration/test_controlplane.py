@@ -26,8 +26,8 @@ from auditor.devtools import controlplane
 from auditor.devtools.controlplane import KubeAPI
 
 SCRIPT = controlplane.REPO_ROOT / "scripts" / "controlplane"
-ISTIO_CRDS = 14  # shared/crds/README.md: istio 1.28 crd-all.gen.yaml
-GATEWAY_API_CRDS = 6  # gateway-api v1.4.1 standard channel
+ISTIO_CRDS = 15  # istio.io/istio release-1.31: manifests/charts/base/files/crd-all.gen.yaml
+GATEWAY_API_CRDS = 10  # sigs.k8s.io/gateway-api v1.6.0: config/crd/standard
 
 
 def _crd_names() -> set[str]:
@@ -35,7 +35,7 @@ def _crd_names() -> set[str]:
     for path in controlplane.crd_manifests():
         with path.open() as handle:
             documents = [doc for doc in yaml.safe_load_all(handle) if doc]
-        names |= {doc["metadata"]["name"] for doc in documents}
+        names |= {doc["metadata"]["name"] for doc in documents if doc["kind"] == "CustomResourceDefinition"}
     return names
 
 

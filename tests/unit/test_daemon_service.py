@@ -457,3 +457,61 @@ def test_becoming_leader_tells_the_sinks_that_cache_what_a_leader_wrote() -> Non
     elector.leading = True
     daemon.leader_tick()  # leading again: another replica may have written meanwhile
     assert sink.reloads == 2
+
+
+def test_auditing_again_is_said_only_once_the_snapshot_is_in_sync_again() -> None:
+    """The API returns: the Lease comes back before the watches relisted. "Auditing again" waits
+    for the snapshot, and no second "cannot audit" alert follows (seen end to end: #18.8)."""
+    problem = ReadProblem("PeerAuthentication", "security.istio.io/v1 peerauthentications", "not in sync: refused")
+    good = _snapshot("retail-store")
+    snapshots, elector, notifier = FakeSnapshots(good), FakeElector(), RecordingNotifier()
+    daemon = _ops_daemon(snapshots, elector, notifier)
+    daemon.leader_tick()
+    elector.leading, elector.last_error = False, "the Lease cannot be read or written: connection refused"
+    snapshots.replace(dataclasses.replace(good, problems=(problem,)))
+    daemon.leader_tick()
+    daemon.drain()
+    elector.leading, elector.last_error = True, None  # the Lease is back, the watches not yet
+    for _ in range(3):
+        daemon.leader_tick()
+        daemon.static_audit()
+        daemon.drain()
+    assert [s.split(" (")[0] for s in notifier.sent] == ["post: :rotating_light: mesh-auditor cannot audit"]
+    snapshots.replace(good)
+    daemon.leader_tick()
+    daemon.drain()
+    assert [s.split(" (")[0] for s in notifier.sent] == [
+        "post: :rotating_light: mesh-auditor cannot audit",
+        "reply: :white_check_mark: mesh-auditor is auditing again",
+    ]
+
+
+def test_a_lease_renewal_that_does_not_answer_is_a_trouble_alerted_from_its_own_job() -> None:
+    """A hung API server: the renewal call blocks (for the client's timeouts); the alert does not
+    wait for it."""
+    answer = threading.Event()
+
+    @dataclasses.dataclass
+    class HungElector(FakeElector):
+        def try_acquire_or_renew(self) -> bool:
+            answer.wait(5)
+            return self.leading
+
+    elector, notifier = HungElector(duration_s=0.1), RecordingNotifier()
+    daemon = _ops_daemon(FakeSnapshots(_snapshot("retail-store")), elector, notifier)
+    answer.set()
+    daemon.leader_tick()
+    answer.clear()
+    renewal = threading.Thread(target=daemon.leader_tick)
+    renewal.start()
+    try:
+        time.sleep(0.2)
+        daemon.watch_operations()  # the first call notes the trouble, the next one alerts
+        daemon.watch_operations()
+        assert [s.split(" (")[0] for s in notifier.sent] == ["post: :rotating_light: mesh-auditor cannot audit"]
+        assert "has not answered the Lease renewal" in notifier.sent[0]
+    finally:
+        answer.set()
+        renewal.join()
+    daemon.watch_operations()
+    assert notifier.sent[1].startswith("reply: :white_check_mark: mesh-auditor is auditing again")

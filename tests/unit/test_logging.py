@@ -51,3 +51,56 @@ def test_every_log_line_is_one_json_object() -> None:
     assert "ValueError: job failed" in records[0]["exception"]
     assert "ZeroDivisionError" in records[2]["exception"]
     assert records[2]["thread"] == "scheduler-worker"
+
+
+CONCURRENT = textwrap.dedent(
+    """
+    import json, logging, sys, threading
+    import structlog
+    from auditor.app import configure_logging
+    from auditor.settings import LoggingSettings, Settings
+
+    class Writes:  # records every write() call made to stderr
+        def __init__(self, real):
+            self.real, self.calls = real, []
+        def write(self, text):
+            self.calls.append(text)
+            return self.real.write(text)
+        def flush(self):
+            self.real.flush()
+
+    sys.stderr = writes = Writes(sys.stderr)
+    configure_logging(Settings(logging=LoggingSettings(format="json", level="info")))
+    ours, theirs = structlog.get_logger("auditor.daemon"), logging.getLogger("urllib3.connectionpool")
+
+    def write(n):
+        for i in range(200):
+            (ours.info("audit evaluated", n=n, i=i) if n % 2 else
+             theirs.warning("Retrying after connection broken %s %s", n, i))
+
+    workers = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    [w.start() for w in workers]
+    [w.join() for w in workers]
+    print(json.dumps([c for c in writes.calls if c]))
+    """
+)
+
+
+def test_each_log_line_is_written_whole_by_one_handler() -> None:
+    """structlog's lines and the standard library's go through one handler (one lock): each line is
+    one write() call ending in its newline, so lines from concurrent threads and loggers cannot
+    interleave within a line (found by the API-outage test: two JSON objects on one line, because
+    structlog printed the line and its newline in two writes beside the stdlib handler)."""
+    done = subprocess.run(
+        [sys.executable, "-c", CONCURRENT],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT)},
+        check=True,
+        timeout=60,
+    )
+    calls = json.loads(done.stdout)
+    assert len(calls) == 4 * 200
+    assert all(c.endswith("\n") and c.count("\n") == 1 for c in calls)
+    assert {json.loads(c).get("logger") for c in calls} == {"urllib3.connectionpool", None}

@@ -18,9 +18,11 @@ class CloudWatchMetrics:
         self._cluster = cluster
 
     def put_cycle(
-        self, findings: Sequence[Finding], *, alerts_open: int, duration_s: float, hub_refused: int = 0
+        self, findings: Sequence[Finding], *, alerts_open: int, duration_s: float | None, hub_refused: int = 0
     ) -> None:
-        """Needs ``cloudwatch:PutMetricData`` in namespace ``NAMESPACE``; ``hub_refused`` is how many
+        """Needs ``cloudwatch:PutMetricData`` in namespace ``NAMESPACE``; ``duration_s`` is the audit
+        cycle's duration in seconds (``CycleDuration``; None for a publication that is no cycle, such
+        as the daily report: no datum then, rather than a false 0); ``hub_refused`` is how many
         findings Security Hub refused in this cycle (``SecurityHubFindingsRefused``)."""
         counts = Counter((f.property.value, f.status.value) for f in findings)
         data: list[dict[str, Any]] = [
@@ -28,7 +30,8 @@ class CloudWatchMetrics:
             for (prop, status), n in sorted(counts.items())
         ]
         data.append(self._datum("AlertsOpen", float(alerts_open), "Count"))
-        data.append(self._datum("CycleDuration", duration_s, "Seconds"))
+        if duration_s is not None:
+            data.append(self._datum("CycleDuration", float(duration_s), "Seconds"))
         data.append(self._datum("SecurityHubFindingsRefused", float(hub_refused), "Count"))
         for start in range(0, len(data), 1000):  # PutMetricData takes at most 1000 data points
             self._cloudwatch.put_metric_data(Namespace=NAMESPACE, MetricData=data[start : start + 1000])

@@ -1,8 +1,9 @@
 """Renders the auditor's read-only ClusterRole from ``SNAPSHOT_RESOURCES``.
 
-``deploy/rbac.yaml`` holds the rendered role; a test renders it again and compares, so the
-shipped permissions are exactly what the reader lists, one rule per resource (so removing one
-rule removes one permission, which the RBAC test proves the audit reports). Regenerate with
+The Helm chart's ``templates/rbac.yaml`` holds the rendered rules (and ``deploy/rbac.yaml``,
+rendered from the chart); tests compare them with this function, so the shipped permissions are
+exactly what the reader lists, one rule per resource (so removing one rule removes one
+permission, which the RBAC test proves the audit reports). Print them with
 ``python -m auditor.adapters.k8s.rbac``.
 """
 

@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from auditor import __version__
+from auditor.core.mesh import PROBE_MANAGED_BY, PROBE_ROLE_LABEL
 from auditor.core.posture import HeaderValue, ProbeSecretRef
 from auditor.core.probeplan import WITH_HEADERS, ProbeBatch, RunPlan
 from probes.wire import HEADER_ENV_PREFIX, ProbePlan
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY_VALUE = "mesh-auditor"
+MANAGED_BY, MANAGED_BY_VALUE = PROBE_MANAGED_BY  # the core recognises its own probe pods by these
 RUN_ID_LABEL = "mesh-auditor.dev/run-id"
-ROLE_LABEL = "mesh-auditor.dev/role"
+ROLE_LABEL = PROBE_ROLE_LABEL
 BATCH_ANNOTATION = "mesh-auditor.dev/batch"
 DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 DATAPLANE_MODE = "istio.io/dataplane-mode"

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from auditor.core.authz import Caller, Request, header_name
 from auditor.core.checks.context import AuditContext
 from auditor.core.checks.reach import Route, probe_request
-from auditor.core.mesh import CLIENTS, ClientKind, client_of
+from auditor.core.mesh import CLIENTS, ClientKind, client_of, is_auditor_probe
 from auditor.core.posture import ProtectedService
 from auditor.core.snapshot import AuthorizationPolicy, AuthzRule, Service, SnapshotIndex
 
@@ -205,7 +205,13 @@ def callers_as(ctx: AuditContext, principal: str) -> list[Caller]:
     the wire, never reaches a waypoint (§4.6) and meets STRICT at the destination.
     """
     caller = Caller(principal)
-    workloads = ctx.index.workloads_by_account.get((caller.namespace or "", caller.service_account or ""), [])
+    workloads = [
+        w
+        for w in ctx.index.workloads_by_account.get((caller.namespace or "", caller.service_account or ""), [])
+        # The positive control runs as an allowed identity from a pod the cluster may not capture
+        # (a probe, not a client the promise is about): the audit must not judge it as one.
+        if not is_auditor_probe(w)
+    ]
     kinds = dict.fromkeys(client_of(w, ctx.index).kind for w in workloads) or {ClientKind.AMBIENT: None}
     found = []
     for kind in kinds:

@@ -67,25 +67,32 @@ resource "helm_release" "ztunnel" {
 locals {
   # deploy/helm/mesh-auditor in this repository, unless another chart is given.
   auditor_chart = coalesce(var.auditor_chart, "${path.module}/../../../deploy/helm/mesh-auditor")
+  # The chart's value names (deploy/helm/mesh-auditor/values.yaml; its values.schema.json
+  # refuses any other key).
   auditor_values = {
     image = var.auditor_image
     # EKS Pod Identity binds the role to this ServiceAccount by name: no annotation is needed
-    # (IRSA would need eks.amazonaws.com/role-arn here instead).
+    # (IRSA would need aws.iamRoleArn instead). The chart always creates it.
     serviceAccount = {
-      create = true
-      name   = var.auditor_service_account
+      name = var.auditor_service_account
     }
-    rules = var.auditor_rules
+    rules = {
+      inline = yamldecode(var.auditor_rules)
+    }
     slack = {
-      mode           = var.slack.mode
-      channel        = var.slack.channel
-      existingSecret = var.slack.existing_secret
+      mode    = var.slack.mode
+      channel = var.slack.channel
+      # The Secret the platform team created: the bot token (bot) or the webhook URL (webhook).
+      tokenSecret = {
+        name = coalesce(var.slack.existing_secret, "mesh-auditor-slack")
+        key  = var.slack.mode == "webhook" ? "webhook-url" : "bot-token"
+      }
     }
     aws = {
       region          = var.region
       accountId       = var.account_id
       clusterName     = var.cluster_name
-      s3Bucket        = var.evidence_bucket
+      s3Bucket        = var.evidence_bucket == null ? "" : var.evidence_bucket
       s3Prefix        = var.evidence_prefix
       s3RetentionDays = var.retention_days
       securityHub     = var.security_hub

@@ -21,6 +21,7 @@ from auditor.adapters.k8s.watcher import SnapshotWatcher, WatchTiming
 from auditor.adapters.rules.loader import load_rules
 from auditor.adapters.slack.notifier import SlackNotifier, build_web_client
 from auditor.daemon.main import _probe_cycle
+from auditor.daemon.metrics import DaemonMetrics
 from auditor.daemon.service import Daemon, DaemonConfig
 from auditor.devtools.controlplane import KubeAPI
 from auditor.devtools.podexecutor import PodExecutor
@@ -52,6 +53,15 @@ def _eventually(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
     pytest.fail("the daemons never got there")
 
 
+def _probe_outcomes(daemon: Daemon) -> dict[str, float]:
+    return {
+        s.labels["outcome"]: s.value
+        for m in daemon.metrics.probe_outcomes.collect()
+        for s in m.samples
+        if s.name.endswith("_total")
+    }
+
+
 def _probe_cycles(daemon: Daemon) -> int:
     for metric in daemon.metrics.cycle_seconds.collect():
         for sample in metric.samples:
@@ -66,6 +76,7 @@ def replica(auditor_kubeconfig: Path, identity: str, settings: Settings, slack_b
     values = {("default/catalog", "x-auth-token"): "internal-retail-token"}
     with KubeAPI(auditor_kubeconfig, Path("kubectl")).new_client() as api:
         holder: list[Daemon] = []
+        metrics = DaemonMetrics()
         watcher = SnapshotWatcher(
             api, timing=WatchTiming(resync=60), on_change=lambda: holder[0].snapshot_changed() if holder else None
         )
@@ -79,7 +90,8 @@ def replica(auditor_kubeconfig: Path, identity: str, settings: Settings, slack_b
             elector=LeaseElector(api, "mesh-auditor", identity, duration_s=3),  # RBAC names this one Lease
             state=ConfigMapStateStore(api, "mesh-auditor"),
             notifier=SlackNotifier(build_web_client("xoxb-test", base_url=slack_base + "api/"), "C0MESH"),
-            probe_cycle=_probe_cycle(settings, api, threading.Event()),
+            probe_cycle=_probe_cycle(settings, api, threading.Event(), metrics),
+            metrics=metrics,
         )
         holder.append(daemon)
         daemon.start()
@@ -115,6 +127,12 @@ def test_one_replica_probes_and_alerts_and_hands_over(
         _eventually(lambda: _probe_cycles(a) + _probe_cycles(b) >= 2)
         leader, standby = (a, b) if a.leading else (b, a)
         assert _probe_cycles(standby) == 0  # the standby never probes
+        # Every result the leader's probes brought back is counted by what it observed: the
+        # intruder's request refused by the waypoint, the outsider's plaintext answered (the drift).
+        outcomes = _probe_outcomes(leader)
+        assert outcomes.get("l7-denied", 0) >= 1, outcomes
+        assert outcomes.get("allowed", 0) >= 1, outcomes
+        assert _probe_outcomes(standby) == {}
         _eventually(lambda: len(_alerts(state)) == 1)
         assert _alerts(state) == ["Drift: strict-mtls on default/catalog"]
         alert = json.dumps(state.top_level()[0]["blocks"])
