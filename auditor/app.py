@@ -79,9 +79,6 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(level)
     # APScheduler logs every job run at INFO ("Running job ..."): its warnings and errors matter.
     logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
-    # urllib3 logs every retry of a failed connection at WARNING; the caller reports the final
-    # failure once, naming the server and the cause (``ClusterUnreachableError``). Kept at debug.
-    logging.getLogger("urllib3.connectionpool").setLevel(level if level <= logging.DEBUG else logging.ERROR)
     logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger -> JSON
     uncaught = structlog.get_logger("auditor.uncaught")
 
@@ -153,6 +150,11 @@ def check_live(
     the static findings (``method: probe``).
     """
     posture = load_rules(rules)
+    # One-shot: urllib3 logs every retry of a failed connection at WARNING, and this command
+    # reports the final failure once, naming the server and the cause (``ClusterUnreachableError``).
+    retries = logging.getLogger("urllib3.connectionpool")
+    if retries.getEffectiveLevel() > logging.DEBUG:
+        retries.setLevel(logging.ERROR)
     inputs: dict[str, object] = {
         "mode": "live",
         "kubeconfig": kubeconfig or "(in-cluster)",
