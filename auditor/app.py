@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import structlog
 
 from auditor.adapters.manifests.reader import read_manifests
-from auditor.adapters.rules.loader import load_rules, resolve_header_values
+from auditor.adapters.rules.loader import load_rules, resolve_header_values, unresolved_sources
 from auditor.core.audit import run_static_audit
 from auditor.core.model import Finding
 from auditor.core.ports import ProbeRunner
@@ -26,6 +26,7 @@ from auditor.core.posture import Posture
 from auditor.core.probeplan import PlanOptions, plan_probes
 from auditor.core.snapshot import Snapshot
 from auditor.core.verdict import probe_findings
+from auditor.errors import ClusterUnreachableError
 from auditor.render.escape import visible
 from auditor.settings import ProbeSettings, Settings
 
@@ -130,7 +131,7 @@ def check_offline(
         "rules": list(rules),
         "posture": list(posture.names),
     }
-    return AuditResult(findings, inputs)
+    return AuditResult(findings, inputs, unresolved_sources(posture, values))
 
 
 @contextmanager
@@ -160,6 +161,7 @@ def check_live(
 ) -> AuditResult:
     """``auditor check --kubeconfig``: the same audit over a snapshot read from the API server.
 
+    Raises ``ClusterUnreachableError`` when the API server answers nothing at all.
     With ``probes`` (``--active``), probe pods then send real traffic and their verdicts join
     the static findings (``method: probe``).
     """
@@ -167,11 +169,16 @@ def check_live(
     # imported only by the commands that talk to a cluster.
     from auditor.adapters.k8s.reader import ClusterReader  # noqa: PLC0415 - start-up time (#16)
     from auditor.adapters.k8s.secrets import ClusterSecretReader  # noqa: PLC0415 - start-up time (#16)
-    from auditor.adapters.kubeapi import build_api_client  # noqa: PLC0415 - start-up time (#16)
+    from auditor.adapters.kubeapi import ApiUnavailable, build_api_client, server_of  # noqa: PLC0415 - start-up time (#16)
     from auditor.adapters.probepods.kube import PodApi  # noqa: PLC0415 - start-up time (#16)
     from auditor.adapters.probepods.runner import PodProbeRunner  # noqa: PLC0415 - start-up time (#16)
 
     posture = load_rules(rules)
+    # One-shot: urllib3 logs every retry of a failed connection at WARNING, and this command
+    # reports the final failure once, naming the server and the cause (``ClusterUnreachableError``).
+    retries = logging.getLogger("urllib3.connectionpool")
+    if retries.getEffectiveLevel() > logging.DEBUG:
+        retries.setLevel(logging.ERROR)
     inputs: dict[str, object] = {
         "mode": "live",
         "kubeconfig": kubeconfig or "(in-cluster)",
@@ -180,7 +187,12 @@ def check_live(
         "posture": list(posture.names),
     }
     with closing(build_api_client(kubeconfig, context)) as api:
-        snapshot = ClusterReader(api).snapshot()
+        try:
+            snapshot = ClusterReader(api).snapshot()
+        except ApiUnavailable as error:
+            source = f"kubeconfig {kubeconfig or '(default)'}" if kubeconfig or context else "in-cluster config"
+            source += f", context {context}" if context else ""
+            raise ClusterUnreachableError(server_of(api), str(error), source) from error
         values = resolve_header_values(posture, environ, ClusterSecretReader(api).secret_value)
         findings = run_static_audit(snapshot, posture, values)
         if probes is not None:
@@ -196,7 +208,8 @@ def check_live(
                 run_id=run_id,
             )
             inputs.update(active=True, probe_run=run_id)
-    return AuditResult(findings, inputs, tuple(f"{p.resource}: {p.message}" for p in snapshot.problems))
+    problems = tuple(f"{p.resource}: {p.message}" for p in snapshot.problems) + unresolved_sources(posture, values)
+    return AuditResult(findings, inputs, problems)
 
 
 def active_audit(

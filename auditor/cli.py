@@ -24,7 +24,7 @@ from auditor.cli_ops import OPERATIONS, add_operations, run_operation
 from auditor.core.checks.catalog import ALL
 from auditor.core.model import summarize
 from auditor.core.posture import PostureDocument
-from auditor.errors import InputError
+from auditor.errors import ClusterUnreachableError, InputError, InputProblemsError
 from auditor.render.document import audit_document
 from auditor.render.escape import visible
 from auditor.render.junit import render_junit
@@ -34,6 +34,7 @@ from auditor.settings import Settings, load_settings
 EXIT_USAGE = 2
 PROGRESS_AFTER_S = 2.0
 """An audit that runs longer than this shows a progress line (stderr, terminals only)."""
+EXIT_UNPROVEN = 3
 
 _EPILOG = """\
 exit codes: 0 all pass, 1 drift (a FAIL), 2 invalid input or usage,
@@ -121,6 +122,10 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdo
     except InputError as error:
         print(f"auditor: error: {error.render()}", file=sys.stderr)
         return EXIT_USAGE
+    except ClusterUnreachableError as error:
+        # One line, not a finding per resource each advising an RBAC fix: nothing was read.
+        print(f"auditor: error: {error.render()}", file=sys.stderr)
+        return EXIT_UNPROVEN
 
 
 def _dispatch(args: argparse.Namespace, stdin: TextIO, out: TextIO, settings: Settings) -> int:
@@ -230,7 +235,13 @@ def _rules(args: argparse.Namespace, out: TextIO) -> int:
     if args.rules_command == "schema":
         out.write(schema_text())
         return 0
-    posture = load_rules(args.files)
+    try:
+        posture = load_rules(args.files)
+    except InputProblemsError as errors:
+        for problem in errors.problems:
+            print(f"auditor: error: {problem.render()}", file=sys.stderr)
+        print(f"auditor: {len(errors.problems)} problem(s) in {len(args.files)} file(s)", file=sys.stderr)
+        return EXIT_USAGE
     out.write(
         f"ok: {len(args.files)} file(s), {len(posture.scope)} scope entries, "
         f"{len(posture.protected)} protected service(s)\n"

@@ -88,6 +88,13 @@ def _read_document(path: Path) -> dict[str, Any]:
 def _history(directory: str | None) -> list[HistoryPoint]:
     if directory is None:
         return []
+    if not Path(directory).is_dir():
+        raise InputError(
+            directory,
+            "no such directory",
+            field="--history",
+            fix="point --history at the directory of earlier runs (the daemon's report archive)",
+        )
     points = []
     for path in sorted(Path(directory).glob("*.json")):
         document = _read_document(path)

@@ -10,6 +10,7 @@ them into findings that name the resource and the permission.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,11 @@ REQUEST_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds: a dead server is repor
 
 
 class ApiUnavailable(Exception):  # noqa: N818 - a condition, not a programming error
-    """The API server did not answer (connection refused, reset, timeout)."""
+    """The API server did not answer (connection refused, reset, timeout).
+
+    ``str()`` is the root cause in a few words (``connection refused``, ``timed out``, a TLS
+    or DNS failure), not urllib3's nested retry message.
+    """
 
 
 @dataclass
@@ -107,7 +112,7 @@ def stream_lines(
             *lines, buffer = buffer.split(b"\n")
             yield from (json.loads(line) for line in lines if line.strip())
     except (urllib3.exceptions.HTTPError, OSError) as error:
-        raise ApiUnavailable(str(error)) from error
+        raise ApiUnavailable(root_cause(error)) from error
     finally:
         raw.release_conn()
 
@@ -133,7 +138,35 @@ def _request(
     try:
         return api.call_api(verb, url, header_params=headers, body=payload, _request_timeout=timeout)
     except (urllib3.exceptions.HTTPError, OSError) as error:
-        raise ApiUnavailable(str(error)) from error
+        raise ApiUnavailable(root_cause(error)) from error
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+
+
+def root_cause(error: BaseException) -> str:
+    """The innermost reason of a connection failure, e.g. ``connection refused``.
+
+    urllib3 wraps it (MaxRetryError -> NewConnectionError -> OSError); its message repeats the
+    pool and the URL, which the caller names anyway.
+    """
+    reason = getattr(error, "reason", None)
+    if isinstance(reason, BaseException) and reason is not error:
+        return root_cause(reason)
+    text = str(error)
+    if isinstance(error, urllib3.exceptions.SSLError) or "CERTIFICATE_VERIFY_FAILED" in text:
+        return f"TLS handshake failed: {text[-160:]}"
+    errno = _ERRNO.search(text)  # first: urllib3's NewConnectionError subclasses its timeout error
+    if errno:
+        return errno.group(1).strip().lower()
+    if isinstance(error, (urllib3.exceptions.ConnectTimeoutError, TimeoutError)) or "timed out" in text:
+        return f"no answer within {REQUEST_TIMEOUT[0]:g} s (connect) or {REQUEST_TIMEOUT[1]:g} s (read)"
+    return text[:200]
+
+
+def server_of(api: client.ApiClient) -> str:
+    """The API server URL a client talks to (the kubeconfig's ``server``)."""
+    return str(api.configuration.host)
 
 
 def _refused(status: int, reason: str, body: bytes) -> ApiRefused:

@@ -139,8 +139,11 @@ def check_size(text: str, already: int = 0, limit: int = MAX_FILE_CHARS) -> int:
     return total
 
 
-def load_documents(text: str, *, strict: bool = True) -> Iterator[tuple[int, Any]]:
+def load_documents(text: str, *, strict: bool = True, lines: dict[int, int] | None = None) -> Iterator[tuple[int, Any]]:
     """Yield ``(number, document)`` for every non-empty document, numbered from 1.
+
+    With ``lines``, each yielded document's number is mapped to the 1-based line where it starts
+    (its ``---``, or its first content), so later errors about it can name a line.
 
     ``strict=False`` is kubectl's reading of a manifest (a duplicate key keeps the last value);
     ``strict=True`` (the auditor's own files) refuses duplicate keys. Raises ``YamlSyntaxError``
@@ -165,6 +168,8 @@ def load_documents(text: str, *, strict: bool = True) -> Iterator[tuple[int, Any
                 number += 1
                 document = _Builder(parser, strict).document(event)
                 if document is not None:
+                    if lines is not None:
+                        lines[number] = event.start_mark.line + 1
                     yield number, document
             elif kind is ev.StreamEndEvent:
                 return

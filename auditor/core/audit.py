@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from auditor.core.checks import allowlist, headers, strict_mtls, waypoint
-from auditor.core.checks.catalog import SNAPSHOT_READ, TARGET_EXISTS
+from auditor.core.checks.catalog import PEER_AUTHENTICATION, SNAPSHOT_READ, TARGET_EXISTS
 from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.reach import route_for
 from auditor.core.model import Evidence, Finding, Status
@@ -22,13 +22,15 @@ def run_static_audit(
 ) -> tuple[Finding, ...]:
     ctx = AuditContext(index=SnapshotIndex(snapshot), posture=posture, header_values=header_values)
     findings = [_read_problem(problem) for problem in snapshot.problems]
-    in_scope, empty = _scoped_services(ctx)
+    in_scope, empty, not_strict = _scoped_services(ctx)
     findings += empty
     for service in in_scope:
-        findings += [
-            strict_mtls.check_captured(ctx, service),
-            strict_mtls.check_peer_authentication(ctx, service),
-        ]
+        findings.append(strict_mtls.check_captured(ctx, service))
+        waiver = not_strict.get(service.meta.key)
+        if waiver is None:
+            findings.append(strict_mtls.check_peer_authentication(ctx, service))
+        else:
+            findings.append(_strict_not_required(service, waiver))
     for protected in posture.protected:
         findings += _protected_findings(ctx, protected)
     unreadable = {problem.kind: problem for problem in snapshot.problems}
@@ -52,10 +54,23 @@ def _read_problem(problem: ReadProblem) -> Finding:
     return finding(SNAPSHOT_READ, f"cluster/{problem.kind}", Status.ERROR, text, evidence)
 
 
-def _scoped_services(ctx: AuditContext) -> tuple[list[Service], list[Finding]]:
-    """Services in scope, plus every protected one (L7 promises need STRICT beside them, §4.6)."""
+def _strict_not_required(service: Service, entry: ScopeEntry) -> Finding:
+    ev = Evidence(f"rules scope namespace {entry.namespace}", "requireStrictMtls", "false", "set in the rules")
+    message = "not asserted: requireStrictMtls is false in every rules scope that selects this Service"
+    return finding(PEER_AUTHENTICATION, service, Status.SKIPPED, message, [ev])
+
+
+def _scoped_services(ctx: AuditContext) -> tuple[list[Service], list[Finding], dict[str, ScopeEntry]]:
+    """Services in scope, plus every protected one (L7 promises need STRICT beside them, §4.6).
+
+    The third value maps each Service whose STRICT mode is not promised (every scope entry that
+    selects it says ``requireStrictMtls: false``, and it is not protected) to one such entry:
+    it is still checked for capture, its PeerAuthentication mode is reported SKIPPED.
+    """
     chosen: dict[str, Service] = {}
     empty: list[Finding] = []
+    strict: set[str] = set()
+    waived: dict[str, ScopeEntry] = {}
     for entry in ctx.posture.scope:
         # Only the entry's namespace can match: linear in Services, not scope entries x Services.
         candidates = ctx.index.services_by_ns.get(entry.namespace, ())
@@ -77,11 +92,18 @@ def _scoped_services(ctx: AuditContext) -> tuple[list[Service], list[Finding]]:
                 )
             )
         chosen.update((s.meta.key, s) for s in matched)
+        for selected in matched:
+            if entry.require_strict_mtls:
+                strict.add(selected.meta.key)
+            else:
+                waived.setdefault(selected.meta.key, entry)
     for protected in ctx.posture.protected:
         service = ctx.index.services.get(protected.target)
         if service is not None:
             chosen.setdefault(service.meta.key, service)
-    return sorted(chosen.values(), key=lambda s: s.meta.key), empty
+            strict.add(service.meta.key)
+    not_strict = {key: entry for key, entry in waived.items() if key not in strict}
+    return sorted(chosen.values(), key=lambda s: s.meta.key), empty, not_strict
 
 
 def _in_scope(entry: ScopeEntry, service: Service) -> bool:

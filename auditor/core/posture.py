@@ -7,7 +7,8 @@ schema``) and a test keeps the two identical. Field names are camelCase in YAML,
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+import types
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -42,7 +43,12 @@ class ScopeEntry(_Model):
         default_factory=list,
         description="Services left out, e.g. `kubernetes`, the API server's own Service.",
     )
-    require_strict_mtls: bool = Field(default=True, description="Plaintext from outside the mesh must be refused.")
+    require_strict_mtls: bool = Field(
+        default=True,
+        description="Plaintext from outside the mesh must be refused. false: the Services still must be "
+        "captured, but their PeerAuthentication mode is not asserted (strict-mtls.peer-authentication is "
+        "skipped) unless another scope entry or protectedServices requires it.",
+    )
 
 
 class WaypointRef(_Model):
@@ -203,6 +209,38 @@ class PostureDocument(_Model):
     kind: Literal["MeshPosture"]
     metadata: PostureMetadata
     spec: PostureSpec
+
+
+def field_names_at(location: tuple[int | str, ...]) -> tuple[str, ...]:
+    """The YAML (camelCase) field names allowed in the mapping at ``location`` of a rules document.
+
+    ``location`` is a pydantic error location by alias (``("spec", "protectedServices", 0)``);
+    list indexes are skipped. Empty when the location is not a model (a map of labels, a list).
+    Used to suggest the intended name for a misspelt field.
+    """
+    model: type[BaseModel] | None = PostureDocument
+    for part in location:
+        if model is None:
+            return ()
+        if isinstance(part, int):
+            continue
+        field = next((f for name, f in model.model_fields.items() if (f.alias or name) == part), None)
+        model = None if field is None else _model_in(field.annotation)
+    if model is None:
+        return ()
+    return tuple(f.alias or name for name, f in model.model_fields.items())
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    """The model class inside ``X``, ``X | None``, ``list[X]``; None for anything else."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in {list, Union, types.UnionType}:
+        for argument in get_args(annotation):
+            found = _model_in(argument)
+            if found is not None:
+                return found
+    return None
 
 
 class Posture(BaseModel):

@@ -22,7 +22,8 @@ Commands (``scripts/controlplane CMD`` or ``python3 -m auditor.devtools.controlp
   ``${MESH_AUDITOR_STATE:-/tmp/mesh-auditor-controlplane}``. If that state dir already holds a
   healthy control plane, ``up`` only prints its kubeconfig path.
 * ``down``: stop the recorded processes (SIGTERM, then SIGKILL) and remove the state dir; safe to
-  repeat. ``env``: print ``export KUBECONFIG=...``. ``status``: report, exit 0 only when healthy.
+  repeat. ``env``: print ``export KUBECONFIG=...`` and ``export PATH=<bin dir>:"$PATH"``.
+  ``status``: report, exit 0 only when healthy.
 
 What this control plane lacks, and what tests must therefore expect: there is no kubelet,
 scheduler or kube-controller-manager.
@@ -243,7 +244,7 @@ def _build_into(target: Path, pins: Pins, fingerprint: str) -> None:
     started = time.monotonic()
     _log(
         f"building kube-apiserver and kubectl {pins.kubernetes} and etcd {pins.etcd} into "
-        f"{target} (a cold build takes 5-10 min on 2 cores)"
+        f"{target} (a cold build takes 4-8 min on an idle 2-core machine, 20-30 min under load)"
     )
     _run_go([go, "mod", "download"], env, "go mod download")
     ldflags = _ldflags(pins, _release_date(go, env))
@@ -1065,6 +1066,8 @@ def _cmd_env(args: argparse.Namespace) -> int:
     if not is_healthy(state.path):
         raise ControlPlaneError(f"no healthy control plane in {state.path}: run 'up' first")
     print(f"export KUBECONFIG={shlex.quote(str(state.kubeconfig))}")
+    # The built kubectl first on PATH (docs/controlplane.md): the cluster's own version, not the host's.
+    print(f'export PATH={shlex.quote(str(binary_dir(read_pins())))}:"$PATH"')
     return 0
 
 

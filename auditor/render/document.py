@@ -1,7 +1,9 @@
 """The JSON document of an audit: the stable output contract of ``auditor check --output json``.
 
 Schema version 1: ``{"schema_version": 1, "summary": {...}, "findings": [...]}``; fields are
-only ever added. Every renderer starts from this, so table, Markdown and JSON agree.
+only ever added (``findings[].details``, a string-to-string map such as a probe's ``run_id``, was
+added within version 1; documents without it still read). Every renderer starts from this, so
+table, Markdown and JSON agree.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
         "remediation_yaml": meta.remediation_yaml,
         "references": list(meta.references),
         "evidence": [e.as_dict() for e in finding.evidence],
+        "details": dict(finding.details),
     }
 
 
@@ -87,6 +90,13 @@ def _finding_from(item: dict[str, Any]) -> Finding:
     evidence = tuple(
         Evidence(str(e["object"]), str(e["field"]), str(e["value"]), str(e["note"])) for e in item["evidence"]
     )
+    details = {str(k): str(v) for k, v in (item.get("details") or {}).items()}
     return Finding(
-        meta, str(item["target"]), Status(item["status"]), str(item["message"]), evidence, Method(item["method"])
+        meta,
+        str(item["target"]),
+        Status(item["status"]),
+        str(item["message"]),
+        evidence,
+        Method(item["method"]),
+        details,
     )

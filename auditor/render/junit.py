@@ -12,7 +12,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from itertools import groupby
 
-from auditor.core.model import Finding, Status
+from auditor.core.model import Evidence, Finding, Status
 from auditor.render.escape import xml_text
 
 
@@ -36,7 +36,8 @@ def _case(suite: ET.Element, finding: Finding) -> None:
     check, message = xml_text(finding.check.id), xml_text(finding.message)
     case = ET.SubElement(suite, "testcase", classname=finding.property.value, name=f"{check} [{finding.method.value}]")
     detail = message + "\n\nFix: " + xml_text(finding.check.remediation)
-    evidence = "\n".join(xml_text(f"- {e.object} {e.field}={e.value} {e.note}".rstrip()) for e in finding.evidence)
+    # As the table's -v: object, field=value and note never run together.
+    evidence = "\n".join(xml_text(_evidence(e)) for e in finding.evidence)
     if finding.status is Status.FAIL:
         ET.SubElement(case, "failure", message=message, type=check).text = detail
     elif finding.status in {Status.ERROR, Status.INCONCLUSIVE}:
@@ -45,3 +46,9 @@ def _case(suite: ET.Element, finding: Finding) -> None:
         ET.SubElement(case, "skipped", message=message)
     if evidence:
         ET.SubElement(case, "system-out").text = evidence
+
+
+def _evidence(evidence: Evidence) -> str:
+    fact = f"{evidence.field}={evidence.value}" if evidence.field else evidence.value
+    line = f"- {evidence.object}: {fact}" if fact else f"- {evidence.object}"
+    return line + (f"\n  {evidence.note}" if evidence.note else "")

@@ -14,7 +14,7 @@ import re
 import textwrap
 from itertools import groupby
 
-from auditor.core.model import Finding, Status, summarize
+from auditor.core.model import Evidence, Finding, Status, summarize
 from auditor.render.escape import visible
 
 WIDTH = 80
@@ -48,12 +48,12 @@ def _headline(findings: tuple[Finding, ...]) -> str:
 
 def _row(finding: Finding, *, verbose: bool) -> list[str]:
     head = f"  {_STATUS[finding.status]}  {finding.property.value:<{_PROPERTY_WIDTH}}"
-    body = textwrap.wrap(visible(finding.message), WIDTH - len(_INDENT)) or [""]
+    body = _wrap(visible(finding.message), WIDTH - len(_INDENT)) or [""]
     lines = [head + body[0], *(_INDENT + line for line in body[1:])]
     if finding.status is not Status.PASS or verbose:
         lines.append(f"{_INDENT}check: {visible(finding.check.id)}")
     if finding.status in {Status.FAIL, Status.ERROR}:
-        lines += textwrap.wrap(
+        lines += _wrap(
             "fix: " + visible(finding.check.remediation),
             WIDTH,
             initial_indent=_INDENT,
@@ -61,9 +61,32 @@ def _row(finding: Finding, *, verbose: bool) -> list[str]:
         )
     if verbose:
         for evidence in finding.evidence:
-            text = visible(f"- {evidence.object} {evidence.field}={evidence.value} {evidence.note}".rstrip())
-            lines += textwrap.wrap(text, WIDTH, initial_indent=_INDENT, subsequent_indent=_INDENT + "  ")
+            lines += _evidence_lines(evidence)
     return lines
+
+
+def _evidence_lines(evidence: Evidence) -> list[str]:
+    """``- <object>: <field>=<value>``, then the note on its own lines: the three never run together."""
+    fact = f"{evidence.field}={evidence.value}" if evidence.field else evidence.value
+    head = visible(f"- {evidence.object}: {fact}" if fact else f"- {evidence.object}")
+    lines = _wrap(head, WIDTH, initial_indent=_INDENT, subsequent_indent=_INDENT + "    ")
+    if evidence.note:
+        lines += _wrap(visible(evidence.note), WIDTH, initial_indent=_INDENT + "  ", subsequent_indent=_INDENT + "  ")
+    return lines
+
+
+def _wrap(text: str, width: int, initial_indent: str = "", subsequent_indent: str = "") -> list[str]:
+    """Wrap at spaces only: an identifier (``istio.io/dataplane-mode=ambient``, a SPIFFE id, a
+    check id) is never split at a hyphen or mid-word, so it copies and pastes whole; a word longer
+    than the line overflows it instead."""
+    return textwrap.wrap(
+        text,
+        width,
+        initial_indent=initial_indent,
+        subsequent_indent=subsequent_indent,
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
 
 
 def _legend(findings: tuple[Finding, ...]) -> str:
@@ -95,12 +118,16 @@ def render_markdown(findings: tuple[Finding, ...]) -> str:
                 body = visible(f.check.remediation_yaml.rstrip(), multiline=True)
                 fence = _fence(body)
                 lines += [fence + "yaml", body, fence, ""]
-            lines += [
-                f"- evidence: {_md(e.object)} {_code(e.field)} = {_code(e.value)} {_md(e.note)}".rstrip()
-                for e in f.evidence
-            ]
+            lines += [_evidence_markdown(e) for e in f.evidence]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _evidence_markdown(evidence: Evidence) -> str:
+    """``- evidence: <object>: `field` = `value` — note``; no empty code span when there is no field."""
+    fact = f"{_code(evidence.field)} = {_code(evidence.value)}" if evidence.field else _code(evidence.value)
+    note = f" — {_md(evidence.note)}" if evidence.note else ""
+    return f"- evidence: {_md(evidence.object)}: {fact}{note}"
 
 
 # CommonMark lets any ASCII punctuation be backslash-escaped; these start emphasis, code, links,

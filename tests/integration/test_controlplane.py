@@ -319,7 +319,16 @@ def test_cli_up_status_env_and_down_twice(tmp_path: Path) -> None:
     assert _cli("up", f"--state-dir={state_dir}").stdout.splitlines()[-1] == up.stdout.strip()
     assert _cli("status", f"--state-dir={state_dir}").returncode == 0
     env = _cli("env", f"--state-dir={state_dir}").stdout.strip()
-    assert env == f"export KUBECONFIG={state_dir / 'kubeconfig'}"
+    assert env.splitlines()[0] == f"export KUBECONFIG={state_dir / 'kubeconfig'}"
+    on_path = subprocess.run(
+        ["bash", "-c", f"{env}\ncommand -v kubectl >&2\nkubectl version -o json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert on_path.returncode == 0, on_path.stderr  # the built kubectl, on PATH, reaches this server
+    assert json.loads(on_path.stdout)["serverVersion"]["gitVersion"].startswith("v1.")
+    assert Path(on_path.stderr.strip()).parent.parent.parent.name == "controlplane"  # the cache's kubectl
     pids = [p["pid"] for p in json.loads((state_dir / "state.json").read_text())["processes"]]
     assert len(pids) == 2
     assert all(_alive(pid) for pid in pids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from auditor.adapters import kubeapi as api_calls
+from auditor.cli import main
 from auditor.devtools import controlplane
 from auditor.devtools.controlplane import KubeAPI
 from tests.cases import ROOT
@@ -50,14 +52,18 @@ def test_api_server_stopped_mid_audit_exits_3(
 
 
 def test_unreachable_server_exits_3(tmp_path: Path, kube_api: KubeAPI, capsys: pytest.CaptureFixture[str]) -> None:
-    """A kubeconfig pointing at a closed port is an ERROR audit, not an empty compliant one."""
+    """A kubeconfig pointing at a closed port: one line naming the server and the cause, exit 3."""
     text = kube_api.kubeconfig.read_text(encoding="utf-8")
     closed = tmp_path / "kubeconfig"
     closed.write_text(re.sub(r"https://127\.0\.0\.1:\d+", "https://127.0.0.1:1", text), encoding="utf-8")
-    code, document = audit("--kubeconfig", str(closed), "--rules", RULES)
+    out = io.StringIO()
+    code = main(["check", "--kubeconfig", str(closed), "--rules", RULES, "--output", "json"], stdout=out)
+    err = capsys.readouterr().err.strip().splitlines()
     assert code == 3
-    assert {f["status"] for f in document["findings"]} == {"error"}
-    assert "did not answer" in capsys.readouterr().err
+    assert out.getvalue() == ""
+    assert len(err) == 1
+    assert "cannot reach the API server https://127.0.0.1:1" in err[0]
+    assert "connection refused" in err[0]
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])

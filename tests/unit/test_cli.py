@@ -179,7 +179,7 @@ def test_malformed_manifest_exits_2_naming_file_document_and_field(
         (
             "apiVersion: mesh-auditor.dev/v1alpha1\nkind: MeshPosture\nmetadata: {name: a}\nspec:\n  scope:\n  - namespace: default\n    excludeService: [x]\n",
             "spec.scope[0].excludeService",
-            "Extra inputs are not permitted",
+            "unknown field 'excludeService'; did you mean 'excludeServices'?",
         ),
         (
             "apiVersion: mesh-auditor.dev/v1alpha1\nkind: MeshPosture\nmetadata: {name: a}\nspec:\n  protectedServices:\n  - name: catalog\n    allowedPrincipals: [cluster.local/ns/default/sa/ui]\n    requiredHeaders:\n    - name: x-auth-token\n      value: {literal: t}\n",

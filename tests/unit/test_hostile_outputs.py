@@ -100,7 +100,7 @@ def test_markdown_table_rows_keep_their_cells_and_code_spans_hold() -> None:
     assert "<script>" not in text
     assert "\\[x\\](javascript:alert(1))" in text
     assert "\\!\\[t\\]" in text
-    assert "- evidence: Policy \\`a\\` `spec|x` = ```` ```\\n# heading ```` \\<b\\>note\\</b\\>" in text
+    assert "- evidence: Policy \\`a\\`: `spec|x` = ```` ```\\n# heading ```` — \\<b\\>note\\</b\\>" in text
     assert "\n# heading" not in text
 
 
@@ -117,7 +117,7 @@ def test_table_wraps_but_never_passes_a_control_character() -> None:
     text = render_table((finding,), verbose=True)
     assert "ns/\\x1b]0;title\\x07svc" in text
     assert "a\\rb\\x00c\\u2028d" in text
-    assert "o\\x1b f=v\\x85w" in text
+    assert "o\\x1b: f=v\\x85w" in text
 
 
 def test_junit_parses_with_characters_xml_forbids() -> None:

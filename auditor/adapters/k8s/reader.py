@@ -4,7 +4,8 @@ Every resource of ``SNAPSHOT_RESOURCES`` is listed cluster-wide with pagination 
 ``auditor.core.decode``. What cannot be read never becomes an empty list: a 403 becomes a
 ``ReadProblem`` naming the missing permission, a 404 names the missing CRD, and a server that
 stops answering marks every resource not yet read. Checks that need an unreadable kind then
-report ERROR (``auditor.core.audit``).
+report ERROR (``auditor.core.audit``). A server that answers nothing at all (wrong address, VPN
+down) raises ``ApiUnavailable`` instead: there is no audit to report.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class ClusterReader:
         self._log = structlog.get_logger("auditor.k8s")
 
     def snapshot(self) -> Snapshot:
+        """Every resource of ``SNAPSHOT_RESOURCES``, or ``ReadProblem`` entries for those not read.
+
+        Raises ``ApiUnavailable`` when the first request gets no answer at all.
+        """
         objects: list[Decoded] = []
         problems: list[ReadProblem] = []
         unavailable: str | None = None
@@ -43,6 +48,8 @@ class ClusterReader:
             try:
                 objects += self._read(resource)
             except ApiUnavailable as error:
+                if resource is SNAPSHOT_RESOURCES[0]:
+                    raise  # the first request: the server never answered, nothing to audit
                 unavailable = str(error)
                 problems.append(_problem(resource, f"the API server did not answer: {error}"))
             except ApiRefused as error:

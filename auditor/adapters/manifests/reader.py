@@ -42,28 +42,50 @@ def read_manifests(paths: Sequence[str], stdin: TextIO) -> ManifestInput:
     objects: list[Decoded] = []
     secrets: dict[tuple[str, str], Mapping[str, str]] = {}
     seen: dict[tuple[str, str, str], str] = {}
-    files = _expand(paths)
-    for name, text in _read_all(files, stdin):
+    expanded = _expand(paths)
+    files = [file for file, _ in expanded]
+    found: dict[str, int] = dict.fromkeys(paths, 0)
+    for (name, text), (_, raw) in zip(_read_all(files, stdin), expanded, strict=True):
         # Each document is decoded as soon as it is read, so a file's raw documents are never all
         # in memory at once. A file's YAML error still wins over an object error before it (the
         # error reported is the same as when the whole file was read first).
+        lines: dict[int, int] = {}
         refused: InputError | None = None
-        for index, document in _documents(name, text):
+        for index, document in _documents(name, text, lines):
+            found[raw] += 1
             if refused is None:
                 try:
-                    _collect(name, index=index, document=document, objects=objects, secrets=secrets, seen=seen)
+                    where = _Where(name, index, lines.get(index))
+                    _collect(where, document=document, objects=objects, secrets=secrets, seen=seen)
                 except InputError as error:
                     refused = error
         if refused is not None:
             raise refused
+    for raw, count in found.items():
+        if count == 0:
+            # One behaviour for an empty file, an empty directory and empty stdin: nothing to audit
+            # is a mistake in the input (a wrong path, a failed generator upstream), exit 2.
+            raise InputError(
+                "<stdin>" if raw == "-" else raw,
+                "holds no Kubernetes object (empty, or only comments)",
+                fix="point --manifests at the manifests, or check the command that produced them",
+            )
     return ManifestInput(build_snapshot(objects), secrets, tuple(files))
 
 
-def _expand(paths: Sequence[str]) -> list[str]:
-    files: list[str] = []
+@dataclass(frozen=True, slots=True)
+class _Where:
+    name: str
+    index: int
+    line: int | None
+
+
+def _expand(paths: Sequence[str]) -> list[tuple[str, str]]:
+    """Every file to read, in order, with the ``--manifests`` argument it came from."""
+    files: list[tuple[str, str]] = []
     for raw in paths:
         if raw == "-":
-            files.append("-")
+            files.append(("-", raw))
             continue
         path = Path(raw)
         if path.is_dir():
@@ -74,9 +96,9 @@ def _expand(paths: Sequence[str]) -> list[str]:
                     "the directory holds no .yaml, .yml or .json file",
                     fix="point --manifests at the manifests",
                 )
-            files += found
+            files += [(name, raw) for name in found]
         elif path.is_file():
-            files.append(raw)
+            files.append((raw, raw))
         else:
             raise InputError(raw, "no such file or directory", fix="check the --manifests path")
     return files
@@ -113,28 +135,29 @@ def _read_all(files: list[str], stdin: TextIO) -> list[tuple[str, str]]:
     return texts
 
 
-def _documents(name: str, text: str) -> Iterator[tuple[int, Any]]:
+def _documents(name: str, text: str, lines: dict[int, int]) -> Iterator[tuple[int, Any]]:
     try:
-        yield from load_documents(text, strict=False)  # kubectl's reading (yaml_io)
+        yield from load_documents(text, strict=False, lines=lines)  # kubectl's reading (yaml_io)
     except YamlSyntaxError as problem:
         raise InputError(name, problem.message, document=problem.document, fix=problem.fix) from problem
 
 
 def _collect(
-    name: str,
+    at: _Where,
     *,
-    index: int,
     document: Any,
     objects: list[Decoded],
     secrets: dict[tuple[str, str], Mapping[str, str]],
     seen: dict[tuple[str, str, str], str],
 ) -> None:
+    name, index, line = at.name, at.index, at.line
     where = f"{name}#{index}"
     if not isinstance(document, Mapping):
         raise InputError(
             name,
             f"a document must be a Kubernetes object, got {type(document).__name__}",
             document=index,
+            line=line,
             fix="remove it or write a mapping with apiVersion and kind",
         )
     try:
@@ -142,7 +165,7 @@ def _collect(
         if document.get("kind") == "Secret":
             secrets[_secret_key(document)] = _secret_values(document)
     except DecodeError as error:
-        raise InputError(name, error.problem, field=error.field, fix=error.fix, document=index) from error
+        raise InputError(name, error.problem, field=error.field, fix=error.fix, document=index, line=line) from error
     for obj in decoded:
         identity = (obj.meta.kind, obj.meta.namespace, obj.meta.name)
         if identity in seen:
@@ -150,6 +173,7 @@ def _collect(
                 name,
                 f"{obj.meta.ref} is defined twice (also at {seen[identity]})",
                 document=index,
+                line=line,
                 fix="keep one definition",
             )
         seen[identity] = where
