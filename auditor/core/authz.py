@@ -426,6 +426,10 @@ def _zt_ips(values: tuple[str, ...]) -> list[Tri]:
 
 def _zt_from(source: AuthzSource, caller: Caller, namespace: str) -> _Match:
     found = _field_result(_zt_ips(source.ip_blocks), _zt_ips(source.not_ip_blocks))
+    # trustDomains (Istio 1.31): how istiod hands it to ztunnel is not established here (neither
+    # the ambient translation nor the oracle covers it yet), so it cannot be told from config:
+    # unknown, never a silent "no field" (a DENY on it would otherwise read as deny-all).
+    found += _field_result((None for _ in source.trust_domains), (None for _ in source.not_trust_domains))
     found += _field_result(
         (_zt_namespace(p, caller) for p in source.namespaces), (_zt_namespace(p, caller) for p in source.not_namespaces)
     )
@@ -549,6 +553,20 @@ def _wp_ip(value: str) -> Tri:
     return None
 
 
+def _wp_trust_domain(pattern: str, caller: Caller) -> Tri:
+    # model/generator.go srcTrustDomainGenerator: an authenticated principal matched by prefix
+    # "spiffe://<td>/"; "*" any trust domain; one "*" inside becomes "[^/]*" (no slash).
+    if caller.principal is None:
+        return False
+    domain = caller.principal.split("/", 1)[0]
+    if pattern == "*":
+        return True
+    if "*" not in pattern:
+        return domain == pattern
+    head, tail = pattern.split("*", 1)
+    return len(domain) >= len(head) + len(tail) and domain.startswith(head) and domain.endswith(tail)
+
+
 def _wp_header(pattern: str, value: str | None) -> Tri:
     # matcher.HeaderMatcher: "*" is present_match (an empty value is present); else StringMatcher.
     if value is None:
@@ -629,6 +647,7 @@ def _wp_source(source: AuthzSource, caller: Caller, namespace: str, deny: bool) 
         source.service_accounts, source.not_service_accounts, lambda v: _wp_account(v, caller, namespace), deny
     )
     found += _wp_field(source.request_principals, source.not_request_principals, lambda v: False, deny)
+    found += _wp_field(source.trust_domains, source.not_trust_domains, lambda v: _wp_trust_domain(v, caller), deny)
     found += _wp_field(source.principals, source.not_principals, lambda v: _wp_principal(v, caller), deny)
     return found
 

@@ -130,6 +130,9 @@ class AuthzSource:
     not_remote_ip_blocks: tuple[str, ...] = ()
     request_principals: tuple[str, ...] = ()
     not_request_principals: tuple[str, ...] = ()
+    # Istio 1.31 (security/v1 Source.trustDomains): the caller's SPIFFE trust domain.
+    trust_domains: tuple[str, ...] = ()
+    not_trust_domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,6 +123,27 @@ def test_ip_blocks_cannot_be_decided_from_config() -> None:
 
 
 @pytest.mark.parametrize(
+    ("source", "waypoint"),
+    [
+        (AuthzSource(trust_domains=("cluster.local",)), True),
+        (AuthzSource(trust_domains=("other.domain",)), False),
+        (AuthzSource(trust_domains=("cluster.*",)), True),
+        (AuthzSource(trust_domains=("*.local",)), True),
+        (AuthzSource(trust_domains=("*",)), True),
+        (AuthzSource(not_trust_domains=("cluster.local",)), False),
+    ],
+)
+def test_trust_domains_match_at_the_waypoint_and_are_unknown_at_ztunnel(source: AuthzSource, waypoint: bool) -> None:
+    """Istio 1.31's trustDomains: the waypoint matches the peer's trust domain (generator.go
+    srcTrustDomainGenerator); at ztunnel the translation is not established, so it cannot be told
+    (a DENY on it used to read as deny-all: a false PASS)."""
+    rule = AuthzRule(sources=(source,))
+    assert rule_matches(rule, UI, Request(), Point.WAYPOINT, deny=True) is waypoint
+    assert rule_matches(rule, UI, Request(), Point.ZTUNNEL, deny=True) is None
+    assert decide(Applicable(Point.ZTUNNEL, (_policy("DENY", rule),)), UI, Request()).allowed is None
+
+
+@pytest.mark.parametrize(
     ("condition", "headers", "expected"),
     [
         (AuthzCondition("request.headers[x-auth-token]", values=("t",)), {"x-auth-token": "t"}, True),
