@@ -2,11 +2,14 @@
 
 The daemon runs as the auditor's ServiceAccount with probes on; the stand-in kubelet runs its
 probe pods; every probe target is a loopback socket that accepts connections and never answers,
-with a 120 s request timeout, so a cycle would hold its pods for minutes. SIGTERM while the pods
-exist: the process exits 0 within ``shutdown_grace_s`` plus a small margin, it has deleted every
-probe pod of its run (none is left once the kubelet confirms), the Lease is released (renewTime
-set past its duration, what ``LeaseElector.release`` writes) and the state ConfigMap holds the
-outbox with the alert the run had sent. The exit time is printed as a FIGURE line.
+with a 120 s request timeout, so a cycle would hold its pods for minutes. A second situation has
+the pods Pending (no node matches their nodeSelector). SIGTERM while the pods exist: the process
+exits 0 within ``shutdown_grace_s`` plus a small margin, it has deleted every probe pod of its
+run (none is left once the kubelet confirms), the Lease is released (renewTime set past its
+duration, what ``LeaseElector.release`` writes) and the state ConfigMap holds the outbox with the
+alert the run had sent. The cycle must stop by itself (the daemon's "stopped" record says no job
+was cut): a runner deaf to the stop signal is abandoned at the end of the grace (``os._exit``)
+and leaves its pods, which this test catches. Exit times are printed as FIGURE lines.
 """
 
 from __future__ import annotations
@@ -91,8 +94,8 @@ def _probe_pods(kube: KubeAPI) -> list[dict[str, Any]]:
     return pods
 
 
-def _running(kube: KubeAPI) -> list[dict[str, Any]]:
-    return [p for p in _probe_pods(kube) if (p.get("status") or {}).get("phase") == "Running"]
+def _in_phase(kube: KubeAPI, phase: str) -> list[dict[str, Any]]:
+    return [p for p in _probe_pods(kube) if (p.get("status") or {}).get("phase") == phase]
 
 
 def _lease(kube: KubeAPI) -> dict[str, Any]:
@@ -118,6 +121,8 @@ def orders_drift(retail: KubeAPI) -> Iterator[KubeAPI]:
         yield retail
     finally:
         retail.kubectl("delete", "peerauthentication", "orders-debug", "--namespace=default", "--ignore-not-found")
+        for namespace in PROBE_NAMESPACES:  # a failed run must not leave its pods to the next test
+            retail.kubectl("delete", "pods", f"--namespace={namespace}", f"--selector={MANAGED_BY}={MANAGED_BY_VALUE}")
 
 
 def _daemon_env(kubeconfig: Path, port: int, slack_base: str, target: str, tmp_path: Path) -> dict[str, str]:
@@ -178,21 +183,34 @@ def _stopped(logged: str) -> dict[str, Any]:
     return record
 
 
+# Where the cycle is when SIGTERM comes: the probes are waiting on targets that never answer, or
+# their pods are still Pending (no node matches their nodeSelector: Auto Mode still adding capacity).
+SITUATIONS = {
+    "Running": {},
+    "Pending": {"AUDITOR_PROBES__NODE_SELECTOR": json.dumps({"example.invalid/pool": "none"})},
+}
+
+
+@pytest.mark.parametrize("phase", sorted(SITUATIONS))
 def test_sigterm_during_a_probe_cycle_deletes_the_pods_and_releases_the_lease(
-    orders_drift: KubeAPI, auditor_kubeconfig: Path, executor: PodExecutor, silent_target: str, tmp_path: Path
+    orders_drift: KubeAPI,
+    auditor_kubeconfig: Path,
+    executor: PodExecutor,
+    silent_target: str,
+    tmp_path: Path,
+    phase: str,
 ) -> None:
     kube, port, log_path = orders_drift, _free_port(), tmp_path / "daemon.log"
     with slack_server() as (slack_base, slack), log_path.open("wb") as log:
-        env = _daemon_env(auditor_kubeconfig, port, slack_base, silent_target, tmp_path)
+        env = _daemon_env(auditor_kubeconfig, port, slack_base, silent_target, tmp_path) | SITUATIONS[phase]
         process = subprocess.Popen([sys.executable, "-m", "auditor", "daemon"], env=env, stdout=log, stderr=log)
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=2) as http:
                 _eventually(lambda: _leading(http), 60, "the daemon leads")
             _eventually(lambda: len(slack.top_level()) == 1, 60, "the drift's alert reached Slack")
-            # the probe containers are up, each waiting on a target that never answers
-            _eventually(lambda: len(_running(kube)) >= 2, 90, "two probe pods running")
+            _eventually(lambda: len(_in_phase(kube, phase)) >= 2, 90, f"two probe pods {phase}")
             time.sleep(1.0)  # well into the cycle
-            pods = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in _running(kube)}
+            pods = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in _in_phase(kube, phase)}
             assert len(pods) >= 2, pods
             assert _lease(kube)["holderIdentity"] == IDENTITY
             started = time.monotonic()
@@ -204,7 +222,7 @@ def test_sigterm_during_a_probe_cycle_deletes_the_pods_and_releases_the_lease(
                 process.kill()
                 process.wait()
         alert_ts = slack.top_level()[0]["ts"]
-    print(f"\nFIGURE exit after SIGTERM (probe cycle, {len(pods)} pods running, grace {GRACE_S:g} s): {exit_s:.2f} s")
+    print(f"\nFIGURE exit after SIGTERM (probe cycle, {len(pods)} pods {phase}, grace {GRACE_S:g} s): {exit_s:.2f} s")
     logged = log_path.read_text(encoding="utf-8")
     assert "probe pod created" in logged
     assert code == 0, logged[-4000:]
