@@ -65,7 +65,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 from cryptography import x509
@@ -204,16 +204,25 @@ def build(pins: Pins | None = None) -> Binaries:
     pins = pins or read_pins()
     binaries = Binaries(binary_dir(pins))
     fingerprint = _fingerprint()
-    if _is_built(binaries, fingerprint):
+    if is_built(binaries, fingerprint):
         return binaries
     with _file_lock(binaries.directory.parent / "build.lock"):
         # Another process may have finished the same build while this one waited for the lock.
-        if not _is_built(binaries, fingerprint):
+        if not is_built(binaries, fingerprint):
             _build_into(binaries.directory, pins, fingerprint)
     return binaries
 
 
-def build_info(binaries: Binaries) -> dict[str, Any]:
+class BuiltBinaries(Protocol):
+    """A cache directory of built binaries (``Binaries``, ``istio.IstioBinaries``)."""
+
+    @property
+    def directory(self) -> Path: ...
+
+    def all(self) -> Sequence[Path]: ...
+
+
+def build_info(binaries: BuiltBinaries) -> dict[str, Any]:
     """What build() recorded next to the binaries: versions they report, toolchain, inputs."""
     try:
         info: dict[str, Any] = json.loads((binaries.directory / "build.json").read_text())
@@ -222,18 +231,24 @@ def build_info(binaries: Binaries) -> dict[str, Any]:
     return info
 
 
-def _fingerprint() -> str:
-    digest = hashlib.sha256(f"{BUILD_RECIPE} {GO_BUILD_TAGS}".encode())
-    for name in BUILD_INPUTS:
+def recipe_fingerprint(recipe: str, tags: str, module_dir: Path, inputs: Sequence[str]) -> str:
+    """SHA-256 over a build recipe, its tags and the pinning files (go.mod, go.sum) that decide it."""
+    digest = hashlib.sha256(f"{recipe} {tags}".encode())
+    for name in inputs:
         digest.update(name.encode())
-        digest.update((GO_MODULE_DIR / name).read_bytes())
+        digest.update((module_dir / name).read_bytes())
     return digest.hexdigest()
 
 
-def _is_built(binaries: Binaries, fingerprint: str) -> bool:
+def is_built(binaries: BuiltBinaries, fingerprint: str) -> bool:
+    """The binaries exist, are executable and were built from exactly this recipe."""
     if build_info(binaries).get("fingerprint") != fingerprint:
         return False
     return all(os.access(path, os.X_OK) for path in binaries.all())
+
+
+def _fingerprint() -> str:
+    return recipe_fingerprint(BUILD_RECIPE, GO_BUILD_TAGS, GO_MODULE_DIR, BUILD_INPUTS)
 
 
 def _build_into(target: Path, pins: Pins, fingerprint: str) -> None:
@@ -807,7 +822,7 @@ def status(state_dir: Path | None = None) -> tuple[bool, str]:
         fields += [(p.name, f"pid {p.pid} {'running' if p.running() else 'gone'}") for p in _processes(record)]
     pins = read_pins()
     binaries = Binaries(binary_dir(pins))
-    built = "built" if _is_built(binaries, _fingerprint()) else "not built"
+    built = "built" if is_built(binaries, _fingerprint()) else "not built"
     fields.append(("binaries", f"{binaries.directory} ({pins.cache_key}, {built})"))
     from auditor.devtools import istio  # noqa: PLC0415 - istio imports this module
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hashlib
 import ipaddress
 import json
 import os
@@ -177,40 +176,24 @@ def build(pins: IstioPins | None = None) -> IstioBinaries:
     pins = pins or read_pins()
     binaries = IstioBinaries(binary_dir(pins))
     fingerprint = _fingerprint()
-    if _is_built(binaries, fingerprint):
+    if controlplane.is_built(binaries, fingerprint):
         return binaries
     with controlplane._file_lock(binaries.directory.parent / "build.lock"):
-        if not _is_built(binaries, fingerprint):
+        if not controlplane.is_built(binaries, fingerprint):
             _build_into(binaries.directory, pins, fingerprint)
     return binaries
 
 
 def is_built(pins: IstioPins | None = None) -> bool:
     """True when build() would return at once."""
-    return _is_built(IstioBinaries(binary_dir(pins or read_pins())), _fingerprint())
+    return controlplane.is_built(IstioBinaries(binary_dir(pins or read_pins())), _fingerprint())
 
 
-def build_info(binaries: IstioBinaries) -> dict[str, Any]:
-    """What build() recorded next to the binaries: versions they report, toolchain, build time."""
-    try:
-        info: dict[str, Any] = json.loads((binaries.directory / "build.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return info
+build_info = controlplane.build_info
 
 
 def _fingerprint() -> str:
-    digest = hashlib.sha256(f"{BUILD_RECIPE} {GO_BUILD_TAGS}".encode())
-    for name in BUILD_INPUTS:
-        digest.update(name.encode())
-        digest.update((ISTIO_MODULE_DIR / name).read_bytes())
-    return digest.hexdigest()
-
-
-def _is_built(binaries: IstioBinaries, fingerprint: str) -> bool:
-    if build_info(binaries).get("fingerprint") != fingerprint:
-        return False
-    return all(os.access(path, os.X_OK) for path in binaries.all())
+    return controlplane.recipe_fingerprint(BUILD_RECIPE, GO_BUILD_TAGS, ISTIO_MODULE_DIR, BUILD_INPUTS)
 
 
 def _go() -> str:
