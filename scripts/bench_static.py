@@ -213,7 +213,7 @@ def measure_istioctl(istioctl: Path, manifests: Path) -> tuple[float, float, int
 def _istioctl() -> Path:
     # The binary scripts/controlplane build put in the cache (built on first use if missing).
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from auditor.devtools import istio  # noqa: PLC0415 - after the repository is on sys.path
+    from testrigs.devtools import istio  # noqa: PLC0415 - after the repository is on sys.path
 
     return istio.build().istioctl
 

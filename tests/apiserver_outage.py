@@ -1,7 +1,7 @@
 """An API server outage for end-to-end tests: stop the kube-apiserver of a DEDICATED control plane
 and start it again later on the same port, with the same flags, certificates and etcd data.
 
-Only for a control plane this test started itself (``auditor.devtools.controlplane.up`` in a state
+Only for a control plane this test started itself (``testrigs.devtools.controlplane.up`` in a state
 dir of its own): stopping the shared session server would break every other test. The restarted
 process is written back into the state dir's record, so ``controlplane.down`` stops it too.
 etcd keeps running: the data (the Lease, the state ConfigMap, the objects) is the same after.
@@ -16,8 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from auditor.devtools import processes
-from auditor.devtools.processes import TrackedProcess
+from testrigs.devtools import processes
+from testrigs.devtools.processes import TrackedProcess
 
 APISERVER = "kube-apiserver"
 

@@ -1,6 +1,6 @@
 """Ports: what the core needs from the outside world, as Protocols that adapters implement.
 
-Fakes for them live in ``auditor.testing``; the composition root (``auditor.app``) chooses the
+Fakes for them live in ``testrigs.fakes``; the composition root (``auditor.app``) chooses the
 real adapters.
 """
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from auditor.devtools import charttools
-from auditor.devtools.controlplane import KubeAPI
+from testrigs.devtools import charttools
+from testrigs.devtools.controlplane import KubeAPI
 
 
 def install_chart_crds(kube_api: KubeAPI) -> None:

@@ -1,6 +1,6 @@
 """Fixtures for integration tests against the real etcd + kube-apiserver control plane.
 
-``kube_api`` (session) starts the control plane through ``auditor.devtools.controlplane`` in a
+``kube_api`` (session) starts the control plane through ``testrigs.devtools.controlplane`` in a
 state dir of its own, or reuses the one whose kubeconfig path is in ``KUBECONFIG_TEST``; it
 fails, never skips, when the binaries cannot be built or the server does not become ready.
 ``kube_namespace`` gives each test a fresh namespace and empties it afterwards. Mark tests that
@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from auditor.devtools import controlplane, istio
-from auditor.devtools.controlplane import KubeAPI
-from auditor.devtools.istio import IstioAPI
+from testrigs.devtools import controlplane, istio
+from testrigs.devtools.controlplane import KubeAPI
+from testrigs.devtools.istio import IstioAPI
 
 
 @pytest.fixture(scope="session")

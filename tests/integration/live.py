@@ -12,7 +12,7 @@ import yaml
 from kubernetes import client
 
 from auditor.cli import main
-from auditor.devtools.controlplane import KubeAPI
+from testrigs.devtools.controlplane import KubeAPI
 
 
 def audit(*argv: str) -> tuple[int, dict[str, Any]]:

@@ -18,7 +18,7 @@ from auditor.adapters.aws.eks import auto_mode_finding
 from auditor.adapters.k8s.nodepools import read_node_pools
 from auditor.adapters.kubeapi import build_api_client
 from auditor.core.model import Finding, Status
-from auditor.devtools.controlplane import KubeAPI
+from testrigs.devtools.controlplane import KubeAPI
 from tests.cases import ROOT
 from tests.crd_modules import nodepool_crd
 

@@ -36,7 +36,7 @@ from auditor.daemon.main import _auto_mode
 from auditor.daemon.service import Daemon, DaemonConfig
 from auditor.daemon.sinks import AwsSink
 from auditor.settings import AwsSettings
-from auditor.testing import FakeElector, FakeSnapshots, MemoryStateStore, RecordingNotifier
+from testrigs.fakes import FakeElector, FakeSnapshots, MemoryStateStore, RecordingNotifier
 from tests.cases import ROOT
 
 REGION = "us-west-2"

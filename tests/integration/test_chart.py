@@ -22,9 +22,9 @@ import pytest
 import yaml
 
 from auditor.adapters.k8s.rbac import READER_ROLE, reader_cluster_role
-from auditor.devtools import charttools
-from auditor.devtools.charttools import CHART_DIR, ChartToolError, documents, template
-from auditor.devtools.controlplane import KubeAPI
+from testrigs.devtools import charttools
+from testrigs.devtools.charttools import CHART_DIR, ChartToolError, documents, template
+from testrigs.devtools.controlplane import KubeAPI
 from tests.cases import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "chart"

@@ -22,8 +22,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client import ApiClient, ApiException
 
-from auditor.devtools import controlplane
-from auditor.devtools.controlplane import KubeAPI
+from testrigs.devtools import controlplane
+from testrigs.devtools.controlplane import KubeAPI
 
 SCRIPT = controlplane.REPO_ROOT / "scripts" / "controlplane"
 ISTIO_CRDS = 15  # istio.io/istio release-1.31: manifests/charts/base/files/crd-all.gen.yaml

@@ -30,7 +30,7 @@ from auditor.adapters.rules.loader import load_rules
 from auditor.adapters.slack.notifier import SlackNotifier, build_web_client, log_delivery
 from auditor.daemon.service import Daemon, DaemonConfig, ReportSink
 from auditor.daemon.sinks import AwsSink, DirectorySink, PolicyReportSink
-from auditor.devtools.controlplane import KubeAPI
+from testrigs.devtools.controlplane import KubeAPI
 from tests.cases import ROOT, Case, materialize
 from tests.crd_modules import policyreport_crds
 from tests.integration.live import AppliedCase

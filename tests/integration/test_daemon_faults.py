@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from auditor.devtools.controlplane import KubeAPI
+from testrigs.devtools.controlplane import KubeAPI
 from tests.integration.test_daemon import PERMISSIVE_ORDERS, _eventually, retail, running_daemon, slack
 from tests.slack_server import SlackState
 

@@ -21,7 +21,7 @@ from auditor.adapters.slack.notifier import SlackNotifier, build_web_client, log
 from auditor.core.checks.catalog import CAPTURED
 from auditor.core.model import Finding, Status
 from auditor.daemon.service import Daemon, DaemonConfig
-from auditor.testing import FakeSnapshots, MemoryStateStore
+from testrigs.fakes import FakeSnapshots, MemoryStateStore
 from tests.cases import ROOT
 from tests.slack_server import SlackState, slack_server
 

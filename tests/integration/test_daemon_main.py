@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from auditor.daemon.main import run_daemon
-from auditor.devtools.controlplane import KubeAPI
 from auditor.settings import DaemonSettings, Settings
+from testrigs.devtools.controlplane import KubeAPI
 from tests.cases import ROOT
 from tests.unit.test_input_limits import alias_bomb
 

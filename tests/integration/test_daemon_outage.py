@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 import pytest
 
-from auditor.devtools import controlplane
-from auditor.devtools.controlplane import KubeAPI
+from testrigs.devtools import controlplane
+from testrigs.devtools.controlplane import KubeAPI
 from tests.apiserver_outage import ApiServerOutage
 from tests.cases import ROOT, Case, materialize
 from tests.integration.live import AppliedCase

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from auditor.devtools.controlplane import KubeAPI
+from testrigs.devtools.controlplane import KubeAPI
 from tests.cases import ROOT
 from tests.integration.test_daemon import PERMISSIVE_ORDERS, _eventually, retail, slack
 from tests.integration.test_daemon_faults import PERMISSIVE_CHECKOUT

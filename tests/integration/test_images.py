@@ -1,6 +1,6 @@
 """The two OCI images: built without a container engine, read by skopeo, run from their root filesystem.
 
-``scripts/image build`` (auditor.devtools.image) writes dist/*.oci.tar; a build whose inputs
+``scripts/image build`` (testrigs.devtools.image) writes dist/*.oci.tar; a build whose inputs
 have not changed is reused. Each test copies the archive with skopeo (``oci-archive:``, what a
 registry push reads), unpacks it with umoci, and runs the image's own entrypoint from the image
 config in a chroot as the image's user: ``auditor --version`` and an offline audit of the
@@ -24,8 +24,8 @@ import pytest
 
 from auditor import __version__
 from auditor.adapters.probepods.podspec import BOOTSTRAP, PLAN_ENV, TERMINATION_LOG
-from auditor.devtools import image
-from auditor.devtools.image import AUDITOR, PROBE, Built, ImageError, ImageSpec
+from testrigs.devtools import image
+from testrigs.devtools.image import AUDITOR, PROBE, Built, ImageError, ImageSpec
 from tests.cases import ROOT
 
 pytestmark = pytest.mark.image
@@ -145,7 +145,7 @@ def test_auditor_image_has_no_pip_setuptools_tests_or_lab(auditor_image: Unpacke
     rootfs = auditor_image.rootfs
     site = rootfs / image.SITE
     assert (site / "auditor" / "cli.py").is_file()
-    for unwanted in ("pip", "setuptools", "tests", "auditor/lab", "auditor/devtools", "envoy", "pytest", "mypy"):
+    for unwanted in ("pip", "setuptools", "tests", "testrigs", "envoy", "pytest", "mypy"):
         assert not (site / unwanted).exists(), unwanted
     assert not list(rootfs.glob("usr/lib/python3*/ensurepip"))
     assert not (rootfs / "bin" / "sh").exists()

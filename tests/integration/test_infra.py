@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from auditor.devtools import infra
+from testrigs.devtools import infra
 from tests.cases import ROOT
 
 BUILD_AND_VALIDATE_TIMEOUT_S = 3600

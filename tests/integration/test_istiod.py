@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from auditor.devtools import istio
-from auditor.devtools.istio import IstioAPI
+from testrigs.devtools import istio
+from testrigs.devtools.istio import IstioAPI
 from tests.cases import ROOT, Case, materialize
 from tests.integration.live import AppliedCase, audit, statuses
 

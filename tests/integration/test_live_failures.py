@@ -11,8 +11,8 @@ import pytest
 
 from auditor.adapters import kubeapi as api_calls
 from auditor.cli import main
-from auditor.devtools import controlplane
-from auditor.devtools.controlplane import KubeAPI
+from testrigs.devtools import controlplane
+from testrigs.devtools.controlplane import KubeAPI
 from tests.cases import ROOT
 from tests.integration.live import audit
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor.devtools.controlplane import KubeAPI
+from testrigs.devtools.controlplane import KubeAPI
 from tests.cases import ROOT, Case, all_cases, load_case, materialize
 from tests.integration.live import AppliedCase, audit, statuses
 

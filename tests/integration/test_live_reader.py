@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from auditor.adapters.k8s.reader import ClusterReader
-from auditor.devtools import controlplane
-from auditor.devtools.controlplane import KubeAPI
+from testrigs.devtools import controlplane
+from testrigs.devtools.controlplane import KubeAPI
 from tests.cases import ROOT, Case, materialize
 from tests.integration.live import AppliedCase, audit
 

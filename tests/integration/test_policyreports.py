@@ -20,8 +20,8 @@ from auditor.adapters.k8s.policyreports import PolicyReportWriter
 from auditor.adapters.kubeapi import build_api_client
 from auditor.core.checks.catalog import AUTO_MODE, CAPTURED, HEADERS_ENFORCED, PEER_AUTHENTICATION, WAYPOINT_BOUND
 from auditor.core.model import Finding, Status
-from auditor.devtools.controlplane import KubeAPI
 from auditor.render.policyreport import CATEGORY, policy_reports
+from testrigs.devtools.controlplane import KubeAPI
 from tests.cases import ROOT
 from tests.crd_modules import policyreport_crds
 

@@ -30,8 +30,8 @@ from auditor.adapters.k8s.policyreports import GROUP_PATH
 from auditor.adapters.k8s.rbac import reader_cluster_role
 from auditor.adapters.k8s.resources import AUTO_MODE_RESOURCES, NODE_CLASS, NODE_POOL, SNAPSHOT_RESOURCES, Resource
 from auditor.adapters.k8s.state import ConfigMapStateStore
-from auditor.devtools import charttools
-from auditor.devtools.controlplane import KubeAPI
+from testrigs.devtools import charttools
+from testrigs.devtools.controlplane import KubeAPI
 from tests.cases import ROOT
 from tests.crd_modules import nodepool_crd, policyreport_crds
 from tests.integration.live import AppliedCase, audit, statuses

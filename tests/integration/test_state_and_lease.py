@@ -9,7 +9,7 @@ import pytest
 
 from auditor.adapters.k8s.lease import LeaseElector
 from auditor.adapters.k8s.state import ConfigMapStateStore, StateConflict
-from auditor.devtools.controlplane import KubeAPI
+from testrigs.devtools.controlplane import KubeAPI
 
 pytestmark = pytest.mark.kube
 

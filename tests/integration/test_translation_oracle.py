@@ -2,7 +2,7 @@
 
 For the same objects on the API server, ``auditor.core.ztunnelview.ztunnel_facts`` (on the live
 snapshot the auditor reads) must equal what istiod computes (``/debug/ambientz``, read by
-``auditor.devtools.istio.ambient_facts``): for each pod, the AuthorizationPolicies ztunnel
+``testrigs.devtools.istio.ambient_facts``): for each pod, the AuthorizationPolicies ztunnel
 enforces; for each Service, the waypoint its traffic goes through. Run over every static fixture,
 both examples and a hypothesis-generated family (``ORACLE_BATCHES`` batches of
 ``ORACLE_BATCH_SIZE`` configurations, each in namespaces of its own). A disagreement is the
@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from auditor.adapters.k8s.reader import ClusterReader
 from auditor.core.mesh import is_auditor_probe
 from auditor.core.ztunnelview import ztunnel_facts
-from auditor.devtools import istio
-from auditor.devtools.istio import IstioAPI
+from testrigs.devtools import istio
+from testrigs.devtools.istio import IstioAPI
 from tests.cases import ROOT, Case, all_cases, load_case, materialize, outcome
 from tests.integration.live import AppliedCase, audit
 

@@ -16,7 +16,7 @@ from auditor.adapters.rules.loader import load_rules
 from auditor.core.audit import run_static_audit
 from auditor.core.model import Status
 from auditor.core.snapshot import Snapshot
-from auditor.devtools.controlplane import KubeAPI
+from testrigs.devtools.controlplane import KubeAPI
 from tests.cases import ROOT, Case, materialize
 from tests.integration.live import AppliedCase
 

@@ -31,8 +31,8 @@ from kubernetes import client
 
 from auditor.adapters.manifests.reader import read_manifests
 from auditor.adapters.yaml_io import YamlSyntaxError, load_documents
-from auditor.devtools.controlplane import KubeAPI
 from auditor.errors import InputError
+from testrigs.devtools.controlplane import KubeAPI
 
 pytestmark = pytest.mark.kube
 

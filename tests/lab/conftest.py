@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from auditor.lab.lab import Lab, LabError, check_host
+from testrigs.lab.lab import Lab, LabError, check_host
 from tests.lab import labkit
 from tests.lab.labkit import Probe, SetMesh
 

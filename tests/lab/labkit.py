@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from auditor.lab import netns
-from auditor.lab.lab import Lab, Record
+from testrigs.lab import netns
+from testrigs.lab.lab import Lab, Record
 
 SetMesh = Callable[..., None]
 Probe = Callable[..., dict[str, Any]]

@@ -1,4 +1,4 @@
-"""Stage 4: ``python -m auditor.lab up|status|down`` with the translator daemon following live changes."""
+"""Stage 4: ``python -m testrigs.lab up|status|down`` with the translator daemon following live changes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor.lab.lab import Lab
+from testrigs.lab.lab import Lab
 from tests.lab import labkit
 
 pytestmark = pytest.mark.lab
@@ -19,7 +19,7 @@ LIVE_CHANGE_DEADLINE_S = 15.0
 
 
 def _lab_cli(state_dir: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "auditor.lab", "--state-dir", str(state_dir), *args]
+    argv = [sys.executable, "-m", "testrigs.lab", "--state-dir", str(state_dir), *args]
     return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
 
 

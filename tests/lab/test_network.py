@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from auditor.lab.lab import Lab
+from testrigs.lab.lab import Lab
 from tests.lab import labkit
 from tests.lab.labkit import Probe, SetMesh
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from auditor.lab import netns
-from auditor.lab.lab import Lab
+from testrigs.lab import netns
+from testrigs.lab.lab import Lab
 from tests.lab import labkit
 from tests.lab.labkit import Probe, SetMesh
 

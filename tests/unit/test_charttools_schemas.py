@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor.devtools.charttools import ChartToolError, write_schemas
+from testrigs.devtools.charttools import ChartToolError, write_schemas
 
 OPENAPI = {
     "definitions": {

@@ -19,7 +19,7 @@ from auditor.core.ports import CorruptState
 from auditor.core.posture import Posture
 from auditor.core.snapshot import ReadProblem, Snapshot
 from auditor.daemon.service import Daemon, DaemonConfig
-from auditor.testing import (
+from testrigs.fakes import (
     FakeElector,
     FakeSnapshots,
     MemoryStateStore,

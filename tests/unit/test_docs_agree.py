@@ -16,7 +16,7 @@ MENTIONS_COLD_BUILD = [
     "docs/benchmarks.md",
     "scripts/test",
     "scripts/setup",
-    "auditor/devtools/controlplane.py",
+    "testrigs/devtools/controlplane.py",
 ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import tomllib
 
-from auditor.devtools.image import IMAGES_DIR, REPO_ROOT
+from testrigs.devtools.image import IMAGES_DIR, REPO_ROOT
 
 
 def _name(requirement: str) -> str:

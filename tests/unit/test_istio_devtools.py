@@ -1,4 +1,4 @@
-"""auditor.devtools.istio: CRDs and chart files from the Go module cache, and the ambientz reader."""
+"""testrigs.devtools.istio: CRDs and chart files from the Go module cache, and the ambientz reader."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import yaml
 
-from auditor.devtools import istio
+from testrigs.devtools import istio
 
 
 def test_crds_come_from_the_pinned_modules_in_the_module_cache() -> None:

@@ -1,6 +1,6 @@
 // Pins the CRDs of the optional kinds the chart renders (ServiceMonitor), so the
 // chart tests validate and install them against the real CRDs. Nothing is built
-// from this module: auditor/devtools/charttools.py downloads it with
+// from this module: testrigs/devtools/charttools.py downloads it with
 // `go mod download` and reads the CRD files. See docs/deploy.md.
 module mesh-auditor/tools/chartcrds
 

@@ -1,5 +1,5 @@
 // Pins the test control plane (kube-apiserver, etcd, kubectl) to released
-// versions; built by auditor/devtools/controlplane.py. See docs/controlplane.md.
+// versions; built by testrigs/devtools/controlplane.py. See docs/controlplane.md.
 module mesh-auditor/tools/controlplane
 
 go 1.24.0

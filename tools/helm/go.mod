@@ -1,5 +1,5 @@
 // Pins helm for the chart tests (lint, template, install into the test API
-// server); built by auditor/devtools/chart_tools.py. See docs/deploy.md.
+// server); built by testrigs/devtools/chart_tools.py. See docs/deploy.md.
 module mesh-auditor/tools/helm
 
 go 1.26.0

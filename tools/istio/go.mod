@@ -1,5 +1,5 @@
 // Pins istiod (pilot-discovery) and istioctl for the test control plane; built by
-// auditor/devtools/controlplane.py. See docs/controlplane.md.
+// testrigs/devtools/controlplane.py. See docs/controlplane.md.
 module mesh-auditor/tools/istio
 
 go 1.26.0

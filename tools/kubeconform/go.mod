@@ -1,6 +1,6 @@
 // Pins kubeconform, which validates the rendered chart against schemas
 // generated from the pinned Kubernetes OpenAPI and the real CRDs; built by
-// auditor/devtools/chart_tools.py. See docs/deploy.md.
+// testrigs/devtools/chart_tools.py. See docs/deploy.md.
 module mesh-auditor/tools/kubeconform
 
 go 1.26.0

@@ -1,4 +1,4 @@
-// Pins OpenTofu for `scripts/infra validate`; built by auditor/devtools/infra.py. See docs/aws.md.
+// Pins OpenTofu for `scripts/infra validate`; built by testrigs/devtools/infra.py. See docs/aws.md.
 module mesh-auditor/tools/opentofu
 
 go 1.26.6

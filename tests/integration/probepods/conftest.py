@@ -5,7 +5,7 @@ and real Envoys on loopback playing the mesh's enforcement points.
   real API server; ``control_role``: the opt-in control Role for ``default``, for one module only.
 - ``auditor_kubeconfig``: authenticates with a real ServiceAccount token of
   ``mesh-auditor/mesh-auditor`` (TokenRequest), so RBAC and probe-guard run as in a cluster.
-- ``executor``: ``auditor.devtools.podexecutor.PodExecutor`` running probe pods as local
+- ``executor``: ``testrigs.devtools.podexecutor.PodExecutor`` running probe pods as local
   processes; images named ``UNPULLABLE`` never start.
 - ``mesh``: one Envoy per behaviour a probe identity can meet (semantics §1), in front of the
   stdlib backend of ``tests/integration/probes/probe_harness.py``.
@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from auditor.devtools.controlplane import ControlPlaneError, KubeAPI
-from auditor.devtools.podexecutor import PodExecutor
+from testrigs.devtools.controlplane import ControlPlaneError, KubeAPI
+from testrigs.devtools.podexecutor import PodExecutor
 from tests.cases import ROOT
 from tests.integration.probes.probe_harness import (
     AUTH_HEADER,

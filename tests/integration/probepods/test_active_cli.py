@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from auditor.devtools.controlplane import KubeAPI
-from auditor.devtools.podexecutor import PodExecutor
+from testrigs.devtools.controlplane import KubeAPI
+from testrigs.devtools.podexecutor import PodExecutor
 from tests.cases import ROOT
 from tests.integration.live import AppliedCase, audit
 from tests.integration.probepods.conftest import Mesh

@@ -23,9 +23,9 @@ from auditor.adapters.slack.notifier import SlackNotifier, build_web_client
 from auditor.daemon.main import _probe_cycle
 from auditor.daemon.metrics import DaemonMetrics
 from auditor.daemon.service import Daemon, DaemonConfig
-from auditor.devtools.controlplane import KubeAPI
-from auditor.devtools.podexecutor import PodExecutor
 from auditor.settings import ProbeSettings, Settings
+from testrigs.devtools.controlplane import KubeAPI
+from testrigs.devtools.podexecutor import PodExecutor
 from tests.cases import ROOT
 from tests.integration.live import AppliedCase
 from tests.integration.probepods.conftest import Mesh

@@ -32,9 +32,9 @@ import yaml
 
 from auditor.adapters.k8s.state import ConfigMapStateStore
 from auditor.adapters.probepods.podspec import MANAGED_BY, MANAGED_BY_VALUE
-from auditor.devtools.controlplane import KubeAPI
-from auditor.devtools.podexecutor import PodExecutor
 from auditor.settings import ProbeSettings
+from testrigs.devtools.controlplane import KubeAPI
+from testrigs.devtools.podexecutor import PodExecutor
 from tests.cases import ROOT
 from tests.integration.live import AppliedCase
 from tests.integration.test_daemon import PERMISSIVE_ORDERS

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from auditor.devtools.controlplane import KubeAPI
-from auditor.devtools.podexecutor import LaunchError, PodExecutor
+from testrigs.devtools.controlplane import KubeAPI
+from testrigs.devtools.podexecutor import LaunchError, PodExecutor
 
 pytestmark = pytest.mark.kube
 

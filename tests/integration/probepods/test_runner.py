@@ -24,9 +24,9 @@ from auditor.adapters.probepods.runner import PodProbeRunner, RunnerOptions
 from auditor.core.model import Status
 from auditor.core.probeplan import PlanOptions, RunPlan, plan_probes
 from auditor.core.probereport import BatchReport, RunReport
-from auditor.devtools.controlplane import KubeAPI
-from auditor.devtools.podexecutor import PodExecutor
 from probes.wire import Outcome
+from testrigs.devtools.controlplane import KubeAPI
+from testrigs.devtools.podexecutor import PodExecutor
 from tests.integration.probepods.conftest import UNPULLABLE, Mesh
 from tests.unit.probing.builders import catalog_rules, header_values, posture, snapshot
 

@@ -1,4 +1,4 @@
-// Pins the hashicorp/helm provider for `scripts/infra validate`; built by auditor/devtools/infra.py
+// Pins the hashicorp/helm provider for `scripts/infra validate`; built by testrigs/devtools/infra.py
 // into a filesystem mirror. One module per provider, so that each builds with exactly the
 // dependency versions it was released with. See docs/aws.md.
 module mesh-auditor/tools/terraform-providers/helm

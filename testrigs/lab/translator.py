@@ -25,7 +25,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-from auditor.lab.mesh import Obj
+from testrigs.lab.mesh import Obj
 
 POLL_INTERVAL_S = 1.0
 REQUEST_TIMEOUT = (5.0, 20.0)

@@ -7,7 +7,7 @@ module checks it with the real tooling, offline: OpenTofu is built from the Go m
 out as an unpacked filesystem mirror that ``tofu init`` installs from (no registry is reached).
 It is developer tooling: the auditor never imports it.
 
-Commands (``scripts/infra CMD`` or ``python3 -m auditor.devtools.infra CMD``):
+Commands (``scripts/infra CMD`` or ``python3 -m testrigs.devtools.infra CMD``):
 
 * ``build``: build ``tofu`` and every pinned provider (a warm call returns at once; each build runs
   under ``nice -n 19`` and its wall time is kept in a ``build-seconds.json`` of the cache).

@@ -12,14 +12,14 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from auditor.devtools import processes
-from auditor.devtools.processes import TrackedProcess
+from testrigs.devtools import processes
+from testrigs.devtools.processes import TrackedProcess
 
 IP = "/usr/sbin/ip"
 STOP_TIMEOUT_S = 5.0
 
 
-# The lab's processes are the shared tracked processes (auditor/devtools/processes.py).
+# The lab's processes are the shared tracked processes (testrigs/devtools/processes.py).
 Proc = TrackedProcess
 
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auditor.lab.envoyconf import Resources
-from auditor.lab.netns import PROXY_UID
-from auditor.lab.procs import Proc, spawn_in_netns
+from testrigs.lab.envoyconf import Resources
+from testrigs.lab.netns import PROXY_UID
+from testrigs.lab.procs import Proc, spawn_in_netns
 
 SETPRIV = "/usr/bin/setpriv"  # util-linux: drops to the proxy uid before exec
 READY_TIMEOUT_S = 20.0

@@ -45,8 +45,8 @@ from typing import Any
 
 import yaml
 
-from auditor.devtools import controlplane
-from auditor.devtools.controlplane import ControlPlaneError
+from testrigs.devtools import controlplane
+from testrigs.devtools.controlplane import ControlPlaneError
 
 ISTIO_MODULE_DIR = controlplane.REPO_ROOT / "tools" / "istio"
 ISTIO_MODULE = "istio.io/istio"

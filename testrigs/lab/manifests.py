@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from auditor.lab.mesh import Obj, name_of, namespace_of, spec
+from testrigs.lab.mesh import Obj, name_of, namespace_of, spec
 
 
 class ManifestError(ValueError):

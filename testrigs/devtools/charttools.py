@@ -8,7 +8,7 @@ versions), caches them outside the repository like the control plane's binaries,
 test API server's OpenAPI document into the JSON schemas kubeconform validates against. It is
 developer tooling: the auditor never imports it.
 
-Commands (``scripts/chart CMD`` or ``python3 -m auditor.devtools.charttools CMD``):
+Commands (``scripts/chart CMD`` or ``python3 -m testrigs.devtools.charttools CMD``):
 
 * ``build``: build helm and kubeconform into
   ``${MESH_AUDITOR_CACHE:-${XDG_CACHE_HOME:-~/.cache}}/mesh-auditor/tools/<tool>-<version>/bin``;
@@ -207,7 +207,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 def kube_version() -> str:
     """The Kubernetes version the chart is rendered for: the test control plane's pin."""
-    from auditor.devtools.controlplane import read_pins  # noqa: PLC0415 - only the chart tests need it
+    from testrigs.devtools.controlplane import read_pins  # noqa: PLC0415 - only the chart tests need it
 
     return read_pins().kubernetes
 

@@ -181,10 +181,7 @@ def fingerprint(spec: ImageSpec) -> str:
     for relative in sources:
         root = REPO_ROOT / relative
         for path in sorted([root] if root.is_file() else root.rglob("*")):
-            # auditor/devtools and auditor/lab are not in the image (this file is, above).
-            top = path.relative_to(REPO_ROOT).parts[:2]
-            skipped = "__pycache__" in path.parts or top in {("auditor", "devtools"), ("auditor", "lab")}
-            if path.is_file() and not skipped:
+            if path.is_file() and "__pycache__" not in path.parts:
                 digest.update(str(path.relative_to(REPO_ROOT)).encode())
                 digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -322,13 +319,11 @@ def _install_python(spec: ImageSpec, rootfs: Path, work: Path, epoch: int) -> No
             env=env,
         )
     # Wheels installed for the target may bring these along; the image must not have them.
-    for unwanted in ("pip", "setuptools", "_distutils_hack", "wheel", "tests", "auditor/lab", "auditor/devtools"):
+    for unwanted in ("pip", "setuptools", "_distutils_hack", "wheel", "tests", "testrigs"):
         shutil.rmtree(site / unwanted, ignore_errors=True)
     # kubernetes 37 ships an asyncio copy of its whole client (kubernetes/aio, ~70 MB unpacked);
     # nothing imports it (kubernetes/__init__ does not, the auditor uses the sync client).
     shutil.rmtree(site / "kubernetes" / "aio", ignore_errors=True)
-    # Test fakes are for the test suite only (no runtime module imports auditor.testing).
-    (site / "auditor" / "testing.py").unlink(missing_ok=True)
     for pattern in ("pip-*.dist-info", "setuptools-*.dist-info", "wheel-*.dist-info", "distutils-precedence.pth"):
         for path in site.glob(pattern):
             shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -6,7 +6,7 @@ request to the catalog reads exactly as in the walkthrough), and echoes the requ
 received on every other path (so tests can see an ``X-Request-Id`` added by a waypoint, semantics
 §1.7b). Every response carries ``x-lab-pod`` naming the pod that answered.
 
-Runs as ``python -m auditor.lab.app --pod NAME --port 8080 [--port ...]`` inside the pod's network
+Runs as ``python -m testrigs.lab.app --pod NAME --port 8080 [--port ...]`` inside the pod's network
 namespace; standard library only, so it starts in a fraction of a second.
 """
 
@@ -79,7 +79,7 @@ def serve(pod: str, ports: Sequence[int]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m auditor.lab.app")
+    parser = argparse.ArgumentParser(prog="python -m testrigs.lab.app")
     parser.add_argument("--pod", required=True)
     parser.add_argument("--port", type=int, action="append", required=True)
     args = parser.parse_args(argv)

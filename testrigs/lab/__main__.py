@@ -1,4 +1,4 @@
-"""Command line of the lab: ``python -m auditor.lab up|down|status`` (also ``auditor lab ...``).
+"""Command line of the lab: ``python -m testrigs.lab up|down|status`` (run as ``scripts/lab ...``).
 
 ``up --manifests PATH [--manifests PATH ...] [--fault NAME ...]`` starts the lab with the
 auditor's ``deploy/`` objects (namespaces, ServiceAccounts, RBAC, probe-guard), waits until the
@@ -16,12 +16,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from auditor.devtools.controlplane import ControlPlaneError
-from auditor.lab.image import ImageError
-from auditor.lab.lab import DEFAULT_STATE_DIR, FAULTS, Lab, LabError
-from auditor.lab.manifests import ManifestError
-from auditor.lab.netns import NetnsError
-from auditor.lab.proxy import ProxyError
+from testrigs.devtools.controlplane import ControlPlaneError
+from testrigs.lab.image import ImageError
+from testrigs.lab.lab import DEFAULT_STATE_DIR, FAULTS, Lab, LabError
+from testrigs.lab.manifests import ManifestError
+from testrigs.lab.netns import NetnsError
+from testrigs.lab.proxy import ProxyError
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, *, prog: str = "python -m auditor.lab") -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "scripts/lab") -> int:
     args = _parser(prog).parse_args(argv)
     lab = Lab(args.state_dir)
     try:
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m auditor.la
             print(json.dumps(report, indent=2))
             return 0 if report.get("healthy") else 1
         elif args.command == "_kubelet":
-            from auditor.lab import kubelet  # noqa: PLC0415 - only the daemon needs the executor
+            from testrigs.lab import kubelet  # noqa: PLC0415 - only the daemon needs the executor
 
             return kubelet.run(lab)
         else:
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m auditor.la
 
 
 def _translate(lab: Lab) -> int:
-    from auditor.lab import translator  # noqa: PLC0415 - only the daemon needs the kubernetes client
+    from testrigs.lab import translator  # noqa: PLC0415 - only the daemon needs the kubernetes client
 
     record = lab.load()
     if record is None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from auditor.lab.mesh import Obj, name_of, namespace_of, spec
+from testrigs.lab.mesh import Obj, name_of, namespace_of, spec
 
 Config = dict[str, Any]
 

@@ -1,7 +1,7 @@
 """The lab's kubelet: probe pods created in the lab's API server run inside their own lab pods.
 
-Role: ``lab up`` starts this daemon (``python -m auditor.lab _kubelet``). It is the test pod
-executor (``auditor.devtools.podexecutor.PodExecutor``: an EKS Auto Mode ``Node``, binding,
+Role: ``lab up`` starts this daemon (``python -m testrigs.lab _kubelet``). It is the test pod
+executor (``testrigs.devtools.podexecutor.PodExecutor``: an EKS Auto Mode ``Node``, binding,
 status and termination message written back, deadlines, graceful deletion) with a
 ``LabLauncher`` as its "where to run" hook:
 
@@ -34,11 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from auditor.devtools.podexecutor import AUTO_MODE_LABELS, LaunchError, PodExecutor
-from auditor.lab import image as probe_image
-from auditor.lab.lab import Lab, LabError
-from auditor.lab.procs import IP
-from auditor.lab.proxy import SETPRIV
+from testrigs.devtools.podexecutor import AUTO_MODE_LABELS, LaunchError, PodExecutor
+from testrigs.lab import image as probe_image
+from testrigs.lab.lab import Lab, LabError
+from testrigs.lab.procs import IP
+from testrigs.lab.proxy import SETPRIV
 
 NODE_NAME = "malab-auto-node-1"
 NODE_LABELS = {**AUTO_MODE_LABELS, "kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"}
@@ -103,7 +103,7 @@ class LabLauncher:
 
 def run(lab: Lab) -> int:
     """The daemon: run probe pods until SIGTERM or until the lab is torn down."""
-    from auditor.lab import translator  # noqa: PLC0415 - the kubernetes client is slow to import
+    from testrigs.lab import translator  # noqa: PLC0415 - the kubernetes client is slow to import
 
     record = lab.load()
     if record is None:

@@ -1,7 +1,7 @@
 """The lab: a real data plane with ambient semantics, driven by a real API server.
 
-Role: the composition root of ``auditor.lab``. ``Lab.up`` starts the control plane
-(``auditor.devtools.controlplane``), applies the manifests (and, ``with_auditor``, the auditor's
+Role: the composition root of ``testrigs.lab``. ``Lab.up`` starts the control plane
+(``testrigs.devtools.controlplane``), applies the manifests (and, ``with_auditor``, the auditor's
 ``deploy/`` RBAC and probe-guard plus a kubeconfig for its ServiceAccount), builds the bridge
 namespace, the CA and the probe image (``image``), then ``reconcile``s and starts the translator
 and kubelet daemons (``translator``, ``kubelet``). ``reconcile`` is level-based and idempotent:
@@ -35,13 +35,13 @@ from typing import Any
 
 import yaml
 
-from auditor.devtools import controlplane
-from auditor.lab import envoyconf, manifests, netns, procs, proxy, writeback
-from auditor.lab import image as probe_image
-from auditor.lab.envoyconf import Certs, Faults, World
-from auditor.lab.mesh import BYPASS_INBOUND, Mesh, Obj, Workload
-from auditor.lab.pki import LabCA
-from auditor.lab.procs import Proc
+from testrigs.devtools import controlplane
+from testrigs.lab import envoyconf, manifests, netns, procs, proxy, writeback
+from testrigs.lab import image as probe_image
+from testrigs.lab.envoyconf import Certs, Faults, World
+from testrigs.lab.mesh import BYPASS_INBOUND, Mesh, Obj, Workload
+from testrigs.lab.pki import LabCA
+from testrigs.lab.procs import Proc
 
 FAULTS = {
     "strict-not-enforced": "plaintext is accepted although PeerAuthentication says STRICT",
@@ -187,7 +187,7 @@ class Lab:
     def _require(self) -> Record:
         record = self.load()
         if record is None:
-            raise LabError(f"no lab in {self.state_dir}: run 'python -m auditor.lab up' first")
+            raise LabError(f"no lab in {self.state_dir}: run 'python -m testrigs.lab up' first")
         return record
 
     def bridge_netns(self, record: Record) -> str:
@@ -276,13 +276,13 @@ class Lab:
     def _start_daemon(self, name: str, command: str) -> None:
         with self._locked():
             record = self._require()
-            argv = [sys.executable, "-m", "auditor.lab", "--state-dir", str(self.state_dir), command]
+            argv = [sys.executable, "-m", "testrigs.lab", "--state-dir", str(self.state_dir), command]
             record.procs[name] = procs.spawn(name, argv, self.state_dir / f"{name}.log")
             self._save(record)
 
     def read_api(self) -> list[Obj]:
         """The objects the data plane follows, as the API server has them now."""
-        from auditor.lab import translator  # noqa: PLC0415 - the kubernetes client is slow to import
+        from testrigs.lab import translator  # noqa: PLC0415 - the kubernetes client is slow to import
 
         with translator.new_client(Path(self._require().kubeconfig)) as api:
             return translator.list_objects(api)
@@ -300,7 +300,7 @@ class Lab:
         test) never apply an older snapshot after a newer one. Status write-back (``writeback``)
         follows, best effort: a refused write is reported on stderr and retried next time.
         """
-        from auditor.lab import translator  # noqa: PLC0415 - the kubernetes client is slow to import
+        from testrigs.lab import translator  # noqa: PLC0415 - the kubernetes client is slow to import
 
         with self._locked():
             record = self._require()
@@ -493,7 +493,7 @@ class _Reconciler:
             _wait_listening(proc, workload.port_numbers)
 
     def _start_app(self, workload: Workload) -> Proc:
-        argv = [sys.executable, "-m", "auditor.lab.app", "--pod", workload.name]
+        argv = [sys.executable, "-m", "testrigs.lab.app", "--pod", workload.name]
         for port in workload.port_numbers:
             argv += ["--port", str(port)]
         env = dict(os.environ)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from auditor.lab.mesh import Mesh, Obj, meta, name_of, namespace_of
+from testrigs.lab.mesh import Mesh, Obj, meta, name_of, namespace_of
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient

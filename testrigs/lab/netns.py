@@ -21,7 +21,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from auditor.lab.procs import IP
+from testrigs.lab.procs import IP
 
 PREFIX = "malab-"
 POD_NETWORK = ipaddress.ip_network("198.18.0.0/16")

@@ -7,16 +7,16 @@ single source of the versions), caches the binaries outside the repository, and 
 the two servers on loopback with freshly generated certificates. It is developer tooling: the
 auditor never imports it.
 
-Commands (``scripts/controlplane CMD`` or ``python3 -m auditor.devtools.controlplane CMD``):
+Commands (``scripts/controlplane CMD`` or ``python3 -m testrigs.devtools.controlplane CMD``):
 
 * ``build``: build etcd, kube-apiserver and kubectl, then pilot-discovery and istioctl
-  (``auditor.devtools.istio``), once each into
+  (``testrigs.devtools.istio``), once each into
   ``${MESH_AUDITOR_CACHE:-${XDG_CACHE_HOME:-~/.cache}}/mesh-auditor/controlplane/<versions>/bin``;
   a warm call returns at once.
 * ``up``: build if needed, start etcd and kube-apiserver (RBAC, ValidatingAdmissionPolicy,
   service-account token signing), install Istio's and Gateway API's CRDs from the Go module cache
   (``istio.crd_manifests``) and wait until they are Established and ``/readyz`` is ok. With
-  ``--istio``, also start istiod against it (``auditor.devtools.istio``). Prints the
+  ``--istio``, also start istiod against it (``testrigs.devtools.istio``). Prints the
   kubeconfig path as the last line of stdout; progress goes to stderr. The state (pids, logs,
   certificates, kubeconfig, etcd data) lives in ``--state-dir``, default
   ``${MESH_AUDITOR_STATE:-/tmp/mesh-auditor-controlplane}``. If that state dir already holds a
@@ -73,8 +73,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from auditor.devtools import processes
-from auditor.devtools.processes import TrackedProcess
+from testrigs.devtools import processes
+from testrigs.devtools.processes import TrackedProcess
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -576,7 +576,7 @@ def _write_kubeconfig(path: Path, server: str, pki: Pki) -> None:
 # Processes
 
 
-# Servers are the shared tracked processes (auditor/devtools/processes.py): pid plus start time.
+# Servers are the shared tracked processes (testrigs/devtools/processes.py): pid plus start time.
 Process = TrackedProcess
 
 
@@ -695,7 +695,7 @@ def _processes(record: dict[str, Any]) -> list[Process]:
 
 def crd_manifests() -> list[Path]:
     """The CRD manifests up installs, from the Go module cache (``istio.crd_manifests``)."""
-    from auditor.devtools import istio  # noqa: PLC0415 - istio imports this module
+    from testrigs.devtools import istio  # noqa: PLC0415 - istio imports this module
 
     return istio.crd_manifests()
 
@@ -703,7 +703,7 @@ def crd_manifests() -> list[Path]:
 def up(state_dir: Path | None = None, *, istio: bool = False) -> Path:
     """Start the control plane in state_dir unless it is up already; return the kubeconfig.
 
-    With ``istio``, also start istiod against it (``auditor.devtools.istio``), or add istiod to
+    With ``istio``, also start istiod against it (``testrigs.devtools.istio``), or add istiod to
     a healthy control plane that runs without it.
     """
     state = _state(state_dir)
@@ -725,7 +725,7 @@ def up(state_dir: Path | None = None, *, istio: bool = False) -> Path:
 
 
 def _start_istiod(state: StateDir, binaries: Binaries) -> None:
-    from auditor.devtools import istio  # noqa: PLC0415 - istio imports this module
+    from testrigs.devtools import istio  # noqa: PLC0415 - istio imports this module
 
     istio_binaries = istio.build()
     record = _load_record(state)
@@ -738,7 +738,7 @@ def _start_istiod(state: StateDir, binaries: Binaries) -> None:
     stand_in_argv = [
         sys.executable,
         "-m",
-        "auditor.devtools.podexecutor",
+        "testrigs.devtools.podexecutor",
         f"--kubeconfig={state.kubeconfig}",
         f"--cni-selectors={json.dumps(istio.cni_enablement_selectors())}",
     ]
@@ -824,7 +824,7 @@ def status(state_dir: Path | None = None) -> tuple[bool, str]:
     binaries = Binaries(binary_dir(pins))
     built = "built" if is_built(binaries, _fingerprint()) else "not built"
     fields.append(("binaries", f"{binaries.directory} ({pins.cache_key}, {built})"))
-    from auditor.devtools import istio  # noqa: PLC0415 - istio imports this module
+    from testrigs.devtools import istio  # noqa: PLC0415 - istio imports this module
 
     istio_pins = istio.read_pins()
     istio_built = "built" if istio.is_built(istio_pins) else "not built"
@@ -1053,7 +1053,7 @@ def _namespace_args(namespace: str | None) -> list[str]:
 
 
 def _cmd_build(_: argparse.Namespace) -> int:
-    from auditor.devtools import istio  # noqa: PLC0415 - istio imports this module
+    from testrigs.devtools import istio  # noqa: PLC0415 - istio imports this module
 
     binaries = build()
     for name, version in build_info(binaries).get("versions", {}).items():

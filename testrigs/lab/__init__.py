@@ -11,7 +11,7 @@ on purpose (faults), so the auditor's probes and verdicts can be tested end to e
 - ``app``: the HTTP app each pod runs; ``translator``: the API-server poll loop;
 - ``kubelet``, ``image``: probe pods from the API server run inside their own lab pods;
   ``writeback``: the status Istio would write (waypoint Gateways, the redirection annotation);
-- ``python -m auditor.lab up|down|status`` (or ``auditor lab``): the command line (docs/lab.md).
+- ``python -m testrigs.lab up|down|status`` (run as ``scripts/lab``): the command line (docs/lab.md).
 
 The lab never imports ``auditor.core`` or ``auditor.adapters`` (an import-linter contract): it is
 the reference the auditor is graded against, not a second copy of the auditor's reasoning.

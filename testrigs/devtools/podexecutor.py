@@ -24,7 +24,7 @@ on one EKS Auto Mode node would, through the same API calls:
   with grace period 0, as the kubelet confirms a deletion.
 
 Where and as whom the process runs is a pluggable ``Launcher``: ``LocalLauncher`` (the default)
-starts it here, as the test's user, on loopback; the mesh lab's ``auditor.lab.kubelet.LabLauncher``
+starts it here, as the test's user, on loopback; the mesh lab's ``testrigs.lab.kubelet.LabLauncher``
 starts it inside the pod's own lab network namespace, as the pod's ``runAsUser``. A launcher that
 raises ``LaunchError`` leaves the pod Pending with a waiting ``CreateContainerError`` container,
 as a kubelet does when it cannot create the sandbox or the container.
@@ -856,7 +856,7 @@ def _slice_port(port: dict[str, Any], members: list[dict[str, Any]]) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m auditor.devtools.podexecutor --kubeconfig PATH``: run the WorkloadStandIn until SIGTERM."""
+    """``python -m testrigs.devtools.podexecutor --kubeconfig PATH``: run the WorkloadStandIn until SIGTERM."""
     import argparse  # noqa: PLC0415 - only the command line needs it
     import signal  # noqa: PLC0415 - only the command line needs it
 

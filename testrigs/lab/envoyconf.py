@@ -34,8 +34,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from auditor.lab import rbac
-from auditor.lab.mesh import Mesh, Service, ServicePort, Waypoint, Workload
+from testrigs.lab import rbac
+from testrigs.lab.mesh import Mesh, Service, ServicePort, Waypoint, Workload
 
 Config = dict[str, Any]
 
