@@ -40,7 +40,7 @@ from auditor.app import active_audit, plan_options, runner_options
 from auditor.core.drift import DriftPolicy
 from auditor.core.model import Finding, Method
 from auditor.core.outbox import Delivery, Entry
-from auditor.core.ports import ProbeRunner
+from auditor.ports import ProbeRunner
 from auditor.core.posture import Posture
 from auditor.core.probeplan import RunPlan
 from auditor.core.probereport import RunReport

@@ -49,7 +49,7 @@ from auditor.core.audit import run_static_audit
 from auditor.core.drift import DriftBook, DriftPolicy, Phase
 from auditor.core.model import Finding, Method
 from auditor.core.outbox import OUTBOX_FULL, Delivery, Entry, EntryKind, EntryState, Outbox
-from auditor.core.ports import CorruptState, StateConflict
+from auditor.ports import CorruptState, StateConflict
 from auditor.core.posture import Posture
 from auditor.core.snapshot import Snapshot
 from auditor.daemon.metrics import DaemonMetrics

@@ -27,7 +27,7 @@ from kubernetes import client
 
 from auditor.adapters import kubeapi as api_calls
 from auditor.adapters.kubeapi import ApiRefused, ApiUnavailable
-from auditor.core.ports import CorruptState, StateConflict
+from auditor.ports import CorruptState, StateConflict
 
 __all__ = ["STATE_NAME", "ConfigMapStateStore", "CorruptState", "StateConflict"]
 
