@@ -21,12 +21,12 @@ from auditor.adapters.manifests.reader import read_manifests
 from auditor.adapters.rules.loader import load_rules, resolve_header_values, unresolved_sources
 from auditor.core.audit import run_static_audit
 from auditor.core.model import Finding
-from auditor.ports import ProbeRunner
 from auditor.core.posture import Posture
 from auditor.core.probeplan import PlanOptions, plan_probes
 from auditor.core.snapshot import Snapshot
 from auditor.core.verdict import probe_findings
 from auditor.errors import ClusterUnreachableError
+from auditor.ports import ProbeRunner
 from auditor.render.escape import visible
 from auditor.settings import ProbeSettings, Settings
 

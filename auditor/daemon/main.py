@@ -40,16 +40,16 @@ from auditor.app import active_audit, plan_options, runner_options
 from auditor.core.drift import DriftPolicy
 from auditor.core.model import Finding, Method
 from auditor.core.outbox import Delivery, Entry
-from auditor.ports import ProbeRunner
 from auditor.core.posture import Posture
 from auditor.core.probeplan import RunPlan
 from auditor.core.probereport import RunReport
 from auditor.core.snapshot import Snapshot
 from auditor.daemon.health import HealthServer
 from auditor.daemon.metrics import DaemonMetrics
-from auditor.daemon.service import Daemon, DaemonConfig, Notifier, ProbeCycle, ReportSink
+from auditor.daemon.service import Daemon, DaemonConfig
 from auditor.daemon.sinks import AwsSink, CountingNotifier, DirectorySink, OnFailure, PolicyReportSink
 from auditor.errors import InputError
+from auditor.ports import Notifier, ProbeCycle, ProbeRunner, ReportSink
 from auditor.settings import AwsSettings, Settings, SlackSettings
 
 

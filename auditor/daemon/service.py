@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
@@ -49,54 +49,23 @@ from auditor.core.audit import run_static_audit
 from auditor.core.drift import DriftBook, DriftPolicy, Phase
 from auditor.core.model import Finding, Method
 from auditor.core.outbox import OUTBOX_FULL, Delivery, Entry, EntryKind, EntryState, Outbox
-from auditor.ports import CorruptState, StateConflict
 from auditor.core.posture import Posture
 from auditor.core.snapshot import Snapshot
 from auditor.daemon.metrics import DaemonMetrics
+from auditor.ports import (
+    CorruptState,
+    Elector,
+    ExtraFindings,
+    Notifier,
+    ProbeCycle,
+    ReportSink,
+    StateConflict,
+    StateStore,
+    WatchedSnapshot,
+)
 from auditor.render.escape import slack_text as _escape
 from auditor.render.slack import enqueue
 
-
-class WatchedSnapshot(Protocol):
-    def start(self) -> None: ...
-    def stop(self, timeout: float = 2.0) -> None: ...
-    def snapshot(self) -> Snapshot: ...
-    def wait_synced(self, timeout: float) -> bool: ...
-
-
-class Elector(Protocol):
-    """``duration_s``: the Lease duration; a standby may take over that long after a renewal.
-    ``last_error``: why the last step could not reach the API (None when it could)."""
-
-    @property
-    def duration_s(self) -> float: ...
-    @property
-    def last_error(self) -> str | None: ...
-    def try_acquire_or_renew(self) -> bool: ...
-    def release(self) -> None: ...
-
-
-class StateStore(Protocol):
-    """``load`` raises ``CorruptState`` for undecodable state;
-    ``save`` raises ``StateConflict`` when another writer changed it since it was read."""
-
-    def load(self) -> dict[str, Any]: ...
-    def save(self, document: dict[str, Any]) -> None: ...
-    def set_aside(self, reason: str, now: dt.datetime) -> str: ...
-
-
-class Notifier(Protocol):
-    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery: ...
-
-
-class ReportSink(Protocol):
-    def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None: ...
-
-
-# (snapshot, posture, header values, static findings) -> findings including probe verdicts
-ProbeCycle = Callable[
-    [Snapshot, Posture, Mapping[tuple[str, str], str | None], tuple[Finding, ...]], tuple[Finding, ...]
-]
 LogDelivery = Callable[[Any, Entry, Delivery, float], None]
 
 
@@ -146,7 +115,7 @@ class Daemon:
         sinks: Sequence[ReportSink] = (),
         probe_cycle: ProbeCycle | None = None,
         metrics: DaemonMetrics | None = None,
-        extra_findings: Callable[[], tuple[Finding, ...]] = tuple,
+        extra_findings: ExtraFindings = tuple,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         log_delivery: LogDelivery | None = None,
         stopping: threading.Event | None = None,

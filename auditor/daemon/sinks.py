@@ -13,10 +13,11 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from auditor.core.model import Finding
 from auditor.core.outbox import Delivery, Entry
+from auditor.ports import CycleMetrics, EvidenceArchive, FindingsHub, Notifier, PolicyReportWriter
 from auditor.render.document import audit_document
 from auditor.render.html import HistoryPoint, render_html
 from auditor.render.policyreport import policy_reports
@@ -76,7 +77,7 @@ def _counted(sink: str, on_failure: OnFailure) -> Iterator[None]:
 class PolicyReportSink:
     """PolicyReports per namespace, so policy dashboards show the promises beside admission results."""
 
-    def __init__(self, writer: PolicyReportWriterLike, *, on_failure: OnFailure = _ignore) -> None:
+    def __init__(self, writer: PolicyReportWriter, *, on_failure: OnFailure = _ignore) -> None:
         self._writer = writer
         self._on_failure = on_failure
 
@@ -87,19 +88,15 @@ class PolicyReportSink:
             self._writer.write(reports)
 
 
-class PolicyReportWriterLike(Protocol):
-    def write(self, reports: Sequence[Mapping[str, Any]]) -> int: ...
-
-
 class AwsSink:
     """S3 archive, Security Hub and CloudWatch, each only when configured (None = off)."""
 
     def __init__(
         self,
         *,
-        archive: Any = None,
-        hub: Any = None,
-        metrics: Any = None,
+        archive: EvidenceArchive | None = None,
+        hub: FindingsHub | None = None,
+        metrics: CycleMetrics | None = None,
         alerts_open: Callable[[], int] = lambda: 0,
         on_failure: OnFailure = _ignore,
     ) -> None:
@@ -152,7 +149,7 @@ class CountingNotifier:
     ``mesh_auditor_slack_deliveries_total``.
     """
 
-    def __init__(self, inner: NotifierLike, on_failure: OnFailure) -> None:
+    def __init__(self, inner: Notifier, on_failure: OnFailure) -> None:
         self._inner = inner
         self._on_failure = on_failure
 
@@ -162,7 +159,3 @@ class CountingNotifier:
         if delivery.action in _FAILED_DELIVERIES:
             self._on_failure("slack")
         return delivery
-
-
-class NotifierLike(Protocol):
-    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery: ...

@@ -28,8 +28,9 @@ from auditor.adapters.k8s.state import ConfigMapStateStore
 from auditor.adapters.k8s.watcher import SnapshotWatcher, WatchTiming
 from auditor.adapters.rules.loader import load_rules
 from auditor.adapters.slack.notifier import SlackNotifier, build_web_client, log_delivery
-from auditor.daemon.service import Daemon, DaemonConfig, ReportSink
+from auditor.daemon.service import Daemon, DaemonConfig
 from auditor.daemon.sinks import AwsSink, DirectorySink, PolicyReportSink
+from auditor.ports import ReportSink
 from testrigs.devtools.controlplane import KubeAPI
 from tests.cases import ROOT, Case, materialize
 from tests.crd_modules import policyreport_crds

@@ -82,6 +82,9 @@ def test_security_hub_refusing_findings_counts_once_per_publish() -> None:
         def publish(self, findings: Sequence[Any], at: dt.datetime) -> list[str]:
             return ["finding-1", "finding-2"]  # BatchImportFindings answered with two FailedFindings
 
+        def forget(self) -> None:
+            return None
+
     AwsSink(hub=Hub(), on_failure=metrics.sink_write_failed).publish([], RUN)
     assert _failures(metrics) == {s: (1.0 if s == "securityhub" else 0.0) for s in SINKS}
 
