@@ -41,7 +41,7 @@ def add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def run_operation(args: argparse.Namespace, out: TextIO, settings: Settings) -> int:
     if args.command == "daemon":
-        from auditor.daemon.main import run_daemon  # noqa: PLC0415 - the daemon's SDKs load only for the daemon
+        from auditor.app.daemon import run_daemon  # noqa: PLC0415 - the daemon's SDKs load only for the daemon
 
         if args.rules:
             settings = settings.model_copy(update={"daemon": settings.daemon.model_copy(update={"rules": args.rules})})

@@ -29,10 +29,10 @@ from auditor.adapters.aws.metrics import NAMESPACE, CloudWatchMetrics
 from auditor.adapters.aws.securityhub import HubOptions, SecurityHubSink
 from auditor.adapters.manifests.reader import read_manifests
 from auditor.adapters.rules.loader import load_rules
+from auditor.app.daemon import _auto_mode
 from auditor.core.checks.automode import NodePoolRef, NodePools
 from auditor.core.checks.catalog import CAPTURED, PEER_AUTHENTICATION
 from auditor.core.model import Finding, Status
-from auditor.daemon.main import _auto_mode
 from auditor.daemon.service import Daemon, DaemonConfig
 from auditor.daemon.sinks import AwsSink
 from auditor.settings import AwsSettings
