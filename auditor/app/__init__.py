@@ -1,4 +1,10 @@
-"""The composition root: builds adapters from settings and arguments and runs the core.
+"""The composition root, one for every entry point: builds adapters from settings and arguments,
+injects them through the ports (``auditor.ports``) and runs the core.
+
+- this module: ``auditor check`` (offline and live, ``--active``), logging, and the probing
+  wiring both commands share (``active_audit``, ``plan_options``, ``runner_options``);
+- ``auditor.app.daemon``: ``auditor daemon`` (it loads the SDKs only the daemon needs, so the
+  CLI's start-up does not pay for them).
 
 Nothing else wires dependencies; no module creates clients at import time.
 """

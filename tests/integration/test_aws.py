@@ -20,6 +20,7 @@ import pytest
 from botocore.config import Config
 from botocore.stub import Stubber
 from botocore.validate import ParamValidator
+from kubernetes.client import ApiClient
 from moto.server import ThreadedMotoServer
 from structlog.testing import capture_logs
 
@@ -485,7 +486,7 @@ def test_a_transient_eks_error_is_an_error_retried_with_backoff_never_cached(cod
 
 def test_the_daemon_wires_the_check_that_retries_errors() -> None:
     aws = AwsSettings(verify_auto_mode=True, cluster_name="ambient", region=REGION)
-    assert isinstance(_auto_mode(aws, api=None), AutoModeCheck)
+    assert isinstance(_auto_mode(aws, api=ApiClient()), AutoModeCheck)
 
 
 def test_an_unreachable_eks_endpoint_is_a_transient_error_and_the_next_audit_asks_again() -> None:
