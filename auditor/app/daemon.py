@@ -40,7 +40,7 @@ from auditor.adapters.kubeapi import build_api_client
 from auditor.adapters.probepods.kube import PodApi
 from auditor.adapters.probepods.runner import PodProbeRunner
 from auditor.adapters.rules.loader import load_rules, resolve_header_values
-from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client, log_delivery
+from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client
 from auditor.app import active_audit, plan_options, runner_options
 from auditor.core.drift import DriftPolicy
 from auditor.core.model import Finding, Method
@@ -96,7 +96,6 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
             probe_cycle=_probe_cycle(settings, api, halt, metrics) if cfg.probes_enabled else None,
             metrics=metrics,
             extra_findings=_auto_mode(settings.aws, api),
-            log_delivery=log_delivery,
             stopping=halt,
         )
         holder.append(daemon)

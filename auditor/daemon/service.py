@@ -48,9 +48,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 from auditor.core.audit import run_static_audit
 from auditor.core.drift import DriftBook, DriftPolicy, Phase
 from auditor.core.model import Finding, Method
-from auditor.core.outbox import OUTBOX_FULL, Delivery, Entry, EntryKind, EntryState, Outbox
+from auditor.core.outbox import OUTBOX_FULL, Entry, EntryKind, EntryState, Outbox
 from auditor.core.posture import Posture
 from auditor.core.snapshot import Snapshot
+from auditor.daemon.delivery import DeliveryLoop
 from auditor.daemon.metrics import DaemonMetrics
 from auditor.ports import (
     CorruptState,
@@ -65,8 +66,6 @@ from auditor.ports import (
 )
 from auditor.render.escape import slack_text as _escape
 from auditor.render.slack import enqueue
-
-LogDelivery = Callable[[Any, Entry, Delivery, float], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +116,12 @@ class Daemon:
         metrics: DaemonMetrics | None = None,
         extra_findings: ExtraFindings = tuple,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-        log_delivery: LogDelivery | None = None,
         stopping: threading.Event | None = None,
     ) -> None:
         self.config, self._snapshots, self._posture, self._values = config, snapshots, posture, header_values
         self._elector, self._state, self._notifier, self._sinks = elector, state, notifier, tuple(sinks)
         self._probe_cycle, self.metrics, self._clock = probe_cycle, metrics or DaemonMetrics(), clock
         self._extra = extra_findings
-        self._log_delivery = log_delivery
         self._lock = threading.RLock()
         self._memory: _Memory | None = None  # None while not leading
         self._lease_until = 0.0  # monotonic: this replica may act as leader until then
@@ -153,6 +150,11 @@ class Daemon:
         )
         self._scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
         self._log = structlog.get_logger("auditor.daemon").bind(replica=config.identity)
+        self._delivery = DeliveryLoop(
+            notifier,
+            log=self._log,
+            on_attempt=lambda e, d: self.metrics.slack_delivery(e.kind.value, d.action, d.error),
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -455,28 +457,24 @@ class Daemon:
             memory = self._memory
             if memory is None or not self._may_act():
                 return False
-            due = memory.outbox.due(self._clock().timestamp())
-            if not due:
+            taken = self._delivery.take(memory.outbox, self._clock().timestamp())
+            if taken is None:
                 return False
-            entry = due[0]
-            memory.outbox = memory.outbox.with_in_flight(entry.id)
+            memory.outbox, entry = taken
             if not self._save(memory):
                 return False  # fenced: unsaved in-flight state is never sent
             threads = dict(memory.outbox.threads)
         if not self._may_act():
             return False  # leadership lapsed while saving: the next leader looks the entry up
-        delivery = self._notifier.deliver(entry, threads)
+        delivery = self._delivery.send(entry, threads)
         self._send_after = time.monotonic() + self.config.slack_pace_s
         with self._lock:
             if self._memory is not memory:
                 return True  # lost leadership meanwhile; the entry stays in-flight for the next leader
             now = self._clock().timestamp()
-            memory.outbox, wait = memory.outbox.with_delivery(entry, delivery, now)
+            memory.outbox, wait = self._delivery.record(memory.outbox, entry, delivery, now)
             if delivery.retry_after or delivery.config:
                 self._send_after = time.monotonic() + wait  # Slack limits the app, not one message
-            self.metrics.slack_delivery(entry.kind.value, delivery.action, delivery.error)
-            if self._log_delivery is not None:
-                self._log_delivery(self._log, entry, delivery, wait)
             self._save(memory)
         return True
 
