@@ -30,6 +30,7 @@ from auditor.core.posture import Posture
 from auditor.core.probeplan import RunPlan
 from auditor.core.probereport import RunReport
 from auditor.core.snapshot import Snapshot
+from auditor.report import AuditReport
 
 # --- reading the cluster -----------------------------------------------------------------------
 
@@ -149,11 +150,11 @@ class Notifier(Protocol):
 
 
 class ReportSink(Protocol):
-    """Receives every evaluated audit (``findings``, sorted) with the run that it was (``id``,
-    ``kind``, ``at``: ISO 8601 UTC, ``replica``, ``duration_s``: seconds, when a cycle). May raise:
-    the daemon logs a sink's error and goes on with the others."""
+    """Receives every evaluated audit of the daemon: an ``AuditReport`` whose ``run`` is always
+    set (``RunRecord``: id, kind, UTC time, replica, cycle duration in seconds). May raise: the
+    daemon logs a sink's error and goes on with the others."""
 
-    def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None: ...
+    def publish(self, report: AuditReport) -> None: ...
 
 
 class PolicyReportWriter(Protocol):

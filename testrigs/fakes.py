@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from auditor.core.model import Finding
 from auditor.core.outbox import Delivery, Entry, EntryKind
 from auditor.core.snapshot import Snapshot
 from auditor.ports import Elector, Notifier, ReportSink, StateStore, WatchedSnapshot
+from auditor.report import AuditReport
 
 
 @dataclass
@@ -109,10 +109,10 @@ class RecordingNotifier:
 
 @dataclass
 class RecordingSink:
-    runs: list[tuple[tuple[Finding, ...], Mapping[str, Any]]] = field(default_factory=list)
+    runs: list[AuditReport] = field(default_factory=list)
 
-    def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None:
-        self.runs.append((tuple(findings), dict(run)))
+    def publish(self, report: AuditReport) -> None:
+        self.runs.append(report)
 
 
 class MustNotBeCalled:

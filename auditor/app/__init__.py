@@ -34,6 +34,7 @@ from auditor.core.verdict import probe_findings
 from auditor.errors import ClusterUnreachableError
 from auditor.ports import ProbeRunner
 from auditor.render.escape import visible
+from auditor.report import AuditReport
 from auditor.settings import ProbeSettings, Settings
 
 if TYPE_CHECKING:
@@ -110,9 +111,17 @@ def visible_log_strings(_logger: object, _method: str, event: structlog.types.Ev
 
 @dataclass(frozen=True, slots=True)
 class AuditResult:
+    """One ``auditor check``: its findings (sorted), the inputs they came from (shown in the JSON
+    summary) and the problems to print beside them (read errors, unresolved header values)."""
+
     findings: tuple[Finding, ...]
     inputs: dict[str, object]
     problems: tuple[str, ...] = ()
+
+    @property
+    def report(self) -> AuditReport:
+        """What the renderers take."""
+        return AuditReport(self.findings, self.inputs)
 
 
 def check_offline(

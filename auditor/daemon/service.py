@@ -35,7 +35,7 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -66,6 +66,7 @@ from auditor.ports import (
 )
 from auditor.render.escape import slack_text as _escape
 from auditor.render.slack import enqueue
+from auditor.report import AuditReport, RunRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,7 +493,7 @@ class Daemon:
 
     def _evaluate(
         self, memory: _Memory, findings: tuple[Finding, ...], *, report: tuple[Finding, ...], kind: str
-    ) -> tuple[tuple[Finding, ...], dict[str, Any]]:
+    ) -> tuple[tuple[Finding, ...], RunRecord]:
         now = self._clock().timestamp()
         memory.book, transitions = memory.book.evaluate(findings, now, self.config.drift)
         # Alerts the audit no longer reports at all (target deleted, check gone) are closed with
@@ -529,14 +530,15 @@ class Daemon:
         self._log.info("audit evaluated", kind=kind, findings=len(findings), transitions=len(transitions))
         return report, self._run_info(kind)
 
-    def _publish(self, report: tuple[Finding, ...], run: dict[str, Any], *, started: float | None = None) -> None:
+    def _publish(self, report: tuple[Finding, ...], run: RunRecord, *, started: float | None = None) -> None:
         """``started``: ``time.monotonic()`` at the start of the audit cycle; the run then carries
         ``duration_s``, seconds from there to the evaluated audit (CloudWatch ``CycleDuration``)."""
         if started is not None:
-            run["duration_s"] = round(time.monotonic() - started, 3)
+            run = replace(run, duration_s=round(time.monotonic() - started, 3))
+        audit = AuditReport(report, {"mode": "daemon"}, run)
         for sink in self._sinks:  # outside the lock: a slow sink holds up nobody's Slack message
             try:
-                sink.publish(report, run)
+                sink.publish(audit)
             except Exception as error:  # noqa: BLE001 - one failing sink must not stop the others
                 self._log.error(
                     "report sink failed", sink=type(sink).__name__, error=f"{type(error).__name__}: {error}"
@@ -583,14 +585,9 @@ class Daemon:
             return memory
         return _Memory(book=book, outbox=outbox)
 
-    def _run_info(self, kind: str) -> dict[str, Any]:
+    def _run_info(self, kind: str) -> RunRecord:
         now = self._clock()
-        return {
-            "id": f"{now:%Y%m%dT%H%M%S%f}-{kind}",
-            "kind": kind,
-            "at": now.isoformat(),
-            "replica": self.config.identity,
-        }
+        return RunRecord(id=f"{now:%Y%m%dT%H%M%S%f}-{kind}", kind=kind, at=now, replica=self.config.identity)
 
     def _timed(self, kind: str, started: float) -> None:
         self.metrics.cycle_seconds.labels(kind).observe(time.monotonic() - started)
