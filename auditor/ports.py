@@ -24,11 +24,11 @@ import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from auditor.core.alerting.outbox import Delivery, Entry
 from auditor.core.model import Finding
-from auditor.core.outbox import Delivery, Entry
 from auditor.core.posture import Posture
-from auditor.core.probeplan import RunPlan
-from auditor.core.probereport import RunReport
+from auditor.core.probing.probeplan import RunPlan
+from auditor.core.probing.probereport import RunReport
 from auditor.core.snapshot import Snapshot
 from auditor.report import AuditReport
 
@@ -64,7 +64,7 @@ finding is then INCONCLUSIVE and ``unresolved_sources`` names the Secret). Never
 class ProbeRunner(Protocol):
     """Sends a plan's batches (one probe pod per batch) and reports what each one observed.
 
-    Takes a ``RunPlan`` (``auditor.core.probeplan``); returns a ``RunReport`` with one
+    Takes a ``RunPlan`` (``auditor.core.probing.probeplan``); returns a ``RunReport`` with one
     ``BatchReport`` or ``BatchProblem`` per batch. Must not raise for anything the cluster does
     (refusals, capacity, deadlines): those become ``BatchProblem``s in the report, so that the
     verdicts can say what was not proven.
@@ -139,7 +139,7 @@ class Notifier(Protocol):
 
     ``threads`` maps an incident key to the ``ts`` of its alert message (the thread to reply in
     or the message to update). One call is one attempt: the answer is a ``Delivery`` saying what
-    it came to (sent, retry, repost, text_only, drop; see ``auditor.core.outbox``). Never raises
+    it came to (sent, retry, repost, text_only, drop; see ``auditor.core.alerting.outbox``). Never raises
     for what Slack or the network does: those are ``Delivery`` values.
     """
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from auditor.core.outbox import Delivery, Entry, EntryKind
+from auditor.core.alerting.outbox import Delivery, Entry, EntryKind
 from auditor.core.snapshot import Snapshot
 from auditor.ports import Elector, Notifier, ReportSink, StateStore, WatchedSnapshot
 from auditor.report import AuditReport

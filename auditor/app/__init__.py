@@ -28,9 +28,9 @@ from auditor.adapters.rules.loader import load_rules, resolve_header_values, unr
 from auditor.core.audit import run_static_audit
 from auditor.core.model import Finding
 from auditor.core.posture import Posture
-from auditor.core.probeplan import PlanOptions, plan_probes
+from auditor.core.probing.probeplan import PlanOptions, plan_probes
+from auditor.core.probing.verdict import probe_findings
 from auditor.core.snapshot import Snapshot
-from auditor.core.verdict import probe_findings
 from auditor.errors import ClusterUnreachableError
 from auditor.ports import ProbeRunner
 from auditor.render.escape import visible

@@ -42,12 +42,12 @@ from auditor.adapters.probepods.runner import PodProbeRunner
 from auditor.adapters.rules.loader import load_rules, resolve_header_values
 from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client
 from auditor.app import active_audit, plan_options, runner_options
-from auditor.core.drift import DriftPolicy
+from auditor.core.alerting.drift import DriftPolicy
+from auditor.core.alerting.outbox import Delivery, Entry
 from auditor.core.model import Finding, Method
-from auditor.core.outbox import Delivery, Entry
 from auditor.core.posture import Posture
-from auditor.core.probeplan import RunPlan
-from auditor.core.probereport import RunReport
+from auditor.core.probing.probeplan import RunPlan
+from auditor.core.probing.probereport import RunReport
 from auditor.core.snapshot import Snapshot
 from auditor.daemon.health import HealthServer
 from auditor.daemon.metrics import DaemonMetrics

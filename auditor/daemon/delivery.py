@@ -1,4 +1,4 @@
-"""The one delivery loop of the Slack outbox (``auditor.core.outbox``).
+"""The one delivery loop of the Slack outbox (``auditor.core.alerting.outbox``).
 
 A step: ``take`` the next due entry (each incident's first unsent entry whose backoff has
 passed) and mark it in flight, persist that, ``send`` it (one ``Notifier.deliver`` attempt),
@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from auditor.core.outbox import Delivery, Entry, Outbox
+from auditor.core.alerting.outbox import Delivery, Entry, Outbox
 from auditor.ports import Notifier
 
 Save = Callable[[Outbox], None]

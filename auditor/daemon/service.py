@@ -45,10 +45,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from auditor.core.alerting.drift import DriftBook, DriftPolicy, Phase
+from auditor.core.alerting.outbox import OUTBOX_FULL, Entry, EntryKind, EntryState, Outbox
 from auditor.core.audit import run_static_audit
-from auditor.core.drift import DriftBook, DriftPolicy, Phase
 from auditor.core.model import Finding, Method
-from auditor.core.outbox import OUTBOX_FULL, Entry, EntryKind, EntryState, Outbox
 from auditor.core.posture import Posture
 from auditor.core.snapshot import Snapshot
 from auditor.daemon.delivery import DeliveryLoop

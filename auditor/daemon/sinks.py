@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from auditor.core.outbox import Delivery, Entry
+from auditor.core.alerting.outbox import Delivery, Entry
 from auditor.ports import CycleMetrics, EvidenceArchive, FindingsHub, Notifier, PolicyReportWriter
 from auditor.render.document import audit_document, report_from_document
 from auditor.render.html import HistoryPoint, render_html
@@ -133,7 +133,7 @@ class AwsSink:
                 )
 
 
-# Slack's answers that delivered nothing in this attempt (auditor.core.outbox.Action): the entry
+# Slack's answers that delivered nothing in this attempt (auditor.core.alerting.outbox.Action): the entry
 # is retried later (retry), sent again as a new post (repost) or as plain text (text_only), or
 # given up (drop). "sent" (including an adopted earlier attempt) is the one success.
 _FAILED_DELIVERIES = frozenset({"retry", "repost", "text_only", "drop"})

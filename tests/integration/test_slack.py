@@ -14,10 +14,10 @@ from slack_sdk.webhook import WebhookClient
 from structlog.testing import capture_logs
 
 from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client
+from auditor.core.alerting.drift import DriftBook, DriftPolicy, Transition
+from auditor.core.alerting.outbox import EntryState, Outbox
 from auditor.core.checks.catalog import CAPTURED, PEER_AUTHENTICATION
-from auditor.core.drift import DriftBook, DriftPolicy, Transition
 from auditor.core.model import Finding, Status
-from auditor.core.outbox import EntryState, Outbox
 from auditor.daemon.delivery import DeliveryLoop
 from auditor.render.slack import enqueue
 from tests.slack_server import SlackState, slack_server

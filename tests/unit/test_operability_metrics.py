@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from auditor import __version__
-from auditor.core.outbox import Action, Delivery, Entry, EntryKind
+from auditor.core.alerting.outbox import Action, Delivery, Entry, EntryKind
 from auditor.daemon.metrics import SINKS, DaemonMetrics
 from auditor.daemon.sinks import AwsSink, CountingNotifier, PolicyReportSink
 from tests.cases import run_report

@@ -45,8 +45,8 @@ from auditor.adapters.probepods.podspec import (
     spec_strings,
 )
 from auditor.core.model import Status
-from auditor.core.probeplan import ProbeBatch, RunPlan
-from auditor.core.probereport import BatchProblem, BatchReport, RunReport, observations_from
+from auditor.core.probing.probeplan import ProbeBatch, RunPlan
+from auditor.core.probing.probereport import BatchProblem, BatchReport, RunReport, observations_from
 from probes.wire import CompactRunResult, ResultError, parse_result
 
 _TERMINAL = frozenset({"Succeeded", "Failed"})

@@ -38,7 +38,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.webhook import WebhookClient
 
-from auditor.core.outbox import Delivery, Entry, EntryKind, EntryState
+from auditor.core.alerting.outbox import Delivery, Entry, EntryKind, EntryState
 
 METADATA_EVENT = "mesh_auditor_alert"
 

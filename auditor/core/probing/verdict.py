@@ -34,8 +34,8 @@ from auditor.core.checks.catalog import (
 )
 from auditor.core.model import CheckMeta, Evidence, Finding, Method, Status
 from auditor.core.posture import ProtectedService
-from auditor.core.probeplan import NEAR_MISS, PLAINTEXT, WITH_HEADERS, WITHOUT, PlannedRequest, Role, RunPlan
-from auditor.core.probereport import Observation, RunReport
+from auditor.core.probing.probeplan import NEAR_MISS, PLAINTEXT, WITH_HEADERS, WITHOUT, PlannedRequest, Role, RunPlan
+from auditor.core.probing.probereport import Observation, RunReport
 from probes.wire import Outcome
 
 WAYPOINT_SERVER = "istio-envoy"
