@@ -88,14 +88,6 @@ def send_json(api: client.ApiClient, method: str, path: str, body: Mapping[str, 
     return request_json(api, method, path, body=body)
 
 
-def apply_json(
-    api: client.ApiClient, path: str, body: Mapping[str, Any], manager: str = "mesh-auditor"
-) -> dict[str, Any]:
-    """Server-side apply (create or update, owning the fields we set)."""
-    query = [("fieldManager", manager), ("force", "true")]
-    return request_json(api, "PATCH", path, query=query, body=body, content_type="application/apply-patch+yaml")
-
-
 def stream_lines(
     api: client.ApiClient, path: str, query: list[tuple[str, str]], read_timeout: float
 ) -> Iterator[dict[str, Any]]:

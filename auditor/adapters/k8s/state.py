@@ -20,7 +20,6 @@ import datetime as dt
 import gzip
 import json
 import zlib
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
@@ -34,12 +33,6 @@ __all__ = ["STATE_NAME", "ConfigMapStateStore", "CorruptState", "StateConflict"]
 STATE_NAME = "mesh-auditor-state"
 _KEY = "state.json.gz"
 MAX_BYTES = 900 * 1024  # below the 1 MiB object limit, leaving room for metadata
-
-
-@dataclass
-class StoredState:
-    data: dict[str, Any]
-    resource_version: str | None
 
 
 class ConfigMapStateStore:
