@@ -34,6 +34,9 @@ class ApiUnavailable(Exception):  # noqa: N818 - a condition, not a programming 
 
 @dataclass
 class ApiRefused(Exception):  # noqa: N818 - mirrors the HTTP answer
+    """The API server answered with an error status: ``status`` (HTTP code), ``reason`` (its
+    reason phrase) and ``message`` (the Status object's message)."""
+
     status: int
     reason: str
     message: str
@@ -81,10 +84,12 @@ def request_json(
 
 
 def get_json(api: client.ApiClient, path: str, query: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """GET ``path`` as JSON. Raises ``ApiRefused`` (an error status) or ``ApiUnavailable`` (no answer)."""
     return request_json(api, "GET", path, query=query)
 
 
 def send_json(api: client.ApiClient, method: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """``method`` ``path`` with a JSON body. Raises ``ApiRefused`` or ``ApiUnavailable``."""
     return request_json(api, method, path, body=body)
 
 

@@ -36,6 +36,9 @@ MAX_BYTES = 900 * 1024  # below the 1 MiB object limit, leaving room for metadat
 
 
 class ConfigMapStateStore:
+    """The ``StateStore`` port on a ConfigMap (gzip, base64 JSON, at most ``MAX_BYTES``), written
+    conditionally on its resourceVersion."""
+
     def __init__(self, api: client.ApiClient, namespace: str, name: str = STATE_NAME) -> None:
         self._api = api
         self._namespace = namespace

@@ -112,6 +112,9 @@ def _retry_after(response: Any) -> float:
 
 
 class SlackNotifier:
+    """The ``Notifier`` port on a bot token (``chat.postMessage``, ``chat.update``, and
+    ``conversations.history``/``replies`` to find an earlier attempt), in one ``channel``."""
+
     def __init__(self, client: WebClient, channel: str) -> None:
         self._client = client
         self._channel = channel
