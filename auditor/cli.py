@@ -187,13 +187,13 @@ def progress(stream: TextIO, what: str, *, after_s: float | None = None) -> Iter
 def _render(output: str, result: AuditResult, out: TextIO, *, verbose: bool) -> None:
     if output == "json":
         # One line: the C encoder (indent disables it) keeps 10k-Service audits fast; jq reads it.
-        out.write(json.dumps(audit_document(result.findings, inputs=result.inputs)) + "\n")
+        out.write(json.dumps(audit_document(result.report)) + "\n")
     elif output == "markdown":
-        out.write(render_markdown(result.findings))
+        out.write(render_markdown(result.report))
     elif output == "junit":
-        out.write(render_junit(result.findings))
+        out.write(render_junit(result.report))
     else:
-        out.write(render_table(result.findings, verbose=verbose))
+        out.write(render_table(result.report, verbose=verbose))
 
 
 def _rules(args: argparse.Namespace, out: TextIO) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from auditor.errors import InputError
-from auditor.render.document import DocumentError, findings_from_document
+from auditor.render.document import DocumentError, report_from_document
 from auditor.render.html import HistoryPoint, ReportError, render_html
 from auditor.render.junit import render_junit
 from auditor.render.text import render_markdown
@@ -41,7 +41,7 @@ def add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def run_operation(args: argparse.Namespace, out: TextIO, settings: Settings) -> int:
     if args.command == "daemon":
-        from auditor.daemon.main import run_daemon  # noqa: PLC0415 - the daemon's SDKs load only for the daemon
+        from auditor.app.daemon import run_daemon  # noqa: PLC0415 - the daemon's SDKs load only for the daemon
 
         if args.rules:
             settings = settings.model_copy(update={"daemon": settings.daemon.model_copy(update={"rules": args.rules})})
@@ -55,18 +55,18 @@ def run_operation(args: argparse.Namespace, out: TextIO, settings: Settings) -> 
 def _report(args: argparse.Namespace, out: TextIO) -> int:
     document = _read_document(Path(args.run))
     try:
-        findings = findings_from_document(document)
+        report = report_from_document(document)
     except DocumentError as error:
         raise InputError(
             args.run, str(error), fix="render a document written by auditor check --output json"
         ) from error
     if args.output == "junit":
-        out.write(render_junit(findings))
+        out.write(render_junit(report))
     elif args.output == "markdown":
-        out.write(render_markdown(findings))
+        out.write(render_markdown(report))
     else:
         try:
-            page = render_html(document, _history(args.history))
+            page = render_html(report, _history(args.history))
         except ReportError as error:
             raise InputError(
                 args.run, str(error), fix="render a document written by auditor check --output json"

@@ -1,4 +1,5 @@
-"""Fakes for the auditor's own seams (ports), for tests of the core and the daemon.
+"""Fakes for the auditor's own seams (the ports of ``auditor.ports``), for tests of the
+core and the daemon; mypy checks each against its port (the block at the end).
 
 Each fake does the smallest honest thing and records what it was asked; the ones that must
 not be used by a test raise (the "must not be called" default), so a test cannot pass by
@@ -7,14 +8,16 @@ accident through a path it did not mean to take.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from auditor.core.model import Finding
-from auditor.core.outbox import Delivery, Entry, EntryKind
+from auditor.core.alerting.outbox import Delivery, Entry, EntryKind
 from auditor.core.snapshot import Snapshot
+from auditor.ports import Elector, Notifier, ReportSink, StateStore, WatchedSnapshot
+from auditor.report import AuditReport
 
 
 @dataclass
@@ -77,7 +80,7 @@ class MemoryStateStore:
         self.raw = None
         self.saves += 1
 
-    def set_aside(self, reason: str, now: Any) -> str:
+    def set_aside(self, reason: str, now: dt.datetime) -> str:
         self.set_aside_as.append((reason, self.raw))
         return f"state-corrupt-{len(self.set_aside_as)}"
 
@@ -106,10 +109,10 @@ class RecordingNotifier:
 
 @dataclass
 class RecordingSink:
-    runs: list[tuple[tuple[Finding, ...], Mapping[str, Any]]] = field(default_factory=list)
+    runs: list[AuditReport] = field(default_factory=list)
 
-    def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None:
-        self.runs.append((tuple(findings), dict(run)))
+    def publish(self, report: AuditReport) -> None:
+        self.runs.append(report)
 
 
 class MustNotBeCalled:
@@ -120,3 +123,11 @@ class MustNotBeCalled:
 
     def __getattr__(self, attribute: str) -> Any:
         raise AssertionError(f"{self._name}.{attribute} must not be used here")
+
+
+if TYPE_CHECKING:  # each fake has its port's shape (checked by mypy, never run)
+    _snapshots: WatchedSnapshot = FakeSnapshots()
+    _elector: Elector = FakeElector()
+    _state: StateStore = MemoryStateStore()
+    _notifier: Notifier = RecordingNotifier()
+    _sink: ReportSink = RecordingSink()

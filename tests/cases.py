@@ -21,11 +21,16 @@ test (kubectl apply into the real API server) read exactly the same objects.
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from auditor.core.model import Finding
+from auditor.report import AuditReport, RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES_DIR = ROOT / "tests" / "fixtures" / "static"
@@ -108,3 +113,12 @@ def outcome(document: dict[str, Any]) -> dict[str, dict[str, str]]:
         if finding["status"] != "pass":
             found.setdefault(finding["target"], {})[finding["check"]] = finding["status"]
     return found
+
+
+def run_report(
+    findings: Sequence[Finding], *, run_id: str = "r1", at: dt.datetime | float = 0.0, kind: str = "static"
+) -> AuditReport:
+    """A daemon run's ``AuditReport`` for sink and PolicyReport tests: ``at`` is a UTC datetime or
+    epoch seconds."""
+    when = at if isinstance(at, dt.datetime) else dt.datetime.fromtimestamp(at, dt.UTC)
+    return AuditReport(tuple(findings), {"mode": "daemon"}, RunRecord(run_id, kind, when, "test"))

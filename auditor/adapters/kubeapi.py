@@ -34,6 +34,9 @@ class ApiUnavailable(Exception):  # noqa: N818 - a condition, not a programming 
 
 @dataclass
 class ApiRefused(Exception):  # noqa: N818 - mirrors the HTTP answer
+    """The API server answered with an error status: ``status`` (HTTP code), ``reason`` (its
+    reason phrase) and ``message`` (the Status object's message)."""
+
     status: int
     reason: str
     message: str
@@ -81,19 +84,13 @@ def request_json(
 
 
 def get_json(api: client.ApiClient, path: str, query: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """GET ``path`` as JSON. Raises ``ApiRefused`` (an error status) or ``ApiUnavailable`` (no answer)."""
     return request_json(api, "GET", path, query=query)
 
 
 def send_json(api: client.ApiClient, method: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """``method`` ``path`` with a JSON body. Raises ``ApiRefused`` or ``ApiUnavailable``."""
     return request_json(api, method, path, body=body)
-
-
-def apply_json(
-    api: client.ApiClient, path: str, body: Mapping[str, Any], manager: str = "mesh-auditor"
-) -> dict[str, Any]:
-    """Server-side apply (create or update, owning the fields we set)."""
-    query = [("fieldManager", manager), ("force", "true")]
-    return request_json(api, "PATCH", path, query=query, body=body, content_type="application/apply-patch+yaml")
 
 
 def stream_lines(

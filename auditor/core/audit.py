@@ -20,6 +20,11 @@ from auditor.core.snapshot import ReadProblem, Service, Snapshot, SnapshotIndex,
 def run_static_audit(
     snapshot: Snapshot, posture: Posture, header_values: Mapping[tuple[str, str], str | None]
 ) -> tuple[Finding, ...]:
+    """Every static finding for ``snapshot`` under ``posture``, sorted by ``Finding.sort_key``.
+
+    ``header_values``: ``(target, header name) -> value`` (None: the source had no value, the
+    header finding is INCONCLUSIVE). Each read problem of the snapshot is an ERROR finding, and
+    every check that reads an unreadable kind is "not evaluated" (never a pass). Never raises."""
     ctx = AuditContext(index=SnapshotIndex(snapshot), posture=posture, header_values=header_values)
     findings = [_read_problem(problem) for problem in snapshot.problems]
     in_scope, empty, not_strict = _scoped_services(ctx)

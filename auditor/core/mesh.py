@@ -346,11 +346,6 @@ class EffectiveWaypoint:
     binding: WaypointBinding
     problems: tuple[WaypointProblem, ...]
 
-    @property
-    def identity_suffix(self) -> str | None:
-        gw = self.gateway
-        return None if gw is None else f"ns/{gw.meta.namespace}/sa/{gw.meta.name}"
-
 
 def effective_waypoint(service: Service, index: SnapshotIndex) -> EffectiveWaypoint:
     """Fail-open like Istio: a waypoint that does not resolve or is not ready is skipped (§4.7)."""

@@ -91,6 +91,7 @@ class Finding:
         return self.check.property
 
     def sort_key(self) -> tuple[str, str, str]:
+        """Target, property, check id: the order of every output."""
         return (self.target, self.check.property.value, self.check.id)
 
 
@@ -103,6 +104,7 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
+        """The CLI's exit code: 1 on any FAIL; 3 on ERROR, INCONCLUSIVE or no target; else 0."""
         if self.counts.get(Status.FAIL, 0):
             return 1
         if not self.targets:
@@ -114,6 +116,7 @@ class Summary:
 
 
 def summarize(findings: tuple[Finding, ...]) -> Summary:
+    """Counts per status and the number of distinct targets of ``findings``."""
     counts = dict.fromkeys(Status, 0)
     for finding in findings:
         counts[finding.status] += 1

@@ -253,9 +253,6 @@ class Posture(BaseModel):
     protected: tuple[ProtectedService, ...]
     names: tuple[str, ...]
 
-    def protected_service(self, target: str) -> ProtectedService | None:
-        return next((p for p in self.protected if p.target == target), None)
-
 
 class PostureConflictError(ValueError):
     """Two rules files disagree (mesh settings, or the same protected Service twice)."""

@@ -27,8 +27,8 @@ from prometheus_client import (
 
 from auditor import __version__
 from auditor.core.model import Finding, Property, Status
-from auditor.core.probeplan import RunPlan
-from auditor.core.probereport import RunReport
+from auditor.core.probing.probeplan import RunPlan
+from auditor.core.probing.probereport import RunReport
 
 NO_RESULT = "no-result"  # the request's batch has no observation of it (pod never ran, report unusable or cut)
 

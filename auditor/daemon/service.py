@@ -35,8 +35,8 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
@@ -45,59 +45,28 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from auditor.core.alerting.drift import DriftBook, DriftPolicy, Phase
+from auditor.core.alerting.outbox import OUTBOX_FULL, Entry, EntryKind, EntryState, Outbox
 from auditor.core.audit import run_static_audit
-from auditor.core.drift import DriftBook, DriftPolicy, Phase
 from auditor.core.model import Finding, Method
-from auditor.core.outbox import OUTBOX_FULL, Delivery, Entry, EntryKind, EntryState, Outbox
-from auditor.core.ports import CorruptState, StateConflict
 from auditor.core.posture import Posture
 from auditor.core.snapshot import Snapshot
+from auditor.daemon.delivery import DeliveryLoop
 from auditor.daemon.metrics import DaemonMetrics
+from auditor.ports import (
+    CorruptState,
+    Elector,
+    ExtraFindings,
+    Notifier,
+    ProbeCycle,
+    ReportSink,
+    StateConflict,
+    StateStore,
+    WatchedSnapshot,
+)
 from auditor.render.escape import slack_text as _escape
 from auditor.render.slack import enqueue
-
-
-class WatchedSnapshot(Protocol):
-    def start(self) -> None: ...
-    def stop(self, timeout: float = 2.0) -> None: ...
-    def snapshot(self) -> Snapshot: ...
-    def wait_synced(self, timeout: float) -> bool: ...
-
-
-class Elector(Protocol):
-    """``duration_s``: the Lease duration; a standby may take over that long after a renewal.
-    ``last_error``: why the last step could not reach the API (None when it could)."""
-
-    @property
-    def duration_s(self) -> float: ...
-    @property
-    def last_error(self) -> str | None: ...
-    def try_acquire_or_renew(self) -> bool: ...
-    def release(self) -> None: ...
-
-
-class StateStore(Protocol):
-    """``load`` raises ``CorruptState`` for undecodable state;
-    ``save`` raises ``StateConflict`` when another writer changed it since it was read."""
-
-    def load(self) -> dict[str, Any]: ...
-    def save(self, document: dict[str, Any]) -> None: ...
-    def set_aside(self, reason: str, now: dt.datetime) -> str: ...
-
-
-class Notifier(Protocol):
-    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery: ...
-
-
-class ReportSink(Protocol):
-    def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None: ...
-
-
-# (snapshot, posture, header values, static findings) -> findings including probe verdicts
-ProbeCycle = Callable[
-    [Snapshot, Posture, Mapping[tuple[str, str], str | None], tuple[Finding, ...]], tuple[Finding, ...]
-]
-LogDelivery = Callable[[Any, Entry, Delivery, float], None]
+from auditor.report import AuditReport, RunRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,16 +115,14 @@ class Daemon:
         sinks: Sequence[ReportSink] = (),
         probe_cycle: ProbeCycle | None = None,
         metrics: DaemonMetrics | None = None,
-        extra_findings: Callable[[], tuple[Finding, ...]] = tuple,
+        extra_findings: ExtraFindings = tuple,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-        log_delivery: LogDelivery | None = None,
         stopping: threading.Event | None = None,
     ) -> None:
         self.config, self._snapshots, self._posture, self._values = config, snapshots, posture, header_values
         self._elector, self._state, self._notifier, self._sinks = elector, state, notifier, tuple(sinks)
         self._probe_cycle, self.metrics, self._clock = probe_cycle, metrics or DaemonMetrics(), clock
         self._extra = extra_findings
-        self._log_delivery = log_delivery
         self._lock = threading.RLock()
         self._memory: _Memory | None = None  # None while not leading
         self._lease_until = 0.0  # monotonic: this replica may act as leader until then
@@ -184,6 +151,11 @@ class Daemon:
         )
         self._scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
         self._log = structlog.get_logger("auditor.daemon").bind(replica=config.identity)
+        self._delivery = DeliveryLoop(
+            notifier,
+            log=self._log,
+            on_attempt=lambda e, d: self.metrics.slack_delivery(e.kind.value, d.action, d.error),
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -486,28 +458,24 @@ class Daemon:
             memory = self._memory
             if memory is None or not self._may_act():
                 return False
-            due = memory.outbox.due(self._clock().timestamp())
-            if not due:
+            taken = self._delivery.take(memory.outbox, self._clock().timestamp())
+            if taken is None:
                 return False
-            entry = due[0]
-            memory.outbox = memory.outbox.with_in_flight(entry.id)
+            memory.outbox, entry = taken
             if not self._save(memory):
                 return False  # fenced: unsaved in-flight state is never sent
             threads = dict(memory.outbox.threads)
         if not self._may_act():
             return False  # leadership lapsed while saving: the next leader looks the entry up
-        delivery = self._notifier.deliver(entry, threads)
+        delivery = self._delivery.send(entry, threads)
         self._send_after = time.monotonic() + self.config.slack_pace_s
         with self._lock:
             if self._memory is not memory:
                 return True  # lost leadership meanwhile; the entry stays in-flight for the next leader
             now = self._clock().timestamp()
-            memory.outbox, wait = memory.outbox.with_delivery(entry, delivery, now)
+            memory.outbox, wait = self._delivery.record(memory.outbox, entry, delivery, now)
             if delivery.retry_after or delivery.config:
                 self._send_after = time.monotonic() + wait  # Slack limits the app, not one message
-            self.metrics.slack_delivery(entry.kind.value, delivery.action, delivery.error)
-            if self._log_delivery is not None:
-                self._log_delivery(self._log, entry, delivery, wait)
             self._save(memory)
         return True
 
@@ -525,7 +493,7 @@ class Daemon:
 
     def _evaluate(
         self, memory: _Memory, findings: tuple[Finding, ...], *, report: tuple[Finding, ...], kind: str
-    ) -> tuple[tuple[Finding, ...], dict[str, Any]]:
+    ) -> tuple[tuple[Finding, ...], RunRecord]:
         now = self._clock().timestamp()
         memory.book, transitions = memory.book.evaluate(findings, now, self.config.drift)
         # Alerts the audit no longer reports at all (target deleted, check gone) are closed with
@@ -562,14 +530,15 @@ class Daemon:
         self._log.info("audit evaluated", kind=kind, findings=len(findings), transitions=len(transitions))
         return report, self._run_info(kind)
 
-    def _publish(self, report: tuple[Finding, ...], run: dict[str, Any], *, started: float | None = None) -> None:
+    def _publish(self, report: tuple[Finding, ...], run: RunRecord, *, started: float | None = None) -> None:
         """``started``: ``time.monotonic()`` at the start of the audit cycle; the run then carries
         ``duration_s``, seconds from there to the evaluated audit (CloudWatch ``CycleDuration``)."""
         if started is not None:
-            run["duration_s"] = round(time.monotonic() - started, 3)
+            run = replace(run, duration_s=round(time.monotonic() - started, 3))
+        audit = AuditReport(report, {"mode": "daemon"}, run)
         for sink in self._sinks:  # outside the lock: a slow sink holds up nobody's Slack message
             try:
-                sink.publish(report, run)
+                sink.publish(audit)
             except Exception as error:  # noqa: BLE001 - one failing sink must not stop the others
                 self._log.error(
                     "report sink failed", sink=type(sink).__name__, error=f"{type(error).__name__}: {error}"
@@ -616,14 +585,9 @@ class Daemon:
             return memory
         return _Memory(book=book, outbox=outbox)
 
-    def _run_info(self, kind: str) -> dict[str, Any]:
+    def _run_info(self, kind: str) -> RunRecord:
         now = self._clock()
-        return {
-            "id": f"{now:%Y%m%dT%H%M%S%f}-{kind}",
-            "kind": kind,
-            "at": now.isoformat(),
-            "replica": self.config.identity,
-        }
+        return RunRecord(id=f"{now:%Y%m%dT%H%M%S%f}-{kind}", kind=kind, at=now, replica=self.config.identity)
 
     def _timed(self, kind: str, started: float) -> None:
         self.metrics.cycle_seconds.labels(kind).observe(time.monotonic() - started)

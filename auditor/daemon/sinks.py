@@ -8,18 +8,18 @@ rolling history for the HTML report's per-target strips. AWS sinks wrap the adap
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from auditor.core.model import Finding
-from auditor.core.outbox import Delivery, Entry
-from auditor.render.document import audit_document
+from auditor.core.alerting.outbox import Delivery, Entry
+from auditor.ports import CycleMetrics, EvidenceArchive, FindingsHub, Notifier, PolicyReportWriter
+from auditor.render.document import audit_document, report_from_document
 from auditor.render.html import HistoryPoint, render_html
 from auditor.render.policyreport import policy_reports
+from auditor.report import AuditReport, RunRecord
 
 
 class DirectorySink:
@@ -28,10 +28,10 @@ class DirectorySink:
         self._keep = keep
         directory.mkdir(parents=True, exist_ok=True)
 
-    def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None:
-        document = audit_document(tuple(findings), inputs={"mode": "daemon"})
-        document["run"] = dict(run)
-        name = re.sub(r"[^0-9A-Za-z]+", "-", str(run["at"])).strip("-") + f"-{run['kind']}.json"
+    def publish(self, report: AuditReport) -> None:
+        run = _run_of(report)
+        document = audit_document(report)
+        name = re.sub(r"[^0-9A-Za-z]+", "-", run.at.isoformat()).strip("-") + f"-{run.kind}.json"
         _atomic_write(self._directory / name, json.dumps(document, sort_keys=True))
         self._prune()
 
@@ -41,12 +41,18 @@ class DirectorySink:
     def render_latest_html(self) -> str:
         documents = self.documents()
         history = [HistoryPoint(str(d["run"]["at"]), d["summary"]["by_target"]) for d in documents]
-        return render_html(documents[-1], history)
+        return render_html(report_from_document(documents[-1]), history)
 
     def _prune(self) -> None:
         files = sorted(self._directory.glob("*.json"))
         for old in files[: max(0, len(files) - self._keep)]:
             old.unlink()
+
+
+def _run_of(report: AuditReport) -> RunRecord:
+    if report.run is None:
+        raise ValueError("a daemon sink publishes runs: the report has no RunRecord")
+    return report.run
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -76,19 +82,14 @@ def _counted(sink: str, on_failure: OnFailure) -> Iterator[None]:
 class PolicyReportSink:
     """PolicyReports per namespace, so policy dashboards show the promises beside admission results."""
 
-    def __init__(self, writer: PolicyReportWriterLike, *, on_failure: OnFailure = _ignore) -> None:
+    def __init__(self, writer: PolicyReportWriter, *, on_failure: OnFailure = _ignore) -> None:
         self._writer = writer
         self._on_failure = on_failure
 
-    def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None:
-        at = dt.datetime.fromisoformat(str(run["at"]))
-        reports = policy_reports(findings, run_id=str(run.get("id", run["at"])), timestamp=int(at.timestamp()))
+    def publish(self, report: AuditReport) -> None:
+        reports = policy_reports(report)
         with _counted("policyreports", self._on_failure):
             self._writer.write(reports)
-
-
-class PolicyReportWriterLike(Protocol):
-    def write(self, reports: Sequence[Mapping[str, Any]]) -> int: ...
 
 
 class AwsSink:
@@ -97,9 +98,9 @@ class AwsSink:
     def __init__(
         self,
         *,
-        archive: Any = None,
-        hub: Any = None,
-        metrics: Any = None,
+        archive: EvidenceArchive | None = None,
+        hub: FindingsHub | None = None,
+        metrics: CycleMetrics | None = None,
         alerts_open: Callable[[], int] = lambda: 0,
         on_failure: OnFailure = _ignore,
     ) -> None:
@@ -111,17 +112,15 @@ class AwsSink:
         if self._hub is not None:
             self._hub.forget()
 
-    def publish(self, findings: Sequence[Finding], run: Mapping[str, Any]) -> None:
-        at = dt.datetime.fromisoformat(str(run["at"]))
+    def publish(self, report: AuditReport) -> None:
+        run, findings = _run_of(report), report.findings
         if self._archive is not None:
-            document = audit_document(tuple(findings), inputs={"mode": "daemon"})
-            document["run"] = dict(run)
             with _counted("s3", self._on_failure):
-                self._archive.put_run(document, str(run.get("id", at.strftime("%H%M%S"))), at)
+                self._archive.put_run(audit_document(report), run.id, run.at)
         refused = 0
         if self._hub is not None:
             with _counted("securityhub", self._on_failure):
-                refused = len(self._hub.publish(findings, at))  # each one is logged with its reason by the hub sink
+                refused = len(self._hub.publish(findings, run.at))  # each one is logged with its reason by the hub sink
             if refused:  # BatchImportFindings answered, but refused some findings: a failed write too
                 self._on_failure("securityhub")
         if self._metrics is not None:
@@ -129,12 +128,12 @@ class AwsSink:
                 self._metrics.put_cycle(
                     findings,
                     alerts_open=self._alerts_open(),
-                    duration_s=float(run["duration_s"]) if "duration_s" in run else None,
+                    duration_s=run.duration_s,
                     hub_refused=refused,
                 )
 
 
-# Slack's answers that delivered nothing in this attempt (auditor.core.outbox.Action): the entry
+# Slack's answers that delivered nothing in this attempt (auditor.core.alerting.outbox.Action): the entry
 # is retried later (retry), sent again as a new post (repost) or as plain text (text_only), or
 # given up (drop). "sent" (including an adopted earlier attempt) is the one success.
 _FAILED_DELIVERIES = frozenset({"retry", "repost", "text_only", "drop"})
@@ -152,7 +151,7 @@ class CountingNotifier:
     ``mesh_auditor_slack_deliveries_total``.
     """
 
-    def __init__(self, inner: NotifierLike, on_failure: OnFailure) -> None:
+    def __init__(self, inner: Notifier, on_failure: OnFailure) -> None:
         self._inner = inner
         self._on_failure = on_failure
 
@@ -162,7 +161,3 @@ class CountingNotifier:
         if delivery.action in _FAILED_DELIVERIES:
             self._on_failure("slack")
         return delivery
-
-
-class NotifierLike(Protocol):
-    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery: ...

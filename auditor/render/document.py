@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from auditor.core.model import CheckMeta, Evidence, Finding, Method, Property, Severity, Status, summarize
+from auditor.report import AuditReport, RunRecord
 
 SCHEMA_VERSION = 1
 _RANK = {Status.FAIL: 0, Status.ERROR: 1, Status.INCONCLUSIVE: 2, Status.PASS: 3, Status.SKIPPED: 4}
@@ -46,9 +47,12 @@ def by_target(findings: tuple[Finding, ...]) -> dict[str, dict[str, str]]:
     return {target: {p: s.value for p, s in sorted(props.items())} for target, props in sorted(result.items())}
 
 
-def audit_document(findings: tuple[Finding, ...], *, inputs: dict[str, Any]) -> dict[str, Any]:
+def audit_document(report: AuditReport) -> dict[str, Any]:
+    """The JSON document of ``report``: ``schema_version``, ``summary`` (counts, ``by_target``,
+    ``inputs``), ``findings`` and, for a daemon run, ``run`` (``RunRecord.as_dict``)."""
+    findings, inputs = report.findings, dict(report.inputs)
     summary = summarize(findings)
-    return {
+    document = {
         "schema_version": SCHEMA_VERSION,
         "summary": {
             "exit_code": summary.exit_code,
@@ -60,6 +64,9 @@ def audit_document(findings: tuple[Finding, ...], *, inputs: dict[str, Any]) -> 
         },
         "findings": [finding_dict(f) for f in findings],
     }
+    if report.run is not None:
+        document["run"] = report.run.as_dict()
+    return document
 
 
 class DocumentError(ValueError):
@@ -74,6 +81,24 @@ def findings_from_document(document: dict[str, Any]) -> tuple[Finding, ...]:
         return tuple(_finding_from(item) for item in document["findings"])
     except (KeyError, ValueError, TypeError) as error:
         raise DocumentError(f"a finding is malformed: {error}") from error
+
+
+def report_from_document(document: dict[str, Any]) -> AuditReport:
+    """The ``AuditReport`` a stored JSON run holds (``auditor report``, the daemon's archive).
+    Raises ``DocumentError`` naming what is malformed: the findings, ``summary.inputs`` or ``run``."""
+    findings = findings_from_document(document)
+    summary = document.get("summary")
+    if not isinstance(summary, dict) or not all(isinstance(summary.get(k), dict) for k in ("counts", "by_target")):
+        raise DocumentError("summary is not an audit summary (an object with counts and by_target objects)")
+    inputs = summary.get("inputs", {})
+    if not isinstance(inputs, dict):
+        raise DocumentError("summary.inputs is not an object")
+    stored_run = document.get("run")
+    try:
+        run = None if stored_run is None else RunRecord.from_dict(stored_run)
+    except (KeyError, ValueError, TypeError) as error:
+        raise DocumentError(f"run is malformed: {error!r}") from error
+    return AuditReport(findings, inputs, run)
 
 
 def _finding_from(item: dict[str, Any]) -> Finding:

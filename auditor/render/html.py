@@ -1,8 +1,8 @@
 """The human compliance report: one self-contained HTML page, readable without JavaScript.
 
-Built from the JSON audit document (the contract, ``auditor.render.document``) plus an optional
-history of earlier runs, so a stored run renders the same today and next year
-(``auditor report``). Per property and target it shows the current status and the last days as a
+Built from an ``AuditReport`` (as every renderer), drawn through its JSON audit document (the
+contract, ``auditor.render.document``), plus an optional history of earlier runs, so a stored run
+renders the same today and next year (``auditor report``). Per property and target it shows the current status and the last days as a
 small inline SVG strip (one square per run, oldest left). A stored run is untrusted input: every
 value read from it, whatever its JSON type (summary counts and targets included), goes through
 ``_text``: control characters shown as escapes (``escape.visible``), then HTML-escaped, quotes
@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from auditor.render.document import audit_document
 from auditor.render.escape import visible
+from auditor.report import AuditReport
 
 PROPERTIES = ("strict-mtls", "principal-allowlist", "waypoint-enrollment", "required-headers")
 _COLOURS = {"pass": "#2e7d32", "fail": "#c62828", "error": "#ef6c00", "inconclusive": "#f9a825", "skipped": "#9e9e9e"}
@@ -41,11 +43,12 @@ class HistoryPoint:
 
 
 def render_html(
-    document: Mapping[str, Any], history: Sequence[HistoryPoint] = (), *, title: str = "Mesh compliance report"
+    report: AuditReport, history: Sequence[HistoryPoint] = (), *, title: str = "Mesh compliance report"
 ) -> str:
-    """The page for one audit document; ``ReportError`` when the document's shape is wrong."""
+    """The page for one audit, drawn from its JSON document (``audit_document``); ``history``:
+    earlier runs, oldest first. ``ReportError`` when the document's shape is wrong."""
     try:
-        return _render(document, history, title)
+        return _render(audit_document(report), history, title)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ReportError(
             f"the document's shape is not an audit document's: {type(error).__name__}: {error}"

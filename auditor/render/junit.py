@@ -14,9 +14,11 @@ from itertools import groupby
 
 from auditor.core.model import Evidence, Finding, Status
 from auditor.render.escape import xml_text
+from auditor.report import AuditReport
 
 
-def render_junit(findings: tuple[Finding, ...]) -> str:
+def render_junit(report: AuditReport) -> str:
+    findings = report.findings
     root = ET.Element("testsuites", name="mesh-auditor", tests=str(len(findings)))
     for target, group in groupby(sorted(findings, key=Finding.sort_key), key=lambda f: f.target):
         cases = list(group)

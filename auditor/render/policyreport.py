@@ -18,11 +18,11 @@ are the audited Services; the writer adds their ``uid``.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
 from typing import Any
 
 from auditor.core.model import Finding, Property, Status
 from auditor.render.escape import visible
+from auditor.report import AuditReport
 
 API_VERSION = "wgpolicyk8s.io/v1alpha2"
 SOURCE = "mesh-auditor"
@@ -47,8 +47,13 @@ CATEGORY = {
 }
 
 
-def policy_reports(findings: Sequence[Finding], *, run_id: str, timestamp: int) -> list[dict[str, Any]]:
-    """``timestamp`` is epoch seconds (the caller owns the clock)."""
+def policy_reports(report: AuditReport) -> list[dict[str, Any]]:
+    """One report per namespace for a daemon run; every result is stamped with the run's time
+    (epoch seconds) and every report labelled with its id. Raises ``ValueError`` for a report
+    without a ``RunRecord``."""
+    if report.run is None:
+        raise ValueError("PolicyReports name their run: the report has no RunRecord")
+    findings, run_id, timestamp = report.findings, report.run.id, int(report.run.at.timestamp())
     by_namespace: dict[str, list[Finding]] = defaultdict(list)
     for finding in findings:
         namespace, _, _ = finding.target.partition("/")

@@ -17,9 +17,9 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from auditor.core.drift import Phase, Transition, TransitionKind
+from auditor.core.alerting.drift import Phase, Transition, TransitionKind
+from auditor.core.alerting.outbox import Entry, EntryKind, Outbox
 from auditor.core.model import Evidence
-from auditor.core.outbox import Entry, EntryKind, Outbox
 from auditor.render.escape import slack_clip, slack_text
 
 HEADER_LIMIT = 150

@@ -16,6 +16,7 @@ from itertools import groupby
 
 from auditor.core.model import Evidence, Finding, Status, summarize
 from auditor.render.escape import visible
+from auditor.report import AuditReport
 
 WIDTH = 80
 _STATUS = {
@@ -29,7 +30,8 @@ _PROPERTY_WIDTH = 21
 _INDENT = " " * (2 + 4 + 2 + _PROPERTY_WIDTH)
 
 
-def render_table(findings: tuple[Finding, ...], *, verbose: bool = False) -> str:
+def render_table(report: AuditReport, *, verbose: bool = False) -> str:
+    findings = report.findings
     lines = [_headline(findings), ""]
     for target, group in groupby(findings, key=lambda f: f.target):
         lines.append(visible(target))
@@ -95,7 +97,8 @@ def _legend(findings: tuple[Finding, ...]) -> str:
     return f"exit {code}: {meaning}.\nMore: -v for evidence, --output json|markdown, `auditor checks`."
 
 
-def render_markdown(findings: tuple[Finding, ...]) -> str:
+def render_markdown(report: AuditReport) -> str:
+    findings = report.findings
     lines = [
         "# mesh-auditor report",
         "",

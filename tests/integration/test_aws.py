@@ -20,6 +20,7 @@ import pytest
 from botocore.config import Config
 from botocore.stub import Stubber
 from botocore.validate import ParamValidator
+from kubernetes.client import ApiClient
 from moto.server import ThreadedMotoServer
 from structlog.testing import capture_logs
 
@@ -29,15 +30,15 @@ from auditor.adapters.aws.metrics import NAMESPACE, CloudWatchMetrics
 from auditor.adapters.aws.securityhub import HubOptions, SecurityHubSink
 from auditor.adapters.manifests.reader import read_manifests
 from auditor.adapters.rules.loader import load_rules
+from auditor.app.daemon import _auto_mode
 from auditor.core.checks.automode import NodePoolRef, NodePools
 from auditor.core.checks.catalog import CAPTURED, PEER_AUTHENTICATION
 from auditor.core.model import Finding, Status
-from auditor.daemon.main import _auto_mode
 from auditor.daemon.service import Daemon, DaemonConfig
 from auditor.daemon.sinks import AwsSink
 from auditor.settings import AwsSettings
 from testrigs.fakes import FakeElector, FakeSnapshots, MemoryStateStore, RecordingNotifier
-from tests.cases import ROOT
+from tests.cases import ROOT, run_report
 
 REGION = "us-west-2"
 ACCOUNT = "123456789012"
@@ -279,7 +280,7 @@ def test_refused_findings_are_logged_and_counted_as_a_metric(moto_endpoint: str)
         sink = SecurityHubSink(hub, options)
         aws = AwsSink(hub=sink, metrics=CloudWatchMetrics(cloudwatch, "refused"))
         with capture_logs() as logs:
-            aws.publish([failing], {"at": NOW.isoformat(), "id": "r1"})
+            aws.publish(run_report([failing], at=NOW))
     assert sink.refused_total == 1
     [entry] = [e for e in logs if e["event"] == "Security Hub refused a finding"]
     assert (entry["finding_id"], entry["error_code"], entry["error_message"]) == (
@@ -485,7 +486,7 @@ def test_a_transient_eks_error_is_an_error_retried_with_backoff_never_cached(cod
 
 def test_the_daemon_wires_the_check_that_retries_errors() -> None:
     aws = AwsSettings(verify_auto_mode=True, cluster_name="ambient", region=REGION)
-    assert isinstance(_auto_mode(aws, api=None), AutoModeCheck)
+    assert isinstance(_auto_mode(aws, api=ApiClient()), AutoModeCheck)
 
 
 def test_an_unreachable_eks_endpoint_is_a_transient_error_and_the_next_audit_asks_again() -> None:
@@ -525,10 +526,10 @@ def test_a_replica_that_leads_again_learns_the_findings_another_leader_created(m
     options = HubOptions(account_id=ACCOUNT, region=REGION, cluster="handover")
     failing = Finding(CAPTURED, "default/cart", Status.FAIL, "opts out")
     replica_a, replica_b = AwsSink(hub=SecurityHubSink(hub, options)), AwsSink(hub=SecurityHubSink(hub, options))
-    replica_a.publish([], {"at": NOW.isoformat()})  # A leads first and learns there is nothing yet
-    replica_b.publish([failing], {"at": (NOW + dt.timedelta(hours=1)).isoformat()})  # B leads, creates it
+    replica_a.publish(run_report([], at=NOW))  # A leads first and learns there is nothing yet
+    replica_b.publish(run_report([failing], at=NOW + dt.timedelta(hours=1)))  # B leads, creates it
     replica_a.became_leader()
-    replica_a.publish([failing], {"at": (NOW + dt.timedelta(hours=2)).isoformat()})
+    replica_a.publish(run_report([failing], at=NOW + dt.timedelta(hours=2)))
     created, updated = sent[-2][0], sent[-1][0]
     assert "Workflow" in created
     assert set(updated) == UPDATE_FIELDS  # not a second creation

@@ -27,9 +27,10 @@ from auditor.adapters.k8s.policyreports import PolicyReportWriter
 from auditor.adapters.k8s.state import ConfigMapStateStore
 from auditor.adapters.k8s.watcher import SnapshotWatcher, WatchTiming
 from auditor.adapters.rules.loader import load_rules
-from auditor.adapters.slack.notifier import SlackNotifier, build_web_client, log_delivery
-from auditor.daemon.service import Daemon, DaemonConfig, ReportSink
+from auditor.adapters.slack.notifier import SlackNotifier, build_web_client
+from auditor.daemon.service import Daemon, DaemonConfig
 from auditor.daemon.sinks import AwsSink, DirectorySink, PolicyReportSink
+from auditor.ports import ReportSink
 from testrigs.devtools.controlplane import KubeAPI
 from tests.cases import ROOT, Case, materialize
 from tests.crd_modules import policyreport_crds
@@ -105,7 +106,6 @@ def running_daemon(
             state=ConfigMapStateStore(api, namespace),
             notifier=SlackNotifier(build_web_client("xoxb-test", base_url=slack_base + "api/"), "C0MESH"),
             sinks=[DirectorySink(reports), *extra_sinks(api)],
-            log_delivery=log_delivery,
         )
         holder.append(daemon)
         daemon.start()

@@ -17,7 +17,7 @@ import pytest
 
 from auditor.adapters.manifests.reader import read_manifests
 from auditor.adapters.rules.loader import load_rules
-from auditor.adapters.slack.notifier import SlackNotifier, build_web_client, log_delivery
+from auditor.adapters.slack.notifier import SlackNotifier, build_web_client
 from auditor.core.checks.catalog import CAPTURED
 from auditor.core.model import Finding, Status
 from auditor.daemon.service import Daemon, DaemonConfig
@@ -79,7 +79,6 @@ def test_500_drifts_one_digest_paced_within_slacks_rate(slack: tuple[str, SlackS
         state=MemoryStateStore(),
         notifier=SlackNotifier(build_web_client("xoxb-test", base_url=base + "api/"), "C0MESH"),
         extra_findings=drifts,
-        log_delivery=log_delivery,
     )
     snapshots.on_change = daemon.snapshot_changed
     daemon.start()

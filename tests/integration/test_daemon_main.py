@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from auditor.daemon.main import run_daemon
+from auditor.app.daemon import run_daemon
 from auditor.settings import DaemonSettings, Settings
 from testrigs.devtools.controlplane import KubeAPI
 from tests.cases import ROOT

@@ -129,7 +129,7 @@ def test_auditor_image_audits_the_example_offline(auditor_image: Unpacked) -> No
 def test_auditor_image_imports_everything_the_daemon_uses(auditor_image: Unpacked) -> None:
     """The daemon's composition root and its SDKs import, and boto3 finds its service models."""
     code = (
-        "import auditor.daemon.main, kubernetes.client, kubernetes.watch, slack_sdk, boto3\n"
+        "import auditor.app.daemon, kubernetes.client, kubernetes.watch, slack_sdk, boto3\n"
         "for service in ('s3', 'securityhub', 'cloudwatch', 'eks', 'sts'):\n"
         "    boto3.session.Session(region_name='eu-west-1').client(service)\n"
         "print('ok')"

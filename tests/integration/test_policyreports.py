@@ -22,7 +22,7 @@ from auditor.core.checks.catalog import AUTO_MODE, CAPTURED, HEADERS_ENFORCED, P
 from auditor.core.model import Finding, Status
 from auditor.render.policyreport import CATEGORY, policy_reports
 from testrigs.devtools.controlplane import KubeAPI
-from tests.cases import ROOT
+from tests.cases import ROOT, run_report
 from tests.crd_modules import policyreport_crds
 
 pytestmark = pytest.mark.kube
@@ -77,7 +77,7 @@ def test_reports_fit_the_real_crd_with_a_category_per_promise_and_service_uids(
         Finding(HEADERS_ENFORCED, f"{kube_namespace}/gone", Status.ERROR, "service gone"),
     ]
     with build_api_client(str(auditor_kubeconfig), None) as api:
-        assert PolicyReportWriter(api).write(policy_reports(findings, run_id="r1", timestamp=1)) == 1
+        assert PolicyReportWriter(api).write(policy_reports(run_report(findings, run_id="r1", at=1))) == 1
     stored = _report(kube_api, kube_namespace)
     assert stored is not None
     assert stored["summary"] == {"pass": 1, "fail": 1, "warn": 1, "error": 1, "skip": 0}
@@ -97,7 +97,7 @@ def test_reports_fit_the_real_crd_with_a_category_per_promise_and_service_uids(
 def test_cluster_scoped_findings_go_to_a_cluster_policy_report(kube_api: KubeAPI, auditor_kubeconfig: Path) -> None:
     findings = [Finding(AUTO_MODE, "cluster/ambient", Status.PASS, "Auto Mode enabled")]
     with build_api_client(str(auditor_kubeconfig), None) as api:
-        assert PolicyReportWriter(api).write(policy_reports(findings, run_id="c1", timestamp=1)) == 1
+        assert PolicyReportWriter(api).write(policy_reports(run_report(findings, run_id="c1", at=1))) == 1
     stored = json.loads(kube_api.kubectl("get", "clusterpolicyreport", "mesh-auditor", "-o", "json"))
     assert [(r["rule"], r["category"]) for r in stored["results"]] == [(AUTO_MODE.id, "mesh-auditor: audit integrity")]
 
@@ -119,11 +119,11 @@ def test_a_new_leader_removes_the_reports_the_previous_one_wrote_that_no_longer_
     }
     kube_api.apply_text(yaml.safe_dump(foreign))
     with build_api_client(str(auditor_kubeconfig), None) as api:
-        PolicyReportWriter(api).write(policy_reports(before, run_id="a1", timestamp=1))
+        PolicyReportWriter(api).write(policy_reports(run_report(before, run_id="a1", at=1)))
     assert _report(kube_api, second_namespace) is not None
     after = [Finding(CAPTURED, f"{kube_namespace}/orders", Status.PASS, "captured")]
     with build_api_client(str(auditor_kubeconfig), None) as api:
-        assert PolicyReportWriter(api).write(policy_reports(after, run_id="b1", timestamp=2)) == 1
+        assert PolicyReportWriter(api).write(policy_reports(run_report(after, run_id="b1", at=2))) == 1
     assert _report(kube_api, second_namespace) is None  # A's stale report is gone
     kept = _report(kube_api, kube_namespace)
     assert kept is not None
@@ -149,7 +149,7 @@ def test_a_field_the_crd_does_not_define_is_refused_not_pruned(
     kube_api: KubeAPI, auditor_kubeconfig: Path, kube_namespace: str
 ) -> None:
     [report] = policy_reports(
-        [Finding(CAPTURED, f"{kube_namespace}/orders", Status.FAIL, "x")], run_id="s1", timestamp=1
+        run_report([Finding(CAPTURED, f"{kube_namespace}/orders", Status.FAIL, "x")], run_id="s1", at=1)
     )
     report["results"][0]["not-in-the-crd"] = "x"
     with build_api_client(str(auditor_kubeconfig), None) as api:

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from auditor.cli import main
+from auditor.render.document import report_from_document
 from auditor.render.html import HistoryPoint, render_html
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,13 +56,13 @@ def _report(tmp_path: Path) -> Path:
         stdout=out,
     )
     document = json.loads(out.getvalue())
-    document["run"] = {"id": "screenshot", "cluster": "ambient"}
+    document["run"] = {"id": "screenshot", "kind": "static", "at": "2026-11-27T06:00:00+00:00", "replica": "ambient"}
     history = [
         HistoryPoint(f"2026-11-{20 + day}", {"default/orders": {"strict-mtls": "pass" if day < 4 else "fail"}})
         for day in range(7)
     ]
     page = tmp_path / "report.html"
-    page.write_text(render_html(document, history), encoding="utf-8")
+    page.write_text(render_html(report_from_document(document), history), encoding="utf-8")
     return page
 
 

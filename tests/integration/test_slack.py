@@ -14,10 +14,11 @@ from slack_sdk.webhook import WebhookClient
 from structlog.testing import capture_logs
 
 from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client
+from auditor.core.alerting.drift import DriftBook, DriftPolicy, Transition
+from auditor.core.alerting.outbox import EntryState, Outbox
 from auditor.core.checks.catalog import CAPTURED, PEER_AUTHENTICATION
-from auditor.core.drift import DriftBook, DriftPolicy, Transition
 from auditor.core.model import Finding, Status
-from auditor.core.outbox import EntryState, Outbox
+from auditor.daemon.delivery import DeliveryLoop
 from auditor.render.slack import enqueue
 from tests.slack_server import SlackState, slack_server
 
@@ -46,11 +47,11 @@ def test_open_change_resolve_share_one_thread(slack: tuple[str, SlackState]) -> 
     notifier = _notifier(base)
     saved: list[Outbox] = []
     book, opened = _evaluate(DriftBook(), Status.FAIL, 0.0)
-    outbox = notifier.flush(enqueue(Outbox(), opened), saved.append)
+    outbox = DeliveryLoop(notifier).flush(enqueue(Outbox(), opened), saved.append)
     book, changed = _evaluate(book, Status.FAIL, 60.0, "port 8080 and 9090 accept plaintext")
-    outbox = notifier.flush(enqueue(outbox, changed), saved.append)
+    outbox = DeliveryLoop(notifier).flush(enqueue(outbox, changed), saved.append)
     book, resolved = _evaluate(book, Status.PASS, 120.0, "STRICT")
-    outbox = notifier.flush(enqueue(outbox, resolved), saved.append)
+    outbox = DeliveryLoop(notifier).flush(enqueue(outbox, resolved), saved.append)
     [alert] = state.top_level()
     assert alert["text"] == "Drift: strict-mtls on default/orders"
     assert [m["text"] for m in state.replies(alert["ts"])] == [
@@ -83,7 +84,7 @@ def test_outage_of_500s_then_429s_delays_but_delivers_once(slack: tuple[str, Sla
     outbox = enqueue(Outbox(), opened)
     waits: list[float] = []
     for _ in range(6):
-        outbox = notifier.flush(outbox, lambda _: None, now=clock)
+        outbox = DeliveryLoop(notifier).flush(outbox, lambda _: None, now=clock)
         if outbox.next_unsent() is None:
             break
         entry = outbox.next_unsent()
@@ -109,7 +110,7 @@ def test_outage_longer_than_retries_loses_nothing(slack: tuple[str, SlackState])
     state.fail_next(20, 500)
     _, opened = _evaluate(DriftBook(), Status.FAIL, 0.0)
     clock = FakeTime()
-    outbox = _notifier(base).flush(enqueue(Outbox(), opened), lambda _: None, now=clock)
+    outbox = DeliveryLoop(_notifier(base)).flush(enqueue(Outbox(), opened), lambda _: None, now=clock)
     assert state.top_level() == []
     pending = outbox.next_unsent()
     assert pending is not None
@@ -117,7 +118,9 @@ def test_outage_longer_than_retries_loses_nothing(slack: tuple[str, SlackState])
     with state.lock:
         state.outage.clear()
     clock.now += 3600
-    outbox = _notifier(base).flush(Outbox.from_dict(outbox.to_dict()), lambda _: None, now=clock)  # as after a restart
+    outbox = DeliveryLoop(_notifier(base)).flush(
+        Outbox.from_dict(outbox.to_dict()), lambda _: None, now=clock
+    )  # as after a restart
     assert len(state.top_level()) == 1
     assert outbox.next_unsent() is None
 
@@ -134,9 +137,9 @@ def test_crash_between_send_and_save_does_not_send_twice(slack: tuple[str, Slack
             raise SystemExit("killed before the sent state was stored")
 
     with pytest.raises(SystemExit):
-        _notifier(base).flush(enqueue(Outbox(), opened), save_then_crash)
+        DeliveryLoop(_notifier(base)).flush(enqueue(Outbox(), opened), save_then_crash)
     last_stored = saved[-2]  # the in-flight state: what a state store would hold
-    outbox = _notifier(base).flush(Outbox.from_dict(last_stored.to_dict()), lambda _: None)
+    outbox = DeliveryLoop(_notifier(base)).flush(Outbox.from_dict(last_stored.to_dict()), lambda _: None)
     assert len(state.top_level()) == 1
     assert outbox.next_unsent() is None
     assert outbox.threads["strict-mtls.peer-authentication|default/orders#1"] == state.top_level()[0]["ts"]
@@ -146,7 +149,7 @@ def test_many_alerts_at_once_send_a_digest_first(slack: tuple[str, SlackState]) 
     base, state = slack
     findings = [Finding(CAPTURED, f"ns-{i}/svc", Status.FAIL, "not captured") for i in range(12)]
     _, opened = DriftBook().evaluate(findings, now=0.0, policy=DriftPolicy())
-    _notifier(base).flush(enqueue(Outbox(), opened, digest_at=10), lambda _: None)
+    DeliveryLoop(_notifier(base)).flush(enqueue(Outbox(), opened, digest_at=10), lambda _: None)
     texts = [m["text"] for m in state.top_level()]
     assert texts[0] == ":rotating_light: 12 drift alerts opened"
     assert len(texts) == 13
@@ -156,9 +159,9 @@ def test_webhook_mode_posts_new_messages_and_cannot_update(slack: tuple[str, Sla
     base, state = slack
     book, opened = _evaluate(DriftBook(), Status.FAIL, 0.0)
     notifier = WebhookNotifier(WebhookClient(base + "webhook/T000/B000/XXXX"))
-    outbox = notifier.flush(enqueue(Outbox(), opened), lambda _: None)
+    outbox = DeliveryLoop(notifier).flush(enqueue(Outbox(), opened), lambda _: None)
     _, resolved = _evaluate(book, Status.PASS, 60.0, "STRICT")
-    outbox = notifier.flush(enqueue(outbox, resolved), lambda _: None)
+    outbox = DeliveryLoop(notifier).flush(enqueue(outbox, resolved), lambda _: None)
     texts: list[Any] = [m["text"] for m in state.messages]
     assert texts == ["Drift: strict-mtls on default/orders", "Resolved: strict-mtls on default/orders"]
     assert state.updates == []
@@ -176,14 +179,14 @@ def test_deleted_alert_message_is_posted_afresh_and_blocks_nothing(slack: tuple[
     base, state = slack
     clock, notifier = FakeTime(), _notifier(base)
     book, opened = _evaluate(DriftBook(), Status.FAIL, 0.0)
-    outbox = notifier.flush(enqueue(Outbox(), opened), lambda _: None, now=clock)
+    outbox = DeliveryLoop(notifier).flush(enqueue(Outbox(), opened), lambda _: None, now=clock)
     [alert] = state.top_level()
     state.delete(alert["ts"])
     book, changed = _evaluate(book, Status.FAIL, 60.0, "port 8080 and 9090 accept plaintext")
     other = Finding(CAPTURED, "payments/api", Status.FAIL, "not captured")
     _, other_opened = DriftBook().evaluate([other], now=60.0, policy=DriftPolicy())
     with capture_logs() as logs:
-        outbox = notifier.flush(enqueue(outbox, (*changed, *other_opened)), lambda _: None, now=clock)
+        outbox = DeliveryLoop(notifier).flush(enqueue(outbox, (*changed, *other_opened)), lambda _: None, now=clock)
     assert outbox.next_unsent() is None
     # the reply found no thread: it became a fresh top-level message, which the update then
     # re-rendered as the full alert; the other alert went out unhindered
@@ -206,13 +209,13 @@ def test_a_reply_whose_answer_was_lost_is_found_in_its_thread_not_repeated(slack
     base, state = slack
     clock, notifier = FakeTime(), _notifier(base)
     book, opened = _evaluate(DriftBook(), Status.FAIL, 0.0)
-    outbox = notifier.flush(enqueue(Outbox(), opened), lambda _: None, now=clock)
+    outbox = DeliveryLoop(notifier).flush(enqueue(Outbox(), opened), lambda _: None, now=clock)
     state.lose_answers("chat.postMessage")
     _, resolved = _evaluate(book, Status.PASS, 60.0, "STRICT")
-    outbox = notifier.flush(enqueue(outbox, resolved), lambda _: None, now=clock)
+    outbox = DeliveryLoop(notifier).flush(enqueue(outbox, resolved), lambda _: None, now=clock)
     assert outbox.next_unsent() is not None
     clock.now += 10
-    outbox = notifier.flush(Outbox.from_dict(outbox.to_dict()), lambda _: None, now=clock)
+    outbox = DeliveryLoop(notifier).flush(Outbox.from_dict(outbox.to_dict()), lambda _: None, now=clock)
     assert outbox.next_unsent() is None
     assert state.transcript() == [
         ("Drift: strict-mtls on default/orders", ["Resolved: strict-mtls on default/orders"]),
@@ -237,7 +240,7 @@ def test_slack_error_codes_are_classified(slack: tuple[str, SlackState], code: s
     state.fail_method("chat.postMessage", code)
     clock = FakeTime()
     _, opened = _evaluate(DriftBook(), Status.FAIL, 0.0)
-    outbox = _notifier(base).flush(enqueue(Outbox(), opened), lambda _: None, now=clock)
+    outbox = DeliveryLoop(_notifier(base)).flush(enqueue(Outbox(), opened), lambda _: None, now=clock)
     [entry] = outbox.entries
     assert entry.error == (None if action == "sent as text only" else code)
     if action == "kept, retried slowly":
@@ -260,12 +263,12 @@ def test_a_slow_answer_is_looked_up_not_posted_twice(slack: tuple[str, SlackStat
     clock = FakeTime()
     notifier = SlackNotifier(build_web_client("xoxb-test-token", base_url=base + "api/", timeout=1), CHANNEL)
     _, opened = _evaluate(DriftBook(), Status.FAIL, 0.0)
-    outbox = notifier.flush(enqueue(Outbox(), opened), lambda _: None, now=clock)
+    outbox = DeliveryLoop(notifier).flush(enqueue(Outbox(), opened), lambda _: None, now=clock)
     [entry] = outbox.entries
     assert (entry.state, entry.error) == (EntryState.IN_FLIGHT, "timeout")
     state.answer_delay_s = 0.0
     clock.now += 5
-    outbox = notifier.flush(outbox, lambda _: None, now=clock)
+    outbox = DeliveryLoop(notifier).flush(outbox, lambda _: None, now=clock)
     assert outbox.next_unsent() is None
     assert state.transcript() == [("Drift: strict-mtls on default/orders", [])]
     assert state.requests == ["chat.postMessage", "conversations.history"]

@@ -15,6 +15,7 @@ from auditor.core.checks.catalog import SNAPSHOT_READ
 from auditor.core.model import Evidence, Finding, Status
 from auditor.render.document import audit_document, findings_from_document
 from auditor.render.text import render_markdown, render_table
+from auditor.report import AuditReport
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = str(ROOT / "examples" / "retail-store")
@@ -198,7 +199,7 @@ def test_verbose_evidence_separates_object_field_and_note() -> None:
         "accepts plaintext",
         (Evidence("PeerAuthentication a/m", "spec.mtls.mode", "PERMISSIVE", "keys are ports"),),
     )
-    lines = render_table((finding,), verbose=True).splitlines()
+    lines = render_table(AuditReport((finding,)), verbose=True).splitlines()
     at = lines.index(" " * 29 + "- PeerAuthentication a/m: spec.mtls.mode=PERMISSIVE")
     assert lines[at + 1] == " " * 31 + "keys are ports"
 
@@ -218,7 +219,7 @@ def test_report_history_that_does_not_exist_exits_2_naming_it(
 
 def test_finding_details_are_written_to_json_and_read_back() -> None:
     finding = Finding(SNAPSHOT_READ, "cluster/Pod", Status.ERROR, "x", details={"run_id": "abc123"})
-    document = audit_document((finding,), inputs={})
+    document = audit_document(AuditReport((finding,), {}))
     assert document["findings"][0]["details"] == {"run_id": "abc123"}
     assert findings_from_document(json.loads(json.dumps(document)))[0].details == {"run_id": "abc123"}
     del document["findings"][0]["details"]  # a document written before the field was added
@@ -234,7 +235,7 @@ def test_markdown_escapes_angle_brackets_and_writes_no_empty_code_span() -> None
         "GET /catalog with x-auth-token: <set>",
         (Evidence("(mesh default)", "", "PERMISSIVE", "no policy"), Evidence("Service a/b", "spec.x", "1", "")),
     )
-    text = render_markdown((finding,))
+    text = render_markdown(AuditReport((finding,)))
     assert "x-auth-token: \\<set\\>" in text  # a backslash-escaped < renders as itself on GitHub
     assert "<set>" not in text
     assert "``" not in text.replace("```", "")

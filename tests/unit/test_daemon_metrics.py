@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from auditor.core.model import Status
-from auditor.core.probereport import BatchProblem
+from auditor.core.probing.probereport import BatchProblem
 from auditor.daemon.metrics import NO_RESULT, DaemonMetrics
 from probes.wire import Outcome
 from tests.unit.probing.builders import ALLOWED, L4, catalog_rules, compliant, make_plan, posture, report

@@ -13,12 +13,12 @@ import pytest
 
 from auditor.adapters.manifests.reader import read_manifests
 from auditor.adapters.rules.loader import load_rules
+from auditor.core.alerting.outbox import Delivery, EntryKind, EntryState, Outbox
 from auditor.core.model import Finding, Method, Status
-from auditor.core.outbox import Delivery, EntryKind, EntryState, Outbox
-from auditor.core.ports import CorruptState
 from auditor.core.posture import Posture
 from auditor.core.snapshot import ReadProblem, Snapshot
 from auditor.daemon.service import Daemon, DaemonConfig
+from auditor.ports import CorruptState
 from testrigs.fakes import (
     FakeElector,
     FakeSnapshots,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from auditor.core.alerting.drift import DriftBook, DriftPolicy, Phase, TransitionKind
 from auditor.core.checks.catalog import PEER_AUTHENTICATION
-from auditor.core.drift import DriftBook, DriftPolicy, Phase, TransitionKind
 from auditor.core.model import Finding, Method, Status
 
 POLICY = DriftPolicy()

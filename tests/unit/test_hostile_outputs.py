@@ -29,6 +29,8 @@ from auditor.render.escape import visible, xml_text
 from auditor.render.junit import render_junit
 from auditor.render.policyreport import policy_reports
 from auditor.render.text import render_markdown, render_table
+from auditor.report import AuditReport
+from tests.cases import run_report
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = str(ROOT / "rules" / "retail-store.yaml")
@@ -92,7 +94,7 @@ def test_markdown_table_rows_keep_their_cells_and_code_spans_hold() -> None:
             Method.STATIC,
         ),
     )
-    text = render_markdown(findings)
+    text = render_markdown(AuditReport(findings))
     row = next(line for line in text.splitlines() if line.startswith("| ```"))
     assert len(re.findall(r"(?<!\\)\|", row)) == 6  # five cells, however many pipes the input had
     assert row.startswith("| ```default/a\\|b``c`\\n<img src=x onerror=alert(1)>``` |")
@@ -106,7 +108,7 @@ def test_markdown_table_rows_keep_their_cells_and_code_spans_hold() -> None:
 
 def test_remediation_yaml_from_a_stored_run_cannot_close_its_fence() -> None:
     meta = dataclasses.replace(CAPTURED, remediation_yaml="a: 1\n```\n# Forged heading\n")
-    text = render_markdown((Finding(meta, "default/x", Status.FAIL, "m"),))
+    text = render_markdown(AuditReport((Finding(meta, "default/x", Status.FAIL, "m"),)))
     assert "````yaml\na: 1\n```\n# Forged heading\n````" in text
 
 
@@ -114,7 +116,7 @@ def test_table_wraps_but_never_passes_a_control_character() -> None:
     finding = Finding(
         CAPTURED, "ns/\x1b]0;title\x07svc", Status.FAIL, "a\rb\x00c\u2028d", (Evidence("o\x1b", "f", "v\x85w"),)
     )
-    text = render_table((finding,), verbose=True)
+    text = render_table(AuditReport((finding,)), verbose=True)
     assert "ns/\\x1b]0;title\\x07svc" in text
     assert "a\\rb\\x00c\\u2028d" in text
     assert "o\\x1b: f=v\\x85w" in text
@@ -125,7 +127,7 @@ def test_junit_parses_with_characters_xml_forbids() -> None:
     finding = Finding(
         CAPTURED, "ns/\x1b[31mred\ud800", Status.ERROR, "bad\x00\x0b\ufffe]]>&<", (Evidence("o", "f", "\x1b"),)
     )
-    text = render_junit((finding,))
+    text = render_junit(AuditReport((finding,)))
     root = ET.fromstring(text.encode("utf-8"))  # noqa: S314 - parsing our own output
     suite = root.find("testsuite")
     assert suite is not None
@@ -173,7 +175,7 @@ def _hostile_run() -> dict[str, Any]:
             "by_target": {markup: {"strict-mtls": markup}},
             "inputs": {markup: markup},
         },
-        "run": {markup: markup, "at": markup},
+        "run": {"id": markup, "kind": markup, "at": "2026-11-27T06:00:00+00:00", "replica": markup},
         "findings": [finding],
     }
 
@@ -214,6 +216,17 @@ def test_a_stored_run_of_the_wrong_shape_is_exit_2_naming_the_file(
     assert capsys.readouterr().err.startswith(f"auditor: error: {stored}: ")
 
 
+def test_a_stored_run_record_of_the_wrong_shape_is_exit_2_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = _hostile_run()
+    document["run"] = {"id": "r1", "kind": "static", "at": "<script>", "replica": "a"}
+    stored = tmp_path / "run.json"
+    stored.write_text(json.dumps(document))
+    assert _run("report", str(stored)) == (2, "")
+    assert capsys.readouterr().err.startswith(f"auditor: error: {stored}: run is malformed")
+
+
 def test_error_messages_show_control_characters() -> None:
     error = InputError("rules/\x1b[2K.yaml", "bad\r\x1b[1Aok", field="spec.\u202ex", fix="edit\nit")
     assert error.render() == "rules/\\x1b[2K.yaml: spec.\\u202ex: bad\\r\\x1b[1Aok\n  fix: edit\nit"
@@ -234,6 +247,6 @@ def test_visible_leaves_printable_text_alone() -> None:
 def test_policy_report_messages_show_control_characters() -> None:
     """`kubectl describe policyreport` prints messages raw: the renderer has made them visible."""
     finding = Finding(CAPTURED, "default/x", Status.FAIL, "m\x1b[2K\r" + "y" * 600)
-    message = policy_reports([finding], run_id="r", timestamp=0)[0]["results"][0]["message"]
+    message = policy_reports(run_report([finding], run_id="r", at=0))[0]["results"][0]["message"]
     assert message.startswith("m\\x1b[2K\\ryyy")
     assert len(message) == 512

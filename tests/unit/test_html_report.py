@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.cli import main
+from auditor.render.document import report_from_document
 from auditor.render.html import HistoryPoint, render_html
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +33,7 @@ def _document(example: str) -> dict[str, Any]:
 
 
 def test_report_has_summary_matrix_and_findings_without_scripts() -> None:
-    html = render_html(_document("retail-store-drifted"))
+    html = render_html(report_from_document(_document("retail-store-drifted")))
     assert "<script" not in html
     assert "id='summary'" in html
     assert "id='properties'" in html
@@ -47,7 +48,7 @@ def test_history_strip_has_one_square_per_run() -> None:
         HistoryPoint(f"2026-11-2{day}T00:00:00Z", {"default/catalog": {"strict-mtls": status}})
         for day, status in enumerate(["pass", "fail", "pass"])
     ]
-    html = render_html(document, history)
+    html = render_html(report_from_document(document), history)
     strip = html.split("aria-label='history of default/catalog strict-mtls'")[1].split("</svg>")[0]
     assert strip.count("<rect") == 3
     assert "#c62828" in strip  # the failing day
@@ -56,4 +57,4 @@ def test_history_strip_has_one_square_per_run() -> None:
 def test_texts_are_escaped() -> None:
     document = _document("retail-store")
     document["findings"][0]["message"] = "<img src=x onerror=alert(1)>"
-    assert "<img src=x" not in render_html(document)
+    assert "<img src=x" not in render_html(report_from_document(document))

@@ -22,7 +22,7 @@ import structlog
 
 from auditor.adapters.manifests import reader
 from auditor.adapters.rules.loader import load_rules
-from auditor.daemon import main as daemon_main
+from auditor.app import daemon as daemon_main
 from auditor.errors import InputError
 from tests.cases import ROOT
 

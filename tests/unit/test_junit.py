@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from auditor.core.checks.catalog import CAPTURED, PEER_AUTHENTICATION, WAYPOINT_BOUND
 from auditor.core.model import Evidence, Finding, Status
 from auditor.render.junit import render_junit
+from auditor.report import AuditReport
 
 
 def test_statuses_become_junit_elements() -> None:
@@ -21,7 +22,7 @@ def test_statuses_become_junit_elements() -> None:
         Finding(PEER_AUTHENTICATION, "default/checkout", Status.PASS, "STRICT"),
         Finding(WAYPOINT_BOUND, "default/catalog", Status.INCONCLUSIVE, "cannot tell"),
     )
-    root = ET.fromstring(render_junit(findings))  # noqa: S314 - parsing our own output
+    root = ET.fromstring(render_junit(AuditReport(findings)))  # noqa: S314 - parsing our own output
     assert root.get("tests") == "3"
     assert (root.get("failures"), root.get("errors")) == ("1", "1")
     suites = {s.get("name"): s for s in root}

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 from auditor import __version__
-from auditor.core.outbox import Action, Delivery, Entry, EntryKind
+from auditor.core.alerting.outbox import Action, Delivery, Entry, EntryKind
 from auditor.daemon.metrics import SINKS, DaemonMetrics
 from auditor.daemon.sinks import AwsSink, CountingNotifier, PolicyReportSink
+from tests.cases import run_report
 
-RUN = {"at": dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC).isoformat(), "kind": "static", "id": "r1"}
+RUN = run_report([], at=dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC))
 
 
 def _failures(metrics: DaemonMetrics) -> dict[str, float]:
@@ -59,7 +60,7 @@ def test_a_failed_aws_write_counts_once_for_its_sink_and_still_raises(failing: s
         on_failure=metrics.sink_write_failed,
     )
     with pytest.raises(ConnectionError):
-        sink.publish([], RUN)
+        sink.publish(RUN)
     assert _failures(metrics) == {s: (1.0 if s == failing else 0.0) for s in SINKS}
 
 
@@ -71,7 +72,7 @@ def test_a_failed_policyreport_write_counts_for_policyreports() -> None:
             raise ConnectionError("apiserver")
 
     with pytest.raises(ConnectionError):
-        PolicyReportSink(Writer(), on_failure=metrics.sink_write_failed).publish([], RUN)
+        PolicyReportSink(Writer(), on_failure=metrics.sink_write_failed).publish(RUN)
     assert _failures(metrics)["policyreports"] == 1.0
 
 
@@ -82,7 +83,10 @@ def test_security_hub_refusing_findings_counts_once_per_publish() -> None:
         def publish(self, findings: Sequence[Any], at: dt.datetime) -> list[str]:
             return ["finding-1", "finding-2"]  # BatchImportFindings answered with two FailedFindings
 
-    AwsSink(hub=Hub(), on_failure=metrics.sink_write_failed).publish([], RUN)
+        def forget(self) -> None:
+            return None
+
+    AwsSink(hub=Hub(), on_failure=metrics.sink_write_failed).publish(RUN)
     assert _failures(metrics) == {s: (1.0 if s == "securityhub" else 0.0) for s in SINKS}
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from auditor.core.outbox import Entry, EntryKind, EntryState, Outbox
+from auditor.core.alerting.outbox import Entry, EntryKind, EntryState, Outbox
 
 
 def _entry(entry_id: str, kind: EntryKind = EntryKind.POST, fingerprint: str = "c|t") -> Entry:

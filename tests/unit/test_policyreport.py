@@ -5,6 +5,7 @@ from __future__ import annotations
 from auditor.core.checks.catalog import CAPTURED, SNAPSHOT_READ, WAYPOINT_BOUND
 from auditor.core.model import Finding, Property, Status
 from auditor.render.policyreport import CATEGORY, MESSAGE_LIMIT, policy_reports
+from tests.cases import run_report
 
 
 def test_one_report_per_namespace_with_mapped_results() -> None:
@@ -16,7 +17,7 @@ def test_one_report_per_namespace_with_mapped_results() -> None:
     ]
     reports = {
         (r["kind"], r["metadata"].get("namespace")): r
-        for r in policy_reports(findings, run_id="r1", timestamp=1700000000)
+        for r in policy_reports(run_report(findings, run_id="r1", at=1700000000))
     }
     default = reports[("PolicyReport", "default")]
     assert default["summary"] == {"pass": 0, "fail": 1, "warn": 1, "error": 0, "skip": 0}
@@ -37,7 +38,7 @@ def test_each_promise_has_its_category_and_severity_fits_the_released_crd() -> N
         Finding(WAYPOINT_BOUND, "default/checkout", Status.PASS, "bound"),  # high
         Finding(SNAPSHOT_READ, "cluster/Pod", Status.ERROR, "forbidden"),
     ]
-    results = [r for report in policy_reports(findings, run_id="r1", timestamp=1) for r in report["results"]]
+    results = [r for report in policy_reports(run_report(findings, run_id="r1", at=1)) for r in report["results"]]
     by_rule = {r["rule"]: r for r in results}
     assert (by_rule[CAPTURED.id]["severity"], by_rule[CAPTURED.id]["properties"]["severity"]) == ("high", "critical")
     assert by_rule[CAPTURED.id]["category"] == "Istio ambient: strict mTLS"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from auditor.core.alerting.drift import DriftBook, DriftPolicy, Transition
 from auditor.core.checks.catalog import INTRUDERS_REFUSED, PEER_AUTHENTICATION
-from auditor.core.drift import DriftBook, DriftPolicy, Transition
 from auditor.core.model import Evidence, Finding, Method, Status
 from auditor.render.slack import HEADER_LIMIT, SECTION_LIMIT, alert_message, digest_message, thread_reply
 

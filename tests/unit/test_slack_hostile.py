@@ -12,8 +12,8 @@ from typing import Any
 
 from slack_sdk.models.blocks import Block
 
+from auditor.core.alerting.drift import DriftBook, DriftPolicy, Transition, TransitionKind
 from auditor.core.checks.catalog import HEADERS_ENFORCED, INTRUDERS_REFUSED
-from auditor.core.drift import DriftBook, DriftPolicy, Transition, TransitionKind
 from auditor.core.model import Evidence, Finding, Method, Status
 from auditor.render.escape import slack_clip, slack_text
 from auditor.render.slack import FALLBACK_LIMIT, MAX_BLOCKS, alert_message, digest_message, thread_reply

@@ -26,6 +26,10 @@ from botocore.exceptions import ClientError
 
 @dataclass(frozen=True, slots=True)
 class ArchiveOptions:
+    """Where and how long audit documents are kept: S3 ``bucket`` and ``prefix``, the cluster's
+    name, account and region (in each key), and S3 Object Lock retention (``lock_mode``,
+    ``retention_days``: days from the run's time)."""
+
     bucket: str
     cluster: str
     account_id: str
@@ -40,6 +44,8 @@ class ArchiveOptions:
 
 
 class S3Archive:
+    """The ``EvidenceArchive`` port on S3 (``s3:PutObject``): one object per run."""
+
     def __init__(self, s3: Any, options: ArchiveOptions) -> None:
         self._s3 = s3
         self._options = options
@@ -47,6 +53,7 @@ class S3Archive:
         self._log = structlog.get_logger("auditor.aws.s3")
 
     def key_for(self, run_id: str, at: dt.datetime) -> str:
+        """``<prefix>/<account>/<region>/<cluster>/<YYYY/MM/DD of at>/<run_id>.json``."""
         o = self._options
         return f"{o.prefix}/{o.account_id}/{o.region}/{o.cluster}/{at:%Y/%m/%d}/{run_id}.json"
 

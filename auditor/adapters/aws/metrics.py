@@ -13,6 +13,8 @@ NAMESPACE = "MeshAuditor"
 
 
 class CloudWatchMetrics:
+    """The ``CycleMetrics`` port on CloudWatch (``cloudwatch:PutMetricData``), dimension ``Cluster``."""
+
     def __init__(self, cloudwatch: Any, cluster: str) -> None:
         self._cloudwatch = cloudwatch
         self._cluster = cluster

@@ -51,6 +51,8 @@ REFRESH = dt.timedelta(days=1)
 
 @dataclass(frozen=True, slots=True)
 class HubOptions:
+    """The account, region and cluster every imported finding names (ARNs built from them)."""
+
     account_id: str
     region: str
     cluster: str
@@ -74,6 +76,7 @@ class HubOptions:
 
 
 def finding_id(finding: Finding, options: HubOptions) -> str:
+    """The stable ASFF ``Id`` of a finding: cluster, check and target (one per alert, updated in place)."""
     return f"mesh-auditor/{options.cluster}/{finding.check.id}/{finding.target}"
 
 

@@ -30,6 +30,8 @@ def _parse(stamp: str) -> dt.datetime:
 
 
 class LeaseElector:
+    """The ``Elector`` port on a ``coordination.k8s.io`` Lease (get, create, update in ``namespace``)."""
+
     def __init__(
         self,
         api: client.ApiClient,

@@ -34,6 +34,9 @@ _OWN = [("fieldSelector", f"metadata.name={REPORT_NAME}"), ("labelSelector", f"{
 
 
 class PolicyReportWriter:
+    """The ``PolicyReportWriter`` port: server-side apply of wgpolicyk8s.io reports, and deletion
+    of the auditor's stale ones."""
+
     def __init__(self, api: client.ApiClient) -> None:
         self._api = api
         self._log = structlog.get_logger("auditor.policyreports")

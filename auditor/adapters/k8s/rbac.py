@@ -20,6 +20,8 @@ READ_VERBS = ("list", "watch")
 
 
 def reader_cluster_role() -> dict[str, Any]:
+    """The ClusterRole the auditor needs to read a snapshot: ``READ_VERBS`` on each
+    resource of ``SNAPSHOT_RESOURCES`` and nothing else (a dict, as in the Helm chart)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",

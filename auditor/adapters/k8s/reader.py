@@ -82,6 +82,8 @@ def with_type(item: Mapping[str, Any], resource: Resource) -> dict[str, Any]:
 
 
 def refused_problem(resource: Resource, error: ApiRefused) -> ReadProblem:
+    """The ``ReadProblem`` for a refused read: 403 forbidden (the permission it needs), 404 (the CRD
+    or API that is not served), else the status and message."""
     if error.status == 403:
         return _problem(resource, f"forbidden: {error.message}")
     if error.status == 404:

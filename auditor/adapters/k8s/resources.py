@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Resource:
+    """One resource kind the snapshot reads: its ``kind``, API ``group`` and ``version``, ``plural``
+    (the URL segment), whether it is ``namespaced`` and whether a ``crd`` serves it."""
+
     kind: str
     group: str
     version: str

@@ -15,10 +15,14 @@ from auditor.adapters.kubeapi import ApiRefused, ApiUnavailable, get_json
 
 
 class ClusterSecretReader:
+    """Header values from Secrets: the ``SecretLookup`` port is ``secret_value``."""
+
     def __init__(self, api: client.ApiClient) -> None:
         self._api = api
 
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """One key of Secret ``namespace/name``, decoded as UTF-8; None when the Secret or key is
+        missing, unreadable (403) or not text. Never raises for the API's answers."""
         try:
             secret = get_json(self._api, f"/api/v1/namespaces/{namespace}/secrets/{name}")
         except (ApiRefused, ApiUnavailable):

@@ -20,14 +20,13 @@ import datetime as dt
 import gzip
 import json
 import zlib
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
 
 from auditor.adapters import kubeapi as api_calls
 from auditor.adapters.kubeapi import ApiRefused, ApiUnavailable
-from auditor.core.ports import CorruptState, StateConflict
+from auditor.ports import CorruptState, StateConflict
 
 __all__ = ["STATE_NAME", "ConfigMapStateStore", "CorruptState", "StateConflict"]
 
@@ -36,13 +35,10 @@ _KEY = "state.json.gz"
 MAX_BYTES = 900 * 1024  # below the 1 MiB object limit, leaving room for metadata
 
 
-@dataclass
-class StoredState:
-    data: dict[str, Any]
-    resource_version: str | None
-
-
 class ConfigMapStateStore:
+    """The ``StateStore`` port on a ConfigMap (gzip, base64 JSON, at most ``MAX_BYTES``), written
+    conditionally on its resourceVersion."""
+
     def __init__(self, api: client.ApiClient, namespace: str, name: str = STATE_NAME) -> None:
         self._api = api
         self._namespace = namespace

@@ -44,6 +44,9 @@ class _Store:
 
 @dataclass(frozen=True, slots=True)
 class WatchTiming:
+    """Watch timings in seconds: full relists every ``resync``; after an error, retries from
+    ``backoff_start`` doubling up to ``backoff_max``."""
+
     resync: float = 300.0  # seconds between full relists: repairs anything a watch missed
     backoff_start: float = 0.5  # seconds before the first retry after an error
     backoff_max: float = 30.0  # cap, so a long outage is retried every 30 s

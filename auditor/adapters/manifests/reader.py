@@ -33,12 +33,16 @@ SecretData = Mapping[tuple[str, str], Mapping[str, str]]
 
 @dataclass(frozen=True, slots=True)
 class ManifestInput:
+    """What manifest files hold: the snapshot, the Secrets' data by ``(namespace, name)`` and the files read."""
+
     snapshot: Snapshot
     secrets: SecretData = field(default_factory=dict)
     files: tuple[str, ...] = ()
 
 
 def read_manifests(paths: Sequence[str], stdin: TextIO) -> ManifestInput:
+    """Read manifest files and directories (``-`` for stdin) into one snapshot. Raises ``InputError``
+    naming the file, document (from 1) and line for unreadable, oversized or malformed input."""
     objects: list[Decoded] = []
     secrets: dict[tuple[str, str], Mapping[str, str]] = {}
     seen: dict[tuple[str, str, str], str] = {}

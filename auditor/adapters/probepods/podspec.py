@@ -28,7 +28,7 @@ from typing import Any
 from auditor import __version__
 from auditor.core.mesh import PROBE_MANAGED_BY, PROBE_ROLE_LABEL
 from auditor.core.posture import HeaderValue, ProbeSecretRef
-from auditor.core.probeplan import WITH_HEADERS, ProbeBatch, RunPlan
+from auditor.core.probing.probeplan import WITH_HEADERS, ProbeBatch, RunPlan
 from probes.wire import HEADER_ENV_PREFIX, ProbePlan
 
 MANAGED_BY, MANAGED_BY_VALUE = PROBE_MANAGED_BY  # the core recognises its own probe pods by these

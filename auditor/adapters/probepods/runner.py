@@ -1,6 +1,6 @@
 """Runs a probe plan as pods: one pod per batch, watched to the end, its report read, then deleted.
 
-Implements ``auditor.core.ports.ProbeRunner``. A run:
+Implements ``auditor.ports.ProbeRunner``. A run:
 
 1. sweeps orphans: pods labelled ``app.kubernetes.io/managed-by=mesh-auditor`` from other runs
    that have finished or are older than ``orphan_age_s`` (a crashed auditor leaves them);
@@ -45,8 +45,8 @@ from auditor.adapters.probepods.podspec import (
     spec_strings,
 )
 from auditor.core.model import Status
-from auditor.core.probeplan import ProbeBatch, RunPlan
-from auditor.core.probereport import BatchProblem, BatchReport, RunReport, observations_from
+from auditor.core.probing.probeplan import ProbeBatch, RunPlan
+from auditor.core.probing.probereport import BatchProblem, BatchReport, RunReport, observations_from
 from probes.wire import CompactRunResult, ResultError, parse_result
 
 _TERMINAL = frozenset({"Succeeded", "Failed"})

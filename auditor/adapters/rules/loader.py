@@ -6,7 +6,7 @@ Validation errors name the file, the field path as written in YAML (camelCase) a
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -22,8 +22,7 @@ from auditor.core.posture import (
     merge,
 )
 from auditor.errors import InputError, InputProblemsError
-
-SecretLookup = Callable[[str, str, str], str | None]
+from auditor.ports import SecretLookup
 
 _FIXES = {
     "missing": "add the field",

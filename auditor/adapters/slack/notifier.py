@@ -30,8 +30,7 @@ it cannot update or thread; updates are skipped and a crash mid-send may repeat 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -39,10 +38,9 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.webhook import WebhookClient
 
-from auditor.core.outbox import Delivery, Entry, EntryKind, EntryState, Outbox
+from auditor.core.alerting.outbox import Delivery, Entry, EntryKind, EntryState
 
 METADATA_EVENT = "mesh_auditor_alert"
-Save = Callable[[Outbox], None]
 
 TRANSIENT = frozenset(
     {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
@@ -114,6 +112,9 @@ def _retry_after(response: Any) -> float:
 
 
 class SlackNotifier:
+    """The ``Notifier`` port on a bot token (``chat.postMessage``, ``chat.update``, and
+    ``conversations.history``/``replies`` to find an earlier attempt), in one ``channel``."""
+
     def __init__(self, client: WebClient, channel: str) -> None:
         self._client = client
         self._channel = channel
@@ -127,12 +128,6 @@ class SlackNotifier:
             return Delivery("sent", ts=self._send(entry, threads))
         except (SlackClientError, OSError) as error:
             return classify(error, entry)
-
-    def flush(self, outbox: Outbox, save: Save, now: Callable[[], float] = time.time) -> Outbox:
-        """Send every entry that is due, persisting after each step; failures are scheduled with
-        backoff and never hold back other incidents. For tests and one-shot use; the daemon paces
-        its own delivery loop with ``deliver``."""
-        return _flush(self, outbox, save, now, self._log)
 
     def _send(self, entry: Entry, threads: Mapping[str, str]) -> str:
         payload = dict(entry.payload)
@@ -173,35 +168,6 @@ class SlackNotifier:
         return None
 
 
-def log_delivery(log: Any, entry: Entry, delivery: Delivery, wait: float) -> None:
-    """One log line per failed or adopted attempt, naming Slack's error code."""
-    where = {"entry": entry.id, "kind": entry.kind.value, "slack_error": delivery.error or None}
-    if delivery.adopted:
-        log.info("slack message found already posted; adopted, not sent again", **where)
-    elif delivery.action == "retry" and delivery.config:
-        log.error("slack refuses the app's configuration; will retry", retry_in_s=wait, **where)
-    elif delivery.action == "retry":
-        log.warning("slack delivery failed; will retry", retry_in_s=wait, **where)
-    elif delivery.action == "repost":
-        log.warning("slack message to update or reply to is gone; posting a fresh one", **where)
-    elif delivery.action == "text_only":
-        log.warning("slack refused the message blocks; sending its text only", **where)
-    elif delivery.action == "drop":
-        log.error("slack rejected the message for good; dropped", **where)
-
-
-def _flush(notifier: Any, outbox: Outbox, save: Save, now: Callable[[], float], log: Any) -> Outbox:
-    while due := outbox.due(now()):
-        entry = due[0]
-        outbox = outbox.with_in_flight(entry.id)
-        save(outbox)
-        delivery = notifier.deliver(entry, outbox.threads)
-        outbox, wait = outbox.with_delivery(entry, delivery, now())
-        log_delivery(log, entry, delivery, wait)
-        save(outbox)
-    return outbox
-
-
 class WebhookNotifier:
     """Incoming-webhook delivery: new messages only (no update, no thread, no dedupe)."""
 
@@ -224,9 +190,6 @@ class WebhookNotifier:
         if code in CONFIGURATION or code in {"invalid_token", "no_service", "no_active_hooks", "channel_is_archived"}:
             return Delivery("retry", error=code, config=True)
         return Delivery("drop", error=code)
-
-    def flush(self, outbox: Outbox, save: Save, now: Callable[[], float] = time.time) -> Outbox:
-        return _flush(self, outbox, save, now, structlog.get_logger("auditor.slack"))
 
 
 def build_web_client(token: str, base_url: str | None = None, timeout: int = 10) -> WebClient:

@@ -19,6 +19,9 @@ _MAX_EXAMPLES = 4
 
 
 def check_intruders_refused(ctx: AuditContext, protected: ProtectedService, service: Service, route: Route) -> Finding:
+    """``principal-allowlist`` for identities outside the allow-list: would ztunnel and the waypoint,
+    as ``route`` reaches ``service``'s backends, refuse every caller the snapshot holds that is
+    not allowed? One finding; a route without backends is INCONCLUSIVE."""
     if not route.backends:
         return finding(
             INTRUDERS_REFUSED,
@@ -120,6 +123,8 @@ def _enforcement_evidence(route: Route) -> list[Evidence]:
 
 
 def check_allowed_admitted(ctx: AuditContext, protected: ProtectedService, service: Service, route: Route) -> Finding:
+    """``principal-allowlist`` for the allowed identities: is each one admitted on ``route`` (so a
+    denial proves the policy, not a broken path)? One finding."""
     if not route.backends:
         return finding(
             ALLOWED_ADMITTED,

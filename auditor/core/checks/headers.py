@@ -28,6 +28,8 @@ _MAX_EXAMPLES = 3
 
 
 def check_headers_enforced(ctx: AuditContext, protected: ProtectedService, service: Service, route: Route) -> Finding:
+    """``required-headers``: do the waypoint's policies refuse requests without each required header
+    (or with a wrong value) on ``route``? One finding; an unresolved header value is INCONCLUSIVE."""
     if not route.backends:
         return finding(
             HEADERS_ENFORCED,

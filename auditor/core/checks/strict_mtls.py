@@ -15,6 +15,7 @@ from auditor.core.snapshot import Service, Workload
 
 
 def check_captured(ctx: AuditContext, service: Service) -> Finding:
+    """``strict-mtls.captured``: is ``service``'s every pod in ambient (ztunnel) capture? One finding."""
     infra = _istio_own(service, ctx, CAPTURED)
     if infra:
         return infra
@@ -79,6 +80,8 @@ def _no_workloads(
 
 
 def check_peer_authentication(ctx: AuditContext, service: Service) -> Finding:
+    """``strict-mtls.peer-authentication``: does the effective PeerAuthentication (workload, namespace,
+    root namespace; port-level overrides) make ``service``'s ports refuse plaintext? One finding."""
     infra = _istio_own(service, ctx, PEER_AUTHENTICATION)
     if infra:
         return infra

@@ -16,6 +16,8 @@ from auditor.core.snapshot import Service
 
 
 def check_bound(ctx: AuditContext, protected: ProtectedService, service: Service) -> Finding:
+    """``waypoint-enrollment``: is ``service`` bound to the waypoint the posture names (Istio's
+    label precedence: Service, then namespace)? One finding."""
     binding = waypoint_binding(service, ctx.index)
     expected = f"{protected.waypoint_namespace}/{protected.waypoint.name if protected.waypoint else ''}"
     evidence = list(binding.evidence)
@@ -72,6 +74,8 @@ def check_bound(ctx: AuditContext, protected: ProtectedService, service: Service
 
 
 def check_gateway(ctx: AuditContext, protected: ProtectedService, service: Service) -> Finding:
+    """``waypoint-enrollment``: does the named waypoint exist as a ready Gateway of class
+    ``istio-waypoint`` that serves Service traffic? One finding."""
     waypoint = protected.waypoint
     assert waypoint is not None  # noqa: S101 - only called for protected services with a waypoint
     key = f"{protected.waypoint_namespace}/{waypoint.name}"

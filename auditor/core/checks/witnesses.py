@@ -222,11 +222,6 @@ def callers_as(ctx: AuditContext, principal: str) -> list[Caller]:
     return found
 
 
-def allowed_caller(ctx: AuditContext, principal: str) -> Caller:
-    """The first of ``callers_as``: kept for callers that test one path."""
-    return callers_as(ctx, principal)[0]
-
-
 def bypass_callers(ctx: AuditContext) -> list[Caller]:
     """Every client in the snapshot with an identity that does not always use a Service's waypoint
     (sidecar pods, Istio gateways): the callers a waypoint-only policy does not see (§9)."""

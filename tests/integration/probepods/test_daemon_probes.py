@@ -20,7 +20,7 @@ from auditor.adapters.k8s.state import ConfigMapStateStore
 from auditor.adapters.k8s.watcher import SnapshotWatcher, WatchTiming
 from auditor.adapters.rules.loader import load_rules
 from auditor.adapters.slack.notifier import SlackNotifier, build_web_client
-from auditor.daemon.main import _probe_cycle
+from auditor.app.daemon import _probe_cycle
 from auditor.daemon.metrics import DaemonMetrics
 from auditor.daemon.service import Daemon, DaemonConfig
 from auditor.settings import ProbeSettings, Settings

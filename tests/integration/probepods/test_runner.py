@@ -22,8 +22,8 @@ from auditor.adapters.probepods.kube import PodApi
 from auditor.adapters.probepods.podspec import PLAN_ENV, PodOptions, probe_pod
 from auditor.adapters.probepods.runner import PodProbeRunner, RunnerOptions
 from auditor.core.model import Status
-from auditor.core.probeplan import PlanOptions, RunPlan, plan_probes
-from auditor.core.probereport import BatchReport, RunReport
+from auditor.core.probing.probeplan import PlanOptions, RunPlan, plan_probes
+from auditor.core.probing.probereport import BatchReport, RunReport
 from probes.wire import Outcome
 from testrigs.devtools.controlplane import KubeAPI
 from testrigs.devtools.podexecutor import PodExecutor

@@ -7,8 +7,8 @@ from typing import Any
 
 from auditor.core.model import Evidence, Finding, Status
 from auditor.core.posture import Posture, PostureDocument, merge
-from auditor.core.probeplan import PlanOptions, RunPlan, plan_probes
-from auditor.core.probereport import BatchProblem, BatchReport, Observation, RunReport
+from auditor.core.probing.probeplan import PlanOptions, RunPlan, plan_probes
+from auditor.core.probing.probereport import BatchProblem, BatchReport, Observation, RunReport
 from auditor.core.snapshot import ObjectMeta, Service, ServicePort, Snapshot
 from probes.wire import Outcome
 

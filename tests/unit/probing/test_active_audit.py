@@ -9,8 +9,8 @@ import pytest
 from auditor.app import active_audit
 from auditor.cli import main
 from auditor.core.model import Method, Status
-from auditor.core.probeplan import PlanOptions, RunPlan
-from auditor.core.probereport import RunReport
+from auditor.core.probing.probeplan import PlanOptions, RunPlan
+from auditor.core.probing.probereport import RunReport
 from tests.cases import ROOT
 from tests.unit.probing.builders import (
     CATALOG,

@@ -29,7 +29,7 @@ from auditor.adapters.probepods.podspec import (
     spec_strings,
 )
 from auditor.adapters.probepods.runner import _refuse_secret_values as refuse_secret_values  # the guard itself
-from auditor.core.probeplan import NEAR_MISS_SUFFIX, PlanOptions, RunPlan, plan_probes
+from auditor.core.probing.probeplan import NEAR_MISS_SUFFIX, PlanOptions, RunPlan, plan_probes
 from probes.wire import PlanError, parse_plan, parse_result, with_header_values
 from tests.unit.probing.builders import CATALOG, RUN, TOKEN, catalog_rules, posture, snapshot
 

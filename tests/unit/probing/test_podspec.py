@@ -17,7 +17,7 @@ from auditor.adapters.probepods.podspec import (
     PodOptions,
     probe_pod,
 )
-from auditor.core.probeplan import ProbeBatch, Role
+from auditor.core.probing.probeplan import ProbeBatch, Role
 from probes.wire import Outcome, parse_result
 from tests.unit.probing.builders import RUN, catalog_rules, make_plan, posture
 

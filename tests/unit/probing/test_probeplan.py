@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from auditor.core.probeplan import NotPlanned, PlanOptions, Role, plan_probes, service_url
+from auditor.core.probing.probeplan import NotPlanned, PlanOptions, Role, plan_probes, service_url
 from probes.wire import Outcome
 from tests.unit.probing.builders import (
     CATALOG,

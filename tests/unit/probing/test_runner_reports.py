@@ -12,7 +12,7 @@ import pytest
 from auditor.adapters.probepods.kube import PodApi
 from auditor.adapters.probepods.runner import PodProbeRunner, RunnerOptions
 from auditor.core.model import Status
-from auditor.core.probereport import BatchReport
+from auditor.core.probing.probereport import BatchReport
 from tests.unit.probing.builders import RUN, catalog_rules, make_plan, posture
 
 OUTSIDE = "default/catalog:outside:plaintext"

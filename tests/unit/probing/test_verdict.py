@@ -14,8 +14,8 @@ from auditor.core.checks.catalog import (
     WAYPOINT_BOUND,
 )
 from auditor.core.model import Finding, Method, Status
-from auditor.core.probereport import BatchProblem, Observation, RunReport
-from auditor.core.verdict import probe_findings
+from auditor.core.probing.probereport import BatchProblem, Observation, RunReport
+from auditor.core.probing.verdict import probe_findings
 from probes.wire import Outcome
 from tests.unit.probing.builders import (
     ALLOWED,

@@ -24,12 +24,17 @@ from auditor.core.model import CheckMeta, Finding, Method, Status
 
 
 class Phase(StrEnum):
+    """An alert's phase: ``ok``, ``pending`` (failing, fewer times than ``fails_to_open``), ``firing``."""
+
     OK = "ok"
     PENDING = "pending"
     FIRING = "firing"
 
 
 class TransitionKind(StrEnum):
+    """What a transition tells Slack: opened, resolved, changed (still firing, new message or
+    evidence), degraded (could not evaluate), closed (its target or check is gone)."""
+
     OPENED = "opened"
     RESOLVED = "resolved"
     CHANGED = "changed"  # still firing, but the message or evidence changed
@@ -39,6 +44,9 @@ class TransitionKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class DriftPolicy:
+    """When an alert opens: ``fails_to_open`` consecutive FAILs per method; ``flap_threshold`` opens
+    within ``flap_window`` seconds mark it flapping."""
+
     fails_to_open: Mapping[Method, int] = field(default_factory=lambda: {Method.STATIC: 1, Method.PROBE: 2})
     flap_threshold: int = 3  # opens within the window that make an alert "flapping"
     flap_window: float = 3600.0  # seconds
@@ -47,6 +55,8 @@ class DriftPolicy:
 
 @dataclass(frozen=True, slots=True)
 class AlertState:
+    """One alert (a check on a target) across audits; times are epoch seconds."""
+
     fingerprint: str
     check: str
     target: str
@@ -69,6 +79,9 @@ class AlertState:
     def with_evaluation(
         self, finding: Finding, now: float, policy: DriftPolicy
     ) -> tuple[AlertState, Transition | None]:
+        """The state after one more finding for this alert (``now``: epoch seconds) and the transition
+        it caused, if any. ERROR, INCONCLUSIVE and SKIPPED neither open nor resolve an alert: the first
+        one is a ``degraded`` transition."""
         if finding.status in {Status.ERROR, Status.INCONCLUSIVE, Status.SKIPPED}:
             return self._degraded(finding, now)
         if finding.status is Status.FAIL:
@@ -130,6 +143,8 @@ class AlertState:
 
 @dataclass(frozen=True, slots=True)
 class Transition:
+    """A change of an alert worth telling (``kind``), with the state after it and the finding that caused it."""
+
     kind: TransitionKind
     state: AlertState
     finding: Finding
@@ -148,6 +163,8 @@ class DriftBook:
     def evaluate(
         self, findings: Iterable[Finding], now: float, policy: DriftPolicy
     ) -> tuple[DriftBook, tuple[Transition, ...]]:
+        """The next book and its transitions after one audit's ``findings`` (``now``: epoch seconds);
+        alerts of checks and targets not among ``findings`` are left as they are."""
         alerts = dict(self.alerts)
         transitions: list[Transition] = []
         for finding in findings:
@@ -200,6 +217,7 @@ class DriftBook:
         return tuple(a for a in self.alerts.values() if a.phase is Phase.FIRING)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored in the state ConfigMap (``version`` 1)."""
         return {
             "version": 1,
             "alerts": [_state_dict(a) for a in sorted(self.alerts.values(), key=lambda a: a.fingerprint)],
@@ -207,6 +225,7 @@ class DriftBook:
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> DriftBook:
+        """The inverse of ``to_dict``. Raises ``ValueError``/``KeyError``/``TypeError`` on another shape or version."""
         if data.get("version") != 1:
             raise ValueError(f"unknown drift state version {data.get('version')!r}")
         alerts = [_state_from(item) for item in data.get("alerts", [])]

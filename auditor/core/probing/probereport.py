@@ -44,6 +44,8 @@ class BatchProblem:
 
 @dataclass(frozen=True, slots=True)
 class BatchReport:
+    """One probe pod's result: ``observations`` by request id, or a ``problem`` and none."""
+
     batch: str
     pod: str  # "Pod <namespace>/<name>", or "(not created)"
     observations: Mapping[str, Observation] = field(default_factory=dict)
@@ -53,10 +55,13 @@ class BatchReport:
 
 @dataclass(frozen=True, slots=True)
 class RunReport:
+    """Every batch's result of one run (``run_id``), as the ``ProbeRunner`` port returns it."""
+
     run_id: str
     batches: tuple[BatchReport, ...]
 
     def batch(self, key: str) -> BatchReport | None:
+        """The report of batch ``key``; None when the runner returned none for it (not proven)."""
         return next((b for b in self.batches if b.batch == key), None)
 
 

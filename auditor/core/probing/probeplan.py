@@ -110,6 +110,7 @@ class ProbeBatch:
         return self.identity.key if not self.part else f"{self.identity.key}#{self.part}"
 
     def wire_plan(self, run_id: str, marker_header: str | None) -> ProbePlan:
+        """This batch as the probe pod reads it (``probes.wire.ProbePlan``)."""
         return ProbePlan(run_id=run_id, requests=tuple(r.wire for r in self.requests), marker_header=marker_header)
 
 
@@ -133,12 +134,15 @@ class RunPlan:
     marker_header: str | None = None
 
     def requests_for(self, target: str) -> tuple[PlannedRequest, ...]:
+        """Every planned request to ``target`` (``namespace/name``), across batches."""
         return tuple(r for b in self.batches for r in b.requests if r.target == target)
 
     def batch_of(self, request_id: str) -> ProbeBatch | None:
+        """The batch that holds the request of ``request_id``; None when no batch does."""
         return next((b for b in self.batches if any(r.id == request_id for r in b.requests)), None)
 
     def not_planned_for(self, target: str, role: Role) -> NotPlanned | None:
+        """Why ``target``'s request for ``role`` is not in the plan; None when it is planned."""
         return next((n for n in self.not_planned if n.target == target and n.role is role), None)
 
 

@@ -1,6 +1,9 @@
-"""``auditor daemon``'s composition root: settings in, a running daemon until SIGTERM.
+"""The composition root's daemon half (``auditor daemon``): settings in, a running daemon until SIGTERM.
 
-Everything is built here from ``Settings`` and injected; nothing else creates clients. Bad
+Every port of ``auditor.ports`` the daemon loop (``auditor.daemon.service``) needs is built here
+from ``Settings`` and injected, typed by its port; the probing helpers are the CLI's own
+(``auditor.app``), so ``auditor check --active`` and the daemon plan and judge probes alike.
+Nothing else creates clients. Bad
 rules at start exit 2; bad rules later (a ConfigMap edit) are logged and the daemon keeps
 auditing with its last good rules.
 """
@@ -12,14 +15,16 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import boto3
 import structlog
+from kubernetes.client import ApiClient
 from slack_sdk.webhook import WebhookClient
+from structlog.typing import FilteringBoundLogger
 
 from auditor.adapters.aws.archive import ArchiveOptions, S3Archive
 from auditor.adapters.aws.eks import AutoModeCheck
@@ -35,21 +40,21 @@ from auditor.adapters.kubeapi import build_api_client
 from auditor.adapters.probepods.kube import PodApi
 from auditor.adapters.probepods.runner import PodProbeRunner
 from auditor.adapters.rules.loader import load_rules, resolve_header_values
-from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client, log_delivery
+from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client
 from auditor.app import active_audit, plan_options, runner_options
-from auditor.core.drift import DriftPolicy
+from auditor.core.alerting.drift import DriftPolicy
+from auditor.core.alerting.outbox import Delivery, Entry
 from auditor.core.model import Finding, Method
-from auditor.core.outbox import Delivery, Entry
-from auditor.core.ports import ProbeRunner
 from auditor.core.posture import Posture
-from auditor.core.probeplan import RunPlan
-from auditor.core.probereport import RunReport
+from auditor.core.probing.probeplan import RunPlan
+from auditor.core.probing.probereport import RunReport
 from auditor.core.snapshot import Snapshot
 from auditor.daemon.health import HealthServer
 from auditor.daemon.metrics import DaemonMetrics
-from auditor.daemon.service import Daemon, DaemonConfig, Notifier, ProbeCycle, ReportSink
+from auditor.daemon.service import Daemon, DaemonConfig
 from auditor.daemon.sinks import AwsSink, CountingNotifier, DirectorySink, OnFailure, PolicyReportSink
 from auditor.errors import InputError
+from auditor.ports import ExtraFindings, Notifier, ProbeCycle, ProbeRunner, ReportSink
 from auditor.settings import AwsSettings, Settings, SlackSettings
 
 
@@ -91,7 +96,6 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
             probe_cycle=_probe_cycle(settings, api, halt, metrics) if cfg.probes_enabled else None,
             metrics=metrics,
             extra_findings=_auto_mode(settings.aws, api),
-            log_delivery=log_delivery,
             stopping=halt,
         )
         holder.append(daemon)
@@ -122,7 +126,7 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _reload_rules(
-    daemon: Daemon, paths: list[str], current: list[Posture], secrets: ClusterSecretReader, log: Any
+    daemon: Daemon, paths: list[str], current: list[Posture], secrets: ClusterSecretReader, log: FilteringBoundLogger
 ) -> None:
     """Re-read the rules; valid and changed ones replace ``current[0]``, invalid ones are refused."""
     try:
@@ -185,7 +189,9 @@ def _counted_notifier(notifier: Notifier, metrics: DaemonMetrics) -> Notifier:
     return notifier if isinstance(notifier, _Silent) else CountingNotifier(notifier, metrics.sink_write_failed)
 
 
-def _sinks(settings: Settings, api: Any, metrics_alerts: Any, on_failure: OnFailure) -> list[ReportSink]:
+def _sinks(
+    settings: Settings, api: ApiClient, metrics_alerts: Callable[[], int], on_failure: OnFailure
+) -> list[ReportSink]:
     sinks: list[ReportSink] = [DirectorySink(Path(settings.daemon.reports_dir))]
     if settings.daemon.policy_reports:
         sinks.append(PolicyReportSink(PolicyReportWriter(api), on_failure=on_failure))
@@ -195,11 +201,11 @@ def _sinks(settings: Settings, api: Any, metrics_alerts: Any, on_failure: OnFail
     return sinks
 
 
-def _aws_client(aws: AwsSettings, service: str) -> Any:
+def _aws_client(aws: AwsSettings, service: str) -> Any:  # boto3's clients are untyped (no stubs installed)
     return boto3.session.Session(region_name=aws.region).client(service, endpoint_url=aws.endpoint_url)
 
 
-def _aws_sink(aws: AwsSettings, alerts_open: Any, on_failure: OnFailure) -> AwsSink:
+def _aws_sink(aws: AwsSettings, alerts_open: Callable[[], int], on_failure: OnFailure) -> AwsSink:
     archive = hub = cloudwatch = None
     if (aws.s3_bucket or aws.security_hub) and not (aws.account_id and aws.region and aws.cluster_name):
         # Every evidence record names its cluster, account and region, so a fleet can share one
@@ -231,7 +237,7 @@ def _aws_sink(aws: AwsSettings, alerts_open: Any, on_failure: OnFailure) -> AwsS
     return AwsSink(archive=archive, hub=hub, metrics=cloudwatch, alerts_open=alerts_open, on_failure=on_failure)
 
 
-def _auto_mode(aws: AwsSettings, api: Any) -> Any:
+def _auto_mode(aws: AwsSettings, api: ApiClient) -> ExtraFindings:
     if not (aws.verify_auto_mode and aws.cluster_name):
         return tuple
     return AutoModeCheck(_aws_client(aws, "eks"), aws.cluster_name, lambda: read_node_pools(api))
@@ -249,7 +255,7 @@ class _CountedRunner:
         return report
 
 
-def _probe_cycle(settings: Settings, api: Any, halt: threading.Event, metrics: DaemonMetrics) -> ProbeCycle:
+def _probe_cycle(settings: Settings, api: ApiClient, halt: threading.Event, metrics: DaemonMetrics) -> ProbeCycle:
     runner = _CountedRunner(PodProbeRunner(PodApi(api), runner_options(settings.probes), stop=halt), metrics)
     options = plan_options(settings.probes)
 

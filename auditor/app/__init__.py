@@ -1,4 +1,10 @@
-"""The composition root: builds adapters from settings and arguments and runs the core.
+"""The composition root, one for every entry point: builds adapters from settings and arguments,
+injects them through the ports (``auditor.ports``) and runs the core.
+
+- this module: ``auditor check`` (offline and live, ``--active``), logging, and the probing
+  wiring both commands share (``active_audit``, ``plan_options``, ``runner_options``);
+- ``auditor.app.daemon``: ``auditor daemon`` (it loads the SDKs only the daemon needs, so the
+  CLI's start-up does not pay for them).
 
 Nothing else wires dependencies; no module creates clients at import time.
 """
@@ -21,13 +27,14 @@ from auditor.adapters.manifests.reader import read_manifests
 from auditor.adapters.rules.loader import load_rules, resolve_header_values, unresolved_sources
 from auditor.core.audit import run_static_audit
 from auditor.core.model import Finding
-from auditor.core.ports import ProbeRunner
 from auditor.core.posture import Posture
-from auditor.core.probeplan import PlanOptions, plan_probes
+from auditor.core.probing.probeplan import PlanOptions, plan_probes
+from auditor.core.probing.verdict import probe_findings
 from auditor.core.snapshot import Snapshot
-from auditor.core.verdict import probe_findings
 from auditor.errors import ClusterUnreachableError
+from auditor.ports import ProbeRunner
 from auditor.render.escape import visible
+from auditor.report import AuditReport
 from auditor.settings import ProbeSettings, Settings
 
 if TYPE_CHECKING:
@@ -104,9 +111,17 @@ def visible_log_strings(_logger: object, _method: str, event: structlog.types.Ev
 
 @dataclass(frozen=True, slots=True)
 class AuditResult:
+    """One ``auditor check``: its findings (sorted), the inputs they came from (shown in the JSON
+    summary) and the problems to print beside them (read errors, unresolved header values)."""
+
     findings: tuple[Finding, ...]
     inputs: dict[str, object]
     problems: tuple[str, ...] = ()
+
+    @property
+    def report(self) -> AuditReport:
+        """What the renderers take."""
+        return AuditReport(self.findings, self.inputs)
 
 
 def check_offline(

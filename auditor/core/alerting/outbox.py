@@ -33,6 +33,8 @@ Action = Literal["sent", "retry", "repost", "text_only", "drop"]
 
 
 class EntryKind(StrEnum):
+    """What sending an entry does in Slack."""
+
     POST = "post"  # a new alert message (anchors a thread)
     UPDATE = "update"  # re-render the alert message in place (chat.update)
     REPLY = "reply"  # a reply in the alert's thread
@@ -40,6 +42,8 @@ class EntryKind(StrEnum):
 
 
 class EntryState(StrEnum):
+    """Where an entry is in its delivery."""
+
     PENDING = "pending"
     IN_FLIGHT = "in-flight"  # may have reached Slack: look it up before sending again
     SENT = "sent"
@@ -53,6 +57,9 @@ _DROP_ORDER = (EntryKind.UPDATE, EntryKind.REPLY, EntryKind.DIGEST, EntryKind.PO
 
 @dataclass(frozen=True, slots=True)
 class Entry:
+    """One message to deliver: ``payload`` is the renderer's dict (``text``, ``blocks``);
+    ``not_before`` is epoch seconds."""
+
     id: str  # deterministic: incident + transition time + kind, so a replay enqueues the same id
     fingerprint: str  # the incident key: entries of one incident go out in order, in one thread
     kind: EntryKind
@@ -93,6 +100,9 @@ def backoff_s(attempts: int, *, base: float = 1.0, cap: float = 300.0) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Outbox:
+    """The entries in enqueue order, each incident's thread ``ts`` and its aliases; immutable (every
+    ``with_*`` returns a new outbox). Stored as ``to_dict`` (version 2)."""
+
     entries: tuple[Entry, ...] = ()
     threads: Mapping[str, str] = field(default_factory=dict)  # incident key -> ts of its alert message
     # incident key -> the key of the thread it is followed up in (a digest's), when it has none
@@ -105,6 +115,7 @@ class Outbox:
         return replace(self, aliases={**self.aliases, **aliases})
 
     def with_enqueued(self, entry: Entry, max_unsent: int | None = None) -> Outbox:
+        """Add ``entry`` unless an entry of its id is known (idempotent); bounded by ``max_unsent``."""
         if any(e.id == entry.id for e in self.entries):
             return self  # enqueueing is idempotent: a replayed transition is not sent twice
         outbox = replace(self, entries=(*self.entries, entry))
@@ -143,9 +154,11 @@ class Outbox:
         return tuple(e for e in heads.values() if e.not_before <= now)
 
     def with_in_flight(self, entry_id: str) -> Outbox:
+        """Mark the entry as being sent (stored before the attempt: a crash then looks it up in Slack)."""
         return self._update(entry_id, lambda e: replace(e, state=EntryState.IN_FLIGHT, attempts=e.attempts + 1))
 
     def with_sent(self, entry_id: str, ts: str) -> Outbox:
+        """Mark the entry sent as Slack's message ``ts``; a post anchors its incident's thread."""
         outbox = self._update(entry_id, lambda e: replace(e, state=EntryState.SENT, ts=ts, error=None))
         sent = next(e for e in outbox.entries if e.id == entry_id)
         if sent.kind in {EntryKind.POST, EntryKind.DIGEST}:
@@ -173,6 +186,7 @@ class Outbox:
         )
 
     def with_dropped(self, entry_id: str, error: str) -> Outbox:
+        """Give the entry up for good, with the reason (Slack's error code or ``outbox-full``)."""
         return self._update(entry_id, lambda e: replace(e, state=EntryState.DROPPED, payload={}, error=error))
 
     def with_delivery(self, entry: Entry, delivery: Delivery, now: float) -> tuple[Outbox, float]:

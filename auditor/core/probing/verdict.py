@@ -34,8 +34,8 @@ from auditor.core.checks.catalog import (
 )
 from auditor.core.model import CheckMeta, Evidence, Finding, Method, Status
 from auditor.core.posture import ProtectedService
-from auditor.core.probeplan import NEAR_MISS, PLAINTEXT, WITH_HEADERS, WITHOUT, PlannedRequest, Role, RunPlan
-from auditor.core.probereport import Observation, RunReport
+from auditor.core.probing.probeplan import NEAR_MISS, PLAINTEXT, WITH_HEADERS, WITHOUT, PlannedRequest, Role, RunPlan
+from auditor.core.probing.probereport import Observation, RunReport
 from probes.wire import Outcome
 
 WAYPOINT_SERVER = "istio-envoy"
@@ -182,6 +182,8 @@ def control_of(view: TargetView) -> Control:
 
 
 def strict_mtls_verdict(view: TargetView) -> Finding:
+    """``strict-mtls`` from traffic: FAIL when a plaintext request from outside the mesh was
+    answered, PASS when ztunnel refused it, INCONCLUSIVE otherwise (not observed, wrong kind)."""
     seen = view.seen(Role.OUTSIDE, PLAINTEXT)
     observation = seen.observation
     if observation is None:
@@ -203,6 +205,8 @@ def _plaintext_answered(observation: Observation) -> bool:
 
 
 def allowlist_verdict(view: TargetView) -> Finding:
+    """``principal-allowlist`` from traffic: FAIL when the intruder got through or the allowed
+    identity was refused; PASS only when the intruder was refused and the control request succeeded."""
     seen = view.seen(Role.INTRUDER, WITH_HEADERS)
     control = control_of(view)
     observation = seen.observation
@@ -221,6 +225,9 @@ def allowlist_verdict(view: TargetView) -> Finding:
 
 
 def headers_verdict(view: TargetView) -> Finding:
+    """``required-headers`` from traffic: FAIL when a request without a required header (or with a
+    near-miss value) got through; PASS only when every such request got the waypoint's 403 and
+    the control request succeeded."""
     names = [h.name for h in view.protected.required_headers]
     seens = [view.seen(Role.CONTROL, f"{WITHOUT}{name}") for name in names]
     # A plan made before near misses existed has none: only the planned ones are awaited.
@@ -242,6 +249,8 @@ def headers_verdict(view: TargetView) -> Finding:
 
 
 def waypoint_verdict(view: TargetView) -> Finding:
+    """``waypoint-enrollment`` from traffic: the control request's response must show the waypoint
+    hop; anything else is INCONCLUSIVE or FAIL, never a pass."""
     control = control_of(view)
     seen, observation = control.seen, control.seen.observation
     if observation is None:

@@ -1,0 +1,2 @@
+"""Alerting: drift state per finding and its transitions (``drift``), and the Slack outbox that
+delivers them exactly once, in order per incident (``outbox``)."""
