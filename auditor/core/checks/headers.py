@@ -8,6 +8,7 @@ method, path and port the policies single out. Only a waypoint sees headers (§4
 from __future__ import annotations
 
 from auditor.core.authz import Caller
+from auditor.core.checks import fixes
 from auditor.core.checks.catalog import HEADERS_ENFORCED
 from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.reach import Reach, Route, probe_request, reach, ztunnel_translation_notes
@@ -50,10 +51,13 @@ def check_headers_enforced(ctx: AuditContext, protected: ProtectedService, servi
             "requests carrying the required headers are refused too, so the header is not what the policy checks: "
             + " | ".join(control[:_MAX_EXAMPLES])
         )
-        return finding(HEADERS_ENFORCED, service, Status.FAIL, message, evidence)
-    admitted, unclear = _headerless_admitted(ctx, protected, service, route, headers)
+        fix = fixes.policy_fix(ctx, protected, service, route, waypoint=True, ztunnel=False)
+        return finding(HEADERS_ENFORCED, service, Status.FAIL, message, evidence, fix=fix)
+    admitted, unclear, bypass = _headerless_admitted(ctx, protected, service, route, headers)
     if admitted:
-        return finding(HEADERS_ENFORCED, service, Status.FAIL, " | ".join(admitted[:_MAX_EXAMPLES]), evidence)
+        fix = fixes.policy_fix(ctx, protected, service, route, waypoint=True, ztunnel=bypass)
+        message = " | ".join(admitted[:_MAX_EXAMPLES])
+        return finding(HEADERS_ENFORCED, service, Status.FAIL, message, evidence, fix=fix)
     if unclear:
         return finding(
             HEADERS_ENFORCED,
@@ -65,13 +69,15 @@ def check_headers_enforced(ctx: AuditContext, protected: ProtectedService, servi
     names = ", ".join(h.name for h in protected.required_headers)
     gateway = route.waypoint.gateway
     where = gateway.meta.key if gateway else "?"
-    return finding(
-        HEADERS_ENFORCED,
-        service,
-        Status.PASS,
-        f"waypoint {where} refuses requests without the required value of {names}",
-        evidence,
+    message = (
+        f"config: waypoint {where} admits the allowed identities with the required value of {names} and refuses "
+        "them without it or with a wrong one (near misses and every value a condition names), on the probe "
+        "request and the methods, paths and ports the policies name; such requests from the snapshot's sidecar "
+        "and gateway clients are refused too"
     )
+    if not any(b.ztunnel.policies for b in route.backends):
+        message += "; a request to a pod IP skips the waypoint, so no header is checked on it (§4.6)"
+    return finding(HEADERS_ENFORCED, service, Status.PASS, message, evidence)
 
 
 def _control_failures(
@@ -97,11 +103,13 @@ def _headerless_admitted(
     service: Service,
     route: Route,
     headers: dict[str, str],
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], bool]:
     """Requests without a required value that get through: from every kind of client an allowed
-    identity runs as, and from every client in the snapshot that skips the waypoint (§9)."""
+    identity runs as, and from every client in the snapshot that skips the waypoint (§9); and
+    whether one that got through skipped the waypoint."""
     admitted: list[str] = []
     unclear: list[str] = []
+    bypass = False
     allowed = [c for p in protected.allowed_principals for c in callers_as(ctx, p)]
     callers = list(dict.fromkeys([*allowed, *bypass_callers(ctx)]))
     for caller in callers:
@@ -109,6 +117,7 @@ def _headerless_admitted(
             for request in request_variants(ctx, protected, service, route, variant):
                 for item in reach(ctx, route, caller, request):
                     if item.allowed is True:
+                        bypass = bypass or item.skipped_waypoint
                         admitted.append(
                             f"{caller.describe()} gets through {label} ({request.method} {request.path}): "
                             + _diagnose(item, name, caller)
@@ -116,8 +125,8 @@ def _headerless_admitted(
                     elif item.allowed is None:
                         unclear.append(f"{caller.describe()} {label}: {item.explain()}")
                 if admitted:
-                    return admitted, unclear
-    return admitted, unclear
+                    return admitted, unclear, bypass
+    return admitted, unclear, bypass
 
 
 def _degraded(route: Route, headers: dict[str, str]) -> list[tuple[str, str, dict[str, str]]]:

@@ -1,0 +1,700 @@
+"""Each finding's own fix: the objects that decided it, changed so the promise holds.
+
+A fix is filled in from the snapshot, never a template: the real names, namespaces, labels,
+selectors and principals, and the rules' allow-list and header names. It never repeats YAML the
+input already holds: every document either changes an object the input has (a PeerAuthentication
+set to STRICT under its own name, an AuthorizationPolicy cut down to the rules' allow-list, a label
+on the Deployment's pod template) or creates one it lacks; a document equal to the input's object
+is dropped, and a fix left with none says why instead.
+
+Istio objects (PeerAuthentication, AuthorizationPolicy) are written whole, for ``kubectl apply``:
+the snapshot's model holds every field Istio reads from them. Workloads, Services, Namespaces and
+existing Gateways are patches that name the object and carry only the change (the model does not
+hold the rest of them). Header values are never written into a fix, as into any finding: a
+required value is ``${VARIABLE}`` for ``envsubst``, and the note says where its value comes from
+(the rules' ``fromEnv`` variable, Secret or literal).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from auditor.core.authz import at_waypoint
+from auditor.core.checks.context import AuditContext
+from auditor.core.checks.reach import Route
+from auditor.core.mesh import (
+    BYPASS_INBOUND,
+    DATAPLANE_MODE,
+    HBONE_PORT,
+    USE_WAYPOINT,
+    USE_WAYPOINT_NAMESPACE,
+    WAYPOINT_CLASS,
+    WAYPOINT_FOR,
+    Capture,
+    CaptureState,
+    MtlsDecision,
+)
+from auditor.core.model import Fix, FixDocument
+from auditor.core.posture import ProtectedService
+from auditor.core.snapshot import (
+    AuthorizationPolicy,
+    AuthzCondition,
+    AuthzOperation,
+    AuthzRule,
+    AuthzSource,
+    Gateway,
+    ObjectMeta,
+    PeerAuthentication,
+    Service,
+    Workload,
+)
+
+SECURITY = "security.istio.io/v1"
+GATEWAY_API = "gateway.networking.k8s.io/v1"
+INJECT = "sidecar.istio.io/inject"
+_API_VERSIONS = {
+    "Pod": "v1",
+    "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "DaemonSet": "apps/v1",
+    "ReplicaSet": "apps/v1",
+    "Job": "batch/v1",
+    "CronJob": "batch/v1",
+}
+# Where each kind keeps its pod template (a Pod is its own).
+_TEMPLATE_PATH = {"Pod": (), "CronJob": ("spec", "jobTemplate", "spec", "template")}
+_NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
+
+
+def none(reason: str) -> Fix:
+    """No YAML fix, and why."""
+    return Fix(note=f"No YAML fix: {reason}")
+
+
+# --- strict-mtls.captured ------------------------------------------------------------------------
+
+
+def capture_fix(ctx: AuditContext, captures: Sequence[tuple[Workload, Capture]]) -> Fix:
+    """Patches that enrol each workload ztunnel does not capture (semantics §2)."""
+    patches: dict[tuple[str, str, str], dict[str, Any]] = {}
+    unfixable: list[str] = []
+    for workload, capture in captures:
+        if capture.state is not CaptureState.NOT_CAPTURED:
+            continue
+        fields = {ev.field for ev in capture.evidence}
+        owner = controller_of(workload, ctx)
+        labels: dict[str, Any] = {}
+        annotations: dict[str, Any] = {}
+        spec: dict[str, Any] = {}
+        if "spec.hostNetwork" in fields:
+            spec["hostNetwork"] = False
+        if "spec.containers[].name" in fields:
+            spec["containers"] = [{"name": "istio-proxy", "$patch": "delete"}]
+        if fields & {"annotations.sidecar.istio.io/status", f"labels.{INJECT}", "labels.istio-injection"}:
+            labels[INJECT] = "false"
+        if f"annotations.{BYPASS_INBOUND}" in fields:
+            annotations[BYPASS_INBOUND] = None
+        if f"pod labels.{DATAPLANE_MODE}" in fields:
+            labels[DATAPLANE_MODE] = "ambient"
+        elif f"labels.{DATAPLANE_MODE}" in fields and not (labels or annotations or spec):
+            namespace = workload.meta.namespace
+            patches[("v1", "Namespace", namespace)] = _merge(
+                patches.get(("v1", "Namespace", namespace), {}),
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": namespace, "labels": {DATAPLANE_MODE: "ambient"}},
+                },
+            )
+            continue
+        if (labels or spec) and not _enrolled(owner, ctx):
+            labels.setdefault(DATAPLANE_MODE, "ambient")
+        if not (labels or annotations or spec):
+            unfixable.append(f"{workload.meta.ref}: {capture.reason}")
+            continue
+        body = pod_template_patch(owner, labels=labels, annotations=annotations, spec=spec)
+        key = (str(body["apiVersion"]), owner.meta.kind, owner.meta.key)
+        patches[key] = _merge(patches.get(key, {}), body)
+    documents = tuple(FixDocument(body, patch=True) for body in patches.values())
+    if not documents:
+        return none(
+            "the labels already enrol the workload; "
+            + "; ".join(unfixable)
+            + " (restart the pod and check istio-cni on its node)"
+        )
+    note = "Patch the pod template (the pods are recreated on rollout) or the namespace so ztunnel captures them"
+    if unfixable:
+        note += "; not fixable in YAML: " + "; ".join(unfixable)
+    return Fix(documents, note + ".")
+
+
+def _enrolled(workload: Workload, ctx: AuditContext) -> bool:
+    if workload.pod_labels.get(DATAPLANE_MODE) == "ambient":
+        return True
+    return ctx.index.namespace_labels(workload.meta.namespace).get(DATAPLANE_MODE) == "ambient"
+
+
+def controller_of(workload: Workload, ctx: AuditContext) -> Workload:
+    """A Pod's controller when the snapshot holds exactly one whose template the Pod was made from
+    (same namespace and account, template labels a subset of the Pod's); else the Pod itself."""
+    if not workload.is_pod:
+        return workload
+    found = [
+        w
+        for w in ctx.index.snapshot.workloads
+        if not w.is_pod
+        and w.meta.kind != "ReplicaSet"
+        and w.meta.namespace == workload.meta.namespace
+        and w.service_account == workload.service_account
+        and w.pod_labels
+        and all(workload.pod_labels.get(k) == v for k, v in w.pod_labels.items())
+    ]
+    return found[0] if len(found) == 1 else workload
+
+
+def pod_template_patch(
+    workload: Workload,
+    *,
+    labels: Mapping[str, Any] | None = None,
+    annotations: Mapping[str, Any] | None = None,
+    spec: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A strategic merge patch of the workload's pod template (a Pod's own metadata and spec)."""
+    kind = workload.meta.kind
+    template: dict[str, Any] = {}
+    metadata: dict[str, Any] = {}
+    if labels:
+        metadata["labels"] = dict(labels)
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    if metadata:
+        template["metadata"] = metadata
+    if spec:
+        template["spec"] = dict(spec)
+    body: dict[str, Any] = {"apiVersion": _API_VERSIONS.get(kind, "apps/v1"), "kind": kind}
+    path = _TEMPLATE_PATH.get(kind, ("spec", "template"))
+    nested: dict[str, Any] = template
+    for key in reversed(path):
+        nested = {key: nested}
+    body["metadata"] = {"name": workload.meta.name, "namespace": workload.meta.namespace}
+    if kind == "Pod":
+        body["metadata"] = {**body["metadata"], **template.get("metadata", {})}
+        if "spec" in template:
+            body["spec"] = template["spec"]
+    else:
+        body.update(nested)
+    return body
+
+
+# --- strict-mtls.peer-authentication -------------------------------------------------------------
+
+
+def mtls_fix(ctx: AuditContext, failing: Sequence[tuple[Workload, int, MtlsDecision]]) -> Fix:
+    """The PeerAuthentication that decided each plaintext-accepting port, set to STRICT (§3).
+
+    The deciding policy is the most specific one that set the mode (a port-level entry of the
+    workload policy beats its mode); with none, the mesh-wide policy of the root namespace.
+    """
+    changed: dict[str, PeerAuthentication] = {}
+    modes: dict[str, tuple[str | None, dict[int, str | None]]] = {}
+    created = False
+    for _workload, port, decision in failing:
+        found = _decider(ctx, decision)
+        if found is None:
+            root = _root_policy(ctx)
+            if root is None:
+                created = True
+                continue
+            decider, field = root, "spec.mtls.mode"
+        else:
+            decider, field = found
+        key = decider.meta.ref
+        changed[key] = decider
+        mode, ports = modes.get(key, (decider.mode, dict(decider.port_level)))
+        if field.startswith("spec.portLevelMtls."):
+            ports[port] = "STRICT"
+        else:
+            mode = "STRICT"
+        modes[key] = (mode, ports)
+    documents = [FixDocument(_peer_authentication(p, *modes[key])) for key, p in changed.items()]
+    if created:
+        name = _free_name(ctx, "PeerAuthentication", ctx.root_namespace, "default")
+        meta = ObjectMeta("PeerAuthentication", name, ctx.root_namespace)
+        documents.append(FixDocument(_peer_authentication(PeerAuthentication(meta, None, None), "STRICT", {})))
+    names = ", ".join(f"{p.meta.namespace}/{p.meta.name}" for p in changed.values())
+    note = f"Apply (kubectl apply -f): {names or 'a mesh-wide policy'} with mode STRICT where it accepted plaintext"
+    if created:
+        note += (
+            f"{'; plus ' if names else ''} the mesh-wide STRICT policy in {ctx.root_namespace}, which the input lacks"
+        )
+    return Fix(tuple(documents), note + ".")
+
+
+def _decider(ctx: AuditContext, decision: MtlsDecision) -> tuple[PeerAuthentication, str] | None:
+    for evidence in reversed(decision.evidence):
+        if evidence.field == "spec.mtls.mode" or evidence.field.startswith("spec.portLevelMtls."):
+            policy = _peer_auth(ctx, evidence.object)
+            if policy is not None:
+                return policy, evidence.field
+    return None
+
+
+def _peer_auth(ctx: AuditContext, ref: str) -> PeerAuthentication | None:
+    for namespace_policies in ctx.index.peer_auth_by_ns.values():
+        for policy in namespace_policies:
+            if policy.meta.ref == ref:
+                return policy
+    return None
+
+
+def _root_policy(ctx: AuditContext) -> PeerAuthentication | None:
+    policies = sorted(
+        ctx.index.peer_auth_wide.get(ctx.root_namespace, []),
+        key=lambda p: (p.meta.creation_timestamp or "", p.meta.name),
+    )
+    return policies[0] if policies else None
+
+
+def _peer_authentication(
+    policy: PeerAuthentication, mode: str | None, ports: Mapping[int, str | None]
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if policy.selector:
+        spec["selector"] = {"matchLabels": dict(policy.selector)}
+    if mode is not None:
+        spec["mtls"] = {"mode": mode}
+    if ports:
+        spec["portLevelMtls"] = {port: {"mode": value or "UNSET"} for port, value in sorted(ports.items())}
+    return {"apiVersion": SECURITY, "kind": "PeerAuthentication", "metadata": _metadata(policy.meta), "spec": spec}
+
+
+# --- waypoint-enrollment -------------------------------------------------------------------------
+
+
+def bound_fix(ctx: AuditContext, protected: ProtectedService, service: Service) -> Fix:
+    """The Service labelled for the rules' waypoint (the object label beats the namespace's, §2)."""
+    waypoint = protected.waypoint
+    if waypoint is None:
+        return none("the rules name no waypoint for this Service")
+    wanted_ns = protected.waypoint_namespace or service.meta.namespace
+    own = service.meta.labels
+    labels: dict[str, Any] = {}
+    if own.get(USE_WAYPOINT) != waypoint.name:
+        labels[USE_WAYPOINT] = waypoint.name
+    if wanted_ns != service.meta.namespace:
+        if own.get(USE_WAYPOINT_NAMESPACE) != wanted_ns:
+            labels[USE_WAYPOINT_NAMESPACE] = wanted_ns
+    elif own.get(USE_WAYPOINT_NAMESPACE, wanted_ns) != wanted_ns:
+        labels[USE_WAYPOINT_NAMESPACE] = None
+    if not labels:
+        return none(
+            f"the labels already name {wanted_ns}/{waypoint.name}; Istio's status says why it is not bound "
+            "(see the evidence, and waypoint-enrollment.gateway)"
+        )
+    body = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": service.meta.name, "namespace": service.meta.namespace, "labels": labels},
+    }
+    note = (
+        f"Patch (kubectl patch service {service.meta.name} -n {service.meta.namespace} --type strategic "
+        f"--patch-file FILE): label the Service for waypoint {wanted_ns}/{waypoint.name}."
+    )
+    return Fix((FixDocument(body, patch=True),), note)
+
+
+def gateway_fix(ctx: AuditContext, protected: ProtectedService, service: Service) -> Fix:
+    """The waypoint Gateway the rules name: created when missing, else patched into a valid one."""
+    waypoint = protected.waypoint
+    if waypoint is None:
+        return none("the rules name no waypoint for this Service")
+    namespace = protected.waypoint_namespace or service.meta.namespace
+    gateway = ctx.index.gateways.get(f"{namespace}/{waypoint.name}")
+    cross = namespace != service.meta.namespace
+    if gateway is None:
+        body = _gateway(ObjectMeta("Gateway", waypoint.name, namespace), "mesh", cross_namespace=cross)
+        note = f"Apply (kubectl apply -f): the waypoint Gateway {namespace}/{waypoint.name}, which the input lacks."
+        return Fix((FixDocument(body),), note)
+    listener = next((lst.name for lst in gateway.listeners if lst.port == HBONE_PORT), "") or "mesh"
+    keep_all = any(lst.allowed_routes_from == "All" for lst in gateway.listeners)
+    wanted = _gateway(gateway.meta, listener, cross_namespace=cross or keep_all)
+    current = _gateway_as_is(gateway)
+    patch = _difference(current, wanted)
+    if not patch:
+        return none(
+            f"Gateway {gateway.meta.key}'s spec is already a valid waypoint; its status (not Programmed, no address) "
+            "is the controller's: check istiod and the waypoint's Deployment"
+        )
+    patch = {"apiVersion": GATEWAY_API, "kind": "Gateway", "metadata": {"name": gateway.meta.name}, **patch}
+    patch["metadata"] = {**patch["metadata"], "name": gateway.meta.name, "namespace": gateway.meta.namespace}
+    note = (
+        f"Patch (kubectl patch gateway {gateway.meta.name} -n {gateway.meta.namespace} --type merge "
+        "--patch-file FILE): a merge patch replaces the listeners with the single HBONE listener a waypoint has."
+    )
+    return Fix((FixDocument(patch, patch=True),), note)
+
+
+def _gateway(meta: ObjectMeta, listener: str, *, cross_namespace: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": listener, "port": HBONE_PORT, "protocol": "HBONE"}
+    if cross_namespace:
+        entry["allowedRoutes"] = {"namespaces": {"from": "All"}}
+    labels = dict(meta.labels)
+    if labels.get(WAYPOINT_FOR) not in {"service", "all"}:
+        labels[WAYPOINT_FOR] = "service"
+    metadata = _metadata(meta)
+    metadata["labels"] = labels
+    return {
+        "apiVersion": GATEWAY_API,
+        "kind": "Gateway",
+        "metadata": metadata,
+        "spec": {"gatewayClassName": WAYPOINT_CLASS, "listeners": [entry]},
+    }
+
+
+def _gateway_as_is(gateway: Gateway) -> dict[str, Any]:
+    listeners = []
+    for lst in gateway.listeners:
+        entry: dict[str, Any] = {"name": lst.name, "port": lst.port, "protocol": lst.protocol}
+        if lst.allowed_routes_from != "Same":
+            entry["allowedRoutes"] = {"namespaces": {"from": lst.allowed_routes_from}}
+        listeners.append(entry)
+    return {
+        "apiVersion": GATEWAY_API,
+        "kind": "Gateway",
+        "metadata": _metadata(gateway.meta),
+        "spec": {"gatewayClassName": gateway.class_name, "listeners": listeners},
+    }
+
+
+def _difference(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that turns ``current`` into ``wanted`` for the keys ``wanted`` sets."""
+    patch: dict[str, Any] = {}
+    for key, value in wanted.items():
+        old = current.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            inner = _difference(old, value)
+            if inner:
+                patch[key] = inner
+        elif value != old:
+            patch[key] = value
+    return patch
+
+
+# --- principal-allowlist, required-headers ------------------------------------------------------
+
+
+def policy_fix(
+    ctx: AuditContext,
+    protected: ProtectedService,
+    service: Service,
+    route: Route,
+    *,
+    waypoint: bool,
+    ztunnel: bool,
+    uncaptured: Iterable[tuple[Workload, Capture]] = (),
+) -> Fix:
+    """The AuthorizationPolicies that enforce the rules on this Service's path (§4.1-§4.6).
+
+    At the waypoint (``waypoint``, when the rules name one): every ALLOW policy that applies there
+    keeps its operations, and its sources become exactly the rules' allowed principals, its header
+    conditions exactly the required values; with none, one is created (targetRefs: the Service).
+    At ztunnel (``ztunnel``): ALLOW policies on the pods admit only the waypoint's identity (or,
+    with no waypoint in the rules, the allowed principals), L4 attributes only (ztunnel sees no
+    HTTP); with none, one is created (selector: the Service's). A waypoint the Service does not
+    use yet is fixed first (label, Gateway), and pods ztunnel does not capture are enrolled.
+    """
+    documents: list[FixDocument] = []
+    notes: list[str] = []
+    uses_waypoint = protected.waypoint is not None
+    if waypoint and uses_waypoint and route.waypoint.gateway is None:
+        for extra in (bound_fix(ctx, protected, service), gateway_fix(ctx, protected, service)):
+            documents += extra.documents
+            notes += [extra.note] if extra.documents else []
+    if waypoint and uses_waypoint:
+        documents += _waypoint_policies(ctx, protected, service)
+    if ztunnel:
+        documents += _ztunnel_policies(ctx, protected, service, route)
+    captures = list(uncaptured)
+    if captures:
+        extra = capture_fix(ctx, captures)
+        documents += extra.documents
+        notes += [extra.note] if extra.documents else []
+    if not documents:
+        if (waypoint or protected.required_headers) and not uses_waypoint:
+            return none(
+                "the rules name no waypoint for this Service, and only a waypoint enforces L7 conditions "
+                "(add protectedServices[].waypoint to the rules)"
+            )
+        return none(
+            "the ALLOW policies on the path already hold the rules' allow-list and header values; a DENY or "
+            "CUSTOM policy, or an operation (port, path, method) of the policy, decides it: see the evidence"
+        )
+    applied = [d for d in documents if not d.patch]
+    if applied:
+        names = ", ".join(f"{d.body['metadata']['namespace']}/{d.body['metadata']['name']}" for d in applied)
+        notes.insert(
+            0,
+            f"Apply (kubectl apply -f) AuthorizationPolicy {names}: sources cut to the rules' allow-list, "
+            "required header values exact, operations kept",
+        )
+    notes += _header_notes(protected, documents)
+    return Fix(tuple(_unique_documents(documents)), "; ".join(notes) + ".")
+
+
+def _waypoint_policies(ctx: AuditContext, protected: ProtectedService, service: Service) -> list[FixDocument]:
+    assert protected.waypoint is not None  # noqa: S101 - callers check it
+    namespace = protected.waypoint_namespace or service.meta.namespace
+    applicable = at_waypoint(service, namespace, protected.waypoint.name, ctx.index, ctx.root_namespace)
+    allows = [p for p in applicable.policies if p.action == "ALLOW" and p.rules]
+    principals = list(protected.allowed_principals)
+    when = _header_conditions(protected)
+    if not allows:
+        name = _free_name(ctx, "AuthorizationPolicy", service.meta.namespace, service.meta.name)
+        rule: dict[str, Any] = {"from": [{"source": {"principals": principals}}]}
+        if when:
+            rule["when"] = when
+        body = {
+            "apiVersion": SECURITY,
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": service.meta.namespace},
+            "spec": {
+                "targetRefs": [{"kind": "Service", "group": "", "name": service.meta.name}],
+                "action": "ALLOW",
+                "rules": [rule],
+            },
+        }
+        return [FixDocument(body)]
+    headers = {h.name for h in protected.required_headers}
+    documents = []
+    for policy in allows:
+        rules = [_tightened(rule, principals, when, headers, l4_only=False) for rule in policy.rules]
+        documents += _if_changed(policy, rules)
+    return documents
+
+
+def _ztunnel_policies(
+    ctx: AuditContext, protected: ProtectedService, service: Service, route: Route
+) -> list[FixDocument]:
+    if protected.waypoint is not None:
+        namespace, name = protected.waypoint_namespace, protected.waypoint.name
+        principals = [f"{ctx.trust_domain}/ns/{namespace}/sa/{name}"]
+    else:
+        principals = list(protected.allowed_principals)
+    seen: dict[str, AuthorizationPolicy] = {}
+    for backend in route.backends:
+        for policy in backend.ztunnel.policies:
+            if policy.action == "ALLOW" and policy.rules:
+                seen.setdefault(policy.meta.ref, policy)
+    if not seen:
+        if not service.selector:
+            return []
+        suffix = "-from-waypoint" if protected.waypoint is not None else ""
+        name = _free_name(ctx, "AuthorizationPolicy", service.meta.namespace, service.meta.name + suffix)
+        body = {
+            "apiVersion": SECURITY,
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": service.meta.namespace},
+            "spec": {
+                "selector": {"matchLabels": dict(service.selector)},
+                "action": "ALLOW",
+                "rules": [{"from": [{"source": {"principals": principals}}]}],
+            },
+        }
+        return [FixDocument(body)]
+    documents = []
+    for policy in seen.values():
+        rules = [_tightened(rule, principals, [], set(), l4_only=True) for rule in policy.rules]
+        documents += _if_changed(policy, rules)
+    return documents
+
+
+def _tightened(
+    rule: AuthzRule, principals: list[str], when: list[dict[str, Any]], headers: set[str], *, l4_only: bool
+) -> dict[str, Any]:
+    """The rule with exactly these principals as its source and these header conditions; the
+    operations and other conditions kept (HTTP ones dropped where ztunnel enforces it)."""
+    out: dict[str, Any] = {"from": [{"source": {"principals": principals}}]}
+    operations = [_operation(op, l4_only=l4_only) for op in rule.operations]
+    operations = [op for op in operations if op]
+    if operations:
+        out["to"] = [{"operation": op} for op in operations]
+    kept = [
+        _condition(c)
+        for c in rule.conditions
+        if not c.key.startswith("source.")
+        and _header(c.key) not in headers
+        and not (l4_only and c.key.startswith("request."))
+    ]
+    if kept + when:
+        out["when"] = kept + when
+    return out
+
+
+_L7_OPERATION = frozenset({"hosts", "not_hosts", "methods", "not_methods", "paths", "not_paths"})
+
+
+def _operation(operation: AuthzOperation, *, l4_only: bool) -> dict[str, Any]:
+    return {
+        _camel(name): list(getattr(operation, name))
+        for name in AuthzOperation.__dataclass_fields__
+        if getattr(operation, name) and not (l4_only and name in _L7_OPERATION)
+    }
+
+
+def _condition(condition: AuthzCondition) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": condition.key}
+    if condition.values:
+        out["values"] = list(condition.values)
+    if condition.not_values:
+        out["notValues"] = list(condition.not_values)
+    return out
+
+
+def _header(key: str) -> str:
+    match = re.fullmatch(r"request\.headers\[(.+)\]", key)
+    return match.group(1).lower() if match else ""
+
+
+def _header_conditions(protected: ProtectedService) -> list[dict[str, Any]]:
+    return [
+        {"key": f"request.headers[{h.name}]", "values": [f"${{{header_variable(protected, h.name)}}}"]}
+        for h in protected.required_headers
+    ]
+
+
+def header_variable(protected: ProtectedService, name: str) -> str:
+    """The environment variable a fix writes in place of a required header's value."""
+    for header in protected.required_headers:
+        if header.name == name and header.value.from_env:
+            return header.value.from_env
+    return _NOT_ALNUM.sub("_", name).strip("_").upper() or "HEADER_VALUE"
+
+
+def _header_notes(protected: ProtectedService, documents: Sequence[FixDocument]) -> list[str]:
+    text = repr([d.body for d in documents])
+    notes = []
+    for header in protected.required_headers:
+        variable = header_variable(protected, header.name)
+        if f"${{{variable}}}" not in text:
+            continue
+        value = header.value
+        if value.from_env:
+            source = f"the rules read it from ${variable}"
+        elif value.secret_ref is not None:
+            ref = value.secret_ref
+            namespace = ref.namespace or protected.namespace
+            source = f"Secret {namespace}/{ref.name} key {ref.key} holds it"
+        else:
+            source = "the rules give it as a literal"
+        notes.append(
+            f"header values are never printed: set {variable} to the required value of {header.name} ({source}) "
+            "and pipe the YAML through envsubst"
+        )
+    return notes
+
+
+def _if_changed(policy: AuthorizationPolicy, rules: list[dict[str, Any]]) -> list[FixDocument]:
+    before = authorization_policy(policy)
+    after = authorization_policy(policy, rules=rules)
+    return [] if before == after else [FixDocument(after)]
+
+
+def authorization_policy(policy: AuthorizationPolicy, *, rules: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The policy as the YAML that would create it (every field the snapshot model holds)."""
+    spec: dict[str, Any] = {}
+    if policy.selector:
+        spec["selector"] = {"matchLabels": dict(policy.selector)}
+    if policy.target_refs:
+        spec["targetRefs"] = [{"kind": ref.kind, "group": ref.group, "name": ref.name} for ref in policy.target_refs]
+    spec["action"] = policy.action
+    if policy.provider:
+        spec["provider"] = {"name": policy.provider}
+    spec["rules"] = rules if rules is not None else [_rule(rule) for rule in policy.rules]
+    return {"apiVersion": SECURITY, "kind": "AuthorizationPolicy", "metadata": _metadata(policy.meta), "spec": spec}
+
+
+def _rule(rule: AuthzRule) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    sources = [_fields(source, AuthzSource) for source in rule.sources]
+    if sources:
+        out["from"] = [{"source": s} for s in sources]
+    operations = [_operation(op, l4_only=False) for op in rule.operations]
+    if operations:
+        out["to"] = [{"operation": op} for op in operations]
+    if rule.conditions:
+        out["when"] = [_condition(c) for c in rule.conditions]
+    return out
+
+
+def _fields(value: AuthzSource, cls: type[AuthzSource]) -> dict[str, Any]:
+    return {_camel(name): list(getattr(value, name)) for name in cls.__dataclass_fields__ if getattr(value, name)}
+
+
+# --- shared ----------------------------------------------------------------------------------------
+
+
+def _metadata(meta: ObjectMeta) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": meta.name}
+    if meta.namespace:
+        out["namespace"] = meta.namespace
+    if meta.labels:
+        out["labels"] = dict(meta.labels)
+    return out
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        old = out.get(key)
+        out[key] = _merge(old, value) if isinstance(old, Mapping) and isinstance(value, Mapping) else value
+    return out
+
+
+def _free_name(ctx: AuditContext, kind: str, namespace: str, wanted: str) -> str:
+    """``wanted`` unless an object of that kind already has it there (then ``wanted-mesh-auditor``)."""
+    if kind == "PeerAuthentication":
+        taken = {p.meta.name for p in ctx.index.peer_auth_by_ns.get(namespace, [])}
+    else:
+        taken = {p.meta.name for p in ctx.index.authz_by_ns.get(namespace, [])}
+    return wanted if wanted not in taken else f"{wanted}-mesh-auditor"
+
+
+def _unique_documents(documents: Sequence[FixDocument]) -> list[FixDocument]:
+    found: dict[str, FixDocument] = {}
+    for document in documents:
+        found.setdefault(repr((document.patch, document.body)), document)
+    return list(found.values())
+
+
+def merge_fixes(fixes: Iterable[Fix], lead: str) -> Fix:
+    """The documents of several findings' fixes as one (a probe FAIL confirming static FAILs)."""
+    documents: list[FixDocument] = []
+    notes: list[str] = []
+    for fix in fixes:
+        documents += fix.documents
+        if fix.note:
+            notes.append(fix.note)
+    if not documents:
+        return Fix(note=" ".join([lead, *notes]).strip())
+    return Fix(tuple(_unique_documents(documents)), " ".join([lead, *notes]).strip())
+
+
+__all__ = [
+    "authorization_policy",
+    "bound_fix",
+    "capture_fix",
+    "controller_of",
+    "gateway_fix",
+    "header_variable",
+    "merge_fixes",
+    "mtls_fix",
+    "none",
+    "policy_fix",
+]
