@@ -17,6 +17,7 @@ required value is ``${VARIABLE}`` for ``envsubst``, and the note says where its 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -36,7 +37,7 @@ from auditor.core.mesh import (
     CaptureState,
     MtlsDecision,
 )
-from auditor.core.model import Fix, FixDocument
+from auditor.core.model import NO_FIX, Finding, Fix, FixDocument, Status
 from auditor.core.posture import ProtectedService
 from auditor.core.snapshot import (
     AuthorizationPolicy,
@@ -686,15 +687,30 @@ def merge_fixes(fixes: Iterable[Fix], lead: str) -> Fix:
     return Fix(tuple(_unique_documents(documents)), " ".join([lead, *notes]).strip())
 
 
-__all__ = [
-    "authorization_policy",
-    "bound_fix",
-    "capture_fix",
-    "controller_of",
-    "gateway_fix",
-    "header_variable",
-    "merge_fixes",
-    "mtls_fix",
-    "none",
-    "policy_fix",
-]
+def explained(finding: Finding) -> Finding:
+    """The finding with a fix note when it has none: every finding that is not a PASS says what
+    to change, or plainly why there is no YAML fix."""
+    if finding.fix != NO_FIX or finding.status in {Status.PASS, Status.SKIPPED}:
+        return finding
+    return dataclasses.replace(finding, fix=none(_why_none(finding)))
+
+
+def _why_none(finding: Finding) -> str:
+    check = finding.check.id
+    if finding.status is Status.INCONCLUSIVE:
+        return "nothing was proven wrong (inconclusive); a fix would be a guess: resolve what the message names first"
+    if finding.message.startswith("not evaluated"):
+        return (
+            "the check was not evaluated: the auditor could not read a kind it needs; grant the permission the "
+            "message names (deploy/rbac.yaml, the Helm chart's ClusterRole) or install the missing CRD"
+        )
+    if check == "audit.snapshot-read":
+        return (
+            "this is the auditor's own read permission (or a missing CRD), not mesh config: grant it in the "
+            "auditor's ClusterRole (deploy/rbac.yaml, the Helm chart) or install the CRD"
+        )
+    if check == "audit.target-exists":
+        return "the rules name what the input does not hold: correct the rules or add the manifests to the audit"
+    if finding.status is Status.ERROR:
+        return "the audit could not evaluate the check; nothing in the mesh was proven wrong"
+    return f"{check} has no fix builder yet; follow the check's remediation text"
