@@ -158,6 +158,7 @@ def check_allowed_admitted(ctx: AuditContext, protected: ProtectedService, servi
     request = probe_request(protected, service, headers)
     refused, unclear = [], []
     at_waypoint = at_ztunnel = False
+    denying: list[tuple[str, bool]] = []
     evidence: list[Evidence] = [*route.ignored(), *ztunnel_translation_notes(route)]
     tried = 0
     for principal in protected.allowed_principals:
@@ -169,12 +170,18 @@ def check_allowed_admitted(ctx: AuditContext, protected: ProtectedService, servi
                     refused.append(f"{label} is refused: {item.explain()}")
                     evidence += _pitfall(route, item)
                     refusing = next(h for h in item.hops if h.decision.allowed is False)
-                    at_waypoint = at_waypoint or refusing.where.startswith("waypoint")
-                    at_ztunnel = at_ztunnel or not refusing.where.startswith("waypoint")
+                    on_waypoint = refusing.where.startswith("waypoint")
+                    if refusing.decision.rule is not None and "DENY" in refusing.decision.reason:
+                        denying.append((refusing.decision.policy, on_waypoint))
+                    else:
+                        at_waypoint = at_waypoint or on_waypoint
+                        at_ztunnel = at_ztunnel or not on_waypoint
                 elif item.allowed is None:
                     unclear.append(f"{label}: {item.explain()}")
     if refused:
-        fix = fix_of.policy_fix(ctx, protected, service, route, waypoint=at_waypoint, ztunnel=at_ztunnel)
+        fix = fix_of.policy_fix(
+            ctx, protected, service, route, waypoint=at_waypoint, ztunnel=at_ztunnel, denying=denying
+        )
         return finding(ALLOWED_ADMITTED, service, Status.FAIL, " | ".join(refused), evidence, fix=fix)
     if unclear:
         return finding(ALLOWED_ADMITTED, service, Status.INCONCLUSIVE, " | ".join(unclear), evidence)

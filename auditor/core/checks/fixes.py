@@ -395,6 +395,7 @@ def policy_fix(
     waypoint: bool,
     ztunnel: bool,
     uncaptured: Iterable[tuple[Workload, Capture]] = (),
+    denying: Iterable[tuple[str, bool]] = (),
 ) -> Fix:
     """The AuthorizationPolicies that enforce the rules on this Service's path (§4.1-§4.6).
 
@@ -405,6 +406,8 @@ def policy_fix(
     with no waypoint in the rules, the allowed principals), L4 attributes only (ztunnel sees no
     HTTP); with none, one is created (selector: the Service's). A waypoint the Service does not
     use yet is fixed first (label, Gateway), and pods ztunnel does not capture are enrolled.
+    ``denying`` names DENY policies (``"<ref> rules[i]"``, at the waypoint or not) that refuse an
+    allowed caller: each of their rules stops matching the allowed identities (``notPrincipals``).
     """
     documents: list[FixDocument] = []
     notes: list[str] = []
@@ -417,6 +420,8 @@ def policy_fix(
         documents += _waypoint_policies(ctx, protected, service)
     if ztunnel:
         documents += _ztunnel_policies(ctx, protected, service, route)
+    for where, at_waypoint_hop in dict.fromkeys(denying):
+        documents += _exempted(ctx, protected, where, at_waypoint_hop)
     captures = list(uncaptured)
     if captures:
         extra = capture_fix(ctx, captures)
@@ -444,6 +449,32 @@ def policy_fix(
     return Fix(tuple(_unique_documents(documents)), "; ".join(notes) + ".")
 
 
+def _exempted(ctx: AuditContext, protected: ProtectedService, where: str, at_waypoint_hop: bool) -> list[FixDocument]:
+    """The DENY policy named by a decision (``"<ref> rules[i]"``), its rules no longer matching the
+    identities the rules allow (the waypoint's own, where ztunnel decides behind a waypoint)."""
+    policy = next(
+        (p for ps in ctx.index.authz_by_ns.values() for p in ps if where.startswith(p.meta.ref + " ")),
+        None,
+    )
+    if policy is None or policy.action != "DENY":
+        return []
+    if at_waypoint_hop or protected.waypoint is None:
+        exempt = list(protected.allowed_principals)
+    else:
+        namespace = protected.waypoint_namespace or protected.namespace
+        exempt = [f"{ctx.trust_domain}/ns/{namespace}/sa/{protected.waypoint.name}"]
+    rules = []
+    for rule in policy.rules:
+        out = _rule(rule)
+        sources = out.get("from") or [{"source": {}}]
+        for source in sources:
+            body = source["source"]
+            body["notPrincipals"] = list(dict.fromkeys([*body.get("notPrincipals", []), *exempt]))
+        out["from"] = sources
+        rules.append(out)
+    return _if_changed(policy, rules)
+
+
 def _waypoint_policies(ctx: AuditContext, protected: ProtectedService, service: Service) -> list[FixDocument]:
     assert protected.waypoint is not None  # noqa: S101 - callers check it
     namespace = protected.waypoint_namespace or service.meta.namespace
@@ -468,10 +499,13 @@ def _waypoint_policies(ctx: AuditContext, protected: ProtectedService, service: 
         }
         return [FixDocument(body)]
     headers = {h.name for h in protected.required_headers}
+    # Compared with the real values (never written): a condition that already requires them is kept.
+    real = _header_conditions(protected, ctx.header_values)
     documents = []
     for policy in allows:
         rules = [_tightened(rule, principals, when, headers, l4_only=False) for rule in policy.rules]
-        documents += _if_changed(policy, rules)
+        compared = [_tightened(rule, principals, real, headers, l4_only=False) for rule in policy.rules]
+        documents += _if_changed(policy, rules, compared)
     return documents
 
 
@@ -558,11 +592,18 @@ def _header(key: str) -> str:
     return match.group(1).lower() if match else ""
 
 
-def _header_conditions(protected: ProtectedService) -> list[dict[str, Any]]:
-    return [
-        {"key": f"request.headers[{h.name}]", "values": [f"${{{header_variable(protected, h.name)}}}"]}
-        for h in protected.required_headers
-    ]
+def _header_conditions(
+    protected: ProtectedService, values: Mapping[tuple[str, str], str | None] | None = None
+) -> list[dict[str, Any]]:
+    """A condition per required header: ``${VARIABLE}`` for the fix, or (``values``) the real value,
+    only ever compared with the input, never written."""
+    conditions = []
+    for header in protected.required_headers:
+        value = f"${{{header_variable(protected, header.name)}}}"
+        if values is not None:
+            value = values.get((protected.target, header.name)) or value
+        conditions.append({"key": f"request.headers[{header.name}]", "values": [value]})
+    return conditions
 
 
 def header_variable(protected: ProtectedService, name: str) -> str:
@@ -596,10 +637,14 @@ def _header_notes(protected: ProtectedService, documents: Sequence[FixDocument])
     return notes
 
 
-def _if_changed(policy: AuthorizationPolicy, rules: list[dict[str, Any]]) -> list[FixDocument]:
+def _if_changed(
+    policy: AuthorizationPolicy, rules: list[dict[str, Any]], compared: list[dict[str, Any]] | None = None
+) -> list[FixDocument]:
+    """The policy with ``rules``, unless (with ``compared``, its rules as applied) it is the input's."""
     before = authorization_policy(policy)
-    after = authorization_policy(policy, rules=rules)
-    return [] if before == after else [FixDocument(after)]
+    if before == authorization_policy(policy, rules=compared if compared is not None else rules):
+        return []
+    return [FixDocument(authorization_policy(policy, rules=rules))]
 
 
 def authorization_policy(policy: AuthorizationPolicy, *, rules: list[dict[str, Any]] | None = None) -> dict[str, Any]:
