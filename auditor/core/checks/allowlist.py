@@ -6,6 +6,7 @@ Two checks: no identity outside the allow-list gets through the real enforcement
 
 from __future__ import annotations
 
+from auditor.core.authz import Caller
 from auditor.core.checks import fixes as fix_of
 from auditor.core.checks.catalog import ALLOWED_ADMITTED, INTRUDERS_REFUSED
 from auditor.core.checks.context import AuditContext, finding
@@ -157,8 +158,7 @@ def check_allowed_admitted(ctx: AuditContext, protected: ProtectedService, servi
         return finding(ALLOWED_ADMITTED, service, Status.INCONCLUSIVE, message)
     request = probe_request(protected, service, headers)
     refused, unclear = [], []
-    at_waypoint = at_ztunnel = False
-    denying: list[tuple[str, bool]] = []
+    refusals: list[tuple[str, Caller, Reach]] = []
     evidence: list[Evidence] = [*route.ignored(), *ztunnel_translation_notes(route)]
     tried = 0
     for principal in protected.allowed_principals:
@@ -169,19 +169,11 @@ def check_allowed_admitted(ctx: AuditContext, protected: ProtectedService, servi
                 if item.allowed is False:
                     refused.append(f"{label} is refused: {item.explain()}")
                     evidence += _pitfall(route, item)
-                    refusing = next(h for h in item.hops if h.decision.allowed is False)
-                    on_waypoint = refusing.where.startswith("waypoint")
-                    if refusing.decision.rule is not None and "DENY" in refusing.decision.reason:
-                        denying.append((refusing.decision.policy, on_waypoint))
-                    else:
-                        at_waypoint = at_waypoint or on_waypoint
-                        at_ztunnel = at_ztunnel or not on_waypoint
+                    refusals.append((principal, caller, item))
                 elif item.allowed is None:
                     unclear.append(f"{label}: {item.explain()}")
     if refused:
-        fix = fix_of.policy_fix(
-            ctx, protected, service, route, waypoint=at_waypoint, ztunnel=at_ztunnel, denying=denying
-        )
+        fix = fix_of.refusal_fix(ctx, protected, service, route, refusals)
         return finding(ALLOWED_ADMITTED, service, Status.FAIL, " | ".join(refused), evidence, fix=fix)
     if unclear:
         return finding(ALLOWED_ADMITTED, service, Status.INCONCLUSIVE, " | ".join(unclear), evidence)

@@ -22,20 +22,26 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from auditor.core.authz import at_waypoint
+from auditor.core.authz import Caller, at_waypoint
 from auditor.core.checks.context import AuditContext
-from auditor.core.checks.reach import Route
+from auditor.core.checks.reach import Reach, Route
+from auditor.core.checks.witnesses import bypass_callers, callers_as
 from auditor.core.mesh import (
     BYPASS_INBOUND,
     DATAPLANE_MODE,
     HBONE_PORT,
+    INGRESS_USE_WAYPOINT,
     USE_WAYPOINT,
     USE_WAYPOINT_NAMESPACE,
     WAYPOINT_CLASS,
     WAYPOINT_FOR,
     Capture,
     CaptureState,
+    ClientKind,
     MtlsDecision,
+    capture_of,
+    is_auditor_probe,
+    uses_service_waypoint,
 )
 from auditor.core.model import NO_FIX, Finding, Fix, FixDocument, Status
 from auditor.core.posture import ProtectedService
@@ -416,6 +422,14 @@ def policy_fix(
         for extra in (bound_fix(ctx, protected, service), gateway_fix(ctx, protected, service)):
             documents += extra.documents
             notes += [extra.note] if extra.documents else []
+        if not documents:
+            problems = "; ".join(p.message for p in route.waypoint.problems) or "its status"
+            return none(
+                f"the config names the waypoint, but Istio skips it ({problems}): its readiness is the "
+                "controller's, not YAML (see waypoint-enrollment.bound and .gateway); until it is ready, only a "
+                "ztunnel-bound ALLOW for the waypoint's identity would refuse intruders, and it would refuse "
+                "the allowed callers too"
+            )
     if waypoint and uses_waypoint:
         documents += _waypoint_policies(ctx, protected, service)
     if ztunnel:
@@ -437,16 +451,121 @@ def policy_fix(
             "the ALLOW policies on the path already hold the rules' allow-list and header values; a DENY or "
             "CUSTOM policy, or an operation (port, path, method) of the policy, decides it: see the evidence"
         )
-    applied = [d for d in documents if not d.patch]
+    applied = [d for d in documents if not d.patch and d.body["kind"] == "AuthorizationPolicy"]
     if applied:
         names = ", ".join(f"{d.body['metadata']['namespace']}/{d.body['metadata']['name']}" for d in applied)
         notes.insert(
             0,
-            f"Apply (kubectl apply -f) AuthorizationPolicy {names}: sources cut to the rules' allow-list, "
-            "required header values exact, operations kept",
+            f"Apply (kubectl apply -f) AuthorizationPolicy {names}: sources cut to the rules' allow-list (at "
+            "ztunnel behind a waypoint, to the waypoint's identity), header conditions exactly the rules' "
+            "required values, operations kept",
         )
     notes += _header_notes(protected, documents)
-    return Fix(tuple(_unique_documents(documents)), "; ".join(notes) + ".")
+    return Fix(tuple(_unique_documents(documents)), "; ".join(n.rstrip(".") for n in notes) + ".")
+
+
+def refusal_fix(
+    ctx: AuditContext,
+    protected: ProtectedService,
+    service: Service,
+    route: Route,
+    refused: Iterable[tuple[str, Caller, Reach]],
+    *,
+    waypoint: bool = False,
+) -> Fix:
+    """The fix for allowed callers refused on their path: a DENY that matched them exempts them;
+    an ALLOW path that does not admit them (at the waypoint, or ztunnel behind it, §4.5) is fixed.
+    ``waypoint``: the waypoint's policies are part of the fix anyway (the header promise). An
+    allowed identity whose pods are outside the mesh sends plaintext: its pods are enrolled (§9)."""
+    denying: list[tuple[str, bool]] = []
+    ztunnel = False
+    outside: dict[str, tuple[Workload, Capture]] = {}
+    ingress = False
+    for principal, caller, item in refused:
+        if caller.principal is None or (item.skipped_waypoint and caller.kind is ClientKind.SIDECAR):
+            # Plaintext from outside the mesh, or a sidecar that skips the waypoint: enrol its pods.
+            for workload in _workloads_of(ctx, principal):
+                capture = capture_of(workload, ctx.index)
+                if capture.state is CaptureState.NOT_CAPTURED:
+                    outside[workload.meta.ref] = (workload, capture)
+            continue
+        if item.skipped_waypoint and caller.kind is ClientKind.GATEWAY:
+            ingress = True  # the gateway goes through the waypoint once the Service opts in (§9)
+            continue
+        hop = next((h for h in item.hops if h.decision.allowed is False), None)
+        if hop is None:
+            continue
+        on_waypoint = hop.where.startswith("waypoint")
+        if hop.decision.rule is not None and "DENY" in hop.decision.reason:
+            denying.append((hop.decision.policy, on_waypoint))
+        else:
+            waypoint = waypoint or on_waypoint
+            ztunnel = ztunnel or not on_waypoint
+    fix = policy_fix(
+        ctx,
+        protected,
+        service,
+        route,
+        waypoint=waypoint,
+        ztunnel=ztunnel,
+        denying=denying,
+        uncaptured=outside.values(),
+    )
+    return _with_ingress(fix, service) if ingress else fix
+
+
+def admitted_fix(ctx: AuditContext, protected: ProtectedService, service: Service, route: Route) -> Fix:
+    """The fix for requests without a required header that got through (§4.3, §4.6, §9), for every
+    client of the snapshot, not only the first witness: the waypoint's policies hold the required
+    values; destination pods ztunnel does not capture are enrolled; clients that skip the waypoint
+    are refused by a ztunnel ALLOW for the waypoint's identity, unless they run as an allowed
+    identity: those go through the waypoint (their pods enrolled, or the Service opted in for
+    gateways)."""
+    allowed = set(protected.allowed_principals)
+    uncaptured: dict[str, tuple[Workload, Capture]] = {
+        b.workload.meta.ref: (b.workload, b.capture) for b in route.backends if not b.capture.inbound_enforced
+    }
+    ingress = False
+    for principal in protected.allowed_principals:
+        for caller in callers_as(ctx, principal):
+            if caller.kind is ClientKind.GATEWAY and not uses_service_waypoint(caller.kind, service):
+                ingress = True
+            elif caller.kind is not ClientKind.AMBIENT:
+                for workload in _workloads_of(ctx, principal):
+                    capture = capture_of(workload, ctx.index)
+                    if capture.state is CaptureState.NOT_CAPTURED:
+                        uncaptured[workload.meta.ref] = (workload, capture)
+    ztunnel = any(c.principal not in allowed for c in bypass_callers(ctx))
+    fix = policy_fix(ctx, protected, service, route, waypoint=True, ztunnel=ztunnel, uncaptured=uncaptured.values())
+    return _with_ingress(fix, service) if ingress else fix
+
+
+def _with_ingress(fix: Fix, service: Service) -> Fix:
+    """``fix`` plus the Service label that sends Istio gateways through its waypoint (§9)."""
+    if service.meta.labels.get(INGRESS_USE_WAYPOINT) == "true":
+        return fix
+    body = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service.meta.name,
+            "namespace": service.meta.namespace,
+            "labels": {INGRESS_USE_WAYPOINT: "true"},
+        },
+    }
+    note = (
+        f"label Service {service.meta.key} {INGRESS_USE_WAYPOINT}=true so the allowed gateway goes through the waypoint"
+    )
+    documents = (FixDocument(body, patch=True), *fix.documents)
+    rest = fix.note if fix.documents else ""
+    text = "; ".join(n.rstrip(".") for n in (note, rest) if n)
+    return Fix(documents, text[:1].upper() + text[1:] + ".")
+
+
+def _workloads_of(ctx: AuditContext, principal: str) -> list[Workload]:
+    caller = Caller(principal)
+    account = (caller.namespace or "", caller.service_account or "")
+    return [w for w in ctx.index.workloads_by_account.get(account, []) if not is_auditor_probe(w)]
 
 
 def _exempted(ctx: AuditContext, protected: ProtectedService, where: str, at_waypoint_hop: bool) -> list[FixDocument]:
@@ -498,13 +617,12 @@ def _waypoint_policies(ctx: AuditContext, protected: ProtectedService, service: 
             },
         }
         return [FixDocument(body)]
-    headers = {h.name for h in protected.required_headers}
     # Compared with the real values (never written): a condition that already requires them is kept.
     real = _header_conditions(protected, ctx.header_values)
     documents = []
     for policy in allows:
-        rules = [_tightened(rule, principals, when, headers, l4_only=False) for rule in policy.rules]
-        compared = [_tightened(rule, principals, real, headers, l4_only=False) for rule in policy.rules]
+        rules = [_tightened(rule, principals, when, l4_only=False) for rule in policy.rules]
+        compared = [_tightened(rule, principals, real, l4_only=False) for rule in policy.rules]
         documents += _if_changed(policy, rules, compared)
     return documents
 
@@ -540,14 +658,12 @@ def _ztunnel_policies(
         return [FixDocument(body)]
     documents = []
     for policy in seen.values():
-        rules = [_tightened(rule, principals, [], set(), l4_only=True) for rule in policy.rules]
+        rules = [_tightened(rule, principals, [], l4_only=True) for rule in policy.rules]
         documents += _if_changed(policy, rules)
     return documents
 
 
-def _tightened(
-    rule: AuthzRule, principals: list[str], when: list[dict[str, Any]], headers: set[str], *, l4_only: bool
-) -> dict[str, Any]:
+def _tightened(rule: AuthzRule, principals: list[str], when: list[dict[str, Any]], *, l4_only: bool) -> dict[str, Any]:
     """The rule with exactly these principals as its source and these header conditions; the
     operations and other conditions kept (HTTP ones dropped where ztunnel enforces it)."""
     out: dict[str, Any] = {"from": [{"source": {"principals": principals}}]}
@@ -555,12 +671,12 @@ def _tightened(
     operations = [op for op in operations if op]
     if operations:
         out["to"] = [{"operation": op} for op in operations]
+    # Header conditions become exactly the rules' (a condition on another header, a typo of the
+    # required one included, would refuse the allowed request); source conditions are the allow-list's.
     kept = [
         _condition(c)
         for c in rule.conditions
-        if not c.key.startswith("source.")
-        and _header(c.key) not in headers
-        and not (l4_only and c.key.startswith("request."))
+        if not c.key.startswith("source.") and not _header(c.key) and not (l4_only and c.key.startswith("request."))
     ]
     if kept + when:
         out["when"] = kept + when

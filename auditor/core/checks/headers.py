@@ -45,17 +45,17 @@ def check_headers_enforced(ctx: AuditContext, protected: ProtectedService, servi
     evidence = [*route.ignored(), *_dropped_at_ztunnel(route)]
     if route.waypoint.gateway is None:
         evidence += [p.evidence for p in route.waypoint.problems] or list(route.waypoint.binding.evidence)
-    control = _control_failures(ctx, protected, service, route, headers)
+    control, refusals = _control_failures(ctx, protected, service, route, headers)
     if control:
         message = (
             "requests carrying the required headers are refused too, so the header is not what the policy checks: "
             + " | ".join(control[:_MAX_EXAMPLES])
         )
-        fix = fixes.policy_fix(ctx, protected, service, route, waypoint=True, ztunnel=False)
+        fix = fixes.refusal_fix(ctx, protected, service, route, refusals, waypoint=True)
         return finding(HEADERS_ENFORCED, service, Status.FAIL, message, evidence, fix=fix)
-    admitted, unclear, bypass = _headerless_admitted(ctx, protected, service, route, headers)
+    admitted, unclear = _headerless_admitted(ctx, protected, service, route, headers)
     if admitted:
-        fix = fixes.policy_fix(ctx, protected, service, route, waypoint=True, ztunnel=bypass)
+        fix = fixes.admitted_fix(ctx, protected, service, route)
         message = " | ".join(admitted[:_MAX_EXAMPLES])
         return finding(HEADERS_ENFORCED, service, Status.FAIL, message, evidence, fix=fix)
     if unclear:
@@ -86,15 +86,17 @@ def _control_failures(
     service: Service,
     route: Route,
     headers: dict[str, str],
-) -> list[str]:
+) -> tuple[list[str], list[tuple[str, Caller, Reach]]]:
     request = probe_request(protected, service, headers)
-    failures = []
+    failures: list[str] = []
+    refusals: list[tuple[str, Caller, Reach]] = []
     for principal in protected.allowed_principals:
         for caller in callers_as(ctx, principal):
             for item in reach(ctx, route, caller, request):
                 if item.allowed is False:
                     failures.append(f"{caller.describe()}: {item.explain()}")
-    return failures
+                    refusals.append((principal, caller, item))
+    return failures, refusals
 
 
 def _headerless_admitted(
@@ -103,13 +105,11 @@ def _headerless_admitted(
     service: Service,
     route: Route,
     headers: dict[str, str],
-) -> tuple[list[str], list[str], bool]:
+) -> tuple[list[str], list[str]]:
     """Requests without a required value that get through: from every kind of client an allowed
-    identity runs as, and from every client in the snapshot that skips the waypoint (§9); and
-    whether one that got through skipped the waypoint."""
+    identity runs as, and from every client in the snapshot that skips the waypoint (§9)."""
     admitted: list[str] = []
     unclear: list[str] = []
-    bypass = False
     allowed = [c for p in protected.allowed_principals for c in callers_as(ctx, p)]
     callers = list(dict.fromkeys([*allowed, *bypass_callers(ctx)]))
     for caller in callers:
@@ -117,7 +117,6 @@ def _headerless_admitted(
             for request in request_variants(ctx, protected, service, route, variant):
                 for item in reach(ctx, route, caller, request):
                     if item.allowed is True:
-                        bypass = bypass or item.skipped_waypoint
                         admitted.append(
                             f"{caller.describe()} gets through {label} ({request.method} {request.path}): "
                             + _diagnose(item, name, caller)
@@ -125,8 +124,8 @@ def _headerless_admitted(
                     elif item.allowed is None:
                         unclear.append(f"{caller.describe()} {label}: {item.explain()}")
                 if admitted:
-                    return admitted, unclear, bypass
-    return admitted, unclear, bypass
+                    return admitted, unclear
+    return admitted, unclear
 
 
 def _degraded(route: Route, headers: dict[str, str]) -> list[tuple[str, str, dict[str, str]]]:
