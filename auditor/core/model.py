@@ -72,6 +72,8 @@ class CheckMeta:
     # objects. Kept so a stored run or a new catalog entry still builds.
     remediation_yaml: str = ""
     references: tuple[str, ...] = ()
+    # What a finding's own fix holds, or why findings of this check have none (docs/checks.md).
+    fix_summary: str = ""
     # Kinds the check reads; when one of them could not be read, the check is not run and
     # reports ERROR instead (a partial snapshot must produce neither a pass nor a false fail).
     reads: frozenset[str] = frozenset()

@@ -75,7 +75,7 @@ def _merge(target: Any, patch: Any, *, strategic: bool) -> Any:
 def _header_values(case: Case, documents: list[dict[str, Any]]) -> dict[str, str]:
     """The value envsubst would fill in for each ``${VAR}`` a fix writes (from the rules)."""
     values = {}
-    for protected in load_rules([case.rules]).protected:
+    for protected in load_rules([str(case.rules)]).protected:
         for header in protected.required_headers:
             source = header.value
             value = source.literal or case.env.get(source.from_env or "")
