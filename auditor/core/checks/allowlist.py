@@ -84,7 +84,7 @@ def check_intruders_refused(ctx: AuditContext, protected: ProtectedService, serv
         f"clients, a plaintext client) are refused on Service-addressed requests (at {where})"
     )
     if _waypoint_only(route):
-        message += "; a request to a pod IP skips the waypoint and nothing refuses it (§4.6)"
+        message += "; an in-mesh request to a pod IP skips the waypoint and no policy refuses it (§4.6)"
     return finding(INTRUDERS_REFUSED, service, Status.PASS, message, evidence)
 
 

@@ -72,9 +72,11 @@ def check_headers_enforced(ctx: AuditContext, protected: ProtectedService, servi
     message = (
         f"config: waypoint {where} admits the allowed identities with the required value of {names} and refuses "
         "them without it or with a wrong one (near misses and every value a condition names), on the probe "
-        "request and the methods, paths and ports the policies name; such requests from the snapshot's sidecar "
-        "and gateway clients are refused too"
+        "request and the methods, paths and ports the policies name"
     )
+    skipping = bypass_callers(ctx)
+    if skipping:
+        message += f"; such requests from the snapshot's {len(skipping)} sidecar and gateway client(s) are refused too"
     if not any(b.ztunnel.policies for b in route.backends):
         message += "; a request to a pod IP skips the waypoint, so no header is checked on it (§4.6)"
     return finding(HEADERS_ENFORCED, service, Status.PASS, message, evidence)
