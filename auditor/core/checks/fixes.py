@@ -226,16 +226,19 @@ def mtls_fix(ctx: AuditContext, failing: Sequence[tuple[Workload, int, MtlsDecis
             mode = "STRICT"
         modes[key] = (mode, ports)
     documents = [FixDocument(_peer_authentication(p, *modes[key])) for key, p in changed.items()]
+    parts = []
+    if changed:
+        names = ", ".join(f"{p.meta.namespace}/{p.meta.name}" for p in changed.values())
+        parts.append(f"{names} with mode STRICT where it accepted plaintext")
     if created:
         name = _free_name(ctx, "PeerAuthentication", ctx.root_namespace, "default")
         meta = ObjectMeta("PeerAuthentication", name, ctx.root_namespace)
         documents.append(FixDocument(_peer_authentication(PeerAuthentication(meta, None, None), "STRICT", {})))
-    names = ", ".join(f"{p.meta.namespace}/{p.meta.name}" for p in changed.values())
-    note = f"Apply (kubectl apply -f): {names or 'a mesh-wide policy'} with mode STRICT where it accepted plaintext"
-    if created:
-        note += (
-            f"{'; plus ' if names else ''} the mesh-wide STRICT policy in {ctx.root_namespace}, which the input lacks"
+        parts.append(
+            f"the mesh-wide STRICT PeerAuthentication {ctx.root_namespace}/{name}, which the input lacks (no policy "
+            "decided these ports, and the default is PERMISSIVE)"
         )
+    note = "Apply (kubectl apply -f): " + "; and ".join(parts)
     return Fix(tuple(documents), note + ".")
 
 
