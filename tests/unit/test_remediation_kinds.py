@@ -26,7 +26,8 @@ from auditor.core.checks.automode import NodePoolRef, NodePools, auto_mode_verdi
 from auditor.core.checks.catalog import ALL, CAPTURED, INTRUDERS_REFUSED
 from auditor.core.drift import DriftBook, DriftPolicy
 from auditor.core.model import Finding, Fix, FixDocument, Status
-from auditor.core.snapshot import ReadProblem, Snapshot
+from auditor.core.posture import PostureDocument, merge
+from auditor.core.snapshot import Namespace, ObjectMeta, ReadProblem, Service, ServicePort, Snapshot, Workload
 from auditor.render.document import audit_document, finding_dict, findings_from_document
 from auditor.render.fixes import fix_yaml
 from auditor.render.html import render_html
@@ -281,3 +282,37 @@ def test_probe_pass_texts_name_the_one_request_that_proved_them() -> None:
         for k, m in passes.items()
         if k != "waypoint-enrollment.probe"
     )
+
+
+def test_a_live_pods_fix_patches_the_controller_it_was_made_from() -> None:
+    """On a live cluster the audited workloads are Pods; the fix goes to their Deployment's template
+    (a Pod's spec is immutable and its controller would recreate it as before)."""
+    labels = {"app": "checkout", "istio.io/dataplane-mode": "none"}
+    pod = Workload(
+        ObjectMeta("Pod", "checkout-5d8f-abcde", "shop"),
+        {**labels, "pod-template-hash": "5d8f"},
+        {},
+        "checkout",
+        is_pod=True,
+    )
+    template = Workload(ObjectMeta("Deployment", "checkout", "shop"), labels, {}, "checkout")
+    snapshot = Snapshot(
+        namespaces=(Namespace(ObjectMeta("Namespace", "shop", labels={"istio.io/dataplane-mode": "ambient"})),),
+        services=(Service(ObjectMeta("Service", "checkout", "shop"), {"app": "checkout"}, (ServicePort(80, 8080),)),),
+        workloads=(pod, template),
+        live=True,
+    )
+    rules = PostureDocument.model_validate(
+        {
+            "apiVersion": "mesh-auditor.dev/v1alpha1",
+            "kind": "MeshPosture",
+            "metadata": {"name": "live"},
+            "spec": {"scope": [{"namespace": "shop"}]},
+        }
+    )
+    findings = run_static_audit(snapshot, merge([("rules.yaml", rules)]), {})
+    captured = next(f for f in findings if f.check.id == "strict-mtls.captured")
+    assert captured.status is Status.FAIL
+    text = fix_yaml(captured.fix)
+    assert text.startswith("# kubectl patch deployment checkout -n shop --type strategic")
+    assert yaml.safe_load(text)["spec"]["template"]["metadata"]["labels"] == {"istio.io/dataplane-mode": "ambient"}
