@@ -61,7 +61,7 @@ def auto_mode_verdict(cluster: str, compute: Mapping[str, Any] | None, node_pool
     if not enabled:
         return Finding(AUTO_MODE, target, Status.FAIL, "Auto Mode is not enabled", tuple(evidence), fix=fix)
     if built_in:
-        message = f"Auto Mode enabled with built-in node pools {', '.join(built_in)}"
+        message = f"the EKS API reports Auto Mode enabled with built-in node pools {', '.join(built_in)}"
         return Finding(AUTO_MODE, target, Status.PASS, message, tuple(evidence))
     if node_pools is None or node_pools.problem is not None:
         reason = node_pools.problem if node_pools is not None else "NodePools were not read"
@@ -81,7 +81,10 @@ def auto_mode_verdict(cluster: str, compute: Mapping[str, Any] | None, node_pool
         evidence.append(Evidence(f"NodePool {pool.name}", "spec.template.spec.nodeClassRef", ref, note))
         (auto if is_auto and exists else other).append(pool.name)
     if auto:
-        message = f"Auto Mode enabled with custom node pools {', '.join(sorted(auto))} (built-in node pools disabled)"
+        message = (
+            f"the EKS API reports Auto Mode enabled, built-in node pools disabled, and the cluster has custom "
+            f"node pools {', '.join(sorted(auto))} on an existing Auto Mode NodeClass"
+        )
         return Finding(AUTO_MODE, target, Status.PASS, message, tuple(evidence))
     message = "Auto Mode has no node pools: the built-in ones are disabled and no NodePool uses an Auto Mode NodeClass"
     if other:
