@@ -92,20 +92,8 @@ def capture_fix(ctx: AuditContext, captures: Sequence[tuple[Workload, Capture]])
             continue
         fields = {ev.field for ev in capture.evidence}
         owner = controller_of(workload, ctx)
-        labels: dict[str, Any] = {}
-        annotations: dict[str, Any] = {}
-        spec: dict[str, Any] = {}
-        if "spec.hostNetwork" in fields:
-            spec["hostNetwork"] = False
-        if "spec.containers[].name" in fields:
-            spec["containers"] = [{"name": "istio-proxy", "$patch": "delete"}]
-        if fields & {"annotations.sidecar.istio.io/status", f"labels.{INJECT}", "labels.istio-injection"}:
-            labels[INJECT] = "false"
-        if f"annotations.{BYPASS_INBOUND}" in fields:
-            annotations[BYPASS_INBOUND] = None
-        if f"pod labels.{DATAPLANE_MODE}" in fields:
-            labels[DATAPLANE_MODE] = "ambient"
-        elif f"labels.{DATAPLANE_MODE}" in fields and not (labels or annotations or spec):
+        labels, annotations, spec = _capture_changes(fields)
+        if f"labels.{DATAPLANE_MODE}" in fields and not (labels or annotations or spec):
             namespace = workload.meta.namespace
             patches[("v1", "Namespace", namespace)] = _merge(
                 patches.get(("v1", "Namespace", namespace), {}),
@@ -118,23 +106,47 @@ def capture_fix(ctx: AuditContext, captures: Sequence[tuple[Workload, Capture]])
             continue
         if (labels or spec) and not _enrolled(owner, ctx):
             labels.setdefault(DATAPLANE_MODE, "ambient")
+        if owner.meta.kind == "Pod" and (spec or annotations or INJECT in labels):
+            # A running Pod keeps its containers, host network and capture annotations.
+            unfixable.append(
+                f"{workload.meta.ref}: {capture.reason}; a running Pod keeps it: change the controller that "
+                "creates the Pod (not in the snapshot) and recreate it"
+            )
+            continue
         if not (labels or annotations or spec):
-            unfixable.append(f"{workload.meta.ref}: {capture.reason}")
+            unfixable.append(
+                f"{workload.meta.ref}: {capture.reason}; its labels already enrol it: restart the pod and check "
+                "istio-cni on its node"
+            )
             continue
         body = pod_template_patch(owner, labels=labels, annotations=annotations, spec=spec)
         key = (str(body["apiVersion"]), owner.meta.kind, owner.meta.key)
         patches[key] = _merge(patches.get(key, {}), body)
     documents = tuple(FixDocument(body, patch=True) for body in patches.values())
     if not documents:
-        return none(
-            "the labels already enrol the workload; "
-            + "; ".join(unfixable)
-            + " (restart the pod and check istio-cni on its node)"
-        )
+        return none("; ".join(unfixable))
     note = "Patch the pod template (the pods are recreated on rollout) or the namespace so ztunnel captures them"
     if unfixable:
         note += "; not fixable in YAML: " + "; ".join(unfixable)
     return Fix(documents, note + ".")
+
+
+def _capture_changes(fields: set[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Pod-template labels, annotations and spec that undo what the capture evidence names (§2)."""
+    labels: dict[str, Any] = {}
+    annotations: dict[str, Any] = {}
+    spec: dict[str, Any] = {}
+    if "spec.hostNetwork" in fields:
+        spec["hostNetwork"] = False
+    if "spec.containers[].name" in fields:
+        spec["containers"] = [{"name": "istio-proxy", "$patch": "delete"}]
+    if fields & {"annotations.sidecar.istio.io/status", f"labels.{INJECT}", "labels.istio-injection"}:
+        labels[INJECT] = "false"
+    if f"annotations.{BYPASS_INBOUND}" in fields:
+        annotations[BYPASS_INBOUND] = None
+    if f"pod labels.{DATAPLANE_MODE}" in fields:
+        labels[DATAPLANE_MODE] = "ambient"
+    return labels, annotations, spec
 
 
 def _enrolled(workload: Workload, ctx: AuditContext) -> bool:
