@@ -125,7 +125,13 @@ def capture_fix(ctx: AuditContext, captures: Sequence[tuple[Workload, Capture]])
     documents = tuple(FixDocument(body, patch=True) for body in patches.values())
     if not documents:
         return none("; ".join(unfixable))
-    note = "Patch the pod template (the pods are recreated on rollout) or the namespace so ztunnel captures them"
+    names = ", ".join(
+        f"{d.body['kind']} {d.body['metadata'].get('namespace', '')}/{d.body['metadata']['name']}".replace(" /", " ")
+        for d in documents
+    )
+    templates = any(d.body["kind"] not in {"Namespace", "Pod"} for d in documents)
+    rollout = "; a changed pod template rolls its pods out anew" if templates else ""
+    note = f"Patch {names} (kubectl patch, strategic merge) so ztunnel captures the pods{rollout}"
     if unfixable:
         note += "; not fixable in YAML: " + "; ".join(unfixable)
     return Fix(documents, note + ".")
@@ -469,11 +475,13 @@ def policy_fix(
     applied = [d for d in documents if not d.patch and d.body["kind"] == "AuthorizationPolicy"]
     if applied:
         names = ", ".join(f"{d.body['metadata']['namespace']}/{d.body['metadata']['name']}" for d in applied)
+        at_ztunnel = uses_waypoint and any("selector" in d.body["spec"] for d in applied)
+        behind = " (at ztunnel behind the waypoint: the waypoint's identity)" if at_ztunnel else ""
+        headers = ", header conditions exactly the rules' required values" if protected.required_headers else ""
         notes.insert(
             0,
-            f"Apply (kubectl apply -f) AuthorizationPolicy {names}: sources cut to the rules' allow-list (at "
-            "ztunnel behind a waypoint, to the waypoint's identity), header conditions exactly the rules' "
-            "required values, operations kept",
+            f"Apply (kubectl apply -f) AuthorizationPolicy {names}: sources cut to the rules' allow-list{behind}"
+            f"{headers}, operations kept",
         )
     notes += _header_notes(protected, documents)
     return Fix(tuple(_unique_documents(documents)), "; ".join(n.rstrip(".") for n in notes) + ".")
