@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from auditor.core.checks import allowlist, headers, strict_mtls, waypoint
+from auditor.core.checks import allowlist, fixes, headers, strict_mtls, waypoint
 from auditor.core.checks.catalog import PEER_AUTHENTICATION, SNAPSHOT_READ, TARGET_EXISTS
 from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.reach import route_for
@@ -40,7 +40,7 @@ def run_static_audit(
         findings += _protected_findings(ctx, protected)
     unreadable = {problem.kind: problem for problem in snapshot.problems}
     findings = [_not_evaluated(f, unreadable) if f.check.reads & unreadable.keys() else f for f in findings]
-    return tuple(sorted(findings, key=Finding.sort_key))
+    return tuple(sorted((fixes.explained(f) for f in findings), key=Finding.sort_key))
 
 
 def _not_evaluated(original: Finding, unreadable: Mapping[str, ReadProblem]) -> Finding:

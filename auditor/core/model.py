@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class Status(StrEnum):
@@ -67,11 +68,47 @@ class CheckMeta:
     severity: Severity
     protects: str
     remediation: str
-    remediation_yaml: str
-    references: tuple[str, ...]
+    # Unused by renderers: every finding carries its own fix (``Finding.fix``), filled in from its
+    # objects. Kept so a stored run or a new catalog entry still builds.
+    remediation_yaml: str = ""
+    references: tuple[str, ...] = ()
+    # What a finding's own fix holds, or why findings of this check have none (docs/checks.md).
+    fix_summary: str = ""
     # Kinds the check reads; when one of them could not be read, the check is not run and
     # reports ERROR instead (a partial snapshot must produce neither a pass nor a false fail).
     reads: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class FixDocument:
+    """One object of a fix: a complete object to ``kubectl apply``, or a patch of a named object.
+
+    ``body`` is the Kubernetes-shaped mapping (apiVersion, kind, metadata.name/namespace, ...).
+    ``patch`` documents are strategic merge patches (``kubectl patch <kind> <name> -n <namespace>
+    --type strategic --patch-file FILE``): a ``null`` value removes that key; other fields of the
+    object are left as they are.
+    """
+
+    body: Mapping[str, Any]
+    patch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fix:
+    """This finding's own fix, filled in from the objects that decided it.
+
+    ``documents`` change the input (none of them is YAML the input already holds); ``note`` says
+    what they change and how to apply them, or, with no documents, plainly why there is no YAML
+    fix (nothing proven wrong, a cluster setting, a permission of the auditor's...). ``yaml`` is
+    the rendered text when the fix comes from a stored run (its documents are not kept).
+    """
+
+    documents: tuple[FixDocument, ...] = ()
+    note: str = ""
+    yaml: str = ""
+
+
+NO_FIX = Fix()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +122,7 @@ class Finding:
     evidence: tuple[Evidence, ...] = ()
     method: Method = Method.STATIC
     details: Mapping[str, str] = field(default_factory=dict)
+    fix: Fix = NO_FIX
 
     @property
     def property(self) -> Property:

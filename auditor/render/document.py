@@ -2,15 +2,18 @@
 
 Schema version 1: ``{"schema_version": 1, "summary": {...}, "findings": [...]}``; fields are
 only ever added (``findings[].details``, a string-to-string map such as a probe's ``run_id``, was
-added within version 1; documents without it still read). Every renderer starts from this, so
-table, Markdown and JSON agree.
+added within version 1; documents without it still read). ``findings[].remediation_yaml`` is the
+finding's own fix, filled in from its objects (it was the check's template before), and
+``findings[].remediation_note`` says what it changes and how to apply it, or why there is none.
+Every renderer starts from this, so table, Markdown and JSON agree.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from auditor.core.model import CheckMeta, Evidence, Finding, Method, Property, Severity, Status, summarize
+from auditor.core.model import CheckMeta, Evidence, Finding, Fix, Method, Property, Severity, Status, summarize
+from auditor.render.fixes import fix_yaml
 from auditor.report import AuditReport, RunRecord
 
 SCHEMA_VERSION = 1
@@ -29,7 +32,8 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
         "severity": meta.severity.value,
         "message": finding.message,
         "remediation": meta.remediation,
-        "remediation_yaml": meta.remediation_yaml,
+        "remediation_yaml": fix_yaml(finding.fix),
+        "remediation_note": finding.fix.note,
         "references": list(meta.references),
         "evidence": [e.as_dict() for e in finding.evidence],
         "details": dict(finding.details),
@@ -109,7 +113,6 @@ def _finding_from(item: dict[str, Any]) -> Finding:
         severity=Severity(item["severity"]),
         protects="",
         remediation=str(item["remediation"]),
-        remediation_yaml=str(item.get("remediation_yaml", "")),
         references=tuple(str(r) for r in item.get("references", [])),
     )
     evidence = tuple(
@@ -124,4 +127,5 @@ def _finding_from(item: dict[str, Any]) -> Finding:
         evidence,
         Method(item["method"]),
         details,
+        Fix(note=str(item.get("remediation_note", "")), yaml=str(item.get("remediation_yaml", ""))),
     )

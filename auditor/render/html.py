@@ -143,7 +143,12 @@ def _finding(finding: Mapping[str, Any]) -> str:
             if finding.get("remediation_yaml")
             else ""
         )
-        fix = f"<p><strong>Fix:</strong> {_text(finding['remediation'])}</p>{yaml_fix}"
+        note = (
+            f"<p><strong>This finding:</strong> {_text(finding['remediation_note'])}</p>"
+            if finding.get("remediation_note")
+            else ""
+        )
+        fix = f"<p><strong>Fix:</strong> {_text(finding['remediation'])}</p>{note}{yaml_fix}"
     opened = " open" if finding["status"] != "pass" else ""
     return (
         f"<details{opened}><summary>{_badge(finding['status'])} <strong>{_text(finding['target'])}</strong> "

@@ -14,6 +14,7 @@ from itertools import groupby
 
 from auditor.core.model import Evidence, Finding, Status
 from auditor.render.escape import xml_text
+from auditor.render.fixes import fix_yaml
 from auditor.report import AuditReport
 
 
@@ -38,6 +39,10 @@ def _case(suite: ET.Element, finding: Finding) -> None:
     check, message = xml_text(finding.check.id), xml_text(finding.message)
     case = ET.SubElement(suite, "testcase", classname=finding.property.value, name=f"{check} [{finding.method.value}]")
     detail = message + "\n\nFix: " + xml_text(finding.check.remediation)
+    if finding.fix.note:
+        detail += "\nThis finding: " + xml_text(finding.fix.note)
+    if fix_yaml(finding.fix):
+        detail += "\n\n" + xml_text(fix_yaml(finding.fix), multiline=True)
     # As the table's -v: object, field=value and note never run together.
     evidence = "\n".join(xml_text(_evidence(e)) for e in finding.evidence)
     if finding.status is Status.FAIL:

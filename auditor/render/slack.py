@@ -21,6 +21,7 @@ from auditor.core.alerting.drift import Phase, Transition, TransitionKind
 from auditor.core.alerting.outbox import Entry, EntryKind, Outbox
 from auditor.core.model import Evidence
 from auditor.render.escape import slack_clip, slack_text
+from auditor.render.fixes import fix_yaml
 
 HEADER_LIMIT = 150
 SECTION_LIMIT = 3000
@@ -95,9 +96,11 @@ def alert_message(transition: Transition) -> dict[str, Any]:
     ]
     blocks += _evidence_blocks(finding.evidence)
     if transition.kind not in {TransitionKind.RESOLVED, TransitionKind.CLOSED}:
-        blocks.append(_mrkdwn(f"*Fix*\n{_esc(meta.remediation)}"))
-        if meta.remediation_yaml:
-            yaml_text = slack_text(meta.remediation_yaml.rstrip(), multiline=True)
+        note = f"\n_This finding:_ {_esc(finding.fix.note)}" if finding.fix.note else ""
+        blocks.append(_mrkdwn(f"*Fix*\n{_esc(meta.remediation)}{note}"))
+        text = fix_yaml(finding.fix)
+        if text:
+            yaml_text = slack_text(text.rstrip(), multiline=True)
             blocks.append(_mrkdwn(f"```{_clip(yaml_text, SECTION_LIMIT - 6)}```"))
     references = ", ".join(_esc(r) for r in meta.references)
     blocks.append(

@@ -16,6 +16,7 @@ from itertools import groupby
 
 from auditor.core.model import Evidence, Finding, Status, summarize
 from auditor.render.escape import visible
+from auditor.render.fixes import fix_yaml
 from auditor.report import AuditReport
 
 WIDTH = 80
@@ -61,9 +62,29 @@ def _row(finding: Finding, *, verbose: bool) -> list[str]:
             initial_indent=_INDENT,
             subsequent_indent=_INDENT + "     ",
         )
+    if finding.status in {Status.FAIL, Status.ERROR} or (verbose and finding.status is not Status.PASS):
+        lines += _fix_lines(finding, verbose=verbose)
     if verbose:
         for evidence in finding.evidence:
             lines += _evidence_lines(evidence)
+    return lines
+
+
+def _fix_lines(finding: Finding, *, verbose: bool) -> list[str]:
+    """This finding's fix: its note, then (at ``-v``) its YAML, unwrapped so it copies whole."""
+    lines = []
+    if finding.fix.note:
+        lines += _wrap(
+            "this finding: " + visible(finding.fix.note),
+            WIDTH,
+            initial_indent=_INDENT + "     ",
+            subsequent_indent=_INDENT + "     ",
+        )
+    text = fix_yaml(finding.fix).rstrip()
+    if text and verbose:
+        lines += [_INDENT + "     " + visible(line) for line in text.splitlines()]
+    elif text:
+        lines.append(f"{_INDENT}     (the YAML fix, {len(text.splitlines())} lines: -v)")
     return lines
 
 
@@ -117,8 +138,11 @@ def render_markdown(report: AuditReport) -> str:
         lines += ["", "## Remediation", ""]
         for f in failing:
             lines += [f"### {_code(f.target)}: {_md(f.check.title)}", "", _prose(f.check.remediation), ""]
-            if f.check.remediation_yaml:
-                body = visible(f.check.remediation_yaml.rstrip(), multiline=True)
+            if f.fix.note:
+                lines += [f"This finding: {_md(f.fix.note)}", ""]
+            text = fix_yaml(f.fix)
+            if text:
+                body = visible(text.rstrip(), multiline=True)
                 fence = _fence(body)
                 lines += [fence + "yaml", body, fence, ""]
             lines += [_evidence_markdown(e) for e in f.evidence]

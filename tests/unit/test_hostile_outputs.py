@@ -7,7 +7,6 @@ print a fake "exit 0: every finding passes.". Stored runs put markup into every 
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import re
@@ -23,7 +22,7 @@ import structlog
 from auditor.app import visible_log_strings
 from auditor.cli import main
 from auditor.core.checks.catalog import CAPTURED, INTRUDERS_REFUSED
-from auditor.core.model import Evidence, Finding, Method, Status
+from auditor.core.model import Evidence, Finding, Fix, Method, Status
 from auditor.errors import InputError
 from auditor.render.escape import visible, xml_text
 from auditor.render.junit import render_junit
@@ -107,8 +106,8 @@ def test_markdown_table_rows_keep_their_cells_and_code_spans_hold() -> None:
 
 
 def test_remediation_yaml_from_a_stored_run_cannot_close_its_fence() -> None:
-    meta = dataclasses.replace(CAPTURED, remediation_yaml="a: 1\n```\n# Forged heading\n")
-    text = render_markdown(AuditReport((Finding(meta, "default/x", Status.FAIL, "m"),)))
+    stored = Fix(yaml="a: 1\n```\n# Forged heading\n")
+    text = render_markdown(AuditReport((Finding(CAPTURED, "default/x", Status.FAIL, "m", fix=stored),)))
     assert "````yaml\na: 1\n```\n# Forged heading\n````" in text
 
 

@@ -6,8 +6,22 @@ import json
 
 from auditor.core.alerting.drift import DriftBook, DriftPolicy, Transition
 from auditor.core.checks.catalog import INTRUDERS_REFUSED, PEER_AUTHENTICATION
-from auditor.core.model import Evidence, Finding, Method, Status
+from auditor.core.model import Evidence, Finding, Fix, FixDocument, Method, Status
 from auditor.render.slack import HEADER_LIMIT, SECTION_LIMIT, alert_message, digest_message, thread_reply
+
+_STRICT = Fix(
+    (
+        FixDocument(
+            {
+                "apiVersion": "security.istio.io/v1",
+                "kind": "PeerAuthentication",
+                "metadata": {"name": "orders-debug", "namespace": "default"},
+                "spec": {"selector": {"matchLabels": {"app": "orders"}}, "mtls": {"mode": "STRICT"}},
+            }
+        ),
+    ),
+    "Apply default/orders-debug with mode STRICT.",
+)
 
 
 def _transition(
@@ -25,6 +39,7 @@ def _transition(
             Evidence("PeerAuthentication default/orders-debug", "spec.mtls.mode", "PERMISSIVE", "workload policy"),
         ),
         method=Method.STATIC,
+        fix=_STRICT,
     )
     after, transitions = (book or DriftBook()).evaluate([finding], now=0.0, policy=DriftPolicy())
     return after, transitions[0]
@@ -37,7 +52,9 @@ def test_opened_alert_names_the_drift_the_target_the_evidence_and_the_fix() -> N
     assert message["text"] == "Drift: strict-mtls on default/orders"
     assert "strict-mtls.peer-authentication" in text
     assert "PeerAuthentication default/orders-debug" in text
-    assert "kind: PeerAuthentication" in text  # the remediation YAML
+    assert "kind: PeerAuthentication" in text  # the finding's own fix, filled in
+    assert "name: orders-debug" in text
+    assert "Apply default/orders-debug with mode STRICT." in text
     assert "config (static analysis)" in text
 
 

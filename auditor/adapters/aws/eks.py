@@ -25,7 +25,7 @@ from botocore.retries.standard import RetryContext, ThrottledRetryableChecker, T
 
 from auditor.core.checks.automode import NodePools, auto_mode_verdict
 from auditor.core.checks.catalog import AUTO_MODE
-from auditor.core.model import Finding, Status
+from auditor.core.model import Finding, Fix, Status
 
 
 def auto_mode_finding(eks: Any, cluster: str, node_pools: Callable[[], NodePools] | None = None) -> Finding:
@@ -34,7 +34,9 @@ def auto_mode_finding(eks: Any, cluster: str, node_pools: Callable[[], NodePools
         described = eks.describe_cluster(name=cluster)["cluster"]
     except (ClientError, BotoCoreError) as error:
         kind = "transient, retried at a later audit" if transient(error) else "check the IAM role and cluster name"
-        return Finding(AUTO_MODE, f"cluster/{cluster}", Status.ERROR, f"eks:DescribeCluster failed ({kind}): {error}")
+        message = f"eks:DescribeCluster failed ({kind}): {error}"
+        fix = Fix(note=f"No YAML fix: nothing was proven wrong; the auditor could not describe the cluster ({kind})")
+        return Finding(AUTO_MODE, f"cluster/{cluster}", Status.ERROR, message, fix=fix)
     compute = described.get("computeConfig") or {}
     pools = None
     if compute.get("enabled") and not compute.get("nodePools") and node_pools is not None:

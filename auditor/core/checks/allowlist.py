@@ -6,6 +6,8 @@ Two checks: no identity outside the allow-list gets through the real enforcement
 
 from __future__ import annotations
 
+from auditor.core.authz import Caller
+from auditor.core.checks import fixes as fix_of
 from auditor.core.checks.catalog import ALLOWED_ADMITTED, INTRUDERS_REFUSED
 from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.reach import Reach, Route, probe_request, reach, ztunnel_translation_notes
@@ -34,13 +36,21 @@ def check_intruders_refused(ctx: AuditContext, protected: ProtectedService, serv
     fixes: dict[str, None] = {}
     unclear: list[str] = []
     refused_at: dict[str, None] = {}
-    for caller in intruders(ctx, protected, route):
-        for request in request_variants(ctx, protected, service, route, headers):
+    at_ztunnel = protected.waypoint is None
+    uncaptured: dict[str, Reach] = {}
+    callers = intruders(ctx, protected, route)
+    variants = request_variants(ctx, protected, service, route, headers)
+    for caller in callers:
+        for request in variants:
             outcome = _any_backend(reach(ctx, route, caller, request))
             if outcome[0] is True:
                 admitted.append(f"{caller.describe()} ({request.describe()}): {outcome[1].explain()}")
                 if outcome[1].skipped_waypoint:
                     fixes[bypass_fix(caller)] = None
+                # Skipping the waypoint (a sidecar, a gateway, plaintext) meets ztunnel only.
+                at_ztunnel = at_ztunnel or outcome[1].skipped_waypoint or caller.principal is None
+                if not outcome[1].backend.capture.inbound_enforced:
+                    uncaptured[outcome[1].backend.workload.meta.ref] = outcome[1]
                 break
             if outcome[0] is None:
                 unclear.append(f"{caller.describe()}: {outcome[1].explain()}")
@@ -52,7 +62,16 @@ def check_intruders_refused(ctx: AuditContext, protected: ProtectedService, serv
             admitted[:_MAX_EXAMPLES]
         )
         message += "".join(f". {fix}" for fix in fixes)
-        return finding(INTRUDERS_REFUSED, service, Status.FAIL, message, evidence)
+        fix = fix_of.policy_fix(
+            ctx,
+            protected,
+            service,
+            route,
+            waypoint=True,
+            ztunnel=at_ztunnel,
+            uncaptured=[(r.backend.workload, r.backend.capture) for r in uncaptured.values()],
+        )
+        return finding(INTRUDERS_REFUSED, service, Status.FAIL, message, evidence, fix=fix)
     if unclear:
         return finding(
             INTRUDERS_REFUSED,
@@ -62,13 +81,19 @@ def check_intruders_refused(ctx: AuditContext, protected: ProtectedService, serv
             evidence,
         )
     where = "; ".join(refused_at)
-    return finding(
-        INTRUDERS_REFUSED,
-        service,
-        Status.PASS,
-        f"every caller outside the allow-list is refused (at {where})",
-        evidence,
+    message = (
+        f"config: the {len(callers)} callers outside the allow-list the auditor builds (identities from the "
+        "policies' own patterns, the accounts of the namespaces they name, the snapshot's sidecar and gateway "
+        f"clients, a plaintext client) are refused on Service-addressed requests (at {where})"
     )
+    if _waypoint_only(route):
+        message += "; an in-mesh request to a pod IP skips the waypoint and no policy refuses it (§4.6)"
+    return finding(INTRUDERS_REFUSED, service, Status.PASS, message, evidence)
+
+
+def _waypoint_only(route: Route) -> bool:
+    """The allow-list lives only at the waypoint: pod-IP traffic skips it (§4.6)."""
+    return route.waypoint.gateway is not None and not any(b.ztunnel.policies for b in route.backends)
 
 
 def _any_backend(reaches: tuple[Reach, ...]) -> tuple[bool | None, Reach]:
@@ -108,7 +133,7 @@ def _enforcement_evidence(route: Route) -> list[Evidence]:
             )
             for p in backend.ztunnel.policies
         ]
-    if route.waypoint.gateway is not None and not any(b.ztunnel.policies for b in route.backends):
+    if _waypoint_only(route):
         # §4.6: the allow-list lives only at the waypoint; pod-IP traffic would skip it.
         evidence.append(
             Evidence(
@@ -138,27 +163,30 @@ def check_allowed_admitted(ctx: AuditContext, protected: ProtectedService, servi
         return finding(ALLOWED_ADMITTED, service, Status.INCONCLUSIVE, message)
     request = probe_request(protected, service, headers)
     refused, unclear = [], []
+    refusals: list[tuple[str, Caller, Reach]] = []
     evidence: list[Evidence] = [*route.ignored(), *ztunnel_translation_notes(route)]
+    tried = 0
     for principal in protected.allowed_principals:
         for caller in callers_as(ctx, principal):
+            tried += 1
             label = principal if caller.kind is ClientKind.AMBIENT else f"{principal} ({caller.kind.value})"
             for item in reach(ctx, route, caller, request):
                 if item.allowed is False:
                     refused.append(f"{label} is refused: {item.explain()}")
                     evidence += _pitfall(route, item)
+                    refusals.append((principal, caller, item))
                 elif item.allowed is None:
                     unclear.append(f"{label}: {item.explain()}")
     if refused:
-        return finding(ALLOWED_ADMITTED, service, Status.FAIL, " | ".join(refused), evidence)
+        fix = fix_of.refusal_fix(ctx, protected, service, route, refusals)
+        return finding(ALLOWED_ADMITTED, service, Status.FAIL, " | ".join(refused), evidence, fix=fix)
     if unclear:
         return finding(ALLOWED_ADMITTED, service, Status.INCONCLUSIVE, " | ".join(unclear), evidence)
-    return finding(
-        ALLOWED_ADMITTED,
-        service,
-        Status.PASS,
-        f"every allowed caller gets through ({_path(route)})",
-        evidence,
+    message = (
+        f"config: each allowed identity ({tried} caller(s): every kind of client its workloads are) is admitted "
+        f"on the probe request {request.describe()} ({_path(route)}); other paths and methods are not tried"
     )
+    return finding(ALLOWED_ADMITTED, service, Status.PASS, message, evidence)
 
 
 def _pitfall(route: Route, item: Reach) -> list[Evidence]:

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from auditor.core.checks.catalog import AUTO_MODE
-from auditor.core.model import Evidence, Finding, Status
+from auditor.core.model import Evidence, Finding, Fix, FixDocument, Status
+
+_NOT_KUBERNETES = (
+    "No YAML fix: Auto Mode is a setting of the EKS cluster {cluster} in the AWS API (computeConfig), not a "
+    "Kubernetes object; enable it with its built-in node pools (console, aws eks update-cluster-config, or your "
+    "infrastructure code), or set AUDITOR_PROBES__NODE_SELECTOR for the nodes you have."
+)
 
 AUTO_MODE_NODE_CLASS_GROUP = "eks.amazonaws.com"
 AUTO_MODE_NODE_CLASS_KIND = "NodeClass"
@@ -51,15 +57,17 @@ def auto_mode_verdict(cluster: str, compute: Mapping[str, Any] | None, node_pool
         Evidence(f"EKS cluster {cluster}", "computeConfig.enabled", str(enabled).lower()),
         Evidence(f"EKS cluster {cluster}", "computeConfig.nodePools", ",".join(built_in) or "(none)"),
     ]
+    fix = Fix(note=_NOT_KUBERNETES.format(cluster=cluster))
     if not enabled:
-        return Finding(AUTO_MODE, target, Status.FAIL, "Auto Mode is not enabled", tuple(evidence))
+        return Finding(AUTO_MODE, target, Status.FAIL, "Auto Mode is not enabled", tuple(evidence), fix=fix)
     if built_in:
-        message = f"Auto Mode enabled with built-in node pools {', '.join(built_in)}"
+        message = f"the EKS API reports Auto Mode enabled with built-in node pools {', '.join(built_in)}"
         return Finding(AUTO_MODE, target, Status.PASS, message, tuple(evidence))
     if node_pools is None or node_pools.problem is not None:
         reason = node_pools.problem if node_pools is not None else "NodePools were not read"
         message = f"Auto Mode enabled without built-in node pools, and custom NodePools could not be read: {reason}"
-        return Finding(AUTO_MODE, target, Status.ERROR, message, tuple(evidence))
+        unread = Fix(note=f"No YAML fix: nothing was proven wrong; the auditor could not read the NodePools ({reason})")
+        return Finding(AUTO_MODE, target, Status.ERROR, message, tuple(evidence), fix=unread)
     auto: list[str] = []
     other: list[str] = []
     for pool in node_pools.pools:
@@ -73,12 +81,39 @@ def auto_mode_verdict(cluster: str, compute: Mapping[str, Any] | None, node_pool
         evidence.append(Evidence(f"NodePool {pool.name}", "spec.template.spec.nodeClassRef", ref, note))
         (auto if is_auto and exists else other).append(pool.name)
     if auto:
-        message = f"Auto Mode enabled with custom node pools {', '.join(sorted(auto))} (built-in node pools disabled)"
+        message = (
+            f"the EKS API reports Auto Mode enabled, built-in node pools disabled, and the cluster has custom "
+            f"node pools {', '.join(sorted(auto))} on an existing Auto Mode NodeClass"
+        )
         return Finding(AUTO_MODE, target, Status.PASS, message, tuple(evidence))
     message = "Auto Mode has no node pools: the built-in ones are disabled and no NodePool uses an Auto Mode NodeClass"
     if other:
         message += f" ({', '.join(sorted(other))} do not)"
-    return Finding(AUTO_MODE, target, Status.FAIL, message, tuple(evidence))
+    return Finding(
+        AUTO_MODE, target, Status.FAIL, message, tuple(evidence), fix=_node_class_fix(other, node_pools) or fix
+    )
+
+
+def _node_class_fix(pools: list[str], node_pools: NodePools) -> Fix | None:
+    """The custom NodePools pointed at an existing Auto Mode NodeClass (merge patches), when there is one."""
+    if not pools or not node_pools.node_classes:
+        return None
+    node_class = sorted(node_pools.node_classes)[0]
+    ref = {"group": AUTO_MODE_NODE_CLASS_GROUP, "kind": AUTO_MODE_NODE_CLASS_KIND, "name": node_class}
+    documents = tuple(
+        FixDocument(
+            {
+                "apiVersion": "karpenter.sh/v1",
+                "kind": "NodePool",
+                "metadata": {"name": name},
+                "spec": {"template": {"spec": {"nodeClassRef": ref}}},
+            },
+            patch=True,
+        )
+        for name in sorted(pools)
+    )
+    note = f"Patch (merge) each NodePool to use the Auto Mode NodeClass {node_class}, which the cluster has."
+    return Fix(documents, note)
 
 
 def node_pool_refs(items: Sequence[Mapping[str, Any]]) -> tuple[NodePoolRef, ...]:

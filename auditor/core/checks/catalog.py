@@ -17,21 +17,10 @@ _AUTHZ = _MTLS | _WAYPOINT | {"AuthorizationPolicy", "ServiceAccount"}
 
 SEMANTICS = "docs/ambient-semantics.md"
 
-MESH_WIDE_STRICT = """\
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata:
-  name: default
-  namespace: istio-system
-spec:
-  mtls:
-    mode: STRICT
-"""
-
 CAPTURED = CheckMeta(
     id="strict-mtls.captured",
     property=Property.STRICT_MTLS,
-    title="Every workload behind the Service is captured by ztunnel",
+    title="Every workload behind the Service is enrolled in ztunnel's capture",
     severity=Severity.CRITICAL,
     protects="Without capture, ztunnel never sees inbound traffic: no mTLS, no STRICT, no L4 policy.",
     remediation=(
@@ -39,14 +28,13 @@ CAPTURED = CheckMeta(
         "(istio.io/dataplane-mode: none, ambient.istio.io/bypass-inbound-capture), sidecar injection "
         "and hostNetwork from the workload."
     ),
-    remediation_yaml="""\
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: <namespace>
-  labels:
-    istio.io/dataplane-mode: ambient
-""",
+    fix_summary=(
+        "A strategic merge patch of each uncaptured workload's pod template (the Deployment, StatefulSet... "
+        "whose pods they are): istio.io/dataplane-mode: ambient for a pod opt-out, sidecar.istio.io/inject: "
+        '"false" for a sidecar, hostNetwork: false, the bypass annotation removed; or the Namespace label '
+        "istio.io/dataplane-mode: ambient when neither is labelled. No YAML when the labels already enrol the"
+        " pod and istio-cni did not redirect it (a node's matter)."
+    ),
     references=(f"{SEMANTICS} §2, §10", "https://istio.io/latest/docs/ambient/usage/add-workloads/"),
     reads=_WORKLOADS,
 )
@@ -61,7 +49,11 @@ PEER_AUTHENTICATION = CheckMeta(
         "Keep one mesh-wide STRICT PeerAuthentication in the root namespace and delete namespace, "
         "workload or port-level overrides that set PERMISSIVE or DISABLE."
     ),
-    remediation_yaml=MESH_WIDE_STRICT,
+    fix_summary=(
+        "The PeerAuthentication that decided each plaintext-accepting port, under its own name, with mode "
+        "STRICT (its port-level entry, when that decided); the mesh-wide STRICT policy in the root namespace "
+        "when no policy decided."
+    ),
     references=(
         f"{SEMANTICS} §3, §10",
         "https://istio.io/latest/docs/reference/config/security/peer_authentication/",
@@ -72,7 +64,7 @@ PEER_AUTHENTICATION = CheckMeta(
 INTRUDERS_REFUSED = CheckMeta(
     id="principal-allowlist.intruders-refused",
     property=Property.PRINCIPAL_ALLOWLIST,
-    title="Callers outside the allow-list are refused where the traffic is enforced",
+    title="Callers outside the allow-list are refused on Service-addressed traffic",
     severity=Severity.HIGH,
     protects="Only the listed identities reach the Service (promise 2, principal-allowlist).",
     remediation=(
@@ -83,24 +75,14 @@ INTRUDERS_REFUSED = CheckMeta(
         'istio.io/ingress-use-waypoint: "true") meet only ztunnel: add a ztunnel-bound ALLOW admitting '
         "just the waypoint's identity, or move their namespace to ambient."
     ),
-    remediation_yaml="""\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: <service>
-  namespace: <namespace>
-spec:
-  targetRefs:
-  - kind: Gateway
-    group: gateway.networking.k8s.io
-    name: <waypoint>
-  action: ALLOW
-  rules:
-  - from:
-    - source:
-        principals:
-        - cluster.local/ns/<namespace>/sa/<allowed-service-account>
-""",
+    fix_summary=(
+        "The AuthorizationPolicies on the path, whole: each ALLOW at the waypoint with its sources cut to the"
+        " rules' allowedPrincipals and header conditions set to the required headers (operations kept), "
+        "created (targetRefs: the Service) when none; for callers that skip the waypoint, a ztunnel-bound "
+        "ALLOW (selector: the Service's) admitting only the waypoint's identity; the waypoint's label and "
+        "Gateway when the Service does not use it. No YAML when Istio skips a waypoint the config names (its "
+        "status)."
+    ),
     references=(
         f"{SEMANTICS} §4.1-§4.4, §4.6, §8, §9",
         "https://istio.io/latest/docs/ambient/usage/l4-policy/",
@@ -111,30 +93,19 @@ spec:
 ALLOWED_ADMITTED = CheckMeta(
     id="principal-allowlist.allowed-admitted",
     property=Property.PRINCIPAL_ALLOWLIST,
-    title="Every allowed caller really gets through, waypoint hop included",
+    title="Every allowed identity is admitted on the probe request, waypoint hop included",
     severity=Severity.HIGH,
     protects="The allowed path works; the classic break is a ztunnel ALLOW without the waypoint's identity.",
     remediation=(
         "Move the caller allow-list to a targetRefs policy on the waypoint; any ztunnel-bound ALLOW "
         "left on the workload must admit the waypoint's identity cluster.local/ns/<ns>/sa/<waypoint>."
     ),
-    remediation_yaml="""\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: <service>-from-waypoint
-  namespace: <namespace>
-spec:
-  selector:
-    matchLabels:
-      app.kubernetes.io/name: <service>
-  action: ALLOW
-  rules:
-  - from:
-    - source:
-        principals:
-        - cluster.local/ns/<namespace>/sa/<waypoint>
-""",
+    fix_summary=(
+        "What refuses the allowed identity, changed: the ztunnel-bound ALLOW behind the waypoint admitting "
+        "the waypoint's identity (§4.5), the waypoint's ALLOW holding the allow-list, a DENY that matched it "
+        "exempting it (notPrincipals), the caller's pods enrolled in ambient, or the Service labelled "
+        "istio.io/ingress-use-waypoint for an allowed gateway."
+    ),
     references=(f"{SEMANTICS} §4.5, §8.1, §9", "https://istio.io/latest/docs/ambient/usage/l7-features/"),
     reads=_AUTHZ,
 )
@@ -147,15 +118,11 @@ WAYPOINT_BOUND = CheckMeta(
     protects="L7 policy applies only to traffic that goes through the waypoint (promise 3).",
     remediation="Label the Service (or its namespace) with istio.io/use-waypoint=<waypoint> (and "
     "istio.io/use-waypoint-namespace for a waypoint in another namespace). A typo bypasses the waypoint silently.",
-    remediation_yaml="""\
-apiVersion: v1
-kind: Service
-metadata:
-  name: <service>
-  namespace: <namespace>
-  labels:
-    istio.io/use-waypoint: <waypoint>
-""",
+    fix_summary=(
+        "A strategic merge patch of the Service: istio.io/use-waypoint (and use-waypoint-namespace for a "
+        "waypoint in another namespace) naming the rules' waypoint. No YAML when the labels are right and "
+        "Istio reports WaypointBound=False (see the Gateway)."
+    ),
     references=(f"{SEMANTICS} §2, §4.7", "https://istio.io/latest/docs/ambient/usage/waypoint/"),
     reads=_WAYPOINT,
 )
@@ -163,26 +130,17 @@ metadata:
 WAYPOINT_GATEWAY = CheckMeta(
     id="waypoint-enrollment.gateway",
     property=Property.WAYPOINT_ENROLLMENT,
-    title="The waypoint Gateway exists, is a valid waypoint, serves Service traffic and is ready",
+    title="The waypoint Gateway exists, is a valid waypoint, serves Service traffic and is ready where status shows",
     severity=Severity.HIGH,
     protects="A waypoint that does not resolve or is not ready is skipped: traffic goes straight to the pods.",
     remediation="Create the Gateway with class istio-waypoint, exactly one listener 15008/HBONE and "
     "istio.io/waypoint-for: service (or all); allow other namespaces if it serves them.",
-    remediation_yaml="""\
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: <waypoint>
-  namespace: <namespace>
-  labels:
-    istio.io/waypoint-for: service
-spec:
-  gatewayClassName: istio-waypoint
-  listeners:
-  - name: mesh
-    port: 15008
-    protocol: HBONE
-""",
+    fix_summary=(
+        "The waypoint Gateway the rules name: created when missing; else a merge patch giving it class istio-"
+        "waypoint, the one HBONE listener on 15008, istio.io/waypoint-for: service and, across namespaces, "
+        "allowedRoutes from All. No YAML when its spec is right and it is not Programmed (the controller's "
+        "status)."
+    ),
     references=(f"{SEMANTICS} §2, §4.7", "https://istio.io/latest/docs/ambient/usage/waypoint/"),
     reads=_WAYPOINT,
 )
@@ -197,27 +155,12 @@ HEADERS_ENFORCED = CheckMeta(
     "(values, not notValues, * or a prefix/suffix pattern), and make sure no other ALLOW rule admits requests "
     "without it. Sidecar pods and gateways skip the waypoint: a ztunnel-bound ALLOW admitting only the waypoint's "
     "identity makes them go through it or be refused.",
-    remediation_yaml="""\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: <service>
-  namespace: <namespace>
-spec:
-  targetRefs:
-  - kind: Gateway
-    group: gateway.networking.k8s.io
-    name: <waypoint>
-  action: ALLOW
-  rules:
-  - from:
-    - source:
-        principals:
-        - cluster.local/ns/<namespace>/sa/<allowed-service-account>
-    when:
-    - key: request.headers[<header>]
-      values: ["<value>"]
-""",
+    fix_summary=(
+        "The waypoint's ALLOW policies with a condition request.headers[<name>] per required header (the "
+        "value as ${VARIABLE} for envsubst: header values are never printed), sources cut to the allow-list; "
+        "plus what sends every client through the waypoint (ztunnel-bound ALLOW for the waypoint's identity, "
+        "enrolled pods)."
+    ),
     references=(
         f"{SEMANTICS} §4.3, §4.6, §8.2, §9",
         "https://istio.io/latest/docs/reference/config/security/conditions/",
@@ -232,7 +175,7 @@ TARGET_EXISTS = CheckMeta(
     severity=Severity.MEDIUM,
     protects="An audit of nothing proves nothing: a renamed or missing Service is not a pass.",
     remediation="Fix the name or namespace in the rules, or add the missing manifests to the audit input.",
-    remediation_yaml="",
+    fix_summary=("None: the rules name what the input does not hold; correct the rules or the audit input."),
     references=("docs/rules.md",),
     reads=frozenset({"Service"}),
 )
@@ -245,7 +188,9 @@ SNAPSHOT_READ = CheckMeta(
     protects="A forbidden list or a missing CRD must never look like an empty, compliant cluster.",
     remediation="Grant the auditor's ClusterRole the missing verb on the resource named in the "
     "finding (deploy/rbac.yaml), or install the missing CRDs.",
-    remediation_yaml="",
+    fix_summary=(
+        "None: the auditor's own permission (deploy/rbac.yaml, the Helm chart) or a missing CRD, not mesh config."
+    ),
     references=("deploy/rbac.yaml",),
 )
 
@@ -264,7 +209,11 @@ STRICT_MTLS_PROBE = CheckMeta(
         "the static findings name (strict-mtls.peer-authentication, strict-mtls.captured) and fix it; "
         "a denial only counts when the positive control (control.enabled) succeeded in the same run."
     ),
-    remediation_yaml=MESH_WIDE_STRICT,
+    fix_summary=(
+        "The failing static findings' fixes (strict-mtls.captured, .peer-authentication) when the config "
+        "explains the traffic; none when the config passes (the cluster differs from it) or nothing was "
+        "proven."
+    ),
     references=(f"{SEMANTICS} §1.2, §3", _PROBES),
 )
 
@@ -279,7 +228,10 @@ ALLOWLIST_PROBE = CheckMeta(
         "finding principal-allowlist.intruders-refused names; if the allowed identity was refused, see "
         "principal-allowlist.allowed-admitted (the waypoint identity pitfall, semantics §4.5)."
     ),
-    remediation_yaml="",
+    fix_summary=(
+        "The failing static findings' fixes (principal-allowlist.*); none when the config passes or nothing "
+        "was proven (a denial without a passing control)."
+    ),
     references=(f"{SEMANTICS} §1.1, §1.3, §4.5", _PROBES),
 )
 
@@ -293,7 +245,10 @@ HEADERS_PROBE = CheckMeta(
         "If a request without a required header got through, bind the header condition to the "
         "waypoint with targetRefs (see required-headers.enforced). Needs the positive control."
     ),
-    remediation_yaml="",
+    fix_summary=(
+        "The failing static finding's fix (required-headers.enforced); none when the config passes or nothing"
+        " was proven."
+    ),
     references=(f"{SEMANTICS} §1.3, §4.3, §4.6, §8.2", _PROBES),
 )
 
@@ -308,7 +263,9 @@ WAYPOINT_PROBE = CheckMeta(
         "x-envoy-upstream-service-time), the traffic bypasses the waypoint: check the Service's "
         "istio.io/use-waypoint label and the Gateway's status (waypoint-enrollment.bound, .gateway)."
     ),
-    remediation_yaml="",
+    fix_summary=(
+        "The failing static findings' fixes (waypoint-enrollment.*); none when the config passes or nothing was proven."
+    ),
     references=(f"{SEMANTICS} §1.7, §4.7", _PROBES),
 )
 
@@ -321,7 +278,10 @@ AUTO_MODE = CheckMeta(
     remediation="Enable EKS Auto Mode (computeConfig.enabled) with its built-in node pools, or with custom "
     "NodePools whose nodeClassRef names an eks.amazonaws.com NodeClass; or set the probe node selector "
     "(AUDITOR_PROBES__NODE_SELECTOR) for your nodes.",
-    remediation_yaml="",
+    fix_summary=(
+        "Merge patches pointing custom NodePools at an existing Auto Mode NodeClass; otherwise none: Auto "
+        "Mode is a setting of the EKS cluster in the AWS API, not a Kubernetes object."
+    ),
     references=(
         f"{SEMANTICS} §6",
         "https://docs.aws.amazon.com/eks/latest/userguide/automode.html",

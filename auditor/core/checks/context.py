@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from auditor.core.model import CheckMeta, Evidence, Finding, Status
+from auditor.core.model import NO_FIX, CheckMeta, Evidence, Finding, Fix, Status
 from auditor.core.posture import Posture
 from auditor.core.snapshot import Service, SnapshotIndex
 
@@ -33,9 +33,11 @@ def finding(
     status: Status,
     message: str,
     evidence: list[Evidence] | tuple[Evidence, ...] = (),
+    *,
+    fix: Fix = NO_FIX,
 ) -> Finding:
     target = service if isinstance(service, str) else service.meta.key
-    return Finding(check=meta, target=target, status=status, message=message, evidence=_unique(evidence))
+    return Finding(check=meta, target=target, status=status, message=message, evidence=_unique(evidence), fix=fix)
 
 
 def _unique(evidence: list[Evidence] | tuple[Evidence, ...]) -> tuple[Evidence, ...]:

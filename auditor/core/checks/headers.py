@@ -8,6 +8,7 @@ method, path and port the policies single out. Only a waypoint sees headers (§4
 from __future__ import annotations
 
 from auditor.core.authz import Caller
+from auditor.core.checks import fixes
 from auditor.core.checks.catalog import HEADERS_ENFORCED
 from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.reach import Reach, Route, probe_request, reach, ztunnel_translation_notes
@@ -46,16 +47,19 @@ def check_headers_enforced(ctx: AuditContext, protected: ProtectedService, servi
     evidence = [*route.ignored(), *_dropped_at_ztunnel(route)]
     if route.waypoint.gateway is None:
         evidence += [p.evidence for p in route.waypoint.problems] or list(route.waypoint.binding.evidence)
-    control = _control_failures(ctx, protected, service, route, headers)
+    control, refusals = _control_failures(ctx, protected, service, route, headers)
     if control:
         message = (
             "requests carrying the required headers are refused too, so the header is not what the policy checks: "
             + " | ".join(control[:_MAX_EXAMPLES])
         )
-        return finding(HEADERS_ENFORCED, service, Status.FAIL, message, evidence)
+        fix = fixes.refusal_fix(ctx, protected, service, route, refusals, waypoint=True)
+        return finding(HEADERS_ENFORCED, service, Status.FAIL, message, evidence, fix=fix)
     admitted, unclear = _headerless_admitted(ctx, protected, service, route, headers)
     if admitted:
-        return finding(HEADERS_ENFORCED, service, Status.FAIL, " | ".join(admitted[:_MAX_EXAMPLES]), evidence)
+        fix = fixes.admitted_fix(ctx, protected, service, route)
+        message = " | ".join(admitted[:_MAX_EXAMPLES])
+        return finding(HEADERS_ENFORCED, service, Status.FAIL, message, evidence, fix=fix)
     if unclear:
         return finding(
             HEADERS_ENFORCED,
@@ -67,13 +71,17 @@ def check_headers_enforced(ctx: AuditContext, protected: ProtectedService, servi
     names = ", ".join(h.name for h in protected.required_headers)
     gateway = route.waypoint.gateway
     where = gateway.meta.key if gateway else "?"
-    return finding(
-        HEADERS_ENFORCED,
-        service,
-        Status.PASS,
-        f"waypoint {where} refuses requests without the required value of {names}",
-        evidence,
+    message = (
+        f"config: waypoint {where} admits the allowed identities with the required value of {names} and refuses "
+        "them without it or with a wrong one (near misses and every value a condition names), on the probe "
+        "request and the methods, paths and ports the policies name"
     )
+    skipping = bypass_callers(ctx)
+    if skipping:
+        message += f"; such requests from the snapshot's {len(skipping)} sidecar and gateway client(s) are refused too"
+    if not any(b.ztunnel.policies for b in route.backends):
+        message += "; a request to a pod IP skips the waypoint, so no header is checked on it (§4.6)"
+    return finding(HEADERS_ENFORCED, service, Status.PASS, message, evidence)
 
 
 def _control_failures(
@@ -82,15 +90,17 @@ def _control_failures(
     service: Service,
     route: Route,
     headers: dict[str, str],
-) -> list[str]:
+) -> tuple[list[str], list[tuple[str, Caller, Reach]]]:
     request = probe_request(protected, service, headers)
-    failures = []
+    failures: list[str] = []
+    refusals: list[tuple[str, Caller, Reach]] = []
     for principal in protected.allowed_principals:
         for caller in callers_as(ctx, principal):
             for item in reach(ctx, route, caller, request):
                 if item.allowed is False:
                     failures.append(f"{caller.describe()}: {item.explain()}")
-    return failures
+                    refusals.append((principal, caller, item))
+    return failures, refusals
 
 
 def _headerless_admitted(

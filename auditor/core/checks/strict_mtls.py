@@ -7,9 +7,10 @@ gateways, istiod, ztunnel, istio-cni) are ``skipped`` with the reason (§10).
 
 from __future__ import annotations
 
+from auditor.core.checks import fixes
 from auditor.core.checks.catalog import CAPTURED, PEER_AUTHENTICATION
 from auditor.core.checks.context import AuditContext, finding
-from auditor.core.mesh import CaptureState, capture_of, effective_mtls, istio_service
+from auditor.core.mesh import CaptureState, MtlsDecision, capture_of, effective_mtls, istio_service
 from auditor.core.model import CheckMeta, Evidence, Finding, Status
 from auditor.core.snapshot import Service, Workload
 
@@ -27,7 +28,8 @@ def check_captured(ctx: AuditContext, service: Service) -> Finding:
     evidence = [ev for _, c in captures for ev in c.evidence]
     out = [f"{w.meta.ref}: {c.reason}" for w, c in captures if c.state is CaptureState.NOT_CAPTURED]
     if out:
-        return finding(CAPTURED, service, Status.FAIL, "not captured by ztunnel: " + "; ".join(out), evidence)
+        message = "not captured by ztunnel: " + "; ".join(out)
+        return finding(CAPTURED, service, Status.FAIL, message, evidence, fix=fixes.capture_fix(ctx, captures))
     pending = [w.meta.ref for w, c in captures if c.state is CaptureState.PENDING]
     if pending:
         return finding(
@@ -37,8 +39,18 @@ def check_captured(ctx: AuditContext, service: Service) -> Finding:
             "capture pending for " + ", ".join(pending),
             evidence,
         )
+    return finding(CAPTURED, service, Status.PASS, _captured_message(ctx, workloads), evidence)
+
+
+def _captured_message(ctx: AuditContext, workloads: tuple[Workload, ...]) -> str:
+    """What a capture PASS proves: labels read from config, or istio-cni's own report on live pods."""
     names = ", ".join(w.meta.ref for w in workloads)
-    return finding(CAPTURED, service, Status.PASS, f"captured by ztunnel: {names}", evidence)
+    if all(w.is_pod for w in workloads) and ctx.index.snapshot.live:
+        return f"istio-cni reports every pod behind the Service redirected to ztunnel: {names}"
+    return (
+        f"labelled for ambient capture (pod templates and namespace labels, read from config; "
+        f"istio-cni's redirection is not observed offline): {names}"
+    )
 
 
 def _istio_own(service: Service, ctx: AuditContext, meta: CheckMeta) -> Finding | None:
@@ -90,6 +102,7 @@ def check_peer_authentication(ctx: AuditContext, service: Service) -> Finding:
     if missing:
         return missing
     failures: list[str] = []
+    failing: list[tuple[Workload, int, MtlsDecision]] = []
     unclear: list[str] = []
     passed: list[str] = []
     evidence: list[Evidence] = []
@@ -103,6 +116,7 @@ def check_peer_authentication(ctx: AuditContext, service: Service) -> Finding:
             label = f"{workload.meta.ref} port {port}"
             if not decision.refuses_plaintext:
                 failures.append(f"{label} accepts plaintext (effective mode {decision.mode})")
+                failing.append((workload, port, decision))
             elif decision.ambiguous:
                 unclear.append(f"{label}: policies at one level disagree and carry no creationTimestamp")
             else:
@@ -117,14 +131,17 @@ def check_peer_authentication(ctx: AuditContext, service: Service) -> Finding:
             [ev],
         )
     if failures:
-        return finding(PEER_AUTHENTICATION, service, Status.FAIL, "; ".join(failures), evidence)
+        fix = fixes.mtls_fix(ctx, failing)
+        return finding(PEER_AUTHENTICATION, service, Status.FAIL, "; ".join(failures), evidence, fix=fix)
     if unclear:
         return finding(PEER_AUTHENTICATION, service, Status.INCONCLUSIVE, "; ".join(unclear), evidence)
     return finding(
         PEER_AUTHENTICATION,
         service,
         Status.PASS,
-        "effective mode STRICT on " + ", ".join(passed),
+        "config: the effective PeerAuthentication mode is STRICT on the Service's target ports ("
+        + ", ".join(passed)
+        + "); it refuses plaintext where ztunnel captures the pods (strict-mtls.captured)",
         evidence,
     )
 

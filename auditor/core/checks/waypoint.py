@@ -7,9 +7,10 @@ snapshot has status, ``Programmed`` / ``istio.io/WaypointBound`` (§2, §4.7).
 
 from __future__ import annotations
 
+from auditor.core.checks import fixes
 from auditor.core.checks.catalog import WAYPOINT_BOUND, WAYPOINT_GATEWAY
 from auditor.core.checks.context import AuditContext, finding
-from auditor.core.mesh import condition, waypoint_binding, waypoint_problems
+from auditor.core.mesh import HBONE_PORT, condition, waypoint_binding, waypoint_problems
 from auditor.core.model import Evidence, Finding, Status
 from auditor.core.posture import ProtectedService
 from auditor.core.snapshot import Service
@@ -28,6 +29,7 @@ def check_bound(ctx: AuditContext, protected: ProtectedService, service: Service
             Status.FAIL,
             f"the Service opts out of waypoints (use-waypoint: none); expected {expected}",
             evidence,
+            fix=fixes.bound_fix(ctx, protected, service),
         )
     if binding.name is None:
         return finding(
@@ -36,6 +38,7 @@ def check_bound(ctx: AuditContext, protected: ProtectedService, service: Service
             Status.FAIL,
             f"no istio.io/use-waypoint label on the Service or its namespace; expected {expected}",
             evidence,
+            fix=fixes.bound_fix(ctx, protected, service),
         )
     actual = f"{binding.namespace}/{binding.name}"
     if actual != expected:
@@ -43,7 +46,8 @@ def check_bound(ctx: AuditContext, protected: ProtectedService, service: Service
             f"labelled for waypoint {actual}, expected {expected}: "
             "traffic goes elsewhere or, for a typo, straight to the pods (§4.7)"
         )
-        return finding(WAYPOINT_BOUND, service, Status.FAIL, message, evidence)
+        fix = fixes.bound_fix(ctx, protected, service)
+        return finding(WAYPOINT_BOUND, service, Status.FAIL, message, evidence, fix=fix)
     bound = condition(service.conditions, "istio.io/WaypointBound")
     if bound is not None and bound.status != "True":
         evidence.append(
@@ -60,6 +64,7 @@ def check_bound(ctx: AuditContext, protected: ProtectedService, service: Service
             Status.FAIL,
             f"labelled for {expected} but Istio reports WaypointBound={bound.status} ({bound.reason})",
             evidence,
+            fix=fixes.bound_fix(ctx, protected, service),
         )
     if bound is None:
         evidence.append(
@@ -70,7 +75,16 @@ def check_bound(ctx: AuditContext, protected: ProtectedService, service: Service
                 "no status in the input; labels decided",
             )
         )
-    return finding(WAYPOINT_BOUND, service, Status.PASS, f"labelled for waypoint {expected}", evidence)
+    source = (
+        "the Service's" if binding.evidence and binding.evidence[0].object == service.meta.ref else "its namespace's"
+    )
+    status = (
+        "Istio reports WaypointBound=True"
+        if bound is not None
+        else "Istio's WaypointBound status is not in the input: labels decided"
+    )
+    message = f"labelled for waypoint {expected} ({source} istio.io/use-waypoint label); {status}"
+    return finding(WAYPOINT_BOUND, service, Status.PASS, message, evidence)
 
 
 def check_gateway(ctx: AuditContext, protected: ProtectedService, service: Service) -> Finding:
@@ -87,11 +101,14 @@ def check_gateway(ctx: AuditContext, protected: ProtectedService, service: Servi
             "(not found)",
             "a missing waypoint is skipped: traffic goes straight to the pods (§4.7)",
         )
-        return finding(WAYPOINT_GATEWAY, service, Status.FAIL, f"waypoint Gateway {key} does not exist", [ev])
+        fix = fixes.gateway_fix(ctx, protected, service)
+        return finding(WAYPOINT_GATEWAY, service, Status.FAIL, f"waypoint Gateway {key} does not exist", [ev], fix=fix)
     problems = waypoint_problems(gateway, service, ctx.index)
     evidence = [p.evidence for p in problems]
     if problems:
-        return finding(WAYPOINT_GATEWAY, service, Status.FAIL, "; ".join(p.message for p in problems), evidence)
+        message = "; ".join(p.message for p in problems)
+        fix = fixes.gateway_fix(ctx, protected, service)
+        return finding(WAYPOINT_GATEWAY, service, Status.FAIL, message, evidence, fix=fix)
     evidence.append(Evidence(gateway.meta.ref, "spec.gatewayClassName", gateway.class_name))
     evidence.append(
         Evidence(
@@ -109,10 +126,9 @@ def check_gateway(ctx: AuditContext, protected: ProtectedService, service: Servi
                 "no status in the input; readiness not shown",
             )
         )
-    return finding(
-        WAYPOINT_GATEWAY,
-        service,
-        Status.PASS,
-        f"{gateway.meta.ref} is a valid waypoint for Service traffic",
-        evidence,
+    ready = "Programmed, with an address" if gateway.has_status else "readiness not shown: no status in the input"
+    message = (
+        f"{gateway.meta.ref} is a valid waypoint for Service traffic (class {gateway.class_name}, one HBONE "
+        f"listener on {HBONE_PORT}, serves this Service's namespace); {ready}"
     )
+    return finding(WAYPOINT_GATEWAY, service, Status.PASS, message, evidence)

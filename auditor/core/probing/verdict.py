@@ -32,7 +32,8 @@ from auditor.core.checks.catalog import (
     WAYPOINT_GATEWAY,
     WAYPOINT_PROBE,
 )
-from auditor.core.model import CheckMeta, Evidence, Finding, Method, Status
+from auditor.core.checks.fixes import explained, merge_fixes, none
+from auditor.core.model import NO_FIX, CheckMeta, Evidence, Finding, Fix, Method, Status
 from auditor.core.posture import ProtectedService
 from auditor.core.probing.probeplan import NEAR_MISS, PLAINTEXT, WITH_HEADERS, WITHOUT, PlannedRequest, Role, RunPlan
 from auditor.core.probing.probereport import Observation, RunReport
@@ -121,7 +122,7 @@ def probe_findings(plan: RunPlan, report: RunReport, static: Sequence[Finding]) 
     for protected in plan.targets:
         view = TargetView(protected, plan, report, by_key)
         findings += _target_findings(view)
-    return tuple(sorted(findings, key=Finding.sort_key))
+    return tuple(sorted((explained(f) for f in findings), key=Finding.sort_key))
 
 
 def _target_findings(view: TargetView) -> list[Finding]:
@@ -141,7 +142,9 @@ def _target_findings(view: TargetView) -> list[Finding]:
     return [verdicts[meta.id](view) for meta in checks]
 
 
-def _finding(view: TargetView, meta: CheckMeta, status: Status, message: str, evidence: list[Evidence]) -> Finding:
+def _finding(
+    view: TargetView, meta: CheckMeta, status: Status, message: str, evidence: list[Evidence], *, fix: Fix = NO_FIX
+) -> Finding:
     return Finding(
         check=meta,
         target=view.protected.target,
@@ -150,6 +153,7 @@ def _finding(view: TargetView, meta: CheckMeta, status: Status, message: str, ev
         evidence=tuple(dict.fromkeys(evidence)),
         method=Method.PROBE,
         details={"run_id": view.plan.run_id},
+        fix=fix,
     )
 
 
@@ -192,7 +196,8 @@ def strict_mtls_verdict(view: TargetView) -> Finding:
         traffic = f"a plaintext request from outside the mesh was answered: {observation.describe()}"
         return _contradiction(view, STRICT_MTLS_PROBE, (CAPTURED, PEER_AUTHENTICATION), traffic, [seen])
     if observation.outcome is Outcome.L4_DENIED:
-        return _denial(view, STRICT_MTLS_PROBE, "plaintext from outside the mesh was refused", [seen])
+        what = f"one plaintext request ({_sent(seen)}) from a probe pod outside the mesh was refused at L4"
+        return _denial(view, STRICT_MTLS_PROBE, what, [seen])
     return _wrong_kind(view, STRICT_MTLS_PROBE, seen)
 
 
@@ -220,7 +225,8 @@ def allowlist_verdict(view: TargetView) -> Finding:
         return _not_observed(view, ALLOWLIST_PROBE, seen)
     assert seen.request is not None  # noqa: S101 - an observation always belongs to a request
     if observation.outcome is seen.request.expect:
-        return _denial(view, ALLOWLIST_PROBE, "the intruder was refused", [seen, control.seen], control)
+        what = f"one request ({_sent(seen)}) from the probe's intruder identity, on no allow-list, was refused"
+        return _denial(view, ALLOWLIST_PROBE, what, [seen, control.seen], control)
     return _wrong_kind(view, ALLOWLIST_PROBE, seen)
 
 
@@ -245,7 +251,11 @@ def headers_verdict(view: TargetView) -> Finding:
     wrong = [s for s in seens if s.observation is not None and s.observation.outcome is not Outcome.L7_DENIED]
     if wrong:
         return _wrong_kind(view, HEADERS_PROBE, wrong[0])
-    return _denial(view, HEADERS_PROBE, "every request without a required header was refused", [*seens, control.seen])
+    what = (
+        f"the allowed identity's {len(seens)} request(s) without a required header, or with a near miss of its "
+        "value where planned, were refused by the waypoint (L7)"
+    )
+    return _denial(view, HEADERS_PROBE, what, [*seens, control.seen])
 
 
 def waypoint_verdict(view: TargetView) -> Finding:
@@ -267,11 +277,18 @@ def waypoint_verdict(view: TargetView) -> Finding:
             view,
             WAYPOINT_PROBE,
             Status.PASS,
-            f"the allowed request went through the waypoint: {proof}",
+            f"the allowed identity's request ({_sent(seen)}) went through the waypoint: {proof}",
             [seen.evidence()],
         )
     traffic = f"the allowed request's response shows no waypoint hop ({_hop_wanted(view.plan.marker_header)})"
     return _contradiction(view, WAYPOINT_PROBE, (WAYPOINT_BOUND, WAYPOINT_GATEWAY), traffic, [seen])
+
+
+def _sent(seen: Seen) -> str:
+    """The request line a probe sent (method and URL: no header, so no value)."""
+    if seen.request is None:
+        return "not planned"
+    return f"{seen.request.wire.method} {seen.request.wire.url}"
 
 
 def waypoint_hop(observation: Observation, marker: str | None) -> str | None:
@@ -331,4 +348,17 @@ def _contradiction(
     else:
         message = traffic
     evidence = [s.evidence() for s in seens] + [ev for f in statics for ev in f.evidence]
-    return _finding(view, meta, Status.FAIL, message, evidence)
+    return _finding(view, meta, Status.FAIL, message, evidence, fix=_traffic_fix(statics))
+
+
+def _traffic_fix(statics: list[Finding]) -> Fix:
+    """A FAIL proven by traffic is fixed where the config is wrong: the failing static findings' fixes."""
+    failing = [f for f in statics if f.status is Status.FAIL]
+    if failing:
+        ids = ", ".join(f.check.id for f in failing)
+        return merge_fixes((f.fix for f in failing), f"The config's drift ({ids}) is the cause; its fix:")
+    return none(
+        "the config passes the static checks, so no change to it can be derived: the cluster may differ from the "
+        "audited config (a change since the snapshot) or do what the auditor's model does not; compare the probe's "
+        "evidence with the objects the static findings name"
+    )

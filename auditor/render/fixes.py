@@ -1,0 +1,53 @@
+"""A finding's fix as YAML text: the one serialization every renderer shows.
+
+Documents are dumped with PyYAML's safe dumper (every hostile string is quoted or escaped as a
+YAML scalar, never markup: a newline or ``: `` in a name stays inside its value; non-ASCII is
+written as ``\\u`` escapes, so no bidi or invisible character reaches a reader). Each document
+starts with a comment naming how to apply it; names in that comment pass through
+``escape.visible``, so none can end the comment line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from auditor.core.model import Fix, FixDocument
+from auditor.render.escape import visible
+
+# Core and apps kinds take a strategic merge patch; custom resources (Gateway) only a merge patch.
+_STRATEGIC = frozenset({"v1", "apps/v1", "batch/v1"})
+
+
+def fix_yaml(fix: Fix) -> str:
+    """The fix's documents as one multi-document YAML text (``""`` when there are none)."""
+    if fix.yaml:
+        return fix.yaml
+    return "---\n".join(_document(d) for d in fix.documents)
+
+
+def _document(document: FixDocument) -> str:
+    body = _plain(document.body)
+    return _how(document) + "\n" + yaml.safe_dump(body, sort_keys=False, width=1_000_000, allow_unicode=False)
+
+
+def _how(document: FixDocument) -> str:
+    if not document.patch:
+        return "# kubectl apply -f FILE"
+    body = document.body
+    metadata = body.get("metadata") or {}
+    kind = str(body.get("kind", "")).lower()
+    strategy = "strategic" if body.get("apiVersion") in _STRATEGIC else "merge"
+    where = f" -n {metadata['namespace']}" if metadata.get("namespace") else ""
+    return visible(f"# kubectl patch {kind} {metadata.get('name', '')}{where} --type {strategy} --patch-file FILE")
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences as dicts and lists: the safe dumper represents nothing else."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
