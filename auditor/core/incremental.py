@@ -43,6 +43,7 @@ from auditor.core.snapshot import (
     Snapshot,
     SnapshotIndex,
     Workload,
+    selector_matches,
 )
 
 # (watched resource, namespace, name): one object as the watches key it (a Deployment and the
@@ -63,16 +64,21 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class Reach:
-    """What a change can affect: the namespaces whose strict-mTLS findings it can change, whether
-    it can change the protected Services' findings, or (``everything``) anything at all."""
+    """What a change can affect: the namespaces whose strict-mTLS findings it can change, the
+    protected Services (``namespace/name``) whose findings it can change, or all of them
+    (``protected``), or (``everything``) anything at all."""
 
     namespaces: frozenset[str] = frozenset()
+    targets: frozenset[str] = frozenset()
     protected: bool = False
     everything: bool = False
 
     def __or__(self, other: Reach) -> Reach:
         return Reach(
-            self.namespaces | other.namespaces, self.protected or other.protected, self.everything or other.everything
+            self.namespaces | other.namespaces,
+            self.targets | other.targets,
+            self.protected or other.protected,
+            self.everything or other.everything,
         )
 
 
@@ -87,7 +93,7 @@ class Update:
 
     findings: tuple[Finding, ...]
     namespaces: frozenset[str]
-    protected: bool
+    targets: frozenset[str]  # protected Services re-evaluated
     everything: bool
 
 
@@ -112,10 +118,11 @@ class IncrementalAudit:
         for key, decoded in objects.items():
             self._put(key, decoded)
         self._root = posture.mesh.root_namespace
-        self._protected_ns = frozenset(
-            ns for p in posture.protected for ns in (p.namespace, p.waypoint_namespace) if ns is not None
-        )
-        self._scope_ns = frozenset(e.namespace for e in posture.scope) | {p.namespace for p in posture.protected}
+        self._protected_in: dict[str, list[str]] = {}  # namespace -> protected Services there or waypointed there
+        for p in posture.protected:
+            for ns in dict.fromkeys([p.namespace, p.waypoint_namespace or p.namespace]):
+                self._protected_in.setdefault(ns, []).append(p.target)
+        self._all_targets = frozenset(p.target for p in posture.protected)
         self._scoped: dict[str, list[Finding]] = {}
         self._protected: dict[str, list[Finding]] = {}
         self._blocks: dict[str, tuple[Finding, ...]] = {}
@@ -139,17 +146,18 @@ class IncrementalAudit:
             reach |= self._reach_and_store(change)
         if reach.everything:
             self._evaluate_everything()
-            return Update(self._findings, frozenset(self._blocks), True, True)
+            return Update(self._findings, frozenset(self._blocks), self._all_targets, True)
         touched = set(reach.namespaces)
         for namespace in reach.namespaces:
             self._scoped[namespace] = self._scoped_in(namespace)
-        if reach.protected:
-            touched |= self._evaluate_protected(SnapshotIndex(self.snapshot()))
+        targets = self._all_targets if reach.protected else reach.targets & self._all_targets
+        if targets:
+            touched |= self._evaluate_protected(SnapshotIndex(self.snapshot()), targets)
         for namespace in touched:
             self._rebuild_block(namespace)
         if touched:
             self._join()
-        return Update(self._findings, frozenset(reach.namespaces), reach.protected, False)
+        return Update(self._findings, frozenset(reach.namespaces), frozenset(targets), False)
 
     # --- what a change reaches ---------------------------------------------------------------
 
@@ -178,23 +186,38 @@ class IncrementalAudit:
         if ns == self._root and isinstance(obj, PeerAuthentication | AuthorizationPolicy | Workload | Service):
             return EVERYTHING  # mesh-wide policy, or the root namespace's own Services
         here = frozenset({ns})
-        in_protected_ns = ns in self._protected_ns
         if isinstance(obj, Namespace):
             if obj.meta.name == self._root:
                 return EVERYTHING
             return Reach(frozenset({obj.meta.name}), protected=True)  # its labels decide capture of clients too
         if isinstance(obj, Service):
-            return Reach(here, protected=in_protected_ns)
+            # A protected Service's checks read no other Service than their own.
+            return Reach(here, targets=frozenset({obj.meta.key}))
         if isinstance(obj, PeerAuthentication):
-            return Reach(here, protected=in_protected_ns)
+            # It decides mTLS at the backends of the protected Services of its namespace.
+            return Reach(here, targets=frozenset(self._protected_in.get(ns, ())))
         if isinstance(obj, AuthorizationPolicy | ServiceAccount):
-            return Reach(protected=True)  # the strict-mTLS checks read neither
+            return Reach(protected=True)  # the strict-mTLS checks read neither; callers are built from both
         if isinstance(obj, Gateway):
             return Reach(here, protected=True)
         if isinstance(obj, Workload):
             assert index is not None  # noqa: S101 - _needs_index is true for workloads
-            return Reach(here, protected=in_protected_ns or self._caller_changed(obj, index, before[ns], after[ns]))
+            if self._caller_changed(obj, index, before[ns], after[ns]):
+                return Reach(here, protected=True)
+            return Reach(here, targets=self._backend_of(obj, index))
         return EVERYTHING  # GatewayClass, HTTPRoute, ServiceEntry, anything new: do not guess
+
+    def _backend_of(self, workload: Workload, index: SnapshotIndex) -> frozenset[str]:
+        """The protected Services of the workload's namespace that select it (it is their backend),
+        and those waypointed there (their waypoint's pods)."""
+        found = set()
+        for target in self._protected_in.get(workload.meta.namespace, ()):
+            service = index.services.get(target)
+            if service is None or target.partition("/")[0] != workload.meta.namespace:
+                found.add(target)  # waypointed here, or not there yet: do not guess
+            elif service.selector and selector_matches(service.selector, workload.pod_labels):
+                found.add(target)
+        return frozenset(found)
 
     def _caller_changed(
         self, workload: Workload, index: SnapshotIndex, before: SnapshotIndex, after: SnapshotIndex
@@ -222,12 +245,15 @@ class IncrementalAudit:
             self._rebuild_block(namespace)
         self._join()
 
-    def _evaluate_protected(self, index: SnapshotIndex) -> set[str]:
+    def _evaluate_protected(self, index: SnapshotIndex, targets: frozenset[str]) -> set[str]:
+        """Re-evaluate the given protected Services; returns the namespaces whose findings changed."""
         ctx = AuditContext(index=index, posture=self._posture, header_values=self._values)
-        fresh = _by_namespace(protected_findings(ctx, self._posture.protected))
-        touched = self._protected.keys() | fresh.keys()
-        self._protected = fresh
-        return set(touched)
+        fresh = _by_namespace(protected_findings(ctx, [p for p in self._posture.protected if p.target in targets]))
+        touched = {t.partition("/")[0] for t in targets}
+        for namespace in touched:
+            kept = [f for f in self._protected.get(namespace, []) if f.target not in targets]
+            self._protected[namespace] = kept + fresh.get(namespace, [])
+        return touched
 
     def _scoped_in(self, namespace: str) -> list[Finding]:
         """``scoped_findings`` of one namespace, from a snapshot of what they read."""

@@ -315,10 +315,16 @@ class SnapshotIndex:
                 self.peer_auth_wide[policy.meta.namespace].append(policy)
         self.authz_by_ns: dict[str, list[AuthorizationPolicy]] = defaultdict(list)
         self.authz_by_selector: SelectorIndex[AuthorizationPolicy] = SelectorIndex()
-        for authz in snapshot.authorization_policies:
+        # targetRef name -> ((rank of the namespace in authz_by_ns, position), policy), in order.
+        self.authz_by_ref_name: dict[str, list[tuple[tuple[int, int], AuthorizationPolicy]]] = defaultdict(list)
+        ns_rank: dict[str, int] = {}
+        for position, authz in enumerate(snapshot.authorization_policies):
             self.authz_by_ns[authz.meta.namespace].append(authz)
             if authz.selector:
                 self.authz_by_selector.add(authz.selector, authz)
+            rank = ns_rank.setdefault(authz.meta.namespace, len(ns_rank))
+            for name in dict.fromkeys(ref.name for ref in authz.target_refs):
+                self.authz_by_ref_name[name].append(((rank, position), authz))
         self.workloads_by_account: dict[tuple[str, str], list[Workload]] = defaultdict(list)
         self.accounts_by_ns: dict[str, set[str]] = defaultdict(set)
         for account in snapshot.service_accounts:
