@@ -190,12 +190,20 @@ def _waypoint_candidates(
     first = dict.fromkeys([service.meta.namespace, waypoint_ns, root_namespace])
     found = [p for ns in first for p in index.authz_by_ns.get(ns, [])]
     named = {
-        id(policy): (rank, policy)
-        for name in {service.meta.name, waypoint_name}
-        for rank, policy in index.authz_by_ref_name.get(name, ())
+        id(policy): policy
+        for name in (service.meta.name, waypoint_name)
+        for policy in index.authz_by_ref_name.get(name, ())
         if policy.meta.namespace not in first
     }
-    return found + [policy for _, policy in sorted(named.values(), key=lambda pair: pair[0])]
+    if not named:
+        return found
+    rank = {ns: i for i, ns in enumerate(index.authz_by_ns)}  # rare: a policy naming it from elsewhere
+
+    def order(policy: AuthorizationPolicy) -> tuple[int, int]:
+        local = index.authz_by_ns[policy.meta.namespace]
+        return rank[policy.meta.namespace], next(i for i, p in enumerate(local) if p is policy)
+
+    return found + sorted(named.values(), key=order)
 
 
 def _targets(

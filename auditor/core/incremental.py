@@ -123,6 +123,8 @@ class IncrementalAudit:
             for ns in dict.fromkeys([p.namespace, p.waypoint_namespace or p.namespace]):
                 self._protected_in.setdefault(ns, []).append(p.target)
         self._all_targets = frozenset(p.target for p in posture.protected)
+        self._index: SnapshotIndex | None = None  # of everything; kept up to date namespace by namespace
+        self._reads: dict[str, frozenset[str]] = {}  # protected Service -> namespaces of callers it read
         self._scoped: dict[str, list[Finding]] = {}
         self._protected: dict[str, list[Finding]] = {}
         self._blocks: dict[str, tuple[Finding, ...]] = {}
@@ -142,17 +144,18 @@ class IncrementalAudit:
     def apply(self, changes: Sequence[Change]) -> Update:
         """Apply the changes in order and re-evaluate what they reach; returns the new findings."""
         reach = NOTHING
+        fresh: dict[str, SnapshotIndex] = {}  # namespace -> its index after the changes so far
         for change in changes:
-            reach |= self._reach_and_store(change)
+            reach |= self._reach_and_store(change, fresh)
         if reach.everything:
             self._evaluate_everything()
             return Update(self._findings, frozenset(self._blocks), self._all_targets, True)
         touched = set(reach.namespaces)
         for namespace in reach.namespaces:
-            self._scoped[namespace] = self._scoped_in(namespace)
+            self._scoped[namespace] = self._scoped_in(namespace, fresh.get(namespace))
         targets = self._all_targets if reach.protected else reach.targets & self._all_targets
         if targets:
-            touched |= self._evaluate_protected(SnapshotIndex(self.snapshot()), targets)
+            touched |= self._evaluate_protected(targets)
         for namespace in touched:
             self._rebuild_block(namespace)
         if touched:
@@ -161,51 +164,89 @@ class IncrementalAudit:
 
     # --- what a change reaches ---------------------------------------------------------------
 
-    def _reach_and_store(self, change: Change) -> Reach:
-        namespaces = {o.meta.namespace for o in change.before + change.after} | {change.key[1]}
-        before = {ns: self._sub_index(ns) for ns in namespaces if _needs_index(change)}
+    def _reach_and_store(self, change: Change, fresh: dict[str, SnapshotIndex]) -> Reach:
+        ns = change.key[1]
+        objects = change.before + change.after
+        if not ns or ns == self._root or any(o.meta.namespace != ns for o in objects):
+            # Cluster-scoped (Namespace, GatewayClass) or mesh-wide: no per-namespace shortcut.
+            self._drop(change.key)
+            self._put(change.key, change.after)
+            self._index = None
+            fresh.clear()
+            reach = NOTHING
+            for obj in objects:
+                reach |= self._reach_of(obj, None, None)
+            return reach
+        if any(isinstance(o, Gateway) for o in objects):
+            fresh.clear()  # every namespace's index holds every Gateway
+        before = fresh.get(ns) or self._sub_index(ns)
         self._drop(change.key)
         self._put(change.key, change.after)
-        after = {ns: self._sub_index(ns) for ns in namespaces if _needs_index(change)}
+        after = fresh[ns] = self._sub_index(ns)
+        if self._index is not None:
+            self._index = self._index.replaced_namespace(ns, before, after)
         reach = NOTHING
         for obj in change.before:
-            reach |= self._reach_of(obj, before[obj.meta.namespace] if before else None, before, after)
+            reach |= self._reach_of(obj, before, (before, after))
         for obj in change.after:
-            reach |= self._reach_of(obj, after[obj.meta.namespace] if after else None, before, after)
+            reach |= self._reach_of(obj, after, (before, after))
         return reach
 
     def _reach_of(
-        self,
-        obj: Decoded,
-        index: SnapshotIndex | None,
-        before: Mapping[str, SnapshotIndex],
-        after: Mapping[str, SnapshotIndex],
+        self, obj: Decoded, index: SnapshotIndex | None, versions: tuple[SnapshotIndex, SnapshotIndex] | None
     ) -> Reach:
-        """Which findings one version of an object can change (module docstring for the why)."""
+        """Which findings one version of an object can change (module docstring for the why).
+        ``index``: its namespace's index holding this version; ``versions``: that namespace's
+        index before and after the change (None for cluster-scoped and root-namespace objects)."""
         ns = obj.meta.namespace
-        if ns == self._root and isinstance(obj, PeerAuthentication | AuthorizationPolicy | Workload | Service):
-            return EVERYTHING  # mesh-wide policy, or the root namespace's own Services
-        here = frozenset({ns})
         if isinstance(obj, Namespace):
             if obj.meta.name == self._root:
                 return EVERYTHING
             return Reach(frozenset({obj.meta.name}), protected=True)  # its labels decide capture of clients too
+        if ns == self._root or index is None or versions is None:
+            return EVERYTHING  # mesh-wide policy, the root namespace's own objects, a GatewayClass
+        here = frozenset({ns})
         if isinstance(obj, Service):
             # A protected Service's checks read no other Service than their own.
             return Reach(here, targets=frozenset({obj.meta.key}))
         if isinstance(obj, PeerAuthentication):
             # It decides mTLS at the backends of the protected Services of its namespace.
             return Reach(here, targets=frozenset(self._protected_in.get(ns, ())))
-        if isinstance(obj, AuthorizationPolicy | ServiceAccount):
-            return Reach(protected=True)  # the strict-mTLS checks read neither; callers are built from both
+        if isinstance(obj, AuthorizationPolicy):
+            return Reach(targets=self._governed_by(obj))  # the strict-mTLS checks do not read it
+        if isinstance(obj, ServiceAccount):
+            return Reach(targets=self._reading(ns))  # only the accounts of its namespace, for callers
         if isinstance(obj, Gateway):
-            return Reach(here, protected=True)
+            return Reach(here, protected=True)  # waypoints, and which pods are Istio's gateways
         if isinstance(obj, Workload):
-            assert index is not None  # noqa: S101 - _needs_index is true for workloads
-            if self._caller_changed(obj, index, before[ns], after[ns]):
-                return Reach(here, protected=True)
-            return Reach(here, targets=self._backend_of(obj, index))
-        return EVERYTHING  # GatewayClass, HTTPRoute, ServiceEntry, anything new: do not guess
+            if client_of(obj, index).kind in _BYPASS_KINDS:
+                return Reach(here, protected=True)  # every protected Service's bypass callers
+            targets = self._backend_of(obj, index)
+            if self._caller_changed(obj, *versions):
+                targets |= self._reading(ns)
+            return Reach(here, targets=targets)
+        return EVERYTHING  # HTTPRoute, ServiceEntry, anything new: do not guess
+
+    def _reading(self, namespace: str) -> frozenset[str]:
+        """The protected Services whose last evaluation read callers of the namespace."""
+        return frozenset(t for t, read in self._reads.items() if namespace in read)
+
+    def _governed_by(self, policy: AuthorizationPolicy) -> frozenset[str]:
+        """The protected Services an AuthorizationPolicy can apply to or be reported for
+        (``auditor.core.authz``): those of its namespace or waypointed there, those whose name or
+        waypoint its targetRefs name, those with a backend its selector selects."""
+        found = set(self._protected_in.get(policy.meta.namespace, ()))
+        names = {ref.name for ref in policy.target_refs}
+        index = self._full_index()
+        for protected in self._posture.protected:
+            if protected.name in names or (protected.waypoint is not None and protected.waypoint.name in names):
+                found.add(protected.target)
+            elif policy.selector:
+                service = index.services.get(protected.target)
+                backends = index.workloads_for(service) if service is not None else ()
+                if any(selector_matches(policy.selector, w.pod_labels) for w in backends):
+                    found.add(protected.target)
+        return frozenset(found)
 
     def _backend_of(self, workload: Workload, index: SnapshotIndex) -> frozenset[str]:
         """The protected Services of the workload's namespace that select it (it is their backend),
@@ -219,14 +260,11 @@ class IncrementalAudit:
                 found.add(target)
         return frozenset(found)
 
-    def _caller_changed(
-        self, workload: Workload, index: SnapshotIndex, before: SnapshotIndex, after: SnapshotIndex
-    ) -> bool:
-        """Whether a workload's change can alter what the protected Services' checks see of their
-        callers (``auditor.core.checks.witnesses``): the bypass callers (sidecars and gateways),
-        the accounts of its namespace, the kinds of client its account's workloads are."""
-        if client_of(workload, index).kind in _BYPASS_KINDS:
-            return True
+    @staticmethod
+    def _caller_changed(workload: Workload, before: SnapshotIndex, after: SnapshotIndex) -> bool:
+        """Whether a workload's change alters its namespace's callers as the protected Services'
+        checks see them (``auditor.core.checks.witnesses``): the accounts of the namespace, or
+        the kinds of client its account's workloads are."""
         ns = workload.meta.namespace
         if before.accounts_by_ns.get(ns, set()) != after.accounts_by_ns.get(ns, set()):
             return True
@@ -235,27 +273,40 @@ class IncrementalAudit:
 
     # --- evaluation ---------------------------------------------------------------------------
 
+    def _full_index(self) -> SnapshotIndex:
+        if self._index is None:
+            self._index = SnapshotIndex(self.snapshot())
+        return self._index
+
     def _evaluate_everything(self) -> None:
-        snapshot = self.snapshot()
-        ctx = AuditContext(index=SnapshotIndex(snapshot), posture=self._posture, header_values=self._values)
+        self._index = None
+        ctx = AuditContext(index=self._full_index(), posture=self._posture, header_values=self._values)
         self._scoped = _by_namespace(scoped_findings(ctx))
-        self._protected = _by_namespace(protected_findings(ctx, self._posture.protected))
+        self._protected, self._reads = {}, {}
+        self._evaluate_protected(self._all_targets)
         self._blocks = {}
         for namespace in self._scoped.keys() | self._protected.keys():
             self._rebuild_block(namespace)
         self._join()
 
-    def _evaluate_protected(self, index: SnapshotIndex, targets: frozenset[str]) -> set[str]:
+    def _evaluate_protected(self, targets: frozenset[str]) -> set[str]:
         """Re-evaluate the given protected Services; returns the namespaces whose findings changed."""
-        ctx = AuditContext(index=index, posture=self._posture, header_values=self._values)
-        fresh = _by_namespace(protected_findings(ctx, [p for p in self._posture.protected if p.target in targets]))
+        index = self._full_index()
+        fresh: list[Finding] = []
+        for protected in self._posture.protected:
+            if protected.target in targets:
+                reads: set[str] = set()
+                ctx = AuditContext(index=index, posture=self._posture, header_values=self._values, reads=reads)
+                fresh += protected_findings(ctx, [protected])
+                self._reads[protected.target] = frozenset(reads)
+        by_ns = _by_namespace(fresh)
         touched = {t.partition("/")[0] for t in targets}
         for namespace in touched:
             kept = [f for f in self._protected.get(namespace, []) if f.target not in targets]
-            self._protected[namespace] = kept + fresh.get(namespace, [])
+            self._protected[namespace] = kept + by_ns.get(namespace, [])
         return touched
 
-    def _scoped_in(self, namespace: str) -> list[Finding]:
+    def _scoped_in(self, namespace: str, index: SnapshotIndex | None) -> list[Finding]:
         """``scoped_findings`` of one namespace, from a snapshot of what they read."""
         posture = self._posture.model_copy(
             update={
@@ -263,7 +314,8 @@ class IncrementalAudit:
                 "protected": tuple(p for p in self._posture.protected if p.namespace == namespace),
             }
         )
-        ctx = AuditContext(index=self._sub_index(namespace), posture=posture, header_values=self._values)
+        index = index or self._sub_index(namespace)
+        ctx = AuditContext(index=index, posture=posture, header_values=self._values)
         return [f for f in scoped_findings(ctx) if _namespace_of(f) == namespace]
 
     def _sub_index(self, namespace: str) -> SnapshotIndex:
@@ -305,10 +357,6 @@ class IncrementalAudit:
             if not objects:
                 del self._by_ns[key[1]]
         self._gateways.pop(key, None)
-
-
-def _needs_index(change: Change) -> bool:
-    return any(isinstance(o, Workload) for o in change.before + change.after)
 
 
 def _client_kinds(index: SnapshotIndex, account: tuple[str, str]) -> tuple[ClientKind, ...]:
