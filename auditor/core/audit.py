@@ -6,7 +6,7 @@ returns findings sorted by target, property and check id, so outputs are stable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from auditor.core.checks import allowlist, fixes, headers, strict_mtls, waypoint
 from auditor.core.checks.catalog import PEER_AUTHENTICATION, SNAPSHOT_READ, TARGET_EXISTS
@@ -27,8 +27,19 @@ def run_static_audit(
     every check that reads an unreadable kind is "not evaluated" (never a pass). Never raises."""
     ctx = AuditContext(index=SnapshotIndex(snapshot), posture=posture, header_values=header_values)
     findings = [_read_problem(problem) for problem in snapshot.problems]
-    in_scope, empty, not_strict = _scoped_services(ctx)
-    findings += empty
+    findings += scoped_findings(ctx)
+    findings += protected_findings(ctx, posture.protected)
+    unreadable = {problem.kind: problem for problem in snapshot.problems}
+    findings = [_not_evaluated(f, unreadable) if f.check.reads & unreadable.keys() else f for f in findings]
+    return tuple(sorted((fixes.explained(f) for f in findings), key=Finding.sort_key))
+
+
+def scoped_findings(ctx: AuditContext) -> list[Finding]:
+    """The strict-mTLS findings of every Service in scope (and of every protected one), plus an
+    ERROR per scope entry that selects nothing; unsorted. They read only the Service's own
+    namespace, the root namespace, Namespaces and Gateways (``auditor.core.incremental`` relies
+    on it to re-audit one namespace from a snapshot of that namespace)."""
+    in_scope, findings, not_strict = _scoped_services(ctx)
     for service in in_scope:
         findings.append(strict_mtls.check_captured(ctx, service))
         waiver = not_strict.get(service.meta.key)
@@ -36,11 +47,16 @@ def run_static_audit(
             findings.append(strict_mtls.check_peer_authentication(ctx, service))
         else:
             findings.append(_strict_not_required(service, waiver))
-    for protected in posture.protected:
-        findings += _protected_findings(ctx, protected)
-    unreadable = {problem.kind: problem for problem in snapshot.problems}
-    findings = [_not_evaluated(f, unreadable) if f.check.reads & unreadable.keys() else f for f in findings]
-    return tuple(sorted((fixes.explained(f) for f in findings), key=Finding.sort_key))
+    return findings
+
+
+def protected_findings(ctx: AuditContext, protected: Iterable[ProtectedService]) -> list[Finding]:
+    """The allow-list, waypoint and header findings of the given protected Services; unsorted.
+    They read the whole snapshot (callers come from every namespace)."""
+    findings: list[Finding] = []
+    for service in protected:
+        findings += _protected_findings(ctx, service)
+    return findings
 
 
 def _not_evaluated(original: Finding, unreadable: Mapping[str, ReadProblem]) -> Finding:

@@ -166,7 +166,7 @@ def at_waypoint(
     root_namespace: str,
 ) -> Applicable:
     applied, ignored = [], []
-    for policy in _waypoint_candidates(service, waypoint_ns, index, root_namespace):
+    for policy in _waypoint_candidates(service, waypoint_ns, waypoint_name, index, root_namespace):
         if not policy.target_refs:
             continue
         if not _targets(policy, service, waypoint_ns, waypoint_name, root_namespace):
@@ -181,11 +181,29 @@ def at_waypoint(
 
 
 def _waypoint_candidates(
-    service: Service, waypoint_ns: str, index: SnapshotIndex, root_namespace: str
+    service: Service, waypoint_ns: str, waypoint_name: str, index: SnapshotIndex, root_namespace: str
 ) -> list[AuthorizationPolicy]:
-    namespaces = dict.fromkeys([service.meta.namespace, waypoint_ns, root_namespace])
-    namespaces.update(dict.fromkeys(ns for ns in index.authz_by_ns if ns not in namespaces))
-    return [p for ns in namespaces for p in index.authz_by_ns.get(ns, [])]
+    """Every policy of the Service's, the waypoint's and the root namespace, then those of other
+    namespaces whose targetRefs name the Service or the waypoint (they resolve to nothing there,
+    which ``at_waypoint`` reports; any other policy says nothing about this waypoint), each group
+    in ``authz_by_ns`` order. Looked up by name, not by scanning every policy per Service (#16)."""
+    first = dict.fromkeys([service.meta.namespace, waypoint_ns, root_namespace])
+    found = [p for ns in first for p in index.authz_by_ns.get(ns, [])]
+    named = {
+        id(policy): policy
+        for name in (service.meta.name, waypoint_name)
+        for policy in index.authz_by_ref_name.get(name, ())
+        if policy.meta.namespace not in first
+    }
+    if not named:
+        return found
+    rank = {ns: i for i, ns in enumerate(index.authz_by_ns)}  # rare: a policy naming it from elsewhere
+
+    def order(policy: AuthorizationPolicy) -> tuple[int, int]:
+        local = index.authz_by_ns[policy.meta.namespace]
+        return rank[policy.meta.namespace], next(i for i, p in enumerate(local) if p is policy)
+
+    return found + sorted(named.values(), key=order)
 
 
 def _targets(

@@ -7,10 +7,12 @@ lookups checks need (by name, by namespace, label-selector candidates) in near-l
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 Labels = Mapping[str, str]
 T = TypeVar("T")
@@ -279,6 +281,34 @@ class SelectorIndex(Generic[T]):
         key, value = min(selector.items())
         self._buckets[(key, value)].append((selector, item))
 
+    def replaced(
+        self,
+        removed: Iterable[tuple[Labels, T]],
+        added: Iterable[tuple[Labels, T]],
+        owned: Callable[[T], bool],
+        order: Callable[[T], Any],
+        only: set[tuple[str, str]] | None = None,
+    ) -> SelectorIndex[T]:
+        """A copy where the ``owned`` items filed under the selectors of ``removed`` and ``added``
+        are replaced by ``added``, each bucket kept in ``order`` (incremental audit, #16).
+        ``only``: the buckets that can differ (the others are kept as they are)."""
+        new: SelectorIndex[T] = SelectorIndex()
+        new._match_all = list(self._match_all)
+        new._buckets = self._buckets.copy()
+        by_pair: dict[tuple[str, str], list[tuple[Labels, T]]] = defaultdict(list)
+        for selector, item in added:
+            if selector:
+                by_pair[min(selector.items())].append((selector, item))
+        pairs = {min(s.items()) for s, _ in removed if s} | by_pair.keys()
+        for pair in pairs if only is None else pairs & only:
+            kept = [(s, i) for s, i in self._buckets.get(pair, []) if not owned(i)]
+            kept += by_pair.get(pair, [])
+            if kept:
+                new._buckets[pair] = sorted(kept, key=lambda entry: order(entry[1]))
+            else:
+                new._buckets.pop(pair, None)
+        return new
+
     def select(self, labels: Labels) -> list[T]:
         found = list(self._match_all)
         for pair in labels.items():
@@ -287,6 +317,58 @@ class SelectorIndex(Generic[T]):
 
 
 _LabelIndex = Mapping[tuple[str, str], list[Workload]]
+_NAMESPACED_FIELDS = (
+    "service_accounts",
+    "services",
+    "workloads",
+    "peer_authentications",
+    "authorization_policies",
+    "gateways",
+    "http_routes",
+    "service_entries",
+)
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _namespace_of(obj: object) -> str:
+    meta: ObjectMeta = getattr(obj, "meta")  # noqa: B009 - every namespaced snapshot field has .meta
+    return meta.namespace
+
+
+def _splice(items: tuple[T, ...], namespace: str, source: tuple[T, ...]) -> tuple[T, ...]:
+    """``items`` (sorted by namespace) with ``namespace``'s run replaced by ``source``'s."""
+    low = bisect.bisect_left(items, namespace, key=_namespace_of)
+    high = bisect.bisect_right(items, namespace, lo=low, key=_namespace_of)
+    mine = tuple(o for o in source if _namespace_of(o) == namespace)
+    return items[:low] + mine + items[high:]
+
+
+def _replaced(old: dict[str, V], part: Mapping[str, V], namespace: str) -> dict[str, V]:
+    """A per-namespace map with ``namespace``'s entry from ``part``; a new namespace goes where a
+    fresh index (built in namespace order) would have it, an emptied one goes."""
+    copy: dict[str, V] = old.copy()  # keeps a defaultdict's factory
+    value = part.get(namespace)
+    if not value:
+        copy.pop(namespace, None)
+    elif namespace in copy:
+        copy[namespace] = value
+    else:
+        copy[namespace] = value
+        ordered = sorted(copy.items())
+        copy.clear()
+        copy.update(ordered)
+    return copy
+
+
+def _rekeyed(old: dict[K, V], before: Mapping[K, V], after: Mapping[K, V], mine: Callable[[K], bool]) -> dict[K, V]:
+    """A map with the entries ``mine`` selects replaced: those of ``before`` go, ``after``'s come."""
+    copy: dict[K, V] = old.copy()
+    for key in before:
+        if mine(key):
+            copy.pop(key, None)
+    copy.update((key, value) for key, value in after.items() if mine(key) and value)
+    return copy
 
 
 class SnapshotIndex:
@@ -315,17 +397,96 @@ class SnapshotIndex:
                 self.peer_auth_wide[policy.meta.namespace].append(policy)
         self.authz_by_ns: dict[str, list[AuthorizationPolicy]] = defaultdict(list)
         self.authz_by_selector: SelectorIndex[AuthorizationPolicy] = SelectorIndex()
+        self.authz_by_ref_name: dict[str, list[AuthorizationPolicy]] = defaultdict(list)  # by targetRef name
         for authz in snapshot.authorization_policies:
             self.authz_by_ns[authz.meta.namespace].append(authz)
             if authz.selector:
                 self.authz_by_selector.add(authz.selector, authz)
+            for name in dict.fromkeys(ref.name for ref in authz.target_refs):
+                self.authz_by_ref_name[name].append(authz)
         self.workloads_by_account: dict[tuple[str, str], list[Workload]] = defaultdict(list)
+        self.workloads_by_ns: dict[str, list[Workload]] = defaultdict(list)
         self.accounts_by_ns: dict[str, set[str]] = defaultdict(set)
         for account in snapshot.service_accounts:
             self.accounts_by_ns[account.meta.namespace].add(account.meta.name)
         for workload in snapshot.workloads:
             self.workloads_by_account[(workload.meta.namespace, workload.service_account)].append(workload)
+            self.workloads_by_ns[workload.meta.namespace].append(workload)
             self.accounts_by_ns[workload.meta.namespace].add(workload.service_account)
+        # What the checks derive from one namespace's objects, keyed (what, namespace, ...): an
+        # incremental audit's index keeps the entries of the namespaces that did not change.
+        self.namespace_memo: dict[tuple[str, str, str], object] = {}
+        # What the checks derive from one workload (and its namespace), keyed by id(workload),
+        # kept with the workload itself so that an id reused by another object never matches.
+        self.workload_memo: dict[int, tuple[Workload, object]] = {}
+
+    def replaced_namespace(self, namespace: str, before: SnapshotIndex, after: SnapshotIndex) -> SnapshotIndex:
+        """This index with the namespaced objects of ``namespace`` as ``after`` has them (``before``
+        has them as this index does): equal to an index built afresh from the changed snapshot, at
+        the cost of that namespace plus copies of the top-level maps (the daemon's incremental
+        audit, #16). ``before`` and ``after`` may index other namespaces too: only ``namespace``'s
+        objects are taken. Needs this snapshot in ``build_snapshot`` order (sorted by namespace);
+        Namespaces and GatewayClasses are kept (a change of those needs a fresh index)."""
+        ns = namespace
+        new = object.__new__(SnapshotIndex)
+        fields: dict[str, Any] = {
+            name: _splice(getattr(self.snapshot, name), ns, getattr(after.snapshot, name))
+            for name in _NAMESPACED_FIELDS
+        }
+        new.snapshot = dataclasses.replace(self.snapshot, **fields)
+        new.namespaces, new.gateway_classes = self.namespaces, self.gateway_classes
+        new.services = _rekeyed(self.services, before.services, after.services, lambda key: key.startswith(ns + "/"))
+        new.services_by_ns = _replaced(self.services_by_ns, after.services_by_ns, ns)
+        new.gateways = _rekeyed(self.gateways, before.gateways, after.gateways, lambda key: key.startswith(ns + "/"))
+        mine = {a for a in before.service_accounts if a.startswith(ns + "/")}
+        new.service_accounts = (self.service_accounts - mine) | {
+            a for a in after.service_accounts if a.startswith(ns + "/")
+        }
+        workloads = dict(self._workloads)
+        for is_pod in (True, False):
+            if (ns, is_pod) in after._workloads:
+                workloads[(ns, is_pod)] = after._workloads[(ns, is_pod)]
+            else:
+                workloads.pop((ns, is_pod), None)
+        new._workloads = workloads
+        new._workloads_for = {}
+        new.peer_auth_by_ns = _replaced(self.peer_auth_by_ns, after.peer_auth_by_ns, ns)
+        new.peer_auth_wide = _replaced(self.peer_auth_wide, after.peer_auth_wide, ns)
+        new.peer_auth_selected = _replaced(self.peer_auth_selected, after.peer_auth_selected, ns)
+        new.authz_by_ns = _replaced(self.authz_by_ns, after.authz_by_ns, ns)
+        # The namespace's policies that changed (unchanged ones are the very same objects).
+        old_ids = {id(p) for p in before.authz_by_ns.get(ns, [])}
+        new_ids = {id(p) for p in after.authz_by_ns.get(ns, [])}
+        old_authz = [p for p in before.authz_by_ns.get(ns, []) if id(p) not in new_ids]
+        new_authz = [p for p in after.authz_by_ns.get(ns, []) if id(p) not in old_ids]
+        every_new = after.authz_by_ns.get(ns, [])
+        new.authz_by_selector = self.authz_by_selector.replaced(
+            [(p.selector, p) for p in old_authz if p.selector],
+            [(p.selector, p) for p in every_new if p.selector],
+            lambda p: p.meta.namespace == ns,
+            lambda p: (p.meta.namespace, p.meta.name),
+            only={min(p.selector.items()) for p in old_authz + new_authz if p.selector},
+        )
+        by_name = defaultdict(list, self.authz_by_ref_name)
+        for name in {ref.name for p in old_authz + new_authz for ref in p.target_refs}:
+            kept = [p for p in by_name.get(name, []) if p.meta.namespace != ns]
+            kept += [p for p in every_new if any(ref.name == name for ref in p.target_refs)]
+            if kept:
+                by_name[name] = sorted(kept, key=lambda p: (p.meta.namespace, p.meta.name))
+            else:
+                by_name.pop(name, None)
+        new.authz_by_ref_name = by_name
+        new.workloads_by_account = _rekeyed(
+            self.workloads_by_account, before.workloads_by_account, after.workloads_by_account, lambda key: key[0] == ns
+        )
+        new.accounts_by_ns = _replaced(self.accounts_by_ns, after.accounts_by_ns, ns)
+        new.workloads_by_ns = _replaced(self.workloads_by_ns, after.workloads_by_ns, ns)
+        new.namespace_memo = {key: value for key, value in self.namespace_memo.items() if key[1] != ns}
+        memo = dict(self.workload_memo)
+        for workload in before.snapshot.workloads:
+            memo.pop(id(workload), None)
+        new.workload_memo = memo
+        return new
 
     @staticmethod
     def _index_workloads(workloads: Iterable[Workload]) -> dict[tuple[str, bool], _LabelIndex]:

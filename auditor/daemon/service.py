@@ -48,6 +48,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from auditor.core.alerting.drift import DriftBook, DriftPolicy, Phase
 from auditor.core.alerting.outbox import OUTBOX_FULL, Entry, EntryKind, EntryState, Outbox
 from auditor.core.audit import run_static_audit
+from auditor.core.incremental import IncrementalAudit
 from auditor.core.model import Finding, Method
 from auditor.core.posture import Posture
 from auditor.core.snapshot import Snapshot
@@ -144,6 +145,12 @@ class Daemon:
         self._ops_recovered_after: float | None = None
         self._ops_lock = threading.Lock()  # one "cannot audit" call at a time (deliver and operations jobs)
         self._renewing_since: float | None = None  # monotonic start of the Lease call under way
+        # The incremental audit (#16): re-evaluates what the watches' changes reach. Its state
+        # is rebuilt from scratch by every periodic full audit, a relist, or new rules.
+        self._incremental: IncrementalAudit | None = None
+        self._incremental_for: tuple[Posture, Mapping[tuple[str, str], str | None]] | None = None
+        self._incremental_cursor = 0
+        self._incremental_lock = threading.Lock()  # "static" and "static-now" may run at once
         self._scheduler = BackgroundScheduler(
             timezone="UTC",
             executors={"default": ThreadPoolExecutor(6)},
@@ -166,7 +173,7 @@ class Daemon:
             self.leader_tick, IntervalTrigger(seconds=cfg.leader_tick_s), id="leader", next_run_time=self._clock()
         )
         self._scheduler.add_job(
-            self._job(self.static_audit), IntervalTrigger(seconds=cfg.full_static_every_s), id="static"
+            self._job(self.full_static_audit), IntervalTrigger(seconds=cfg.full_static_every_s), id="static"
         )
         self._scheduler.add_job(self._job(self.deliver), IntervalTrigger(seconds=cfg.delivery_tick_s), id="deliver")
         self._scheduler.add_job(
@@ -326,6 +333,56 @@ class Daemon:
         self._elector.release()
         self.metrics.leader.set(0)
 
+    def full_static_audit(self) -> None:
+        """The periodic audit: everything re-evaluated from scratch, whatever the watches said."""
+        with self._incremental_lock:
+            self._incremental = None
+        self.static_audit()
+
+    def _static_findings(
+        self, snapshot: Snapshot, posture: Posture, values: Mapping[tuple[str, str], str | None]
+    ) -> tuple[Finding, ...]:
+        """The static findings of the watched cluster: re-evaluated from the changes the watches
+        saw since the last audit when the snapshot source tells them (``changes_since``), else a
+        full audit of ``snapshot``. Equal either way (auditor.core.incremental)."""
+        changes_since = getattr(self._snapshots, "changes_since", None)
+        if changes_since is None:
+            return run_static_audit(snapshot, posture, values)
+        with self._incremental_lock:
+            started = time.process_time()
+            delta = changes_since(self._incremental_cursor if self._incremental is not None else 0)
+            if delta.problems:
+                self._incremental = None  # out of sync since the snapshot was taken: audit that one
+                return run_static_audit(snapshot, posture, values)
+            audit = self._incremental
+            if audit is None or delta.changes is None or not self._same_rules(posture, values):
+                if delta.changes is not None:
+                    delta = changes_since(0)  # the objects themselves are needed
+                    if delta.problems:
+                        self._incremental = None
+                        return run_static_audit(snapshot, posture, values)
+                assert delta.objects is not None  # noqa: S101 - changes_since(0) returns the objects
+                audit = IncrementalAudit(delta.objects, posture, values, live=snapshot.live)
+                self._incremental, self._incremental_for = audit, (posture, values)
+                self._incremental_cursor = delta.cursor
+                self._log.info("static audit", mode="full", cpu_s=round(time.process_time() - started, 4))
+                return audit.findings
+            update = audit.apply(delta.changes)
+            self._incremental_cursor = delta.cursor
+            self._log.info(
+                "static audit",
+                mode="full" if update.everything else "incremental",
+                changes=len(delta.changes),
+                namespaces=len(update.namespaces),
+                protected=len(update.targets),
+                cpu_s=round(time.process_time() - started, 4),
+            )
+            return update.findings
+
+    def _same_rules(self, posture: Posture, values: Mapping[tuple[str, str], str | None]) -> bool:
+        held = self._incremental_for
+        return held is not None and held[0] is posture and held[1] is values
+
     def static_audit(self) -> None:
         if self._stopping.is_set() or not self.leading:
             return
@@ -339,7 +396,7 @@ class Daemon:
         changes = self._changes
         with self._lock:
             posture, values = self._posture, self._values
-        static = run_static_audit(snapshot, posture, values) + self._extra()
+        static = self._static_findings(snapshot, posture, values) + self._extra()
         with self._lock:
             memory = self._memory
             if memory is None or not self._may_act():

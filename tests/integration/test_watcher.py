@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from auditor.adapters.k8s.watcher import SnapshotWatcher, WatchTiming
 from auditor.adapters.kubeapi import ApiUnavailable
 from auditor.adapters.rules.loader import load_rules
 from auditor.core.audit import run_static_audit
+from auditor.core.decode import Decoded, build_snapshot
+from auditor.core.incremental import IncrementalAudit
 from auditor.core.model import Status
 from auditor.core.snapshot import Snapshot
 from testrigs.devtools.controlplane import KubeAPI
@@ -133,3 +136,51 @@ def test_watch_error_event_triggers_a_relist(retail: KubeAPI, monkeypatch: pytes
             assert [g.meta.name for g in watching.snapshot().gateways] == ["catalog-waypoint"]
         finally:
             watching.stop()
+
+
+def test_incremental_audit_from_watch_events_equals_a_full_audit(retail: KubeAPI, watcher: SnapshotWatcher) -> None:
+    """The daemon's incremental audit (#16), fed by the watches' object changes, gives after each
+    real change exactly the full audit of the snapshot of the same moment."""
+    posture = load_rules([str(RULES)])
+    values = {("default/catalog", "x-auth-token"): "internal-retail-token"}
+    start = watcher.changes_since(0)
+    assert start.changes is None
+    assert start.objects is not None
+    assert start.problems == ()
+    audit = IncrementalAudit(start.objects, posture, values, live=True)
+    cursor = start.cursor
+    assert audit.findings == run_static_audit(watcher.snapshot(), posture, values)
+    edits = [
+        ("label", "service", "catalog", "istio.io/use-waypoint=catalog-waypiont", "--overwrite"),
+        ("label", "service", "catalog", "istio.io/use-waypoint=catalog-waypoint", "--overwrite"),
+        ("label", "namespace", "default", "mesh-auditor-test=seen", "--overwrite"),
+        ("delete", "peerauthentication", "default", "--namespace=istio-system"),
+    ]
+    for edit in edits:
+        retail.kubectl(*edit)
+        _eventually(functools.partial(_moved_on, watcher, cursor))
+        time.sleep(0.5)  # let the burst (a label is one event; a relist could add more) arrive
+        delta = watcher.changes_since(cursor)
+        assert delta.problems == ()
+        if delta.changes is None:
+            assert delta.objects is not None
+            audit = IncrementalAudit(delta.objects, posture, values, live=True)
+        else:
+            audit.apply(delta.changes)
+        cursor = delta.cursor
+        expected = run_static_audit(
+            build_snapshot([o for g in _objects(watcher) for o in g], live=True), posture, values
+        )
+        assert audit.findings == expected, f"after kubectl {' '.join(edit)}"
+    retail.kubectl("label", "namespace", "default", "mesh-auditor-test-")
+
+
+def _moved_on(watcher: SnapshotWatcher, cursor: int) -> bool:
+    return watcher.changes_since(cursor).cursor != cursor
+
+
+def _objects(watcher: SnapshotWatcher) -> list[tuple[Decoded, ...]]:
+    """What the watcher holds at the cursor just read (nothing changes meanwhile in this test)."""
+    everything = watcher.changes_since(0).objects
+    assert everything is not None
+    return list(everything.values())

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import io
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
+from auditor.adapters.k8s.watcher import Changes
 from auditor.adapters.manifests.reader import read_manifests
 from auditor.adapters.rules.loader import load_rules
 from auditor.core.alerting.outbox import Delivery, EntryKind, EntryState, Outbox
+from auditor.core.audit import run_static_audit
+from auditor.core.decode import Decoded, build_snapshot, decode_object
+from auditor.core.incremental import Change, ObjectKey
 from auditor.core.model import Finding, Method, Status
 from auditor.core.posture import Posture
 from auditor.core.snapshot import ReadProblem, Snapshot
@@ -515,3 +522,69 @@ def test_a_lease_renewal_that_does_not_answer_is_a_trouble_alerted_from_its_own_
         renewal.join()
     daemon.watch_operations()
     assert notifier.sent[1].startswith("reply: :white_check_mark: mesh-auditor is auditing again")
+
+
+class _TellingSnapshots(FakeSnapshots):
+    """A snapshot source that also tells its object changes (as ``SnapshotWatcher.changes_since``)."""
+
+    def __init__(self, documents: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.objects: dict[ObjectKey, tuple[Decoded, ...]] = {}
+        self.log: list[Change] = []
+        self.asked: list[int] = []
+        for document in documents:
+            self.put(document)
+        self.log.clear()
+
+    def put(self, document: dict[str, Any]) -> None:
+        meta = document["metadata"]
+        key = (str(document["kind"]), str(meta.get("namespace") or ""), str(meta["name"]))
+        after = decode_object(document, source="test")
+        self.log.append(Change(key, self.objects.get(key, ()), after))
+        self.objects[key] = after
+        self.current = build_snapshot([o for g in self.objects.values() for o in g])
+
+    def changes_since(self, cursor: int) -> Changes:
+        self.asked.append(cursor)
+        if cursor <= 0:
+            return Changes(len(self.log), None, dict(self.objects), ())
+        return Changes(len(self.log), tuple(self.log[cursor:]), None, ())
+
+
+def test_the_daemon_re_evaluates_only_what_changed_and_matches_a_full_audit() -> None:
+    """#16: with a source that tells changes, audits after the first apply them; the findings are
+    those of a full audit of the same snapshot, and the periodic audit starts afresh."""
+    documents = [
+        d
+        for p in sorted((ROOT / "examples" / "retail-store").rglob("*.yaml"))
+        for d in yaml.safe_load_all(p.read_text())
+        if d
+    ]
+    snapshots = _TellingSnapshots(documents)
+    sink = RecordingSink()
+    daemon = Daemon(
+        config=DaemonConfig(identity="test"),
+        snapshots=snapshots,
+        posture=RULES,
+        header_values=VALUES,
+        elector=FakeElector(leading=True),
+        state=MemoryStateStore(),
+        notifier=RecordingNotifier(),
+        sinks=[sink],
+        clock=Clock(),
+    )
+    daemon.leader_tick()
+    daemon.static_audit()
+    orders = copy.deepcopy(
+        next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "orders")
+    )
+    orders["spec"]["template"]["metadata"]["labels"]["istio.io/dataplane-mode"] = "none"  # opts out of ambient
+    snapshots.put(orders)
+    daemon.static_audit()
+    daemon.full_static_audit()
+    assert snapshots.asked == [0, len(snapshots.log) - 1, 0]
+    first, changed, full = (run[0] for run in sink.runs)
+    assert changed == run_static_audit(snapshots.snapshot(), RULES, VALUES)
+    assert full == changed
+    assert changed != first
+    assert any(f.target == "default/orders" and f.status is Status.FAIL for f in changed)

@@ -24,9 +24,24 @@ from auditor.adapters.k8s.reader import PAGE_SIZE, refused_problem, with_type
 from auditor.adapters.k8s.resources import SNAPSHOT_RESOURCES, Resource
 from auditor.adapters.kubeapi import ApiRefused, ApiUnavailable
 from auditor.core.decode import Decoded, DecodeError, build_snapshot, decode_object
+from auditor.core.incremental import Change, ObjectKey
 from auditor.core.snapshot import ReadProblem, Snapshot
 
 Key = tuple[str, str]
+MAX_PENDING_CHANGES = 10_000  # changes kept for an incremental audit; beyond, it re-audits everything
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What the watches saw since a cursor (``SnapshotWatcher.changes_since``): the object
+    changes in order, or ``changes is None`` when they cannot be told (a relist, a failed
+    watch, too many changes) and ``objects`` is then everything watched. ``problems``: why the
+    snapshot is not in sync, if it is not (then nothing may be audited)."""
+
+    cursor: int
+    changes: tuple[Change, ...] | None
+    objects: dict[ObjectKey, tuple[Decoded, ...]] | None
+    problems: tuple[ReadProblem, ...]
 
 
 class _Relist(Exception):  # noqa: N818 - control flow inside the watch loop, never escapes it
@@ -72,6 +87,12 @@ class SnapshotWatcher:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._log = structlog.get_logger("auditor.k8s.watch")
+        # Object changes for the daemon's incremental audit: _pending holds those after
+        # _pending_from; _reset_at is the last event that cannot be told as a change.
+        self._version = 0
+        self._pending: list[Change] = []
+        self._pending_from = 0
+        self._reset_at = 0
 
     def start(self) -> None:
         for resource in self._resources:
@@ -95,6 +116,32 @@ class SnapshotWatcher:
                     return True
             time.sleep(0.05)
         return False
+
+    def changes_since(self, cursor: int) -> Changes:
+        """The changes after ``cursor`` (0: none seen yet, everything is returned), atomically
+        with the objects they lead to and the read problems of that moment."""
+        with self._lock:
+            problems = tuple(store.problem for store in self._stores.values() if store.problem is not None)
+            if cursor == self._version:
+                return Changes(cursor, (), None, problems)
+            if cursor <= 0 or cursor < self._reset_at or cursor < self._pending_from:
+                objects = {
+                    (kind, *key): group for kind, store in self._stores.items() for key, group in store.objects.items()
+                }
+                return Changes(self._version, None, objects, problems)
+            changes = tuple(self._pending[cursor - self._pending_from :])
+            # What every reader has seen can go: one daemon reads, so what it asked for is seen.
+            self._pending = list(changes)
+            self._pending_from = cursor
+            return Changes(self._version, changes, None, problems)
+
+    def _record(self, change: Change | None) -> None:
+        """Under the lock: one more event; None when it cannot be told as one object's change."""
+        self._version += 1
+        if change is None or len(self._pending) >= MAX_PENDING_CHANGES:
+            self._reset_at, self._pending, self._pending_from = self._version, [], self._version
+            return
+        self._pending.append(change)
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -138,6 +185,7 @@ class SnapshotWatcher:
                 break
         with self._lock:
             self._stores[resource.kind] = _Store(objects=objects, synced=True)
+            self._record(None)
         self._on_change()
         return version
 
@@ -163,12 +211,16 @@ class SnapshotWatcher:
         version = str((item.get("metadata") or {}).get("resourceVersion") or "") or None
         if kind == "BOOKMARK":
             return version
+        key = _key(item)
         with self._lock:
             store = self._stores[resource.kind]
+            before = store.objects.get(key, ())
             if kind == "DELETED":
-                store.objects.pop(_key(item), None)
+                store.objects.pop(key, None)
+                after: tuple[Decoded, ...] = ()
             else:
-                store.objects[_key(item)] = _decode(item, resource)
+                after = store.objects[key] = _decode(item, resource)
+            self._record(Change((resource.kind, *key), before, after))
         self._on_change()
         return version
 
@@ -187,6 +239,7 @@ class SnapshotWatcher:
         with self._lock:
             store = self._stores[resource.kind]
             store.synced, store.problem = False, problem
+            self._record(None)
         self._log.warning("watch failed", resource=resource.qualified, error=str(error))
         self._on_change()
 

@@ -17,6 +17,9 @@ class AuditContext:
     # (target, header name) -> value; None when the value could not be resolved (e.g. a Secret
     # that offline manifests do not contain). Values are never rendered into findings.
     header_values: Mapping[tuple[str, str], str | None]
+    # When set, the namespaces whose callers (workloads, accounts) the checks consulted are added:
+    # the incremental audit re-evaluates a protected Service when one of those changes (#16).
+    reads: set[str] | None = None
 
     @property
     def root_namespace(self) -> str:

@@ -22,7 +22,7 @@ from auditor.core.checks.context import AuditContext
 from auditor.core.checks.reach import Route, probe_request
 from auditor.core.mesh import CLIENTS, ClientKind, client_of, is_auditor_probe
 from auditor.core.posture import ProtectedService
-from auditor.core.snapshot import AuthorizationPolicy, AuthzRule, Service, SnapshotIndex
+from auditor.core.snapshot import AuthorizationPolicy, AuthzRule, Service, SnapshotIndex, Workload
 
 INTRUDER_SA = "mesh-auditor-intruder"
 OUTSIDE_NS = "mesh-auditor-outside"
@@ -191,6 +191,8 @@ def _from_account(td: str, value: str, policy_namespace: str) -> str:
 
 def _accounts_in(ctx: AuditContext, namespaces: set[str]) -> list[str]:
     """Every ServiceAccount (declared, or named by a pod) in the given namespaces, as principals."""
+    if ctx.reads is not None:
+        ctx.reads.update(namespaces)
     return [
         f"{ctx.trust_domain}/ns/{ns}/sa/{sa}"
         for ns in sorted(namespaces)
@@ -205,6 +207,8 @@ def callers_as(ctx: AuditContext, principal: str) -> list[Caller]:
     the wire, never reaches a waypoint (§4.6) and meets STRICT at the destination.
     """
     caller = Caller(principal)
+    if ctx.reads is not None:
+        ctx.reads.add(caller.namespace or "")
     workloads = [
         w
         for w in ctx.index.workloads_by_account.get((caller.namespace or "", caller.service_account or ""), [])
@@ -212,7 +216,7 @@ def callers_as(ctx: AuditContext, principal: str) -> list[Caller]:
         # (a probe, not a client the promise is about): the audit must not judge it as one.
         if not is_auditor_probe(w)
     ]
-    kinds = dict.fromkeys(client_of(w, ctx.index).kind for w in workloads) or {ClientKind.AMBIENT: None}
+    kinds = dict.fromkeys(_client_kind(w, ctx.index) for w in workloads) or {ClientKind.AMBIENT: None}
     found = []
     for kind in kinds:
         if CLIENTS[kind].identity:
@@ -230,13 +234,35 @@ def bypass_callers(ctx: AuditContext) -> list[Caller]:
 
 @functools.lru_cache(maxsize=4)  # once per audit (one index), not once per protected Service
 def _bypass_callers(index: SnapshotIndex, td: str) -> tuple[Caller, ...]:
+    # Namespace by namespace, in the snapshot's order (build_snapshot sorts it by namespace);
+    # each namespace's callers are remembered in the index (#16: kept across an incremental
+    # audit's changes for the namespaces that did not change).
     found: dict[Caller, None] = {}
-    for workload in index.snapshot.workloads:
-        kind = client_of(workload, index).kind
-        if kind in {ClientKind.SIDECAR, ClientKind.GATEWAY}:
-            principal = f"{td}/ns/{workload.meta.namespace}/sa/{workload.service_account}"
-            found[Caller(principal, kind=kind)] = None
+    for namespace, workloads in index.workloads_by_ns.items():
+        key = ("bypass-callers", namespace, td)
+        held = index.namespace_memo.get(key)
+        if not isinstance(held, tuple):
+            held = index.namespace_memo[key] = tuple(_bypass_in(workloads, index, td))
+        found.update(dict.fromkeys(held))
     return tuple(found)
+
+
+def _bypass_in(workloads: Iterable[Workload], index: SnapshotIndex, td: str) -> Iterable[Caller]:
+    for workload in workloads:
+        kind = _client_kind(workload, index)
+        if kind in {ClientKind.SIDECAR, ClientKind.GATEWAY}:
+            yield Caller(f"{td}/ns/{workload.meta.namespace}/sa/{workload.service_account}", kind=kind)
+
+
+def _client_kind(workload: Workload, index: SnapshotIndex) -> ClientKind:
+    """``client_of(workload).kind``, remembered in the index: it depends only on the workload and
+    its namespace, and an incremental audit's index keeps it for unchanged namespaces (#16)."""
+    held = index.workload_memo.get(id(workload))
+    if held is not None and held[0] is workload and isinstance(held[1], ClientKind):
+        return held[1]
+    kind = client_of(workload, index).kind
+    index.workload_memo[id(workload)] = (workload, kind)
+    return kind
 
 
 def request_variants(
