@@ -191,6 +191,9 @@ class Listener:
     port: int
     protocol: str
     allowed_routes_from: str = "Same"
+    # allowedRoutes.namespaces.selector.matchLabels (for ``from: Selector``); ``None`` when the
+    # selector also has matchExpressions, which the model does not evaluate.
+    allowed_routes_selector: Labels | None = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

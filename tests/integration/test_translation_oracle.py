@@ -126,26 +126,12 @@ def _example(name: str) -> Case:
     )
 
 
-# Disagreements the oracle found, reported to the model's owners (strict: fixed, they fail here
-# until removed). Each names what istiod does.
-_WAYPOINT_SELF = (
-    "istiod never binds a waypoint's own Service (created by istiod in the namespace) to a waypoint; "
-    "the model binds default/catalog-waypoint to itself through the namespace's istio.io/use-waypoint"
-)
-_EXTRA_LISTENER = (
-    "istiod binds the Service (WaypointBound=True) and programs the Gateway; the HBONE 15008 listener is "
-    "Accepted and the extra HTTP one only UnsupportedProtocol; the model says traffic bypasses the waypoint"
-)
-_WRONG_LISTENER = (
-    "istiod binds the Service (WaypointBound=True, Programmed=True, listener 15009 Accepted=False "
-    "UnsupportedProtocol); the model says traffic bypasses the waypoint"
-)
-KNOWN_DISAGREEMENTS = {
-    "waypoint-label-on-namespace": _WAYPOINT_SELF,
-    "waypoint-opt-out": _WAYPOINT_SELF,
-    "waypoint-two-listeners": _EXTRA_LISTENER,
-    "waypoint-wrong-listener": _WRONG_LISTENER,
-}
+# Disagreements the oracle found on these fixtures, each fixed in the model (issue 11): the
+# waypoint's own Service was bound to itself through its namespace's label
+# (waypoint-label-on-namespace, waypoint-opt-out); a waypoint with an extra or a wrong listener was
+# said to be bypassed where istiod binds it (waypoint-two-listeners, waypoint-wrong-listener). A
+# disagreement still open would be listed here as a strict xfail with what istiod does.
+KNOWN_DISAGREEMENTS: dict[str, str] = {}
 CASES = [*all_cases(), _example("retail-store"), _example("retail-store-drifted")]
 PARAMS = [
     pytest.param(c, id=c.name, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_DISAGREEMENTS[c.name])])
@@ -376,9 +362,7 @@ def test_model_agrees_with_istiod_on_generated_configurations(
     manifest.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
     istio_api.apply(manifest)
     try:
-        # The waypoint's own Service: the known disagreement _WAYPOINT_SELF, kept visible by the
-        # strict xfail of the fixtures waypoint-label-on-namespace and waypoint-opt-out.
-        _compare(istio_api, documents, namespaces, ignore=frozenset(f"{ns}/wp" for ns in namespaces))
+        _compare(istio_api, documents, namespaces)
     finally:
         # One call per kind list, not per namespace; what istiod and the stand-in derived from
         # these objects (pods, waypoint Deployments, EndpointSlices) goes with its owner.

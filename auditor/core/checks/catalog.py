@@ -165,8 +165,9 @@ WAYPOINT_GATEWAY = CheckMeta(
     property=Property.WAYPOINT_ENROLLMENT,
     title="The waypoint Gateway exists, is a valid waypoint, serves Service traffic and is ready",
     severity=Severity.HIGH,
-    protects="A waypoint that does not resolve or is not ready is skipped: traffic goes straight to the pods.",
-    remediation="Create the Gateway with class istio-waypoint, exactly one listener 15008/HBONE and "
+    protects="A waypoint that does not resolve or is not ready is skipped: traffic goes straight to the pods. "
+    "One bound without a 15008 listener fails every connection through it.",
+    remediation="Create the Gateway with class istio-waypoint, a listener 15008/HBONE (ztunnel connects to it) and "
     "istio.io/waypoint-for: service (or all); allow other namespaces if it serves them.",
     remediation_yaml="""\
 apiVersion: gateway.networking.k8s.io/v1
