@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TextIO
 
 from auditor import __version__
@@ -189,11 +189,16 @@ def _render(output: str, result: AuditResult, out: TextIO, *, verbose: bool) -> 
         # One line: the C encoder (indent disables it) keeps 10k-Service audits fast; jq reads it.
         out.write(json.dumps(audit_document(result.findings, inputs=result.inputs)) + "\n")
     elif output == "markdown":
-        out.write(render_markdown(result.findings))
+        out.write(render_markdown(result.findings, semantics=_semantics_line(result.inputs)))
     elif output == "junit":
         out.write(render_junit(result.findings))
     else:
-        out.write(render_table(result.findings, verbose=verbose))
+        out.write(render_table(result.findings, verbose=verbose, semantics=_semantics_line(result.inputs)))
+
+
+def _semantics_line(inputs: Mapping[str, object]) -> str:
+    semantics = inputs.get("istio_semantics")
+    return str(semantics.get("line", "")) if isinstance(semantics, dict) else ""
 
 
 def _rules(args: argparse.Namespace, out: TextIO) -> int:

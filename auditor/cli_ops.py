@@ -63,7 +63,9 @@ def _report(args: argparse.Namespace, out: TextIO) -> int:
     if args.output == "junit":
         out.write(render_junit(findings))
     elif args.output == "markdown":
-        out.write(render_markdown(findings))
+        semantics = ((document.get("summary") or {}).get("inputs") or {}).get("istio_semantics") or {}
+        line = semantics.get("line", "") if isinstance(semantics, dict) else ""
+        out.write(render_markdown(findings, semantics=str(line)))
     else:
         try:
             page = render_html(document, _history(args.history))

@@ -12,6 +12,7 @@ from auditor.core.checks import allowlist, headers, strict_mtls, waypoint
 from auditor.core.checks.catalog import PEER_AUTHENTICATION, SNAPSHOT_READ, TARGET_EXISTS
 from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.reach import route_for
+from auditor.core.istioversion import semantics_findings, semantics_of
 from auditor.core.model import Evidence, Finding, Status
 from auditor.core.posture import Posture, ProtectedService, ScopeEntry
 from auditor.core.snapshot import ReadProblem, Service, Snapshot, SnapshotIndex, selector_matches
@@ -22,6 +23,7 @@ def run_static_audit(
 ) -> tuple[Finding, ...]:
     ctx = AuditContext(index=SnapshotIndex(snapshot), posture=posture, header_values=header_values)
     findings = [_read_problem(problem) for problem in snapshot.problems]
+    findings += semantics_findings(semantics_of(snapshot))
     in_scope, empty, not_strict = _scoped_services(ctx)
     findings += empty
     for service in in_scope:

@@ -322,7 +322,7 @@ def _container(doc: _Doc) -> s.Container:
         if number is None:
             raise DecodeError(port.at("containerPort"), "is missing", "give every container port a number")
         ports.append(s.ContainerPort(container_port=number, name=port.string("name")))
-    return s.Container(name=doc.string("name"), ports=tuple(ports))
+    return s.Container(name=doc.string("name"), ports=tuple(ports), image=doc.string("image"))
 
 
 def _selector(spec: _Doc) -> dict[str, str] | None:

@@ -81,6 +81,7 @@ class ContainerPort:
 class Container:
     name: str
     ports: tuple[ContainerPort, ...] = ()
+    image: str = ""
 
 
 @dataclass(frozen=True, slots=True)

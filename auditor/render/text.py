@@ -29,8 +29,9 @@ _PROPERTY_WIDTH = 21
 _INDENT = " " * (2 + 4 + 2 + _PROPERTY_WIDTH)
 
 
-def render_table(findings: tuple[Finding, ...], *, verbose: bool = False) -> str:
-    lines = [_headline(findings), ""]
+def render_table(findings: tuple[Finding, ...], *, verbose: bool = False, semantics: str = "") -> str:
+    """``semantics``: the line saying which Istio's semantics the audit applied (``Semantics.line``)."""
+    lines = [_headline(findings), *_wrap(visible(semantics), WIDTH, subsequent_indent="  "), ""]
     for target, group in groupby(findings, key=lambda f: f.target):
         lines.append(visible(target))
         for finding in group:
@@ -95,12 +96,13 @@ def _legend(findings: tuple[Finding, ...]) -> str:
     return f"exit {code}: {meaning}.\nMore: -v for evidence, --output json|markdown, `auditor checks`."
 
 
-def render_markdown(findings: tuple[Finding, ...]) -> str:
+def render_markdown(findings: tuple[Finding, ...], *, semantics: str = "") -> str:
     lines = [
         "# mesh-auditor report",
         "",
         _headline(findings),
         "",
+        *([_md(semantics), ""] if semantics else []),
         "| target | property | status | check | message |",
         "|---|---|---|---|---|",
     ]

@@ -392,6 +392,55 @@ def istiod_objects(chart: Path) -> list[dict[str, Any]]:
     return [namespace, mesh, injector_configmap(chart)]
 
 
+def binary_version(binaries: IstioBinaries) -> str:
+    """The built pilot-discovery's own version (``version -o json``: ``clientVersion.version``), e.g. ``1.31-dev``."""
+    raw = controlplane._output([str(binaries.pilot_discovery), "version", "-o", "json"])
+    return str(json.loads(raw)["clientVersion"]["version"])
+
+
+def istiod_deployment(version: str, hub: str = "mesh-auditor.local") -> dict[str, Any]:
+    """The istiod Deployment as Istio's chart labels it (istio-control/istio-discovery
+    templates/deployment.yaml and the ``istio.labels`` helper in zzz_profile.yaml, revision
+    ``default``), with image ``<hub>/pilot:<version>`` and ``app.kubernetes.io/version: <version>``.
+
+    istiod itself runs as a process here; this object is what a live audit reads to learn the
+    cluster's Istio version. The stand-in gives it a Pod like any Deployment's.
+    """
+    labels = {
+        "app": "istiod",
+        "istio.io/rev": REVISION,
+        "istio": "pilot",
+        "app.kubernetes.io/name": "istiod",
+        "app.kubernetes.io/part-of": "istio",
+        "app.kubernetes.io/version": version,
+        "app.kubernetes.io/managed-by": "Helm",
+        "app.kubernetes.io/instance": "istiod",
+    }
+    selector = {"app": "istiod", "istio": "pilot"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "istiod", "namespace": ISTIO_NAMESPACE, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": {**labels, "sidecar.istio.io/inject": "false"}},
+                "spec": {
+                    "serviceAccountName": "istiod",
+                    "containers": [
+                        {
+                            "name": "discovery",
+                            "image": f"{hub}/pilot:{version}",
+                            "ports": [{"containerPort": 15010, "name": "grpc-xds"}],
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
 def istiod_env(kubeconfig: Path) -> dict[str, str]:
     """The environment of istiod outside a cluster (what the chart's Deployment sets, adapted)."""
     return {
@@ -476,7 +525,7 @@ def apply_objects(kubectl: Sequence[str], objects: Sequence[dict[str, Any]]) -> 
     argv = [*kubectl, "apply", "--server-side", "--force-conflicts", "--field-manager=mesh-auditor-istiod", "-f", "-"]
     result = subprocess.run(argv, input=manifest, capture_output=True, text=True, check=False, timeout=120)
     if result.returncode != 0:
-        raise ControlPlaneError(f"applying istiod's namespace and ConfigMaps failed: {result.stderr.strip()}")
+        raise ControlPlaneError(f"applying istiod's objects failed: {result.stderr.strip()}")
 
 
 def rss_bytes(pid: int) -> int:

@@ -275,6 +275,51 @@ def _peer_authentication(draw: st.DrawFn, ns: str, index: int) -> dict[str, Any]
 
 
 @st.composite
+def _waypoint_listeners(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """The waypoint's listeners: the HBONE one (or a wrong port), an extra HTTP one, allowedRoutes."""
+    mesh: dict[str, Any] = {
+        "name": "mesh",
+        "port": draw(st.sampled_from([15008, 15008, 15008, 15009])),
+        "protocol": "HBONE",
+    }
+    routes = draw(st.sampled_from([None, "Same", "All", "Selector"]))
+    if routes == "Selector":
+        mesh["allowedRoutes"] = {"namespaces": {"from": "Selector", "selector": {"matchLabels": {"team": "a"}}}}
+    elif routes:
+        mesh["allowedRoutes"] = {"namespaces": {"from": routes}}
+    listeners = [mesh]
+    if draw(st.integers(0, 3)) == 0:
+        listeners.append({"name": "http", "port": 80, "protocol": "HTTP"})
+    return listeners
+
+
+def _cross_namespace_client(ns: str, team: str) -> list[dict[str, Any]]:
+    """A second namespace whose Service asks for the waypoint ``wp`` of ``ns`` (attachment rules)."""
+    other = f"{ns}-b"
+    labels = {"istio.io/dataplane-mode": "ambient", "team": team}
+    use = {"istio.io/use-waypoint": "wp", "istio.io/use-waypoint-namespace": ns}
+    # The test API server has no controller-manager: no ``default`` ServiceAccount to fall back on.
+    spec = {"serviceAccountName": "c0", "containers": [{"name": "app", "image": "app"}]}
+    template = {"metadata": {"labels": {"app": "c0"}}, "spec": spec}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other, "labels": labels}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "c0", "namespace": other}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "c0", "namespace": other, "labels": use},
+            "spec": {"selector": {"app": "c0"}, "ports": [{"name": "http", "port": 80}]},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "c0", "namespace": other},
+            "spec": {"selector": {"matchLabels": {"app": "c0"}}, "template": template},
+        },
+    ]
+
+
+@st.composite
 def _configuration(draw: st.DrawFn) -> list[dict[str, Any]]:
     ns = f"g-{uuid.uuid4().hex[:10]}"
     ns_labels: dict[str, str] = {}
@@ -295,10 +340,7 @@ def _configuration(draw: st.DrawFn) -> list[dict[str, Any]]:
                 "apiVersion": "gateway.networking.k8s.io/v1",
                 "kind": "Gateway",
                 "metadata": {"name": "wp", "namespace": ns, "labels": gateway_labels},
-                "spec": {
-                    "gatewayClassName": "istio-waypoint",
-                    "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
-                },
+                "spec": {"gatewayClassName": "istio-waypoint", "listeners": draw(_waypoint_listeners())},
             }
         )
     for name in _NAMES[: draw(st.integers(1, 3))]:
@@ -333,6 +375,8 @@ def _configuration(draw: st.DrawFn) -> list[dict[str, Any]]:
                 },
             },
         ]
+    if draw(st.integers(0, 3)) == 0:
+        docs += _cross_namespace_client(ns, draw(st.sampled_from(["a", "b"])))
     docs += [draw(_authorization_policy(ns, i)) for i in range(draw(st.integers(0, 4)))]
     docs += [draw(_peer_authentication(ns, i)) for i in range(draw(st.integers(0, 2)))]
     return docs

@@ -330,6 +330,20 @@ AUTO_MODE = CheckMeta(
     ),
 )
 
+ISTIO_SEMANTICS = CheckMeta(
+    id="audit.istio-semantics",
+    property=Property.AUDIT_INTEGRITY,
+    title="The cluster runs the Istio version whose semantics the audit applied",
+    severity=Severity.MEDIUM,
+    protects="Verdicts are the model's reading of one Istio version; on another, the differences listed "
+    "in the finding can turn a verdict.",
+    remediation="Weigh the listed differences against the findings they touch, or audit with the "
+    "auditor release whose model matches the cluster's istiod.",
+    remediation_yaml="",
+    references=(f"{SEMANTICS} §12",),
+    reads=frozenset({"Deployment", "Pod"}),
+)
+
 ALL: tuple[CheckMeta, ...] = (
     CAPTURED,
     PEER_AUTHENTICATION,
@@ -340,6 +354,7 @@ ALL: tuple[CheckMeta, ...] = (
     HEADERS_ENFORCED,
     TARGET_EXISTS,
     SNAPSHOT_READ,
+    ISTIO_SEMANTICS,
     AUTO_MODE,
     STRICT_MTLS_PROBE,
     ALLOWLIST_PROBE,
