@@ -1,4 +1,4 @@
-"""Istio 1.28 ambient data-plane semantics computed from a snapshot.
+"""Istio 1.31 ambient data-plane semantics computed from a snapshot (``istioversion.MODEL_VERSION``).
 
 Answers the questions every check asks: is this workload captured by ztunnel, what mTLS mode
 does its inbound port really get, which waypoint (if any) does a Service's traffic use, which
@@ -144,8 +144,8 @@ def _inbound_bypass(workload: Workload) -> Capture | None:
 
 @dataclass(frozen=True, slots=True)
 class MtlsDecision:
-    """Effective inbound mTLS mode of one workload port; ``ambiguous`` when creation order decides
-    between disagreeing policies and the snapshot does not carry creation timestamps."""
+    """Effective inbound mTLS mode of one workload port; ``ambiguous`` when creation order would
+    decide between disagreeing policies that are equally old (or carry no creationTimestamp)."""
 
     mode: str
     evidence: tuple[Evidence, ...]
@@ -214,13 +214,22 @@ def _level_note(policy: PeerAuthentication) -> str:
 
 
 def _oldest(policies: list[PeerAuthentication], port: int) -> tuple[PeerAuthentication | None, bool]:
-    """The oldest policy wins at one level (§3); without timestamps the winner is unknown."""
+    """The oldest policy wins at one level (§3); among equally old ones the winner is unknown.
+
+    istiod's ambient translation (pilot/pkg/serviceregistry/ambient/authorization.go,
+    ``convertedSelectorPeerAuthentications``) keeps a policy only if it is strictly older
+    (``Before``), in the order its informer lists them: with the same creationTimestamp (the API
+    server stamps whole seconds, so one ``kubectl apply`` often gives the same) or none, which of
+    several disagreeing policies wins is not decided by the configuration (no name tie-break, as
+    the sidecar path has): ambiguous. The translation oracle showed istiod picking the other one.
+    """
     if not policies:
         return None, False
     ordered = sorted(policies, key=lambda p: (p.meta.creation_timestamp or "", p.meta.name))
-    untimed = any(p.meta.creation_timestamp is None for p in policies)
-    disagree = len({(p.mode, p.port_level.get(port)) for p in policies}) > 1
-    return ordered[0], untimed and disagree
+    first = ordered[0].meta.creation_timestamp
+    tied = [p for p in policies if p.meta.creation_timestamp is None or p.meta.creation_timestamp == first]
+    disagree = len({(p.mode, p.port_level.get(port)) for p in tied}) > 1
+    return ordered[0], disagree
 
 
 # --- Waypoints (semantics §2, §4.7) ------------------------------------------------------------

@@ -614,6 +614,50 @@ def ambient_facts(
     return workloads, services
 
 
+def plaintext_refused(ambientz: dict[str, Any], ports: frozenset[int]) -> dict[str, frozenset[int]]:
+    """For each workload of ``/debug/ambientz``: which of ``ports`` refuse a caller without identity.
+
+    istiod hands ztunnel PeerAuthentication as DENY policies (``converted_peer_authentication_*``,
+    ``istio_converted_static_strict``) attached to the workload; a port refuses plaintext when
+    one of them matches a connection without a principal on it. Matching follows the workload
+    API: a policy matches when a group does, a group when all its rules do, a rule when one of
+    its matches does, a match when all its fields do. Raises ValueError on a field these
+    converted policies are not known to carry.
+    """
+    converted = {
+        f"{p.get('namespace', '')}/{p['name']}": p
+        for p in ambientz.get("policies") or []
+        if _is_converted(p.get("name", ""))
+    }
+    refused: dict[str, frozenset[int]] = {}
+    for workload in ambientz.get("workloads") or []:
+        attached = [converted[name] for name in workload.get("authorizationPolicies") or [] if name in converted]
+        key = f"{workload.get('namespace', '')}/{workload.get('name', '')}"
+        refused[key] = frozenset(port for port in ports if any(_denies_plaintext(policy, port) for policy in attached))
+    return refused
+
+
+def _denies_plaintext(policy: dict[str, Any], port: int) -> bool:
+    if policy.get("action") != "DENY" or policy.get("dryRun"):
+        return False
+    return any(
+        all(any(_match_plaintext(m, port) for m in rule.get("matches") or []) for rule in group.get("rules") or [])
+        for group in policy.get("groups") or []
+    )
+
+
+def _match_plaintext(match: dict[str, Any], port: int) -> bool:
+    unknown = set(match) - {"destinationPorts", "notDestinationPorts", "principals", "notPrincipals"}
+    if unknown:
+        raise ValueError(f"a converted PeerAuthentication carries {sorted(unknown)}: not modelled here")
+    if match.get("destinationPorts") and port not in match["destinationPorts"]:
+        return False
+    if port in (match.get("notDestinationPorts") or []):
+        return False
+    # A caller without identity matches no principal, and so every notPrincipals entry.
+    return not match.get("principals")
+
+
 def _waypoint_of(waypoint: dict[str, Any] | None, gateway_addresses: dict[str, str]) -> str:
     if not waypoint:
         return ""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,11 @@ CONVERGE_S = 60.0  # istiod binds a waypoint only after the stand-in gave its po
 ORACLE_BATCHES = int(os.environ.get("ORACLE_BATCHES", "20"))
 ORACLE_BATCH_SIZE = int(os.environ.get("ORACLE_BATCH_SIZE", "25"))
 
-Facts = tuple[dict[str, frozenset[str]], dict[str, str]]
+# (pod -> enforced AuthorizationPolicies, Service -> waypoint, pod -> ports refusing plaintext)
+Facts = tuple[dict[str, frozenset[str]], dict[str, str], dict[str, frozenset[int]]]
 
 
-def _istiod_facts(api: IstioAPI) -> Facts:
+def _istiod_facts(api: IstioAPI, ports: frozenset[int]) -> Facts:
     gateways = yaml.safe_load(api.kubectl("get", "gateways.gateway.networking.k8s.io", "-A", "-o", "yaml"))["items"]
     addresses: dict[str, str] = {}
     for gateway in gateways:
@@ -47,30 +49,43 @@ def _istiod_facts(api: IstioAPI) -> Facts:
         addresses[f"{gateway['metadata']['name']}.{gateway['metadata']['namespace']}.svc.cluster.local"] = key
         for address in (gateway.get("status") or {}).get("addresses") or []:
             addresses[address["value"]] = key
-    return istio.ambient_facts(api.debug("/debug/ambientz"), addresses)
+    ambientz = api.debug("/debug/ambientz")
+    workloads, services = istio.ambient_facts(ambientz, addresses)
+    return workloads, services, istio.plaintext_refused(ambientz, ports)
 
 
-def _model_facts(api: IstioAPI) -> Facts:
+def _model_facts(api: IstioAPI) -> tuple[Facts, frozenset[int], Mapping[str, frozenset[int]]]:
     with api.new_client() as client:
         snapshot = ClusterReader(client).snapshot()
     facts = ztunnel_facts(snapshot, ROOT_NAMESPACE)
     # The workload stand-in leaves the auditor's own probe pods to the PodExecutor (none runs here),
     # so they never get an address and istiod never lists them: not a fact to compare.
     probes = {f"{w.meta.namespace}/{w.meta.name}" for w in snapshot.workloads if is_auditor_probe(w)}
-    return {k: v for k, v in facts.workload_policies.items() if k not in probes}, dict(facts.service_waypoints)
+    workloads = {k: v for k, v in facts.workload_policies.items() if k not in probes}
+    refused = {k: v for k, v in facts.plaintext_refused.items() if k not in probes}
+    return (workloads, dict(facts.service_waypoints), refused), facts.mtls_ports, facts.mtls_ambiguous
 
 
 def _within(facts: Facts, namespaces: set[str]) -> Facts:
-    workloads, services = facts
+    workloads, services, refused = facts
 
     def keep(key: str) -> bool:
         return key.split("/", 1)[0] in namespaces
 
-    return {k: v for k, v in workloads.items() if keep(k)}, {k: v for k, v in services.items() if keep(k)}
+    return (
+        {k: v for k, v in workloads.items() if keep(k)},
+        {k: v for k, v in services.items() if keep(k)},
+        {k: v for k, v in refused.items() if keep(k)},
+    )
+
+
+def _undecided(facts: Facts, ports: Mapping[str, frozenset[int]]) -> Facts:
+    """Leave out the ports whose mode istiod picks by listing order (the model says ambiguous)."""
+    return facts[0], facts[1], {k: v - ports.get(k, frozenset()) for k, v in facts[2].items()}
 
 
 def _without(facts: Facts, services: frozenset[str]) -> Facts:
-    return facts[0], {key: value for key, value in facts[1].items() if key not in services}
+    return facts[0], {key: value for key, value in facts[1].items() if key not in services}, facts[2]
 
 
 def _pods_expected(documents: list[dict[str, Any]], namespaces: set[str]) -> int:
@@ -95,8 +110,9 @@ def _compare(
     expected_pods = _pods_expected(documents, namespaces)
     deadline = time.monotonic() + converge_s
     while True:
-        oracle = _without(_within(_istiod_facts(api), namespaces), ignore)
-        model = _without(_within(_model_facts(api), namespaces), ignore)
+        model_facts, ports, undecided = _model_facts(api)
+        model = _undecided(_without(_within(model_facts, namespaces), ignore), undecided)
+        oracle = _undecided(_without(_within(_istiod_facts(api, ports), namespaces), ignore), undecided)
         settled = len(oracle[0]) >= expected_pods and len(model[0]) >= expected_pods
         if (settled and oracle == model) or time.monotonic() > deadline:
             break
@@ -112,7 +128,12 @@ def _compare(
         for k in oracle[1].keys() | model[1].keys()
         if oracle[1].get(k) != model[1].get(k)
     }
-    assert (differing_workloads, differing_services) == ({}, {}), "(istiod, model) per key"
+    differing_mtls = {
+        k: (sorted(oracle[2].get(k, ())), sorted(model[2].get(k, ())))
+        for k in oracle[2].keys() & model[2].keys()
+        if oracle[2][k] != model[2][k]
+    }
+    assert (differing_workloads, differing_services, differing_mtls) == ({}, {}, {}), "(istiod, model) per key"
 
 
 # --- fixtures and examples -------------------------------------------------------------------
@@ -174,6 +195,11 @@ def _apply_and_compare(api: IstioAPI, manifests: Path, workdir: Path, converge_s
 # offline audit must give it. Each value is the disagreement the fixture was made from; a
 # disagreement still open would be a strict xfail here (none is).
 ORACLE_FIXTURES = {
+    "peer-authentication-same-second": (
+        "two disagreeing namespace PeerAuthentications created in the same second: the model broke the "
+        "tie by name (STRICT), istiod's ambient translation handed ztunnel PERMISSIVE (it keeps the first "
+        "it lists); fixed by calling equally old disagreeing policies ambiguous (semantics §3)"
+    ),
     "waypoint-own-service": (
         "the waypoint's own Service (rendered by istiod) was audited by strict-mtls.captured like an "
         "application Service and failed; fixed by recognising Istio's own objects (semantics §10)"
