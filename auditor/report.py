@@ -70,3 +70,11 @@ class AuditReport:
     findings: tuple[Finding, ...]
     inputs: Mapping[str, Any] = field(default_factory=dict)
     run: RunRecord | None = None
+
+    @property
+    def semantics_line(self) -> str:
+        """The line saying which Istio version's semantics the audit applied and which istiod
+        versions it found (``inputs["istio_semantics"]["line"]``, written by
+        ``auditor.core.istioversion.Semantics.as_dict``); empty when the inputs do not say."""
+        semantics = self.inputs.get("istio_semantics")
+        return str(semantics.get("line", "")) if isinstance(semantics, Mapping) else ""

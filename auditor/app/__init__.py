@@ -26,6 +26,7 @@ import structlog
 from auditor.adapters.manifests.reader import read_manifests
 from auditor.adapters.rules.loader import load_rules, resolve_header_values, unresolved_sources
 from auditor.core.audit import run_static_audit
+from auditor.core.istioversion import semantics_of
 from auditor.core.model import Finding
 from auditor.core.posture import Posture
 from auditor.core.probing.probeplan import PlanOptions, plan_probes
@@ -145,6 +146,7 @@ def check_offline(
         "manifests": list(manifests),
         "rules": list(rules),
         "posture": list(posture.names),
+        "istio_semantics": semantics_of(loaded.snapshot).as_dict(),
     }
     return AuditResult(findings, inputs, unresolved_sources(posture, values))
 
@@ -210,6 +212,7 @@ def check_live(
             raise ClusterUnreachableError(server_of(api), str(error), source) from error
         values = resolve_header_values(posture, environ, ClusterSecretReader(api).secret_value)
         findings = run_static_audit(snapshot, posture, values)
+        inputs["istio_semantics"] = semantics_of(snapshot).as_dict()
         if probes is not None:
             runner = PodProbeRunner(PodApi(api), runner_options(probes))
             run_id = uuid.uuid4().hex[:12]

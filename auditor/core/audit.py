@@ -12,6 +12,7 @@ from auditor.core.checks import allowlist, fixes, headers, strict_mtls, waypoint
 from auditor.core.checks.catalog import PEER_AUTHENTICATION, SNAPSHOT_READ, TARGET_EXISTS
 from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.reach import route_for
+from auditor.core.istioversion import semantics_findings, semantics_of
 from auditor.core.model import Evidence, Finding, Status
 from auditor.core.posture import Posture, ProtectedService, ScopeEntry
 from auditor.core.snapshot import ReadProblem, Service, Snapshot, SnapshotIndex, selector_matches
@@ -27,6 +28,7 @@ def run_static_audit(
     every check that reads an unreadable kind is "not evaluated" (never a pass). Never raises."""
     ctx = AuditContext(index=SnapshotIndex(snapshot), posture=posture, header_values=header_values)
     findings = [_read_problem(problem) for problem in snapshot.problems]
+    findings += semantics_findings(semantics_of(snapshot))
     findings += scoped_findings(ctx)
     findings += protected_findings(ctx, posture.protected)
     unreadable = {problem.kind: problem for problem in snapshot.problems}

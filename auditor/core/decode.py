@@ -322,7 +322,7 @@ def _container(doc: _Doc) -> s.Container:
         if number is None:
             raise DecodeError(port.at("containerPort"), "is missing", "give every container port a number")
         ports.append(s.ContainerPort(container_port=number, name=port.string("name")))
-    return s.Container(name=doc.string("name"), ports=tuple(ports))
+    return s.Container(name=doc.string("name"), ports=tuple(ports), image=doc.string("image"))
 
 
 def _selector(spec: _Doc) -> dict[str, str] | None:
@@ -432,6 +432,7 @@ def _gateway(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
             allowed_routes_from=_enum(
                 item.child("allowedRoutes").child("namespaces"), "from", "Same", ("All", "Selector", "Same")
             ),
+            allowed_routes_selector=_namespace_selector(item.child("allowedRoutes").child("namespaces")),
         )
         for item in spec.items("listeners")
     )
@@ -445,6 +446,11 @@ def _gateway(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
             has_status=bool(doc.body.get("status")),
         ),
     )
+
+
+def _namespace_selector(namespaces: _Doc) -> dict[str, str] | None:
+    selector = namespaces.child("selector")
+    return None if selector.items("matchExpressions") else selector.labels("matchLabels")
 
 
 def _gateway_class(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from auditor.core.audit import protected_findings, run_static_audit, scoped_findings
 from auditor.core.checks import fixes
+from auditor.core.istioversion import semantics_findings, semantics_of
 from auditor.core.checks.context import AuditContext
 from auditor.core.decode import Decoded, build_snapshot
 from auditor.core.mesh import ClientKind, client_of, is_auditor_probe
@@ -341,7 +342,11 @@ class IncrementalAudit:
         # Targets are "namespace/...": ordering blocks by "namespace/" orders their findings as
         # one global sort would (a namespace name has no "/").
         order = sorted(self._blocks, key=lambda ns: ns + "/")
-        self._findings = tuple(itertools.chain.from_iterable(self._blocks[ns] for ns in order))
+        findings = tuple(itertools.chain.from_iterable(self._blocks[ns] for ns in order))
+        # Which istiod runs (its version against the model's) can come from any namespace: a
+        # scan of the workloads, cheap next to a re-evaluation; sorted in only when there is one.
+        semantics = semantics_findings(semantics_of(self._full_index().snapshot))
+        self._findings = tuple(sorted(findings + semantics, key=Finding.sort_key)) if semantics else findings
 
     # --- the object store ---------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Istio 1.28 ambient data-plane semantics computed from a snapshot.
+"""Istio 1.31 ambient data-plane semantics computed from a snapshot (``istioversion.MODEL_VERSION``).
 
 Answers the questions every check asks: is this workload captured by ztunnel, what mTLS mode
 does its inbound port really get, which waypoint (if any) does a Service's traffic use, which
@@ -18,10 +18,12 @@ from auditor.core.snapshot import (
     Condition,
     Gateway,
     Labels,
+    Listener,
     PeerAuthentication,
     Service,
     SnapshotIndex,
     Workload,
+    selector_matches,
 )
 
 DATAPLANE_MODE = "istio.io/dataplane-mode"
@@ -142,8 +144,8 @@ def _inbound_bypass(workload: Workload) -> Capture | None:
 
 @dataclass(frozen=True, slots=True)
 class MtlsDecision:
-    """Effective inbound mTLS mode of one workload port; ``ambiguous`` when creation order decides
-    between disagreeing policies and the snapshot does not carry creation timestamps."""
+    """Effective inbound mTLS mode of one workload port; ``ambiguous`` when creation order would
+    decide between disagreeing policies that are equally old (or carry no creationTimestamp)."""
 
     mode: str
     evidence: tuple[Evidence, ...]
@@ -212,31 +214,72 @@ def _level_note(policy: PeerAuthentication) -> str:
 
 
 def _oldest(policies: list[PeerAuthentication], port: int) -> tuple[PeerAuthentication | None, bool]:
-    """The oldest policy wins at one level (§3); without timestamps the winner is unknown."""
+    """The oldest policy wins at one level (§3); among equally old ones the winner is unknown.
+
+    istiod's ambient translation (pilot/pkg/serviceregistry/ambient/authorization.go,
+    ``convertedSelectorPeerAuthentications``) keeps a policy only if it is strictly older
+    (``Before``), in the order its informer lists them: with the same creationTimestamp (the API
+    server stamps whole seconds, so one ``kubectl apply`` often gives the same) or none, which of
+    several disagreeing policies wins is not decided by the configuration (no name tie-break, as
+    the sidecar path has): ambiguous. The translation oracle showed istiod picking the other one.
+    """
     if not policies:
         return None, False
     ordered = sorted(policies, key=lambda p: (p.meta.creation_timestamp or "", p.meta.name))
-    untimed = any(p.meta.creation_timestamp is None for p in policies)
-    disagree = len({(p.mode, p.port_level.get(port)) for p in policies}) > 1
-    return ordered[0], untimed and disagree
+    first = ordered[0].meta.creation_timestamp
+    tied = [p for p in policies if p.meta.creation_timestamp is None or p.meta.creation_timestamp == first]
+    disagree = len({(p.mode, p.port_level.get(port)) for p in tied}) > 1
+    return ordered[0], disagree
 
 
 # --- Waypoints (semantics §2, §4.7) ------------------------------------------------------------
+#
+# istiod's rule (pilot/pkg/serviceregistry/ambient/waypoints.go, Istio 1.31): a Gateway is a
+# waypoint once its status has an address (gatewayToWaypointTransform); a Service gets the one its
+# own label names, else its namespace's (fetchWaypointForTarget), unless the Service is istiod's
+# own for a waypoint or an east-west gateway (fetchWaypointForService); attachment from another
+# namespace follows the allowedRoutes of the 15008/HBONE listener, else ``Same``
+# (makeAllowedRoutes); the traffic type must be service or all. The listeners themselves decide
+# nothing else in the binding: ztunnel then connects to port 15008 of the waypoint's Service,
+# which istiod creates with one port per listener (gatewaycommon extractServicePorts).
+
+GATEWAY_MANAGED = "gateway.istio.io/managed"
+MESH_CONTROLLER = "istio.io-mesh-controller"
+EASTWEST_CONTROLLER = "istio.io-eastwest-controller"
+GATEWAY_NAME = "gateway.networking.k8s.io/gateway-name"
 
 
 @dataclass(frozen=True, slots=True)
 class WaypointBinding:
-    """Which waypoint a Service's labels (or its namespace's) ask for."""
+    """Which waypoint a Service's labels (or its namespace's) ask for.
+
+    ``exempt``: the Service is istiod's own for a waypoint or an east-west gateway, which never has
+    a waypoint whatever the labels say.
+    """
 
     name: str | None
     namespace: str | None
     evidence: tuple[Evidence, ...]
     opted_out: bool = False
+    exempt: bool = False
 
 
 def waypoint_binding(service: Service, index: SnapshotIndex) -> WaypointBinding:
-    """Object label beats namespace label; the namespace comes from the same object (§2)."""
+    """Object label beats namespace label; the namespace comes from the same object (§2).
+
+    A Service labelled ``gateway.istio.io/managed: istio.io-mesh-controller`` (a waypoint's own)
+    or ``istio.io-eastwest-controller`` never uses a waypoint (istiod fetchWaypointForService).
+    """
     own = service.meta.labels
+    managed = own.get(GATEWAY_MANAGED, "")
+    if managed in {MESH_CONTROLLER, EASTWEST_CONTROLLER}:
+        ev = Evidence(
+            service.meta.ref,
+            f"labels.{GATEWAY_MANAGED}",
+            managed,
+            "istiod's own Service for a waypoint or east-west gateway never uses a waypoint (§2)",
+        )
+        return WaypointBinding(None, None, (ev,), exempt=True)
     if USE_WAYPOINT in own:
         return _binding_from(own, service.meta.ref, service.meta.namespace)
     ns_labels = index.namespace_labels(service.meta.namespace)
@@ -264,45 +307,85 @@ class WaypointProblem:
 
 
 def waypoint_problems(gateway: Gateway, service: Service, index: SnapshotIndex) -> tuple[WaypointProblem, ...]:
-    """Reasons the named Gateway cannot serve the Service's traffic as its waypoint."""
-    problems = list(_gateway_shape_problems(gateway))
+    """Reasons istiod does not bind the Service to the named Gateway: traffic then bypasses it."""
+    problems = list(_gateway_class_problems(gateway))
     problems += _traffic_type_problems(gateway, index)
-    if gateway.meta.namespace != service.meta.namespace and not any(
-        listener.allowed_routes_from == "All" for listener in gateway.listeners
-    ):
-        ev = Evidence(gateway.meta.ref, "spec.listeners[].allowedRoutes.namespaces.from", _froms(gateway))
-        problems.append(
-            WaypointProblem(
-                f"the waypoint does not allow attachment from namespace {service.meta.namespace}",
-                ev,
-            )
-        )
+    attachment = _attachment_problem(gateway, service, index)
+    problems += [attachment] if attachment else []
     problems += _gateway_status_problems(gateway)
     return tuple(problems)
 
 
-def _froms(gateway: Gateway) -> str:
-    return ",".join(sorted({listener.allowed_routes_from for listener in gateway.listeners})) or "Same"
+def hbone_listener(gateway: Gateway) -> Listener | None:
+    """The listener whose allowedRoutes govern attachment: port 15008, protocol HBONE (makeAllowedRoutes)."""
+    return next((lst for lst in gateway.listeners if lst.port == HBONE_PORT and lst.protocol == "HBONE"), None)
 
 
-def _gateway_shape_problems(gateway: Gateway) -> list[WaypointProblem]:
-    problems = []
-    if gateway.class_name != WAYPOINT_CLASS:
-        ev = Evidence(gateway.meta.ref, "spec.gatewayClassName", gateway.class_name or "(absent)")
-        problems.append(WaypointProblem(f"the Gateway's class is not {WAYPOINT_CLASS}", ev))
-    hbone = [lst for lst in gateway.listeners if lst.port == HBONE_PORT and lst.protocol == "HBONE"]
-    if len(gateway.listeners) != 1 or len(hbone) != 1:
-        shown = ", ".join(f"{lst.name}:{lst.port}/{lst.protocol}" for lst in gateway.listeners) or "(none)"
+def _attachment_problem(gateway: Gateway, service: Service, index: SnapshotIndex) -> WaypointProblem | None:
+    namespace = service.meta.namespace
+    listener = hbone_listener(gateway)
+    origin = "the 15008/HBONE listener" if listener else "no 15008/HBONE listener, so Same"
+    allowed = listener.allowed_routes_from if listener else "Same"
+    if allowed == "All":
+        return None
+    if allowed == "Selector" and listener is not None:
+        selector = listener.allowed_routes_selector
+        labels = index.namespace_labels(namespace)
+        if selector is not None and selector_matches(selector, labels):
+            return None
+        shown = "matchExpressions (not evaluated)" if selector is None else _shown(selector)
+        ev = Evidence(gateway.meta.ref, "spec.listeners[15008].allowedRoutes.namespaces.selector", shown, origin)
+        return WaypointProblem(f"the waypoint's namespace selector does not admit namespace {namespace}", ev)
+    if gateway.meta.namespace == namespace:
+        return None
+    ev = Evidence(gateway.meta.ref, "spec.listeners[].allowedRoutes.namespaces.from", allowed, origin)
+    return WaypointProblem(f"the waypoint does not allow attachment from namespace {namespace}", ev)
+
+
+def _shown(labels: Labels) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "(empty)"
+
+
+def _gateway_class_problems(gateway: Gateway) -> list[WaypointProblem]:
+    if gateway.class_name == WAYPOINT_CLASS:
+        return []
+    ev = Evidence(gateway.meta.ref, "spec.gatewayClassName", gateway.class_name or "(absent)")
+    return [WaypointProblem(f"the Gateway's class is not {WAYPOINT_CLASS}", ev)]
+
+
+def _listeners(gateway: Gateway) -> str:
+    return ", ".join(f"{lst.name}:{lst.port}/{lst.protocol}" for lst in gateway.listeners) or "(none)"
+
+
+def waypoint_unreachable(gateway: Gateway, index: SnapshotIndex) -> WaypointProblem | None:
+    """Why ztunnel cannot open HBONE to a bound waypoint, or None.
+
+    ztunnel connects to port 15008 of the waypoint's Service (GatewayAddress.hbone_mtls_port;
+    ztunnel ``State::fetch_waypoint``); istiod creates that Service with port 15021 and one port
+    per listener. Without port 15008 every connection through the waypoint fails
+    (``UnknownWaypoint``): the Service is bound yet unreachable, fail-closed. The Service in the
+    snapshot (live: istiod's) decides; without it, the listeners do.
+    """
+    own = index.services.get(gateway.meta.key)
+    if own is not None and own.meta.labels.get(GATEWAY_NAME) == gateway.meta.name:
+        if any(port.port == HBONE_PORT for port in own.ports):
+            return None
+        shown = ",".join(str(port.port) for port in own.ports) or "(none)"
+        ev = Evidence(own.meta.ref, "spec.ports[].port", shown, "ztunnel connects to port 15008")
+    elif any(lst.port == HBONE_PORT for lst in gateway.listeners):
+        return None
+    else:
         ev = Evidence(
             gateway.meta.ref,
             "spec.listeners",
-            shown,
-            "a waypoint has exactly one listener: 15008/HBONE (§2)",
+            _listeners(gateway),
+            "istiod gives the waypoint's Service one port per listener; ztunnel connects to port 15008",
         )
-        problems.append(
-            WaypointProblem("the waypoint needs exactly one listener on port 15008 with protocol HBONE", ev)
-        )
-    return problems
+    return WaypointProblem(
+        "the waypoint is bound but its Service has no port 15008: ztunnel cannot reach it and every "
+        "connection through it fails (UnknownWaypoint)",
+        ev,
+    )
 
 
 def _traffic_type_problems(gateway: Gateway, index: SnapshotIndex) -> list[WaypointProblem]:
@@ -321,17 +404,13 @@ def _traffic_type_problems(gateway: Gateway, index: SnapshotIndex) -> list[Waypo
 
 
 def _gateway_status_problems(gateway: Gateway) -> list[WaypointProblem]:
-    if not gateway.has_status:
+    """With status, istiod's test is ``status.addresses`` (set once a waypoint pod was ready)."""
+    if not gateway.has_status or gateway.addresses:
         return []
     programmed = condition(gateway.conditions, "Programmed")
-    if programmed is None or programmed.status != "True":
-        shown = "(absent)" if programmed is None else f"{programmed.status} ({programmed.reason})"
-        ev = Evidence(gateway.meta.ref, "status.conditions[Programmed]", shown)
-        return [WaypointProblem("the waypoint is not Programmed: traffic bypasses it (§4.7)", ev)]
-    if not gateway.addresses:
-        ev = Evidence(gateway.meta.ref, "status.addresses", "(empty)")
-        return [WaypointProblem("the waypoint has no address yet: traffic bypasses it (§2, §4.7)", ev)]
-    return []
+    shown = "(absent)" if programmed is None else f"{programmed.status} ({programmed.reason})"
+    ev = Evidence(gateway.meta.ref, "status.addresses", "(empty)", f"Programmed: {shown}")
+    return [WaypointProblem("the waypoint has no address yet: istiod does not bind it, traffic bypasses it (§4.7)", ev)]
 
 
 def condition(conditions: tuple[Condition, ...], type_: str) -> Condition | None:
@@ -340,11 +419,16 @@ def condition(conditions: tuple[Condition, ...], type_: str) -> Condition | None
 
 @dataclass(frozen=True, slots=True)
 class EffectiveWaypoint:
-    """The waypoint Service-addressed in-mesh traffic really goes through, or why none."""
+    """The waypoint Service-addressed in-mesh traffic really goes through, or why none.
+
+    ``fails_closed``: istiod binds the Service to ``gateway`` but ztunnel cannot reach it, so
+    every connection that should go through it fails (``waypoint_unreachable``).
+    """
 
     gateway: Gateway | None
     binding: WaypointBinding
     problems: tuple[WaypointProblem, ...]
+    fails_closed: WaypointProblem | None = None
 
 
 def effective_waypoint(service: Service, index: SnapshotIndex) -> EffectiveWaypoint:
@@ -364,7 +448,9 @@ def effective_waypoint(service: Service, index: SnapshotIndex) -> EffectiveWaypo
     problems = waypoint_problems(gateway, service, index)
     bound = _service_bound_problem(service)
     problems = problems + ((bound,) if bound else ())
-    return EffectiveWaypoint(None if problems else gateway, binding, problems)
+    if problems:
+        return EffectiveWaypoint(None, binding, problems)
+    return EffectiveWaypoint(gateway, binding, (), waypoint_unreachable(gateway, index))
 
 
 def _service_bound_problem(service: Service) -> WaypointProblem | None:
@@ -383,9 +469,6 @@ def _service_bound_problem(service: Service) -> WaypointProblem | None:
 # --- Who the callers are (semantics §9) ------------------------------------------------------------
 
 INGRESS_USE_WAYPOINT = "istio.io/ingress-use-waypoint"
-GATEWAY_NAME = "gateway.networking.k8s.io/gateway-name"
-GATEWAY_MANAGED = "gateway.istio.io/managed"
-MESH_CONTROLLER = "istio.io-mesh-controller"
 PROXY_CONTAINER = "istio-proxy"
 # The labels every probe pod the auditor creates carries (adapters.probepods.podspec sets them).
 PROBE_MANAGED_BY = ("app.kubernetes.io/managed-by", "mesh-auditor")

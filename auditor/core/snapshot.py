@@ -83,6 +83,7 @@ class ContainerPort:
 class Container:
     name: str
     ports: tuple[ContainerPort, ...] = ()
+    image: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +194,9 @@ class Listener:
     port: int
     protocol: str
     allowed_routes_from: str = "Same"
+    # allowedRoutes.namespaces.selector.matchLabels (for ``from: Selector``); ``None`` when the
+    # selector also has matchExpressions, which the model does not evaluate.
+    allowed_routes_selector: Labels | None = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,13 @@ Facts (keys are ``namespace/name``):
   are not AuthorizationPolicies and are not listed.
 * ``service_waypoints``: for each Service, the waypoint Gateway its traffic really goes
   through (``mesh.effective_waypoint``), or ``""`` for none.
+* ``plaintext_refused``: for each real pod, which of ``mtls_ports`` refuse a caller without
+  identity, i.e. whose effective mTLS mode is STRICT (``mesh.effective_mtls``); istiod hands
+  ztunnel the same as DENY policies converted from PeerAuthentication.
+* ``mtls_ambiguous``: for each real pod, the ports whose mode istiod decides by listing order
+  (equally old, disagreeing policies: ``MtlsDecision.ambiguous``): no fact to compare.
+* ``mtls_ports``: the ports asked about: every container port, every ``portLevelMtls`` key, and
+  ``OTHER_PORT`` standing for any port no policy names.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from auditor.core.authz import at_ztunnel
-from auditor.core.mesh import effective_waypoint
+from auditor.core.mesh import effective_mtls, effective_waypoint
 from auditor.core.snapshot import Snapshot, SnapshotIndex
 
 
@@ -31,6 +38,13 @@ class ZtunnelFacts:
 
     workload_policies: Mapping[str, frozenset[str]]
     service_waypoints: Mapping[str, str]
+    plaintext_refused: Mapping[str, frozenset[int]]
+    mtls_ports: frozenset[int]
+    mtls_ambiguous: Mapping[str, frozenset[int]]
+
+
+# A port no container declares and no PeerAuthentication names: "every other port".
+OTHER_PORT = 1
 
 
 def ztunnel_facts(snapshot: Snapshot, root_namespace: str) -> ZtunnelFacts:
@@ -47,4 +61,14 @@ def ztunnel_facts(snapshot: Snapshot, root_namespace: str) -> ZtunnelFacts:
         waypoints[f"{service.meta.namespace}/{service.meta.name}"] = (
             "" if gateway is None else f"{gateway.meta.namespace}/{gateway.meta.name}"
         )
-    return ZtunnelFacts(policies, waypoints)
+    ports = {OTHER_PORT}
+    ports |= {p.container_port for w in snapshot.workloads for c in w.containers for p in c.ports}
+    ports |= {port for policy in snapshot.peer_authentications for port in policy.port_level}
+    refused: dict[str, frozenset[int]] = {}
+    ambiguous: dict[str, frozenset[int]] = {}
+    for workload in snapshot.workloads:
+        if workload.is_pod:
+            decisions = {port: effective_mtls(workload, port, index, root_namespace) for port in ports}
+            refused[workload.meta.key] = frozenset(p for p, d in decisions.items() if d.refuses_plaintext)
+            ambiguous[workload.meta.key] = frozenset(p for p, d in decisions.items() if d.ambiguous)
+    return ZtunnelFacts(policies, waypoints, refused, frozenset(ports), ambiguous)

@@ -90,6 +90,9 @@ def _run_block(run: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
     counts = ", ".join(f"{_text(n)} {_text(s)}" for s, n in summary["counts"].items() if n) or "no findings"
     rows = [("Result", _badge(_overall(summary))), ("Findings", counts), ("Targets", _text(summary["targets"]))]
     rows += [(_text(str(k).replace("_", " ").capitalize()), _text(v)) for k, v in run.items()]
+    semantics = (summary.get("inputs") or {}).get("istio_semantics") or {}
+    if semantics.get("line"):
+        rows.append(("Istio semantics", _text(semantics["line"])))
     body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f"<section id='summary'><h2>Summary</h2><table>{body}</table></section>"
 

@@ -33,7 +33,7 @@ _INDENT = " " * (2 + 4 + 2 + _PROPERTY_WIDTH)
 
 def render_table(report: AuditReport, *, verbose: bool = False) -> str:
     findings = report.findings
-    lines = [_headline(findings), ""]
+    lines = [_headline(findings), *_wrap(visible(report.semantics_line), WIDTH, subsequent_indent="  "), ""]
     for target, group in groupby(findings, key=lambda f: f.target):
         lines.append(visible(target))
         for finding in group:
@@ -119,12 +119,13 @@ def _legend(findings: tuple[Finding, ...]) -> str:
 
 
 def render_markdown(report: AuditReport) -> str:
-    findings = report.findings
+    findings, semantics = report.findings, report.semantics_line
     lines = [
         "# mesh-auditor report",
         "",
         _headline(findings),
         "",
+        *([_md(semantics), ""] if semantics else []),
         "| target | property | status | check | message |",
         "|---|---|---|---|---|",
     ]

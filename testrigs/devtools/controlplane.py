@@ -770,10 +770,14 @@ def _start_istiod(state: StateDir, binaries: Binaries) -> None:
         _stop(process)
         _stop(stand_in)
         raise
-    record["istiod"].update(ready_seconds=round(time.monotonic() - started, 1))
+    version = istio.binary_version(istio_binaries)
+    # The Deployment Istio's chart would have installed, stamped with the built binary's version:
+    # what a live audit reads to say which Istio the cluster runs (core.istioversion).
+    istio.apply_objects(kubectl, [istio.istiod_deployment(version)])
+    record["istiod"].update(ready_seconds=round(time.monotonic() - started, 1), version=version)
     _save_record(state, record)
     _log(
-        f"istiod ready in {ready_s:.1f} s ({time.monotonic() - started:.1f} s with its ConfigMaps); "
+        f"istiod {version} ready in {ready_s:.1f} s ({time.monotonic() - started:.1f} s with its ConfigMaps); "
         f"debug http://127.0.0.1:{ports.http}, plaintext XDS 127.0.0.1:{ports.grpc}, "
         f"RSS {istio.rss_bytes(process.pid) / 2**20:.0f} MiB"
     )

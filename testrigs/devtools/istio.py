@@ -392,6 +392,55 @@ def istiod_objects(chart: Path) -> list[dict[str, Any]]:
     return [namespace, mesh, injector_configmap(chart)]
 
 
+def binary_version(binaries: IstioBinaries) -> str:
+    """The built pilot-discovery's own version (``version -o json``: ``clientVersion.version``), e.g. ``1.31-dev``."""
+    raw = controlplane._output([str(binaries.pilot_discovery), "version", "-o", "json"])
+    return str(json.loads(raw)["clientVersion"]["version"])
+
+
+def istiod_deployment(version: str, hub: str = "mesh-auditor.local") -> dict[str, Any]:
+    """The istiod Deployment as Istio's chart labels it (istio-control/istio-discovery
+    templates/deployment.yaml and the ``istio.labels`` helper in zzz_profile.yaml, revision
+    ``default``), with image ``<hub>/pilot:<version>`` and ``app.kubernetes.io/version: <version>``.
+
+    istiod itself runs as a process here; this object is what a live audit reads to learn the
+    cluster's Istio version. The stand-in gives it a Pod like any Deployment's.
+    """
+    labels = {
+        "app": "istiod",
+        "istio.io/rev": REVISION,
+        "istio": "pilot",
+        "app.kubernetes.io/name": "istiod",
+        "app.kubernetes.io/part-of": "istio",
+        "app.kubernetes.io/version": version,
+        "app.kubernetes.io/managed-by": "Helm",
+        "app.kubernetes.io/instance": "istiod",
+    }
+    selector = {"app": "istiod", "istio": "pilot"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "istiod", "namespace": ISTIO_NAMESPACE, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": {**labels, "sidecar.istio.io/inject": "false"}},
+                "spec": {
+                    "serviceAccountName": "istiod",
+                    "containers": [
+                        {
+                            "name": "discovery",
+                            "image": f"{hub}/pilot:{version}",
+                            "ports": [{"containerPort": 15010, "name": "grpc-xds"}],
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
 def istiod_env(kubeconfig: Path) -> dict[str, str]:
     """The environment of istiod outside a cluster (what the chart's Deployment sets, adapted)."""
     return {
@@ -476,7 +525,7 @@ def apply_objects(kubectl: Sequence[str], objects: Sequence[dict[str, Any]]) -> 
     argv = [*kubectl, "apply", "--server-side", "--force-conflicts", "--field-manager=mesh-auditor-istiod", "-f", "-"]
     result = subprocess.run(argv, input=manifest, capture_output=True, text=True, check=False, timeout=120)
     if result.returncode != 0:
-        raise ControlPlaneError(f"applying istiod's namespace and ConfigMaps failed: {result.stderr.strip()}")
+        raise ControlPlaneError(f"applying istiod's objects failed: {result.stderr.strip()}")
 
 
 def rss_bytes(pid: int) -> int:
@@ -563,6 +612,50 @@ def ambient_facts(
         for s in ambientz.get("services") or []
     }
     return workloads, services
+
+
+def plaintext_refused(ambientz: dict[str, Any], ports: frozenset[int]) -> dict[str, frozenset[int]]:
+    """For each workload of ``/debug/ambientz``: which of ``ports`` refuse a caller without identity.
+
+    istiod hands ztunnel PeerAuthentication as DENY policies (``converted_peer_authentication_*``,
+    ``istio_converted_static_strict``) attached to the workload; a port refuses plaintext when
+    one of them matches a connection without a principal on it. Matching follows the workload
+    API: a policy matches when a group does, a group when all its rules do, a rule when one of
+    its matches does, a match when all its fields do. Raises ValueError on a field these
+    converted policies are not known to carry.
+    """
+    converted = {
+        f"{p.get('namespace', '')}/{p['name']}": p
+        for p in ambientz.get("policies") or []
+        if _is_converted(p.get("name", ""))
+    }
+    refused: dict[str, frozenset[int]] = {}
+    for workload in ambientz.get("workloads") or []:
+        attached = [converted[name] for name in workload.get("authorizationPolicies") or [] if name in converted]
+        key = f"{workload.get('namespace', '')}/{workload.get('name', '')}"
+        refused[key] = frozenset(port for port in ports if any(_denies_plaintext(policy, port) for policy in attached))
+    return refused
+
+
+def _denies_plaintext(policy: dict[str, Any], port: int) -> bool:
+    if policy.get("action") != "DENY" or policy.get("dryRun"):
+        return False
+    return any(
+        all(any(_match_plaintext(m, port) for m in rule.get("matches") or []) for rule in group.get("rules") or [])
+        for group in policy.get("groups") or []
+    )
+
+
+def _match_plaintext(match: dict[str, Any], port: int) -> bool:
+    unknown = set(match) - {"destinationPorts", "notDestinationPorts", "principals", "notPrincipals"}
+    if unknown:
+        raise ValueError(f"a converted PeerAuthentication carries {sorted(unknown)}: not modelled here")
+    if match.get("destinationPorts") and port not in match["destinationPorts"]:
+        return False
+    if port in (match.get("notDestinationPorts") or []):
+        return False
+    # A caller without identity matches no principal, and so every notPrincipals entry.
+    return not match.get("principals")
 
 
 def _waypoint_of(waypoint: dict[str, Any] | None, gateway_addresses: dict[str, str]) -> str:

@@ -30,7 +30,7 @@ from auditor.adapters.k8s.policyreports import GROUP_PATH
 from auditor.adapters.k8s.rbac import reader_cluster_role
 from auditor.adapters.k8s.resources import AUTO_MODE_RESOURCES, NODE_CLASS, NODE_POOL, SNAPSHOT_RESOURCES, Resource
 from auditor.adapters.k8s.state import ConfigMapStateStore
-from testrigs.devtools import charttools
+from testrigs.devtools import charttools, istio
 from testrigs.devtools.controlplane import KubeAPI
 from tests.cases import ROOT
 from tests.crd_modules import nodepool_crd, policyreport_crds
@@ -623,3 +623,18 @@ def test_auto_mode_role_only_with_the_auto_mode_check() -> None:
     names = {d["metadata"]["name"] for d in rendered if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}}
     assert AUTOMODE_ROLE not in names
     assert {READER, POLICY_REPORTS_ROLE} <= names
+
+
+def test_istiod_version_is_read_with_the_shipped_permissions(kube_api: KubeAPI, auditor_kubeconfig: Path) -> None:
+    """The cluster's Istio version comes from the istiod Deployment the workload rules already list
+    (no rule of its own): as the ServiceAccount, an istiod 1.28.0 is read and reported."""
+    deployment = istio.istiod_deployment("1.28.0", hub="docker.io/istio")
+    deployment["metadata"]["namespace"] = NAMESPACE  # not istio-system: other tests share this server
+    kube_api.apply_text(yaml.safe_dump(deployment))
+    try:
+        _, document = audit("--kubeconfig", str(auditor_kubeconfig), "--rules", RULES)
+    finally:
+        kube_api.kubectl("delete", "deployment", "istiod", f"--namespace={NAMESPACE}", "--wait=false")
+    assert document["summary"]["inputs"]["istio_semantics"]["cluster"] == "1.28.0"
+    (version,) = [f for f in document["findings"] if f["check"] == "audit.istio-semantics"]
+    assert (version["target"], version["status"]) == ("cluster/istiod-default", "inconclusive")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,11 @@ CONVERGE_S = 60.0  # istiod binds a waypoint only after the stand-in gave its po
 ORACLE_BATCHES = int(os.environ.get("ORACLE_BATCHES", "20"))
 ORACLE_BATCH_SIZE = int(os.environ.get("ORACLE_BATCH_SIZE", "25"))
 
-Facts = tuple[dict[str, frozenset[str]], dict[str, str]]
+# (pod -> enforced AuthorizationPolicies, Service -> waypoint, pod -> ports refusing plaintext)
+Facts = tuple[dict[str, frozenset[str]], dict[str, str], dict[str, frozenset[int]]]
 
 
-def _istiod_facts(api: IstioAPI) -> Facts:
+def _istiod_facts(api: IstioAPI, ports: frozenset[int]) -> Facts:
     gateways = yaml.safe_load(api.kubectl("get", "gateways.gateway.networking.k8s.io", "-A", "-o", "yaml"))["items"]
     addresses: dict[str, str] = {}
     for gateway in gateways:
@@ -47,30 +49,43 @@ def _istiod_facts(api: IstioAPI) -> Facts:
         addresses[f"{gateway['metadata']['name']}.{gateway['metadata']['namespace']}.svc.cluster.local"] = key
         for address in (gateway.get("status") or {}).get("addresses") or []:
             addresses[address["value"]] = key
-    return istio.ambient_facts(api.debug("/debug/ambientz"), addresses)
+    ambientz = api.debug("/debug/ambientz")
+    workloads, services = istio.ambient_facts(ambientz, addresses)
+    return workloads, services, istio.plaintext_refused(ambientz, ports)
 
 
-def _model_facts(api: IstioAPI) -> Facts:
+def _model_facts(api: IstioAPI) -> tuple[Facts, frozenset[int], Mapping[str, frozenset[int]]]:
     with api.new_client() as client:
         snapshot = ClusterReader(client).snapshot()
     facts = ztunnel_facts(snapshot, ROOT_NAMESPACE)
     # The workload stand-in leaves the auditor's own probe pods to the PodExecutor (none runs here),
     # so they never get an address and istiod never lists them: not a fact to compare.
     probes = {f"{w.meta.namespace}/{w.meta.name}" for w in snapshot.workloads if is_auditor_probe(w)}
-    return {k: v for k, v in facts.workload_policies.items() if k not in probes}, dict(facts.service_waypoints)
+    workloads = {k: v for k, v in facts.workload_policies.items() if k not in probes}
+    refused = {k: v for k, v in facts.plaintext_refused.items() if k not in probes}
+    return (workloads, dict(facts.service_waypoints), refused), facts.mtls_ports, facts.mtls_ambiguous
 
 
 def _within(facts: Facts, namespaces: set[str]) -> Facts:
-    workloads, services = facts
+    workloads, services, refused = facts
 
     def keep(key: str) -> bool:
         return key.split("/", 1)[0] in namespaces
 
-    return {k: v for k, v in workloads.items() if keep(k)}, {k: v for k, v in services.items() if keep(k)}
+    return (
+        {k: v for k, v in workloads.items() if keep(k)},
+        {k: v for k, v in services.items() if keep(k)},
+        {k: v for k, v in refused.items() if keep(k)},
+    )
+
+
+def _undecided(facts: Facts, ports: Mapping[str, frozenset[int]]) -> Facts:
+    """Leave out the ports whose mode istiod picks by listing order (the model says ambiguous)."""
+    return facts[0], facts[1], {k: v - ports.get(k, frozenset()) for k, v in facts[2].items()}
 
 
 def _without(facts: Facts, services: frozenset[str]) -> Facts:
-    return facts[0], {key: value for key, value in facts[1].items() if key not in services}
+    return facts[0], {key: value for key, value in facts[1].items() if key not in services}, facts[2]
 
 
 def _pods_expected(documents: list[dict[str, Any]], namespaces: set[str]) -> int:
@@ -95,8 +110,9 @@ def _compare(
     expected_pods = _pods_expected(documents, namespaces)
     deadline = time.monotonic() + converge_s
     while True:
-        oracle = _without(_within(_istiod_facts(api), namespaces), ignore)
-        model = _without(_within(_model_facts(api), namespaces), ignore)
+        model_facts, ports, undecided = _model_facts(api)
+        model = _undecided(_without(_within(model_facts, namespaces), ignore), undecided)
+        oracle = _undecided(_without(_within(_istiod_facts(api, ports), namespaces), ignore), undecided)
         settled = len(oracle[0]) >= expected_pods and len(model[0]) >= expected_pods
         if (settled and oracle == model) or time.monotonic() > deadline:
             break
@@ -112,7 +128,12 @@ def _compare(
         for k in oracle[1].keys() | model[1].keys()
         if oracle[1].get(k) != model[1].get(k)
     }
-    assert (differing_workloads, differing_services) == ({}, {}), "(istiod, model) per key"
+    differing_mtls = {
+        k: (sorted(oracle[2].get(k, ())), sorted(model[2].get(k, ())))
+        for k in oracle[2].keys() & model[2].keys()
+        if oracle[2][k] != model[2][k]
+    }
+    assert (differing_workloads, differing_services, differing_mtls) == ({}, {}, {}), "(istiod, model) per key"
 
 
 # --- fixtures and examples -------------------------------------------------------------------
@@ -126,26 +147,12 @@ def _example(name: str) -> Case:
     )
 
 
-# Disagreements the oracle found, reported to the model's owners (strict: fixed, they fail here
-# until removed). Each names what istiod does.
-_WAYPOINT_SELF = (
-    "istiod never binds a waypoint's own Service (created by istiod in the namespace) to a waypoint; "
-    "the model binds default/catalog-waypoint to itself through the namespace's istio.io/use-waypoint"
-)
-_EXTRA_LISTENER = (
-    "istiod binds the Service (WaypointBound=True) and programs the Gateway; the HBONE 15008 listener is "
-    "Accepted and the extra HTTP one only UnsupportedProtocol; the model says traffic bypasses the waypoint"
-)
-_WRONG_LISTENER = (
-    "istiod binds the Service (WaypointBound=True, Programmed=True, listener 15009 Accepted=False "
-    "UnsupportedProtocol); the model says traffic bypasses the waypoint"
-)
-KNOWN_DISAGREEMENTS = {
-    "waypoint-label-on-namespace": _WAYPOINT_SELF,
-    "waypoint-opt-out": _WAYPOINT_SELF,
-    "waypoint-two-listeners": _EXTRA_LISTENER,
-    "waypoint-wrong-listener": _WRONG_LISTENER,
-}
+# Disagreements the oracle found on these fixtures, each fixed in the model (issue 11): the
+# waypoint's own Service was bound to itself through its namespace's label
+# (waypoint-label-on-namespace, waypoint-opt-out); a waypoint with an extra or a wrong listener was
+# said to be bypassed where istiod binds it (waypoint-two-listeners, waypoint-wrong-listener). A
+# disagreement still open would be listed here as a strict xfail with what istiod does.
+KNOWN_DISAGREEMENTS: dict[str, str] = {}
 CASES = [*all_cases(), _example("retail-store"), _example("retail-store-drifted")]
 PARAMS = [
     pytest.param(c, id=c.name, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_DISAGREEMENTS[c.name])])
@@ -188,6 +195,11 @@ def _apply_and_compare(api: IstioAPI, manifests: Path, workdir: Path, converge_s
 # offline audit must give it. Each value is the disagreement the fixture was made from; a
 # disagreement still open would be a strict xfail here (none is).
 ORACLE_FIXTURES = {
+    "peer-authentication-same-second": (
+        "two disagreeing namespace PeerAuthentications created in the same second: the model broke the "
+        "tie by name (STRICT), istiod's ambient translation handed ztunnel PERMISSIVE (it keeps the first "
+        "it lists); fixed by calling equally old disagreeing policies ambiguous (semantics §3)"
+    ),
     "waypoint-own-service": (
         "the waypoint's own Service (rendered by istiod) was audited by strict-mtls.captured like an "
         "application Service and failed; fixed by recognising Istio's own objects (semantics §10)"
@@ -289,6 +301,51 @@ def _peer_authentication(draw: st.DrawFn, ns: str, index: int) -> dict[str, Any]
 
 
 @st.composite
+def _waypoint_listeners(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """The waypoint's listeners: the HBONE one (or a wrong port), an extra HTTP one, allowedRoutes."""
+    mesh: dict[str, Any] = {
+        "name": "mesh",
+        "port": draw(st.sampled_from([15008, 15008, 15008, 15009])),
+        "protocol": "HBONE",
+    }
+    routes = draw(st.sampled_from([None, "Same", "All", "Selector"]))
+    if routes == "Selector":
+        mesh["allowedRoutes"] = {"namespaces": {"from": "Selector", "selector": {"matchLabels": {"team": "a"}}}}
+    elif routes:
+        mesh["allowedRoutes"] = {"namespaces": {"from": routes}}
+    listeners = [mesh]
+    if draw(st.integers(0, 3)) == 0:
+        listeners.append({"name": "http", "port": 80, "protocol": "HTTP"})
+    return listeners
+
+
+def _cross_namespace_client(ns: str, team: str) -> list[dict[str, Any]]:
+    """A second namespace whose Service asks for the waypoint ``wp`` of ``ns`` (attachment rules)."""
+    other = f"{ns}-b"
+    labels = {"istio.io/dataplane-mode": "ambient", "team": team}
+    use = {"istio.io/use-waypoint": "wp", "istio.io/use-waypoint-namespace": ns}
+    # The test API server has no controller-manager: no ``default`` ServiceAccount to fall back on.
+    spec = {"serviceAccountName": "c0", "containers": [{"name": "app", "image": "app"}]}
+    template = {"metadata": {"labels": {"app": "c0"}}, "spec": spec}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other, "labels": labels}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "c0", "namespace": other}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "c0", "namespace": other, "labels": use},
+            "spec": {"selector": {"app": "c0"}, "ports": [{"name": "http", "port": 80}]},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "c0", "namespace": other},
+            "spec": {"selector": {"matchLabels": {"app": "c0"}}, "template": template},
+        },
+    ]
+
+
+@st.composite
 def _configuration(draw: st.DrawFn) -> list[dict[str, Any]]:
     ns = f"g-{uuid.uuid4().hex[:10]}"
     ns_labels: dict[str, str] = {}
@@ -309,10 +366,7 @@ def _configuration(draw: st.DrawFn) -> list[dict[str, Any]]:
                 "apiVersion": "gateway.networking.k8s.io/v1",
                 "kind": "Gateway",
                 "metadata": {"name": "wp", "namespace": ns, "labels": gateway_labels},
-                "spec": {
-                    "gatewayClassName": "istio-waypoint",
-                    "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
-                },
+                "spec": {"gatewayClassName": "istio-waypoint", "listeners": draw(_waypoint_listeners())},
             }
         )
     for name in _NAMES[: draw(st.integers(1, 3))]:
@@ -347,6 +401,8 @@ def _configuration(draw: st.DrawFn) -> list[dict[str, Any]]:
                 },
             },
         ]
+    if draw(st.integers(0, 3)) == 0:
+        docs += _cross_namespace_client(ns, draw(st.sampled_from(["a", "b"])))
     docs += [draw(_authorization_policy(ns, i)) for i in range(draw(st.integers(0, 4)))]
     docs += [draw(_peer_authentication(ns, i)) for i in range(draw(st.integers(0, 2)))]
     return docs
@@ -376,9 +432,7 @@ def test_model_agrees_with_istiod_on_generated_configurations(
     manifest.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
     istio_api.apply(manifest)
     try:
-        # The waypoint's own Service: the known disagreement _WAYPOINT_SELF, kept visible by the
-        # strict xfail of the fixtures waypoint-label-on-namespace and waypoint-opt-out.
-        _compare(istio_api, documents, namespaces, ignore=frozenset(f"{ns}/wp" for ns in namespaces))
+        _compare(istio_api, documents, namespaces)
     finally:
         # One call per kind list, not per namespace; what istiod and the stand-in derived from
         # these objects (pods, waypoint Deployments, EndpointSlices) goes with its owner.

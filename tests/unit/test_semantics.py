@@ -5,15 +5,18 @@ from __future__ import annotations
 import pytest
 
 from auditor.core.authz import Applicable, Caller, Point, Request, decide, match_pattern, rule_matches
-from auditor.core.mesh import CaptureState, capture_of
+from auditor.core.mesh import CaptureState, capture_of, effective_waypoint
 from auditor.core.snapshot import (
     AuthorizationPolicy,
     AuthzCondition,
     AuthzOperation,
     AuthzRule,
     AuthzSource,
+    Gateway,
+    Listener,
     Namespace,
     ObjectMeta,
+    Service,
     Snapshot,
     SnapshotIndex,
     Workload,
@@ -202,3 +205,85 @@ def test_no_jwt_fails_request_principals_and_passes_their_not_form() -> None:
     not_values = AuthzRule(conditions=(AuthzCondition("request.auth.principal", not_values=("*",)),))
     assert rule_matches(values, UI, Request(), Point.WAYPOINT, deny=False) is False
     assert rule_matches(not_values, UI, Request(), Point.WAYPOINT, deny=False) is True
+
+
+# --- Waypoint binding as istiod does it (pilot/pkg/serviceregistry/ambient/waypoints.go) ---------
+
+
+def _gateway(listeners: tuple[Listener, ...] | None = None, addresses: tuple[str, ...] | None = None) -> Gateway:
+    """Gateway default/wp; ``addresses`` given = the Gateway has a status with those addresses."""
+    return Gateway(
+        meta=ObjectMeta(kind="Gateway", name="wp", namespace="default"),
+        class_name="istio-waypoint",
+        listeners=listeners if listeners is not None else (Listener("mesh", 15008, "HBONE"),),
+        addresses=addresses or (),
+        has_status=addresses is not None,
+    )
+
+
+def _service(name: str, namespace: str = "default", **labels: str) -> Service:
+    return Service(meta=ObjectMeta(kind="Service", name=name, namespace=namespace, labels=labels), selector={})
+
+
+def _index(*objects: Gateway | Service, ns_labels: dict[str, str] | None = None) -> SnapshotIndex:
+    namespaces = (
+        Namespace(ObjectMeta(kind="Namespace", name="default", labels=ns_labels or {})),
+        Namespace(ObjectMeta(kind="Namespace", name="other", labels={"team": "a"})),
+    )
+    gateways = tuple(o for o in objects if isinstance(o, Gateway))
+    services = tuple(o for o in objects if isinstance(o, Service))
+    return SnapshotIndex(Snapshot(namespaces=namespaces, gateways=gateways, services=services))
+
+
+def test_a_waypoints_own_service_never_uses_a_waypoint() -> None:
+    """fetchWaypointForService: gateway.istio.io/managed=istio.io-mesh-controller beats every label."""
+    own = _service("wp", **{"gateway.istio.io/managed": "istio.io-mesh-controller", "istio.io/use-waypoint": "wp"})
+    index = _index(_gateway(), own, ns_labels={"istio.io/use-waypoint": "wp"})
+    waypoint = effective_waypoint(own, index)
+    assert (waypoint.gateway, waypoint.binding.exempt) == (None, True)
+    app = _service("catalog")
+    assert effective_waypoint(app, index).gateway is not None
+
+
+@pytest.mark.parametrize(
+    ("listeners", "bound", "fails_closed"),
+    [
+        ((Listener("mesh", 15008, "HBONE"), Listener("http", 80, "HTTP")), True, False),
+        ((Listener("mesh", 15009, "HBONE"),), True, True),
+        ((), True, True),
+    ],
+)
+def test_listeners_do_not_unbind_a_waypoint_but_port_15008_must_exist(
+    listeners: tuple[Listener, ...], bound: bool, fails_closed: bool
+) -> None:
+    """istiod binds on status.addresses; ztunnel connects to port 15008 of the waypoint's Service."""
+    gateway = _gateway(listeners=listeners)
+    waypoint = effective_waypoint(_service("catalog", **{"istio.io/use-waypoint": "wp"}), _index(gateway))
+    assert (waypoint.gateway is not None, waypoint.fails_closed is not None) == (bound, fails_closed)
+
+
+def test_with_status_the_address_decides_the_binding() -> None:
+    service = _service("catalog", **{"istio.io/use-waypoint": "wp"})
+    assert effective_waypoint(service, _index(_gateway(addresses=("10.0.0.1",)), service)).gateway is not None
+    assert effective_waypoint(service, _index(_gateway(addresses=()), service)).gateway is None
+
+
+@pytest.mark.parametrize(
+    ("allowed", "selector", "bound"),
+    [
+        ("Same", {}, False),
+        ("All", {}, True),
+        ("Selector", {"team": "a"}, True),
+        ("Selector", {"team": "b"}, False),
+        ("Selector", None, False),
+    ],
+)
+def test_attachment_follows_the_hbone_listener(allowed: str, selector: dict[str, str] | None, bound: bool) -> None:
+    """makeAllowedRoutes: the 15008/HBONE listener's allowedRoutes decide cross-namespace use."""
+    gateway = _gateway(
+        listeners=(Listener("mesh", 15008, "HBONE", allowed, selector), Listener("x", 80, "HTTP", "All"))
+    )
+    service = _service(
+        "catalog", "other", **{"istio.io/use-waypoint": "wp", "istio.io/use-waypoint-namespace": "default"}
+    )
+    assert (effective_waypoint(service, _index(gateway, service)).gateway is not None) is bound

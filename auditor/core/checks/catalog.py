@@ -132,8 +132,9 @@ WAYPOINT_GATEWAY = CheckMeta(
     property=Property.WAYPOINT_ENROLLMENT,
     title="The waypoint Gateway exists, is a valid waypoint, serves Service traffic and is ready where status shows",
     severity=Severity.HIGH,
-    protects="A waypoint that does not resolve or is not ready is skipped: traffic goes straight to the pods.",
-    remediation="Create the Gateway with class istio-waypoint, exactly one listener 15008/HBONE and "
+    protects="A waypoint that does not resolve or is not ready is skipped: traffic goes straight to the pods. "
+    "One bound without a 15008 listener fails every connection through it.",
+    remediation="Create the Gateway with class istio-waypoint, a listener 15008/HBONE (ztunnel connects to it) and "
     "istio.io/waypoint-for: service (or all); allow other namespaces if it serves them.",
     fix_summary=(
         "The waypoint Gateway the rules name: created when missing; else a merge patch giving it class istio-"
@@ -289,6 +290,20 @@ AUTO_MODE = CheckMeta(
     ),
 )
 
+ISTIO_SEMANTICS = CheckMeta(
+    id="audit.istio-semantics",
+    property=Property.AUDIT_INTEGRITY,
+    title="The cluster runs the Istio version whose semantics the audit applied",
+    severity=Severity.MEDIUM,
+    protects="Verdicts are the model's reading of one Istio version; on another, the differences listed "
+    "in the finding can turn a verdict.",
+    remediation="Weigh the listed differences against the findings they touch, or audit with the "
+    "auditor release whose model matches the cluster's istiod.",
+    remediation_yaml="",
+    references=(f"{SEMANTICS} §12",),
+    reads=frozenset({"Deployment", "Pod"}),
+)
+
 ALL: tuple[CheckMeta, ...] = (
     CAPTURED,
     PEER_AUTHENTICATION,
@@ -299,6 +314,7 @@ ALL: tuple[CheckMeta, ...] = (
     HEADERS_ENFORCED,
     TARGET_EXISTS,
     SNAPSHOT_READ,
+    ISTIO_SEMANTICS,
     AUTO_MODE,
     STRICT_MTLS_PROBE,
     ALLOWLIST_PROBE,

@@ -122,6 +122,10 @@ def _reach_backend(ctx: AuditContext, route: Route, backend: Backend, caller: Ca
     hops: list[Hop] = []
     seen_by_ztunnel = caller
     skipped = ""
+    closed = route.waypoint.fails_closed
+    if closed is not None and uses_service_waypoint(caller.kind, route.service):
+        # The Service is bound to a waypoint ztunnel cannot reach: the caller's ztunnel fails it.
+        return Reach(backend, False, (Hop("the caller's ztunnel", Decision(False, closed.message)),))
     if route.at_waypoint is not None and route.waypoint_identity is not None and route.waypoint.gateway is not None:
         if uses_service_waypoint(caller.kind, route.service):
             first = decide(route.at_waypoint, caller, request)

@@ -114,11 +114,13 @@ def check_peer_authentication(ctx: AuditContext, service: Service) -> Finding:
             decision = effective_mtls(workload, port, ctx.index, ctx.root_namespace)
             evidence += decision.evidence
             label = f"{workload.meta.ref} port {port}"
-            if not decision.refuses_plaintext:
+            if decision.ambiguous:
+                unclear.append(
+                    f"{label}: policies at one level disagree and are equally old (same or no creationTimestamp)"
+                )
+            elif not decision.refuses_plaintext:
                 failures.append(f"{label} accepts plaintext (effective mode {decision.mode})")
                 failing.append((workload, port, decision))
-            elif decision.ambiguous:
-                unclear.append(f"{label}: policies at one level disagree and carry no creationTimestamp")
             else:
                 passed.append(f"{label}")
     if not passed and not failures and not unclear:

@@ -1,8 +1,10 @@
 """waypoint-enrollment: the Service's traffic really goes through the waypoint it must use.
 
 Label resolution (Service, then namespace; ``none``; ``use-waypoint-namespace``), then the
-Gateway itself: class, the single HBONE listener, traffic type, attachment and, when the
-snapshot has status, ``Programmed`` / ``istio.io/WaypointBound`` (§2, §4.7).
+Gateway itself as istiod binds it (``mesh.waypoint_problems``): class, traffic type, attachment
+through the 15008/HBONE listener and, when the snapshot has status, ``status.addresses`` /
+``istio.io/WaypointBound``; then whether ztunnel can reach the bound waypoint on port 15008
+(``mesh.waypoint_unreachable``) (§2, §4.7).
 """
 
 from __future__ import annotations
@@ -10,7 +12,14 @@ from __future__ import annotations
 from auditor.core.checks import fixes
 from auditor.core.checks.catalog import WAYPOINT_BOUND, WAYPOINT_GATEWAY
 from auditor.core.checks.context import AuditContext, finding
-from auditor.core.mesh import HBONE_PORT, condition, waypoint_binding, waypoint_problems
+from auditor.core.mesh import (
+    HBONE_PORT,
+    condition,
+    hbone_listener,
+    waypoint_binding,
+    waypoint_problems,
+    waypoint_unreachable,
+)
 from auditor.core.model import Evidence, Finding, Status
 from auditor.core.posture import ProtectedService
 from auditor.core.snapshot import Service
@@ -22,6 +31,14 @@ def check_bound(ctx: AuditContext, protected: ProtectedService, service: Service
     binding = waypoint_binding(service, ctx.index)
     expected = f"{protected.waypoint_namespace}/{protected.waypoint.name if protected.waypoint else ''}"
     evidence = list(binding.evidence)
+    if binding.exempt:
+        return finding(
+            WAYPOINT_BOUND,
+            service,
+            Status.FAIL,
+            f"the Service is istiod's own for a gateway and never uses a waypoint; expected {expected}",
+            evidence,
+        )
     if binding.opted_out:
         return finding(
             WAYPOINT_BOUND,
@@ -104,17 +121,23 @@ def check_gateway(ctx: AuditContext, protected: ProtectedService, service: Servi
         fix = fixes.gateway_fix(ctx, protected, service)
         return finding(WAYPOINT_GATEWAY, service, Status.FAIL, f"waypoint Gateway {key} does not exist", [ev], fix=fix)
     problems = waypoint_problems(gateway, service, ctx.index)
+    unreachable = None if problems else waypoint_unreachable(gateway, ctx.index)
+    problems += (unreachable,) if unreachable else ()
     evidence = [p.evidence for p in problems]
     if problems:
         message = "; ".join(p.message for p in problems)
         fix = fixes.gateway_fix(ctx, protected, service)
         return finding(WAYPOINT_GATEWAY, service, Status.FAIL, message, evidence, fix=fix)
     evidence.append(Evidence(gateway.meta.ref, "spec.gatewayClassName", gateway.class_name))
+    extra = [lst for lst in gateway.listeners if lst is not hbone_listener(gateway)]
     evidence.append(
         Evidence(
             gateway.meta.ref,
             "spec.listeners",
             ", ".join(f"{lst.name}:{lst.port}/{lst.protocol}" for lst in gateway.listeners),
+            "istiod binds through 15008/HBONE; other listeners are not Accepted but do not unbind it (§2)"
+            if extra
+            else "",
         )
     )
     if not gateway.has_status:
