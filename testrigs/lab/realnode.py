@@ -320,6 +320,12 @@ class RealNode:
         """
         record = self._require()
         pods = json.loads(self.kubectl("get", "pods", "--all-namespaces", "--output=json"))["items"]
+        services = json.loads(self.kubectl("get", "services", "--all-namespaces", "--output=json"))["items"]
+        vips = [
+            (s["metadata"]["namespace"], s["metadata"]["name"], s["spec"]["clusterIP"])
+            for s in services
+            if s["spec"].get("clusterIP") not in (None, "", "None")
+        ]
         wanted: list[dict[str, str]] = []
         network = ipaddress.ip_network(POD_CIDR)
         for pod in pods:
@@ -330,6 +336,9 @@ class RealNode:
                 continue
             if key not in record.pods:
                 self._create_pod(record, key, address, meta["uid"], pod["spec"])
+            # CoreDNS's answers as a hosts file: Service names to their ClusterIPs.
+            hosts = netns.hosts_file(meta["name"], address, meta["namespace"], vips)
+            netns.write_dns(record.pods[key]["netns"], hosts, netns.resolv_conf(meta["namespace"]))
             annotated = (meta.get("annotations") or {}).get(REDIRECTION) == "enabled"
             if annotated and key not in withhold:
                 wanted.append(
