@@ -332,6 +332,8 @@ class RealNode:
             meta, status = pod["metadata"], pod.get("status") or {}
             address = status.get("podIP", "")
             key = f"{meta['namespace']}/{meta['name']}"
+            if pod["spec"].get("hostNetwork"):
+                continue  # ztunnel's own pod: the node's namespace is its network
             if not address or ipaddress.ip_address(address) not in network or meta.get("deletionTimestamp"):
                 continue
             if key not in record.pods:

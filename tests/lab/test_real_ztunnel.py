@@ -24,7 +24,8 @@ from testrigs.lab.lab import LabError, check_host
 from testrigs.lab.realnode import NodeRecord, RealNode
 from tests.lab import labkit
 
-CAPTURED = {"default/catalog-0", "default/ui-0", "default/curl-pod"}
+# Namespace default is labelled ambient: istio-cni redirects every pod in it; namespace curl is not.
+CAPTURED = {f"default/{name}" for name in ("catalog-0", "ui-0", "curl-pod", "cart-carts-0", "checkout-0", "orders-0")}
 SETTLE_TIMEOUT_S = 90.0
 CATALOG_L4_ALLOW_UI = labkit.CATALOG_L4_ALLOW_UI
 
@@ -138,3 +139,40 @@ def test_l4_allow_ui_resets_other_callers(node: RealNode) -> None:
         assert _curl(node, "default/ui-0", "http://catalog.default/catalog/tags") == (0, labkit.CATALOG_TAGS)
     finally:
         node.kubectl("delete", "authorizationpolicy", "catalog", "--namespace=default")
+
+
+def test_ztunnel_down_on_the_node_then_restarted(node: RealNode) -> None:
+    """Fault ztunnel-down: captured pods' traffic still goes to :15001, where nothing listens any more."""
+    url = "http://catalog.default/catalog/tags"
+    node.stop_ztunnel()
+    try:
+        code, _ = _curl(node, "default/curl-pod", url)
+        assert code == 7  # connection refused: the redirection stays, its listener died with ztunnel
+        assert node.status()["ztunnel"] == []
+    finally:
+        node.start_ztunnel()
+    # The agent sees a new connection and hands ztunnel the whole snapshot again (ZDS).
+    node.wait_handed(CAPTURED)
+    assert node.agent_status()["connections"] >= 2
+    assert _eventually(0, node, "default/curl-pod", url) == 0
+
+
+def test_pod_never_handed_to_ztunnel_loses_its_identity(node: RealNode) -> None:
+    """Fault: ui-0 is labelled ambient (namespace default) but the agent never hands it over."""
+    url = f"http://{_catalog_ip(node)}:8080/catalog/tags"
+    node.kubectl("apply", "-f", "-", stdin=CATALOG_L4_ALLOW_UI)
+    try:
+        assert _eventually(0, node, "default/ui-0", url) == 0  # captured: mTLS as sa/ui, allowed
+        node.sync_pods(withhold=frozenset({"default/ui-0"}))
+        deadline = time.monotonic() + 30
+        record = node.load()
+        assert record is not None
+        while record.pods["default/ui-0"]["uid"] in (node.agent_status().get("acked") or []):
+            assert time.monotonic() < deadline, node.agent_status()
+            time.sleep(0.2)
+        # Plaintext now, so catalog's ztunnel sees no identity: the ALLOW for sa/ui resets it.
+        assert _curl(node, "default/ui-0", url)[0] == 56
+    finally:
+        node.sync_pods()
+        node.kubectl("delete", "authorizationpolicy", "catalog", "--namespace=default")
+    node.wait_handed(CAPTURED)
