@@ -51,6 +51,7 @@ from testrigs.lab import netns, procs
 from testrigs.lab.procs import Proc
 
 NODE_NAME = "malab-node-1"
+DEFAULT_STATE_DIR = Path("/tmp/malab-real")  # noqa: S108 - like the lab's: traversable by every uid
 POD_CIDR = "198.18.128.0/17"
 SERVICE_CIDR = controlplane.SERVICE_CLUSTER_IP_RANGE
 ISTIOD_PORT_IN_NODE = 15012
@@ -373,6 +374,22 @@ class RealNode:
             proc = procs.spawn_in_netns(f"app:{key}", name, argv, self.node_dir / f"app-{index}.log")
             record.procs[f"app:{key}"] = proc
             self._save(record)
+
+    def settle(self, timeout: float = READY_TIMEOUT_S) -> dict[str, dict[str, str]]:
+        """Sync until two passes agree and ztunnel acked every pod handed to it; return the pods.
+
+        Pods that appear later are picked up by the next ``sync_pods`` (no daemon follows them).
+        """
+        deadline = time.monotonic() + timeout
+        previous: set[str] = set()
+        while time.monotonic() < deadline:
+            pods = self.sync_pods()
+            wanted = {item["uid"] for item in json.loads((self.node_dir / "pods.json").read_text())}
+            if set(pods) == previous and wanted <= set(self.agent_status().get("acked") or []):
+                return pods
+            previous = set(pods)
+            time.sleep(1.0)
+        raise RealNodeError(f"pods did not settle within {timeout:.0f} s: agent {self.agent_status()}")
 
     def agent_status(self) -> dict[str, Any]:
         try:
