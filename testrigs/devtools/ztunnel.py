@@ -220,7 +220,9 @@ def _build_into(target: Path, archive: Path, pin: SourcePin, stamp: str) -> None
         "--features",
         CARGO_FEATURES,
     ]
-    controlplane._run_go(argv, env, "cargo build (ztunnel)", cwd=source)
+    # Run from the cache folder, not the source tree: upstream's .cargo/config.toml (frame pointers
+    # for profiling, FIPS BoringSSL paths, out/rust) is for its own release images, not needed here.
+    controlplane._run_go(argv, env, "cargo build (ztunnel)", cwd=root)
     staging = Path(tempfile.mkdtemp(prefix=".bin-", dir=root))
     try:
         shutil.copy2(root / "target" / "debug" / "ztunnel", staging / "ztunnel")
