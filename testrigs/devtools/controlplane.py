@@ -12,7 +12,8 @@ Commands (``scripts/controlplane CMD`` or ``python3 -m testrigs.devtools.control
 * ``build``: build etcd, kube-apiserver and kubectl, then pilot-discovery and istioctl
   (``testrigs.devtools.istio``), once each into
   ``${MESH_AUDITOR_CACHE:-${XDG_CACHE_HOME:-~/.cache}}/mesh-auditor/controlplane/<versions>/bin``;
-  a warm call returns at once.
+  a warm call returns at once. ``--ztunnel [--ztunnel-source ARCHIVE]`` also builds ztunnel with
+  cargo into ``.../mesh-auditor/ztunnel-<sha256[:12]>/bin`` (``testrigs.devtools.ztunnel``).
 * ``up``: build if needed, start etcd and kube-apiserver (RBAC, ValidatingAdmissionPolicy,
   service-account token signing), install Istio's and Gateway API's CRDs from the Go module cache
   (``istio.crd_manifests``) and wait until they are Established and ``/readyz`` is ok. With
@@ -700,17 +701,18 @@ def crd_manifests() -> list[Path]:
     return istio.crd_manifests()
 
 
-def up(state_dir: Path | None = None, *, istio: bool = False) -> Path:
+def up(state_dir: Path | None = None, *, istio: bool = False, stand_in_args: Sequence[str] = ()) -> Path:
     """Start the control plane in state_dir unless it is up already; return the kubeconfig.
 
     With ``istio``, also start istiod against it (``testrigs.devtools.istio``), or add istiod to
-    a healthy control plane that runs without it.
+    a healthy control plane that runs without it. ``stand_in_args`` go to the workload stand-in's
+    command line (``--node-name``, ``--pod-cidr``: the lab's real-ztunnel node uses them).
     """
     state = _state(state_dir)
     with _file_lock(state.lock):
         if is_healthy(state.path):
             if istio and not _load_record(state).get("istiod"):
-                _start_istiod(state, build())
+                _start_istiod(state, build(), stand_in_args)
             _log(f"already up (state in {state.path})")
             return state.kubeconfig
         _teardown(state)  # leftovers of a crashed or half-finished start
@@ -720,11 +722,11 @@ def up(state_dir: Path | None = None, *, istio: bool = False) -> Path:
         _start(state, binaries, manifests)
         _log(f"up in {time.monotonic() - started:.1f} s; state in {state.path}")
         if istio:
-            _start_istiod(state, binaries)
+            _start_istiod(state, binaries, stand_in_args)
         return state.kubeconfig
 
 
-def _start_istiod(state: StateDir, binaries: Binaries) -> None:
+def _start_istiod(state: StateDir, binaries: Binaries, stand_in_args: Sequence[str] = ()) -> None:
     from testrigs.devtools import istio  # noqa: PLC0415 - istio imports this module
 
     istio_binaries = istio.build()
@@ -741,6 +743,7 @@ def _start_istiod(state: StateDir, binaries: Binaries) -> None:
         "testrigs.devtools.podexecutor",
         f"--kubeconfig={state.kubeconfig}",
         f"--cni-selectors={json.dumps(istio.cni_enablement_selectors())}",
+        *stand_in_args,
     ]
     stand_in_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     stand_in = processes.spawn(
@@ -1056,8 +1059,8 @@ def _namespace_args(namespace: str | None) -> list[str]:
 # Command line
 
 
-def _cmd_build(_: argparse.Namespace) -> int:
-    from testrigs.devtools import istio  # noqa: PLC0415 - istio imports this module
+def _cmd_build(args: argparse.Namespace) -> int:
+    from testrigs.devtools import istio, ztunnel  # noqa: PLC0415 - both import this module
 
     binaries = build()
     for name, version in build_info(binaries).get("versions", {}).items():
@@ -1067,6 +1070,11 @@ def _cmd_build(_: argparse.Namespace) -> int:
         _log(f"{name}: {' | '.join(version.splitlines())}")
     print(binaries.directory)
     print(istio_binaries.directory)
+    if args.ztunnel:
+        ztunnel_binaries = ztunnel.build(args.ztunnel_source)
+        for name, version in ztunnel.build_info(ztunnel_binaries).get("versions", {}).items():
+            _log(f"{name}: {version}")
+        print(ztunnel_binaries.directory)
     return 0
 
 
@@ -1101,7 +1109,20 @@ def _parser() -> argparse.ArgumentParser:
         prog="controlplane", description="Test control plane: etcd + kube-apiserver + kubectl."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("build", help="build the binaries into the cache").set_defaults(handler=_cmd_build)
+    build_command = commands.add_parser("build", help="build the binaries into the cache")
+    build_command.add_argument(
+        "--ztunnel",
+        action="store_true",
+        help="also build ztunnel from its source archive with cargo (the lab's real data plane; docs/lab.md)",
+    )
+    build_command.add_argument(
+        "--ztunnel-source",
+        type=Path,
+        default=None,
+        help="the ztunnel source archive (default: $MESH_AUDITOR_ZTUNNEL_SOURCE, else "
+        "../shared/vendor/<file of tools/ztunnel/source.json>); its sha256 must be the pinned one",
+    )
+    build_command.set_defaults(handler=_cmd_build)
     handlers = {"up": _cmd_up, "down": _cmd_down, "env": _cmd_env, "status": _cmd_status}
     helps = {
         "up": "start (or reuse) and print the kubeconfig path",

@@ -454,6 +454,9 @@ def istiod_env(kubeconfig: Path) -> dict[str, str]:
         "CLUSTER_ID": "Kubernetes",
         "PILOT_ENABLE_AMBIENT": "true",
         "PILOT_CERT_PROVIDER": "istiod",
+        # What the chart sets in the ambient profile: ztunnel may ask for the certificates of the
+        # pods on its own node (security/pkg/server/ca/node_auth.go).
+        "CA_TRUSTED_NODE_ACCOUNTS": f"{ISTIO_NAMESPACE}/ztunnel",
         "JWT_POLICY": "third-party-jwt",
         # There are no webhook configurations to patch: the test API server calls no webhook.
         "INJECTION_WEBHOOK_CONFIG_NAME": "",

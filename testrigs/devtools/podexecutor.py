@@ -867,12 +867,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cni-selectors", help="istio-cni's ambient.enablementSelectors as JSON: also stand in for istio-cni"
     )
+    parser.add_argument("--node-name", default="auto-node-1", help="the node every pod is bound to")
+    parser.add_argument("--pod-cidr", default=POD_CIDR, help="where pod IPs come from")
     args = parser.parse_args(argv)
     api: ApiClient = config.new_client_from_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     selectors = json.loads(args.cni_selectors) if args.cni_selectors else None
-    with WorkloadStandIn(api, cni_selectors=selectors) as stand_in:
+    stand_in_options = {"cni_selectors": selectors, "node_name": args.node_name, "pod_cidr": args.pod_cidr}
+    with WorkloadStandIn(api, **stand_in_options) as stand_in:
         reported = 0
         while not stopped.wait(1.0):
             for message in stand_in.errors[reported:]:

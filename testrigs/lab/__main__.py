@@ -6,6 +6,12 @@ data plane serves the manifests, writes a kubeconfig for the auditor's ServiceAc
 goes to stderr and into ``status``), and prints the lab's admin kubeconfig path as the last
 stdout line; ``down`` removes everything (safe to repeat); ``status`` prints JSON, exit 0 only
 when healthy. ``_translate`` and ``_kubelet`` are the daemons ``up`` starts; not for people.
+
+The real data plane (#12, ``testrigs.lab.realnode``; not yet the default): ``build`` builds
+ztunnel from its pinned source archive (``--ztunnel-source``); ``real-up --manifests PATH`` starts
+one node with istiod, the CNI-agent stand-in and the real ztunnel, applies the manifests and waits
+until ztunnel holds every ambient pod; ``real-status`` (JSON, lists the ztunnel processes) and
+``real-down`` (default state dir ``/tmp/malab-real``).
 """
 
 from __future__ import annotations
@@ -27,12 +33,20 @@ from testrigs.lab.proxy import ProxyError
 def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Ambient-mesh lab on this host.")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="default: %(default)s")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{up,down,status}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{up,down,status,build,real-up,real-down,real-status}"
+    )
     up = commands.add_parser("up", help="start the lab with the auditor's deploy/; prints the kubeconfig path last")
     up.add_argument("--manifests", type=Path, action="append", required=True, help="file or folder; repeatable")
     up.add_argument("--fault", action="append", default=[], help=f"one of: {', '.join(sorted(FAULTS))}; repeatable")
     commands.add_parser("down", help="stop and remove everything; safe to repeat")
     commands.add_parser("status", help="JSON report; exit 0 only when healthy")
+    build = commands.add_parser("build", help="build the real ztunnel with cargo (cached by the archive's sha256)")
+    build.add_argument("--ztunnel-source", type=Path, default=None, help="the source archive (sha256-pinned)")
+    real_up = commands.add_parser("real-up", help="one node on the real ztunnel and istiod; prints the kubeconfig")
+    real_up.add_argument("--manifests", type=Path, action="append", required=True, help="file; repeatable")
+    commands.add_parser("real-down", help="stop and remove the real-ztunnel node; safe to repeat")
+    commands.add_parser("real-status", help="JSON report of the real-ztunnel node; exit 0 only when ztunnel runs")
     commands.add_parser("_translate")  # daemons: no help, so not listed
     commands.add_parser("_kubelet")
     return parser
@@ -42,6 +56,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "scripts/lab") -> int
     args = _parser(prog).parse_args(argv)
     lab = Lab(args.state_dir)
     try:
+        if args.command == "build" or args.command.startswith("real-"):
+            return _real(args)
         if args.command == "up":
             kubeconfig = lab.up(args.manifests, args.fault, with_auditor=True)
             print(f"lab: the auditor's ServiceAccount kubeconfig: {lab.auditor_kubeconfig}", file=sys.stderr)
@@ -59,6 +75,32 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "scripts/lab") -> int
         else:
             return _translate(lab)
     except (LabError, ManifestError, NetnsError, ProxyError, ControlPlaneError, ImageError) as error:
+        print(f"lab: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _real(args: argparse.Namespace) -> int:
+    from testrigs.devtools import ztunnel  # noqa: PLC0415 - only these commands need cargo's side
+    from testrigs.lab import realnode  # noqa: PLC0415
+
+    state_dir = realnode.DEFAULT_STATE_DIR if args.state_dir == DEFAULT_STATE_DIR else args.state_dir
+    node = realnode.RealNode(state_dir)
+    try:
+        if args.command == "build":
+            print(ztunnel.build(args.ztunnel_source).directory)
+        elif args.command == "real-up":
+            node.up()
+            node.kubectl("apply", "-f", "-", stdin="\n---\n".join(path.read_text() for path in args.manifests))
+            node.settle()
+            print(node.kubeconfig, flush=True)
+        elif args.command == "real-down":
+            node.down()
+        else:
+            report = node.status()
+            print(json.dumps(report, indent=2))
+            return 0 if any(z["running"] for z in report.get("ztunnel") or []) else 1
+    except (realnode.RealNodeError, NetnsError, ControlPlaneError) as error:
         print(f"lab: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -167,6 +167,18 @@ def apply_nat(name: str, rules: str) -> None:
     _run([IP, "netns", "exec", name, IPTABLES_RESTORE], stdin=rules)
 
 
+def apply_tables(name: str, rules: str) -> None:
+    """Replace the tables ``rules`` names (iptables-restore input) atomically, in a lab namespace."""
+    _check_name(name)
+    _run([IP, "netns", "exec", name, IPTABLES_RESTORE], stdin=rules)
+
+
+def ip_batch(name: str, batch: str, *, force: bool = False) -> None:
+    """Run ``ip -batch`` commands in a lab namespace; ``force`` goes on past a failing line."""
+    _check_name(name)
+    _run([IP, "-n", name, *(["-force"] if force else []), "-batch", "-"], stdin=batch)
+
+
 def nat_table(name: str) -> str:
     _check_name(name)
     return _run([IP, "netns", "exec", name, "/usr/sbin/iptables-nft", "-t", "nat", "-S"])

@@ -1,0 +1,453 @@
+"""One lab node on the real data plane: the real ztunnel (shared, in-pod mode), fed by the real istiod.
+
+Role: the lab's Envoy-as-ztunnel (``proxy``, ``envoyconf``) is rendered by the project's own
+translator, so it agrees with the static model by construction. This node is the independent
+witness (issue #12): nothing of the project's ambient model is involved between the API server and
+the traffic.
+
+* **Control plane.** ``controlplane.up(istio=True)``: etcd, kube-apiserver, istiod
+  (``testrigs.devtools.istio``) and the workload stand-in, which gives pods of Deployments an
+  address from ``POD_CIDR`` (inside the lab's 198.18.0.0/15) on this node, and istio-cni's
+  redirection annotation.
+* **Node.** The lab's bridge namespace ``malab-<id>-br`` is the node's network. Every API pod
+  with an address gets a lab pod namespace with that address, the lab app on its container ports,
+  and a route to the Service range (no default route).
+* **CNI agent.** ``zds`` (a daemon) hands each pod that istio-cni would redirect (the stand-in's
+  ``ambient.istio.io/redirection: enabled``) to ztunnel with its netns fd, after installing the
+  in-pod rules (``inpod``).
+* **ztunnel.** ``testrigs.devtools.ztunnel`` builds it; it runs in the node namespace with
+  ``PROXY_MODE=shared`` and reaches istiod's XDS and CA port through ``relay``.
+* **Certificates: istiod's own CA.** ztunnel authenticates with a token of the ServiceAccount
+  ``istio-system/ztunnel`` (audience ``istio-ca``) bound to a Pod ``istio-system/ztunnel-<node>``
+  on this node, which the API server mints (TokenRequest) and istiod checks by TokenReview; istiod
+  signs a pod's certificate only when a pod with that ServiceAccount runs on ztunnel's node
+  (``CA_TRUSTED_NODE_ACCOUNTS``, node_auth.go). This is istiod's real issuance path, which a
+  plugged-in CA would not change; the lab's Envoy waypoints would need that plug-in (istiod's
+  ``cacerts`` from the lab CA) to interoperate, which is not done yet.
+
+Every process is recorded (``Proc``) in ``<state>/realnode.json`` before ``up`` goes on, so
+``down`` (also after a crash) stops them by pid, deletes the namespaces and the state directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from testrigs.devtools import controlplane, istio, processes, ztunnel
+from testrigs.lab import netns, procs
+from testrigs.lab.procs import Proc
+
+NODE_NAME = "malab-node-1"
+DEFAULT_STATE_DIR = Path("/tmp/malab-real")  # noqa: S108 - like the lab's: traversable by every uid
+POD_CIDR = "198.18.128.0/17"
+SERVICE_CIDR = controlplane.SERVICE_CLUSTER_IP_RANGE
+ISTIOD_PORT_IN_NODE = 15012
+ZTUNNEL_SA = "ztunnel"
+READY_TIMEOUT_S = 60.0
+REDIRECTION = "ambient.istio.io/redirection"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class RealNodeError(RuntimeError):
+    """The node cannot start or act; the message names the step."""
+
+
+@dataclass
+class NodeRecord:
+    """What ``down`` needs: the lab id, processes, and the pod namespaces."""
+
+    lab_id: str
+    procs: dict[str, Proc] = field(default_factory=dict)
+    pods: dict[str, dict[str, str]] = field(default_factory=dict)  # "ns/name" -> netns, ip, veth, uid
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lab_id": self.lab_id, "procs": {k: v.to_json() for k, v in self.procs.items()}, "pods": self.pods}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NodeRecord:
+        return cls(
+            str(data["lab_id"]),
+            {k: Proc.from_json(v) for k, v in (data.get("procs") or {}).items()},
+            dict(data.get("pods") or {}),
+        )
+
+
+def ztunnel_env(directory: Path, node: str) -> dict[str, str]:
+    """ztunnel's environment on a lab node (what the ztunnel chart's DaemonSet sets, adapted)."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "RUST_LOG": "info",
+        "PROXY_MODE": "shared",
+        "INPOD_UDS": str(directory / "ztunnel.sock"),
+        "CLUSTER_ID": "Kubernetes",
+        "NODE_NAME": node,
+        "POD_NAME": f"ztunnel-{node}",
+        "POD_NAMESPACE": istio.ISTIO_NAMESPACE,
+        "SERVICE_ACCOUNT": ZTUNNEL_SA,
+        "TRUST_DOMAIN": istio.TRUST_DOMAIN,
+        "XDS_ADDRESS": f"https://127.0.0.1:{ISTIOD_PORT_IN_NODE}",
+        "CA_ADDRESS": f"https://127.0.0.1:{ISTIOD_PORT_IN_NODE}",
+        # istiod's serving certificate names its Service, not the relay's loopback address.
+        "ALT_XDS_HOSTNAME": f"istiod.{istio.ISTIO_NAMESPACE}.svc",
+        "ALT_CA_HOSTNAME": f"istiod.{istio.ISTIO_NAMESPACE}.svc",
+        "XDS_ROOT_CA": str(directory / "root-cert.pem"),
+        "CA_ROOT_CA": str(directory / "root-cert.pem"),
+        "AUTH_TOKEN": str(directory / "istio-token"),
+        # Lab pods resolve names from hosts files; ztunnel's DNS proxy is not used.
+        "ISTIO_META_DNS_CAPTURE": "false",
+        "ISTIO_META_ENABLE_HBONE": "true",
+    }
+
+
+class RealNode:
+    """A real-ztunnel lab node in ``state_dir`` (default ``/tmp/malab-real``)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir.absolute()
+        self.record_path = self.state_dir / "realnode.json"
+        self.node_dir = self.state_dir / "node"
+
+    @property
+    def controlplane_dir(self) -> Path:
+        return self.state_dir / "controlplane"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.controlplane_dir / "kubeconfig"
+
+    def load(self) -> NodeRecord | None:
+        try:
+            return NodeRecord.from_json(json.loads(self.record_path.read_text()))
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def _save(self, record: NodeRecord) -> None:
+        temporary = self.record_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(record.to_json(), indent=1))
+        temporary.replace(self.record_path)
+
+    def bridge(self, record: NodeRecord) -> str:
+        return f"{netns.PREFIX}{record.lab_id}-br"
+
+    # --- up ----------------------------------------------------------------------------------
+
+    def up(self) -> NodeRecord:
+        """Control plane with istiod, the node namespace, relay, CNI agent and ztunnel; waits until ready."""
+        self.down()
+        binaries = ztunnel.binaries()
+        if not ztunnel.is_built():
+            raise RealNodeError(
+                f"ztunnel is not built in {binaries.directory}: run 'scripts/controlplane build --ztunnel'"
+            )
+        self.node_dir.mkdir(parents=True, mode=0o755)
+        record = NodeRecord(lab_id=secrets.token_hex(3))
+        self._save(record)
+        stand_in = [f"--node-name={NODE_NAME}", f"--pod-cidr={POD_CIDR}"]
+        controlplane.up(self.controlplane_dir, istio=True, stand_in_args=stand_in)
+        netns.create_bridge_namespace(self.bridge(record))
+        self._ztunnel_identity()
+        ports = controlplane.istiod_ports(self.controlplane_dir)
+        python = [sys.executable, "-m"]
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        logs = self.node_dir
+        relay_argv = [
+            *python,
+            "testrigs.lab.relay",
+            f"--netns={self.bridge(record)}",
+            f"--listen={ISTIOD_PORT_IN_NODE}",
+            f"--target={ports['secure_grpc']}",
+        ]
+        self._spawn(record, "relay", relay_argv, logs / "relay.log", env)
+        agent_argv = [
+            *python,
+            "testrigs.lab.zds",
+            f"--socket={self.node_dir / 'ztunnel.sock'}",
+            f"--pods={self.node_dir / 'pods.json'}",
+            f"--status={self.node_dir / 'agent.json'}",
+        ]
+        self._spawn(record, "cni-agent", agent_argv, logs / "cni-agent.log", env)
+        self.start_ztunnel(record)
+        return record
+
+    def start_ztunnel(self, record: NodeRecord | None = None) -> Proc:
+        """(Re)start ztunnel in the node namespace and wait for its readiness endpoint."""
+        record = record or self._require()
+        old = record.procs.get("ztunnel")
+        if old is not None:
+            procs.stop(old)
+        argv = [str(ztunnel.binaries().ztunnel), "proxy", "ztunnel"]
+        proc = procs.spawn_in_netns(
+            "ztunnel", self.bridge(record), argv, self.node_dir / "ztunnel.log", ztunnel_env(self.node_dir, NODE_NAME)
+        )
+        record.procs["ztunnel"] = proc
+        self._save(record)
+        self._wait_ready(record, proc)
+        return proc
+
+    def stop_ztunnel(self) -> None:
+        """Stop ztunnel (the node's data plane goes down; captured pods lose their listeners)."""
+        record = self._require()
+        proc = record.procs.pop("ztunnel", None)
+        if proc is not None:
+            procs.stop(proc)
+        self._save(record)
+
+    def _spawn(self, record: NodeRecord, name: str, argv: list[str], log: Path, env: dict[str, str]) -> Proc:
+        proc = processes.spawn(name, argv, log, env=env, log_mode=0o644)
+        record.procs[name] = proc
+        self._save(record)
+        return proc
+
+    def _require(self) -> NodeRecord:
+        record = self.load()
+        if record is None:
+            raise RealNodeError(f"no real-ztunnel node in {self.state_dir}")
+        return record
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        kubectl = controlplane.binary_dir(controlplane.read_pins()) / "kubectl"
+        argv = [str(kubectl), f"--kubeconfig={self.kubeconfig}", *args]
+        result = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False, timeout=60)
+        if result.returncode != 0:
+            raise RealNodeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout
+
+    def _ztunnel_identity(self) -> None:
+        """The ztunnel ServiceAccount and Pod on this node, its bound token, and istiod's root cert."""
+        namespace = istio.ISTIO_NAMESPACE
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"ztunnel-{NODE_NAME}", "namespace": namespace, "labels": {"app": "ztunnel"}},
+            "spec": {
+                "nodeName": NODE_NAME,
+                "serviceAccountName": ZTUNNEL_SA,
+                "hostNetwork": True,
+                "containers": [{"name": "istio-proxy", "image": "istio/ztunnel"}],
+            },
+        }
+        account = {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": ZTUNNEL_SA, "namespace": namespace},
+        }
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([account, pod]))
+        token = self.kubectl(
+            "create",
+            "token",
+            ZTUNNEL_SA,
+            f"--namespace={namespace}",
+            "--audience=istio-ca",
+            "--bound-object-kind=Pod",
+            f"--bound-object-name=ztunnel-{NODE_NAME}",
+            "--duration=24h",
+        ).strip()
+        (self.node_dir / "istio-token").write_text(token + "\n")
+        (self.node_dir / "root-cert.pem").write_text(self._root_cert())
+
+    def _root_cert(self) -> str:
+        # istiod publishes its root to every namespace as istio-ca-root-cert (its namespace controller).
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(RealNodeError, ValueError):
+                text = self.kubectl(
+                    "get",
+                    "configmap",
+                    "istio-ca-root-cert",
+                    f"--namespace={istio.ISTIO_NAMESPACE}",
+                    "--output=jsonpath={.data.root-cert\\.pem}",
+                )
+                if "BEGIN CERTIFICATE" in text:
+                    return text
+            time.sleep(0.5)
+        raise RealNodeError("istiod published no istio-ca-root-cert within 60 s")
+
+    def _wait_ready(self, record: NodeRecord, proc: Proc) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not proc.running():
+                raise RealNodeError(f"ztunnel exited during start-up; see {self.node_dir / 'ztunnel.log'}")
+            if self.ztunnel_ready(record):
+                return
+            time.sleep(0.3)
+        raise RealNodeError(f"ztunnel not ready after {READY_TIMEOUT_S:.0f} s; see {self.node_dir / 'ztunnel.log'}")
+
+    def ztunnel_ready(self, record: NodeRecord | None = None) -> bool:
+        """ztunnel's readiness (:15021/healthz/ready in the node namespace) answers 200."""
+        record = record or self._require()
+        return self._node_get(record, 15021, "/healthz/ready") == 200
+
+    def _node_get(self, record: NodeRecord, port: int, path: str) -> int:
+        argv = [procs.IP, "netns", "exec", self.bridge(record), "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"]
+        result = subprocess.run(
+            [*argv, "--max-time", "2", f"http://127.0.0.1:{port}{path}"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        )
+        return int(result.stdout) if result.stdout.isdigit() else 0
+
+    def config_dump(self) -> dict[str, Any]:
+        """ztunnel's admin ``/config_dump`` (workloads, services, policies, certificates it holds)."""
+        record = self._require()
+        argv = [procs.IP, "netns", "exec", self.bridge(record), "curl", "-s", "--max-time", "5"]
+        result = subprocess.run(
+            [*argv, "http://127.0.0.1:15000/config_dump"], capture_output=True, text=True, check=False, timeout=10
+        )
+        dump: dict[str, Any] = json.loads(result.stdout or "{}")
+        return dump
+
+    # --- pods --------------------------------------------------------------------------------
+
+    def sync_pods(self, *, withhold: frozenset[str] = frozenset()) -> dict[str, dict[str, str]]:
+        """Give every addressed API pod a lab namespace and app; hand the redirected ones to ztunnel.
+
+        ``withhold``: ``namespace/name`` of pods the CNI agent must never hand over (the fault of a
+        pod started before the node's agent was ready: labelled ambient, not captured).
+        """
+        record = self._require()
+        pods = json.loads(self.kubectl("get", "pods", "--all-namespaces", "--output=json"))["items"]
+        services = json.loads(self.kubectl("get", "services", "--all-namespaces", "--output=json"))["items"]
+        vips = [
+            (s["metadata"]["namespace"], s["metadata"]["name"], s["spec"]["clusterIP"])
+            for s in services
+            if s["spec"].get("clusterIP") not in (None, "", "None")
+        ]
+        wanted: list[dict[str, str]] = []
+        network = ipaddress.ip_network(POD_CIDR)
+        for pod in pods:
+            meta, status = pod["metadata"], pod.get("status") or {}
+            address = status.get("podIP", "")
+            key = f"{meta['namespace']}/{meta['name']}"
+            if pod["spec"].get("hostNetwork"):
+                continue  # ztunnel's own pod: the node's namespace is its network
+            if not address or ipaddress.ip_address(address) not in network or meta.get("deletionTimestamp"):
+                continue
+            if key not in record.pods:
+                self._create_pod(record, key, address, meta["uid"], pod["spec"])
+            # CoreDNS's answers as a hosts file: Service names to their ClusterIPs.
+            hosts = netns.hosts_file(meta["name"], address, meta["namespace"], vips)
+            netns.write_dns(record.pods[key]["netns"], hosts, netns.resolv_conf(meta["namespace"]))
+            annotated = (meta.get("annotations") or {}).get(REDIRECTION) == "enabled"
+            if annotated and key not in withhold:
+                wanted.append(
+                    {
+                        "uid": meta["uid"],
+                        "netns": record.pods[key]["netns"],
+                        "name": meta["name"],
+                        "namespace": meta["namespace"],
+                        "service_account": pod["spec"].get("serviceAccountName") or "default",
+                    }
+                )
+        from testrigs.lab import zds  # noqa: PLC0415 - zds pulls in inpod only when pods are synced
+
+        zds.write_json(self.node_dir / "pods.json", wanted)
+        return record.pods
+
+    def _create_pod(self, record: NodeRecord, key: str, address: str, uid: str, spec: dict[str, Any]) -> None:
+        index = len(record.pods) + 1
+        name = f"{netns.PREFIX}{record.lab_id}-p{index}"
+        veth = f"v{record.lab_id}{index}"[:15]
+        record.pods[key] = {"netns": name, "ip": address, "veth": veth, "uid": uid}
+        self._save(record)
+        netns.create_pod_namespace(name, self.bridge(record), veth, address)
+        # Service VIPs are on no link: ztunnel (captured pods) takes them from the socket's
+        # original destination, and the route only lets connect() reach the OUTPUT hook.
+        netns.ip_batch(name, f"route add {SERVICE_CIDR} dev eth0\n")
+        ports = [p["containerPort"] for c in spec.get("containers") or [] for p in c.get("ports") or []]
+        if ports:
+            argv = [sys.executable, "-m", "testrigs.lab.app", f"--pod={key}", *(f"--port={p}" for p in ports)]
+            proc = procs.spawn_in_netns(f"app:{key}", name, argv, self.node_dir / f"app-{index}.log")
+            record.procs[f"app:{key}"] = proc
+            self._save(record)
+
+    def settle(self, timeout: float = READY_TIMEOUT_S) -> dict[str, dict[str, str]]:
+        """Sync until two passes agree and ztunnel acked every pod handed to it; return the pods.
+
+        Pods that appear later are picked up by the next ``sync_pods`` (no daemon follows them).
+        """
+        deadline = time.monotonic() + timeout
+        previous: set[str] = set()
+        while time.monotonic() < deadline:
+            pods = self.sync_pods()
+            wanted = {item["uid"] for item in json.loads((self.node_dir / "pods.json").read_text())}
+            if set(pods) == previous and wanted <= set(self.agent_status().get("acked") or []):
+                return pods
+            previous = set(pods)
+            time.sleep(1.0)
+        raise RealNodeError(f"pods did not settle within {timeout:.0f} s: agent {self.agent_status()}")
+
+    def agent_status(self) -> dict[str, Any]:
+        try:
+            status: dict[str, Any] = json.loads((self.node_dir / "agent.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return status
+
+    def wait_handed(self, keys: set[str], timeout: float = 60.0) -> None:
+        """Wait until the agent has ztunnel's ack for every pod in ``keys`` (``namespace/name``)."""
+        record = self._require()
+        uids = {record.pods[key]["uid"] for key in keys}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if uids <= set(self.agent_status().get("acked") or []):
+                return
+            time.sleep(0.2)
+        raise RealNodeError(f"ztunnel did not ack {sorted(keys)} within {timeout:.0f} s: {self.agent_status()}")
+
+    def exec(self, key: str, argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run a command inside a pod's namespace (as root: never captured differently, no uid 1337)."""
+        record = self._require()
+        name = record.pods[key]["netns"]
+        return subprocess.run(
+            [procs.IP, "netns", "exec", name, *argv], capture_output=True, text=True, check=False, timeout=timeout
+        )
+
+    # --- status and down ---------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        record = self.load()
+        if record is None:
+            return {"up": False}
+        return {
+            "up": True,
+            "node": NODE_NAME,
+            "processes": {name: {"pid": p.pid, "running": p.running()} for name, p in record.procs.items()},
+            "ztunnel": [
+                {"node": NODE_NAME, "pid": p.pid, "running": p.running()}
+                for name, p in record.procs.items()
+                if name == "ztunnel"
+            ],
+            "agent": self.agent_status(),
+            "pods": record.pods,
+        }
+
+    def down(self) -> bool:
+        """Stop every recorded process, delete the lab namespaces and the state directory; repeatable."""
+        record = self.load()
+        if record is not None:
+            procs.stop_all(list(record.procs.values()))
+            prefix = f"{netns.PREFIX}{record.lab_id}-"
+            for name in netns.list_lab_namespaces(prefix):
+                for pid in procs.netns_pids(name):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, 9)
+                netns.delete_namespace(name)
+        if self.controlplane_dir.exists():
+            controlplane.down(self.controlplane_dir)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        return record is not None

@@ -1,0 +1,178 @@
+"""The real data plane (#12): ztunnel built from source, handed pods over ZDS, fed and certified by istiod.
+
+One node (``testrigs.lab.realnode``): the API server, the real istiod and the workload stand-in;
+the retail store and the walkthrough's two curl pods get lab namespaces with the addresses the
+stand-in gave them; the CNI-agent stand-in hands the ambient ones to the real ztunnel. No part
+of the project's ambient model decides anything between the API server and the traffic. A
+missing ztunnel build fails these tests (``scripts/controlplane build --ztunnel``).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testrigs.devtools import ztunnel
+from testrigs.lab import netns
+from testrigs.lab.lab import LabError, check_host
+from testrigs.lab.realnode import NodeRecord, RealNode
+from tests.lab import labkit
+
+# Namespace default is labelled ambient: istio-cni redirects every pod in it; namespace curl is not.
+CAPTURED = {f"default/{name}" for name in ("catalog-0", "ui-0", "curl-pod", "cart-carts-0", "checkout-0", "orders-0")}
+SETTLE_TIMEOUT_S = 90.0
+CATALOG_L4_ALLOW_UI = labkit.CATALOG_L4_ALLOW_UI
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[RealNode]:
+    try:
+        check_host()
+    except LabError as error:
+        pytest.fail(f"the lab cannot run on this machine: {error}")
+    if not ztunnel.is_built():
+        pytest.fail("ztunnel is not built: run 'scripts/controlplane build --ztunnel' (a missing binary is a failure)")
+    the_node = RealNode(Path(f"/tmp/malab-real-{secrets.token_hex(3)}"))
+    started = time.monotonic()
+    record = the_node.up()
+    try:
+        the_node.kubectl("apply", "-f", "-", stdin="\n---\n".join(p.read_text() for p in labkit.BASE_MANIFESTS))
+        _settle(the_node)
+        print(f"real-ztunnel node up and settled in {time.monotonic() - started:.1f} s")
+        yield the_node
+    finally:
+        the_node.down()
+        _assert_gone(the_node, record)
+
+
+def _settle(node: RealNode) -> None:
+    """Every pod addressed, in its namespace, and the ambient ones acked by ztunnel."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        pods = node.sync_pods()
+        if set(pods) >= CAPTURED and "curl/curl-pod" in pods:
+            break
+        time.sleep(0.5)
+    node.wait_handed(CAPTURED, timeout=SETTLE_TIMEOUT_S)
+
+
+def _assert_gone(node: RealNode, record: NodeRecord) -> None:
+    prefix = f"{netns.PREFIX}{record.lab_id}-"
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert prefix not in listing, listing
+    assert not any(path.name.startswith(prefix) for path in netns.ETC_NETNS.glob("*"))
+    assert [name for name, proc in record.procs.items() if proc.running()] == []
+    assert not node.state_dir.exists()
+
+
+def _curl(node: RealNode, pod: str, url: str, *headers: str) -> tuple[int, str]:
+    result = node.exec(pod, ["curl", "-s", "--max-time", "10", *(f"-H{h}" for h in headers), url], timeout=20)
+    return result.returncode, result.stdout
+
+
+def _eventually(expected: int, node: RealNode, pod: str, url: str, timeout: float = 30.0) -> int:
+    # istiod pushes a policy change to ztunnel within a second or two; poll, never sleep blindly.
+    deadline = time.monotonic() + timeout
+    code = -1
+    while time.monotonic() < deadline:
+        code, _ = _curl(node, pod, url)
+        if code == expected:
+            return code
+        time.sleep(0.5)
+    return code
+
+
+def _catalog_ip(node: RealNode) -> str:
+    record = node.load()
+    assert record is not None
+    return record.pods["default/catalog-0"]["ip"]
+
+
+def test_status_lists_the_ztunnel_and_the_agent_holds_every_ambient_pod(node: RealNode) -> None:
+    status = node.status()
+    assert [z["running"] for z in status["ztunnel"]] == [True]
+    record = node.load()
+    assert record is not None
+    acked = set(status["agent"]["acked"])
+    assert {record.pods[key]["uid"] for key in CAPTURED} == acked  # curl/curl-pod (namespace not ambient) is not
+
+
+def test_ztunnel_holds_istiod_issued_certificates_for_its_pods(node: RealNode) -> None:
+    deadline = time.monotonic() + 30
+    identities: set[str] = set()
+    while time.monotonic() < deadline:
+        dump = node.config_dump()
+        identities = {c.get("identity", "") for c in dump.get("certificates") or []}
+        if "spiffe://cluster.local/ns/default/sa/catalog" in identities:
+            break
+        time.sleep(0.5)
+    assert "spiffe://cluster.local/ns/default/sa/catalog" in identities, json.dumps(dump)[:2000]
+
+
+def test_captured_client_reaches_catalog_through_ztunnel(node: RealNode) -> None:
+    code, body = _curl(node, "default/curl-pod", "http://catalog.default/catalog/tags")
+    assert (code, body) == (0, labkit.CATALOG_TAGS)
+
+
+def test_outside_client_gets_a_reset_after_strict(node: RealNode) -> None:
+    url = f"http://{_catalog_ip(node)}:8080/catalog/tags"
+    assert _curl(node, "curl/curl-pod", url) == (0, labkit.CATALOG_TAGS)  # PERMISSIVE: plaintext accepted
+    node.kubectl("apply", "-f", "-", stdin=labkit.STRICT)
+    try:
+        # The walkthrough's observation: curl exit 56 (connection reset), from the real ztunnel.
+        assert _eventually(56, node, "curl/curl-pod", url) == 56
+        assert _curl(node, "default/curl-pod", "http://catalog.default/catalog/tags")[0] == 0  # HBONE still works
+    finally:
+        node.kubectl("delete", "peerauthentication", "default", "--namespace=istio-system")
+
+
+def test_l4_allow_ui_resets_other_callers(node: RealNode) -> None:
+    node.kubectl("apply", "-f", "-", stdin=CATALOG_L4_ALLOW_UI)
+    try:
+        assert _eventually(56, node, "default/curl-pod", "http://catalog.default/catalog/tags") == 56
+        assert _curl(node, "default/ui-0", "http://catalog.default/catalog/tags") == (0, labkit.CATALOG_TAGS)
+    finally:
+        node.kubectl("delete", "authorizationpolicy", "catalog", "--namespace=default")
+
+
+def test_ztunnel_down_on_the_node_then_restarted(node: RealNode) -> None:
+    """Fault ztunnel-down: captured pods' traffic still goes to :15001, where nothing listens any more."""
+    url = "http://catalog.default/catalog/tags"
+    node.stop_ztunnel()
+    try:
+        code, _ = _curl(node, "default/curl-pod", url)
+        assert code == 7  # connection refused: the redirection stays, its listener died with ztunnel
+        assert node.status()["ztunnel"] == []
+    finally:
+        node.start_ztunnel()
+    # The agent sees a new connection and hands ztunnel the whole snapshot again (ZDS).
+    node.wait_handed(CAPTURED)
+    assert node.agent_status()["connections"] >= 2
+    assert _eventually(0, node, "default/curl-pod", url) == 0
+
+
+def test_pod_never_handed_to_ztunnel_loses_its_identity(node: RealNode) -> None:
+    """Fault: ui-0 is labelled ambient (namespace default) but the agent never hands it over."""
+    url = f"http://{_catalog_ip(node)}:8080/catalog/tags"
+    node.kubectl("apply", "-f", "-", stdin=CATALOG_L4_ALLOW_UI)
+    try:
+        assert _eventually(0, node, "default/ui-0", url) == 0  # captured: mTLS as sa/ui, allowed
+        node.sync_pods(withhold=frozenset({"default/ui-0"}))
+        deadline = time.monotonic() + 30
+        record = node.load()
+        assert record is not None
+        while record.pods["default/ui-0"]["uid"] in (node.agent_status().get("acked") or []):
+            assert time.monotonic() < deadline, node.agent_status()
+            time.sleep(0.2)
+        # Plaintext now, so catalog's ztunnel sees no identity: the ALLOW for sa/ui resets it.
+        assert _curl(node, "default/ui-0", url)[0] == 56
+    finally:
+        node.sync_pods()
+        node.kubectl("delete", "authorizationpolicy", "catalog", "--namespace=default")
+    node.wait_handed(CAPTURED)
