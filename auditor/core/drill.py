@@ -138,6 +138,11 @@ def build_canary(source: ProtectedService, mesh: MeshSettings, options: CanaryOp
     """The canary mirroring ``source``: same promises, same number of allowed principals (their
     ServiceAccount names, in the sandbox), same header names, a waypoint when ``source`` has one."""
     namespace, name = options.namespace, options.name
+    if namespace == mesh.root_namespace:
+        # A PeerAuthentication or AuthorizationPolicy in the root namespace applies mesh-wide (§3.2).
+        raise CanaryError(
+            f"the sandbox namespace {namespace} is Istio's root namespace: a drill there would drift the mesh"
+        )
     accounts = list(dict.fromkeys(p.rsplit("/sa/", 1)[-1] for p in source.allowed_principals))
     principals = [f"{mesh.trust_domain}/ns/{namespace}/sa/{a}" for a in accounts]
     waypoint = WaypointRef(name=f"{name}-waypoint", namespace=namespace) if source.waypoint is not None else None

@@ -36,8 +36,9 @@ from auditor.adapters.probepods.kube import PodApi
 from auditor.adapters.probepods.runner import PodProbeRunner
 from auditor.adapters.rules.loader import load_rules, resolve_header_values
 from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client, log_delivery
-from auditor.app import active_audit, plan_options, runner_options
+from auditor.app import active_audit, plan_options, run_drill, runner_options
 from auditor.core.drift import DriftPolicy
+from auditor.core.drill import DrillResult
 from auditor.core.model import Finding, Method
 from auditor.core.outbox import Delivery, Entry
 from auditor.core.ports import ProbeRunner
@@ -45,6 +46,7 @@ from auditor.core.posture import Posture
 from auditor.core.probeplan import RunPlan
 from auditor.core.probereport import RunReport
 from auditor.core.snapshot import Snapshot
+from auditor.daemon.drills import DrillMetrics, DrillSchedule
 from auditor.daemon.health import HealthServer
 from auditor.daemon.metrics import DaemonMetrics
 from auditor.daemon.service import Daemon, DaemonConfig, Notifier, ProbeCycle, ReportSink
@@ -98,6 +100,7 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
         health = HealthServer(cfg.health_host, cfg.health_port, metrics.exposition, daemon.readiness)
         health.start()
         daemon.start()
+        drills = _drill_schedule(settings, daemon, metrics, stop)
         log.info("daemon started", identity=identity, health_port=health.port)
         current = [posture]
         try:
@@ -105,6 +108,8 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
                 _reload_rules(daemon, cfg.rules, current, secrets, log)
         finally:
             clean = daemon.stop(grace_s=cfg.shutdown_grace_s)
+            if drills is not None:
+                drills.join(cfg.shutdown_grace_s)  # the drill reverts and sweeps on stop
             health.stop()
     log.info("daemon stopped", clean=clean)
     if not clean and own_signals:
@@ -112,6 +117,24 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
         # exit now rather than wait for its thread and be killed by the kubelet.
         os._exit(0)
     return 0
+
+
+def _drill_schedule(
+    settings: Settings, daemon: Daemon, metrics: DaemonMetrics, stop: threading.Event
+) -> DrillSchedule | None:
+    """The drill schedule (docs/drills.md), or None while ``drill.every_s`` is 0 (the default)."""
+    if not settings.drill.every_s:
+        return None
+    cfg = settings.daemon
+
+    def run(stopping: threading.Event) -> DrillResult:
+        return run_drill(cfg.kubeconfig, cfg.context, cfg.rules, settings, stop=stopping)
+
+    schedule = DrillSchedule(
+        run, settings.drill.every_s, lambda: daemon.leading, DrillMetrics(metrics.registry), Path(cfg.reports_dir), stop
+    )
+    schedule.start()
+    return schedule
 
 
 def _stop_on_signals() -> threading.Event:
