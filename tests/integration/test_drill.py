@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from auditor import cli
 from auditor.adapters import kubeapi
-from auditor.adapters.k8s.drill import KubeSandbox, SandboxViolationError
+from auditor.adapters.k8s.drill import KINDS, KubeSandbox, SandboxViolationError
 from auditor.adapters.kubeapi import ApiRefused, build_api_client
 from auditor.app import run_drill
 from auditor.core.drill import DRIFT_KINDS, MANAGED_BY, ObjectRef
@@ -322,3 +322,31 @@ def _no_leftovers(istio_api: IstioAPI) -> Iterator[None]:
     # Whatever a failed test left, the next one starts from an empty sandbox.
     with istio_api.new_client() as api:
         KubeSandbox(api, SANDBOX).sweep()
+
+
+def test_rendered_drill_role_is_exactly_the_adapters_calls() -> None:
+    """One rule per API group, the canary's kinds only (``KINDS``), and only the verbs the adapter
+    uses: nothing to read Secrets, no pods, no get/update/watch, no deletecollection."""
+    helm = charttools.build((charttools.HELM,))["helm"]
+    rendered = charttools.documents(charttools.template(helm, set_values=VALUES, release=RELEASE, namespace=NAMESPACE))
+    (role,) = [d for d in rendered if d["kind"] == "Role" and d["metadata"]["name"] == f"{RELEASE}-drill"]
+    assert role["metadata"]["namespace"] == SANDBOX
+    granted = {
+        (g, r): tuple(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+    }
+    wanted = {
+        ("" if prefix == "/api/v1" else prefix.split("/")[2], plural): ("create", "list", "patch", "delete")
+        for prefix, plural in KINDS.values()
+    }
+    assert granted == wanted
+    guard = [d for d in rendered if d["kind"] == "ValidatingAdmissionPolicy" and "drill-guard" in d["metadata"]["name"]]
+    assert len(guard) == 1
+    assert set(guard[0]["spec"]["matchConstraints"]["resourceRules"][0]["resources"]) == {p for _, p in KINDS.values()}
+
+
+def test_chart_refuses_the_root_namespace_as_sandbox() -> None:
+    helm = charttools.build((charttools.HELM,))["helm"]
+    with pytest.raises(charttools.ChartToolError, match="root namespace"):
+        charttools.template(
+            helm, set_values=("drill.enabled=true", "drill.namespace=istio-system"), release="r", namespace="n"
+        )
