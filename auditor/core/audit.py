@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from auditor.core.checks import allowlist, headers, strict_mtls, waypoint
+from auditor.core.checks import allowlist, headers, nodes, strict_mtls, waypoint
 from auditor.core.checks.catalog import PEER_AUTHENTICATION, SNAPSHOT_READ, TARGET_EXISTS
 from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.reach import route_for
@@ -26,6 +26,9 @@ def run_static_audit(
     findings += empty
     for service in in_scope:
         findings.append(strict_mtls.check_captured(ctx, service))
+        node = nodes.check_node_ztunnel(ctx, service)
+        if node is not None:
+            findings.append(node)
         waiver = not_strict.get(service.meta.key)
         if waiver is None:
             findings.append(strict_mtls.check_peer_authentication(ctx, service))

@@ -69,6 +69,35 @@ PEER_AUTHENTICATION = CheckMeta(
     reads=_MTLS,
 )
 
+NODE_ZTUNNEL = CheckMeta(
+    id="strict-mtls.node-ztunnel",
+    property=Property.STRICT_MTLS,
+    title="Every node that runs the Service's ready pods runs a Ready ztunnel",
+    severity=Severity.HIGH,
+    protects=(
+        "The destination pod's node's ztunnel enforces mTLS and L4 policy (promise 1). A node whose ztunnel "
+        "pod is missing or not Ready, reported on freshly autoscaled EKS nodes (istio/istio#61374, "
+        "istio/ztunnel#1674), leaves the pods it hosts unenforced or unreachable."
+    ),
+    remediation=(
+        "Find the node's ztunnel pod (kubectl -n istio-system get pods -l app=ztunnel -o wide "
+        "--field-selector spec.nodeName=<node>); make the ztunnel DaemonSet tolerate and select every Auto "
+        "Mode NodePool, then restart the application pods that started on the node before ztunnel was Ready "
+        "so istio-cni captures them."
+    ),
+    remediation_yaml="""\
+# Helm values of Istio's ztunnel chart: run on every node, whatever its taints.
+tolerations:
+- operator: Exists
+""",
+    references=(
+        f"{SEMANTICS} §1, §2, §6",
+        "https://github.com/istio/istio/issues/61374",
+        "https://github.com/istio/ztunnel/issues/1674",
+    ),
+    reads=_WORKLOADS,
+)
+
 INTRUDERS_REFUSED = CheckMeta(
     id="principal-allowlist.intruders-refused",
     property=Property.PRINCIPAL_ALLOWLIST,
@@ -332,6 +361,7 @@ AUTO_MODE = CheckMeta(
 ALL: tuple[CheckMeta, ...] = (
     CAPTURED,
     PEER_AUTHENTICATION,
+    NODE_ZTUNNEL,
     INTRUDERS_REFUSED,
     ALLOWED_ADMITTED,
     WAYPOINT_BOUND,
