@@ -33,7 +33,7 @@ from auditor.core.drill import (
     drift_kind,
     drill_steps,
 )
-from auditor.core.model import Finding
+from auditor.core.model import Finding, Severity
 from auditor.core.ports import ProbeRunner
 from auditor.core.posture import Posture
 from auditor.core.probeplan import PlanOptions, plan_probes
@@ -253,6 +253,8 @@ def plan_options(settings: ProbeSettings) -> PlanOptions:
         url_overrides=dict(settings.url_overrides),
         timeout_s=settings.request_timeout_s,
         marker_header=settings.marker_header,
+        endpoint_budget=settings.endpoints_per_cycle,
+        bypass_severity=Severity(settings.pod_ip_bypass_severity),
     )
 
 

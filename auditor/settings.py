@@ -102,6 +102,18 @@ class ProbeSettings(_Group):
     )
     run_as_user: int = Field(default=65532, gt=0, description="Non-root UID (and GID) of probe pods.")
     cluster_domain: str = Field(default="cluster.local", description="Cluster DNS domain of Service names.")
+    endpoints_per_cycle: int = Field(
+        default=16,
+        ge=0,
+        le=1000,
+        description="Ready endpoints of protected Services probed by pod IP per cycle, over all Services (0: by "
+        "Service name only). More than this rotate fairly: each is probed within ceil(endpoints / this) cycles.",
+    )
+    pod_ip_bypass_severity: Literal["critical", "high", "medium", "low"] = Field(
+        default="low",
+        description="Severity of waypoint-enrollment.pod-ip-bypass (advisory by default): an intruder reached a "
+        "pod by its IP, around the Service's waypoint (semantics §4.6).",
+    )
     url_overrides: dict[str, str] = Field(
         default_factory=dict,
         description='Base URL per Service (JSON: {"ns/svc": "http://host:port"}, or "role:ns/svc" with '

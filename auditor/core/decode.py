@@ -284,8 +284,10 @@ def _pod(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
     workload = _workload(meta, meta.labels, meta.annotations, doc.child("spec"), is_pod=True)
     ready = next((c.status for c in _conditions(doc) if c.type == "Ready"), None)
     node = doc.child("spec").string("nodeName")
-    if node or ready is not None:
-        workload = dataclasses.replace(workload, node_name=node, ready=None if ready is None else ready == "True")
+    address = doc.child("status").string("podIP")
+    if node or address or ready is not None:
+        is_ready = None if ready is None else ready == "True"
+        workload = dataclasses.replace(workload, node_name=node, ready=is_ready, pod_ip=address)
     return (workload,)
 
 

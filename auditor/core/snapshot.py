@@ -103,6 +103,7 @@ class Workload:
     # condition (None: no status, e.g. a manifest file or a template).
     node_name: str = ""
     ready: bool | None = None
+    pod_ip: str = ""  # status.podIP
 
     def container_port(self, name: str) -> int | None:
         for container in self.containers + self.init_containers:

@@ -7,6 +7,8 @@ auditing with its last good rules.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 import signal
 import socket
@@ -275,13 +277,15 @@ class _CountedRunner:
 def _probe_cycle(settings: Settings, api: Any, halt: threading.Event, metrics: DaemonMetrics) -> ProbeCycle:
     runner = _CountedRunner(PodProbeRunner(PodApi(api), runner_options(settings.probes), stop=halt), metrics)
     options = plan_options(settings.probes)
+    cycles = itertools.count()  # rotates the endpoints probed by pod IP when over budget (#13)
 
     def cycle(
         snapshot: Snapshot, posture: Posture, values: Mapping[tuple[str, str], str | None], static: tuple[Finding, ...]
     ) -> tuple[Finding, ...]:
         run_id = uuid.uuid4().hex[:12]
+        rotated = dataclasses.replace(options, rotation=next(cycles))
         return active_audit(
-            snapshot, posture, values=values, static=static, runner=runner, options=options, run_id=run_id
+            snapshot, posture, values=values, static=static, runner=runner, options=rotated, run_id=run_id
         )
 
     return cycle

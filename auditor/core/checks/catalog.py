@@ -341,6 +341,41 @@ WAYPOINT_PROBE = CheckMeta(
     references=(f"{SEMANTICS} §1.7, §4.7", _PROBES),
 )
 
+WAYPOINT_BYPASS = CheckMeta(
+    id="waypoint-enrollment.pod-ip-bypass",
+    property=Property.WAYPOINT_ENROLLMENT,
+    title="A caller on no allow-list cannot reach the Service's pods by pod IP, around its waypoint",
+    severity=Severity.LOW,  # advisory by default; settings probes.pod_ip_bypass_severity
+    protects=(
+        "Traffic addressed to a pod IP skips the Service's waypoint (semantics §4.6): only policy that "
+        "ztunnel enforces protects it. Proven by a probe that sends the intruder's request to each ready "
+        "endpoint by pod IP."
+    ),
+    remediation=(
+        "Add an L4 ALLOW policy enforced by ztunnel on the workload (selector) that admits only the "
+        "waypoint's identity, so that every caller must go through the waypoint; or bind the waypoint to "
+        "the workloads too (istio.io/use-waypoint on the namespace or pods, waypoint-for: all)."
+    ),
+    remediation_yaml="""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: <service>-only-via-waypoint
+  namespace: <namespace>
+spec:
+  selector:
+    matchLabels:
+      app.kubernetes.io/name: <service>
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals:
+        - cluster.local/ns/<namespace>/sa/<waypoint>
+""",
+    references=(f"{SEMANTICS} §4.6, §1.7", "https://istio.io/latest/docs/ambient/usage/waypoint/"),
+)
+
 AUTO_MODE = CheckMeta(
     id="audit.eks-auto-mode",
     property=Property.AUDIT_INTEGRITY,
@@ -374,6 +409,7 @@ ALL: tuple[CheckMeta, ...] = (
     ALLOWLIST_PROBE,
     HEADERS_PROBE,
     WAYPOINT_PROBE,
+    WAYPOINT_BYPASS,
 )
 
 
