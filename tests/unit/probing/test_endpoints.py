@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from auditor.adapters.probepods.podspec import PodOptions, probe_pod
 from auditor.core.endpoints import Endpoint, rotate
 from auditor.core.model import Finding, Severity, Status
 from auditor.core.probeplan import PlanOptions, RunPlan, plan_probes
 from auditor.core.probereport import Observation
 from auditor.core.snapshot import Container, ContainerPort, ObjectMeta, Service, ServicePort, Snapshot, Workload
 from auditor.core.verdict import probe_findings
+from auditor.daemon.metrics import DaemonMetrics
 from tests.unit.probing.builders import ALLOWED, RUN, catalog_rules, compliant, header_values, posture, report
 
 RULES = posture(catalog_rules())
@@ -112,3 +114,25 @@ def test_no_endpoint_requests_without_a_budget_or_pods() -> None:
     plan = _plan(budget=0)
     assert not plan.endpoints
     assert "waypoint-enrollment.pod-ip-bypass" not in _findings(plan, {})
+
+
+def test_probe_pods_of_a_run_spread_over_nodes() -> None:
+    plan = _plan()
+    batch = plan.batches[0]
+    manifest = probe_pod(batch, "{}", plan.run_id, PodOptions())
+    assert manifest["spec"]["topologySpreadConstraints"] == [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {"mesh-auditor.dev/run-id": RUN}},
+        }
+    ]
+
+
+def test_coverage_is_a_metric() -> None:
+    metrics = DaemonMetrics()
+    plan = _plan(budget=1)
+    metrics.record_probe_report(plan, report(plan, compliant(plan)))
+    assert metrics.registry.get_sample_value("mesh_auditor_probe_endpoints", {"state": "ready"}) == 2
+    assert metrics.registry.get_sample_value("mesh_auditor_probe_endpoints", {"state": "probed"}) == 1
