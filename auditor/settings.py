@@ -182,6 +182,12 @@ class DaemonSettings(_Group):
     probes_enabled: bool = Field(default=False, description="Run active probe cycles (needs the probe RBAC).")
     probe_every_s: float = Field(default=300.0, gt=0, description="Probe cycle period, seconds (a few minutes).")
     probe_jitter_s: float = Field(default=30.0, ge=0, description="Random delay added to each probe cycle.")
+    node_check_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="With probes: list Nodes and ztunnel pods this often; a new node, or a ztunnel pod replaced or "
+        "Ready again, starts a probe cycle at once (bounds the delay to probe a new node). 0 = off.",
+    )
     lease_duration_s: int = Field(default=15, ge=2, description="Leader lease duration; standby takes over after it.")
     report_cron: str = Field(default="0 6 * * *", description="Daily compliance report (cron, UTC).")
     reports_dir: str = Field(default="/var/lib/mesh-auditor/reports", description="Local JSON report archive.")

@@ -51,6 +51,7 @@ from auditor.core.snapshot import Snapshot
 from auditor.daemon.drills import DrillMetrics, DrillSchedule
 from auditor.daemon.health import HealthServer
 from auditor.daemon.metrics import DaemonMetrics
+from auditor.daemon.nodes import NodeTrigger
 from auditor.daemon.service import Daemon, DaemonConfig, Notifier, ProbeCycle, ReportSink
 from auditor.daemon.sinks import AwsSink, CountingNotifier, DirectorySink, OnFailure, PolicyReportSink
 from auditor.errors import InputError
@@ -103,6 +104,10 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
         health.start()
         daemon.start()
         drills = _drill_schedule(settings, daemon, metrics, stop)
+        nodes = None
+        if cfg.probes_enabled and cfg.node_check_s:
+            nodes = NodeTrigger(api, daemon.probe_soon, cfg.node_check_s, stop)
+            nodes.start()
         log.info("daemon started", identity=identity, health_port=health.port)
         current = [posture]
         try:
@@ -112,6 +117,8 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
             clean = daemon.stop(grace_s=cfg.shutdown_grace_s)
             if drills is not None:
                 drills.join(cfg.shutdown_grace_s)  # the drill reverts and sweeps on stop
+            if nodes is not None:
+                nodes.join(1.0)
             health.stop()
     log.info("daemon stopped", clean=clean)
     if not clean and own_signals:
