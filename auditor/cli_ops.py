@@ -8,14 +8,16 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic import ValidationError
+
 from auditor.errors import InputError
 from auditor.render.document import DocumentError, report_from_document
 from auditor.render.html import HistoryPoint, ReportError, render_html
 from auditor.render.junit import render_junit
 from auditor.render.text import render_markdown
-from auditor.settings import Settings, settings_markdown
+from auditor.settings import DrillSettings, Settings, settings_markdown
 
-OPERATIONS = frozenset({"daemon", "report", "settings"})
+OPERATIONS = frozenset({"daemon", "drill", "report", "settings"})
 
 
 def add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,6 +30,7 @@ def add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     daemon.add_argument(
         "--rules", action="append", metavar="FILE", help="rules file(s); overrides AUDITOR_DAEMON__RULES"
     )
+    _add_drill(commands)
     commands.add_parser("settings", help="print every setting (docs/settings.md): variable, default, meaning")
     report = commands.add_parser(
         "report", help="render a stored JSON run (auditor check --output json, or the daemon's archive)"
@@ -39,7 +42,61 @@ def add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     report.add_argument("--history", metavar="DIR", help="directory of earlier runs, for the HTML history strips")
 
 
+def _add_drill(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    drill = commands.add_parser(
+        "drill",
+        help="chaos drill: drift a canary in the sandbox namespace, prove detection and alerting",
+        description="Deploy a canary that mirrors a protected Service's protection in the sandbox namespace "
+        "(AUDITOR_DRILL__NAMESPACE), prove it passes, inject each drift kind in turn, prove it is detected on "
+        "the right promise and alerted (marked as a drill), revert, prove the resolution, clean up. "
+        "docs/drills.md. Exit 0: all proven; 1: a drift not detected, alerted or resolved, or objects left; "
+        "3: aborted (kill switch, baseline never passed, API errors).",
+    )
+    drill.add_argument("--kubeconfig", metavar="FILE", help="the cluster of this kubeconfig")
+    drill.add_argument("--context", metavar="NAME", help="kubeconfig context (default: the current one)")
+    drill.add_argument("--in-cluster", action="store_true", help="the cluster this pod runs in")
+    drill.add_argument("--rules", action="append", required=True, metavar="FILE", help="rules file; repeatable")
+    drill.add_argument("--service", metavar="NS/NAME", help="protected Service to mirror (AUDITOR_DRILL__SERVICE)")
+    drill.add_argument(
+        "--kind", action="append", metavar="KIND", help="drift kind (repeatable; default: AUDITOR_DRILL__KINDS)"
+    )
+    drill.add_argument("--output", choices=("table", "json", "markdown"), default="table", help="default: table")
+
+
+def _drill(args: argparse.Namespace, out: TextIO, settings: Settings) -> int:
+    from auditor.app import run_drill  # noqa: PLC0415 - the cluster's SDKs load only for cluster commands
+    from auditor.render.drill import render_drill_markdown, render_drill_table  # noqa: PLC0415 - as above
+
+    if not (args.kubeconfig or args.context or args.in_cluster):
+        raise InputError("command line", "a drill needs a cluster", fix="add --kubeconfig, --context or --in-cluster")
+    update: dict[str, object] = {}
+    if args.service:
+        update["service"] = args.service
+    if args.kind:
+        update["kinds"] = args.kind
+    if update:
+        try:
+            drill = DrillSettings.model_validate({**settings.drill.model_dump(), **update})
+        except ValidationError as error:
+            raise InputError(
+                "command line", error.errors()[0]["msg"], field="--kind", fix="see auditor drill --help"
+            ) from error
+        settings = settings.model_copy(update={"drill": drill})
+    result = run_drill(args.kubeconfig, args.context, args.rules, settings)
+    if args.output == "json":
+        out.write(json.dumps(result.as_dict()) + "\n")
+    elif args.output == "markdown":
+        out.write(render_drill_markdown(result))
+    else:
+        out.write(render_drill_table(result))
+    if result.ok:
+        return 0
+    return 3 if result.aborted or not result.baseline else 1
+
+
 def run_operation(args: argparse.Namespace, out: TextIO, settings: Settings) -> int:
+    if args.command == "drill":
+        return _drill(args, out, settings)
     if args.command == "daemon":
         from auditor.app.daemon import run_daemon  # noqa: PLC0415 - the daemon's SDKs load only for the daemon
 

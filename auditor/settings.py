@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from auditor import __version__
 from auditor.adapters.yaml_io import MAX_FILE_CHARS, InputTooLargeError, YamlSyntaxError, check_size, load_documents
+from auditor.core.drill import DRIFT_KINDS
 from auditor.errors import InputError
 
 
@@ -101,6 +102,18 @@ class ProbeSettings(_Group):
     )
     run_as_user: int = Field(default=65532, gt=0, description="Non-root UID (and GID) of probe pods.")
     cluster_domain: str = Field(default="cluster.local", description="Cluster DNS domain of Service names.")
+    endpoints_per_cycle: int = Field(
+        default=16,
+        ge=0,
+        le=1000,
+        description="Ready endpoints of protected Services probed by pod IP per cycle, over all Services (0: by "
+        "Service name only). More than this rotate fairly: each is probed within ceil(endpoints / this) cycles.",
+    )
+    pod_ip_bypass_severity: Literal["critical", "high", "medium", "low"] = Field(
+        default="low",
+        description="Severity of waypoint-enrollment.pod-ip-bypass (advisory by default): an intruder reached a "
+        "pod by its IP, around the Service's waypoint (semantics §4.6).",
+    )
     url_overrides: dict[str, str] = Field(
         default_factory=dict,
         description='Base URL per Service (JSON: {"ns/svc": "http://host:port"}, or "role:ns/svc" with '
@@ -169,6 +182,12 @@ class DaemonSettings(_Group):
     probes_enabled: bool = Field(default=False, description="Run active probe cycles (needs the probe RBAC).")
     probe_every_s: float = Field(default=300.0, gt=0, description="Probe cycle period, seconds (a few minutes).")
     probe_jitter_s: float = Field(default=30.0, ge=0, description="Random delay added to each probe cycle.")
+    node_check_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="With probes: list Nodes and ztunnel pods this often; a new node, or a ztunnel pod replaced or "
+        "Ready again, starts a probe cycle at once (bounds the delay to probe a new node). 0 = off.",
+    )
     lease_duration_s: int = Field(default=15, ge=2, description="Leader lease duration; standby takes over after it.")
     report_cron: str = Field(default="0 6 * * *", description="Daily compliance report (cron, UTC).")
     reports_dir: str = Field(default="/var/lib/mesh-auditor/reports", description="Local JSON report archive.")
@@ -190,6 +209,73 @@ class DaemonSettings(_Group):
     )
 
 
+class DrillSettings(_Group):
+    """Chaos drills (``auditor drill``, and the daemon's schedule): a canary in a sandbox namespace
+    the auditor owns, drifted one kind at a time to prove detection and alerting (docs/drills.md)."""
+
+    namespace: str = Field(
+        default="mesh-auditor-drill",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=63,
+        description="The sandbox namespace (the chart's drill.namespace, labelled ambient). A drill writes "
+        "nothing outside it; RBAC and the drill-guard admission policy confine it there too.",
+    )
+    service: str | None = Field(
+        default=None,
+        description="The protected Service (ns/name) whose protection the canary mirrors; default: the first "
+        "with a waypoint and required headers.",
+    )
+    kinds: list[str] = Field(
+        default_factory=lambda: [
+            "permissive-peer-authentication",
+            "use-waypoint-removed",
+            "principals-widened",
+            "header-condition-removed",
+            "pod-opted-out",
+        ],
+        description="Drift kinds to inject, one at a time, in this order.",
+    )
+    image: str = Field(
+        default=f"ghcr.io/mesh-auditor/mesh-auditor-probe:{__version__}",
+        min_length=1,
+        description="Canary image: the probe image serves HTTP with `python -m http.server`.",
+    )
+    poll_s: float = Field(
+        default=2.0, gt=0, le=60, description="Seconds between audits of the canary while awaiting a state."
+    )
+    detect_timeout_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="Seconds a drift (or the baseline, or the resolution) may take to show before the step "
+        "counts as not detected (not resolved). Waypoints and pods on a new Auto Mode node take minutes.",
+    )
+    every_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Daemon: run a drill this often (seconds); 0 = never (drills are off by default).",
+    )
+    kill_switch: bool = Field(
+        default=False,
+        description="true: no drill starts, a running one reverts and cleans up. The sandbox namespace's label "
+        "mesh-auditor.dev/drills=off does the same without a restart.",
+    )
+    slack_channel: str = Field(
+        default="", description="Channel id for drill alerts (bot mode); empty: the alerts' channel (slack.channel)."
+    )
+    slack_thread_ts: str = Field(
+        default="", description="Post drill alerts as replies in this thread (bot mode; ts of its first message)."
+    )
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: list[str]) -> list[str]:
+        known = [k.name for k in DRIFT_KINDS]
+        unknown = [k for k in kinds if k not in known]
+        if unknown:
+            raise ValueError(f"unknown drift kind(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        return kinds
+
+
 class Settings(BaseSettings):
     """Environment (``AUDITOR_*``, ``__`` between groups) over an optional YAML file
     (``AUDITOR_CONFIG_FILE``, e.g. a mounted ConfigMap)."""
@@ -201,6 +287,7 @@ class Settings(BaseSettings):
     slack: SlackSettings = Field(default_factory=SlackSettings)
     aws: AwsSettings = Field(default_factory=AwsSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    drill: DrillSettings = Field(default_factory=DrillSettings)
 
     @classmethod
     def settings_customise_sources(

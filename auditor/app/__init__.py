@@ -11,8 +11,10 @@ Nothing else wires dependencies; no module creates clients at import time.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
+import secrets
 import sys
 import threading
 import uuid
@@ -26,13 +28,24 @@ import structlog
 from auditor.adapters.manifests.reader import read_manifests
 from auditor.adapters.rules.loader import load_rules, resolve_header_values, unresolved_sources
 from auditor.core.audit import run_static_audit
+from auditor.core.drill import (
+    CanaryError,
+    CanaryOptions,
+    DrillAlerter,
+    DrillResult,
+    applicable,
+    build_canary,
+    choose_source,
+    drift_kind,
+    drill_steps,
+)
 from auditor.core.istioversion import semantics_of
-from auditor.core.model import Finding
+from auditor.core.model import Finding, Severity
 from auditor.core.posture import Posture
 from auditor.core.probing.probeplan import PlanOptions, plan_probes
 from auditor.core.probing.verdict import probe_findings
 from auditor.core.snapshot import Snapshot
-from auditor.errors import ClusterUnreachableError
+from auditor.errors import ClusterUnreachableError, InputError
 from auditor.ports import ProbeRunner
 from auditor.render.escape import visible
 from auditor.report import AuditReport
@@ -258,6 +271,8 @@ def plan_options(settings: ProbeSettings) -> PlanOptions:
         url_overrides=dict(settings.url_overrides),
         timeout_s=settings.request_timeout_s,
         marker_header=settings.marker_header,
+        endpoint_budget=settings.endpoints_per_cycle,
+        bypass_severity=Severity(settings.pod_ip_bypass_severity),
     )
 
 
@@ -273,3 +288,77 @@ def runner_options(settings: ProbeSettings) -> RunnerOptions:
     )
     sweep = (settings.in_mesh_namespace, settings.outside_namespace)
     return RunnerOptions(pod, settings.deadline_s, settings.orphan_age_s, sweep)
+
+
+def run_drill(
+    kubeconfig: str | None,
+    context: str | None,
+    rules: Sequence[str],
+    settings: Settings,
+    *,
+    stop: threading.Event | None = None,
+) -> DrillResult:
+    """``auditor drill`` (and the daemon's drill schedule): one chaos drill in the sandbox
+    namespace, judged by the static audit of the live snapshot (docs/drills.md).
+
+    Raises ``InputError`` when the rules protect nothing a canary can mirror.
+    """
+    from auditor.adapters.k8s.drill import KubeSandbox  # noqa: PLC0415 - start-up time (#16)
+    from auditor.adapters.k8s.reader import ClusterReader  # noqa: PLC0415 - start-up time (#16)
+    from auditor.adapters.kubeapi import build_api_client  # noqa: PLC0415 - start-up time (#16)
+    from auditor.drillrun import DrillRunner, RunOptions  # noqa: PLC0415 - start-up time (#16)
+
+    posture = load_rules(rules)
+    drill = settings.drill
+    try:
+        source = choose_source(posture, drill.service)
+    except CanaryError as error:
+        raise InputError(
+            ", ".join(rules), str(error), field="AUDITOR_DRILL__SERVICE", fix="see docs/drills.md"
+        ) from error
+    options = CanaryOptions(
+        namespace=drill.namespace,
+        image=drill.image,
+        run_as_user=settings.probes.run_as_user,
+        node_selector=dict(settings.probes.node_selector),
+        header_value=f"mesh-auditor-drill-{secrets.token_hex(8)}",  # never a real header value
+    )
+    canary = build_canary(source, posture.mesh, options)
+    kinds = [drift_kind(name) for name in drill.kinds]
+    skipped = tuple((k.name, why) for k in kinds if (why := applicable(k, canary)) is not None)
+    drill_id = uuid.uuid4().hex[:12]
+    structlog.get_logger("auditor.drill").info(
+        "drill starting", drill=drill_id, canary=canary.target, mirrors=source.target
+    )
+    with closing(build_api_client(kubeconfig, context)) as api:
+        reader = ClusterReader(api)
+
+        def audit() -> tuple[Finding, ...]:
+            return run_static_audit(reader.snapshot(), canary.posture, canary.header_values())
+
+        runner = DrillRunner(
+            canary,
+            KubeSandbox(api, drill.namespace),
+            audit,
+            drill_alerter(settings, drill_id),
+            RunOptions(poll_s=drill.poll_s, timeout_s=drill.detect_timeout_s, kill_switch=drill.kill_switch),
+            stop=stop,
+        )
+        result = runner.run(drill_steps(canary, kinds))
+    return dataclasses.replace(result, skipped=skipped)
+
+
+def drill_alerter(settings: Settings, drill_id: str) -> DrillAlerter:
+    """Where drill alerts go: Slack's mode, the drill channel (default: the alerts' channel) and thread."""
+    from slack_sdk.webhook import WebhookClient  # noqa: PLC0415 - start-up time (#16)
+
+    from auditor.adapters.slack.drill import NoAlerter, SlackDrillAlerter, WebhookDrillAlerter  # noqa: PLC0415 - start-up time (#16)
+    from auditor.adapters.slack.notifier import build_web_client  # noqa: PLC0415 - start-up time (#16)
+
+    slack, drill = settings.slack, settings.drill
+    if slack.mode == "bot" and slack.bot_token is not None and (drill.slack_channel or slack.channel):
+        client = build_web_client(slack.bot_token.get_secret_value(), base_url=slack.base_url)
+        return SlackDrillAlerter(client, drill.slack_channel or slack.channel, drill.slack_thread_ts, drill_id)
+    if slack.mode == "webhook" and slack.webhook_url is not None:
+        return WebhookDrillAlerter(WebhookClient(slack.webhook_url.get_secret_value()))
+    return NoAlerter()

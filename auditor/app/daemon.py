@@ -10,6 +10,8 @@ auditing with its last good rules.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 import signal
 import socket
@@ -41,16 +43,19 @@ from auditor.adapters.probepods.kube import PodApi
 from auditor.adapters.probepods.runner import PodProbeRunner
 from auditor.adapters.rules.loader import load_rules, resolve_header_values
 from auditor.adapters.slack.notifier import SlackNotifier, WebhookNotifier, build_web_client
-from auditor.app import active_audit, plan_options, runner_options
+from auditor.app import active_audit, plan_options, run_drill, runner_options
 from auditor.core.alerting.drift import DriftPolicy
 from auditor.core.alerting.outbox import Delivery, Entry
+from auditor.core.drill import DrillResult
 from auditor.core.model import Finding, Method
 from auditor.core.posture import Posture
 from auditor.core.probing.probeplan import RunPlan
 from auditor.core.probing.probereport import RunReport
 from auditor.core.snapshot import Snapshot
+from auditor.daemon.drills import DrillMetrics, DrillSchedule
 from auditor.daemon.health import HealthServer
 from auditor.daemon.metrics import DaemonMetrics
+from auditor.adapters.k8s.nodes import NodeTrigger
 from auditor.daemon.service import Daemon, DaemonConfig
 from auditor.daemon.sinks import AwsSink, CountingNotifier, DirectorySink, OnFailure, PolicyReportSink
 from auditor.errors import InputError
@@ -102,6 +107,11 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
         health = HealthServer(cfg.health_host, cfg.health_port, metrics.exposition, daemon.readiness)
         health.start()
         daemon.start()
+        drills = _drill_schedule(settings, daemon, metrics, stop)
+        nodes = None
+        if cfg.probes_enabled and cfg.node_check_s:
+            nodes = NodeTrigger(api, daemon.probe_soon, cfg.node_check_s, stop)
+            nodes.start()
         log.info("daemon started", identity=identity, health_port=health.port)
         current = [posture]
         try:
@@ -109,6 +119,10 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
                 _reload_rules(daemon, cfg.rules, current, secrets, log)
         finally:
             clean = daemon.stop(grace_s=cfg.shutdown_grace_s)
+            if drills is not None:
+                drills.join(cfg.shutdown_grace_s)  # the drill reverts and sweeps on stop
+            if nodes is not None:
+                nodes.join(1.0)
             health.stop()
     log.info("daemon stopped", clean=clean)
     if not clean and own_signals:
@@ -116,6 +130,24 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
         # exit now rather than wait for its thread and be killed by the kubelet.
         os._exit(0)
     return 0
+
+
+def _drill_schedule(
+    settings: Settings, daemon: Daemon, metrics: DaemonMetrics, stop: threading.Event
+) -> DrillSchedule | None:
+    """The drill schedule (docs/drills.md), or None while ``drill.every_s`` is 0 (the default)."""
+    if not settings.drill.every_s:
+        return None
+    cfg = settings.daemon
+
+    def run(stopping: threading.Event) -> DrillResult:
+        return run_drill(cfg.kubeconfig, cfg.context, cfg.rules, settings, stop=stopping)
+
+    schedule = DrillSchedule(
+        run, settings.drill.every_s, lambda: daemon.leading, DrillMetrics(metrics.registry), Path(cfg.reports_dir), stop
+    )
+    schedule.start()
+    return schedule
 
 
 def _stop_on_signals() -> threading.Event:
@@ -258,13 +290,15 @@ class _CountedRunner:
 def _probe_cycle(settings: Settings, api: ApiClient, halt: threading.Event, metrics: DaemonMetrics) -> ProbeCycle:
     runner = _CountedRunner(PodProbeRunner(PodApi(api), runner_options(settings.probes), stop=halt), metrics)
     options = plan_options(settings.probes)
+    cycles = itertools.count()  # rotates the endpoints probed by pod IP when over budget (#13)
 
     def cycle(
         snapshot: Snapshot, posture: Posture, values: Mapping[tuple[str, str], str | None], static: tuple[Finding, ...]
     ) -> tuple[Finding, ...]:
         run_id = uuid.uuid4().hex[:12]
+        rotated = dataclasses.replace(options, rotation=next(cycles))
         return active_audit(
-            snapshot, posture, values=values, static=static, runner=runner, options=options, run_id=run_id
+            snapshot, posture, values=values, static=static, runner=runner, options=rotated, run_id=run_id
         )
 
     return cycle

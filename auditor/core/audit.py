@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from auditor.core.checks import allowlist, fixes, headers, strict_mtls, waypoint
+from auditor.core.checks import allowlist, fixes, headers, nodes, strict_mtls, waypoint
 from auditor.core.checks.catalog import PEER_AUTHENTICATION, SNAPSHOT_READ, TARGET_EXISTS
 from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.reach import route_for
@@ -44,6 +44,9 @@ def scoped_findings(ctx: AuditContext) -> list[Finding]:
     in_scope, findings, not_strict = _scoped_services(ctx)
     for service in in_scope:
         findings.append(strict_mtls.check_captured(ctx, service))
+        node = nodes.check_node_ztunnel(ctx, service)
+        if node is not None:
+            findings.append(node)
         waiver = not_strict.get(service.meta.key)
         if waiver is None:
             findings.append(strict_mtls.check_peer_authentication(ctx, service))

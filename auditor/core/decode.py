@@ -9,6 +9,7 @@ Kinds the auditor does not read are ignored (``decode_object`` returns ``()``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -280,7 +281,14 @@ def _enum(doc: _Doc, key: str, default: str, allowed: tuple[str, ...]) -> str:
 
 
 def _pod(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
-    return (_workload(meta, meta.labels, meta.annotations, doc.child("spec"), is_pod=True),)
+    workload = _workload(meta, meta.labels, meta.annotations, doc.child("spec"), is_pod=True)
+    ready = next((c.status for c in _conditions(doc) if c.type == "Ready"), None)
+    node = doc.child("spec").string("nodeName")
+    address = doc.child("status").string("podIP")
+    if node or address or ready is not None:
+        is_ready = None if ready is None else ready == "True"
+        workload = dataclasses.replace(workload, node_name=node, ready=is_ready, pod_ip=address)
+    return (workload,)
 
 
 def _template_owner(*template_path: str) -> Callable[[_Doc, s.ObjectMeta], tuple[Decoded, ...]]:

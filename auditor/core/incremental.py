@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 from auditor.core.audit import protected_findings, run_static_audit, scoped_findings
 from auditor.core.checks import fixes
-from auditor.core.istioversion import semantics_findings, semantics_of
 from auditor.core.checks.context import AuditContext
 from auditor.core.decode import Decoded, build_snapshot
+from auditor.core.istioversion import semantics_findings, semantics_of
 from auditor.core.mesh import ClientKind, client_of, is_auditor_probe
 from auditor.core.model import Finding
 from auditor.core.posture import Posture

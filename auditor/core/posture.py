@@ -253,6 +253,10 @@ class Posture(BaseModel):
     protected: tuple[ProtectedService, ...]
     names: tuple[str, ...]
 
+    def protected_service(self, target: str) -> ProtectedService | None:
+        """The protected Service whose ``target`` is ``namespace/name``; None when none is."""
+        return next((p for p in self.protected if p.target == target), None)
+
 
 class PostureConflictError(ValueError):
     """Two rules files disagree (mesh settings, or the same protected Service twice)."""

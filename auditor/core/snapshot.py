@@ -102,6 +102,11 @@ class Workload:
     init_containers: tuple[Container, ...] = ()
     host_network: bool = False
     is_pod: bool = False
+    # Real pods on a live cluster only: the node that runs it (spec.nodeName) and its Ready
+    # condition (None: no status, e.g. a manifest file or a template).
+    node_name: str = ""
+    ready: bool | None = None
+    pod_ip: str = ""  # status.podIP
 
     def container_port(self, name: str) -> int | None:
         for container in self.containers + self.init_containers:
@@ -375,6 +380,16 @@ def _rekeyed(old: dict[K, V], before: Mapping[K, V], after: Mapping[K, V], mine:
     return copy
 
 
+# Istio's ztunnel chart labels the DaemonSet's pods app: ztunnel (manifests/charts/ztunnel).
+ZTUNNEL_LABEL = ("app", "ztunnel")
+
+
+@dataclass(frozen=True, slots=True)
+class ZtunnelView:
+    deployed: bool  # a ztunnel pod or DaemonSet template exists in the snapshot
+    by_node: Mapping[str, tuple[Workload, ...]]
+
+
 class SnapshotIndex:
     """Read-only lookups over a snapshot, built once per audit."""
 
@@ -390,6 +405,7 @@ class SnapshotIndex:
         self.service_accounts = {a.meta.key for a in snapshot.service_accounts}
         self._workloads = self._index_workloads(snapshot.workloads)
         self._workloads_for: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Workload, ...]] = {}
+        self._ztunnels: ZtunnelView | None = None
         self.peer_auth_by_ns: dict[str, list[PeerAuthentication]] = defaultdict(list)
         self.peer_auth_wide: dict[str, list[PeerAuthentication]] = defaultdict(list)
         self.peer_auth_selected: dict[str, SelectorIndex[PeerAuthentication]] = defaultdict(SelectorIndex)
@@ -500,6 +516,21 @@ class SnapshotIndex:
             for pair in workload.pod_labels.items():
                 bucket[pair].append(workload)
         return dict(by_scope)
+
+    def ztunnels(self) -> ZtunnelView:
+        """Where ztunnel runs: its pods by node, and whether the cluster shows ztunnel at all
+        (a pod or a DaemonSet template labelled ``app: ztunnel``). Built once per index."""
+        if self._ztunnels is None:
+            pods: dict[str, list[Workload]] = defaultdict(list)
+            deployed = False
+            for workload in self.snapshot.workloads:
+                if workload.pod_labels.get(ZTUNNEL_LABEL[0]) != ZTUNNEL_LABEL[1]:
+                    continue
+                deployed = True
+                if workload.is_pod and workload.node_name:
+                    pods[workload.node_name].append(workload)
+            self._ztunnels = ZtunnelView(deployed, {node: tuple(found) for node, found in pods.items()})
+        return self._ztunnels
 
     def namespace_labels(self, namespace: str) -> Labels:
         found = self.namespaces.get(namespace)

@@ -52,6 +52,15 @@ class DaemonMetrics:
             registry=self.registry,
             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
         )
+        self.probe_endpoints = Gauge(
+            "mesh_auditor_probe_endpoints",
+            "Ready endpoints of protected Services (state=ready), and those the last probe cycle addressed by "
+            "pod IP (state=probed; bounded by probes.endpoints_per_cycle, rotating fairly)",
+            ["state"],
+            registry=self.registry,
+        )
+        for state in ("ready", "probed"):
+            self.probe_endpoints.labels(state).set(0)
         self.probe_outcomes = Counter(
             "mesh_auditor_probe_outcomes_total",
             f"Probe requests by what their probe observed (probes.wire.Outcome), or {NO_RESULT} when their"
@@ -129,7 +138,10 @@ class DaemonMetrics:
                     )
 
     def record_probe_report(self, plan: RunPlan, report: RunReport) -> None:
-        """One increment of ``mesh_auditor_probe_outcomes_total`` per request of ``plan``."""
+        """One increment of ``mesh_auditor_probe_outcomes_total`` per request of ``plan``; the
+        endpoint coverage of the run (``mesh_auditor_probe_endpoints``, #13)."""
+        self.probe_endpoints.labels("ready").set(sum(c.ready for c in plan.coverage.values()))
+        self.probe_endpoints.labels("probed").set(sum(c.probed for c in plan.coverage.values()))
         for batch in plan.batches:
             reported = report.batch(batch.key)
             observations = reported.observations if reported is not None else {}

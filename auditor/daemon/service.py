@@ -235,6 +235,14 @@ class Daemon:
         self._changes += 1
         self._request_audit(self.config.static_debounce_s)
 
+    def probe_soon(self) -> None:
+        """Run a probe cycle now: a node appeared or its ztunnel changed (``auditor.adapters.k8s.nodes``, #13).
+        No-op without probe cycles; an overlapping cycle is skipped by APScheduler (max one instance)."""
+        if self._probe_cycle is not None and self._scheduler.running and not self._stopping.is_set():
+            self._scheduler.add_job(
+                self._job(self.probe_audit), "date", run_date=self._clock(), id="probes-now", replace_existing=True
+            )
+
     def _request_audit(self, delay_s: float) -> None:
         run_at = self._clock() + dt.timedelta(seconds=delay_s)
         if self._scheduler.running and not self._stopping.is_set():

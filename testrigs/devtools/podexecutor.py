@@ -57,7 +57,9 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AUTO_MODE_LABELS = {"eks.amazonaws.com/compute-type": "auto", "karpenter.sh/nodepool": "general-purpose"}
-DEFAULT_SELECTOR = "app.kubernetes.io/managed-by=mesh-auditor"
+# Probe pods: the auditor's pods, except a chaos drill's canary and its waypoint (issue #13), which
+# carry the same managed-by label but are workloads like any application's (the stand-in's).
+DEFAULT_SELECTOR = "app.kubernetes.io/managed-by=mesh-auditor,!mesh-auditor.dev/drill"
 TERMINATION_MESSAGE_LIMIT = 4096
 _POLL_S = 0.1
 _UNSCHEDULABLE = (

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from auditor.cli import main, schema_text
-from auditor.core.checks.catalog import ALL, AUTO_MODE, SNAPSHOT_READ
+from auditor.core.checks.catalog import ALL, AUTO_MODE, SNAPSHOT_READ, WAYPOINT_BYPASS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = str(ROOT / "examples" / "retail-store")
@@ -313,7 +313,8 @@ def test_every_check_has_complete_metadata() -> None:
         assert meta.remediation
         assert meta.references
         # Static checks name the kinds they read; reporting read problems, or traffic, needs none.
-        assert meta.reads or meta in {SNAPSHOT_READ, AUTO_MODE} or meta.id.endswith(".probe"), meta.id
+        probe_only = meta.id.endswith(".probe") or meta is WAYPOINT_BYPASS  # traffic, not config
+        assert meta.reads or meta in {SNAPSHOT_READ, AUTO_MODE} or probe_only, meta.id
 
 
 def test_junit_output_and_report_round_trip(tmp_path: Path) -> None:

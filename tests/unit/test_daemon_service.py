@@ -583,7 +583,7 @@ def test_the_daemon_re_evaluates_only_what_changed_and_matches_a_full_audit() ->
     daemon.static_audit()
     daemon.full_static_audit()
     assert snapshots.asked == [0, len(snapshots.log) - 1, 0]
-    first, changed, full = (run[0] for run in sink.runs)
+    first, changed, full = (run.findings for run in sink.runs)
     assert changed == run_static_audit(snapshots.snapshot(), RULES, VALUES)
     assert full == changed
     assert changed != first

@@ -21,19 +21,20 @@ import pytest
 import yaml
 
 from auditor.cli import main
+from auditor.core.alerting.drift import DriftBook, DriftPolicy
 from auditor.core.audit import run_static_audit
 from auditor.core.checks.automode import NodePoolRef, NodePools, auto_mode_verdict
 from auditor.core.checks.catalog import ALL, CAPTURED, INTRUDERS_REFUSED
-from auditor.core.alerting.drift import DriftBook, DriftPolicy
 from auditor.core.model import Finding, Fix, FixDocument, Status
 from auditor.core.posture import PostureDocument, merge
 from auditor.core.snapshot import Namespace, ObjectMeta, ReadProblem, Service, ServicePort, Snapshot, Workload
-from auditor.render.document import audit_document, finding_dict, findings_from_document
+from auditor.render.document import finding_dict, findings_from_document
 from auditor.render.fixes import fix_yaml
 from auditor.render.html import render_html
 from auditor.render.junit import render_junit
 from auditor.render.slack import alert_message
 from auditor.render.text import render_markdown, render_table
+from auditor.report import AuditReport
 from tests.cases import load_case, materialize
 from tests.unit.probing.builders import ALLOWED, L4, catalog_rules, posture, static_finding
 from tests.unit.probing.test_verdict import CONTROL, INTRUDER, OUTSIDE, _verdicts
@@ -202,10 +203,10 @@ def test_hostile_names_in_a_fix_stay_values_and_are_escaped_in_every_output() ->
     assert yaml.safe_load(body)["metadata"]["name"] == HOSTILE  # a value, never YAML structure
     assert "\x1b" not in text
     assert "\u202e" not in text
-    table = render_table((finding,), verbose=True)
+    table = render_table(AuditReport((finding,)), verbose=True)
     assert "\x1b" not in table
     assert "\u202e" not in table
-    markdown = render_markdown((finding,))
+    markdown = render_markdown(AuditReport((finding,)))
     assert "\x1b" not in markdown
     assert "\n# forged" not in markdown.split("```", 1)[0]
     note = next(line for line in markdown.splitlines() if line.startswith("This finding: "))
@@ -215,14 +216,14 @@ def test_hostile_names_in_a_fix_stay_values_and_are_escaped_in_every_output() ->
     fence = re.search(r"^(`{3,})yaml$", markdown, re.M)
     assert fence is not None
     assert len(fence.group(1)) > 3
-    page = render_html(audit_document((finding,), inputs={}))
+    page = render_html(AuditReport((finding,)))
     assert "<script>" not in page
     assert "\x1b" not in page
     transition = DriftBook().evaluate([finding], now=0.0, policy=DriftPolicy())[1][0]
     slack = json.dumps(alert_message(transition))
     assert "<!channel>" not in slack
     assert "&lt;!channel&gt;" in slack
-    junit = ET.fromstring(render_junit((finding,)))  # noqa: S314 - parsing our own output
+    junit = ET.fromstring(render_junit(AuditReport((finding,))))  # noqa: S314 - parsing our own output
     failure = junit.find("testsuite/testcase/failure")
     assert failure is not None
     assert "This finding: Patch evil\\x1b[2J\\n# forged" in (failure.text or "")

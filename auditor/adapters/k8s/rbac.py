@@ -1,4 +1,5 @@
-"""Renders the auditor's read-only ClusterRole from ``SNAPSHOT_RESOURCES``.
+"""Renders the auditor's read-only ClusterRole from ``SNAPSHOT_RESOURCES`` (plus ``list`` of
+Nodes for the daemon's node trigger).
 
 The Helm chart's ``templates/rbac.yaml`` holds the rendered rules (and ``deploy/rbac.yaml``,
 rendered from the chart); tests compare them with this function, so the shipped permissions are
@@ -13,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from auditor.adapters.k8s.resources import SNAPSHOT_RESOURCES
+from auditor.adapters.k8s.resources import NODE, NODE_VERBS, SNAPSHOT_RESOURCES
 
 READER_ROLE = "mesh-auditor-reader"
 READ_VERBS = ("list", "watch")
@@ -27,7 +28,9 @@ def reader_cluster_role() -> dict[str, Any]:
         "kind": "ClusterRole",
         "metadata": {"name": READER_ROLE, "labels": {"app.kubernetes.io/part-of": "mesh-auditor"}},
         "rules": [
-            {"apiGroups": [r.group], "resources": [r.plural], "verbs": list(READ_VERBS)} for r in SNAPSHOT_RESOURCES
+            *({"apiGroups": [r.group], "resources": [r.plural], "verbs": list(READ_VERBS)} for r in SNAPSHOT_RESOURCES),
+            # The daemon's node trigger (auditor/adapters/k8s/nodes.py): a new node starts a probe cycle.
+            {"apiGroups": [NODE.group], "resources": [NODE.plural], "verbs": list(NODE_VERBS)},
         ],
     }
 

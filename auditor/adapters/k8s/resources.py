@@ -58,6 +58,11 @@ SNAPSHOT_RESOURCES: tuple[Resource, ...] = (
     Resource("ServiceEntry", "networking.istio.io", "v1", "serviceentries", crd=True),
 )
 
+# Listed by the daemon's node trigger (auditor/adapters/k8s/nodes.py, #13), not by the snapshot: a new
+# node or a replaced ztunnel pod starts a probe cycle. Only ``list``: the trigger polls.
+NODE = Resource("Node", "", "v1", "nodes", namespaced=False)
+NODE_VERBS = ("list",)
+
 # Read by the EKS Auto Mode check only (auditor/adapters/aws/eks.py), not by the snapshot: a
 # cluster without Karpenter's or Auto Mode's CRDs must not turn the audit's reads into errors.
 # Their RBAC is its own ClusterRole (mesh-auditor-automode in deploy/rbac.yaml).

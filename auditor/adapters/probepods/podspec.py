@@ -175,7 +175,7 @@ def probe_pod(
             "labels": _labels(batch, run_id),
             "annotations": {DO_NOT_DISRUPT: "true", BATCH_ANNOTATION: batch.key},
         },
-        "spec": _pod_spec(batch, plan_json, options, secret_env),
+        "spec": {**_pod_spec(batch, plan_json, options, secret_env), "topologySpreadConstraints": _spread(run_id)},
     }
 
 
@@ -185,6 +185,20 @@ def _labels(batch: ProbeBatch, run_id: str) -> dict[str, str]:
         # The pod label beats an ambient namespace label (semantics §2): never captured.
         labels[DATAPLANE_MODE] = "none"
     return labels
+
+
+def _spread(run_id: str) -> list[dict[str, Any]]:
+    """A run's probe pods spread over nodes (#13): each node's ztunnel judges the traffic of the
+    pods it runs, so pods on several nodes exercise several enforcement points. Soft
+    (ScheduleAnyway): a one-node cluster still runs every probe."""
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {RUN_ID_LABEL: run_id}},
+        }
+    ]
 
 
 def _pod_spec(

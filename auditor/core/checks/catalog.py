@@ -61,6 +61,35 @@ PEER_AUTHENTICATION = CheckMeta(
     reads=_MTLS,
 )
 
+NODE_ZTUNNEL = CheckMeta(
+    id="strict-mtls.node-ztunnel",
+    property=Property.STRICT_MTLS,
+    title="Every node that runs the Service's ready pods runs a Ready ztunnel",
+    severity=Severity.HIGH,
+    protects=(
+        "The destination pod's node's ztunnel enforces mTLS and L4 policy (promise 1). A node whose ztunnel "
+        "pod is missing or not Ready, reported on freshly autoscaled EKS nodes (istio/istio#61374, "
+        "istio/ztunnel#1674), leaves the pods it hosts unenforced or unreachable."
+    ),
+    remediation=(
+        "Find the node's ztunnel pod (kubectl -n istio-system get pods -l app=ztunnel -o wide "
+        "--field-selector spec.nodeName=<node>); make the ztunnel DaemonSet tolerate and select every Auto "
+        "Mode NodePool, then restart the application pods that started on the node before ztunnel was Ready "
+        "so istio-cni captures them."
+    ),
+    remediation_yaml="""\
+# Helm values of Istio's ztunnel chart: run on every node, whatever its taints.
+tolerations:
+- operator: Exists
+""",
+    references=(
+        f"{SEMANTICS} §1, §2, §6",
+        "https://github.com/istio/istio/issues/61374",
+        "https://github.com/istio/ztunnel/issues/1674",
+    ),
+    reads=_WORKLOADS,
+)
+
 INTRUDERS_REFUSED = CheckMeta(
     id="principal-allowlist.intruders-refused",
     property=Property.PRINCIPAL_ALLOWLIST,
@@ -270,6 +299,41 @@ WAYPOINT_PROBE = CheckMeta(
     references=(f"{SEMANTICS} §1.7, §4.7", _PROBES),
 )
 
+WAYPOINT_BYPASS = CheckMeta(
+    id="waypoint-enrollment.pod-ip-bypass",
+    property=Property.WAYPOINT_ENROLLMENT,
+    title="A caller on no allow-list cannot reach the Service's pods by pod IP, around its waypoint",
+    severity=Severity.LOW,  # advisory by default; settings probes.pod_ip_bypass_severity
+    protects=(
+        "Traffic addressed to a pod IP skips the Service's waypoint (semantics §4.6): only policy that "
+        "ztunnel enforces protects it. Proven by a probe that sends the intruder's request to each ready "
+        "endpoint by pod IP."
+    ),
+    remediation=(
+        "Add an L4 ALLOW policy enforced by ztunnel on the workload (selector) that admits only the "
+        "waypoint's identity, so that every caller must go through the waypoint; or bind the waypoint to "
+        "the workloads too (istio.io/use-waypoint on the namespace or pods, waypoint-for: all)."
+    ),
+    remediation_yaml="""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: <service>-only-via-waypoint
+  namespace: <namespace>
+spec:
+  selector:
+    matchLabels:
+      app.kubernetes.io/name: <service>
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals:
+        - cluster.local/ns/<namespace>/sa/<waypoint>
+""",
+    references=(f"{SEMANTICS} §4.6, §1.7", "https://istio.io/latest/docs/ambient/usage/waypoint/"),
+)
+
 AUTO_MODE = CheckMeta(
     id="audit.eks-auto-mode",
     property=Property.AUDIT_INTEGRITY,
@@ -307,6 +371,7 @@ ISTIO_SEMANTICS = CheckMeta(
 ALL: tuple[CheckMeta, ...] = (
     CAPTURED,
     PEER_AUTHENTICATION,
+    NODE_ZTUNNEL,
     INTRUDERS_REFUSED,
     ALLOWED_ADMITTED,
     WAYPOINT_BOUND,
@@ -320,6 +385,7 @@ ALL: tuple[CheckMeta, ...] = (
     ALLOWLIST_PROBE,
     HEADERS_PROBE,
     WAYPOINT_PROBE,
+    WAYPOINT_BYPASS,
 )
 
 

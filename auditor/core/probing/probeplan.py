@@ -24,8 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from auditor.core.endpoints import ENDPOINT_INTRUDER, ENDPOINT_PLAINTEXT, Coverage, Endpoint, ready_endpoints, rotate
+from auditor.core.model import Severity
 from auditor.core.posture import Posture, ProbeTarget, ProtectedService
-from auditor.core.snapshot import Snapshot
+from auditor.core.snapshot import Snapshot, SnapshotIndex
 from probes.wire import Outcome, ProbePlan, ProbeRequest
 
 WITH_HEADERS = "with-headers"
@@ -132,6 +134,11 @@ class RunPlan:
     not_planned: tuple[NotPlanned, ...]
     targets: tuple[ProtectedService, ...]  # every protected Service, probed or not
     marker_header: str | None = None
+    # Every enforcement point (auditor.core.endpoints): the endpoints this run probes by pod IP,
+    # the coverage per Service, and the severity of the pod-IP waypoint bypass finding.
+    endpoints: tuple[Endpoint, ...] = ()
+    coverage: Mapping[str, Coverage] = field(default_factory=dict)
+    bypass_severity: Severity = Severity.LOW
 
     def requests_for(self, target: str) -> tuple[PlannedRequest, ...]:
         """Every planned request to ``target`` (``namespace/name``), across batches."""
@@ -161,6 +168,11 @@ class PlanOptions:
     timeout_s: float = 3.0
     marker_header: str | None = None
     max_plan_bytes: int = DEFAULT_MAX_PLAN_BYTES
+    # Ready endpoints probed by pod IP per run, over all Services (0: by Service name only), and
+    # the run's number, which rotates the window when there are more (auditor.core.endpoints).
+    endpoint_budget: int = 0
+    rotation: int = 0
+    bypass_severity: Severity = Severity.LOW
 
 
 def plan_probes(
@@ -185,8 +197,74 @@ def plan_probes(
         planned, left_out = _plan_target(protected, posture, header_values, options)
         requests += planned
         skipped += left_out
+    endpoints, coverage = _endpoints(posture, snapshot, requests, options)
+    requests += _endpoint_requests(endpoints, posture, requests, options)
     batches = _batches(requests, run_id, options)
-    return RunPlan(run_id, batches, tuple(skipped), posture.protected, options.marker_header)
+    return RunPlan(
+        run_id,
+        batches,
+        tuple(skipped),
+        posture.protected,
+        options.marker_header,
+        endpoints,
+        coverage,
+        options.bypass_severity,
+    )
+
+
+def _endpoints(
+    posture: Posture, snapshot: Snapshot, planned: list[tuple[Identity, PlannedRequest]], options: PlanOptions
+) -> tuple[tuple[Endpoint, ...], dict[str, Coverage]]:
+    """The ready endpoints this run probes (the budget's rotating window) and the coverage."""
+    if options.endpoint_budget <= 0:
+        return (), {}
+    targets = {r.target for _, r in planned}
+    index = SnapshotIndex(snapshot)
+    ready: list[Endpoint] = []
+    for protected in posture.protected:
+        service = index.services.get(protected.target)
+        if protected.target in targets and service is not None:
+            ready += ready_endpoints(protected, service, index)
+    chosen = rotate(ready, options.endpoint_budget, options.rotation)
+    coverage = {
+        target: Coverage(sum(1 for e in chosen if e.target == target), sum(1 for e in ready if e.target == target))
+        for target in sorted({e.target for e in ready})
+    }
+    return chosen, coverage
+
+
+def _endpoint_requests(
+    endpoints: tuple[Endpoint, ...],
+    posture: Posture,
+    planned: list[tuple[Identity, PlannedRequest]],
+    options: PlanOptions,
+) -> list[tuple[Identity, PlannedRequest]]:
+    """Per endpoint: the outside identity's plaintext; behind a waypoint also the intruder's
+    request with the headers, to the pod IP (the waypoint bypass, semantics §4.6)."""
+    by_role = {(r.target, r.role): (identity, r) for identity, r in planned if r.variant in {PLAINTEXT, WITH_HEADERS}}
+    requests: list[tuple[Identity, PlannedRequest]] = []
+    for endpoint in endpoints:
+        protected = posture.protected_service(endpoint.target)
+        if protected is None:
+            continue
+        path = _probe_of(protected).path
+        outside = by_role.get((endpoint.target, Role.OUTSIDE))
+        if outside is not None:
+            variant = f"{ENDPOINT_PLAINTEXT}{endpoint.pod}"
+            requests.append((outside[0], _to_endpoint(outside[1], endpoint, variant, path, Outcome.L4_DENIED)))
+        intruder = by_role.get((endpoint.target, Role.INTRUDER))
+        if intruder is not None and protected.waypoint is not None:
+            variant = f"{ENDPOINT_INTRUDER}{endpoint.pod}"
+            requests.append((intruder[0], _to_endpoint(intruder[1], endpoint, variant, path, Outcome.L4_DENIED)))
+    return requests
+
+
+def _to_endpoint(
+    request: PlannedRequest, endpoint: Endpoint, variant: str, path: str, expect: Outcome
+) -> PlannedRequest:
+    request_id = f"{endpoint.target}:{request.role.value}:{variant}"
+    wire = request.wire.model_copy(update={"id": request_id, "url": endpoint.url_base + path})
+    return PlannedRequest(request_id, endpoint.target, request.role, variant, expect, wire)
 
 
 def _missing_reason(protected: ProtectedService, absent: bool) -> str:

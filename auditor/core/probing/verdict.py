@@ -16,6 +16,7 @@ static findings of the same audit in; findings out. The rules, strictest first:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -29,10 +30,12 @@ from auditor.core.checks.catalog import (
     PEER_AUTHENTICATION,
     STRICT_MTLS_PROBE,
     WAYPOINT_BOUND,
+    WAYPOINT_BYPASS,
     WAYPOINT_GATEWAY,
     WAYPOINT_PROBE,
 )
 from auditor.core.checks.fixes import explained, merge_fixes, none
+from auditor.core.endpoints import ENDPOINT_INTRUDER, ENDPOINT_PLAINTEXT, Endpoint
 from auditor.core.model import NO_FIX, CheckMeta, Evidence, Finding, Fix, Method, Status
 from auditor.core.posture import ProtectedService
 from auditor.core.probing.probeplan import NEAR_MISS, PLAINTEXT, WITH_HEADERS, WITHOUT, PlannedRequest, Role, RunPlan
@@ -93,9 +96,9 @@ class TargetView:
         if request is None:
             skipped = self.plan.not_planned_for(self.protected.target, role)
             return Seen(None, None, reason=skipped.reason if skipped else f"no {role.value} request was planned")
-        return self._resolve(request)
+        return self.resolve(request)
 
-    def _resolve(self, request: PlannedRequest) -> Seen:
+    def resolve(self, request: PlannedRequest) -> Seen:
         batch = self.plan.batch_of(request.id)
         report = self.report.batch(batch.key) if batch else None
         if report is None:
@@ -139,7 +142,10 @@ def _target_findings(view: TargetView) -> list[Finding]:
         HEADERS_PROBE.id: headers_verdict,
         WAYPOINT_PROBE.id: waypoint_verdict,
     }
-    return [verdicts[meta.id](view) for meta in checks]
+    found = [verdicts[meta.id](view) for meta in checks]
+    if endpoint_seens(view, ENDPOINT_INTRUDER):
+        found.append(pod_ip_bypass_verdict(view))
+    return found
 
 
 def _finding(
@@ -186,6 +192,79 @@ def control_of(view: TargetView) -> Control:
 
 
 def strict_mtls_verdict(view: TargetView) -> Finding:
+    """Plaintext by Service name, and to every endpoint probed by pod IP this run: one FAIL names
+    the endpoint, its pod and its node; a PASS needs every endpoint's refusal too."""
+    by_name = _strict_by_name(view)
+    pairs = endpoint_seens(view, ENDPOINT_PLAINTEXT)
+    coverage = view.plan.coverage.get(view.protected.target)
+    if not pairs:
+        return by_name
+    details = {**by_name.details, "endpoints": f"{coverage.probed}/{coverage.ready}" if coverage else str(len(pairs))}
+    answered = [(e, s) for e, s in pairs if s.observation is not None and _plaintext_answered(s.observation)]
+    if answered:
+        shown = "; ".join(f"{e.describe()}: {s.observation.describe()}" for e, s in answered if s.observation)
+        traffic = f"plaintext from outside the mesh was answered by {shown}"
+        failed = _contradiction(
+            view, STRICT_MTLS_PROBE, (CAPTURED, PEER_AUTHENTICATION), traffic, [s for _, s in answered]
+        )
+        evidence = failed.evidence + tuple(_endpoint_evidence(e) for e, _ in answered)
+        return dataclasses.replace(failed, evidence=evidence, details=details)
+    if by_name.status is not Status.PASS:
+        return dataclasses.replace(by_name, details=details)
+    unproven = [(e, s) for e, s in pairs if s.observation is None or s.observation.outcome is not Outcome.L4_DENIED]
+    if unproven:
+        endpoint, seen = unproven[0]
+        why = seen.observation.describe() if seen.observation else seen.reason
+        message = f"{by_name.message}; but {endpoint.describe()} is not proven: {why}"
+        evidence = (*by_name.evidence, seen.evidence(), _endpoint_evidence(endpoint))
+        return dataclasses.replace(
+            by_name, status=Status.INCONCLUSIVE, message=message, evidence=evidence, details=details
+        )
+    shown = coverage.describe() if coverage else f"{len(pairs)} endpoints probed by pod IP"
+    message = f"{by_name.message}; {shown}, each refused plaintext"
+    evidence = by_name.evidence + tuple(_endpoint_evidence(e) for e, _ in pairs)
+    return dataclasses.replace(by_name, message=message, evidence=evidence, details=details)
+
+
+def endpoint_seens(view: TargetView, prefix: str) -> list[tuple[Endpoint, Seen]]:
+    """The run's requests to this Service's endpoints by pod IP (``prefix``: which identity's)."""
+    endpoints = {e.pod: e for e in view.plan.endpoints if e.target == view.protected.target}
+    pairs = []
+    for request in view.plan.requests_for(view.protected.target):
+        if request.variant.startswith(prefix):
+            endpoint = endpoints.get(request.variant.removeprefix(prefix))
+            if endpoint is not None:
+                pairs.append((endpoint, view.resolve(request)))
+    return pairs
+
+
+def _endpoint_evidence(endpoint: Endpoint) -> Evidence:
+    return Evidence(
+        f"Pod {endpoint.pod}", "node", endpoint.node or "(unknown)", f"endpoint {endpoint.ip}:{endpoint.port}"
+    )
+
+
+def pod_ip_bypass_verdict(view: TargetView) -> Finding:
+    """The intruder's request to each endpoint by pod IP, around the waypoint (semantics §4.6)."""
+    meta = dataclasses.replace(WAYPOINT_BYPASS, severity=view.plan.bypass_severity)
+    pairs = endpoint_seens(view, ENDPOINT_INTRUDER)
+    reached = [(e, s) for e, s in pairs if s.observation is not None and s.observation.outcome in _REACHED]
+    if reached:
+        shown = "; ".join(f"{e.describe()}: {s.observation.describe()}" for e, s in reached if s.observation)
+        message = f"an identity on no allow-list reached the Service's pods by pod IP, around the waypoint: {shown}"
+        evidence = [s.evidence() for _, s in reached] + [_endpoint_evidence(e) for e, _ in reached]
+        return _finding(view, meta, Status.FAIL, message, evidence)
+    missing = [s for _, s in pairs if s.observation is None]
+    if missing:
+        return _not_observed(view, meta, missing[0])
+    wrong = [s for _, s in pairs if s.observation is not None and s.observation.outcome is not Outcome.L4_DENIED]
+    if wrong:
+        return _wrong_kind(view, meta, wrong[0])
+    what = f"ztunnel refused the intruder by pod IP at each of {len(pairs)} endpoint(s)"
+    return _denial(view, meta, what, [s for _, s in pairs])
+
+
+def _strict_by_name(view: TargetView) -> Finding:
     """``strict-mtls`` from traffic: FAIL when a plaintext request from outside the mesh was
     answered, PASS when ztunnel refused it, INCONCLUSIVE otherwise (not observed, wrong kind)."""
     seen = view.seen(Role.OUTSIDE, PLAINTEXT)

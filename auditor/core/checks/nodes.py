@@ -1,0 +1,61 @@
+"""strict-mtls.node-ztunnel: every node that runs a Service's ready pods runs a Ready ztunnel.
+
+In ambient mode the destination pod's node's ztunnel enforces mTLS and L4 policy (semantics §1,
+§2): a pod on a node whose ztunnel pod is missing or not Ready is not protected, whatever the
+policies say. Reported on freshly autoscaled EKS nodes (istio/istio#61374, istio/ztunnel#1674).
+
+From the live snapshot alone: pods carry ``spec.nodeName`` and their Ready condition only there.
+No finding at all (never a PASS) when the Service has no ready pod on a known node (manifest
+files, templates), or when the cluster shows no ztunnel (no pod and no DaemonSet labelled
+``app: ztunnel``: nothing tells where ztunnel should run).
+"""
+
+from __future__ import annotations
+
+from auditor.core.checks.catalog import NODE_ZTUNNEL
+from auditor.core.checks.context import AuditContext, finding
+from auditor.core.mesh import istio_service
+from auditor.core.model import Evidence, Finding, Status
+from auditor.core.snapshot import Service, Workload
+
+_SHOWN = 5  # endpoint pods named per node; the rest are counted
+
+
+def check_node_ztunnel(ctx: AuditContext, service: Service) -> Finding | None:
+    if istio_service(service, ctx.index) is not None:
+        return None  # Istio's own Services: their pods are outside capture by design (§10)
+    ztunnels = ctx.index.ztunnels()
+    if not ztunnels.deployed:
+        return None
+    endpoints: dict[str, list[Workload]] = {}
+    for pod in ctx.index.workloads_for(service):
+        if pod.is_pod and pod.node_name and pod.ready:
+            endpoints.setdefault(pod.node_name, []).append(pod)
+    if not endpoints:
+        return None
+    evidence: list[Evidence] = []
+    broken: list[str] = []
+    for node, pods in sorted(endpoints.items()):
+        hosted = _pods(pods)
+        found = ztunnels.by_node.get(node, ())
+        ready = [z for z in found if z.ready]
+        if ready:
+            evidence.append(Evidence(f"Node {node}", "ztunnel pod", ready[0].meta.ref, f"Ready; hosts {hosted}"))
+        elif found:
+            evidence.append(Evidence(f"Node {node}", "ztunnel pod", found[0].meta.ref, f"not Ready; hosts {hosted}"))
+            broken.append(f"node {node}: ztunnel pod {found[0].meta.ref} is not Ready (hosts {hosted})")
+        else:
+            evidence.append(Evidence(f"Node {node}", "ztunnel pod", "(none)", f"hosts {hosted}"))
+            broken.append(f"node {node}: no ztunnel pod (hosts {hosted})")
+    if broken:
+        return finding(NODE_ZTUNNEL, service, Status.FAIL, "unprotected node(s): " + "; ".join(broken), evidence)
+    nodes = ", ".join(sorted(endpoints))
+    return finding(
+        NODE_ZTUNNEL, service, Status.PASS, f"a Ready ztunnel runs on every node of its pods: {nodes}", evidence
+    )
+
+
+def _pods(pods: list[Workload]) -> str:
+    names = sorted(p.meta.ref for p in pods)
+    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+    return ", ".join(names[:_SHOWN]) + more

@@ -1,0 +1,138 @@
+"""Every enforcement point (#13): ready endpoints probed by pod IP, the budget's fair rotation,
+and which observation at which endpoint produced which finding."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from auditor.adapters.probepods.podspec import PodOptions, probe_pod
+from auditor.core.endpoints import Endpoint, rotate
+from auditor.core.model import Finding, Severity, Status
+from auditor.core.probing.probeplan import PlanOptions, RunPlan, plan_probes
+from auditor.core.probing.probereport import Observation
+from auditor.core.probing.verdict import probe_findings
+from auditor.core.snapshot import Container, ContainerPort, ObjectMeta, Service, ServicePort, Snapshot, Workload
+from auditor.daemon.metrics import DaemonMetrics
+from tests.unit.probing.builders import ALLOWED, RUN, catalog_rules, compliant, header_values, posture, report
+
+RULES = posture(catalog_rules())
+CATALOG = Service(ObjectMeta("Service", "catalog", "default"), {"app": "catalog"}, (ServicePort(80, "http"),))
+
+
+def _pod(name: str, node: str, ip: str, *, ready: bool = True) -> Workload:
+    return Workload(
+        meta=ObjectMeta("Pod", name, "default"),
+        pod_labels={"app": "catalog"},
+        pod_annotations={},
+        service_account="catalog",
+        containers=(Container("app", (ContainerPort(8080, "http"),)),),
+        is_pod=True,
+        node_name=node,
+        ready=ready,
+        pod_ip=ip,
+    )
+
+
+PODS = (
+    _pod("catalog-a", "node-1", "10.0.1.5"),
+    _pod("catalog-b", "node-2", "10.0.2.7"),
+    _pod("catalog-c", "node-2", "10.0.2.9", ready=False),
+)
+
+
+def _plan(budget: int = 16, rotation: int = 0, severity: Severity = Severity.LOW) -> RunPlan:
+    options = PlanOptions(control_allowed=True, endpoint_budget=budget, rotation=rotation, bypass_severity=severity)
+    return plan_probes(RULES, Snapshot(services=(CATALOG,), workloads=PODS), header_values(RULES), RUN, options)
+
+
+def _findings(plan: RunPlan, changes: Mapping[str, Observation]) -> dict[str, Finding]:
+    outcomes = {**compliant(plan), **changes}
+    return {f.check.id: f for f in probe_findings(plan, report(plan, outcomes), ())}
+
+
+def test_ready_endpoints_are_addressed_by_pod_ip_and_target_port() -> None:
+    plan = _plan()
+    urls = sorted(r.wire.url for b in plan.batches for r in b.requests if "endpoint" in r.variant)
+    assert urls == [
+        "http://10.0.1.5:8080/catalog/tags",  # outside, plaintext
+        "http://10.0.1.5:8080/catalog/tags",  # intruder, around the waypoint
+        "http://10.0.2.7:8080/catalog/tags",
+        "http://10.0.2.7:8080/catalog/tags",
+    ]
+    assert plan.coverage["default/catalog"].describe() == "2/2 ready endpoints probed by pod IP"
+
+
+def test_an_uncaptured_endpoint_fails_strict_mtls_naming_pod_and_node() -> None:
+    plan = _plan()
+    found = _findings(plan, {"default/catalog:outside:endpoint-plaintext:default/catalog-b": ALLOWED})
+    strict = found["strict-mtls.probe"]
+    assert strict.status is Status.FAIL
+    assert "endpoint 10.0.2.7:8080 (pod default/catalog-b on node node-2)" in strict.message
+    assert ("Pod default/catalog-b", "node-2") in {(e.object, e.value) for e in strict.evidence}
+    assert strict.details["endpoints"] == "2/2"
+
+
+def test_every_endpoint_refusing_plaintext_passes_with_the_coverage() -> None:
+    found = _findings(_plan(), {})
+    assert found["strict-mtls.probe"].status is Status.PASS
+    assert "2/2 ready endpoints probed by pod IP, each refused plaintext" in found["strict-mtls.probe"].message
+    assert found["waypoint-enrollment.pod-ip-bypass"].status is Status.PASS
+
+
+def test_an_unobserved_endpoint_is_never_a_pass() -> None:
+    plan = _plan()
+    outcomes = compliant(plan)
+    del outcomes["default/catalog:outside:endpoint-plaintext:default/catalog-a"]
+    found = {f.check.id: f for f in probe_findings(plan, report(plan, outcomes), ())}
+    assert found["strict-mtls.probe"].status is Status.INCONCLUSIVE
+    assert "pod default/catalog-a on node node-1" in found["strict-mtls.probe"].message
+
+
+def test_intruder_by_pod_ip_around_the_waypoint_is_the_bypass_finding_with_its_severity() -> None:
+    plan = _plan(severity=Severity.HIGH)
+    found = _findings(plan, {"default/catalog:intruder:endpoint-intruder:default/catalog-a": ALLOWED})
+    bypass = found["waypoint-enrollment.pod-ip-bypass"]
+    assert bypass.status is Status.FAIL
+    assert bypass.check.severity is Severity.HIGH
+    assert "around the waypoint" in bypass.message
+    assert found["principal-allowlist.probe"].status is Status.PASS  # by Service name, the waypoint refused it
+
+
+def test_budget_rotates_fairly_over_every_endpoint() -> None:
+    endpoints = [Endpoint("ns/s", f"ns/p{i}", "n", f"10.0.0.{i}", 80) for i in range(5)]
+    seen: list[str] = []
+    for cycle in range(3):  # ceil(5 / 2) cycles cover them all
+        seen += [e.pod for e in rotate(endpoints, 2, cycle)]
+    assert set(seen) == {e.pod for e in endpoints}
+    assert rotate(endpoints, 0, 0) == ()
+    plan = _plan(budget=1, rotation=1)
+    assert [e.pod for e in plan.endpoints] == ["default/catalog-b"]
+    assert plan.coverage["default/catalog"].describe() == "1/2 ready endpoints probed by pod IP"
+
+
+def test_no_endpoint_requests_without_a_budget_or_pods() -> None:
+    plan = _plan(budget=0)
+    assert not plan.endpoints
+    assert "waypoint-enrollment.pod-ip-bypass" not in _findings(plan, {})
+
+
+def test_probe_pods_of_a_run_spread_over_nodes() -> None:
+    plan = _plan()
+    batch = plan.batches[0]
+    manifest = probe_pod(batch, "{}", plan.run_id, PodOptions())
+    assert manifest["spec"]["topologySpreadConstraints"] == [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {"mesh-auditor.dev/run-id": RUN}},
+        }
+    ]
+
+
+def test_coverage_is_a_metric() -> None:
+    metrics = DaemonMetrics()
+    plan = _plan(budget=1)
+    metrics.record_probe_report(plan, report(plan, compliant(plan)))
+    assert metrics.registry.get_sample_value("mesh_auditor_probe_endpoints", {"state": "ready"}) == 2
+    assert metrics.registry.get_sample_value("mesh_auditor_probe_endpoints", {"state": "probed"}) == 1

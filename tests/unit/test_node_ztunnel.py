@@ -1,0 +1,101 @@
+"""strict-mtls.node-ztunnel from pods as a live snapshot shows them: which node, which ztunnel pod,
+which outcome."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from auditor.core.audit import run_static_audit
+from auditor.core.decode import build_snapshot, decode_object
+from auditor.core.model import Finding, Status
+from auditor.core.posture import MeshSettings, Posture, ScopeEntry
+
+NAMESPACE = {
+    "apiVersion": "v1",
+    "kind": "Namespace",
+    "metadata": {"name": "shop", "labels": {"istio.io/dataplane-mode": "ambient"}},
+}
+SERVICE = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": {"name": "cart", "namespace": "shop"},
+    "spec": {"selector": {"app": "cart"}, "ports": [{"port": 80, "targetPort": 8080}]},
+}
+DAEMONSET = {
+    "apiVersion": "apps/v1",
+    "kind": "DaemonSet",
+    "metadata": {"name": "ztunnel", "namespace": "istio-system"},
+    "spec": {"template": {"metadata": {"labels": {"app": "ztunnel"}}, "spec": {"containers": [{"name": "z"}]}}},
+}
+POSTURE = Posture(mesh=MeshSettings(), scope=(ScopeEntry(namespace="shop"),), protected=(), names=("t",))
+
+
+def _pod(name: str, namespace: str, labels: dict[str, str], node: str, *, ready: bool = True) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {"ambient.istio.io/redirection": "enabled"},
+        },
+        "spec": {"nodeName": node, "containers": [{"name": "c"}]},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def _node_finding(*documents: dict[str, Any]) -> Finding | None:
+    objects = [d for o in (NAMESPACE, SERVICE, *documents) for d in decode_object(o)]
+    findings = run_static_audit(build_snapshot(objects, live=True), POSTURE, {})
+    return next((f for f in findings if f.check.id == "strict-mtls.node-ztunnel"), None)
+
+
+def test_a_node_without_ztunnel_is_named_with_the_pods_it_hosts() -> None:
+    found = _node_finding(
+        DAEMONSET,
+        _pod("cart-a", "shop", {"app": "cart"}, "node-1"),
+        _pod("cart-b", "shop", {"app": "cart"}, "node-2"),
+        _pod("ztunnel-1", "istio-system", {"app": "ztunnel"}, "node-1"),
+    )
+    assert found is not None
+    assert found.status is Status.FAIL
+    assert found.message == "unprotected node(s): node node-2: no ztunnel pod (hosts Pod shop/cart-b)"
+    assert [(e.object, e.value) for e in found.evidence] == [
+        ("Node node-1", "Pod istio-system/ztunnel-1"),
+        ("Node node-2", "(none)"),
+    ]
+
+
+def test_a_ztunnel_that_is_not_ready_fails() -> None:
+    found = _node_finding(
+        _pod("cart-a", "shop", {"app": "cart"}, "node-1"),
+        _pod("ztunnel-1", "istio-system", {"app": "ztunnel"}, "node-1", ready=False),
+    )
+    assert found is not None
+    assert found.status is Status.FAIL
+    assert "ztunnel pod Pod istio-system/ztunnel-1 is not Ready" in found.message
+
+
+def test_every_node_with_a_ready_ztunnel_passes() -> None:
+    found = _node_finding(
+        _pod("cart-a", "shop", {"app": "cart"}, "node-1"),
+        _pod("ztunnel-1", "istio-system", {"app": "ztunnel"}, "node-1"),
+    )
+    assert found is not None
+    assert found.status is Status.PASS
+
+
+def test_no_finding_without_a_live_view_of_nodes_or_of_ztunnel() -> None:
+    # Manifest files: no node, no Ready condition.
+    template = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "cart", "namespace": "shop"},
+        "spec": {"template": {"metadata": {"labels": {"app": "cart"}}, "spec": {"containers": [{"name": "c"}]}}},
+    }
+    assert _node_finding(DAEMONSET, template) is None
+    # A cluster that shows no ztunnel at all: nothing says where it should run.
+    assert _node_finding(_pod("cart-a", "shop", {"app": "cart"}, "node-1")) is None
+    # Pods that are not ready are no endpoints.
+    assert _node_finding(DAEMONSET, _pod("cart-a", "shop", {"app": "cart"}, "node-1", ready=False)) is None
