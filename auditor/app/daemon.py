@@ -34,6 +34,7 @@ from auditor.adapters.aws.metrics import CloudWatchMetrics
 from auditor.adapters.aws.securityhub import HubOptions, SecurityHubSink
 from auditor.adapters.k8s.lease import LeaseElector
 from auditor.adapters.k8s.nodepools import read_node_pools
+from auditor.adapters.k8s.nodes import NodeTrigger
 from auditor.adapters.k8s.policyreports import PolicyReportWriter
 from auditor.adapters.k8s.secrets import ClusterSecretReader
 from auditor.adapters.k8s.state import ConfigMapStateStore
@@ -55,7 +56,6 @@ from auditor.core.snapshot import Snapshot
 from auditor.daemon.drills import DrillMetrics, DrillSchedule
 from auditor.daemon.health import HealthServer
 from auditor.daemon.metrics import DaemonMetrics
-from auditor.adapters.k8s.nodes import NodeTrigger
 from auditor.daemon.service import Daemon, DaemonConfig
 from auditor.daemon.sinks import AwsSink, CountingNotifier, DirectorySink, OnFailure, PolicyReportSink
 from auditor.errors import InputError

@@ -6,8 +6,9 @@ changes the watches saw, works out which blocks they can affect (``reach_of``) a
 only those:
 
 - the strict-mTLS findings of a namespace (``audit.scoped_findings``) read only that namespace,
-  the root namespace, Namespaces and Gateways: they are recomputed from a snapshot of just those
-  objects, a few milliseconds for 100 Services;
+  the root namespace, Namespaces, Gateways and ztunnel pods (the node check): they are recomputed
+  from a snapshot of just those objects, a few milliseconds for 100 Services; a change of a
+  ztunnel pod re-audits everything (it decides the node check of every Service on its node);
 - the findings of protected Services (allow-list, waypoint, headers) read callers from every
   namespace: they are recomputed from the whole snapshot, and only when the change can matter to
   them (an AuthorizationPolicy, a ServiceAccount, a Namespace, a Gateway, an object in the
@@ -36,6 +37,7 @@ from auditor.core.mesh import ClientKind, client_of, is_auditor_probe
 from auditor.core.model import Finding
 from auditor.core.posture import Posture
 from auditor.core.snapshot import (
+    ZTUNNEL_LABEL,
     AuthorizationPolicy,
     Gateway,
     Namespace,
@@ -117,6 +119,8 @@ class IncrementalAudit:
         self._posture, self._values, self._live = posture, header_values, live
         self._by_ns: dict[str, dict[ObjectKey, tuple[Decoded, ...]]] = {}
         self._gateways: dict[ObjectKey, tuple[Decoded, ...]] = {}  # every namespace's: waypoints
+        # Every namespace's ztunnel workloads: the node check (checks.nodes) of any Service reads them.
+        self._ztunnels: dict[ObjectKey, tuple[Decoded, ...]] = {}
         for key, decoded in objects.items():
             self._put(key, decoded)
         self._root = posture.mesh.root_namespace
@@ -169,8 +173,9 @@ class IncrementalAudit:
     def _reach_and_store(self, change: Change, fresh: dict[str, SnapshotIndex]) -> Reach:
         ns = change.key[1]
         objects = change.before + change.after
-        if not ns or ns == self._root or any(o.meta.namespace != ns for o in objects):
-            # Cluster-scoped (Namespace, GatewayClass) or mesh-wide: no per-namespace shortcut.
+        if not ns or ns == self._root or any(o.meta.namespace != ns or _is_ztunnel(o) for o in objects):
+            # Cluster-scoped (Namespace, GatewayClass), mesh-wide, or a ztunnel (it decides the
+            # node check of every Service on its node): no per-namespace shortcut.
             self._drop(change.key)
             self._put(change.key, change.after)
             self._index = None
@@ -322,7 +327,7 @@ class IncrementalAudit:
 
     def _sub_index(self, namespace: str) -> SnapshotIndex:
         """An index of one namespace, the root namespace, Namespaces and every Gateway."""
-        groups = [self._by_ns.get(namespace, {}), self._by_ns.get("", {}), self._gateways]
+        groups = [self._by_ns.get(namespace, {}), self._by_ns.get("", {}), self._gateways, self._ztunnels]
         if namespace != self._root:
             groups.append(self._by_ns.get(self._root, {}))
         seen: dict[ObjectKey, tuple[Decoded, ...]] = {}
@@ -345,7 +350,7 @@ class IncrementalAudit:
         findings = tuple(itertools.chain.from_iterable(self._blocks[ns] for ns in order))
         # Which istiod runs (its version against the model's) can come from any namespace: a
         # scan of the workloads, cheap next to a re-evaluation; sorted in only when there is one.
-        semantics = semantics_findings(semantics_of(self._full_index().snapshot))
+        semantics = tuple(fixes.explained(f) for f in semantics_findings(semantics_of(self._full_index().snapshot)))
         self._findings = tuple(sorted(findings + semantics, key=Finding.sort_key)) if semantics else findings
 
     # --- the object store ---------------------------------------------------------------------
@@ -356,6 +361,8 @@ class IncrementalAudit:
         self._by_ns.setdefault(key[1], {})[key] = decoded
         if any(isinstance(o, Gateway) for o in decoded):
             self._gateways[key] = decoded
+        if any(_is_ztunnel(o) for o in decoded):
+            self._ztunnels[key] = decoded
 
     def _drop(self, key: ObjectKey) -> None:
         objects = self._by_ns.get(key[1])
@@ -364,6 +371,11 @@ class IncrementalAudit:
             if not objects:
                 del self._by_ns[key[1]]
         self._gateways.pop(key, None)
+        self._ztunnels.pop(key, None)
+
+
+def _is_ztunnel(obj: Decoded) -> bool:
+    return isinstance(obj, Workload) and obj.pod_labels.get(ZTUNNEL_LABEL[0]) == ZTUNNEL_LABEL[1]
 
 
 def _client_kinds(index: SnapshotIndex, account: tuple[str, str]) -> tuple[ClientKind, ...]:

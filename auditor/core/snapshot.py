@@ -470,6 +470,7 @@ class SnapshotIndex:
                 workloads.pop((ns, is_pod), None)
         new._workloads = workloads
         new._workloads_for = {}
+        new._ztunnels = None  # rebuilt on first use from the new snapshot
         new.peer_auth_by_ns = _replaced(self.peer_auth_by_ns, after.peer_auth_by_ns, ns)
         new.peer_auth_wide = _replaced(self.peer_auth_wide, after.peer_auth_wide, ns)
         new.peer_auth_selected = _replaced(self.peer_auth_selected, after.peer_auth_selected, ns)

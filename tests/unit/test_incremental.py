@@ -323,3 +323,43 @@ def _plain(value: object) -> object:
     if isinstance(value, dict):
         return [(key, _plain(item)) for key, item in value.items()]
     return value
+
+
+# --- ztunnel pods: the node check of every Service reads them (#13 with #16) ---------------------
+
+
+def _pod(namespace: str, name: str, labels: dict[str, str], node: str, *, ready: bool = True) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c"}]},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def test_a_ztunnel_pod_outside_the_root_namespace_changes_the_node_check_of_other_namespaces() -> None:
+    """ztunnel in its own namespace (not the root one): its pod going unready, away and back is
+    seen by the node check of every Service on its node, as a full audit sees it."""
+    documents, posture = _generated()
+    documents += [_pod(ns, f"s1-pod-{ns}", {"app": "s1"}, "node-a") for ns in NAMESPACES]
+    documents.append(_pod("istio-ztunnel", "ztunnel-a", {"app": "ztunnel"}, "node-a"))
+    objects = _objects(documents)
+    audit = IncrementalAudit(objects, posture, {}, live=True)
+    assert audit.findings == full_audit(objects, posture, {}, live=True)
+    key = ("Pod", "istio-ztunnel", "ztunnel-a")
+    ready, unready = (
+        objects[key],
+        _objects([_pod("istio-ztunnel", "ztunnel-a", {"app": "ztunnel"}, "node-a", ready=False)])[key],
+    )
+    for before, after in ((ready, unready), (unready, ()), ((), ready)):
+        current = {k: v for k, v in objects.items() if k != key} | ({key: after} if after else {})
+        update = audit.apply([Change(key, before, after)])
+        assert update.everything
+        assert update.findings == full_audit(current, posture, {}, live=True)
+    failing = [
+        f
+        for f in full_audit({**objects, key: unready}, posture, {}, live=True)
+        if f.check.id == "strict-mtls.node-ztunnel"
+    ]
+    assert failing and all(f.status.value == "fail" for f in failing)
