@@ -362,4 +362,5 @@ def test_a_ztunnel_pod_outside_the_root_namespace_changes_the_node_check_of_othe
         for f in full_audit({**objects, key: unready}, posture, {}, live=True)
         if f.check.id == "strict-mtls.node-ztunnel"
     ]
-    assert failing and all(f.status.value == "fail" for f in failing)
+    assert failing
+    assert all(f.status.value == "fail" for f in failing)

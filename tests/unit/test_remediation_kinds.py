@@ -37,7 +37,21 @@ from auditor.render.text import render_markdown, render_table
 from auditor.report import AuditReport
 from tests.cases import load_case, materialize
 from tests.unit.probing.builders import ALLOWED, L4, catalog_rules, posture, static_finding
+from tests.unit.probing.test_endpoints import _findings as _endpoint_findings
+from tests.unit.probing.test_endpoints import _plan as _endpoint_plan
 from tests.unit.probing.test_verdict import CONTROL, INTRUDER, OUTSIDE, _verdicts
+from tests.unit.test_istio_version import _istiod
+from tests.unit.test_node_ztunnel import DAEMONSET, _node_finding
+from tests.unit.test_node_ztunnel import _pod as _pod_on
+
+
+def _ztunnel_pod(name: str, node: str) -> dict[str, object]:
+    return _pod_on(name, "istio-system", {"app": "ztunnel"}, node)
+
+
+def _cart_pod(name: str, node: str) -> dict[str, object]:
+    return _pod_on(name, "shop", {"app": "cart"}, node)
+
 
 ROOT = Path(__file__).resolve().parents[2]
 PLACEHOLDER = re.compile(r"<[a-z][a-z0-9 _-]*>")
@@ -88,6 +102,25 @@ def _with_fix(finding: Finding) -> Finding:
 
 
 # check id -> (the representative finding, "yaml" when a filled-in fix exists, else "none")
+def _node_without_ztunnel() -> Finding:
+    found = _node_finding(DAEMONSET, _ztunnel_pod("ztunnel-a", "node-a"), _cart_pod("cart-b", "node-b"))
+    assert found is not None
+    return found
+
+
+def _pod_ip_bypass() -> Finding:
+    plan = _endpoint_plan()
+    return _endpoint_findings(plan, {"default/catalog:intruder:endpoint-intruder:default/catalog-a": ALLOWED})[
+        "waypoint-enrollment.pod-ip-bypass"
+    ]
+
+
+def _istiod_1_28() -> Finding:
+    snapshot = Snapshot(workloads=(_istiod({"app.kubernetes.io/version": "1.28.2"}),))
+    (found,) = run_static_audit(snapshot, posture(catalog_rules()).model_copy(update={"protected": ()}), {})
+    return found
+
+
 REPRESENTATIVES: dict[str, tuple[Callable[[], Finding], str]] = {
     "strict-mtls.captured": (lambda: _fixture("capture-sidecar", "strict-mtls.captured"), "yaml"),
     "strict-mtls.peer-authentication": (
@@ -128,6 +161,9 @@ REPRESENTATIVES: dict[str, tuple[Callable[[], Finding], str]] = {
         "none",
     ),
     "waypoint-enrollment.probe": (lambda: _probe("waypoint-enrollment.probe", {CONTROL: L4}, ()), "none"),
+    "strict-mtls.node-ztunnel": (_node_without_ztunnel, "yaml"),
+    "waypoint-enrollment.pod-ip-bypass": (_pod_ip_bypass, "yaml"),
+    "audit.istio-semantics": (_istiod_1_28, "none"),
 }
 
 
@@ -317,3 +353,19 @@ def test_a_live_pods_fix_patches_the_controller_it_was_made_from() -> None:
     text = fix_yaml(captured.fix)
     assert text.startswith("# kubectl patch deployment checkout -n shop --type strategic")
     assert yaml.safe_load(text)["spec"]["template"]["metadata"]["labels"] == {"istio.io/dataplane-mode": "ambient"}
+
+
+def test_a_node_without_ztunnel_patches_the_real_daemonset_and_a_bypass_gets_the_ztunnel_policy() -> None:
+    node = _node_without_ztunnel()
+    (patch,) = node.fix.documents
+    assert patch.patch
+    assert patch.body["metadata"] == {"name": "ztunnel", "namespace": "istio-system"}
+    assert patch.body["spec"]["template"]["spec"]["tolerations"] == [{"operator": "Exists"}]
+    assert "node-b" in node.fix.note
+    bypass = _pod_ip_bypass()
+    (policy,) = bypass.fix.documents
+    assert policy.body["kind"] == "AuthorizationPolicy"
+    assert policy.body["metadata"]["namespace"] == "default"
+    assert policy.body["spec"]["selector"] == {"matchLabels": {"app": "catalog"}}
+    principals = policy.body["spec"]["rules"][0]["from"][0]["source"]["principals"]
+    assert principals == ["cluster.local/ns/default/sa/catalog-waypoint"]

@@ -24,7 +24,7 @@ from typing import Any
 
 from auditor.core.authz import Caller, at_waypoint
 from auditor.core.checks.context import AuditContext
-from auditor.core.checks.reach import Reach, Route
+from auditor.core.checks.reach import Reach, Route, route_for
 from auditor.core.checks.witnesses import bypass_callers, callers_as
 from auditor.core.mesh import (
     BYPASS_INBOUND,
@@ -499,7 +499,10 @@ def refusal_fix(
     """The fix for allowed callers refused on their path: a DENY that matched them exempts them;
     an ALLOW path that does not admit them (at the waypoint, or ztunnel behind it, §4.5) is fixed.
     ``waypoint``: the waypoint's policies are part of the fix anyway (the header promise). An
-    allowed identity whose pods are outside the mesh sends plaintext: its pods are enrolled (§9)."""
+    allowed identity whose pods are outside the mesh sends plaintext: its pods are enrolled (§9).
+    A bound waypoint ztunnel cannot reach refuses everyone (``UnknownWaypoint``): its Gateway is the fix."""
+    if route.waypoint.fails_closed is not None:
+        return gateway_fix(ctx, protected, service)
     denying: list[tuple[str, bool]] = []
     ztunnel = False
     outside: dict[str, tuple[Workload, Capture]] = {}
@@ -648,6 +651,20 @@ def _waypoint_policies(ctx: AuditContext, protected: ProtectedService, service: 
         compared = [_tightened(rule, principals, real, l4_only=False) for rule in policy.rules]
         documents += _if_changed(policy, rules, compared)
     return documents
+
+
+def bypass_fix(ctx: AuditContext, protected: ProtectedService, service: Service) -> Fix:
+    """The fix for callers that reach the Service's pods by pod IP, around its waypoint (§4.6):
+    ztunnel's ALLOW on the Service's workloads admits the waypoint's identity only, so every
+    caller has to go through the waypoint (the waypoint's own policies then judge it)."""
+    documents = _ztunnel_policies(ctx, protected, service, route_for(ctx, service))
+    if not documents:
+        return none(f"{service.meta.ref} selects no pods by label: no ztunnel policy can select its workloads")
+    return Fix(
+        tuple(_unique_documents(documents)),
+        f"Apply: ztunnel then admits only the waypoint's identity at {service.meta.ref}'s pods, "
+        "so traffic by pod IP is refused unless it comes through the waypoint.",
+    )
 
 
 def _ztunnel_policies(

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from auditor.core.checks.catalog import NODE_ZTUNNEL
 from auditor.core.checks.context import AuditContext, finding
+from auditor.core.checks.fixes import none
 from auditor.core.mesh import istio_service
-from auditor.core.model import Evidence, Finding, Status
-from auditor.core.snapshot import Service, Workload
+from auditor.core.model import Evidence, Finding, Fix, FixDocument, Status
+from auditor.core.snapshot import ZTUNNEL_LABEL, Service, Workload
 
 _SHOWN = 5  # endpoint pods named per node; the rest are counted
 
@@ -35,6 +36,8 @@ def check_node_ztunnel(ctx: AuditContext, service: Service) -> Finding | None:
         return None
     evidence: list[Evidence] = []
     broken: list[str] = []
+    missing: list[str] = []  # nodes with no ztunnel pod
+    unready: list[str] = []  # nodes whose ztunnel pod is not Ready
     for node, pods in sorted(endpoints.items()):
         hosted = _pods(pods)
         found = ztunnels.by_node.get(node, ())
@@ -44,11 +47,15 @@ def check_node_ztunnel(ctx: AuditContext, service: Service) -> Finding | None:
         elif found:
             evidence.append(Evidence(f"Node {node}", "ztunnel pod", found[0].meta.ref, f"not Ready; hosts {hosted}"))
             broken.append(f"node {node}: ztunnel pod {found[0].meta.ref} is not Ready (hosts {hosted})")
+            unready.append(node)
         else:
             evidence.append(Evidence(f"Node {node}", "ztunnel pod", "(none)", f"hosts {hosted}"))
             broken.append(f"node {node}: no ztunnel pod (hosts {hosted})")
+            missing.append(node)
     if broken:
-        return finding(NODE_ZTUNNEL, service, Status.FAIL, "unprotected node(s): " + "; ".join(broken), evidence)
+        fix = _fix(ctx, missing, unready)
+        message = "unprotected node(s): " + "; ".join(broken)
+        return finding(NODE_ZTUNNEL, service, Status.FAIL, message, evidence, fix=fix)
     nodes = ", ".join(sorted(endpoints))
     return finding(
         NODE_ZTUNNEL, service, Status.PASS, f"a Ready ztunnel runs on every node of its pods: {nodes}", evidence
@@ -59,3 +66,37 @@ def _pods(pods: list[Workload]) -> str:
     names = sorted(p.meta.ref for p in pods)
     more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
     return ", ".join(names[:_SHOWN]) + more
+
+
+def _fix(ctx: AuditContext, missing: list[str], unready: list[str]) -> Fix:
+    """No ztunnel pod on a node: the ztunnel DaemonSet tolerates every taint (Auto Mode NodePools
+    taint their nodes), patched under its real name. A ztunnel pod that is not Ready has no YAML
+    fix: its logs and events say why (istio/ztunnel#1674)."""
+    after = "then restart the application pods listed above, which started before ztunnel could capture them"
+    daemonsets = [
+        w
+        for w in ctx.index.snapshot.workloads
+        if not w.is_pod and w.meta.kind == "DaemonSet" and w.pod_labels.get(ZTUNNEL_LABEL[0]) == ZTUNNEL_LABEL[1]
+    ]
+    if missing and daemonsets:
+        daemonset = daemonsets[0].meta
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": daemonset.name, "namespace": daemonset.namespace},
+            "spec": {"template": {"spec": {"tolerations": [{"operator": "Exists"}]}}},
+        }
+        nodes = ", ".join(sorted(missing))
+        note = f"Patch {daemonset.ref} to tolerate every taint so it runs on {nodes}; {after}."
+        if unready:
+            note += f" Also see why the ztunnel pod on {', '.join(sorted(unready))} is not Ready (its logs and events)."
+        return Fix((FixDocument(body, patch=True),), note)
+    if missing:
+        return none(
+            f"the snapshot holds no ztunnel DaemonSet to patch: make it tolerate every taint (Helm value "
+            f"tolerations: [{{operator: Exists}}]) so it runs on {', '.join(sorted(missing))}; {after}"
+        )
+    return none(
+        f"a ztunnel pod that is not Ready has no YAML fix: see its logs and events on {', '.join(sorted(unready))}; "
+        f"{after}"
+    )

@@ -24,8 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from auditor.core.checks.context import AuditContext
+from auditor.core.checks.fixes import bypass_fix
 from auditor.core.endpoints import ENDPOINT_INTRUDER, ENDPOINT_PLAINTEXT, Coverage, Endpoint, ready_endpoints, rotate
-from auditor.core.model import Severity
+from auditor.core.model import Fix, Severity
 from auditor.core.posture import Posture, ProbeTarget, ProtectedService
 from auditor.core.snapshot import Snapshot, SnapshotIndex
 from probes.wire import Outcome, ProbePlan, ProbeRequest
@@ -139,6 +141,8 @@ class RunPlan:
     endpoints: tuple[Endpoint, ...] = ()
     coverage: Mapping[str, Coverage] = field(default_factory=dict)
     bypass_severity: Severity = Severity.LOW
+    # Per probed Service (``namespace/name``) with endpoints: the fix a pod-IP bypass finding gives.
+    bypass_fixes: Mapping[str, Fix] = field(default_factory=dict)
 
     def requests_for(self, target: str) -> tuple[PlannedRequest, ...]:
         """Every planned request to ``target`` (``namespace/name``), across batches."""
@@ -209,7 +213,27 @@ def plan_probes(
         endpoints,
         coverage,
         options.bypass_severity,
+        _bypass_fixes(posture, snapshot, header_values, endpoints),
     )
+
+
+def _bypass_fixes(
+    posture: Posture,
+    snapshot: Snapshot,
+    header_values: Mapping[tuple[str, str], str | None],
+    endpoints: tuple[Endpoint, ...],
+) -> dict[str, Fix]:
+    """The pod-IP bypass fix of every Service whose endpoints this run probes by pod IP."""
+    probed = {e.target for e in endpoints}
+    if not probed:
+        return {}
+    ctx = AuditContext(index=SnapshotIndex(snapshot), posture=posture, header_values=header_values)
+    found: dict[str, Fix] = {}
+    for protected in posture.protected:
+        service = ctx.index.services.get(protected.target)
+        if protected.target in probed and service is not None:
+            found[protected.target] = bypass_fix(ctx, protected, service)
+    return found
 
 
 def _endpoints(

@@ -253,7 +253,8 @@ def pod_ip_bypass_verdict(view: TargetView) -> Finding:
         shown = "; ".join(f"{e.describe()}: {s.observation.describe()}" for e, s in reached if s.observation)
         message = f"an identity on no allow-list reached the Service's pods by pod IP, around the waypoint: {shown}"
         evidence = [s.evidence() for _, s in reached] + [_endpoint_evidence(e) for e, _ in reached]
-        return _finding(view, meta, Status.FAIL, message, evidence)
+        fix = view.plan.bypass_fixes.get(view.protected.target, NO_FIX)
+        return _finding(view, meta, Status.FAIL, message, evidence, fix=fix)
     missing = [s for _, s in pairs if s.observation is None]
     if missing:
         return _not_observed(view, meta, missing[0])
