@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from auditor.adapters.aws.securityhub import HubOptions, asff
 from auditor.cli import main
 from auditor.core.audit import run_static_audit
 from auditor.core.checks.automode import NodePoolRef, NodePools, auto_mode_verdict
@@ -316,3 +317,13 @@ def test_a_live_pods_fix_patches_the_controller_it_was_made_from() -> None:
     text = fix_yaml(captured.fix)
     assert text.startswith("# kubectl patch deployment checkout -n shop --type strategic")
     assert yaml.safe_load(text)["spec"]["template"]["metadata"]["labels"] == {"istio.io/dataplane-mode": "ambient"}
+
+
+def test_security_hub_recommends_the_findings_own_fix_first() -> None:
+    finding = _with_fix(static_finding(CAPTURED, Status.FAIL))
+    record = asff(
+        finding, HubOptions("123456789012", "eu-west-1", "prod"), now="2026-11-30T10:00:00.000Z", created_at=None
+    )
+    text = record["Remediation"]["Recommendation"]["Text"]
+    assert text.startswith("Apply default/orders-debug with mode STRICT. Label the namespace")
+    assert len(text) <= 512
