@@ -481,6 +481,16 @@ def policy_fix(
             f"Apply (kubectl apply -f) AuthorizationPolicy {names}: sources cut to the rules' allow-list{behind}"
             f"{headers}, operations kept",
         )
+    shared = [
+        f"{d.body['metadata']['namespace']}/{d.body['metadata']['name']}"
+        for d in applied
+        if any(ref.get("kind") == "Gateway" for ref in d.body["spec"].get("targetRefs", []))
+    ]
+    if shared:
+        notes.append(
+            f"{', '.join(shared)} targets the waypoint Gateway, so it applies to every Service that uses the "
+            "waypoint: check the others still get what they need, or target the Service instead"
+        )
     notes += _header_notes(protected, documents)
     return Fix(tuple(_unique_documents(documents)), "; ".join(n.rstrip(".") for n in notes) + ".")
 
