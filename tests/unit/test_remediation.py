@@ -24,6 +24,12 @@ import yaml
 from auditor.adapters.rules.loader import load_rules
 from auditor.cli import main
 from auditor.core.checks.fixes import header_variable
+from auditor.core.drift import DriftBook, DriftPolicy
+from auditor.render.document import audit_document, findings_from_document
+from auditor.render.html import render_html
+from auditor.render.junit import render_junit
+from auditor.render.slack import alert_message
+from auditor.render.text import render_markdown, render_table
 from tests.cases import Case, all_cases, load_case, materialize, merged_documents
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,3 +219,26 @@ def test_every_fail_of_every_fixture_has_a_fix_that_resolves_it(
         if finding["status"] in {"error", "inconclusive"}:
             assert finding["remediation_note"].startswith("No YAML fix: "), finding
             assert not finding["remediation_yaml"]
+
+
+def test_every_output_shows_the_findings_own_fix() -> None:
+    """The table (at -v), JSON, Markdown, HTML, JUnit and Slack all carry orders-debug's STRICT fix."""
+    document = _audit(ROOT / "examples" / "retail-store-drifted", ROOT / "rules" / "retail-store.yaml")
+    findings = findings_from_document(document)
+    orders = next(
+        f for f in findings if (f.target, f.check.id) == ("default/orders", "strict-mtls.peer-authentication")
+    )
+    wanted = (
+        "  name: orders-debug\n  namespace: default\nspec:\n  selector:\n    matchLabels:\n"
+        "      app.kubernetes.io/name: orders\n  mtls:\n    mode: STRICT"
+    )
+    assert wanted in orders.fix.yaml
+    table = render_table((orders,), verbose=True)
+    assert "name: orders-debug" in table
+    assert "this finding: Apply (kubectl apply -f): default/orders-debug with mode STRICT" in " ".join(table.split())
+    assert "(the YAML fix, 12 lines: -v)" in render_table((orders,))
+    assert wanted in render_markdown((orders,))
+    assert wanted in render_html(audit_document((orders,), inputs={}))
+    assert wanted in render_junit((orders,))
+    transition = DriftBook().evaluate([orders], now=0.0, policy=DriftPolicy())[1][0]
+    assert wanted in json.dumps(alert_message(transition)).replace("\\n", "\n")

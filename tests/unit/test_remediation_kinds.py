@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from auditor.adapters.aws.securityhub import HubOptions, asff
 from auditor.cli import main
 from auditor.core.alerting.drift import DriftBook, DriftPolicy
 from auditor.core.audit import run_static_audit
@@ -369,3 +370,13 @@ def test_a_node_without_ztunnel_patches_the_real_daemonset_and_a_bypass_gets_the
     assert policy.body["spec"]["selector"] == {"matchLabels": {"app": "catalog"}}
     principals = policy.body["spec"]["rules"][0]["from"][0]["source"]["principals"]
     assert principals == ["cluster.local/ns/default/sa/catalog-waypoint"]
+
+
+def test_security_hub_recommends_the_findings_own_fix_first() -> None:
+    finding = _with_fix(static_finding(CAPTURED, Status.FAIL))
+    record = asff(
+        finding, HubOptions("123456789012", "eu-west-1", "prod"), now="2026-11-30T10:00:00.000Z", created_at=None
+    )
+    text = record["Remediation"]["Recommendation"]["Text"]
+    assert text.startswith("Apply default/orders-debug with mode STRICT. Label the namespace")
+    assert len(text) <= 512

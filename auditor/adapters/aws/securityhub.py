@@ -88,6 +88,13 @@ def _severity(finding: Finding) -> str:
     return "INFORMATIONAL" if finding.status is Status.PASS else _SEVERITY[finding.check.severity.value]
 
 
+def _recommendation(finding: Finding) -> str:
+    """This finding's own fix note first (its YAML is in the JSON report), then the check's advice;
+    ASFF's Recommendation.Text holds 512 characters."""
+    note = finding.fix.note
+    return (f"{note} {finding.check.remediation}" if note else finding.check.remediation)[:512]
+
+
 def asff(finding: Finding, options: HubOptions, *, now: str, created_at: str | None) -> dict[str, Any]:
     """The ASFF record for one finding: a creation when ``created_at`` is None, else an update.
 
@@ -108,7 +115,7 @@ def asff(finding: Finding, options: HubOptions, *, now: str, created_at: str | N
         "LastObservedAt": now,
         "Title": f"{meta.title} ({finding.target})"[:256],
         "Description": finding.message[:1024] or meta.title[:1024],
-        "Remediation": {"Recommendation": {"Text": meta.remediation[:512]}},
+        "Remediation": {"Recommendation": {"Text": _recommendation(finding)}},
         "FindingProviderFields": {"Severity": {"Label": severity, "Original": severity}, "Types": list(TYPES)},
         "Resources": [
             {

@@ -270,11 +270,9 @@ def _decider(ctx: AuditContext, decision: MtlsDecision) -> tuple[PeerAuthenticat
 
 
 def _peer_auth(ctx: AuditContext, ref: str) -> PeerAuthentication | None:
-    for namespace_policies in ctx.index.peer_auth_by_ns.values():
-        for policy in namespace_policies:
-            if policy.meta.ref == ref:
-                return policy
-    return None
+    """The policy an evidence ref (``PeerAuthentication <namespace>/<name>``) names."""
+    namespace = ref.partition(" ")[2].partition("/")[0]
+    return next((p for p in ctx.index.peer_auth_by_ns.get(namespace, []) if p.meta.ref == ref), None)
 
 
 def _root_policy(ctx: AuditContext) -> PeerAuthentication | None:
@@ -452,7 +450,7 @@ def policy_fix(
                 "the allowed callers too"
             )
     if waypoint and uses_waypoint:
-        documents += _waypoint_policies(ctx, protected, service)
+        documents += _waypoint_policies(ctx, protected, service, route)
     if ztunnel:
         documents += _ztunnel_policies(ctx, protected, service, route)
     for where, at_waypoint_hop in dict.fromkeys(denying):
@@ -482,6 +480,16 @@ def policy_fix(
             0,
             f"Apply (kubectl apply -f) AuthorizationPolicy {names}: sources cut to the rules' allow-list{behind}"
             f"{headers}, operations kept",
+        )
+    shared = [
+        f"{d.body['metadata']['namespace']}/{d.body['metadata']['name']}"
+        for d in applied
+        if any(ref.get("kind") == "Gateway" for ref in d.body["spec"].get("targetRefs", []))
+    ]
+    if shared:
+        notes.append(
+            f"{', '.join(shared)} targets the waypoint Gateway, so it applies to every Service that uses the "
+            "waypoint: check the others still get what they need, or target the Service instead"
         )
     notes += _header_notes(protected, documents)
     return Fix(tuple(_unique_documents(documents)), "; ".join(n.rstrip(".") for n in notes) + ".")
@@ -620,10 +628,20 @@ def _exempted(ctx: AuditContext, protected: ProtectedService, where: str, at_way
     return _if_changed(policy, rules)
 
 
-def _waypoint_policies(ctx: AuditContext, protected: ProtectedService, service: Service) -> list[FixDocument]:
+def _waypoint_policies(
+    ctx: AuditContext, protected: ProtectedService, service: Service, route: Route
+) -> list[FixDocument]:
     assert protected.waypoint is not None  # noqa: S101 - callers check it
     namespace = protected.waypoint_namespace or service.meta.namespace
-    applicable = at_waypoint(service, namespace, protected.waypoint.name, ctx.index, ctx.root_namespace)
+    gateway = route.waypoint.gateway
+    if (
+        route.at_waypoint is not None
+        and gateway is not None
+        and gateway.meta.key == f"{namespace}/{protected.waypoint.name}"
+    ):
+        applicable = route.at_waypoint  # the route already resolved the rules' waypoint
+    else:
+        applicable = at_waypoint(service, namespace, protected.waypoint.name, ctx.index, ctx.root_namespace)
     allows = [p for p in applicable.policies if p.action == "ALLOW" and p.rules]
     principals = list(protected.allowed_principals)
     when = _header_conditions(protected)
