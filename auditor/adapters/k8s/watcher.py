@@ -53,7 +53,7 @@ class WatchTiming:
 
 
 class SnapshotWatcher:
-    """A ``SnapshotSource`` that stays current; ``on_change`` is called after every change."""
+    """The ``WatchedSnapshot`` port: a snapshot that stays current; ``on_change`` is called after every change."""
 
     def __init__(
         self,
@@ -74,6 +74,7 @@ class SnapshotWatcher:
         self._log = structlog.get_logger("auditor.k8s.watch")
 
     def start(self) -> None:
+        """Start one watch thread per resource kind (list, then watch; relist on error or 410)."""
         for resource in self._resources:
             thread = threading.Thread(target=self._run, args=(resource,), name=f"watch-{resource.plural}", daemon=True)
             thread.start()
@@ -88,6 +89,7 @@ class SnapshotWatcher:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def wait_synced(self, timeout: float) -> bool:
+        """True once every kind has been listed, within ``timeout`` seconds; False otherwise."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
@@ -97,6 +99,7 @@ class SnapshotWatcher:
         return False
 
     def snapshot(self) -> Snapshot:
+        """The current snapshot, at once; a kind not in sync is a ``ReadProblem`` in it."""
         with self._lock:
             objects = [obj for store in self._stores.values() for group in store.objects.values() for obj in group]
             problems = [store.problem for store in self._stores.values() if store.problem is not None]
