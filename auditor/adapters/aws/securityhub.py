@@ -59,6 +59,7 @@ class HubOptions:
 
     @property
     def partition(self) -> str:
+        """The AWS partition of ``region``: ``aws``, ``aws-cn`` or ``aws-us-gov``."""
         if self.region.startswith("cn-"):
             return "aws-cn"
         if self.region.startswith("us-gov-"):
@@ -72,6 +73,7 @@ class HubOptions:
 
     @property
     def cluster_arn(self) -> str:
+        """The EKS cluster's ARN, the resource every finding names."""
         return f"arn:{self.partition}:eks:{self.region}:{self.account_id}:cluster/{self.cluster}"
 
 

@@ -48,6 +48,7 @@ class LeaseElector:
 
     @property
     def duration_s(self) -> float:
+        """The Lease duration in seconds (``leaseDurationSeconds``)."""
         return float(self._duration)
 
     @property

@@ -134,6 +134,9 @@ class ConfigMapStateStore:
             return  # the log line and the metric still say it; an Event is a courtesy
 
     def save(self, document: dict[str, Any]) -> None:
+        """Store ``document`` (gzip JSON) if nobody wrote since our last load or save. Raises
+        ``StateConflict`` when someone did, ``ValueError`` over ``MAX_BYTES`` bytes compressed,
+        ``ApiRefused``/``ApiUnavailable`` when the API refuses or does not answer."""
         packed = gzip.compress(json.dumps(document, sort_keys=True).encode("utf-8"))
         if len(packed) > MAX_BYTES:
             raise ValueError(f"state of {len(packed)} bytes exceeds the ConfigMap budget of {MAX_BYTES}")

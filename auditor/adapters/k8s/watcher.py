@@ -68,7 +68,7 @@ class WatchTiming:
 
 
 class SnapshotWatcher:
-    """A ``SnapshotSource`` that stays current; ``on_change`` is called after every change."""
+    """The ``WatchedSnapshot`` port: a snapshot that stays current; ``on_change`` is called after every change."""
 
     def __init__(
         self,
@@ -95,6 +95,7 @@ class SnapshotWatcher:
         self._reset_at = 0
 
     def start(self) -> None:
+        """Start one watch thread per resource kind (list, then watch; relist on error or 410)."""
         for resource in self._resources:
             thread = threading.Thread(target=self._run, args=(resource,), name=f"watch-{resource.plural}", daemon=True)
             thread.start()
@@ -109,6 +110,7 @@ class SnapshotWatcher:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def wait_synced(self, timeout: float) -> bool:
+        """True once every kind has been listed, within ``timeout`` seconds; False otherwise."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
@@ -144,6 +146,7 @@ class SnapshotWatcher:
         self._pending.append(change)
 
     def snapshot(self) -> Snapshot:
+        """The current snapshot, at once; a kind not in sync is a ``ReadProblem`` in it."""
         with self._lock:
             objects = [obj for store in self._stores.values() for group in store.objects.values() for obj in group]
             problems = [store.problem for store in self._stores.values() if store.problem is not None]

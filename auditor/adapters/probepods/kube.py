@@ -25,9 +25,11 @@ class PodApi:
         self._api = api
 
     def create(self, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create a pod; returns the API's Pod. Raises ``ApiRefused`` or ``ApiUnavailable``."""
         return kubeapi.request_json(self._api, "POST", _pods(namespace), body=manifest)
 
     def list_pods(self, namespace: str, selector: str) -> dict[str, Any]:
+        """The PodList of ``namespace`` matching label ``selector``. Raises ``ApiRefused`` or ``ApiUnavailable``."""
         return kubeapi.request_json(self._api, "GET", _pods(namespace), query=[("labelSelector", selector)])
 
     def delete(self, namespace: str, name: str) -> None:

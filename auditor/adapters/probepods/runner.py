@@ -99,6 +99,10 @@ class PodProbeRunner:
         self._log = structlog.get_logger("auditor.probepods")
 
     def run(self, plan: RunPlan) -> RunReport:
+        """The ``ProbeRunner`` port: sweep other runs' finished or orphaned probe pods, create one
+        pod per batch, wait up to ``deadline_s`` seconds for their termination reports, delete the
+        pods. Never raises for what the cluster does: refusals, capacity and deadlines are
+        ``BatchProblem``s."""
         namespaces = {b.identity.namespace for b in plan.batches} | set(self._options.sweep_namespaces)
         self.sweep(sorted(namespaces), keep_run=plan.run_id)
         deadline = self._clock() + self._options.deadline_s
