@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from auditor.adapters.k8s.reader import ClusterReader
 from auditor.core.mesh import is_auditor_probe
-from auditor.core.ztunnelview import ztunnel_facts
+from auditor.core.snapshot import AuthorizationPolicy
+from auditor.core.ztunnelview import ztunnel_facts, ztunnel_matches
 from testrigs.devtools import istio
 from testrigs.devtools.istio import IstioAPI
 from tests.cases import ROOT, Case, all_cases, load_case, materialize, outcome
@@ -51,13 +52,51 @@ def _istiod_facts(api: IstioAPI, ports: frozenset[int]) -> Facts:
             addresses[address["value"]] = key
     ambientz = api.debug("/debug/ambientz")
     workloads, services = istio.ambient_facts(ambientz, addresses)
+    _TRANSLATED.clear()
+    _TRANSLATED.update(istio.translated_policies(ambientz))
     return workloads, services, istio.plaintext_refused(ambientz, ports)
+
+
+# The last /debug/ambientz's translated AuthorizationPolicies and the model's policies, by key.
+_TRANSLATED: dict[str, dict[str, Any]] = {}
+_POLICIES: dict[str, AuthorizationPolicy] = {}
+# Connections the translated rules are compared on: no identity, identities of every form the
+# generated policies name (namespaces x, ns-*, *-y; service accounts w0-w2; another trust domain).
+CALLERS = (
+    None,
+    "cluster.local/ns/x/sa/w0",
+    "cluster.local/ns/x/sa/w1",
+    "cluster.local/ns/ns-a/sa/w2",
+    "cluster.local/ns/a-y/sa/w0",
+    "other.td/ns/x/sa/w1",
+    "cluster.local/ns/default/sa/ui",
+)
+PORTS = (80, 8080, 9090, 1)
+
+
+def _translation_differences(namespaces: set[str]) -> dict[str, list[str]]:
+    """Per policy enforced at ztunnel, the connections on which istiod's translated rules and the
+    model's reading disagree (the model's "unknown" is not compared)."""
+    differences: dict[str, list[str]] = {}
+    for key, policy in _POLICIES.items():
+        translated = _TRANSLATED.get(key)
+        if translated is None or key.split("/", 1)[0] not in namespaces or policy.action not in {"ALLOW", "DENY"}:
+            continue
+        for principal in (*CALLERS, f"cluster.local/ns/{policy.meta.namespace}/sa/w0"):
+            for port in PORTS:
+                model = ztunnel_matches(policy, principal, port)
+                oracle = istio.ztunnel_policy_matches(translated, principal, port)
+                if model is not None and model != oracle:
+                    differences.setdefault(key, []).append(f"{principal}:{port} istiod={oracle} model={model}")
+    return differences
 
 
 def _model_facts(api: IstioAPI) -> tuple[Facts, frozenset[int], Mapping[str, frozenset[int]]]:
     with api.new_client() as client:
         snapshot = ClusterReader(client).snapshot()
     facts = ztunnel_facts(snapshot, ROOT_NAMESPACE)
+    _POLICIES.clear()
+    _POLICIES.update((p.meta.key, p) for p in snapshot.authorization_policies if not p.dry_run)
     # The workload stand-in leaves the auditor's own probe pods to the PodExecutor (none runs here),
     # so they never get an address and istiod never lists them: not a fact to compare.
     probes = {f"{w.meta.namespace}/{w.meta.name}" for w in snapshot.workloads if is_auditor_probe(w)}
@@ -114,7 +153,8 @@ def _compare(
         model = _undecided(_without(_within(model_facts, namespaces), ignore), undecided)
         oracle = _undecided(_without(_within(_istiod_facts(api, ports), namespaces), ignore), undecided)
         settled = len(oracle[0]) >= expected_pods and len(model[0]) >= expected_pods
-        if (settled and oracle == model) or time.monotonic() > deadline:
+        rules = _translation_differences(namespaces)
+        if (settled and oracle == model and not rules) or time.monotonic() > deadline:
             break
         time.sleep(1.0)
     assert len(oracle[0]) >= expected_pods, f"istiod lists {len(oracle[0])} of {expected_pods} pods"
@@ -133,7 +173,9 @@ def _compare(
         for k in oracle[2].keys() & model[2].keys()
         if oracle[2][k] != model[2][k]
     }
-    assert (differing_workloads, differing_services, differing_mtls) == ({}, {}, {}), "(istiod, model) per key"
+    assert (differing_workloads, differing_services, differing_mtls, rules) == ({}, {}, {}, {}), (
+        "(istiod, model) per key; translated rules per policy"
+    )
 
 
 # --- fixtures and examples -------------------------------------------------------------------
