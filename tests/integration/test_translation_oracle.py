@@ -1,12 +1,15 @@
 """Differential test: the core's model of what istiod hands ztunnel against the real istiod.
 
-For the same objects on the API server, ``auditor.core.ztunnelview.ztunnel_facts`` (on the live
-snapshot the auditor reads) must equal what istiod computes (``/debug/ambientz``, read by
-``testrigs.devtools.istio.ambient_facts``): for each pod, the AuthorizationPolicies ztunnel
-enforces; for each Service, the waypoint its traffic goes through. Run over every static fixture,
-both examples and a hypothesis-generated family (``ORACLE_BATCHES`` batches of
-``ORACLE_BATCH_SIZE`` configurations, each in namespaces of its own). A disagreement is the
-model's to explain: it becomes a fixture.
+For the same objects on the API server, ``auditor.core.ztunnelview`` (on the live snapshot the
+auditor reads) must equal what istiod computes (``/debug/ambientz``, read by
+``testrigs.devtools.istio``): for each pod, the AuthorizationPolicies ztunnel enforces; for each
+Service, the waypoint its traffic goes through (the binding); for each pod, the ports that refuse
+a connection without identity (the effective mTLS mode per port, from the DENY policies istiod
+converts PeerAuthentication into); and for each enforced policy, its translated rules (whether
+they match connections from identities of every form, and plaintext, on each port). Run over
+every static fixture, both examples and a hypothesis-generated family (``ORACLE_BATCHES``
+batches of ``ORACLE_BATCH_SIZE`` configurations, each in namespaces of its own). A disagreement
+is the model's to explain: it becomes a fixture (tests/fixtures/oracle) and is fixed in the model.
 """
 
 from __future__ import annotations
