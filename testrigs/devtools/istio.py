@@ -398,6 +398,16 @@ def binary_version(binaries: IstioBinaries) -> str:
     return str(json.loads(raw)["clientVersion"]["version"])
 
 
+def istiod_workload(version: str) -> list[dict[str, Any]]:
+    """istiod's ServiceAccount (the chart's, needed for the stand-in to create its Pod) and Deployment."""
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "istiod", "namespace": ISTIO_NAMESPACE},
+    }
+    return [account, istiod_deployment(version)]
+
+
 def istiod_deployment(version: str, hub: str = "mesh-auditor.local") -> dict[str, Any]:
     """The istiod Deployment as Istio's chart labels it (istio-control/istio-discovery
     templates/deployment.yaml and the ``istio.labels`` helper in zzz_profile.yaml, revision
