@@ -240,6 +240,11 @@ def _apply_and_compare(api: IstioAPI, manifests: Path, workdir: Path, converge_s
 # offline audit must give it. Each value is the disagreement the fixture was made from; a
 # disagreement still open would be a strict xfail here (none is).
 ORACLE_FIXTURES = {
+    "peer-authentication-port-disable-under-strict": (
+        "generated: namespace STRICT, a workload PeerAuthentication UNSET with portLevelMtls 8080 DISABLE: "
+        "istiod kept 8080 STRICT (it hands ztunnel the port exceptions of such a policy only when one is "
+        "PERMISSIVE), the model read DISABLE; fixed in mesh.effective_mtls (semantics §3)"
+    ),
     "peer-authentication-same-second": (
         "two disagreeing namespace PeerAuthentications created in the same second: the model broke the "
         "tie by name (STRICT), istiod's ambient translation handed ztunnel PERMISSIVE (it keeps the first "
