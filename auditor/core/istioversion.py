@@ -87,6 +87,13 @@ DIFFERENCES: tuple[Difference, ...] = (
     ),
     Difference(
         "1.31",
+        "agentgateway waypoints",
+        "GatewayClass istio-agentgateway-waypoint: istiod binds such a waypoint; the model recognises class "
+        "istio-waypoint only",
+        "docs/controlplane.md (Istio 1.31 versus 1.28)",
+    ),
+    Difference(
+        "1.31",
         "waypoint canary",
         "istio.io/use-waypoint-canary: a weighted share of a Service's connections goes to a second waypoint "
         "(the model does not follow the canary share)",

@@ -178,6 +178,17 @@ def effective_mtls(workload: Workload, port: int, index: SnapshotIndex, root_nam
             mode = winner.mode
             evidence.append(Evidence(winner.meta.ref, "spec.mtls.mode", winner.mode, _level_note(winner)))
     port_mode = winner.port_level.get(port) if winner is not None and _has_selector(winner) else None
+    if winner is not None and _ignored_port_disable(winner, port_mode, mode):
+        evidence.append(
+            Evidence(
+                winner.meta.ref,
+                f"spec.portLevelMtls.{port}.mode",
+                "DISABLE",
+                "ignored by istiod in ambient: an UNSET policy inheriting STRICT relaxes ports only when one "
+                "of them is PERMISSIVE (§3)",
+            )
+        )
+        port_mode = None
     if winner is not None and port_mode is not None:
         mode = port_mode
         evidence.append(
@@ -189,6 +200,19 @@ def effective_mtls(workload: Workload, port: int, index: SnapshotIndex, root_nam
             )
         )
     return MtlsDecision(mode=mode, evidence=tuple(evidence), ambiguous=ambiguous)
+
+
+def _ignored_port_disable(policy: PeerAuthentication, port_mode: str | None, inherited: str) -> bool:
+    """istiod 1.31 (ambient/authorization.go ``convertedSelectorPeerAuthentications``, mode UNSET
+    under an effective STRICT): it hands ztunnel the workload policy's port exceptions only when a
+    port is PERMISSIVE; a policy whose exceptions are all DISABLE leaves the static STRICT policy
+    in place, so those ports stay STRICT. Found by the translation oracle (issue 11)."""
+    return (
+        port_mode == "DISABLE"
+        and policy.mode is None
+        and inherited == "STRICT"
+        and "PERMISSIVE" not in policy.port_level.values()
+    )
 
 
 def _selecting(index: SnapshotIndex, namespace: str, workload: Workload) -> list[PeerAuthentication]:

@@ -27,9 +27,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from auditor.core.authz import at_ztunnel
+from auditor.core.authz import Caller, Point, Request, Tri, at_ztunnel, rule_matches
 from auditor.core.mesh import effective_mtls, effective_waypoint
-from auditor.core.snapshot import Snapshot, SnapshotIndex
+from auditor.core.snapshot import AuthorizationPolicy, Snapshot, SnapshotIndex
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +72,20 @@ def ztunnel_facts(snapshot: Snapshot, root_namespace: str) -> ZtunnelFacts:
             refused[workload.meta.key] = frozenset(p for p, d in decisions.items() if d.refuses_plaintext)
             ambiguous[workload.meta.key] = frozenset(p for p, d in decisions.items() if d.ambiguous)
     return ZtunnelFacts(policies, waypoints, refused, frozenset(ports), ambiguous)
+
+
+def ztunnel_matches(policy: AuthorizationPolicy, principal: str | None, port: int) -> Tri:
+    """Whether ztunnel's translation of the policy matches a connection from ``principal`` (SPIFFE
+    id without ``spiffe://``; ``None``: no identity) to ``port``: any rule, as ``authz.rule_matches``
+    reads it at ztunnel. ``None`` when the model cannot tell. Compared with the rules istiod hands
+    ztunnel for the same policy (the translated rules, per policy)."""
+    caller, request = Caller(principal), Request(port=port)
+    results = [
+        rule_matches(
+            rule, caller, request, Point.ZTUNNEL, deny=policy.action == "DENY", namespace=policy.meta.namespace
+        )
+        for rule in policy.rules
+    ]
+    if True in results:
+        return True
+    return None if None in results else False

@@ -776,7 +776,7 @@ def _start_istiod(state: StateDir, binaries: Binaries, stand_in_args: Sequence[s
     version = istio.binary_version(istio_binaries)
     # The Deployment Istio's chart would have installed, stamped with the built binary's version:
     # what a live audit reads to say which Istio the cluster runs (core.istioversion).
-    istio.apply_objects(kubectl, [istio.istiod_deployment(version)])
+    istio.apply_objects(kubectl, istio.istiod_workload(version))
     record["istiod"].update(ready_seconds=round(time.monotonic() - started, 1), version=version)
     _save_record(state, record)
     _log(

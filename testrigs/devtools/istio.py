@@ -398,6 +398,16 @@ def binary_version(binaries: IstioBinaries) -> str:
     return str(json.loads(raw)["clientVersion"]["version"])
 
 
+def istiod_workload(version: str) -> list[dict[str, Any]]:
+    """istiod's ServiceAccount (the chart's, needed for the stand-in to create its Pod) and Deployment."""
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "istiod", "namespace": ISTIO_NAMESPACE},
+    }
+    return [account, istiod_deployment(version)]
+
+
 def istiod_deployment(version: str, hub: str = "mesh-auditor.local") -> dict[str, Any]:
     """The istiod Deployment as Istio's chart labels it (istio-control/istio-discovery
     templates/deployment.yaml and the ``istio.labels`` helper in zzz_profile.yaml, revision
@@ -659,6 +669,73 @@ def _match_plaintext(match: dict[str, Any], port: int) -> bool:
         return False
     # A caller without identity matches no principal, and so every notPrincipals entry.
     return not match.get("principals")
+
+
+def translated_policies(ambientz: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The AuthorizationPolicies istiod hands ztunnel (not those from PeerAuthentication), by ``namespace/name``."""
+    return {
+        f"{p.get('namespace', '')}/{p['name']}": p
+        for p in ambientz.get("policies") or []
+        if not _is_converted(p.get("name", ""))
+    }
+
+
+def ztunnel_policy_matches(policy: dict[str, Any], principal: str | None, port: int) -> bool:
+    """Whether ztunnel would match a translated policy (``/debug/ambientz`` form) for a connection
+    from ``principal`` (SPIFFE id without ``spiffe://``; None: plaintext) to ``port``.
+
+    As ztunnel 1.31's ``Authorization::matches`` (src/rbac.rs) does: no rules, no match; a rule
+    matches when every clause does; a clause when one of its non-empty matches does (an empty
+    clause matches, an empty match is skipped); a match when every field does, positive lists by
+    any entry, negative ones by none. Raises ValueError on a field not modelled here (IPs).
+    """
+    identity = "" if principal is None else principal
+    parts = identity.split("/")
+    namespace = parts[2] if len(parts) == 5 and parts[1] == "ns" else ""
+    account = parts[4] if len(parts) == 5 and parts[3] == "sa" else ""
+
+    def test(key: str, value: Any) -> bool:
+        if key == "destinationPorts":
+            return bool(value == port)
+        if key == "principals":
+            # ztunnel strips spiffe:// and fails a connection without identity (matches_principal).
+            return principal is not None and _string_match(value, identity)
+        if key == "namespaces":
+            return _string_match(value, namespace)
+        return principal is not None and (value.get("namespace"), value.get("serviceAccount")) == (namespace, account)
+
+    def match(m: dict[str, Any]) -> bool:
+        unknown = set(m) - {k for key in _MATCH_FIELDS for k in (key, "not" + key[0].upper() + key[1:])}
+        if unknown:
+            raise ValueError(f"translated policy field(s) {sorted(unknown)} not modelled here")
+        for key in _MATCH_FIELDS:
+            positive, negative = m.get(key) or [], m.get("not" + key[0].upper() + key[1:]) or []
+            if positive and not any(test(key, v) for v in positive):
+                return False
+            if negative and any(test(key, v) for v in negative):
+                return False
+        return True
+
+    def clause(c: dict[str, Any]) -> bool:
+        matches = c.get("matches") or []
+        return not matches or any(match(m) for m in matches if m)
+
+    return any(all(clause(c) for c in rule.get("rules") or []) for rule in policy.get("groups") or [])
+
+
+_MATCH_FIELDS = ("destinationPorts", "principals", "namespaces", "serviceAccounts")
+
+
+def _string_match(matcher: dict[str, Any], value: str) -> bool:
+    if "exact" in matcher:
+        return value == str(matcher["exact"])
+    if "prefix" in matcher:
+        return value.startswith(str(matcher["prefix"]))
+    if "suffix" in matcher:
+        return value.endswith(str(matcher["suffix"]))
+    if "presence" in matcher:
+        return value != ""
+    raise ValueError(f"string match {matcher} not modelled here")
 
 
 def _waypoint_of(waypoint: dict[str, Any] | None, gateway_addresses: dict[str, str]) -> str:

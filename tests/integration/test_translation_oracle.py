@@ -1,12 +1,15 @@
 """Differential test: the core's model of what istiod hands ztunnel against the real istiod.
 
-For the same objects on the API server, ``auditor.core.ztunnelview.ztunnel_facts`` (on the live
-snapshot the auditor reads) must equal what istiod computes (``/debug/ambientz``, read by
-``testrigs.devtools.istio.ambient_facts``): for each pod, the AuthorizationPolicies ztunnel
-enforces; for each Service, the waypoint its traffic goes through. Run over every static fixture,
-both examples and a hypothesis-generated family (``ORACLE_BATCHES`` batches of
-``ORACLE_BATCH_SIZE`` configurations, each in namespaces of its own). A disagreement is the
-model's to explain: it becomes a fixture.
+For the same objects on the API server, ``auditor.core.ztunnelview`` (on the live snapshot the
+auditor reads) must equal what istiod computes (``/debug/ambientz``, read by
+``testrigs.devtools.istio``): for each pod, the AuthorizationPolicies ztunnel enforces; for each
+Service, the waypoint its traffic goes through (the binding); for each pod, the ports that refuse
+a connection without identity (the effective mTLS mode per port, from the DENY policies istiod
+converts PeerAuthentication into); and for each enforced policy, its translated rules (whether
+they match connections from identities of every form, and plaintext, on each port). Run over
+every static fixture, both examples and a hypothesis-generated family (``ORACLE_BATCHES``
+batches of ``ORACLE_BATCH_SIZE`` configurations, each in namespaces of its own). A disagreement
+is the model's to explain: it becomes a fixture (tests/fixtures/oracle) and is fixed in the model.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from hypothesis import strategies as st
 
 from auditor.adapters.k8s.reader import ClusterReader
 from auditor.core.mesh import is_auditor_probe
-from auditor.core.ztunnelview import ztunnel_facts
+from auditor.core.snapshot import AuthorizationPolicy
+from auditor.core.ztunnelview import ztunnel_facts, ztunnel_matches
 from testrigs.devtools import istio
 from testrigs.devtools.istio import IstioAPI
 from tests.cases import ROOT, Case, all_cases, load_case, materialize, outcome
@@ -51,13 +55,51 @@ def _istiod_facts(api: IstioAPI, ports: frozenset[int]) -> Facts:
             addresses[address["value"]] = key
     ambientz = api.debug("/debug/ambientz")
     workloads, services = istio.ambient_facts(ambientz, addresses)
+    _TRANSLATED.clear()
+    _TRANSLATED.update(istio.translated_policies(ambientz))
     return workloads, services, istio.plaintext_refused(ambientz, ports)
+
+
+# The last /debug/ambientz's translated AuthorizationPolicies and the model's policies, by key.
+_TRANSLATED: dict[str, dict[str, Any]] = {}
+_POLICIES: dict[str, AuthorizationPolicy] = {}
+# Connections the translated rules are compared on: no identity, identities of every form the
+# generated policies name (namespaces x, ns-*, *-y; service accounts w0-w2; another trust domain).
+CALLERS = (
+    None,
+    "cluster.local/ns/x/sa/w0",
+    "cluster.local/ns/x/sa/w1",
+    "cluster.local/ns/ns-a/sa/w2",
+    "cluster.local/ns/a-y/sa/w0",
+    "other.td/ns/x/sa/w1",
+    "cluster.local/ns/default/sa/ui",
+)
+PORTS = (80, 8080, 9090, 1)
+
+
+def _translation_differences(namespaces: set[str]) -> dict[str, list[str]]:
+    """Per policy enforced at ztunnel, the connections on which istiod's translated rules and the
+    model's reading disagree (the model's "unknown" is not compared)."""
+    differences: dict[str, list[str]] = {}
+    for key, policy in _POLICIES.items():
+        translated = _TRANSLATED.get(key)
+        if translated is None or key.split("/", 1)[0] not in namespaces or policy.action not in {"ALLOW", "DENY"}:
+            continue
+        for principal in (*CALLERS, f"cluster.local/ns/{policy.meta.namespace}/sa/w0"):
+            for port in PORTS:
+                model = ztunnel_matches(policy, principal, port)
+                oracle = istio.ztunnel_policy_matches(translated, principal, port)
+                if model is not None and model != oracle:
+                    differences.setdefault(key, []).append(f"{principal}:{port} istiod={oracle} model={model}")
+    return differences
 
 
 def _model_facts(api: IstioAPI) -> tuple[Facts, frozenset[int], Mapping[str, frozenset[int]]]:
     with api.new_client() as client:
         snapshot = ClusterReader(client).snapshot()
     facts = ztunnel_facts(snapshot, ROOT_NAMESPACE)
+    _POLICIES.clear()
+    _POLICIES.update((p.meta.key, p) for p in snapshot.authorization_policies if not p.dry_run)
     # The workload stand-in leaves the auditor's own probe pods to the PodExecutor (none runs here),
     # so they never get an address and istiod never lists them: not a fact to compare.
     probes = {f"{w.meta.namespace}/{w.meta.name}" for w in snapshot.workloads if is_auditor_probe(w)}
@@ -114,7 +156,8 @@ def _compare(
         model = _undecided(_without(_within(model_facts, namespaces), ignore), undecided)
         oracle = _undecided(_without(_within(_istiod_facts(api, ports), namespaces), ignore), undecided)
         settled = len(oracle[0]) >= expected_pods and len(model[0]) >= expected_pods
-        if (settled and oracle == model) or time.monotonic() > deadline:
+        rules = _translation_differences(namespaces)
+        if (settled and oracle == model and not rules) or time.monotonic() > deadline:
             break
         time.sleep(1.0)
     assert len(oracle[0]) >= expected_pods, f"istiod lists {len(oracle[0])} of {expected_pods} pods"
@@ -133,7 +176,9 @@ def _compare(
         for k in oracle[2].keys() & model[2].keys()
         if oracle[2][k] != model[2][k]
     }
-    assert (differing_workloads, differing_services, differing_mtls) == ({}, {}, {}), "(istiod, model) per key"
+    assert (differing_workloads, differing_services, differing_mtls, rules) == ({}, {}, {}, {}), (
+        "(istiod, model) per key; translated rules per policy"
+    )
 
 
 # --- fixtures and examples -------------------------------------------------------------------
@@ -195,6 +240,11 @@ def _apply_and_compare(api: IstioAPI, manifests: Path, workdir: Path, converge_s
 # offline audit must give it. Each value is the disagreement the fixture was made from; a
 # disagreement still open would be a strict xfail here (none is).
 ORACLE_FIXTURES = {
+    "peer-authentication-port-disable-under-strict": (
+        "generated: namespace STRICT, a workload PeerAuthentication UNSET with portLevelMtls 8080 DISABLE: "
+        "istiod kept 8080 STRICT (it hands ztunnel the port exceptions of such a policy only when one is "
+        "PERMISSIVE), the model read DISABLE; fixed in mesh.effective_mtls (semantics §3)"
+    ),
     "peer-authentication-same-second": (
         "two disagreeing namespace PeerAuthentications created in the same second: the model broke the "
         "tie by name (STRICT), istiod's ambient translation handed ztunnel PERMISSIVE (it keeps the first "

@@ -82,3 +82,57 @@ def test_ambient_facts_adds_namespace_and_global_policies_and_drops_dry_run_and_
         "b/w1-0": frozenset({"istio-system/mesh"}),
     }
     assert services == {"a/w0": "a/wp", "b/w1": "b/wp", "b/w2": ""}
+
+
+# Shapes seen in istiod 1.31's /debug/ambientz (issue 11).
+_ALLOW = {
+    "name": "p1",
+    "namespace": "aptest",
+    "scope": "NAMESPACE",
+    "groups": [
+        {
+            "rules": [
+                {"matches": [{"destinationPorts": [8080], "notDestinationPorts": [9090]}]},
+                {"matches": [{"notNamespaces": [{"prefix": "ns-"}], "principals": [{"suffix": "/sa/w1"}]}]},
+            ]
+        }
+    ],
+}
+_DENY_ALL_EMPTY_MATCH = {"name": "p2", "action": "DENY", "groups": [{"rules": [{"matches": [{}]}]}]}
+
+
+def test_translated_rules_are_read_as_ztunnel_reads_them() -> None:
+    """rbac.rs: clauses AND, matches OR, fields AND; an empty match is skipped, an empty rule matches."""
+    assert istio.ztunnel_policy_matches(_ALLOW, "cluster.local/ns/x/sa/w1", 8080) is True
+    assert istio.ztunnel_policy_matches(_ALLOW, "cluster.local/ns/ns-a/sa/w1", 8080) is False
+    assert istio.ztunnel_policy_matches(_ALLOW, "cluster.local/ns/x/sa/w1", 80) is False
+    assert istio.ztunnel_policy_matches(_ALLOW, None, 8080) is False
+    assert istio.ztunnel_policy_matches(_DENY_ALL_EMPTY_MATCH, None, 80) is False
+    assert istio.ztunnel_policy_matches({"groups": [{}]}, None, 80) is True
+    assert istio.ztunnel_policy_matches({"groups": []}, "cluster.local/ns/x/sa/w0", 80) is False
+
+
+def test_plaintext_refused_reads_the_converted_peer_authentication() -> None:
+    ambientz = {
+        "policies": [
+            {
+                "name": "converted_peer_authentication_w-perm",
+                "namespace": "ns",
+                "action": "DENY",
+                "groups": [
+                    {
+                        "rules": [
+                            {"matches": [{"notDestinationPorts": [8080]}]},
+                            {"matches": [{"notPrincipals": [{"presence": {}}]}]},
+                        ]
+                    }
+                ],
+            }
+        ],
+        "workloads": [
+            {"name": "w0-0", "namespace": "ns", "authorizationPolicies": ["ns/converted_peer_authentication_w-perm"]},
+            {"name": "w1-0", "namespace": "ns", "authorizationPolicies": []},
+        ],
+    }
+    refused = istio.plaintext_refused(ambientz, frozenset({1, 8080, 9090}))
+    assert refused == {"ns/w0-0": frozenset({1, 9090}), "ns/w1-0": frozenset()}
