@@ -2,22 +2,30 @@
 
 ``IncrementalAudit`` holds the watched objects and the last findings, kept in blocks, one per
 namespace (a finding's target is ``namespace/name`` or ``namespace/*``). ``apply`` takes the
-changes the watches saw, works out which blocks they can affect (``reach_of``) and recomputes
+changes the watches saw, works out which blocks they can affect (``Reach``) and recomputes
 only those:
 
 - the strict-mTLS findings of a namespace (``audit.scoped_findings``) read only that namespace,
   the root namespace, Namespaces, Gateways and ztunnel pods (the node check): they are recomputed
   from a snapshot of just those objects, a few milliseconds for 100 Services; a change of a
   ztunnel pod re-audits everything (it decides the node check of every Service on its node);
-- the findings of protected Services (allow-list, waypoint, headers) read callers from every
-  namespace: they are recomputed from the whole snapshot, and only when the change can matter to
-  them (an AuthorizationPolicy, a ServiceAccount, a Namespace, a Gateway, an object in the
-  namespace of a protected Service or of its waypoint, a workload whose change alters a caller).
+- the findings of a protected Service (allow-list, waypoint, headers) read callers from every
+  namespace: they are recomputed against a whole-snapshot index that is patched namespace by
+  namespace (``SnapshotIndex.replaced_namespace``), and only for the protected Services the
+  change can matter to: its own Service; a backend or PeerAuthentication of its namespace (or
+  of its waypoint's); an AuthorizationPolicy that applies to it or names it; a change of callers
+  (accounts, kinds of client) in a namespace its last evaluation read (``AuditContext.reads``);
+  every protected Service for a sidecar or gateway workload (bypass callers), a Namespace or a
+  Gateway.
 
 When it cannot tell (a GatewayClass, an HTTPRoute, a ServiceEntry, anything in the root
 namespace, an object of an unknown type) it re-audits everything: a re-evaluation may be larger
 than needed, never stale. The invariant, tested on every fixture with every single-object
-change: ``apply`` gives exactly ``run_static_audit`` of the snapshot after the change.
+change and on random changes across namespaces (tests/unit/test_incremental.py): ``apply``
+gives exactly ``run_static_audit`` of the snapshot after the change.
+
+Sizes: at 10,000 Services a change confined to a namespace takes 10-20 ms of CPU, a full
+evaluation about 0.9 s (docs/benchmarks.md).
 
 Pure: no clock, no I/O. Not thread-safe: the daemon calls it from one job at a time.
 """
