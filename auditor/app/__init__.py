@@ -306,16 +306,10 @@ def run_drill(
     from auditor.adapters.k8s.drill import KubeSandbox  # noqa: PLC0415 - start-up time (#16)
     from auditor.adapters.k8s.reader import ClusterReader  # noqa: PLC0415 - start-up time (#16)
     from auditor.adapters.kubeapi import build_api_client  # noqa: PLC0415 - start-up time (#16)
-    from auditor.drillrun import DrillRunner, RunOptions  # noqa: PLC0415 - start-up time (#16)
+    from auditor.daemon.drillrun import DrillRunner, RunOptions  # noqa: PLC0415 - start-up time (#16)
 
     posture = load_rules(rules)
     drill = settings.drill
-    try:
-        source = choose_source(posture, drill.service)
-    except CanaryError as error:
-        raise InputError(
-            ", ".join(rules), str(error), field="AUDITOR_DRILL__SERVICE", fix="see docs/drills.md"
-        ) from error
     options = CanaryOptions(
         namespace=drill.namespace,
         image=drill.image,
@@ -323,7 +317,16 @@ def run_drill(
         node_selector=dict(settings.probes.node_selector),
         header_value=f"mesh-auditor-drill-{secrets.token_hex(8)}",  # never a real header value
     )
-    canary = build_canary(source, posture.mesh, options)
+    try:
+        source = choose_source(posture, drill.service)
+        canary = build_canary(source, posture.mesh, options)
+    except CanaryError as error:
+        raise InputError(
+            ", ".join(rules),
+            str(error),
+            field="AUDITOR_DRILL__SERVICE / AUDITOR_DRILL__NAMESPACE",
+            fix="see docs/drills.md",
+        ) from error
     kinds = [drift_kind(name) for name in drill.kinds]
     skipped = tuple((k.name, why) for k in kinds if (why := applicable(k, canary)) is not None)
     drill_id = uuid.uuid4().hex[:12]

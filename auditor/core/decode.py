@@ -286,7 +286,9 @@ def _pod(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
     node = doc.child("spec").string("nodeName")
     address = doc.child("status").string("podIP")
     if node or address or ready is not None:
-        is_ready = None if ready is None else ready == "True"
+        # A terminating pod is no endpoint (the EndpointSlice controller marks it not ready).
+        terminating = bool(doc.child("metadata").body.get("deletionTimestamp"))
+        is_ready = None if ready is None else ready == "True" and not terminating
         workload = dataclasses.replace(workload, node_name=node, ready=is_ready, pod_ip=address)
     return (workload,)
 

@@ -31,6 +31,7 @@ never across a Slack call, a sink or the Lease renewal.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import time
@@ -41,6 +42,7 @@ from typing import Any
 import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -237,11 +239,10 @@ class Daemon:
 
     def probe_soon(self) -> None:
         """Run a probe cycle now: a node appeared or its ztunnel changed (``auditor.adapters.k8s.nodes``, #13).
-        No-op without probe cycles; an overlapping cycle is skipped by APScheduler (max one instance)."""
+        Moves the periodic probe job's next run (so never two cycles at once); no-op without probes."""
         if self._probe_cycle is not None and self._scheduler.running and not self._stopping.is_set():
-            self._scheduler.add_job(
-                self._job(self.probe_audit), "date", run_date=self._clock(), id="probes-now", replace_existing=True
-            )
+            with contextlib.suppress(JobLookupError):
+                self._scheduler.modify_job("probes", next_run_time=self._clock())
 
     def _request_audit(self, delay_s: float) -> None:
         run_at = self._clock() + dt.timedelta(seconds=delay_s)

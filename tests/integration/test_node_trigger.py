@@ -36,5 +36,6 @@ def test_new_node_and_new_ztunnel_trigger_a_probe_cycle(kube_api: KubeAPI, kube_
         }
         kube_api.apply_text(yaml.safe_dump(pod), namespace=kube_namespace)
         assert trigger.check() == (f"ztunnel pod {kube_namespace}/ztunnel-x on node {node} is new (not Ready yet)",)
+    kube_api.kubectl("delete", "pod", "ztunnel-x", f"--namespace={kube_namespace}", "--grace-period=0", "--force")
     kube_api.kubectl("delete", "node", node, "--wait=false")
     assert triggered == [True, True]

@@ -4,6 +4,7 @@ judged by the real static audit: which drift produced which detection, alert and
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +35,7 @@ from auditor.core.drill import (
 from auditor.core.model import Finding, Property
 from auditor.core.posture import MeshSettings
 from auditor.daemon.drills import DrillMetrics, DrillSchedule
-from auditor.drillrun import DrillRunner, RunOptions
+from auditor.daemon.drillrun import DrillRunner, RunOptions
 from tests.cases import ROOT
 
 POSTURE = load_rules([str(ROOT / "rules" / "retail-store.yaml")])
@@ -314,3 +315,20 @@ def test_drill_metrics_exist_before_the_first_drill() -> None:
     for kind in DRIFT_KINDS:
         assert registry.get_sample_value("mesh_auditor_drill_time_to_detect_seconds", {"kind": kind.name}) == -1
     assert registry.get_sample_value("mesh_auditor_drill_runs_total", {"result": "aborted"}) == 0
+
+
+def test_drill_command_input_errors_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Named problems, exit 2, before any cluster is contacted (the kubeconfig does not exist)."""
+    from auditor import cli  # noqa: PLC0415 - the command line only for this test
+
+    rules = str(ROOT / "rules" / "retail-store.yaml")
+    handlers = logging.getLogger().handlers[:]
+    monkeypatch.setattr(logging.getLogger(), "handlers", handlers)  # main() re-points them at this test's stderr
+    assert cli.main(["drill", "--rules", rules]) == 2
+    assert cli.main(["drill", "--kubeconfig", "/nonexistent", "--rules", rules, "--kind", "nope"]) == 2
+    monkeypatch.setenv("AUDITOR_DRILL__NAMESPACE", "istio-system")
+    assert cli.main(["drill", "--kubeconfig", "/nonexistent", "--rules", rules]) == 2
+    err = capsys.readouterr().err
+    assert "a drill needs a cluster" in err
+    assert "unknown drift kind(s) nope" in err
+    assert "Istio's root namespace" in err

@@ -99,3 +99,11 @@ def test_no_finding_without_a_live_view_of_nodes_or_of_ztunnel() -> None:
     assert _node_finding(_pod("cart-a", "shop", {"app": "cart"}, "node-1")) is None
     # Pods that are not ready are no endpoints.
     assert _node_finding(DAEMONSET, _pod("cart-a", "shop", {"app": "cart"}, "node-1", ready=False)) is None
+
+
+def test_a_terminating_ztunnel_pod_protects_nothing() -> None:
+    terminating = _pod("ztunnel-1", "istio-system", {"app": "ztunnel"}, "node-1")
+    terminating["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    found = _node_finding(_pod("cart-a", "shop", {"app": "cart"}, "node-1"), terminating)
+    assert found is not None
+    assert found.status is Status.FAIL
