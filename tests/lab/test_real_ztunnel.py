@@ -40,15 +40,17 @@ def node() -> Iterator[RealNode]:
         pytest.fail("ztunnel is not built: run 'scripts/controlplane build --ztunnel' (a missing binary is a failure)")
     the_node = RealNode(Path(f"/tmp/malab-real-{secrets.token_hex(3)}"))
     started = time.monotonic()
-    record = the_node.up()
     try:
+        record = the_node.up()
         the_node.kubectl("apply", "-f", "-", stdin="\n---\n".join(p.read_text() for p in labkit.BASE_MANIFESTS))
         _settle(the_node)
         print(f"real-ztunnel node up and settled in {time.monotonic() - started:.1f} s")
         yield the_node
     finally:
+        leftover = the_node.load()
         the_node.down()
-        _assert_gone(the_node, record)
+        if leftover is not None:
+            _assert_gone(the_node, leftover)
 
 
 def _settle(node: RealNode) -> None:
