@@ -41,7 +41,7 @@ def node() -> Iterator[RealNode]:
     the_node = RealNode(Path(f"/tmp/malab-real-{secrets.token_hex(3)}"))
     started = time.monotonic()
     try:
-        record = the_node.up()
+        the_node.up()
         the_node.kubectl("apply", "-f", "-", stdin="\n---\n".join(p.read_text() for p in labkit.BASE_MANIFESTS))
         _settle(the_node)
         print(f"real-ztunnel node up and settled in {time.monotonic() - started:.1f} s")
