@@ -172,8 +172,10 @@ def test_pod_never_handed_to_ztunnel_loses_its_identity(node: RealNode) -> None:
         while record.pods["default/ui-0"]["uid"] in (node.agent_status().get("acked") or []):
             assert time.monotonic() < deadline, node.agent_status()
             time.sleep(0.2)
-        # Plaintext now, so catalog's ztunnel sees no identity: the ALLOW for sa/ui resets it.
-        assert _curl(node, "default/ui-0", url)[0] == 56
+        # Plaintext now, so catalog's ztunnel sees no identity and the ALLOW for sa/ui denies it. The
+        # real ztunnel closes this plaintext connection without a reply (curl 52, measured), where
+        # the walkthrough's STRICT case resets (56): both are an L4 denial of an accepted connection.
+        assert _curl(node, "default/ui-0", url)[0] in (52, 56)
     finally:
         node.sync_pods()
         node.kubectl("delete", "authorizationpolicy", "catalog", "--namespace=default")
