@@ -436,7 +436,7 @@ class RealNode:
             "node": NODE_NAME,
             "processes": {name: {"pid": p.pid, "running": p.running()} for name, p in record.procs.items()},
             "ztunnel": [
-                {"node": NODE_NAME, "pid": p.pid, "running": p.running()}
+                {"node": NODE_NAME, "pid": p.pid, "running": p.running(), "rss_bytes": istio.rss_bytes(p.pid)}
                 for name, p in record.procs.items()
                 if name == "ztunnel"
             ],

@@ -103,6 +103,17 @@ def test_status_lists_the_ztunnel_and_the_agent_holds_every_ambient_pod(node: Re
     assert record is not None
     acked = set(status["agent"]["acked"])
     assert {record.pods[key]["uid"] for key in CAPTURED} == acked  # curl/curl-pod (namespace not ambient) is not
+    # The command line says the same: scripts/lab real-status lists the ztunnel process, exit 0.
+    script = Path(__file__).resolve().parents[2] / "scripts" / "lab"
+    result = subprocess.run(
+        [str(script), f"--state-dir={node.state_dir}", "real-status"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    listed = json.loads(result.stdout)["ztunnel"]
+    assert [(z["node"], z["pid"], z["running"]) for z in listed] == [
+        ("malab-node-1", record.procs["ztunnel"].pid, True)
+    ]
+    assert listed[0]["rss_bytes"] > 0
 
 
 def test_ztunnel_holds_istiod_issued_certificates_for_its_pods(node: RealNode) -> None:
