@@ -343,6 +343,10 @@ class RealNode:
             key = f"{meta['namespace']}/{meta['name']}"
             if pod["spec"].get("hostNetwork"):
                 continue  # ztunnel's own pod: the node's namespace is its network
+            if "gateway.networking.k8s.io/gateway-name" in (meta.get("labels") or {}):
+                # A waypoint istiod rendered: it needs Istio's Envoy (HBONE CONNECT), which this node
+                # does not run yet, so it gets no namespace (traffic bound to it fails: not modelled).
+                continue
             if not address or ipaddress.ip_address(address) not in network or meta.get("deletionTimestamp"):
                 continue
             if key not in record.pods:
