@@ -225,7 +225,12 @@ def _build_into(target: Path, archive: Path, pin: SourcePin, stamp: str) -> None
     controlplane._run_go(argv, env, "cargo build (ztunnel)", cwd=root)
     staging = Path(tempfile.mkdtemp(prefix=".bin-", dir=root))
     try:
-        shutil.copy2(root / "target" / "debug" / "ztunnel", staging / "ztunnel")
+        built = root / "target" / "debug" / "ztunnel"
+        try:
+            # A hard link, not a 255 MB copy: cargo replaces its output by a new file, never in place.
+            os.link(built, staging / "ztunnel")
+        except OSError:
+            shutil.copy2(built, staging / "ztunnel")
         version = controlplane._output([str(staging / "ztunnel"), "version"]).strip()
         if pin.tag not in version:
             raise ControlPlaneError(f"the built ztunnel reports {version!r}, not {pin.tag}")

@@ -44,7 +44,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="build the real ztunnel with cargo (cached by the archive's sha256)")
     build.add_argument("--ztunnel-source", type=Path, default=None, help="the source archive (sha256-pinned)")
     real_up = commands.add_parser("real-up", help="one node on the real ztunnel and istiod; prints the kubeconfig")
-    real_up.add_argument("--manifests", type=Path, action="append", required=True, help="file; repeatable")
+    real_up.add_argument("--manifests", type=Path, action="append", required=True, help="file or folder; repeatable")
     commands.add_parser("real-down", help="stop and remove the real-ztunnel node; safe to repeat")
     commands.add_parser("real-status", help="JSON report of the real-ztunnel node; exit 0 only when ztunnel runs")
     commands.add_parser("_translate")  # daemons: no help, so not listed
@@ -91,7 +91,8 @@ def _real(args: argparse.Namespace) -> int:
             print(ztunnel.build(args.ztunnel_source).directory)
         elif args.command == "real-up":
             node.up()
-            node.kubectl("apply", "-f", "-", stdin="\n---\n".join(path.read_text() for path in args.manifests))
+            files = [f for path in args.manifests for f in (sorted(path.glob("*.yaml")) if path.is_dir() else [path])]
+            node.kubectl("apply", "-f", "-", stdin="\n---\n".join(f.read_text() for f in files))
             node.settle()
             print(node.kubeconfig, flush=True)
         elif args.command == "real-down":

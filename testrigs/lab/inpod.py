@@ -83,11 +83,13 @@ def rules() -> str:
 def install(namespace: str) -> None:
     """Install the rules, the mark rule and the loopback route in a lab pod's namespace (idempotent)."""
     netns.apply_tables(namespace, rules())
-    batch = (
-        f"rule replace fwmark {INPOD_TPROXY_MARK} pref {RULE_PRIORITY} lookup {ROUTE_TABLE}\n"
-        f"route replace local 0.0.0.0/0 dev lo table {ROUTE_TABLE}\n"
-    )
-    netns.ip_batch(namespace, batch)
+    netns.ip_batch(namespace, f"route replace local 0.0.0.0/0 dev lo table {ROUTE_TABLE}\n")
+    # iproute2 here has no `rule replace`; an existing rule is fine (istio-cni ignores EEXIST too).
+    try:
+        netns.ip_batch(namespace, f"rule add fwmark {INPOD_TPROXY_MARK} pref {RULE_PRIORITY} lookup {ROUTE_TABLE}\n")
+    except netns.NetnsError as error:
+        if "File exists" not in str(error):
+            raise
 
 
 def remove(namespace: str) -> None:

@@ -255,7 +255,8 @@ class RealNode:
             f"--bound-object-name=ztunnel-{NODE_NAME}",
             "--duration=24h",
         ).strip()
-        (self.node_dir / "istio-token").write_text(token + "\n")
+        # No trailing newline: ztunnel sends the file's bytes as the bearer header value.
+        (self.node_dir / "istio-token").write_text(token)
         (self.node_dir / "root-cert.pem").write_text(self._root_cert())
 
     def _root_cert(self) -> str:
@@ -279,11 +280,18 @@ class RealNode:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if not proc.running():
-                raise RealNodeError(f"ztunnel exited during start-up; see {self.node_dir / 'ztunnel.log'}")
+                raise RealNodeError(f"ztunnel exited during start-up{self._log_tail()}")
             if self.ztunnel_ready(record):
                 return
             time.sleep(0.3)
-        raise RealNodeError(f"ztunnel not ready after {READY_TIMEOUT_S:.0f} s; see {self.node_dir / 'ztunnel.log'}")
+        raise RealNodeError(f"ztunnel not ready after {READY_TIMEOUT_S:.0f} s{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 40) -> str:
+        try:
+            tail = (self.node_dir / "ztunnel.log").read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        return "\n--- ztunnel.log ---\n" + "\n".join(tail)
 
     def ztunnel_ready(self, record: NodeRecord | None = None) -> bool:
         """ztunnel's readiness (:15021/healthz/ready in the node namespace) answers 200."""
@@ -335,6 +343,10 @@ class RealNode:
             key = f"{meta['namespace']}/{meta['name']}"
             if pod["spec"].get("hostNetwork"):
                 continue  # ztunnel's own pod: the node's namespace is its network
+            if "gateway.networking.k8s.io/gateway-name" in (meta.get("labels") or {}):
+                # A waypoint istiod rendered: it needs Istio's Envoy (HBONE CONNECT), which this node
+                # does not run yet, so it gets no namespace (traffic bound to it fails: not modelled).
+                continue
             if not address or ipaddress.ip_address(address) not in network or meta.get("deletionTimestamp"):
                 continue
             if key not in record.pods:
@@ -428,7 +440,7 @@ class RealNode:
             "node": NODE_NAME,
             "processes": {name: {"pid": p.pid, "running": p.running()} for name, p in record.procs.items()},
             "ztunnel": [
-                {"node": NODE_NAME, "pid": p.pid, "running": p.running()}
+                {"node": NODE_NAME, "pid": p.pid, "running": p.running(), "rss_bytes": istio.rss_bytes(p.pid)}
                 for name, p in record.procs.items()
                 if name == "ztunnel"
             ],
