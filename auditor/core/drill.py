@@ -2,7 +2,7 @@
 a drill injects into it one at a time, and how the audit's findings judge each step.
 
 Pure: a protected Service and the sandbox's options in; manifests, JSON Patch operations
-(RFC 6902), a step sequence and verdicts out. The runner (``auditor.drillrun``) performs the
+(RFC 6902), a step sequence and verdicts out. The runner (``auditor.daemon.drillrun``) performs the
 steps through ports (``SandboxWriter``, ``DrillAlerter``) and the audit's own snapshot source,
 so a drill is judged by exactly the code that judges the cluster.
 

@@ -1,4 +1,4 @@
-"""The drill engine (core.drill) and its runner (auditor.drillrun), with an in-memory sandbox
+"""The drill engine (core.drill) and its runner (auditor.daemon.drillrun), with an in-memory sandbox
 judged by the real static audit: which drift produced which detection, alert and resolution."""
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from auditor.core.drill import (
 )
 from auditor.core.model import Finding, Property
 from auditor.core.posture import MeshSettings
-from auditor.daemon.drills import DrillMetrics, DrillSchedule
 from auditor.daemon.drillrun import DrillRunner, RunOptions
+from auditor.daemon.drills import DrillMetrics, DrillSchedule
 from tests.cases import ROOT
 
 POSTURE = load_rules([str(ROOT / "rules" / "retail-store.yaml")])

@@ -23,13 +23,14 @@ import yaml
 
 from auditor.adapters.rules.loader import load_rules
 from auditor.cli import main
+from auditor.core.alerting.drift import DriftBook, DriftPolicy
 from auditor.core.checks.fixes import header_variable
-from auditor.core.drift import DriftBook, DriftPolicy
-from auditor.render.document import audit_document, findings_from_document
+from auditor.render.document import findings_from_document
 from auditor.render.html import render_html
 from auditor.render.junit import render_junit
 from auditor.render.slack import alert_message
 from auditor.render.text import render_markdown, render_table
+from auditor.report import AuditReport
 from tests.cases import Case, all_cases, load_case, materialize, merged_documents
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -233,12 +234,12 @@ def test_every_output_shows_the_findings_own_fix() -> None:
         "      app.kubernetes.io/name: orders\n  mtls:\n    mode: STRICT"
     )
     assert wanted in orders.fix.yaml
-    table = render_table((orders,), verbose=True)
+    table = render_table(AuditReport((orders,)), verbose=True)
     assert "name: orders-debug" in table
     assert "this finding: Apply (kubectl apply -f): default/orders-debug with mode STRICT" in " ".join(table.split())
-    assert "(the YAML fix, 12 lines: -v)" in render_table((orders,))
-    assert wanted in render_markdown((orders,))
-    assert wanted in render_html(audit_document((orders,), inputs={}))
-    assert wanted in render_junit((orders,))
+    assert "(the YAML fix, 12 lines: -v)" in render_table(AuditReport((orders,)))
+    assert wanted in render_markdown(AuditReport((orders,)))
+    assert wanted in render_html(AuditReport((orders,)))
+    assert wanted in render_junit(AuditReport((orders,)))
     transition = DriftBook().evaluate([orders], now=0.0, policy=DriftPolicy())[1][0]
     assert wanted in json.dumps(alert_message(transition)).replace("\\n", "\n")
