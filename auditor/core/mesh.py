@@ -171,13 +171,26 @@ def effective_mtls(workload: Workload, port: int, index: SnapshotIndex, root_nam
         _selecting(index, namespace, workload) if local else [],
     )
     winner: PeerAuthentication | None = None
+    winners: list[PeerAuthentication | None] = []
     for policies in levels:
         winner, unclear = _oldest(policies, port)
+        winners.append(winner)
         ambiguous = ambiguous or unclear
         if winner is not None and winner.mode is not None:
             mode = winner.mode
             evidence.append(Evidence(winner.meta.ref, "spec.mtls.mode", winner.mode, _level_note(winner)))
     port_mode = winner.port_level.get(port) if winner is not None and _has_selector(winner) else None
+    if winner is not None and port_mode == "STRICT" and _dropped_port_strict(winner, winners[0], winners[1]):
+        evidence.append(
+            Evidence(
+                winner.meta.ref,
+                f"spec.portLevelMtls.{port}.mode",
+                "STRICT",
+                f"dropped by istiod in ambient: the policy is {winner.mode}, its namespace has no mode of its "
+                "own and the mesh-wide policy is STRICT (§3)",
+            )
+        )
+        port_mode = None
     if winner is not None and _ignored_port_disable(winner, port_mode, mode):
         evidence.append(
             Evidence(
@@ -200,6 +213,21 @@ def effective_mtls(workload: Workload, port: int, index: SnapshotIndex, root_nam
             )
         )
     return MtlsDecision(mode=mode, evidence=tuple(evidence), ambiguous=ambiguous)
+
+
+def _dropped_port_strict(
+    policy: PeerAuthentication, mesh: PeerAuthentication | None, namespace: PeerAuthentication | None
+) -> bool:
+    """istiod 1.31 (ambient/authorization.go ``convertPeerAuthentication``) skips a STRICT port
+    exception when the namespace policy is absent or UNSET and the mesh-wide one is STRICT,
+    without checking the workload policy's own mode: for a PERMISSIVE or DISABLE policy nothing
+    is left to hand ztunnel, so the port accepts plaintext. Found by the translation oracle."""
+    return (
+        policy.mode in {"PERMISSIVE", "DISABLE"}
+        and (namespace is None or namespace.mode is None)
+        and mesh is not None
+        and mesh.mode == "STRICT"
+    )
 
 
 def _ignored_port_disable(policy: PeerAuthentication, port_mode: str | None, inherited: str) -> bool:

@@ -240,6 +240,12 @@ def _apply_and_compare(api: IstioAPI, manifests: Path, workdir: Path, converge_s
 # offline audit must give it. Each value is the disagreement the fixture was made from; a
 # disagreement still open would be a strict xfail here (none is).
 ORACLE_FIXTURES = {
+    "peer-authentication-port-strict-under-mesh-strict": (
+        "generated, while a mesh-wide STRICT policy was applied: a workload PeerAuthentication PERMISSIVE "
+        "with portLevelMtls 8080 STRICT and no namespace policy: istiod handed ztunnel nothing (it skips a "
+        "STRICT port under a STRICT mesh policy whatever the workload's mode), the model read 8080 STRICT; "
+        "fixed in mesh.effective_mtls (semantics §3)"
+    ),
     "peer-authentication-port-disable-under-strict": (
         "generated: namespace STRICT, a workload PeerAuthentication UNSET with portLevelMtls 8080 DISABLE: "
         "istiod kept 8080 STRICT (it hands ztunnel the port exceptions of such a policy only when one is "
