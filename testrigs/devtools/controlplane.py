@@ -1078,6 +1078,18 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ztunnel_available(args: argparse.Namespace) -> int:
+    """Exit 0 when ztunnel is built or can be (its source archive is here), else 1 saying why."""
+    from testrigs.devtools import ztunnel  # noqa: PLC0415 - it imports this module
+
+    pin = ztunnel.read_pin()
+    source = ztunnel.default_source(pin)
+    if ztunnel.is_built(pin) or source.is_file():
+        return 0
+    _log(f"ztunnel is not built and its source archive {source} is not here: set {ztunnel.SOURCE_ENV} (docs/lab.md)")
+    return 1
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     print(up(args.state_dir, istio=args.istio))
     return 0
@@ -1123,6 +1135,11 @@ def _parser() -> argparse.ArgumentParser:
         "../shared/vendor/<file of tools/ztunnel/source.json>); its sha256 must be the pinned one",
     )
     build_command.set_defaults(handler=_cmd_build)
+    available = commands.add_parser(
+        "ztunnel-available",
+        help="exit 0 when ztunnel is built or its source archive is here (scripts/setup, scripts/test)",
+    )
+    available.set_defaults(handler=_cmd_ztunnel_available)
     handlers = {"up": _cmd_up, "down": _cmd_down, "env": _cmd_env, "status": _cmd_status}
     helps = {
         "up": "start (or reuse) and print the kubeconfig path",

@@ -10,6 +10,7 @@ nothing of the lab survives. Tests need root, ip, iptables and Envoy: a missing 
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,3 +62,10 @@ def probe(lab: Lab) -> Probe:
         return lab.probe(pod, [{"id": "r", "url": url, "headers": headers or {}}])["r"]
 
     return send
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say again at the end what scripts/test left out, and why (never silently)."""
+    not_run = os.environ.get("MESH_AUDITOR_NOT_RUN")
+    if not_run:
+        terminalreporter.write_line(f"NOT RUN: {not_run}", yellow=True, bold=True)
