@@ -46,10 +46,17 @@ class WatchedSnapshot(Protocol):
     what the API server does: its errors become ``problems``.
     """
 
-    def start(self) -> None: ...
-    def stop(self, timeout: float = 2.0) -> None: ...
-    def snapshot(self) -> Snapshot: ...
-    def wait_synced(self, timeout: float) -> bool: ...
+    def start(self) -> None:
+        """Starts the watch threads (one list-then-watch per resource); returns at once."""
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stops the watches, waiting up to ``timeout`` seconds for their threads. Never raises."""
+
+    def snapshot(self) -> Snapshot:
+        """The current ``Snapshot``, at once; unsynced resources are ``ReadProblem``s. Never raises."""
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Blocks up to ``timeout`` seconds; True once every watch has listed, False on timeout. Never raises."""
 
 
 SecretLookup = Callable[[str, str, str], str | None]
@@ -70,7 +77,10 @@ class ProbeRunner(Protocol):
     verdicts can say what was not proven.
     """
 
-    def run(self, plan: RunPlan) -> RunReport: ...
+    def run(self, plan: RunPlan) -> RunReport:
+        """Runs every batch of ``plan``; returns one ``BatchReport`` or ``BatchProblem`` per batch. Never raises for
+        what the cluster does.
+        """
 
 
 ProbeCycle = Callable[
@@ -100,11 +110,18 @@ class Elector(Protocol):
     """
 
     @property
-    def duration_s(self) -> float: ...
+    def duration_s(self) -> float:
+        """The Lease duration, in seconds."""
+
     @property
-    def last_error(self) -> str | None: ...
-    def try_acquire_or_renew(self) -> bool: ...
-    def release(self) -> None: ...
+    def last_error(self) -> str | None:
+        """Why the last attempt could not reach the API; None when the API answered."""
+
+    def try_acquire_or_renew(self) -> bool:
+        """True while this replica holds the Lease (acquired or renewed now); False otherwise. Never raises."""
+
+    def release(self) -> None:
+        """Gives the Lease up, best effort. Never raises."""
 
 
 class StateConflict(Exception):  # noqa: N818 - a condition to act on (stop writing), not a bug
@@ -126,9 +143,14 @@ class StateStore(Protocol):
     state under a new name for an operator (``reason``: why; ``now``: UTC) and returns that name.
     """
 
-    def load(self) -> dict[str, Any]: ...
-    def save(self, document: dict[str, Any]) -> None: ...
-    def set_aside(self, reason: str, now: dt.datetime) -> str: ...
+    def load(self) -> dict[str, Any]:
+        """The stored JSON document (``{}`` when none yet); raises ``CorruptState`` when it cannot be decoded."""
+
+    def save(self, document: dict[str, Any]) -> None:
+        """Stores ``document`` if nobody wrote since the last read or write; raises ``StateConflict`` otherwise."""
+
+    def set_aside(self, reason: str, now: dt.datetime) -> str:
+        """Keeps the undecodable state under a new name (``reason``: why; ``now``: UTC); returns that name."""
 
 
 # --- alerting ----------------------------------------------------------------------------------
@@ -143,7 +165,10 @@ class Notifier(Protocol):
     for what Slack or the network does: those are ``Delivery`` values.
     """
 
-    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery: ...
+    def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery:
+        """Makes one attempt to send ``entry`` (``threads``: incident key -> message ``ts``); returns the
+        ``Delivery``. Never raises for what Slack or the network does.
+        """
 
 
 # --- publishing every evaluated audit ----------------------------------------------------------
@@ -154,14 +179,18 @@ class ReportSink(Protocol):
     set (``RunRecord``: id, kind, UTC time, replica, cycle duration in seconds). May raise: the
     daemon logs a sink's error and goes on with the others."""
 
-    def publish(self, report: AuditReport) -> None: ...
+    def publish(self, report: AuditReport) -> None:
+        """Publishes one evaluated audit (``report.run`` is set). May raise; the daemon logs it and goes on."""
 
 
 class PolicyReportWriter(Protocol):
     """Applies wgpolicyk8s.io PolicyReports (dicts, one per namespace) and deletes the auditor's
     reports not among them; returns how many were written. Refusals are logged, never raised."""
 
-    def write(self, reports: Sequence[Mapping[str, Any]]) -> int: ...
+    def write(self, reports: Sequence[Mapping[str, Any]]) -> int:
+        """Applies ``reports`` (one PolicyReport dict per namespace), deletes stale ones; returns how many were
+        written.
+        """
 
 
 class EvidenceArchive(Protocol):
@@ -169,7 +198,8 @@ class EvidenceArchive(Protocol):
     ``run_id`` and its UTC time ``at``; returns where it was stored (an S3 key). Raises on any
     failed write (the sink counts it)."""
 
-    def put_run(self, document: Mapping[str, Any], run_id: str, at: dt.datetime) -> str: ...
+    def put_run(self, document: Mapping[str, Any], run_id: str, at: dt.datetime) -> str:
+        """Stores ``document`` under ``run_id`` and UTC time ``at``; returns its S3 key. Raises on a failed write."""
 
 
 class FindingsHub(Protocol):
@@ -177,8 +207,11 @@ class FindingsHub(Protocol):
     (each logged with its reason). Raises when the service cannot be reached. ``forget`` drops
     cached first-seen times (a new leader reloads the ones another leader wrote)."""
 
-    def publish(self, findings: Sequence[Finding], now: dt.datetime) -> list[str]: ...
-    def forget(self) -> None: ...
+    def publish(self, findings: Sequence[Finding], now: dt.datetime) -> list[str]:
+        """Imports ``findings`` at UTC time ``now``; returns the refused finding ids. Raises when unreachable."""
+
+    def forget(self) -> None:
+        """Drops the cached first-seen times. Never raises."""
 
 
 class CycleMetrics(Protocol):
@@ -188,4 +221,5 @@ class CycleMetrics(Protocol):
 
     def put_cycle(
         self, findings: Sequence[Finding], *, alerts_open: int, duration_s: float | None, hub_refused: int = 0
-    ) -> None: ...
+    ) -> None:
+        """Puts one cycle's figures (counts; ``duration_s`` in seconds or None). Raises on a failed write."""

@@ -20,6 +20,10 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Condition:
+    """One entry of an object's ``status.conditions``: ``type`` (e.g. ``Accepted``, ``Programmed``), ``status``
+    (``"True"``, ``"False"`` or ``"Unknown"``, as the API spells it), ``reason`` and ``message`` (free text).
+    """
+
     type: str
     status: str
     reason: str = ""
@@ -40,25 +44,38 @@ class ObjectMeta:
 
     @property
     def ref(self) -> str:
+        """``"Kind namespace/name"``, or ``"Kind name"`` for a cluster-scoped object (names it in findings).
+
+        Never raises.
+        """
         return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
 
     @property
     def key(self) -> str:
+        """``"namespace/name"`` (``"/name"`` when cluster-scoped): the lookup key of ``SnapshotIndex``. Never raises."""
         return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
 class Namespace:
+    """A Namespace; its labels (``meta.labels``) carry ``istio.io/dataplane-mode`` and ``istio.io/use-waypoint``."""
+
     meta: ObjectMeta
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceAccount:
+    """A ServiceAccount: the identity in a workload's SPIFFE principal (``<td>/ns/<ns>/sa/<name>``)."""
+
     meta: ObjectMeta
 
 
 @dataclass(frozen=True, slots=True)
 class ServicePort:
+    """One entry of a Service's ``spec.ports``: ``port`` (the Service port number), ``target_port`` (a number, or
+    the name of a container port), ``name`` and ``protocol`` (``TCP``, ``UDP`` or ``SCTP``).
+    """
+
     port: int
     target_port: int | str
     name: str = ""
@@ -67,6 +84,10 @@ class ServicePort:
 
 @dataclass(frozen=True, slots=True)
 class Service:
+    """A Service: ``selector`` is ``spec.selector`` (``None`` when absent: the endpoints are then managed by
+    hand), ``ports`` its ``spec.ports`` and ``conditions`` its ``status.conditions``.
+    """
+
     meta: ObjectMeta
     selector: Labels | None
     ports: tuple[ServicePort, ...] = ()
@@ -75,12 +96,16 @@ class Service:
 
 @dataclass(frozen=True, slots=True)
 class ContainerPort:
+    """One entry of a container's ``ports``: ``container_port`` (a number) and its optional ``name``."""
+
     container_port: int
     name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Container:
+    """One container (or init container) of a pod spec: its ``name``, declared ``ports`` and ``image``."""
+
     name: str
     ports: tuple[ContainerPort, ...] = ()
     image: str = ""
@@ -109,6 +134,10 @@ class Workload:
     pod_ip: str = ""  # status.podIP
 
     def container_port(self, name: str) -> int | None:
+        """The number of the container port called ``name`` in any container or init container, else None.
+
+        Resolves a Service's named ``targetPort``. Never raises.
+        """
         for container in self.containers + self.init_containers:
             for port in container.ports:
                 if port.name == name:
@@ -118,6 +147,11 @@ class Workload:
 
 @dataclass(frozen=True, slots=True)
 class PeerAuthentication:
+    """A PeerAuthentication: ``selector`` is ``selector.matchLabels`` (``None``: namespace- or mesh-wide),
+    ``mode`` the ``mtls.mode`` (``None`` when ``mtls`` is absent) and
+    ``port_level`` maps a port number to its ``portLevelMtls`` mode.
+    """
+
     meta: ObjectMeta
     selector: Labels | None
     mode: str | None
@@ -126,6 +160,11 @@ class PeerAuthentication:
 
 @dataclass(frozen=True, slots=True)
 class AuthzSource:
+    """One ``from.source`` of an AuthorizationPolicy rule: each field is the list of the same name in Istio's
+    ``security/v1beta1`` ``Source`` (principals are SPIFFE ids without ``spiffe://``, IP blocks are CIDRs or
+    addresses). An empty tuple means the field was absent.
+    """
+
     principals: tuple[str, ...] = ()
     not_principals: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
@@ -145,6 +184,10 @@ class AuthzSource:
 
 @dataclass(frozen=True, slots=True)
 class AuthzOperation:
+    """One ``to.operation`` of an AuthorizationPolicy rule: the lists of Istio's ``security/v1beta1``
+    ``Operation`` (ports as strings, as the API carries them). An empty tuple means the field was absent.
+    """
+
     hosts: tuple[str, ...] = ()
     not_hosts: tuple[str, ...] = ()
     ports: tuple[str, ...] = ()
@@ -157,6 +200,10 @@ class AuthzOperation:
 
 @dataclass(frozen=True, slots=True)
 class AuthzCondition:
+    """One ``when`` condition of an AuthorizationPolicy rule: ``key`` (e.g. ``source.ip``) with its ``values``
+    and ``notValues``.
+    """
+
     key: str
     values: tuple[str, ...] = ()
     not_values: tuple[str, ...] = ()
@@ -164,6 +211,10 @@ class AuthzCondition:
 
 @dataclass(frozen=True, slots=True)
 class AuthzRule:
+    """One rule of an AuthorizationPolicy: ``from`` sources, ``to`` operations and ``when`` conditions (all must
+    match; an empty tuple matches anything, as in Istio).
+    """
+
     sources: tuple[AuthzSource, ...] = ()
     operations: tuple[AuthzOperation, ...] = ()
     conditions: tuple[AuthzCondition, ...] = ()
@@ -171,6 +222,10 @@ class AuthzRule:
 
 @dataclass(frozen=True, slots=True)
 class TargetRef:
+    """One ``targetRefs`` entry of a policy: ``kind`` (``Service``, ``Gateway``, ``ServiceEntry``...), ``name``
+    and API ``group`` (``""`` for the core group).
+    """
+
     kind: str
     name: str
     group: str = ""
@@ -190,11 +245,18 @@ class AuthorizationPolicy:
 
     @property
     def dry_run(self) -> bool:
+        """True when the ``istio.io/dry-run`` annotation is ``"true"`` (any case): Istio then logs the policy's
+        decision but does not enforce it. Never raises.
+        """
         return self.meta.annotations.get("istio.io/dry-run", "").lower() == "true"
 
 
 @dataclass(frozen=True, slots=True)
 class Listener:
+    """One listener of a Gateway: ``name``, ``port`` (number), ``protocol`` (``HTTP``, ``HBONE``...) and who may
+    attach routes (``allowedRoutes.namespaces.from``: ``Same``, ``All`` or ``Selector``).
+    """
+
     name: str
     port: int
     protocol: str
@@ -206,6 +268,11 @@ class Listener:
 
 @dataclass(frozen=True, slots=True)
 class Gateway:
+    """A Gateway API Gateway (a waypoint when its class is ``istio-waypoint``): ``class_name`` is
+    ``spec.gatewayClassName``; ``addresses`` and ``conditions`` come from its status, and ``has_status``
+    tells whether it had any (a manifest file has none).
+    """
+
     meta: ObjectMeta
     class_name: str
     listeners: tuple[Listener, ...] = ()
@@ -216,12 +283,18 @@ class Gateway:
 
 @dataclass(frozen=True, slots=True)
 class GatewayClass:
+    """A GatewayClass: ``controller_name`` is ``spec.controllerName``."""
+
     meta: ObjectMeta
     controller_name: str
 
 
 @dataclass(frozen=True, slots=True)
 class ParentRef:
+    """One ``parentRefs`` entry of a route: the ``kind`` (default ``Gateway``), ``name``, ``namespace``
+    (default: the route's own) and API ``group`` of what it attaches to.
+    """
+
     kind: str
     name: str
     namespace: str
@@ -230,12 +303,16 @@ class ParentRef:
 
 @dataclass(frozen=True, slots=True)
 class HTTPRoute:
+    """A Gateway API HTTPRoute; only its ``parent_refs`` matter to the checks."""
+
     meta: ObjectMeta
     parent_refs: tuple[ParentRef, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceEntry:
+    """An Istio ServiceEntry: its ``hosts`` (DNS names) from ``spec.hosts``."""
+
     meta: ObjectMeta
     hosts: tuple[str, ...] = ()
 
@@ -269,6 +346,9 @@ class Snapshot:
 
 
 def selector_matches(selector: Labels, labels: Labels) -> bool:
+    """True when every ``key: value`` of ``selector`` (a ``matchLabels``) is in ``labels``; an empty selector
+    matches everything. Never raises.
+    """
     return all(labels.get(key) == value for key, value in selector.items())
 
 
@@ -284,6 +364,7 @@ class SelectorIndex(Generic[T]):
         self._match_all: list[T] = []
 
     def add(self, selector: Labels, item: T) -> None:
+        """Files ``item`` under ``selector`` (an empty selector matches every label set). Never raises."""
         if not selector:
             self._match_all.append(item)
             return
@@ -319,6 +400,7 @@ class SelectorIndex(Generic[T]):
         return new
 
     def select(self, labels: Labels) -> list[T]:
+        """The items whose selector matches ``labels``: match-all items first, then in bucket order. Never raises."""
         found = list(self._match_all)
         for pair in labels.items():
             found.extend(i for s, i in self._buckets.get(pair, ()) if selector_matches(s, labels))
@@ -386,6 +468,10 @@ ZTUNNEL_LABEL = ("app", "ztunnel")
 
 @dataclass(frozen=True, slots=True)
 class ZtunnelView:
+    """Where ztunnel runs: ``deployed`` is True when a ztunnel pod or DaemonSet template (label ``app: ztunnel``)
+    is in the snapshot; ``by_node`` maps a node name to the real ztunnel pods scheduled on it.
+    """
+
     deployed: bool  # a ztunnel pod or DaemonSet template exists in the snapshot
     by_node: Mapping[str, tuple[Workload, ...]]
 
@@ -534,6 +620,7 @@ class SnapshotIndex:
         return self._ztunnels
 
     def namespace_labels(self, namespace: str) -> Labels:
+        """The labels of the namespace called ``namespace``; ``{}`` when the snapshot does not have it. Never raises."""
         found = self.namespaces.get(namespace)
         return found.meta.labels if found else {}
 
