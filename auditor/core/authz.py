@@ -32,6 +32,8 @@ Tri = bool | None
 
 
 class Point(StrEnum):
+    """Where an AuthorizationPolicy is enforced: ztunnel (L4 only) or a waypoint (L4 and L7) (semantics §4.1)."""
+
     ZTUNNEL = "ztunnel"
     WAYPOINT = "waypoint"
 
@@ -47,15 +49,24 @@ class Caller:
 
     @property
     def namespace(self) -> str | None:
+        """The namespace of a ``<trust domain>/ns/<namespace>/sa/<name>`` principal; None for plaintext or any other
+        form. Never raises.
+        """
         parts = (self.principal or "").split("/")
         return parts[2] if len(parts) == 5 and parts[1] == "ns" else None
 
     @property
     def service_account(self) -> str | None:
+        """The ServiceAccount name of a ``<trust domain>/ns/<namespace>/sa/<name>`` principal; None for plaintext or
+        any other form. Never raises.
+        """
         parts = (self.principal or "").split("/")
         return parts[4] if len(parts) == 5 and parts[3] == "sa" else None
 
     def describe(self) -> str:
+        """The caller for a finding's message: its label, its principal (with its client kind unless ambient), or "a
+        plaintext client outside the mesh". Never raises.
+        """
         if self.label:
             return self.label
         if self.principal is None:
@@ -65,6 +76,10 @@ class Caller:
 
 @dataclass(frozen=True, slots=True)
 class Request:
+    """The request a caller makes: HTTP ``method``, ``path``, ``host`` (the authority), destination ``port`` (a
+    number) and ``headers`` (name -> value; names as written, compared case-insensitively).
+    """
+
     method: str = "GET"
     path: str = "/"
     host: str = ""
@@ -77,12 +92,18 @@ class Request:
         return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
 
     def describe(self) -> str:
+        """``"METHOD path port N"`` plus which headers are set or empty (values are never shown). Never raises."""
         shown = ", ".join(f"{k}: <{'set' if v else 'empty'}>" for k, v in sorted(self.headers.items()))
         return f"{self.method} {self.path} port {self.port}" + (f" with {shown}" if shown else " without headers")
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """The outcome of ``decide``: ``allowed`` is True, False or None (the snapshot cannot tell: an external
+    authorizer, a source IP range); ``reason`` says why in words, ``policy`` names the deciding policy
+    (``ObjectMeta.ref``, ``""`` when none) and ``rule`` is its matching rule when one decided.
+    """
+
     allowed: Tri
     reason: str
     policy: str = ""
@@ -102,6 +123,11 @@ class Applicable:
 
 
 def at_ztunnel(workload: Workload, index: SnapshotIndex, root_namespace: str) -> Applicable:
+    """The policies ztunnel enforces for ``workload`` (semantics §4.1): the selector policies of its namespace and of
+    ``root_namespace`` that select it. ``ignored`` names relevant ones that enforce nothing there (targetRefs
+    policies, dry-run, AUDIT, CUSTOM: §2, §4.3) and selector policies in other namespaces that match its labels.
+    Never raises.
+    """
     applied, ignored = [], []
     for policy in _candidates(workload.meta.namespace, index, root_namespace):
         reason = _ztunnel_skip_reason(policy, workload, root_namespace)
@@ -165,6 +191,11 @@ def at_waypoint(
     index: SnapshotIndex,
     root_namespace: str,
 ) -> Applicable:
+    """The policies the waypoint ``waypoint_ns/waypoint_name`` enforces for ``service`` (semantics §4.1): targetRefs
+    policies naming the Service or the Gateway in their own namespace, or the ``istio-waypoint`` GatewayClass in
+    ``root_namespace``. ``ignored`` names targetRefs that do not resolve and inert policies (dry-run, AUDIT).
+    Never raises.
+    """
     applied, ignored = [], []
     for policy in _waypoint_candidates(service, waypoint_ns, waypoint_name, index, root_namespace):
         if not policy.target_refs:

@@ -37,6 +37,10 @@ HBONE_PORT = 15008
 
 
 class CaptureState(StrEnum):
+    """Whether istio-cni redirects a workload's traffic to ztunnel: captured, not captured, or pending (enrolled but
+    istio-cni has not yet annotated the pod; semantics §2).
+    """
+
     CAPTURED = "captured"
     NOT_CAPTURED = "not-captured"
     PENDING = "pending"
@@ -52,6 +56,7 @@ class Capture:
 
     @property
     def inbound_enforced(self) -> bool:
+        """True when the state is ``CAPTURED``: only then can ztunnel enforce anything inbound. Never raises."""
         return self.state is CaptureState.CAPTURED
 
 
@@ -153,10 +158,16 @@ class MtlsDecision:
 
     @property
     def refuses_plaintext(self) -> bool:
+        """True when the effective mode is ``STRICT`` (semantics §3). Never raises."""
         return self.mode == "STRICT"
 
 
 def effective_mtls(workload: Workload, port: int, index: SnapshotIndex, root_namespace: str) -> MtlsDecision:
+    """The effective PeerAuthentication mode of ``workload`` on ``port`` (a target port number), as istiod computes
+    it for ambient (semantics §3): mesh-wide (``root_namespace``), then namespace-wide, then workload-selector
+    policies (the oldest wins at each level), then the winner's ``portLevelMtls`` (except where istiod drops it).
+    PERMISSIVE when no policy applies. ``evidence`` lists each level that decided. Never raises.
+    """
     mode, evidence, ambiguous = (
         "PERMISSIVE",
         [Evidence("(mesh default)", "", "PERMISSIVE", "no policy = PERMISSIVE")],
@@ -354,6 +365,10 @@ def _binding_from(labels: Labels, ref: str, default_namespace: str) -> WaypointB
 
 @dataclass(frozen=True, slots=True)
 class WaypointProblem:
+    """One reason istiod does not bind a Service to its waypoint: ``message`` in words (with the semantics section)
+    and the ``evidence`` field that shows it.
+    """
+
     message: str
     evidence: Evidence
 
@@ -466,6 +481,7 @@ def _gateway_status_problems(gateway: Gateway) -> list[WaypointProblem]:
 
 
 def condition(conditions: tuple[Condition, ...], type_: str) -> Condition | None:
+    """The first condition of type ``type_`` in ``conditions``, else None. Never raises."""
     return next((c for c in conditions if c.type == type_), None)
 
 
@@ -546,6 +562,10 @@ class ClientKind(StrEnum):
 
 
 class WaypointUse(StrEnum):
+    """When a client kind sends Service-addressed traffic through the Service's waypoint (semantics §9): always, only
+    for Services labelled ``istio.io/ingress-use-waypoint=true``, or never.
+    """
+
     ALWAYS = "always"
     LABELLED = f"only for Services labelled {INGRESS_USE_WAYPOINT}=true"
     NEVER = "never"
@@ -635,6 +655,7 @@ class ClientOf:
 
     @property
     def model(self) -> ClientModel:
+        """The caller model row of ``kind`` (``CLIENTS``). Never raises."""
         return CLIENTS[self.kind]
 
 
@@ -663,6 +684,9 @@ def _outbound_captured(workload: Workload, index: SnapshotIndex) -> bool:
 
 
 def uses_service_waypoint(kind: ClientKind, service: Service) -> bool:
+    """True when a client of ``kind`` goes through ``service``'s waypoint (``CLIENTS[kind].service_waypoint``;
+    semantics §9). Never raises.
+    """
     use = CLIENTS[kind].service_waypoint
     if use is WaypointUse.LABELLED:
         return service.meta.labels.get(INGRESS_USE_WAYPOINT, "").lower() == "true"

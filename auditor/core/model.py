@@ -32,6 +32,8 @@ class Property(StrEnum):
 
 
 class Severity(StrEnum):
+    """How much a failed finding matters: critical, high, medium or low."""
+
     CRITICAL = "critical"
     HIGH = "high"
     MEDIUM = "medium"
@@ -55,6 +57,7 @@ class Evidence:
     note: str = ""
 
     def as_dict(self) -> dict[str, str]:
+        """``{"object", "field", "value", "note"}`` (all strings), as the JSON output carries it. Never raises."""
         return {"object": self.object, "field": self.field, "value": self.value, "note": self.note}
 
 
@@ -126,6 +129,7 @@ class Finding:
 
     @property
     def property(self) -> Property:
+        """The promise (``Property``) of the finding's check. Never raises."""
         return self.check.property
 
     def sort_key(self) -> tuple[str, str, str]:

@@ -52,11 +52,17 @@ class ScopeEntry(_Model):
 
 
 class WaypointRef(_Model):
+    """The waypoint Gateway that must serve a protected Service: ``name`` and ``namespace`` (default: the Service's)."""
+
     name: Name = Field(description="Name of the waypoint Gateway (class istio-waypoint).")
     namespace: Name | None = Field(default=None, description="Its namespace; defaults to the Service's.")
 
 
 class SecretKeyRef(_Model):
+    """A Secret key the auditor reads for a required header's value: ``name``, ``key`` and ``namespace`` (default:
+    the protected Service's).
+    """
+
     name: Name = Field(description="Secret name.")
     key: str = Field(min_length=1, description="Key in the Secret's data.")
     namespace: Name | None = Field(default=None, description="Defaults to the protected Service's namespace.")
@@ -110,10 +116,13 @@ class HeaderValue(_Model):
 
     @property
     def kind(self) -> str:
+        """``"literal"``, ``"env"`` or ``"secret"``: which source gives the value. Never raises."""
         return "literal" if self.literal is not None else "env" if self.from_env is not None else "secret"
 
 
 class RequiredHeader(_Model):
+    """A header every allowed request to a protected Service must carry: ``name`` (lower case) and ``value``."""
+
     name: str = Field(description="Header name, lower case (HTTP/2 and Envoy lower-case header names).")
     value: HeaderValue
 
@@ -180,25 +189,35 @@ class ProtectedService(_Model):
 
     @property
     def target(self) -> str:
+        """``"namespace/name"`` of the protected Service: the finding's target. Never raises."""
         return f"{self.namespace}/{self.name}"
 
     @property
     def waypoint_namespace(self) -> str | None:
+        """The namespace of the required waypoint (default: the Service's); None when no waypoint is required."""
         return None if self.waypoint is None else self.waypoint.namespace or self.namespace
 
 
 class MeshSettings(_Model):
+    """The mesh the rules describe: ``rootNamespace`` (Istio's root namespace, where mesh-wide policies live) and
+    ``trustDomain`` (of the SPIFFE principals).
+    """
+
     root_namespace: Name = Field(default="istio-system", description="Istio's root namespace (mesh-wide policies).")
     trust_domain: str = Field(default="cluster.local", min_length=1, description="The mesh trust domain.")
 
 
 class PostureSpec(_Model):
+    """The body of a rules file: ``mesh`` settings, the ``scope`` to audit and the ``protectedServices``."""
+
     mesh: MeshSettings = Field(default_factory=MeshSettings)
     scope: list[ScopeEntry] = Field(default_factory=list)
     protected_services: list[ProtectedService] = Field(default_factory=list)
 
 
 class PostureMetadata(_Model):
+    """The rules file's ``metadata``: its ``name``."""
+
     name: Name
 
 
