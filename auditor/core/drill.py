@@ -97,15 +97,20 @@ class Canary:
 
     @property
     def target(self) -> str:
+        """``"namespace/name"`` of the canary Service in the sandbox: the target of its findings. Never raises."""
         return self.protected.target
 
     @property
     def posture(self) -> Posture:
+        """The rules that audit only the canary: its namespace and Service in scope, ``protected`` as the one
+        protected Service, under ``mesh``. Never raises.
+        """
         scope = ScopeEntry(namespace=self.protected.namespace, services=[self.protected.name])
         return Posture(mesh=self.mesh, scope=(scope,), protected=(self.protected,), names=("mesh-auditor-drill",))
 
     @property
     def refs(self) -> tuple[ObjectRef, ...]:
+        """One ``ObjectRef`` per canary object, in ``objects`` order. Never raises."""
         return tuple(ObjectRef(o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in self.objects)
 
     def header_values(self) -> dict[tuple[str, str], str | None]:
@@ -113,6 +118,7 @@ class Canary:
         return {(self.target, h.name): h.value.literal for h in self.protected.required_headers}
 
     def object(self, kind: str) -> dict[str, Any]:
+        """The first canary object (a manifest dict) of ``kind``; raises ``StopIteration`` when there is none."""
         return next(o for o in self.objects if o["kind"] == kind)
 
 
@@ -309,6 +315,9 @@ DRIFT_KINDS: tuple[DriftKind, ...] = (
 
 
 def drift_kind(name: str) -> DriftKind:
+    """The ``DriftKind`` called ``name`` in ``DRIFT_KINDS``; raises ``ValueError`` naming the known ones when there
+    is none.
+    """
     found = next((k for k in DRIFT_KINDS if k.name == name), None)
     if found is None:
         raise ValueError(f"unknown drift kind {name!r}; known: {', '.join(k.name for k in DRIFT_KINDS)}")
@@ -396,6 +405,10 @@ class Action(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Step:
+    """One step of a drill: the ``action`` and, for the per-drift steps, the ``drift`` it acts on (None for sweep,
+    deploy, baseline and cleanup).
+    """
+
     action: Action
     drift: Drift | None = None
 
@@ -431,9 +444,13 @@ class Judgement:
     passes: bool
 
     def detects(self, promise: Property) -> bool:
+        """True when at least one check of ``promise`` fails for the canary. Never raises."""
         return bool(self.failing.get(promise))
 
     def describe(self) -> str:
+        """The judgement in words: every promise passes, or which promises fail (with check ids) and which checks are
+        not proven. Never raises.
+        """
         if self.passes:
             return "every promise of the canary passes"
         parts = [f"{p.value} fails ({', '.join(ids)})" for p, ids in self.failing.items()]
@@ -483,6 +500,9 @@ class DrillOutcome:
     detail: str = ""
 
     def as_dict(self) -> dict[str, object]:
+        """The JSON ``drills[]`` entry: ``kind``, ``promise`` (str), ``detected``, ``alerted``, ``resolved`` (bool),
+        ``time_to_detect_s`` and ``time_to_alert_s`` (seconds or None) and ``detail`` (str). Never raises.
+        """
         return {
             "kind": self.kind,
             "promise": self.promise,
@@ -510,10 +530,17 @@ class DrillResult:
 
     @property
     def ok(self) -> bool:
+        """True only for a complete drill: baseline passed, not aborted, nothing left in the sandbox, and every drift
+        detected, alerted and resolved. Never raises.
+        """
         complete = self.baseline and not self.aborted and self.leftover_objects == 0
         return complete and all(o.detected and o.alerted and o.resolved for o in self.outcomes)
 
     def as_dict(self) -> dict[str, object]:
+        """The drill's JSON document: ``canary``, ``mirrors``, ``baseline`` (``passed``, ``detail``), ``drills``
+        (``DrillOutcome.as_dict`` each), ``cleanup`` (``leftover_objects``), ``skipped`` (``kind``, ``reason``),
+        ``aborted`` (str or None) and ``ok``. Never raises.
+        """
         return {
             "canary": self.canary,
             "mirrors": self.source,
@@ -536,6 +563,7 @@ def alert_text(canary: Canary, drift: Drift, judgement: Judgement, seconds: floa
 
 
 def resolved_text(canary: Canary, drift: Drift) -> str:
+    """The drill's resolution message, marked ``[DRILL]`` in its first word so nobody acts on it. Never raises."""
     return f"[DRILL] resolved: drift {drift.kind.name} reverted on {canary.target}; every promise passes again"
 
 
@@ -545,9 +573,11 @@ def resolved_text(canary: Canary, drift: Drift) -> str:
 class SandboxWriter(Protocol):
     """Writes the canary's objects, only in the sandbox namespace; adapters refuse any other."""
 
-    def create(self, manifest: Mapping[str, Any]) -> None: ...
+    def create(self, manifest: Mapping[str, Any]) -> None:
+        """Creates ``manifest`` (a canary object) in the sandbox namespace; raises when refused or unreachable."""
 
-    def patch(self, ref: ObjectRef, operations: Sequence[Mapping[str, Any]]) -> None: ...
+    def patch(self, ref: ObjectRef, operations: Sequence[Mapping[str, Any]]) -> None:
+        """Applies JSON Patch ``operations`` (RFC 6902) to the object ``ref``; raises when refused or unreachable."""
 
     def sweep(self) -> int:
         """Delete every object labelled as a drill's (``SELECTOR``); how many were deleted."""
@@ -567,4 +597,5 @@ class DrillAlerter(Protocol):
 
     Never the incident outbox: a drill neither opens nor resolves a real alert."""
 
-    def send(self, text: str) -> bool: ...
+    def send(self, text: str) -> bool:
+        """Sends ``text`` once; True when the receiver accepted it, False otherwise. Never raises."""

@@ -40,6 +40,7 @@ class ArchiveOptions:
 
     @property
     def source(self) -> dict[str, str]:
+        """``{"cluster", "account", "region"}`` (strings): where the evidence comes from. Never raises."""
         return {"cluster": self.cluster, "account": self.account_id, "region": self.region}
 
 

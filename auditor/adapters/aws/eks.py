@@ -89,6 +89,9 @@ class AutoModeCheck:
         self._lock = threading.Lock()  # the daemon's full and change-triggered audits may overlap
 
     def __call__(self) -> tuple[Finding, ...]:
+        """``(finding,)``: the Auto Mode finding, reused for ``definitive_for_s`` seconds after a PASS or FAIL and
+        asked again after an ERROR with a doubling delay (5 s up to 300 s). Never raises.
+        """
         with self._lock:
             return self._current()
 

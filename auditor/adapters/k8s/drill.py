@@ -56,12 +56,18 @@ class KubeSandbox:
         return f"{prefix}/namespaces/{namespace}/{plural}"
 
     def create(self, manifest: Mapping[str, Any]) -> None:
+        """POSTs ``manifest`` to its collection in the sandbox. Raises ``SandboxViolationError`` (another namespace
+        or kind, before any request), ``ApiRefused`` or ``ApiUnavailable``.
+        """
         meta = manifest["metadata"]
         path = self._collection(str(manifest["kind"]), str(meta.get("namespace", "")))
         kubeapi.request_json(self._api, "POST", path, body=manifest)
         self._log.info("drill object created", kind=manifest["kind"], name=meta["name"], namespace=self._namespace)
 
     def patch(self, ref: ObjectRef, operations: Sequence[Mapping[str, Any]]) -> None:
+        """JSON-Patches (RFC 6902) the object ``ref`` in the sandbox. Raises ``SandboxViolationError`` (a kind not in
+        ``KINDS``), ``ApiRefused`` or ``ApiUnavailable``.
+        """
         path = f"{self._collection(ref.kind, self._namespace)}/{ref.name}"
         kubeapi.json_patch(self._api, path, [dict(op) for op in operations])
         self._log.info("drill object patched", object=str(ref), operations=len(operations))
@@ -76,6 +82,10 @@ class KubeSandbox:
         return found
 
     def sweep(self) -> int:
+        """Deletes every object labelled as a drill's (``SELECTOR``), in ``SWEEP_ORDER``; returns how many were
+        deleted (an object already gone is no error). Raises ``ApiRefused`` (other than 404) or
+        ``ApiUnavailable``.
+        """
         deleted = 0
         for kind, name in self._labelled():
             try:
@@ -97,6 +107,9 @@ class KubeSandbox:
         return len(self._labelled()) + len(pods.get("items") or [])
 
     def killed(self) -> bool:
+        """True when the sandbox namespace carries the kill switch (``KILL_SWITCH_LABEL`` set to
+        ``KILL_SWITCH_OFF``). Raises ``ApiRefused`` or ``ApiUnavailable``.
+        """
         query = [("fieldSelector", f"metadata.name={self._namespace}")]
         listing = kubeapi.get_json(self._api, "/api/v1/namespaces", query)
         for namespace in listing.get("items") or []:

@@ -23,6 +23,11 @@ from auditor.core.enforcement import EnforcementPoints, changed_nodes, enforceme
 
 
 class NodeTrigger:
+    """Calls ``trigger`` (a probe cycle) when the enforcement points change: a node added or a ztunnel pod replaced
+    or become Ready (``core.enforcement.changed_nodes``). Lists Nodes and ztunnel pods every ``every_s`` seconds
+    in a daemon thread until ``stop`` is set; the first listing is the baseline.
+    """
+
     def __init__(
         self, api: client.ApiClient, trigger: Callable[[], None], every_s: float, stop: threading.Event
     ) -> None:
@@ -35,9 +40,11 @@ class NodeTrigger:
         self._last: EnforcementPoints | None = None
 
     def start(self) -> None:
+        """Starts the listing thread; returns at once."""
         self._thread.start()
 
     def join(self, timeout_s: float) -> None:
+        """Waits up to ``timeout_s`` seconds for the thread to end (after ``stop`` is set). Never raises."""
         self._thread.join(timeout_s)
 
     def check(self) -> tuple[str, ...]:

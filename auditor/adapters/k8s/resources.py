@@ -23,11 +23,15 @@ class Resource:
 
     @property
     def list_path(self) -> str:
+        """The URL path that lists this resource in every namespace, e.g.
+        ``/apis/security.istio.io/v1/peerauthentications``.
+        """
         prefix = "/api" if not self.group else f"/apis/{self.group}"
         return f"{prefix}/{self.version}/{self.plural}"
 
     @property
     def api_version(self) -> str:
+        """``group/version``, or ``version`` alone for the core group (``v1``)."""
         return f"{self.group}/{self.version}" if self.group else self.version
 
     @property
@@ -36,6 +40,7 @@ class Resource:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
     def permission(self, verb: str = "list") -> str:
+        """``"<verb> <plural.group>"`` (e.g. ``list services``): the RBAC permission a ``ReadProblem`` names."""
         return f"{verb} {self.qualified}"
 
 

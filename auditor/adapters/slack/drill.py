@@ -29,6 +29,9 @@ class SlackDrillAlerter:
         self._log = structlog.get_logger("auditor.drill")
 
     def send(self, text: str) -> bool:
+        """One ``chat.postMessage`` with the ``mesh_auditor_drill`` metadata; True when Slack answers ``ok``. Never
+        raises: a refusal or a network error is logged and returns False.
+        """
         metadata = {"event_type": DRILL_EVENT, "event_payload": {"drill": self._drill_id}}
         try:
             response = self._client.chat_postMessage(
@@ -55,6 +58,7 @@ class WebhookDrillAlerter:
         self._log = structlog.get_logger("auditor.drill")
 
     def send(self, text: str) -> bool:
+        """One webhook post; True on HTTP 200. Never raises: a network error is logged and returns False."""
         try:
             response = self._client.send(text=text)
         except (SlackClientError, OSError) as error:
@@ -67,4 +71,5 @@ class NoAlerter:
     """Slack is off: a drill can prove detection but never alerting (``alerted: false``)."""
 
     def send(self, text: str) -> bool:
+        """Always False: Slack is off. Never raises."""
         return False

@@ -175,6 +175,10 @@ class WebhookNotifier:
         self._webhook = webhook
 
     def deliver(self, entry: Entry, threads: Mapping[str, str]) -> Delivery:
+        """One webhook post of ``entry`` (an update is skipped as sent): ``sent`` on HTTP 200, ``retry`` on 429, 5xx
+        or a network error, ``retry`` marked ``config`` for a configuration error code (``CONFIGURATION``, a bad
+        token, an archived channel), else ``drop``. Never raises.
+        """
         if entry.kind is EntryKind.UPDATE:
             return Delivery("sent", ts="webhook:skipped")
         try:
