@@ -41,10 +41,12 @@ class Endpoint:
 
     @property
     def url_base(self) -> str:
+        """``http://<ip>:<port>``, with an IPv6 address in brackets. Never raises."""
         host = f"[{self.ip}]" if ":" in self.ip else self.ip
         return f"http://{host}:{self.port}"
 
     def describe(self) -> str:
+        """The endpoint in words: IP and port, pod and node. Never raises."""
         return f"endpoint {self.ip}:{self.port} (pod {self.pod} on node {self.node or '(unknown)'})"
 
 
@@ -56,6 +58,7 @@ class Coverage:
     ready: int
 
     def describe(self) -> str:
+        """``"<probed>/<ready> ready endpoints probed by pod IP"``. Never raises."""
         return f"{self.probed}/{self.ready} ready endpoints probed by pod IP"
 
 

@@ -13,6 +13,10 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class ZtunnelPod:
+    """One ztunnel pod: ``name`` (``"namespace/name"``), its ``uid`` (a replaced pod has a new one) and whether its
+    Ready condition is True.
+    """
+
     name: str  # "<namespace>/<name>"
     uid: str
     ready: bool
@@ -20,11 +24,18 @@ class ZtunnelPod:
 
 @dataclass(frozen=True, slots=True)
 class EnforcementPoints:
+    """One listing: the Node names and, per node name, the ztunnel pod that serves it (the Ready one when there are
+    two).
+    """
+
     nodes: frozenset[str]
     ztunnels: Mapping[str, ZtunnelPod]  # node -> its ztunnel pod (the Ready one when there are two)
 
 
 def enforcement_points(nodes: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]) -> EnforcementPoints:
+    """The ``EnforcementPoints`` of listed Node and ztunnel Pod JSON objects (pods being deleted or not yet scheduled
+    are left out). Raises ``KeyError`` for an object without ``metadata.name``.
+    """
     names = frozenset(str(n["metadata"]["name"]) for n in nodes)
     ztunnels: dict[str, ZtunnelPod] = {}
     for pod in pods:

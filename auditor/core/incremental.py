@@ -147,6 +147,9 @@ class IncrementalAudit:
 
     @property
     def findings(self) -> tuple[Finding, ...]:
+        """The current findings of the whole audit, sorted by ``Finding.sort_key`` as ``run_static_audit`` sorts
+        them.
+        """
         return self._findings
 
     def snapshot(self) -> Snapshot:

@@ -112,6 +112,9 @@ class ControlPlane:
 
     @property
     def minor(self) -> str | None:
+        """``"<major>.<minor>"`` of ``version`` (``1.31.0``, ``v1.31-dev`` ...); None when it is no version tag.
+        Never raises.
+        """
         match = _TAG.match(self.version)
         return f"{match.group(1)}.{match.group(2)}" if match else None
 
@@ -125,6 +128,7 @@ class Semantics:
 
     @property
     def cluster(self) -> str:
+        """The cluster's istiod versions, sorted and joined by ``", "``; ``"unknown"`` when none was found."""
         return ", ".join(sorted({c.version for c in self.control_planes})) or "unknown"
 
     def differences(self, control_plane: ControlPlane) -> tuple[Difference, ...]:
@@ -146,6 +150,9 @@ class Semantics:
         return text
 
     def as_dict(self) -> dict[str, object]:
+        """The JSON form: ``model``, ``cluster`` and ``line`` (str) and ``control_planes`` (``revision``,
+        ``version``, ``source``: the object and field that said so). Never raises.
+        """
         return {
             "model": self.model,
             "cluster": self.cluster,

@@ -151,6 +151,7 @@ class Transition:
 
 
 def fingerprint(finding: Finding) -> str:
+    """An alert's key: ``"<check id>|<target>"``. Never raises."""
     return f"{finding.check.id}|{finding.target}"
 
 
@@ -214,6 +215,7 @@ class DriftBook:
 
     @property
     def firing(self) -> tuple[AlertState, ...]:
+        """The alerts in phase ``FIRING``, in book order. Never raises."""
         return tuple(a for a in self.alerts.values() if a.phase is Phase.FIRING)
 
     def to_dict(self) -> dict[str, Any]:

@@ -72,6 +72,7 @@ class Entry:
 
     @property
     def done(self) -> bool:
+        """True once the entry is sent or dropped (it is never attempted again). Never raises."""
         return self.state in _DONE
 
 
@@ -109,9 +110,13 @@ class Outbox:
     aliases: Mapping[str, str] = field(default_factory=dict)
 
     def thread_key(self, incident: str) -> str:
+        """The key of the thread ``incident`` is followed up in: its alias when it has one, else itself. Never
+        raises.
+        """
         return self.aliases.get(incident, incident)
 
     def with_aliases(self, aliases: Mapping[str, str]) -> Outbox:
+        """A copy with ``aliases`` (incident key -> thread key) added over the known ones. Never raises."""
         return replace(self, aliases={**self.aliases, **aliases})
 
     def with_enqueued(self, entry: Entry, max_unsent: int | None = None) -> Outbox:
@@ -139,9 +144,11 @@ class Outbox:
 
     @property
     def unsent(self) -> tuple[Entry, ...]:
+        """The entries neither sent nor dropped, in enqueue order. Never raises."""
         return tuple(e for e in self.entries if not e.done)
 
     def next_unsent(self) -> Entry | None:
+        """The oldest entry neither sent nor dropped, else None. Never raises."""
         return next((e for e in self.entries if not e.done), None)
 
     def due(self, now: float) -> tuple[Entry, ...]:
@@ -224,6 +231,10 @@ class Outbox:
         return replace(self, entries=tuple(change(e) if e.id == entry_id else e for e in self.entries))
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored in the state ConfigMap (``version`` 2): ``threads`` and ``aliases`` (str -> str) and
+        ``entries`` (one dict per entry with its fields; enums as their values, ``not_before`` in epoch seconds).
+        Never raises.
+        """
         return {
             "version": 2,
             "threads": dict(self.threads),

@@ -390,6 +390,7 @@ ALL: tuple[CheckMeta, ...] = (
 
 
 def by_id(check_id: str) -> CheckMeta:
+    """The ``CheckMeta`` of ``check_id`` in ``ALL``; raises ``KeyError`` for an unknown id."""
     for meta in ALL:
         if meta.id == check_id:
             return meta

@@ -12,6 +12,11 @@ from auditor.core.snapshot import Service, SnapshotIndex
 
 @dataclass(frozen=True, slots=True)
 class AuditContext:
+    """What every check receives: the ``index`` of the snapshot, the ``posture``, the resolved ``header_values``
+    (``(target, header name) -> value``, None when unresolved) and, when set, ``reads`` collecting the namespaces
+    whose callers the checks consulted (incremental audit, #16).
+    """
+
     index: SnapshotIndex
     posture: Posture
     # (target, header name) -> value; None when the value could not be resolved (e.g. a Secret
@@ -23,10 +28,12 @@ class AuditContext:
 
     @property
     def root_namespace(self) -> str:
+        """Istio's root namespace from the posture (``mesh.rootNamespace``)."""
         return self.posture.mesh.root_namespace
 
     @property
     def trust_domain(self) -> str:
+        """The mesh trust domain from the posture (``mesh.trustDomain``)."""
         return self.posture.mesh.trust_domain
 
 
@@ -39,6 +46,9 @@ def finding(
     *,
     fix: Fix = NO_FIX,
 ) -> Finding:
+    """A ``Finding`` of ``meta`` on ``service`` (a Service, or a ``"namespace/name"`` target), with duplicate
+    evidence removed (first kept). Never raises.
+    """
     target = service if isinstance(service, str) else service.meta.key
     return Finding(check=meta, target=target, status=status, message=message, evidence=_unique(evidence), fix=fix)
 

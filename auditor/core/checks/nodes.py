@@ -23,6 +23,10 @@ _SHOWN = 5  # endpoint pods named per node; the rest are counted
 
 
 def check_node_ztunnel(ctx: AuditContext, service: Service) -> Finding | None:
+    """strict-mtls.node-ztunnel for ``service`` (see the module docstring): FAIL naming each node of its ready pods
+    without a Ready ztunnel pod, PASS when every such node has one; None (no finding) for Istio's own Services,
+    without ztunnel in the snapshot, or without ready pods on known nodes. Never raises.
+    """
     if istio_service(service, ctx.index) is not None:
         return None  # Istio's own Services: their pods are outside capture by design (§10)
     ztunnels = ctx.index.ztunnels()

@@ -39,6 +39,10 @@ from auditor.core.snapshot import Service, Workload
 
 @dataclass(frozen=True, slots=True)
 class Backend:
+    """One workload behind a Service: whether ztunnel captures it (``capture``) and the policies its node's ztunnel
+    enforces for it (``ztunnel``, semantics §4.1).
+    """
+
     workload: Workload
     capture: Capture
     ztunnel: Applicable
@@ -46,6 +50,11 @@ class Backend:
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """The enforcement path of Service-addressed traffic: the ``waypoint`` in effect, its policies (``at_waypoint``,
+    None without one), the identity it presents to the destination ztunnel (``waypoint_identity``, semantics §4.5)
+    and the ``backends``.
+    """
+
     service: Service
     waypoint: EffectiveWaypoint
     at_waypoint: Applicable | None
@@ -53,12 +62,18 @@ class Route:
     backends: tuple[Backend, ...]
 
     def ignored(self) -> tuple[Evidence, ...]:
+        """The evidence of policies ignored along the route (waypoint, then each backend's ztunnel), without
+        duplicates. Never raises.
+        """
         notes = list(self.at_waypoint.ignored) if self.at_waypoint else []
         notes += [ev for b in self.backends for ev in b.ztunnel.ignored]
         return tuple(dict.fromkeys(notes))
 
 
 def route_for(ctx: AuditContext, service: Service) -> Route:
+    """The ``Route`` of ``service``: its effective waypoint with the policies there and the waypoint's SPIFFE
+    identity (``<trust domain>/ns/<namespace>/sa/<gateway name>``), and every workload behind it. Never raises.
+    """
     waypoint = effective_waypoint(service, ctx.index)
     gateway = waypoint.gateway
     policies, identity = None, None
@@ -75,10 +90,13 @@ def route_for(ctx: AuditContext, service: Service) -> Route:
 
 @dataclass(frozen=True, slots=True)
 class Hop:
+    """One enforcement point on the path (``where``: ztunnel or waypoint, in words) and its ``decision``."""
+
     where: str
     decision: Decision
 
     def explain(self) -> str:
+        """``"<where>: <reason> (<policy>)"`` (the policy part only when one decided). Never raises."""
         policy = f" ({self.decision.policy})" if self.decision.policy else ""
         return f"{self.where}: {self.decision.reason}{policy}"
 
@@ -93,10 +111,12 @@ class Reach:
     skipped_waypoint: bool = False  # the caller's kind does not use the Service's waypoint (§9)
 
     def explain(self) -> str:
+        """Every hop's ``Hop.explain``, joined by ``"; "``. Never raises."""
         return "; ".join(h.explain() for h in self.hops)
 
     @property
     def last(self) -> Hop:
+        """The last hop, the one that decided; raises ``IndexError`` when there are no hops."""
         return self.hops[-1]
 
 

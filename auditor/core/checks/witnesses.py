@@ -32,6 +32,9 @@ _IDENTITY = re.compile(r"^[A-Za-z0-9._-]+/ns/[^/]+/sa/[^/]+$")
 
 
 def route_policies(route: Route) -> list[AuthorizationPolicy]:
+    """Every policy enforced along ``route``: the waypoint's, then each backend ztunnel's (duplicates kept). Never
+    raises.
+    """
     policies = list(route.at_waypoint.policies) if route.at_waypoint else []
     return policies + [p for b in route.backends for p in b.ztunnel.policies]
 
@@ -311,6 +314,9 @@ def required_headers(ctx: AuditContext, protected: ProtectedService) -> tuple[di
 
 
 def header_conditions(rule: AuthzRule, header: str) -> list[str]:
+    """The ``when`` keys of ``rule`` that test ``header`` (``request.headers[<name>]``, names compared lower case as
+    Envoy does). Never raises.
+    """
     return [c.key for c in rule.conditions if header_name(c.key) == header]
 
 

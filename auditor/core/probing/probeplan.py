@@ -63,10 +63,12 @@ class Identity:
 
     @property
     def key(self) -> str:
+        """``"<role>:<namespace>/<service account>"``: the identity's key in a plan. Never raises."""
         return f"{self.role.value}:{self.namespace}/{self.service_account}"
 
     @property
     def label(self) -> str:
+        """The identity in words: its ServiceAccount and whether it is in the mesh. Never raises."""
         where = "in the mesh" if self.in_mesh else "outside the mesh"
         return f"ServiceAccount {self.namespace}/{self.service_account} ({where})"
 
@@ -85,10 +87,12 @@ class PlannedRequest:
 
     @property
     def omitted_header(self) -> str | None:
+        """The header this request leaves out (a ``WITHOUT`` variant), else None. Never raises."""
         return self.variant.removeprefix(WITHOUT) if self.variant.startswith(WITHOUT) else None
 
     @property
     def near_miss_header(self) -> str | None:
+        """The header this request sends with a near-miss value (a ``NEAR_MISS`` variant), else None. Never raises."""
         return self.variant.removeprefix(NEAR_MISS) if self.variant.startswith(NEAR_MISS) else None
 
     @property
@@ -111,6 +115,7 @@ class ProbeBatch:
 
     @property
     def key(self) -> str:
+        """The batch's key in the run report: the identity's key, with ``#<part>`` for a part after the first."""
         return self.identity.key if not self.part else f"{self.identity.key}#{self.part}"
 
     def wire_plan(self, run_id: str, marker_header: str | None) -> ProbePlan:

@@ -28,6 +28,7 @@ class Observation:
     compact: bool = False
 
     def describe(self) -> str:
+        """``"<outcome> (HTTP <status>): <error>"``, each part only when known. Never raises."""
         status = f" (HTTP {self.status})" if self.status is not None else ""
         error = f": {self.error}" if self.error else ""
         return f"{self.outcome.value}{status}{error}"

@@ -60,6 +60,9 @@ class Seen:
     pod: str = ""
 
     def evidence(self) -> Evidence:
+        """The ``Evidence`` of this request: what it observed (or why there is no result) and what was expected.
+        Never raises.
+        """
         if self.request is None:
             return Evidence("probe (not planned)", "", "(no request)", self.reason)
         where = f"sent from {self.pod}" if self.pod else ""
@@ -89,6 +92,9 @@ class TargetView:
     static: Mapping[tuple[str, str], Finding]
 
     def seen(self, role: Role, variant: str) -> Seen:
+        """The planned request of ``role`` and ``variant`` for this Service, resolved as ``resolve`` does; a ``Seen``
+        without request (INCONCLUSIVE, with why) when none was planned. Never raises.
+        """
         request = next(
             (r for r in self.plan.requests_for(self.protected.target) if r.role is role and r.variant == variant),
             None,
@@ -99,6 +105,9 @@ class TargetView:
         return self.resolve(request)
 
     def resolve(self, request: PlannedRequest) -> Seen:
+        """``request`` resolved against the report: its observation, or ERROR (no report, or no result in it) or the
+        batch problem's status (INCONCLUSIVE or ERROR) with the reason. Never raises.
+        """
         batch = self.plan.batch_of(request.id)
         report = self.report.batch(batch.key) if batch else None
         if report is None:
@@ -114,6 +123,7 @@ class TargetView:
         return Seen(request, observation, pod=report.pod)
 
     def statics(self, *checks: CheckMeta) -> list[Finding]:
+        """The static findings of ``checks`` for this Service, in ``checks`` order (absent ones left out)."""
         found = (self.static.get((self.protected.target, c.id)) for c in checks)
         return [f for f in found if f is not None]
 
@@ -177,6 +187,9 @@ class Control:
 
 
 def control_of(view: TargetView) -> Control:
+    """The positive control of this Service (semantics §1; never a PASS without it): passed only when the control
+    request got ALLOWED with the expected HTTP status in this run; ``refused`` when it was denied. Never raises.
+    """
     seen = view.seen(Role.CONTROL, WITH_HEADERS)
     observation, request = seen.observation, seen.request
     if request is None or observation is None:
