@@ -100,8 +100,9 @@ class Request:
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome of ``decide``: ``allowed`` is True, False or None (the snapshot cannot tell: an external
-    authorizer, a source IP range); ``reason`` says why in words, ``policy`` names the deciding policy
-    (``ObjectMeta.ref``, ``""`` when none) and ``rule`` is its matching rule when one decided.
+    authorizer, a source IP range); ``reason`` says why in words; ``policy`` names what decided (``"<ref>
+    rules[<i>]"`` for a matching rule, the ALLOW policies' refs joined by ``", "`` when none matches, ``""``
+    when no policy applies) and ``rule`` is the matching rule when one decided.
     """
 
     allowed: Tri

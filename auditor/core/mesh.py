@@ -37,8 +37,8 @@ HBONE_PORT = 15008
 
 
 class CaptureState(StrEnum):
-    """Whether istio-cni redirects a workload's traffic to ztunnel: captured, not captured, or pending (enrolled but
-    istio-cni has not yet annotated the pod; semantics §2).
+    """Whether istio-cni redirects a workload's traffic to ztunnel: captured, not captured, or pending (enrolled,
+    and the pod's ``ambient.istio.io/redirection`` annotation still says ``pending``; semantics §2).
     """
 
     CAPTURED = "captured"
