@@ -24,7 +24,7 @@ from auditor.core.enforcement import EnforcementPoints, changed_nodes, enforceme
 
 class NodeTrigger:
     """Calls ``trigger`` (a probe cycle) when the enforcement points change: a node added or a ztunnel pod replaced
-    or become Ready (``core.enforcement.changed_nodes``). Lists Nodes and ztunnel pods every ``every_s`` seconds
+    or now Ready (``core.enforcement.changed_nodes``). Lists Nodes and ztunnel pods every ``every_s`` seconds
     in a daemon thread until ``stop`` is set; the first listing is the baseline.
     """
 
