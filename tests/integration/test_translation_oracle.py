@@ -480,7 +480,10 @@ def test_model_agrees_with_istiod_on_generated_configurations(
     batch = [data.draw(_configuration(), label=f"configuration {i}") for i in range(ORACLE_BATCH_SIZE)]
     documents = [doc for configuration in batch for doc in configuration]
     namespaces = {d["metadata"]["name"] for d in documents if d["kind"] == "Namespace"}
-    label = f"{BATCH_LABEL}={uuid.uuid4().hex[:10]}"
+    # A letter first: a bare hex value such as "4e12345678" is a string to PyYAML (which quotes
+    # only what it would itself resolve) but a float to kubectl's Go YAML, which then refuses
+    # the label ("cannot unmarshal number into ... labels of type string").
+    label = f"{BATCH_LABEL}=b{uuid.uuid4().hex[:10]}"
     for document in documents:
         key, value = label.split("=")
         document["metadata"].setdefault("labels", {})[key] = value
