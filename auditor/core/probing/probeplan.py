@@ -206,7 +206,9 @@ def plan_probes(
         planned, left_out = _plan_target(protected, posture, header_values, options)
         requests += planned
         skipped += left_out
-    endpoints, coverage = _endpoints(posture, snapshot, requests, options)
+    # One index for the endpoints and their bypass fixes, built only when endpoints are probed.
+    index = SnapshotIndex(snapshot) if options.endpoint_budget > 0 else None
+    endpoints, coverage = _endpoints(posture, index, requests, options)
     requests += _endpoint_requests(endpoints, posture, requests, options)
     batches = _batches(requests, run_id, options)
     return RunPlan(
@@ -218,21 +220,21 @@ def plan_probes(
         endpoints,
         coverage,
         options.bypass_severity,
-        _bypass_fixes(posture, snapshot, header_values, endpoints),
+        _bypass_fixes(posture, index, header_values, endpoints),
     )
 
 
 def _bypass_fixes(
     posture: Posture,
-    snapshot: Snapshot,
+    index: SnapshotIndex | None,
     header_values: Mapping[tuple[str, str], str | None],
     endpoints: tuple[Endpoint, ...],
 ) -> dict[str, Fix]:
     """The pod-IP bypass fix of every Service whose endpoints this run probes by pod IP."""
     probed = {e.target for e in endpoints}
-    if not probed:
+    if not probed or index is None:
         return {}
-    ctx = AuditContext(index=SnapshotIndex(snapshot), posture=posture, header_values=header_values)
+    ctx = AuditContext(index=index, posture=posture, header_values=header_values)
     found: dict[str, Fix] = {}
     for protected in posture.protected:
         service = ctx.index.services.get(protected.target)
@@ -242,13 +244,16 @@ def _bypass_fixes(
 
 
 def _endpoints(
-    posture: Posture, snapshot: Snapshot, planned: list[tuple[Identity, PlannedRequest]], options: PlanOptions
+    posture: Posture,
+    index: SnapshotIndex | None,
+    planned: list[tuple[Identity, PlannedRequest]],
+    options: PlanOptions,
 ) -> tuple[tuple[Endpoint, ...], dict[str, Coverage]]:
-    """The ready endpoints this run probes (the budget's rotating window) and the coverage."""
-    if options.endpoint_budget <= 0:
+    """The ready endpoints this run probes (the budget's rotating window) and the coverage;
+    none without an index (no endpoint budget)."""
+    if index is None or options.endpoint_budget <= 0:
         return (), {}
     targets = {r.target for _, r in planned}
-    index = SnapshotIndex(snapshot)
     ready: list[Endpoint] = []
     for protected in posture.protected:
         service = index.services.get(protected.target)
