@@ -26,7 +26,15 @@ from enum import StrEnum
 
 from auditor.core.checks.context import AuditContext
 from auditor.core.checks.fixes import bypass_fix
-from auditor.core.endpoints import ENDPOINT_INTRUDER, ENDPOINT_PLAINTEXT, Coverage, Endpoint, ready_endpoints, rotate
+from auditor.core.endpoints import (
+    ENDPOINT_INTRUDER,
+    ENDPOINT_PLAINTEXT,
+    Coverage,
+    Endpoint,
+    ServiceEndpoints,
+    rotate,
+    service_endpoints,
+)
 from auditor.core.model import Fix, Severity
 from auditor.core.posture import Posture, ProbeTarget, ProtectedService
 from auditor.core.snapshot import Snapshot, SnapshotIndex
@@ -255,14 +263,19 @@ def _endpoints(
         return (), {}
     targets = {r.target for _, r in planned}
     ready: list[Endpoint] = []
+    known: dict[str, ServiceEndpoints] = {}
     for protected in posture.protected:
         service = index.services.get(protected.target)
         if protected.target in targets and service is not None:
-            ready += ready_endpoints(protected, service, index)
+            found = known[protected.target] = service_endpoints(protected, service, index)
+            ready += found.endpoints
     chosen = rotate(ready, options.endpoint_budget, options.rotation)
     coverage = {
-        target: Coverage(sum(1 for e in chosen if e.target == target), sum(1 for e in ready if e.target == target))
-        for target in sorted({e.target for e in ready})
+        target: Coverage(
+            sum(1 for e in chosen if e.target == target), len(found.endpoints), found.source, found.gap
+        )
+        for target, found in sorted(known.items())
+        if found.endpoints or found.gap
     }
     return chosen, coverage
 
@@ -284,11 +297,11 @@ def _endpoint_requests(
         path = _probe_of(protected).path
         outside = by_role.get((endpoint.target, Role.OUTSIDE))
         if outside is not None:
-            variant = f"{ENDPOINT_PLAINTEXT}{endpoint.pod}"
+            variant = f"{ENDPOINT_PLAINTEXT}{endpoint.key}"
             requests.append((outside[0], _to_endpoint(outside[1], endpoint, variant, path, Outcome.L4_DENIED)))
         intruder = by_role.get((endpoint.target, Role.INTRUDER))
         if intruder is not None and protected.waypoint is not None:
-            variant = f"{ENDPOINT_INTRUDER}{endpoint.pod}"
+            variant = f"{ENDPOINT_INTRUDER}{endpoint.key}"
             requests.append((intruder[0], _to_endpoint(intruder[1], endpoint, variant, path, Outcome.L4_DENIED)))
     return requests
 
