@@ -271,9 +271,7 @@ def _endpoints(
             ready += found.endpoints
     chosen = rotate(ready, options.endpoint_budget, options.rotation)
     coverage = {
-        target: Coverage(
-            sum(1 for e in chosen if e.target == target), len(found.endpoints), found.source, found.gap
-        )
+        target: Coverage(sum(1 for e in chosen if e.target == target), len(found.endpoints), found.source, found.gap)
         for target, found in sorted(known.items())
         if found.endpoints or found.gap
     }

@@ -213,7 +213,10 @@ def strict_mtls_verdict(view: TargetView) -> Finding:
     if coverage is not None and coverage.gap and by_name.status is Status.PASS:
         # The endpoints are unknown: the plaintext refusal by Service name proves one pod at most.
         message = f"{by_name.message}; but the Service's endpoints are unknown: {coverage.gap}"
-        evidence = (*by_name.evidence, Evidence(f"Service {view.protected.target}", "endpoints", "unknown", coverage.gap))
+        evidence = (
+            *by_name.evidence,
+            Evidence(f"Service {view.protected.target}", "endpoints", "unknown", coverage.gap),
+        )
         details = {**by_name.details, "endpoints": "unknown"}
         return dataclasses.replace(
             by_name, status=Status.INCONCLUSIVE, message=message, evidence=evidence, details=details

@@ -8,12 +8,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from auditor.adapters.probepods.podspec import PodOptions, probe_pod
+from auditor.core.decode import decode_object
 from auditor.core.endpoints import FROM_PODS, Endpoint, rotate
 from auditor.core.model import Finding, Severity, Status
 from auditor.core.probing.probeplan import PlanOptions, RunPlan, plan_probes
 from auditor.core.probing.probereport import Observation
 from auditor.core.probing.verdict import probe_findings
-from auditor.core.decode import decode_object
 from auditor.core.snapshot import (
     Container,
     ContainerPort,
@@ -88,7 +88,10 @@ def test_an_uncaptured_endpoint_fails_strict_mtls_naming_pod_and_node() -> None:
 def test_every_endpoint_refusing_plaintext_passes_with_the_coverage() -> None:
     found = _findings(_plan(), {})
     assert found["strict-mtls.probe"].status is Status.PASS
-    assert "2/2 ready endpoints probed by pod IP" + OFFLINE + ", each refused plaintext" in found["strict-mtls.probe"].message
+    assert (
+        "2/2 ready endpoints probed by pod IP" + OFFLINE + ", each refused plaintext"
+        in found["strict-mtls.probe"].message
+    )
     assert found["waypoint-enrollment.pod-ip-bypass"].status is Status.PASS
 
 
