@@ -117,7 +117,8 @@ class ProbeSettings(_Group):
     url_overrides: dict[str, str] = Field(
         default_factory=dict,
         description='Base URL per Service (JSON: {"ns/svc": "http://host:port"}, or "role:ns/svc" with '
-        "role outside, intruder or control). For test rigs and unusual networks; paths are kept.",
+        'role outside, intruder or control), and per endpoint probed by pod IP ("endpoint:<ip>:<port>"). '
+        "For test rigs and unusual networks; paths are kept.",
     )
 
 

@@ -53,8 +53,8 @@ class Endpoint:
 
     @property
     def key(self) -> str:
-        """What names the endpoint in request ids: its pod, else its IP. Never raises."""
-        return self.pod or self.ip
+        """What names the endpoint in request ids: its pod, else ``<ip>:<port>``. Never raises."""
+        return self.pod or f"{self.ip}:{self.port}"
 
     @property
     def url_base(self) -> str:
@@ -134,7 +134,9 @@ def ready_endpoints(protected: ProtectedService, service: Service, index: Snapsh
 def _from_slices(
     protected: ProtectedService, port_name: str, slices: tuple[EndpointSlice, ...], index: SnapshotIndex
 ) -> tuple[Endpoint, ...]:
-    found: dict[str, Endpoint] = {}  # by IP: an endpoint may sit in two slices while they change
+    # By address and port: an endpoint may sit in two slices while they change; two pods may share
+    # an IP with different ports (host-network pods).
+    found: dict[tuple[str, int], Endpoint] = {}
     for piece in slices:
         if piece.address_type not in _ADDRESS_TYPES:
             continue
@@ -147,7 +149,7 @@ def _from_slices(
                 continue
             ip = entry.addresses[0]  # the addresses are fungible; consumers may use the first
             node = entry.node_name or _node_of(entry.pod, index)
-            found.setdefault(ip, Endpoint(protected.target, entry.pod, node, ip, number))
+            found.setdefault((ip, number), Endpoint(protected.target, entry.pod, node, ip, number))
     return tuple(sorted(found.values(), key=lambda e: (e.pod, e.ip)))
 
 

@@ -296,20 +296,23 @@ def _endpoint_requests(
         outside = by_role.get((endpoint.target, Role.OUTSIDE))
         if outside is not None:
             variant = f"{ENDPOINT_PLAINTEXT}{endpoint.key}"
-            requests.append((outside[0], _to_endpoint(outside[1], endpoint, variant, path, Outcome.L4_DENIED)))
+            requests.append((outside[0], _to_endpoint(outside[1], endpoint, variant, path, options)))
         intruder = by_role.get((endpoint.target, Role.INTRUDER))
         if intruder is not None and protected.waypoint is not None:
             variant = f"{ENDPOINT_INTRUDER}{endpoint.key}"
-            requests.append((intruder[0], _to_endpoint(intruder[1], endpoint, variant, path, Outcome.L4_DENIED)))
+            requests.append((intruder[0], _to_endpoint(intruder[1], endpoint, variant, path, options)))
     return requests
 
 
 def _to_endpoint(
-    request: PlannedRequest, endpoint: Endpoint, variant: str, path: str, expect: Outcome
+    request: PlannedRequest, endpoint: Endpoint, variant: str, path: str, options: PlanOptions
 ) -> PlannedRequest:
+    """The request to one endpoint by pod IP: refused at L4 when the promises hold. Its base URL is
+    ``url_overrides["endpoint:<ip>:<port>"]`` when set (a network where pod IPs are translated)."""
     request_id = f"{endpoint.target}:{request.role.value}:{variant}"
-    wire = request.wire.model_copy(update={"id": request_id, "url": endpoint.url_base + path})
-    return PlannedRequest(request_id, endpoint.target, request.role, variant, expect, wire)
+    base = options.url_overrides.get(f"endpoint:{endpoint.ip}:{endpoint.port}", endpoint.url_base).rstrip("/")
+    wire = request.wire.model_copy(update={"id": request_id, "url": base + path})
+    return PlannedRequest(request_id, endpoint.target, request.role, variant, Outcome.L4_DENIED, wire)
 
 
 def _missing_reason(protected: ProtectedService, absent: bool) -> str:

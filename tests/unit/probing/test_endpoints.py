@@ -210,8 +210,8 @@ def test_a_selectorless_service_with_a_manual_slice_is_probed_by_its_addresses()
         _slice("catalog-manual", [_entry("192.0.2.10", None, None)], port="web"), services=(manual,)
     )
     plan = _live_plan(snapshot)
-    assert [(e.key, e.url_base) for e in plan.endpoints] == [("192.0.2.10", "http://192.0.2.10:8080")]
-    found = _findings(plan, {"default/catalog:outside:endpoint-plaintext:192.0.2.10": ALLOWED})
+    assert [(e.key, e.url_base) for e in plan.endpoints] == [("192.0.2.10:8080", "http://192.0.2.10:8080")]
+    found = _findings(plan, {"default/catalog:outside:endpoint-plaintext:192.0.2.10:8080": ALLOWED})
     strict = found["strict-mtls.probe"]
     assert strict.status is Status.FAIL
     assert "endpoint 192.0.2.10:8080 (no pod named by its EndpointSlice on node (unknown))" in strict.message
