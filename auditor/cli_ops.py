@@ -60,6 +60,12 @@ def _add_drill(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     drill.add_argument(
         "--kind", action="append", metavar="KIND", help="drift kind (repeatable; default: AUDITOR_DRILL__KINDS)"
     )
+    drill.add_argument(
+        "--active",
+        action="store_true",
+        help="also probe the canary with probe pods (AUDITOR_PROBES__*): each drift must fail its promise's probe "
+        "verdict; the JSON drills[].detected_by says which methods detected it",
+    )
     drill.add_argument("--output", choices=("table", "json", "markdown"), default="table", help="default: table")
 
 
@@ -82,7 +88,9 @@ def _drill(args: argparse.Namespace, out: TextIO, settings: Settings) -> int:
                 "command line", error.errors()[0]["msg"], field="--kind", fix="see auditor drill --help"
             ) from error
         settings = settings.model_copy(update={"drill": drill})
-    result = run_drill(args.kubeconfig, args.context, args.rules, settings)
+    result = run_drill(
+        args.kubeconfig, args.context, args.rules, settings, probes=settings.probes if args.active else None
+    )
     if args.output == "json":
         out.write(json.dumps(result.as_dict()) + "\n")
     elif args.output == "markdown":

@@ -117,7 +117,8 @@ class ProbeSettings(_Group):
     url_overrides: dict[str, str] = Field(
         default_factory=dict,
         description='Base URL per Service (JSON: {"ns/svc": "http://host:port"}, or "role:ns/svc" with '
-        "role outside, intruder or control). For test rigs and unusual networks; paths are kept.",
+        'role outside, intruder or control), and per endpoint probed by pod IP ("endpoint:<ip>:<port>"). '
+        "For test rigs and unusual networks; paths are kept.",
     )
 
 
@@ -185,8 +186,9 @@ class DaemonSettings(_Group):
     node_check_s: float = Field(
         default=15.0,
         ge=0,
-        description="With probes: list Nodes and ztunnel pods this often; a new node, or a ztunnel pod replaced or "
-        "Ready again, starts a probe cycle at once (bounds the delay to probe a new node). 0 = off.",
+        description="With probes: Nodes and ztunnel pods are watched; a new node, or a ztunnel pod replaced or "
+        "Ready again, starts a probe cycle at once. After a watch error the trigger retries with backoff capped at "
+        "this many seconds, which bounds the delay to probe a new node once the API server answers. 0 = off.",
     )
     lease_duration_s: int = Field(default=15, ge=2, description="Leader lease duration; standby takes over after it.")
     report_cron: str = Field(default="0 6 * * *", description="Daily compliance report (cron, UTC).")

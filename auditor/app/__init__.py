@@ -297,9 +297,13 @@ def run_drill(
     settings: Settings,
     *,
     stop: threading.Event | None = None,
+    probes: ProbeSettings | None = None,
 ) -> DrillResult:
     """``auditor drill`` (and the daemon's drill schedule): one chaos drill in the sandbox
-    namespace, judged by the static audit of the live snapshot (docs/drills.md).
+    namespace, judged by the static audit of the live snapshot (docs/drills.md). With ``probes``
+    (``--active``, or the daemon's probes on) every audit also runs probe pods against the canary:
+    the baseline needs passing probe verdicts and each drift must fail its promise's probe verdict
+    (``detected_by`` in the result says which methods detected it).
 
     Raises ``InputError`` when the rules protect nothing a canary can mirror.
     """
@@ -335,16 +339,43 @@ def run_drill(
     )
     with closing(build_api_client(kubeconfig, context)) as api:
         reader = ClusterReader(api)
+        probe_runner: ProbeRunner | None = None
+        if probes is not None:
+            from auditor.adapters.probepods.kube import PodApi  # noqa: PLC0415 - start-up time (#16)
+            from auditor.adapters.probepods.runner import PodProbeRunner  # noqa: PLC0415 - start-up time (#16)
+
+            probe_runner = PodProbeRunner(PodApi(api), runner_options(probes))
 
         def audit() -> tuple[Finding, ...]:
-            return run_static_audit(reader.snapshot(), canary.posture, canary.header_values())
+            snapshot = reader.snapshot()
+            static = run_static_audit(snapshot, canary.posture, canary.header_values())
+            if probe_runner is None or probes is None:
+                return static
+            # The canary's positive control runs as the drill's own account in the sandbox
+            # (build_canary): no real workload is impersonated, so it needs no second opt-in.
+            options = dataclasses.replace(plan_options(probes), control_allowed=True)
+            run_id = uuid.uuid4().hex[:12]
+            return active_audit(
+                snapshot,
+                canary.posture,
+                values=canary.header_values(),
+                static=static,
+                runner=probe_runner,
+                options=options,
+                run_id=run_id,
+            )
 
         runner = DrillRunner(
             canary,
             KubeSandbox(api, drill.namespace),
             audit,
             drill_alerter(settings, drill_id),
-            RunOptions(poll_s=drill.poll_s, timeout_s=drill.detect_timeout_s, kill_switch=drill.kill_switch),
+            RunOptions(
+                poll_s=drill.poll_s,
+                timeout_s=drill.detect_timeout_s,
+                kill_switch=drill.kill_switch,
+                by_probes=probe_runner is not None,
+            ),
             stop=stop,
         )
         result = runner.run(drill_steps(canary, kinds))

@@ -141,7 +141,9 @@ def _drill_schedule(
     cfg = settings.daemon
 
     def run(stopping: threading.Event) -> DrillResult:
-        return run_drill(cfg.kubeconfig, cfg.context, cfg.rules, settings, stop=stopping)
+        # With the daemon's probes on, drills are judged by probe verdicts too (docs/drills.md).
+        probes = settings.probes if cfg.probes_enabled else None
+        return run_drill(cfg.kubeconfig, cfg.context, cfg.rules, settings, stop=stopping, probes=probes)
 
     schedule = DrillSchedule(
         run, settings.drill.every_s, lambda: daemon.leading, DrillMetrics(metrics.registry), Path(cfg.reports_dir), stop

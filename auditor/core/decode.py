@@ -19,6 +19,9 @@ DEFAULT_NAMESPACE = "default"
 _T = TypeVar("_T")
 _CLUSTER_SCOPED = frozenset({"Namespace", "GatewayClass"})
 _GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+_PROTOCOLS = ("TCP", "UDP", "SCTP")
+# The label by which an EndpointSlice names its Service (discovery.k8s.io/v1, LabelServiceName).
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
 class DecodeError(ValueError):
@@ -42,6 +45,7 @@ Decoded = (
     | s.GatewayClass
     | s.HTTPRoute
     | s.ServiceEntry
+    | s.EndpointSlice
 )
 
 
@@ -197,6 +201,8 @@ def _group_matches(kind: str, api_version: str) -> bool:
         return group == "security.istio.io"
     if kind == "ServiceEntry":
         return group == "networking.istio.io"
+    if kind == "EndpointSlice":
+        return api_version == "discovery.k8s.io/v1"  # v1beta1 (removed in Kubernetes 1.25) had nodeName elsewhere
     return True
 
 
@@ -264,7 +270,7 @@ def _service_port(doc: _Doc) -> s.ServicePort:
         port=port,
         target_port=target,
         name=doc.string("name"),
-        protocol=_enum(doc, "protocol", "TCP", ("TCP", "UDP", "SCTP")),
+        protocol=_enum(doc, "protocol", "TCP", _PROTOCOLS),
     )
 
 
@@ -484,6 +490,46 @@ def _service_entry(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
     return (s.ServiceEntry(meta=meta, hosts=doc.child("spec").strings("hosts")),)
 
 
+def _endpoint_slice(doc: _Doc, meta: s.ObjectMeta) -> tuple[Decoded, ...]:
+    # discovery.k8s.io/v1 EndpointSlice: the endpoints the EndpointSlice controller (or a person,
+    # for a Service without a selector) publishes; kube-proxy and istiod read the same.
+    endpoints = []
+    for entry in doc.items("endpoints"):
+        conditions = entry.child("conditions")
+        ref = entry.child("targetRef")
+        pod = ""
+        if ref.string("kind") == "Pod" and ref.string("name"):
+            pod = f"{ref.string('namespace') or meta.namespace}/{ref.string('name')}"
+        endpoints.append(
+            s.SliceEndpoint(
+                addresses=entry.strings("addresses"),
+                ready=_optional_flag(conditions, "ready"),
+                serving=_optional_flag(conditions, "serving"),
+                terminating=_optional_flag(conditions, "terminating"),
+                pod=pod,
+                node_name=entry.string("nodeName"),
+            )
+        )
+    ports = tuple(
+        s.SlicePort(name=p.string("name"), port=p.integer("port"), protocol=_enum(p, "protocol", "TCP", _PROTOCOLS))
+        for p in doc.items("ports")
+    )
+    return (
+        s.EndpointSlice(
+            meta=meta,
+            service=meta.labels.get(SERVICE_NAME_LABEL, ""),
+            address_type=doc.string("addressType", "IPv4"),
+            endpoints=tuple(endpoints),
+            ports=ports,
+        ),
+    )
+
+
+def _optional_flag(doc: _Doc, key: str) -> bool | None:
+    """A pointer-to-bool field: ``None`` when absent (its meaning is then the API's default)."""
+    return None if doc.body.get(key) is None else doc.flag(key)
+
+
 _DECODERS: Mapping[str, Callable[[_Doc, s.ObjectMeta], tuple[Decoded, ...]]] = {
     "Namespace": _namespace,
     "ServiceAccount": _service_account,
@@ -502,6 +548,7 @@ _DECODERS: Mapping[str, Callable[[_Doc, s.ObjectMeta], tuple[Decoded, ...]]] = {
     "GatewayClass": _gateway_class,
     "HTTPRoute": _http_route,
     "ServiceEntry": _service_entry,
+    "EndpointSlice": _endpoint_slice,
 }
 
 READ_KINDS: Sequence[str] = tuple(_DECODERS)
@@ -516,6 +563,7 @@ _MODEL_CLASSES: tuple[type, ...] = (
     s.GatewayClass,
     s.HTTPRoute,
     s.ServiceEntry,
+    s.EndpointSlice,
 )
 
 
@@ -549,6 +597,7 @@ def build_snapshot(
         gateway_classes=of(s.GatewayClass),
         http_routes=of(s.HTTPRoute),
         service_entries=of(s.ServiceEntry),
+        endpoint_slices=of(s.EndpointSlice),
         problems=tuple(problems),
         live=live,
     )

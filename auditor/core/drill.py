@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from auditor.core.model import Finding, Method, Property, Status
 from auditor.core.posture import (
+    ControlProbe,
     HeaderValue,
     MeshSettings,
     Posture,
@@ -155,6 +156,9 @@ def build_canary(source: ProtectedService, mesh: MeshSettings, options: CanaryOp
     headers = [
         RequiredHeader(name=h.name, value=HeaderValue(literal=options.header_value)) for h in source.required_headers
     ]
+    # The positive control of a probe run (semantics §1.7): the drill's own first allowed account,
+    # in the sandbox, impersonating no real workload.
+    control = ControlProbe(enabled=True, service_account=accounts[0]) if accounts else ControlProbe()
     protected = ProtectedService(
         name=name,
         namespace=namespace,
@@ -162,9 +166,11 @@ def build_canary(source: ProtectedService, mesh: MeshSettings, options: CanaryOp
         waypoint=waypoint,
         required_headers=headers,
         probe=ProbeTarget(port=80, path="/"),
+        control=control,
     )
     objects = [
         _meta("v1", "ServiceAccount", name, namespace),
+        *(_meta("v1", "ServiceAccount", a, namespace) for a in accounts[:1] if a != name),
         _deployment(name, namespace, options),
         _service(name, namespace, waypoint),
         {**_meta("security.istio.io/v1", "PeerAuthentication", f"{name}-strict", namespace), "spec": _strict()},
@@ -437,43 +443,68 @@ def drill_steps(canary: Canary, kinds: Iterable[DriftKind]) -> tuple[Step, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Judgement:
-    """What one audit of the canary says: which promises fail, and whether all four pass."""
+    """What one audit of the canary says: which promises fail (by static checks, by probe verdicts),
+    and whether all four pass. ``by_probes``: the audit ran probes, and detection is theirs."""
 
-    failing: Mapping[Property, tuple[str, ...]]  # promise -> failing check ids
+    failing: Mapping[Property, tuple[str, ...]]  # promise -> failing check ids (static and probe)
     unproven: tuple[str, ...]  # checks neither PASS nor FAIL (ERROR, INCONCLUSIVE, SKIPPED)
     passes: bool
+    probe_failing: Mapping[Property, tuple[str, ...]] = field(default_factory=dict)  # probe checks only
+    by_probes: bool = False
 
     def detects(self, promise: Property) -> bool:
-        """True when at least one check of ``promise`` fails for the canary. Never raises."""
+        """True when ``promise`` fails for the canary: by a probe verdict when the audit ran probes (the
+        issue's "the probes detect it on the right promise"), else by any check. Never raises."""
+        if self.by_probes:
+            return bool(self.probe_failing.get(promise))
         return bool(self.failing.get(promise))
+
+    def detected_by(self, promise: Property) -> tuple[str, ...]:
+        """Which methods fail ``promise`` now: ``"static"`` and/or ``"probe"``, in that order. Never raises."""
+        probe = set(self.probe_failing.get(promise, ()))
+        static = [c for c in self.failing.get(promise, ()) if c not in probe]
+        return (("static",) if static else ()) + (("probe",) if probe else ())
 
     def describe(self) -> str:
         """The judgement in words: every promise passes, or which promises fail (with check ids) and which checks are
         not proven. Never raises.
         """
         if self.passes:
-            return "every promise of the canary passes"
+            return "every promise of the canary passes" + (", static and by probes" if self.by_probes else "")
         parts = [f"{p.value} fails ({', '.join(ids)})" for p, ids in self.failing.items()]
         parts += [f"not proven: {', '.join(self.unproven)}"] if self.unproven else []
         return "; ".join(parts) or "no finding for the canary"
 
 
-def judge(findings: Sequence[Finding], canary: Canary) -> Judgement:
+def judge(findings: Sequence[Finding], canary: Canary, *, by_probes: bool = False) -> Judgement:
     """The canary's findings (static, and probe ones when probes ran) as a ``Judgement``.
 
     The baseline passes only when every promise the canary carries has a finding and all of
-    them PASS: a promise with no finding, or an unproven one, is never a pass.
+    them PASS: a promise with no finding, or an unproven one, is never a pass. With
+    ``by_probes`` each promise also needs a passing probe verdict (a probe run that proved
+    nothing is never a baseline), and a drift counts as detected only by a failing probe verdict.
     """
     mine = [f for f in findings if f.target == canary.target and f.property in PROMISES]
     failing: dict[Property, list[str]] = {}
+    probe_failing: dict[Property, list[str]] = {}
     for finding in mine:
         if finding.status is Status.FAIL:
             failing.setdefault(finding.property, []).append(finding.check.id)
+            if finding.method is Method.PROBE:
+                probe_failing.setdefault(finding.property, []).append(finding.check.id)
     unproven = tuple(sorted(f.check.id for f in mine if f.status not in {Status.PASS, Status.FAIL}))
     covered = {f.property for f in mine if f.method is Method.STATIC}
     wanted = set(_promises_of(canary.protected))
+    if by_probes:
+        covered &= {f.property for f in mine if f.method is Method.PROBE}
     passes = not failing and not unproven and wanted <= covered
-    return Judgement({p: tuple(ids) for p, ids in failing.items()}, unproven, passes)
+    return Judgement(
+        {p: tuple(ids) for p, ids in failing.items()},
+        unproven,
+        passes,
+        {p: tuple(ids) for p, ids in probe_failing.items()},
+        by_probes,
+    )
 
 
 def _promises_of(protected: ProtectedService) -> tuple[Property, ...]:
@@ -498,10 +529,12 @@ class DrillOutcome:
     time_to_alert_s: float | None
     resolved: bool
     detail: str = ""
+    detected_by: tuple[str, ...] = ()  # "static" and/or "probe": what failed the promise at detection
 
     def as_dict(self) -> dict[str, object]:
         """The JSON ``drills[]`` entry: ``kind``, ``promise`` (str), ``detected``, ``alerted``, ``resolved`` (bool),
-        ``time_to_detect_s`` and ``time_to_alert_s`` (seconds or None) and ``detail`` (str). Never raises.
+        ``time_to_detect_s`` and ``time_to_alert_s`` (seconds or None), ``detected_by`` (a list of ``"static"``
+        and ``"probe"``) and ``detail`` (str). Never raises.
         """
         return {
             "kind": self.kind,
@@ -511,6 +544,7 @@ class DrillOutcome:
             "alerted": self.alerted,
             "time_to_alert_s": self.time_to_alert_s,
             "resolved": self.resolved,
+            "detected_by": list(self.detected_by),
             "detail": self.detail,
         }
 

@@ -47,6 +47,7 @@ from auditor.core.posture import Posture
 from auditor.core.snapshot import (
     ZTUNNEL_LABEL,
     AuthorizationPolicy,
+    EndpointSlice,
     Gateway,
     Namespace,
     PeerAuthentication,
@@ -243,6 +244,8 @@ class IncrementalAudit:
             if self._caller_changed(obj, *versions):
                 targets |= self._reading(ns)
             return Reach(here, targets=targets)
+        if isinstance(obj, EndpointSlice):
+            return Reach(here)  # where a Service's endpoints run: the node check of its namespace
         return EVERYTHING  # HTTPRoute, ServiceEntry, anything new: do not guess
 
     def _reading(self, namespace: str) -> frozenset[str]:

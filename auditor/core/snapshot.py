@@ -318,6 +318,46 @@ class ServiceEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class SliceEndpoint:
+    """One entry of an EndpointSlice's ``endpoints``: its ``addresses`` (pod IPs), the ``conditions``
+    (``ready``/``serving``/``terminating``; ``None`` when absent, which the API says to read as ready and
+    serving, and not terminating), the ``targetRef`` Pod (``"namespace/name"``, ``""`` when the entry names
+    no Pod, e.g. a hand-written slice) and the ``nodeName`` (``""`` when absent).
+    """
+
+    addresses: tuple[str, ...]
+    ready: bool | None = None
+    serving: bool | None = None
+    terminating: bool | None = None
+    pod: str = ""
+    node_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SlicePort:
+    """One entry of an EndpointSlice's ``ports``: the Service port's ``name`` (``""`` when unnamed) and the
+    endpoints' ``port`` number (``None``: every port, which the API allows and probes cannot use).
+    """
+
+    name: str
+    port: int | None
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSlice:
+    """A ``discovery.k8s.io/v1`` EndpointSlice: ``service`` is its ``kubernetes.io/service-name`` label (``""``
+    when it belongs to no Service), ``address_type`` ``IPv4``, ``IPv6`` or ``FQDN``.
+    """
+
+    meta: ObjectMeta
+    service: str
+    address_type: str
+    endpoints: tuple[SliceEndpoint, ...] = ()
+    ports: tuple[SlicePort, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ReadProblem:
     """Something the reader could not read (a forbidden list, a missing CRD): never a pass."""
 
@@ -341,6 +381,7 @@ class Snapshot:
     gateway_classes: tuple[GatewayClass, ...] = ()
     http_routes: tuple[HTTPRoute, ...] = ()
     service_entries: tuple[ServiceEntry, ...] = ()
+    endpoint_slices: tuple[EndpointSlice, ...] = ()
     problems: tuple[ReadProblem, ...] = ()
     live: bool = False
 
@@ -417,6 +458,7 @@ _NAMESPACED_FIELDS = (
     "gateways",
     "http_routes",
     "service_entries",
+    "endpoint_slices",
 )
 K = TypeVar("K")
 V = TypeVar("V")
@@ -489,6 +531,7 @@ class SnapshotIndex:
         self.gateways = {g.meta.key: g for g in snapshot.gateways}
         self.gateway_classes = {c.meta.name: c for c in snapshot.gateway_classes}
         self.service_accounts = {a.meta.key for a in snapshot.service_accounts}
+        self._slices = self._index_slices(snapshot.endpoint_slices)
         self._workloads = self._index_workloads(snapshot.workloads)
         self._workloads_for: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Workload, ...]] = {}
         self._ztunnels: ZtunnelView | None = None
@@ -555,6 +598,7 @@ class SnapshotIndex:
             else:
                 workloads.pop((ns, is_pod), None)
         new._workloads = workloads
+        new._slices = _rekeyed(self._slices, before._slices, after._slices, lambda key: key[0] == ns)
         new._workloads_for = {}
         new._ztunnels = None  # rebuilt on first use from the new snapshot
         new.peer_auth_by_ns = _replaced(self.peer_auth_by_ns, after.peer_auth_by_ns, ns)
@@ -594,6 +638,19 @@ class SnapshotIndex:
             memo.pop(id(workload), None)
         new.workload_memo = memo
         return new
+
+    @staticmethod
+    def _index_slices(slices: Iterable[EndpointSlice]) -> dict[tuple[str, str], tuple[EndpointSlice, ...]]:
+        found: dict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
+        for piece in slices:
+            if piece.service:
+                found[(piece.meta.namespace, piece.service)].append(piece)
+        return {key: tuple(pieces) for key, pieces in found.items()}
+
+    def slices_for(self, service: Service) -> tuple[EndpointSlice, ...]:
+        """The EndpointSlices of ``service`` (label ``kubernetes.io/service-name``, same namespace), by name;
+        ``()`` when it has none or the snapshot holds no slices (manifest files). Never raises."""
+        return self._slices.get((service.meta.namespace, service.meta.name), ())
 
     @staticmethod
     def _index_workloads(workloads: Iterable[Workload]) -> dict[tuple[str, bool], _LabelIndex]:

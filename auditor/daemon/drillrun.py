@@ -4,7 +4,8 @@ Thin: every decision (what the canary is, what a drift changes, when a promise c
 detected or resolved) is the pure core's; this module only performs the steps in order, polls
 the audit, measures the seconds, and always ends with the sandbox reverted and swept, whatever
 happened (an API error, the kill switch, a stop request). ``auditor.app.run_drill`` wires it to
-the API server, the static audit of the live snapshot and Slack.
+the API server, the static audit of the live snapshot (plus a probe run against the canary when
+probes are on: ``RunOptions.by_probes``) and Slack.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class RunOptions:
     poll_s: float = 2.0
     timeout_s: float = 180.0
     kill_switch: bool = False  # the setting; the namespace label is read through the sandbox
+    # The audit runs probes (in-cluster probe pods): the baseline needs passing probe verdicts and
+    # a drift counts as detected only by a failing probe verdict on its promise (core.drill.judge).
+    by_probes: bool = False
 
 
 class DrillAborted(Exception):  # noqa: N818 - a condition to stop on, not a bug
@@ -54,6 +58,7 @@ class _Record:
     alerted_s: float | None = None
     alerted: bool = False
     resolved: bool = False
+    detected_by: tuple[str, ...] = ()
     detail: list[str] = field(default_factory=list)
 
     def outcome(self) -> DrillOutcome:
@@ -66,6 +71,7 @@ class _Record:
             time_to_alert_s=None if self.alerted_s is None else round(self.alerted_s, 3),
             resolved=self.resolved,
             detail="; ".join(self.detail),
+            detected_by=self.detected_by,
         )
 
 
@@ -151,10 +157,20 @@ class DrillRunner:
             self._injected = drift
             record.injected_at = self._clock()
         elif action is Action.AWAIT_DETECT:
-            if self._await(lambda j: j.detects(drift.kind.promise), f"detection of {drift.kind.name}"):
+            promise = drift.kind.promise
+            if self._await(lambda j: j.detects(promise), f"detection of {drift.kind.name}"):
                 record.detected_s = self._since(record)
-                self._log.info("drift detected", drift=drift.kind.name, seconds=round(record.detected_s or 0, 3))
+                record.detected_by = self._last.detected_by(promise) if self._last is not None else ()
+                self._log.info(
+                    "drift detected",
+                    drift=drift.kind.name,
+                    seconds=round(record.detected_s or 0, 3),
+                    detected_by=list(record.detected_by),
+                )
             else:
+                record.detected_by = self._last.detected_by(promise) if self._last is not None else ()
+                if self._options.by_probes and "static" in record.detected_by:
+                    record.detail.append(f"the static audit detected it on {promise.value}, no probe verdict did")
                 record.detail.append(f"not detected within {self._options.timeout_s:g} s: {self._describe_last()}")
         elif action is Action.ALERT:
             if record.detected_s is None:
@@ -183,7 +199,7 @@ class DrillRunner:
         deadline = self._clock() + self._options.timeout_s
         while True:
             try:
-                self._last = judge(self._audit(), self._canary)
+                self._last = judge(self._audit(), self._canary, by_probes=self._options.by_probes)
             except Exception as error:  # noqa: BLE001 - an audit that could not read the cluster is retried until the deadline
                 self._log.warning("drill audit failed", awaiting=what, error=f"{type(error).__name__}: {error}")
                 self._last = None

@@ -717,27 +717,56 @@ class WorkloadStandIn:
 
     def _apply_slice(self, service: dict[str, Any], members: list[dict[str, Any]]) -> None:
         meta = service["metadata"]
-        name = f"{meta['name']}-stand-in"
-        ports = [_slice_port(port, members) for port in service["spec"].get("ports") or []]
-        endpoints = [
-            {
-                "addresses": [pod["status"]["podIP"]],
-                "conditions": {"ready": True, "serving": True, "terminating": False},
-                "nodeName": pod["spec"].get("nodeName") or self.node_name,
-                "targetRef": {
-                    "kind": "Pod",
-                    "namespace": pod["metadata"]["namespace"],
-                    "name": pod["metadata"]["name"],
-                    "uid": pod["metadata"]["uid"],
-                },
-            }
-            for pod in sorted(members, key=lambda p: str(p["metadata"]["name"]))
-        ]
+        base = f"/apis/discovery.k8s.io/v1/namespaces/{meta['namespace']}/endpointslices"
+        wanted = controller_slices(service, members, self.node_name)
+        for body in wanted:
+            name = body["metadata"]["name"]
+            try:
+                current = _api_call(self._api, "GET", f"{base}/{name}")
+            except _ApiError as error:
+                if error.status != 404:
+                    raise
+                _api_call(self._api, "POST", base, body=body)
+                continue
+            if current.get("endpoints") == body["endpoints"] and current.get("ports") == body["ports"]:
+                continue
+            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            _api_call(self._api, "PUT", f"{base}/{name}", body=body)
+        # A port set no pod has any more: its slice goes, as the controller removes it.
+        names = {b["metadata"]["name"] for b in wanted}
+        selector = (
+            f"kubernetes.io/service-name={meta['name']},endpointslice.kubernetes.io/managed-by={ENDPOINTSLICE_MANAGER}"
+        )
+        for old in _api_call(self._api, "GET", base, query=[("labelSelector", selector)]).get("items") or []:
+            if old["metadata"]["name"] not in names and old["metadata"]["name"].startswith(f"{meta['name']}-stand-in"):
+                _api_call(self._api, "DELETE", f"{base}/{old['metadata']['name']}")
+
+
+def controller_slices(service: dict[str, Any], members: list[dict[str, Any]], node_name: str) -> list[dict[str, Any]]:
+    """The EndpointSlices the EndpointSlice controller would keep for ``service`` (API JSON) and the
+    pods its selector matches (``members``, with pod IPs): one slice per distinct set of resolved
+    ports (a named ``targetPort`` resolves per pod through its container ports; a pod without that
+    port is left out of that port), named ``<service>-stand-in`` then ``-stand-in-1``..., labelled
+    ``kubernetes.io/service-name`` and managed by ``endpointslice-controller.k8s.io``. An entry is
+    ``ready`` and ``serving`` as the pod's Ready condition, not terminating; ``nodeName`` is the
+    pod's (``node_name`` when unscheduled). Tests that write pods by hand apply these too.
+    """
+    meta = service["metadata"]
+    service_ports = service["spec"].get("ports") or []
+    groups: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+    for pod in sorted(members, key=lambda p: str(p["metadata"]["name"])):
+        ports = [entry for port in service_ports if (entry := _slice_port(port, [pod], strict=True)) is not None]
+        groups.setdefault(json.dumps(ports, sort_keys=True), (ports, []))[1].append(pod)
+    if not groups:
+        groups[""] = ([_slice_port(port, [], strict=False) or {} for port in service_ports], [])
+    bodies = []
+    for number, (_, (ports, pods)) in enumerate(sorted(groups.items())):
+        endpoints = [_slice_endpoint(pod, node_name) for pod in pods]
         body: dict[str, Any] = {
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
             "metadata": {
-                "name": name,
+                "name": f"{meta['name']}-stand-in" + (f"-{number}" if number else ""),
                 "namespace": meta["namespace"],
                 "labels": {
                     "kubernetes.io/service-name": meta["name"],
@@ -757,18 +786,24 @@ class WorkloadStandIn:
             "endpoints": endpoints,
             "ports": ports,
         }
-        base = f"/apis/discovery.k8s.io/v1/namespaces/{meta['namespace']}/endpointslices"
-        try:
-            current = _api_call(self._api, "GET", f"{base}/{name}")
-        except _ApiError as error:
-            if error.status != 404:
-                raise
-            _api_call(self._api, "POST", base, body=body)
-            return
-        if current.get("endpoints") == endpoints and current.get("ports") == ports:
-            return
-        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        _api_call(self._api, "PUT", f"{base}/{name}", body=body)
+        bodies.append(body)
+    return bodies
+
+
+def _slice_endpoint(pod: dict[str, Any], node_name: str) -> dict[str, Any]:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return {
+        "addresses": [pod["status"]["podIP"]],
+        "conditions": {"ready": ready, "serving": ready, "terminating": False},
+        "nodeName": pod["spec"].get("nodeName") or node_name,
+        "targetRef": {
+            "kind": "Pod",
+            "namespace": pod["metadata"]["namespace"],
+            "name": pod["metadata"]["name"],
+            "uid": pod["metadata"]["uid"],
+        },
+    }
 
 
 def redirection_enabled(pod: dict[str, Any], namespace_labels: dict[str, str], selectors: list[dict[str, Any]]) -> bool:
@@ -836,11 +871,12 @@ def _ready_status(pod: dict[str, Any], ip: str) -> dict[str, Any]:
     }
 
 
-def _slice_port(port: dict[str, Any], members: list[dict[str, Any]]) -> dict[str, Any]:
+def _slice_port(port: dict[str, Any], members: list[dict[str, Any]], *, strict: bool) -> dict[str, Any] | None:
+    """The slice port of a Service port for ``members``: a named targetPort resolves through the first
+    member's container ports, as the controller does per pod; unresolved, the port is left out
+    (``strict``) or stays the Service port (no member to resolve it with)."""
     target = port.get("targetPort", port["port"])
     if isinstance(target, str):
-        # A named targetPort resolves through the first member's container ports, as the
-        # EndpointSlice controller does per pod; unresolved stays the Service port.
         named = [
             p["containerPort"]
             for pod in members[:1]
@@ -848,6 +884,8 @@ def _slice_port(port: dict[str, Any], members: list[dict[str, Any]]) -> dict[str
             for p in c.get("ports") or []
             if p.get("name") == target
         ]
+        if not named and strict:
+            return None
         target = named[0] if named else port["port"]
     entry: dict[str, Any] = {"port": int(target), "protocol": port.get("protocol", "TCP")}
     if port.get("name"):

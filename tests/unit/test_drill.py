@@ -34,8 +34,12 @@ from auditor.core.drill import (
 )
 from auditor.core.model import Finding, Property
 from auditor.core.posture import MeshSettings
+from auditor.core.probing.probeplan import WITH_HEADERS, PlanOptions, Role, RunPlan, plan_probes
+from auditor.core.probing.probereport import BatchReport, Observation, RunReport
+from auditor.core.probing.verdict import probe_findings
 from auditor.daemon.drillrun import DrillRunner, RunOptions
 from auditor.daemon.drills import DrillMetrics, DrillSchedule
+from probes.wire import Outcome
 from tests.cases import ROOT
 
 POSTURE = load_rules([str(ROOT / "rules" / "retail-store.yaml")])
@@ -332,3 +336,107 @@ def test_drill_command_input_errors_exit_2(monkeypatch: pytest.MonkeyPatch, caps
     assert "a drill needs a cluster" in err
     assert "unknown drift kind(s) nope" in err
     assert "Istio's root namespace" in err
+
+
+# --- detection by probes (#13: "the probes detect it on the right promise") ------------------------
+
+_PLAIN = Observation(Outcome.ALLOWED, 200, {"server": "canary"})  # an answer that met no waypoint
+_VIA_WAYPOINT = Observation(Outcome.ALLOWED, 200, {"server": "istio-envoy", "x-envoy-upstream-service-time": "1"})
+_L4 = Observation(Outcome.L4_DENIED, None, error="RemoteProtocolError: Server disconnected")
+_L7 = Observation(Outcome.L7_DENIED, 403, {"server": "istio-envoy"}, "RBAC: access denied")
+
+
+class MeshRunner:
+    """A ``ProbeRunner`` that answers each planned request as ambient Istio would for the sandbox's
+    current objects (semantics §1-§4): capture by the Deployment's dataplane-mode label, STRICT or
+    PERMISSIVE from the PeerAuthentication, the waypoint hop from the Service's use-waypoint label,
+    the waypoint's ALLOW rule from the AuthorizationPolicy. ``blind``: answers as if compliant."""
+
+    def __init__(self, sandbox: FakeSandbox, canary: Canary, *, blind: bool = False) -> None:
+        self.sandbox, self.canary, self.blind = sandbox, canary, blind
+        self.runs = 0
+
+    def run(self, plan: RunPlan) -> RunReport:
+        self.runs += 1
+        name = self.canary.protected.name
+        objects = self.sandbox.objects
+        deployment = objects[("Deployment", name)]
+        captured = deployment["spec"]["template"]["metadata"]["labels"].get("istio.io/dataplane-mode") != "none"
+        strict = objects[("PeerAuthentication", f"{name}-strict")]["spec"]["mtls"]["mode"] == "STRICT"
+        via_waypoint = captured and "istio.io/use-waypoint" in objects[("Service", name)]["metadata"]["labels"]
+        rule = objects[("AuthorizationPolicy", f"{name}-allow")]["spec"]["rules"][0]
+        anyone = "*" in rule["from"][0]["source"]["principals"]
+        header_checked = "when" in rule
+        answered = _VIA_WAYPOINT if via_waypoint else _PLAIN
+        batches = []
+        for batch in plan.batches:
+            seen: dict[str, Observation] = {}
+            for request in batch.requests:
+                role, variant = request.role, request.variant
+                if self.blind:
+                    seen[request.id] = {Outcome.ALLOWED: _VIA_WAYPOINT, Outcome.L4_DENIED: _L4}.get(request.expect, _L7)
+                elif role is Role.OUTSIDE:
+                    seen[request.id] = _PLAIN if not (captured and strict) else _L4
+                elif role is Role.INTRUDER:
+                    seen[request.id] = (_VIA_WAYPOINT if anyone else _L7) if via_waypoint else _PLAIN
+                elif variant == WITH_HEADERS:
+                    seen[request.id] = answered
+                else:  # the control without a header, or with a near miss
+                    seen[request.id] = _L7 if via_waypoint and header_checked else answered
+            batches.append(BatchReport(batch.key, f"Pod {batch.identity.namespace}/probe-x", seen))
+        return RunReport(plan.run_id, tuple(batches))
+
+
+def _active_audit(sandbox: FakeSandbox, canary: Canary, runner: MeshRunner) -> Callable[[], tuple[Finding, ...]]:
+    static = _audit(sandbox, canary)
+
+    def audit() -> tuple[Finding, ...]:
+        found = static()
+        snapshot = build_snapshot([d for o in [NAMESPACE, *sandbox.objects.values()] for d in decode_object(o)])
+        plan = plan_probes(canary.posture, snapshot, canary.header_values(), "run", PlanOptions(control_allowed=True))
+        return found + probe_findings(plan, runner.run(plan), found)
+
+    return audit
+
+
+def _run_by_probes(*, blind: bool = False) -> tuple[Any, MeshRunner]:
+    canary, sandbox = _canary(), FakeSandbox()
+    runner = MeshRunner(sandbox, canary, blind=blind)
+    options = RunOptions(poll_s=0.01, timeout_s=0.2, by_probes=True)
+    drill = DrillRunner(canary, sandbox, _active_audit(sandbox, canary, runner), FakeAlerter(), options)
+    return drill.run(drill_steps(canary, DRIFT_KINDS)), runner
+
+
+def test_with_probes_each_drift_is_detected_by_the_probe_verdict_of_its_promise() -> None:
+    result, runner = _run_by_probes()
+    assert result.baseline, result.baseline_detail
+    assert "by probes" in result.baseline_detail
+    assert {o.kind: (o.promise, o.detected, o.detected_by) for o in result.outcomes} == {
+        "permissive-peer-authentication": ("strict-mtls", True, ("static", "probe")),
+        "use-waypoint-removed": ("waypoint-enrollment", True, ("static", "probe")),
+        "principals-widened": ("principal-allowlist", True, ("static", "probe")),
+        "header-condition-removed": ("required-headers", True, ("static", "probe")),
+        "pod-opted-out": ("strict-mtls", True, ("static", "probe")),
+    }
+    assert all(o.alerted and o.resolved for o in result.outcomes)
+    assert result.ok
+    assert runner.runs > 0
+    entry = result.as_dict()["drills"][0]
+    assert entry["detected_by"] == ["static", "probe"]
+
+
+def test_with_probes_a_drift_only_the_static_audit_sees_is_not_detected() -> None:
+    """Probes that keep answering as if compliant: the static audit still fails each promise, but
+    with probes on, detection is the probe verdict's: not detected, and the detail says so."""
+    result, _ = _run_by_probes(blind=True)
+    assert result.baseline
+    for outcome in result.outcomes:
+        assert not outcome.detected
+        assert outcome.detected_by == ("static",)
+        assert "the static audit detected it" in outcome.detail
+    assert not result.ok
+
+
+def test_without_probes_detection_is_static_only() -> None:
+    result = _run(FakeSandbox(), FakeAlerter())
+    assert {o.detected_by for o in result.outcomes} == {("static",)}

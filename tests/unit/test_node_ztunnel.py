@@ -107,3 +107,44 @@ def test_a_terminating_ztunnel_pod_protects_nothing() -> None:
     found = _node_finding(_pod("cart-a", "shop", {"app": "cart"}, "node-1"), terminating)
     assert found is not None
     assert found.status is Status.FAIL
+
+
+def _slice(*entries: tuple[str, str | None, str]) -> dict[str, Any]:
+    """An EndpointSlice of Service shop/cart: (address, pod name or None, node) per entry."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "cart-x1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "cart"}},
+        "addressType": "IPv4",
+        "endpoints": [
+            {
+                "addresses": [ip],
+                "nodeName": node,
+                **({"targetRef": {"kind": "Pod", "namespace": "shop", "name": pod}} if pod else {}),
+            }
+            for ip, pod, node in entries
+        ],
+        "ports": [{"port": 8080}],
+    }
+
+
+def test_the_nodes_of_a_service_come_from_its_endpointslices_on_a_live_cluster() -> None:
+    """A selectorless Service with a hand-written slice: its endpoint on node-2 (no ztunnel) fails,
+    though no pod matches any selector."""
+    selectorless = {**SERVICE, "spec": {"ports": [{"port": 80, "targetPort": 8080}]}}
+    objects = [
+        d
+        for o in (
+            NAMESPACE,
+            selectorless,
+            DAEMONSET,
+            _slice(("10.0.1.4", None, "node-1"), ("10.0.2.4", "cart-b", "node-2")),
+            _pod("ztunnel-1", "istio-system", {"app": "ztunnel"}, "node-1"),
+        )
+        for d in decode_object(o)
+    ]
+    findings = run_static_audit(build_snapshot(objects, live=True), POSTURE, {})
+    found = next(f for f in findings if f.check.id == "strict-mtls.node-ztunnel")
+    assert found.status is Status.FAIL
+    assert found.message == "unprotected node(s): node node-2: no ztunnel pod (hosts Pod shop/cart-b)"
+    assert ("Node node-1", "Ready; hosts endpoint 10.0.1.4") in {(e.object, e.note) for e in found.evidence}

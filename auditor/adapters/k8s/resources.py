@@ -61,12 +61,14 @@ SNAPSHOT_RESOURCES: tuple[Resource, ...] = (
     Resource("GatewayClass", "gateway.networking.k8s.io", "v1", "gatewayclasses", namespaced=False, crd=True),
     Resource("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes", crd=True),
     Resource("ServiceEntry", "networking.istio.io", "v1", "serviceentries", crd=True),
+    # The endpoints probed by pod IP (auditor/core/endpoints.py, #13), as kube-proxy and istiod see them.
+    Resource("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices"),
 )
 
-# Listed by the daemon's node trigger (auditor/adapters/k8s/nodes.py, #13), not by the snapshot: a new
-# node or a replaced ztunnel pod starts a probe cycle. Only ``list``: the trigger polls.
+# Watched by the daemon's node trigger (auditor/adapters/k8s/nodes.py, #13), not by the snapshot: a
+# new node or a replaced ztunnel pod starts a probe cycle (list, then watch from its resourceVersion).
 NODE = Resource("Node", "", "v1", "nodes", namespaced=False)
-NODE_VERBS = ("list",)
+NODE_VERBS = ("list", "watch")
 
 # Read by the EKS Auto Mode check only (auditor/adapters/aws/eks.py), not by the snapshot: a
 # cluster without Karpenter's or Auto Mode's CRDs must not turn the audit's reads into errors.

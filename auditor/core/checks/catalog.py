@@ -87,7 +87,7 @@ tolerations:
         "https://github.com/istio/istio/issues/61374",
         "https://github.com/istio/ztunnel/issues/1674",
     ),
-    reads=_WORKLOADS,
+    reads=_WORKLOADS | {"EndpointSlice"},
 )
 
 INTRUDERS_REFUSED = CheckMeta(

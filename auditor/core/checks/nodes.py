@@ -4,10 +4,13 @@ In ambient mode the destination pod's node's ztunnel enforces mTLS and L4 policy
 §2): a pod on a node whose ztunnel pod is missing or not Ready is not protected, whatever the
 policies say. Reported on freshly autoscaled EKS nodes (istio/istio#61374, istio/ztunnel#1674).
 
-From the live snapshot alone: pods carry ``spec.nodeName`` and their Ready condition only there.
-No finding at all (never a PASS) when the Service has no ready pod on a known node (manifest
-files, templates), or when the cluster shows no ztunnel (no pod and no DaemonSet labelled
-``app: ztunnel``: nothing tells where ztunnel should run).
+From the live snapshot alone: the Service's endpoints and their nodes come from its
+EndpointSlices (ready entries with a ``nodeName``, as ``auditor.core.endpoints`` reads them), or,
+for a Service without slices, from the Ready pods its selector matches (pods carry
+``spec.nodeName`` and their Ready condition only on a live cluster). No finding at all (never a
+PASS) when the Service has no ready endpoint on a known node (manifest files, templates), or when
+the cluster shows no ztunnel (no pod and no DaemonSet labelled ``app: ztunnel``: nothing tells
+where ztunnel should run).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.fixes import none
 from auditor.core.mesh import istio_service
 from auditor.core.model import Evidence, Finding, Fix, FixDocument, Status
-from auditor.core.snapshot import ZTUNNEL_LABEL, Service, Workload
+from auditor.core.snapshot import ZTUNNEL_LABEL, Service
 
 _SHOWN = 5  # endpoint pods named per node; the rest are counted
 
@@ -32,10 +35,7 @@ def check_node_ztunnel(ctx: AuditContext, service: Service) -> Finding | None:
     ztunnels = ctx.index.ztunnels()
     if not ztunnels.deployed:
         return None
-    endpoints: dict[str, list[Workload]] = {}
-    for pod in ctx.index.workloads_for(service):
-        if pod.is_pod and pod.node_name and pod.ready:
-            endpoints.setdefault(pod.node_name, []).append(pod)
+    endpoints = _endpoints_by_node(ctx, service)
     if not endpoints:
         return None
     evidence: list[Evidence] = []
@@ -66,8 +66,28 @@ def check_node_ztunnel(ctx: AuditContext, service: Service) -> Finding | None:
     )
 
 
-def _pods(pods: list[Workload]) -> str:
-    names = sorted(p.meta.ref for p in pods)
+def _endpoints_by_node(ctx: AuditContext, service: Service) -> dict[str, list[str]]:
+    """Node name -> the Service's ready endpoints there (``Pod ns/name``, or ``endpoint <ip>`` for a
+    slice entry that names no Pod): from its EndpointSlices when it has any, else its Ready pods."""
+    found: dict[str, list[str]] = {}
+    slices = ctx.index.slices_for(service)
+    if slices:
+        for piece in slices:
+            for entry in piece.endpoints:
+                if entry.ready is False or entry.terminating is True or not entry.node_name or not entry.addresses:
+                    continue
+                name = f"Pod {entry.pod}" if entry.pod else f"endpoint {entry.addresses[0]}"
+                if name not in found.get(entry.node_name, []):
+                    found.setdefault(entry.node_name, []).append(name)
+        return found
+    for pod in ctx.index.workloads_for(service):
+        if pod.is_pod and pod.node_name and pod.ready:
+            found.setdefault(pod.node_name, []).append(pod.meta.ref)
+    return found
+
+
+def _pods(pods: list[str]) -> str:
+    names = sorted(pods)
     more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
     return ", ".join(names[:_SHOWN]) + more
 

@@ -26,7 +26,15 @@ from enum import StrEnum
 
 from auditor.core.checks.context import AuditContext
 from auditor.core.checks.fixes import bypass_fix
-from auditor.core.endpoints import ENDPOINT_INTRUDER, ENDPOINT_PLAINTEXT, Coverage, Endpoint, ready_endpoints, rotate
+from auditor.core.endpoints import (
+    ENDPOINT_INTRUDER,
+    ENDPOINT_PLAINTEXT,
+    Coverage,
+    Endpoint,
+    ServiceEndpoints,
+    rotate,
+    service_endpoints,
+)
 from auditor.core.model import Fix, Severity
 from auditor.core.posture import Posture, ProbeTarget, ProtectedService
 from auditor.core.snapshot import Snapshot, SnapshotIndex
@@ -255,14 +263,17 @@ def _endpoints(
         return (), {}
     targets = {r.target for _, r in planned}
     ready: list[Endpoint] = []
+    known: dict[str, ServiceEndpoints] = {}
     for protected in posture.protected:
         service = index.services.get(protected.target)
         if protected.target in targets and service is not None:
-            ready += ready_endpoints(protected, service, index)
+            found = known[protected.target] = service_endpoints(protected, service, index)
+            ready += found.endpoints
     chosen = rotate(ready, options.endpoint_budget, options.rotation)
     coverage = {
-        target: Coverage(sum(1 for e in chosen if e.target == target), sum(1 for e in ready if e.target == target))
-        for target in sorted({e.target for e in ready})
+        target: Coverage(sum(1 for e in chosen if e.target == target), len(found.endpoints), found.source, found.gap)
+        for target, found in sorted(known.items())
+        if found.endpoints or found.gap
     }
     return chosen, coverage
 
@@ -284,21 +295,24 @@ def _endpoint_requests(
         path = _probe_of(protected).path
         outside = by_role.get((endpoint.target, Role.OUTSIDE))
         if outside is not None:
-            variant = f"{ENDPOINT_PLAINTEXT}{endpoint.pod}"
-            requests.append((outside[0], _to_endpoint(outside[1], endpoint, variant, path, Outcome.L4_DENIED)))
+            variant = f"{ENDPOINT_PLAINTEXT}{endpoint.key}"
+            requests.append((outside[0], _to_endpoint(outside[1], endpoint, variant, path, options)))
         intruder = by_role.get((endpoint.target, Role.INTRUDER))
         if intruder is not None and protected.waypoint is not None:
-            variant = f"{ENDPOINT_INTRUDER}{endpoint.pod}"
-            requests.append((intruder[0], _to_endpoint(intruder[1], endpoint, variant, path, Outcome.L4_DENIED)))
+            variant = f"{ENDPOINT_INTRUDER}{endpoint.key}"
+            requests.append((intruder[0], _to_endpoint(intruder[1], endpoint, variant, path, options)))
     return requests
 
 
 def _to_endpoint(
-    request: PlannedRequest, endpoint: Endpoint, variant: str, path: str, expect: Outcome
+    request: PlannedRequest, endpoint: Endpoint, variant: str, path: str, options: PlanOptions
 ) -> PlannedRequest:
+    """The request to one endpoint by pod IP: refused at L4 when the promises hold. Its base URL is
+    ``url_overrides["endpoint:<ip>:<port>"]`` when set (a network where pod IPs are translated)."""
     request_id = f"{endpoint.target}:{request.role.value}:{variant}"
-    wire = request.wire.model_copy(update={"id": request_id, "url": endpoint.url_base + path})
-    return PlannedRequest(request_id, endpoint.target, request.role, variant, expect, wire)
+    base = options.url_overrides.get(f"endpoint:{endpoint.ip}:{endpoint.port}", endpoint.url_base).rstrip("/")
+    wire = request.wire.model_copy(update={"id": request_id, "url": base + path})
+    return PlannedRequest(request_id, endpoint.target, request.role, variant, Outcome.L4_DENIED, wire)
 
 
 def _missing_reason(protected: ProtectedService, absent: bool) -> str:

@@ -35,7 +35,7 @@ from auditor.core.checks.catalog import (
     WAYPOINT_PROBE,
 )
 from auditor.core.checks.fixes import explained, merge_fixes, none
-from auditor.core.endpoints import ENDPOINT_INTRUDER, ENDPOINT_PLAINTEXT, Endpoint
+from auditor.core.endpoints import ENDPOINT_INTRUDER, ENDPOINT_PLAINTEXT, FROM_SLICES, Endpoint
 from auditor.core.model import NO_FIX, CheckMeta, Evidence, Finding, Fix, Method, Status
 from auditor.core.posture import ProtectedService
 from auditor.core.probing.probeplan import NEAR_MISS, PLAINTEXT, WITH_HEADERS, WITHOUT, PlannedRequest, Role, RunPlan
@@ -210,6 +210,17 @@ def strict_mtls_verdict(view: TargetView) -> Finding:
     by_name = _strict_by_name(view)
     pairs = endpoint_seens(view, ENDPOINT_PLAINTEXT)
     coverage = view.plan.coverage.get(view.protected.target)
+    if coverage is not None and coverage.gap and by_name.status is Status.PASS:
+        # The endpoints are unknown: the plaintext refusal by Service name proves one pod at most.
+        message = f"{by_name.message}; but the Service's endpoints are unknown: {coverage.gap}"
+        evidence = (
+            *by_name.evidence,
+            Evidence(f"Service {view.protected.target}", "endpoints", "unknown", coverage.gap),
+        )
+        details = {**by_name.details, "endpoints": "unknown"}
+        return dataclasses.replace(
+            by_name, status=Status.INCONCLUSIVE, message=message, evidence=evidence, details=details
+        )
     if not pairs:
         return by_name
     details = {**by_name.details, "endpoints": f"{coverage.probed}/{coverage.ready}" if coverage else str(len(pairs))}
@@ -236,12 +247,15 @@ def strict_mtls_verdict(view: TargetView) -> Finding:
     shown = coverage.describe() if coverage else f"{len(pairs)} endpoints probed by pod IP"
     message = f"{by_name.message}; {shown}, each refused plaintext"
     evidence = by_name.evidence + tuple(_endpoint_evidence(e) for e, _ in pairs)
+    if coverage is not None and coverage.source != FROM_SLICES:
+        source = Evidence(f"Service {view.protected.target}", "endpoints from", coverage.source, "")
+        evidence = (*evidence, source)
     return dataclasses.replace(by_name, message=message, evidence=evidence, details=details)
 
 
 def endpoint_seens(view: TargetView, prefix: str) -> list[tuple[Endpoint, Seen]]:
     """The run's requests to this Service's endpoints by pod IP (``prefix``: which identity's)."""
-    endpoints = {e.pod: e for e in view.plan.endpoints if e.target == view.protected.target}
+    endpoints = {e.key: e for e in view.plan.endpoints if e.target == view.protected.target}
     pairs = []
     for request in view.plan.requests_for(view.protected.target):
         if request.variant.startswith(prefix):
@@ -252,9 +266,8 @@ def endpoint_seens(view: TargetView, prefix: str) -> list[tuple[Endpoint, Seen]]
 
 
 def _endpoint_evidence(endpoint: Endpoint) -> Evidence:
-    return Evidence(
-        f"Pod {endpoint.pod}", "node", endpoint.node or "(unknown)", f"endpoint {endpoint.ip}:{endpoint.port}"
-    )
+    named = f"Pod {endpoint.pod}" if endpoint.pod else f"endpoint {endpoint.ip} (no Pod in its EndpointSlice)"
+    return Evidence(named, "node", endpoint.node or "(unknown)", f"endpoint {endpoint.ip}:{endpoint.port}")
 
 
 def pod_ip_bypass_verdict(view: TargetView) -> Finding:

@@ -3,19 +3,32 @@ and which observation at which endpoint produced which finding."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 from auditor.adapters.probepods.podspec import PodOptions, probe_pod
-from auditor.core.endpoints import Endpoint, rotate
+from auditor.core.decode import decode_object
+from auditor.core.endpoints import FROM_PODS, Endpoint, rotate
 from auditor.core.model import Finding, Severity, Status
 from auditor.core.probing.probeplan import PlanOptions, RunPlan, plan_probes
 from auditor.core.probing.probereport import Observation
 from auditor.core.probing.verdict import probe_findings
-from auditor.core.snapshot import Container, ContainerPort, ObjectMeta, Service, ServicePort, Snapshot, Workload
+from auditor.core.snapshot import (
+    Container,
+    ContainerPort,
+    ObjectMeta,
+    ReadProblem,
+    Service,
+    ServicePort,
+    Snapshot,
+    Workload,
+)
 from auditor.daemon.metrics import DaemonMetrics
 from tests.unit.probing.builders import ALLOWED, RUN, catalog_rules, compliant, header_values, posture, report
 
 RULES = posture(catalog_rules())
+OFFLINE = f" (endpoints from {FROM_PODS})"
 CATALOG = Service(ObjectMeta("Service", "catalog", "default"), {"app": "catalog"}, (ServicePort(80, "http"),))
 
 
@@ -59,7 +72,7 @@ def test_ready_endpoints_are_addressed_by_pod_ip_and_target_port() -> None:
         "http://10.0.2.7:8080/catalog/tags",
         "http://10.0.2.7:8080/catalog/tags",
     ]
-    assert plan.coverage["default/catalog"].describe() == "2/2 ready endpoints probed by pod IP"
+    assert plan.coverage["default/catalog"].describe() == "2/2 ready endpoints probed by pod IP" + OFFLINE
 
 
 def test_an_uncaptured_endpoint_fails_strict_mtls_naming_pod_and_node() -> None:
@@ -75,7 +88,10 @@ def test_an_uncaptured_endpoint_fails_strict_mtls_naming_pod_and_node() -> None:
 def test_every_endpoint_refusing_plaintext_passes_with_the_coverage() -> None:
     found = _findings(_plan(), {})
     assert found["strict-mtls.probe"].status is Status.PASS
-    assert "2/2 ready endpoints probed by pod IP, each refused plaintext" in found["strict-mtls.probe"].message
+    assert (
+        "2/2 ready endpoints probed by pod IP" + OFFLINE + ", each refused plaintext"
+        in found["strict-mtls.probe"].message
+    )
     assert found["waypoint-enrollment.pod-ip-bypass"].status is Status.PASS
 
 
@@ -107,7 +123,7 @@ def test_budget_rotates_fairly_over_every_endpoint() -> None:
     assert rotate(endpoints, 0, 0) == ()
     plan = _plan(budget=1, rotation=1)
     assert [e.pod for e in plan.endpoints] == ["default/catalog-b"]
-    assert plan.coverage["default/catalog"].describe() == "1/2 ready endpoints probed by pod IP"
+    assert plan.coverage["default/catalog"].describe() == "1/2 ready endpoints probed by pod IP" + OFFLINE
 
 
 def test_no_endpoint_requests_without_a_budget_or_pods() -> None:
@@ -136,3 +152,96 @@ def test_coverage_is_a_metric() -> None:
     metrics.record_probe_report(plan, report(plan, compliant(plan)))
     assert metrics.registry.get_sample_value("mesh_auditor_probe_endpoints", {"state": "ready"}) == 2
     assert metrics.registry.get_sample_value("mesh_auditor_probe_endpoints", {"state": "probed"}) == 1
+
+
+# --- endpoints from EndpointSlices (live clusters) -------------------------------------------------
+
+
+def _slice(name: str, entries: list[dict[str, Any]], *, service: str = "catalog", port: str = "") -> Snapshot:
+    """A live snapshot with CATALOG, PODS and one EndpointSlice decoded from API-shaped JSON."""
+    body = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": entries,
+        "ports": [{"name": port, "port": 8080, "protocol": "TCP"}],
+    }
+    return Snapshot(services=(CATALOG,), workloads=PODS, endpoint_slices=tuple(decode_object(body)), live=True)  # type: ignore[arg-type]  # decode_object returns the Decoded union; this body is one EndpointSlice
+
+
+def _entry(ip: str, pod: str | None, node: str | None, **conditions: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {"addresses": [ip], "conditions": conditions}
+    if pod is not None:
+        entry["targetRef"] = {"kind": "Pod", "namespace": "default", "name": pod}
+    if node is not None:
+        entry["nodeName"] = node
+    return entry
+
+
+def _live_plan(snapshot: Snapshot) -> RunPlan:
+    options = PlanOptions(control_allowed=True, endpoint_budget=16)
+    return plan_probes(RULES, snapshot, header_values(RULES), RUN, options)
+
+
+def test_live_endpoints_come_from_the_endpointslices_not_the_pods() -> None:
+    """Slice entries decide: not-ready and terminating entries are left out, an absent ready means
+    ready (the API's default), the port is the slice port named as the Service port."""
+    snapshot = _slice(
+        "catalog-abc",
+        [
+            _entry("10.0.9.1", "catalog-x", "node-9"),  # no conditions: ready
+            _entry("10.0.9.2", "catalog-y", "node-9", ready=False),
+            _entry("10.0.9.3", "catalog-z", "node-9", ready=True, terminating=True),
+            _entry("10.0.9.4", "catalog-w", "node-8", ready=True, serving=True, terminating=False),
+        ],
+    )
+    plan = _live_plan(snapshot)
+    assert [(e.pod, e.node, e.url_base) for e in plan.endpoints] == [
+        ("default/catalog-w", "node-8", "http://10.0.9.4:8080"),
+        ("default/catalog-x", "node-9", "http://10.0.9.1:8080"),
+    ]
+    assert plan.coverage["default/catalog"].describe() == "2/2 ready endpoints probed by pod IP"
+
+
+def test_a_selectorless_service_with_a_manual_slice_is_probed_by_its_addresses() -> None:
+    manual = Service(ObjectMeta("Service", "catalog", "default"), None, (ServicePort(80, 8080, name="web"),))
+    snapshot = dataclasses.replace(
+        _slice("catalog-manual", [_entry("192.0.2.10", None, None)], port="web"), services=(manual,)
+    )
+    plan = _live_plan(snapshot)
+    assert [(e.key, e.url_base) for e in plan.endpoints] == [("192.0.2.10:8080", "http://192.0.2.10:8080")]
+    found = _findings(plan, {"default/catalog:outside:endpoint-plaintext:192.0.2.10:8080": ALLOWED})
+    strict = found["strict-mtls.probe"]
+    assert strict.status is Status.FAIL
+    assert "endpoint 192.0.2.10:8080 (no pod named by its EndpointSlice on node (unknown))" in strict.message
+
+
+def test_missing_slices_while_pods_are_ready_is_inconclusive_never_a_pass() -> None:
+    snapshot = Snapshot(services=(CATALOG,), workloads=PODS, live=True)
+    plan = _live_plan(snapshot)
+    assert not plan.endpoints
+    strict = _findings(plan, {})["strict-mtls.probe"]
+    assert strict.status is Status.INCONCLUSIVE
+    assert "no EndpointSlice names Service default/catalog" in strict.message
+    assert "2 Ready pod(s)" in strict.message
+
+
+def test_unreadable_slices_are_inconclusive_naming_the_permission() -> None:
+    problem = ReadProblem("EndpointSlice", "discovery.k8s.io/v1 endpointslices", "forbidden", "list endpointslices")
+    snapshot = Snapshot(services=(CATALOG,), workloads=PODS, problems=(problem,), live=True)
+    strict = _findings(_live_plan(snapshot), {})["strict-mtls.probe"]
+    assert strict.status is Status.INCONCLUSIVE
+    assert "needs list endpointslices" in strict.message
+
+
+def test_a_live_service_without_pods_or_slices_has_no_endpoint_gap() -> None:
+    snapshot = Snapshot(services=(CATALOG,), live=True)
+    plan = _live_plan(snapshot)
+    assert plan.coverage == {}
+    assert _findings(plan, {})["strict-mtls.probe"].status is Status.PASS
+
+
+def test_offline_endpoints_from_pods_say_so_in_the_evidence() -> None:
+    strict = _findings(_plan(), {})["strict-mtls.probe"]
+    assert ("endpoints from", FROM_PODS) in {(e.field, e.value) for e in strict.evidence}
