@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from testrigs.lab import nodes as lab_nodes
+from testrigs.lab import writeback
 from testrigs.lab.mesh import Mesh, Obj, Workload, meta, name_of, namespace_of, spec
 
 if TYPE_CHECKING:
@@ -67,9 +68,12 @@ def template_hash(deployment: Obj) -> str:
     return hashlib.sha256(json.dumps(spec(deployment).get("template") or {}, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _replica_pod(deployment: Obj, workload: Workload) -> Obj:
+def _replica_pod(deployment: Obj, workload: Workload, captured: bool) -> Obj:
     template = spec(deployment).get("template") or {}
     template_meta = template.get("metadata") or {}
+    # istio-cni's annotation from the start (``writeback`` keeps it current afterwards): the
+    # API never shows a captured replica as unredirected for a moment.
+    redirection = {writeback.REDIRECTION: "enabled"} if captured else {}
     owner = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -85,7 +89,11 @@ def _replica_pod(deployment: Obj, workload: Workload) -> Obj:
             "name": workload.name,
             "namespace": workload.namespace,
             "labels": {**(template_meta.get("labels") or {}), lab_nodes.OWNED_BY: "replica"},
-            "annotations": {**(template_meta.get("annotations") or {}), TEMPLATE_HASH: template_hash(deployment)},
+            "annotations": {
+                **(template_meta.get("annotations") or {}),
+                **redirection,
+                TEMPLATE_HASH: template_hash(deployment),
+            },
             "ownerReferences": [owner] if owner["uid"] else [],  # no uid: objects not read from the API
         },
         "spec": {**(template.get("spec") or {}), "nodeName": workload.node},
@@ -108,7 +116,7 @@ def desired(objects: list[Obj], mesh: Mesh, running: Mapping[str, str]) -> Desir
         deployment = deployments.get(workload.replica_of)
         if deployment is None or workload.key not in running:
             continue
-        found.pods[workload.key] = _replica_pod(deployment, workload)
+        found.pods[workload.key] = _replica_pod(deployment, workload, mesh.captured(workload))
         found.pod_ips[workload.key] = running[workload.key]
         found.deployments[workload.replica_of] = found.deployments.get(workload.replica_of, 0) + 1
     for key in deployments:
