@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -125,8 +126,15 @@ class PodExecutor:
         unpullable: frozenset[str] = frozenset(),
         launcher: Launcher | None = None,
         poll_s: float = _POLL_S,
+        scheduler: Callable[[dict[str, Any]], str] | None = None,
+        other_nodes: Collection[str] = (),
     ) -> None:
+        # ``scheduler`` picks the node a pod is bound to (default: ``node_name``); ``other_nodes``
+        # are the further nodes it may pick, whose pods this executor runs too (one kubelet
+        # standing in for several nodes with the same labels, as the mesh lab's nodes).
         self._api = api
+        self._scheduler = scheduler
+        self._nodes = {node_name, *other_nodes}
         self._launcher: Launcher = launcher or LocalLauncher()
         self._poll_s = poll_s
         self.node_name = node_name
@@ -193,7 +201,7 @@ class PodExecutor:
         self._start(pod)
 
     def _finish_deletion(self, pod: dict[str, Any]) -> None:
-        if pod["spec"].get("nodeName") != self.node_name:
+        if pod["spec"].get("nodeName") not in self._nodes:
             return  # not ours: an unscheduled pod is deleted by the API server at once
         with self._lock:
             run = self._runs.pop(pod["metadata"]["uid"], None)
@@ -221,9 +229,15 @@ class PodExecutor:
             "apiVersion": "v1",
             "kind": "Binding",
             "metadata": {"name": meta["name"]},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": self._node_for(pod)},
         }
         self._call("POST", f"{_pod_path(meta)}/binding", body=binding)
+
+    def _node_for(self, pod: dict[str, Any]) -> str:
+        node = self.node_name if self._scheduler is None else self._scheduler(pod)
+        if node not in self._nodes:
+            raise LaunchError(f"the scheduler chose node {node!r}, not one of {sorted(self._nodes)}")
+        return node
 
     def _start(self, pod: dict[str, Any]) -> None:
         # Launching may wait (the lab creates the pod's network first): never in the poll loop.

@@ -1,6 +1,6 @@
 """Command line of the lab: ``python -m testrigs.lab up|down|status`` (run as ``scripts/lab ...``).
 
-``up --manifests PATH [--manifests PATH ...] [--fault NAME ...]`` starts the lab with the
+``up --manifests PATH [--manifests PATH ...] [--fault NAME ...] [--nodes N]`` starts the lab with the
 auditor's ``deploy/`` objects (namespaces, ServiceAccounts, RBAC, probe-guard), waits until the
 data plane serves the manifests, writes a kubeconfig for the auditor's ServiceAccount (its path
 goes to stderr and into ``status``), and prints the lab's admin kubeconfig path as the last
@@ -27,6 +27,7 @@ from testrigs.lab.image import ImageError
 from testrigs.lab.lab import DEFAULT_STATE_DIR, FAULTS, Lab, LabError
 from testrigs.lab.manifests import ManifestError
 from testrigs.lab.netns import NetnsError
+from testrigs.lab.nodes import DEFAULT_NODES
 from testrigs.lab.proxy import ProxyError
 
 
@@ -39,6 +40,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="start the lab with the auditor's deploy/; prints the kubeconfig path last")
     up.add_argument("--manifests", type=Path, action="append", required=True, help="file or folder; repeatable")
     up.add_argument("--fault", action="append", default=[], help=f"one of: {', '.join(sorted(FAULTS))}; repeatable")
+    up.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="lab nodes (1-16); default: %(default)s")
     commands.add_parser("down", help="stop and remove everything; safe to repeat")
     commands.add_parser("status", help="JSON report; exit 0 only when healthy")
     build = commands.add_parser("build", help="build the real ztunnel with cargo (cached by the archive's sha256)")
@@ -59,7 +61,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "scripts/lab") -> int
         if args.command == "build" or args.command.startswith("real-"):
             return _real(args)
         if args.command == "up":
-            kubeconfig = lab.up(args.manifests, args.fault, with_auditor=True)
+            kubeconfig = lab.up(args.manifests, args.fault, with_auditor=True, nodes=args.nodes)
             print(f"lab: the auditor's ServiceAccount kubeconfig: {lab.auditor_kubeconfig}", file=sys.stderr)
             print(kubeconfig, flush=True)
         elif args.command == "down":

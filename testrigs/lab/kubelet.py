@@ -17,7 +17,9 @@ status and termination message written back, deadlines, graceful deletion) with 
    capability bounding set. Its traffic is then captured like any pod's: only uid 1337 (the
    proxy) is exempt. ``python`` is the lab's probe image (``image.py``).
 
-Only pods matching the executor's selector (``app.kubernetes.io/managed-by=mesh-auditor``) are
+It schedules as the scheduler would over the lab's nodes (``nodes.schedule``: topology spread on
+``kubernetes.io/hostname``, so one run's probe pods land on different nodes) and runs the pods of
+every lab node. Only pods matching the executor's selector (``app.kubernetes.io/managed-by=mesh-auditor``) are
 run; the lab's own workloads are never scheduled. Because the launcher reconciles from the API
 server before starting a process, a probe pod always meets a data plane at least as new as the
 API state when it was created.
@@ -34,14 +36,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from testrigs.devtools.podexecutor import AUTO_MODE_LABELS, LaunchError, PodExecutor
+from testrigs.devtools.podexecutor import LaunchError, PodExecutor
 from testrigs.lab import image as probe_image
+from testrigs.lab import nodes as lab_nodes
 from testrigs.lab.lab import Lab, LabError
 from testrigs.lab.procs import IP
 from testrigs.lab.proxy import SETPRIV
 
-NODE_NAME = "malab-auto-node-1"
-NODE_LABELS = {**AUTO_MODE_LABELS, "kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"}
+NODE_NAME = lab_nodes.names(1)[0]  # the first lab node; a pod without a spread constraint goes there
+NODE_LABELS = lab_nodes.labels(NODE_NAME)
 DEFAULT_UID = 65532
 POD_READY_TIMEOUT_S = 30.0
 POLL_S = 0.2
@@ -117,8 +120,21 @@ def run(lab: Lab) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with translator.new_client(Path(record.kubeconfig)) as api:
+
+        def schedule(pod: dict[str, Any]) -> str:
+            # The scheduler's PodTopologySpread over the lab's nodes, counting the pods bound so far.
+            namespace = pod["metadata"]["namespace"]
+            placed = translator.get_json(api, f"/api/v1/namespaces/{namespace}/pods").get("items") or []
+            return lab_nodes.schedule(pod, record.nodes, placed)
+
         executor = PodExecutor(
-            api, node_name=NODE_NAME, node_labels=NODE_LABELS, launcher=LabLauncher(lab, image), poll_s=POLL_S
+            api,
+            node_name=record.nodes[0],
+            node_labels=lab_nodes.labels(record.nodes[0]),
+            launcher=LabLauncher(lab, image),
+            poll_s=POLL_S,
+            scheduler=schedule,
+            other_nodes=record.nodes[1:],
         )
         executor.start()
         try:

@@ -36,8 +36,9 @@ from typing import Any
 import yaml
 
 from testrigs.devtools import controlplane
-from testrigs.lab import envoyconf, manifests, netns, procs, proxy, writeback
+from testrigs.lab import controllers, envoyconf, manifests, netns, procs, proxy, writeback
 from testrigs.lab import image as probe_image
+from testrigs.lab import nodes as lab_nodes
 from testrigs.lab.envoyconf import Certs, Faults, World
 from testrigs.lab.mesh import BYPASS_INBOUND, Mesh, Obj, Workload
 from testrigs.lab.pki import LabCA
@@ -49,7 +50,10 @@ FAULTS = {
     "header-not-enforced": "waypoints ignore request.headers conditions",
     "l4-allow-all": "ztunnels enforce no AuthorizationPolicy",
     "service-down": "the app of every pod (or, with service-down=NS/NAME, of one Service) is stopped",
+    "uncaptured-endpoint": "one replica of each Deployment with two or more (or, with uncaptured-endpoint=NS/NAME, "
+    "of that Deployment) is labelled ambient but not captured: no ztunnel sees its traffic",
 }
+TARGETED_FAULTS = ("service-down", "uncaptured-endpoint")  # these take =NS/NAME
 DEFAULT_STATE_DIR = Path("/tmp/malab")  # noqa: S108 - must be traversable by the proxy uid
 APP_READY_TIMEOUT_S = 15.0
 PROBE_TIMEOUT_S = 60.0
@@ -69,15 +73,16 @@ class LabError(RuntimeError):
 
 @dataclass
 class PodRecord:
-    """One lab pod as created: namespace name, address, veth, and whether it is a waypoint."""
+    """One lab pod as created: namespace name, address, veth, index, and the lab node it runs on."""
 
     netns: str
     ip: str
     veth: str
     index: int
+    node: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"netns": self.netns, "ip": self.ip, "veth": self.veth, "index": self.index}
+        return {"netns": self.netns, "ip": self.ip, "veth": self.veth, "index": self.index, "node": self.node}
 
 
 @dataclass
@@ -93,6 +98,7 @@ class Record:
     applied: dict[str, str] = field(default_factory=dict)  # pod key -> hash of nat + dns
     kubeconfig: str = ""
     last_index: int = 0  # pod addresses are never reused, see _ensure_pod
+    nodes: list[str] = field(default_factory=lambda: list(lab_nodes.names(1)))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,6 +111,7 @@ class Record:
             "applied": self.applied,
             "kubeconfig": self.kubeconfig,
             "last_index": self.last_index,
+            "nodes": self.nodes,
         }
 
     @classmethod
@@ -119,6 +126,7 @@ class Record:
             applied=dict(data.get("applied") or {}),
             kubeconfig=str(data.get("kubeconfig") or ""),
             last_index=int(data.get("last_index") or 0),
+            nodes=list(data.get("nodes") or lab_nodes.names(1)),
         )
 
 
@@ -127,9 +135,20 @@ def parse_faults(names: Sequence[str]) -> list[str]:
         name, _, target = fault.partition("=")
         if name not in FAULTS:
             raise LabError(f"unknown fault {name!r}; known: {', '.join(sorted(FAULTS))}")
-        if target and name != "service-down":
+        if target and name not in TARGETED_FAULTS:
             raise LabError(f"fault {name} takes no target")
     return list(names)
+
+
+def uncaptured_targets(names: Sequence[str]) -> tuple[str, ...] | None:
+    """The ``uncaptured-endpoint`` fault as ``Mesh`` takes it: None (off), () (every Deployment
+    with two or more replicas) or the named Deployments (``NS/NAME``, or ``NAME`` in default)."""
+    targets = [fault.partition("=")[2] for fault in names if fault.partition("=")[0] == "uncaptured-endpoint"]
+    if not targets:
+        return None
+    if not all(targets):
+        return ()
+    return tuple(target if "/" in target else f"default/{target}" for target in targets)
 
 
 def _faults(names: Sequence[str]) -> Faults:
@@ -203,21 +222,27 @@ class Lab:
         translator: bool = True,
         kubelet: bool | None = None,
         with_auditor: bool = False,
+        nodes: int = lab_nodes.DEFAULT_NODES,
     ) -> Path:
         """Start everything, wait until the data plane serves the manifests; return the kubeconfig.
 
         ``translator`` starts the daemon that follows the API server; ``kubelet`` (default: as
         ``translator``) the one that runs probe pods inside lab pods; ``with_auditor`` also
-        applies ``AUDITOR_DEPLOY`` and writes ``auditor_kubeconfig``.
+        applies ``AUDITOR_DEPLOY`` and writes ``auditor_kubeconfig``. ``nodes`` lab nodes
+        (``testrigs.lab.nodes``) carry the Deployments' replicas and the probe pods.
         """
         check_host()
         parse_faults(faults)
+        try:
+            node_names = lab_nodes.names(nodes)
+        except lab_nodes.NodeError as error:
+            raise LabError(str(error)) from error
         paths = [*AUDITOR_DEPLOY, *manifest_paths] if with_auditor else list(manifest_paths)
         objects = manifests.supplement(manifests.load(paths))
         if self.load() is not None:
             raise LabError(f"a lab is already recorded in {self.state_dir}: run down first")
         self._make_state_dir()
-        record = Record(lab_id=secrets.token_hex(3), faults=list(faults))
+        record = Record(lab_id=secrets.token_hex(3), faults=list(faults), nodes=list(node_names))
         self._save(record)
         try:
             self._start(record, objects)
@@ -306,11 +331,18 @@ class Lab:
             record = self._require()
             with translator.new_client(Path(record.kubeconfig)) as api:
                 snapshot = translator.list_objects(api) if objects is None else objects
-                mesh = Mesh(snapshot)
+                mesh = self.mesh(record, snapshot)
                 _Reconciler(self, record, mesh).run()
                 running = {key: pod.ip for key, pod in record.pods.items() if key in record.applied}
                 for problem in writeback.apply(api, writeback.patches(snapshot, mesh, running)):
                     print(f"lab: status write-back: {problem}", file=sys.stderr, flush=True)
+                for problem in controllers.sync(api, snapshot, mesh, running):
+                    print(f"lab: controllers: {problem}", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def mesh(record: Record, objects: list[Obj]) -> Mesh:
+        """The ambient view of ``objects`` on this lab's nodes, with its planted capture fault."""
+        return Mesh(objects, nodes=record.nodes, uncaptured_endpoint=uncaptured_targets(record.faults))
 
     def set_faults(self, faults: Sequence[str]) -> None:
         """Change the planted faults; the next reconcile applies them."""
@@ -360,8 +392,9 @@ class Lab:
             "kubeconfig": record.kubeconfig,
             "auditor_kubeconfig": str(self.auditor_kubeconfig) if self.auditor_kubeconfig.exists() else None,
             "faults": record.faults,
+            "nodes": record.nodes,
             "healthy": all(running.values()) and controlplane.is_healthy(self.controlplane_dir),
-            "pods": {key: {"netns": pod.netns, "ip": pod.ip} for key, pod in record.pods.items()},
+            "pods": {key: {"netns": pod.netns, "ip": pod.ip, "node": pod.node} for key, pod in record.pods.items()},
             "vips": record.vips,
             "processes": running,
         }
@@ -437,6 +470,7 @@ class _Reconciler:
 
     def _ensure_pod(self, workload: Workload) -> None:
         if workload.key in self.record.pods:
+            self.record.pods[workload.key].node = workload.node  # a bare pod is bound after it is seen
             return
         # Never reuse an index: a re-created pod (a waypoint deleted and applied again) with its old
         # address but a new MAC would be unreachable until its peers' ARP entries expire.
@@ -446,7 +480,7 @@ class _Reconciler:
         self.record.last_index = index
         address = str(netns.POD_NETWORK[256 + index])
         name = f"{netns.PREFIX}{self.record.lab_id}-{workload.namespace}-{workload.name}"
-        pod = PodRecord(netns=name, ip=address, veth=f"v{index}", index=index)
+        pod = PodRecord(netns=name, ip=address, veth=f"v{index}", index=index, node=workload.node)
         self.record.pods[workload.key] = pod
         self.lab._save(self.record)  # recorded before created: down finds half-made pods
         netns.create_pod_namespace(name, self.lab.bridge_netns(self.record), pod.veth, address)
@@ -577,12 +611,11 @@ class _Reconciler:
             self.record.applied[key] = digest
 
     def _vip_dnat(self) -> list[tuple[str, int, str, int]]:
+        # Every endpoint, in order: netns.nat_rules picks one per connection at random, as kube-proxy.
         rules = []
         for service in self.mesh.services:
             for port in service.ports:
-                endpoints = self.mesh.endpoints(service, port)
-                if endpoints:  # kube-proxy picks among endpoints; the lab runs one replica
-                    pod, target = endpoints[0]
+                for pod, target in self.mesh.endpoints(service, port):
                     rules.append((self.record.vips[service.key], port.port, self.record.pods[pod.key].ip, target))
         return rules
 

@@ -12,9 +12,11 @@ importing the auditor's core: the lab is the reference the auditor is graded aga
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from testrigs.lab import nodes as lab_nodes
 
 Obj = dict[str, Any]
 
@@ -57,7 +59,11 @@ def name_of(obj: Obj) -> str:
 
 @dataclass(frozen=True)
 class Workload:
-    """One lab pod: a Deployment's single replica, a bare Pod, or a waypoint's proxy."""
+    """One lab pod: a Deployment's replica, a bare Pod, or a waypoint's proxy.
+
+    ``node`` is the lab node it runs on ("" for a waypoint, or a bare Pod not yet bound);
+    ``replica_of`` the Deployment's key for a replica, else "".
+    """
 
     namespace: str
     name: str
@@ -68,6 +74,8 @@ class Workload:
     host_network: bool = False
     sidecar: bool = False
     waypoint: bool = False
+    node: str = ""
+    replica_of: str = ""
 
     @property
     def key(self) -> str:
@@ -133,7 +141,15 @@ def _container_ports(pod_spec: Mapping[str, Any]) -> dict[str, int]:
     return ports
 
 
-def _workload(namespace: str, name: str, template_meta: Mapping[str, Any], pod_spec: Mapping[str, Any]) -> Workload:
+def _workload(
+    namespace: str,
+    name: str,
+    template_meta: Mapping[str, Any],
+    pod_spec: Mapping[str, Any],
+    *,
+    node: str = "",
+    replica_of: str = "",
+) -> Workload:
     pod_annotations = {str(k): str(v) for k, v in (template_meta.get("annotations") or {}).items()}
     return Workload(
         namespace=namespace,
@@ -145,19 +161,39 @@ def _workload(namespace: str, name: str, template_meta: Mapping[str, Any], pod_s
         host_network=bool(pod_spec.get("hostNetwork")),
         sidecar="sidecar.istio.io/status" in pod_annotations
         or any(c.get("name") == "istio-proxy" for c in pod_spec.get("containers") or []),
+        node=node,
+        replica_of=replica_of,
     )
 
 
-def workloads_of(obj: Obj) -> list[Workload]:
-    """The lab pods one object stands for: a Deployment runs one replica (enough for every check)."""
+MAX_REPLICAS = 8  # per Deployment: each replica is a network namespace, an app and maybe an Envoy
+
+
+def workloads_of(obj: Obj, nodes: Sequence[str] = lab_nodes.names(1)) -> list[Workload]:
+    """The lab pods one object stands for: a Deployment's ``spec.replicas`` (default 1, at most
+    ``MAX_REPLICAS``) pods ``<name>-<i>``, spread round-robin over ``nodes``; a bare Pod itself,
+    on its ``spec.nodeName``. The Pods the lab's controllers create for replicas and ztunnels
+    (label ``nodes.OWNED_BY``) mirror what is here already: none."""
     kind, namespace = obj.get("kind"), namespace_of(obj)
     if kind == "Pod":
-        return [_workload(namespace, name_of(obj), meta(obj), spec(obj))]
+        if lab_nodes.OWNED_BY in labels_of(obj):
+            return []
+        return [_workload(namespace, name_of(obj), meta(obj), spec(obj), node=str(spec(obj).get("nodeName") or ""))]
     if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"):
         template = spec(obj).get("template") or {}
-        if int(spec(obj).get("replicas", 1) or 0) == 0:
-            return []
-        return [_workload(namespace, f"{name_of(obj)}-0", template.get("metadata") or {}, template.get("spec") or {})]
+        replicas = min(int(spec(obj).get("replicas", 1) or 0), MAX_REPLICAS)
+        owner = f"{namespace}/{name_of(obj)}"
+        return [
+            _workload(
+                namespace,
+                f"{name_of(obj)}-{index}",
+                template.get("metadata") or {},
+                template.get("spec") or {},
+                node=lab_nodes.replica_node(index, nodes),
+                replica_of=owner,
+            )
+            for index in range(replicas)
+        ]
     return []
 
 
@@ -191,10 +227,25 @@ def matches(selector: Mapping[str, str], pod_labels: Mapping[str, str]) -> bool:
 
 
 class Mesh:
-    """An index over one snapshot of objects, answering the questions the data plane asks."""
+    """An index over one snapshot of objects, answering the questions the data plane asks.
 
-    def __init__(self, objects: Iterable[Obj]) -> None:
+    ``nodes`` are the lab's nodes (replicas spread over them). ``uncaptured_endpoint`` plants
+    the fault of that name: None is off; otherwise, of every Deployment with two or more replicas
+    (all of them for ``()``, else those whose ``namespace/name`` is listed), the last replica is
+    not captured although its labels say ambient, as a pod that started before its node's
+    istio-cni agent was ready (issue #13). ``uncaptured`` holds those pods' keys.
+    """
+
+    def __init__(
+        self,
+        objects: Iterable[Obj],
+        *,
+        nodes: Sequence[str] = lab_nodes.names(1),
+        uncaptured_endpoint: Sequence[str] | None = None,
+    ) -> None:
         ordered = list(objects)
+        self.nodes = tuple(nodes)
+        self.uncaptured: frozenset[str] = frozenset()
         self.namespace_labels: dict[str, dict[str, str]] = {}
         self.workloads: list[Workload] = []
         self.services: list[Service] = []
@@ -205,6 +256,15 @@ class Mesh:
             self._add(obj)
         position = {id(obj): index for index, obj in enumerate(ordered)}
         self.peer_authentications.sort(key=lambda o: _age(o, position[id(o)]))
+        if uncaptured_endpoint is not None:
+            self.uncaptured = self._uncaptured(set(uncaptured_endpoint))
+
+    def _uncaptured(self, targets: set[str]) -> frozenset[str]:
+        replicas: dict[str, list[Workload]] = {}
+        for workload in self.workloads:
+            if workload.replica_of and (not targets or workload.replica_of in targets):
+                replicas.setdefault(workload.replica_of, []).append(workload)
+        return frozenset(group[-1].key for group in replicas.values() if len(group) >= 2 and self.captured(group[-1]))
 
     def _add(self, obj: Obj) -> None:
         kind = obj.get("kind")
@@ -219,13 +279,14 @@ class Mesh:
         elif kind == "AuthorizationPolicy":
             self.authorization_policies.append(obj)
         else:
-            self.workloads.extend(workloads_of(obj))
+            self.workloads.extend(workloads_of(obj, self.nodes))
 
     # --- enrollment (semantics §2) -------------------------------------------------------------
 
     def captured(self, workload: Workload) -> bool:
-        """istio-cni's rule: pod label ambient, or namespace label ambient and pod label not none."""
-        if workload.waypoint or workload.sidecar or workload.host_network:
+        """istio-cni's rule: pod label ambient, or namespace label ambient and pod label not none
+        (and not a pod of the ``uncaptured-endpoint`` fault)."""
+        if workload.waypoint or workload.sidecar or workload.host_network or workload.key in self.uncaptured:
             return False
         pod_mode = workload.labels.get(DATAPLANE_MODE)
         if pod_mode is not None:

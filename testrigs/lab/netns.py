@@ -133,7 +133,8 @@ def nat_rules(*, captured: bool, inbound: bool, vip_dnat: Iterable[tuple[str, in
 
     Captured (istio-cni's job): outbound TCP except the proxy's own (uid 1337) and loopback goes to
     :15001; inbound TCP except HBONE :15008 goes to :15006 (unless inbound capture is bypassed).
-    Not captured: kube-proxy's job, DNAT of each Service VIP:port to a backend pod:port.
+    Not captured: kube-proxy's job, DNAT of each Service VIP:port to one of its backend pod:ports,
+    chosen at random per connection (the entries of one VIP:port, in order, are its backends).
     """
     lines = [
         "*nat",
@@ -154,10 +155,20 @@ def nat_rules(*, captured: bool, inbound: bool, vip_dnat: Iterable[tuple[str, in
                 "-A PREROUTING -p tcp -j REDIRECT --to-ports 15006",
             ]
     else:
+        groups: dict[tuple[str, int], list[tuple[str, int]]] = {}
         for vip, port, backend, target in vip_dnat:
             check_address(vip)
             check_address(backend)
-            lines.append(f"-A OUTPUT -p tcp -d {vip}/32 --dport {port} -j DNAT --to-destination {backend}:{target}")
+            groups.setdefault((vip, port), []).append((backend, target))
+        for (vip, port), backends in groups.items():
+            for index, (backend, target) in enumerate(backends):
+                # kube-proxy's iptables mode: rule i of n matches with probability 1/(n-i), so
+                # each of the n backends gets 1/n of the new connections.
+                remaining = len(backends) - index
+                pick = f" -m statistic --mode random --probability {1 / remaining:.11f}" if remaining > 1 else ""
+                lines.append(
+                    f"-A OUTPUT -p tcp -d {vip}/32 --dport {port}{pick} -j DNAT --to-destination {backend}:{target}"
+                )
     return "\n".join([*lines, "COMMIT", ""])
 
 

@@ -46,6 +46,11 @@ def new_client(kubeconfig: Path) -> client.ApiClient:
     return api
 
 
+def get_json(api: client.ApiClient, path: str) -> dict[str, Any]:
+    """GET ``path`` as JSON; raises RuntimeError for an HTTP error status."""
+    return _get(api, path)
+
+
 def _get(api: client.ApiClient, path: str) -> dict[str, Any]:
     method, url, headers, _, _ = api.param_serialize(
         method="GET", resource_path=path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]

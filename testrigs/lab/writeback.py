@@ -12,8 +12,9 @@ the data plane in ways a real cluster does not:
 
 ``patches`` is pure and returns nothing when the API already says the right thing, so the write
 (which changes resourceVersions and wakes the translator) happens once per real change.
-Deployment replicas are not Pods in this API server (no controller-manager), so only bare Pods
-(probe pods, the walkthrough's curl pods) carry the annotation.
+Deployment replicas are Pods here too (``controllers``, the controller-manager's stand-in), so
+they carry the annotation like bare Pods (probe pods, the walkthrough's curl pods); a replica of
+the ``uncaptured-endpoint`` fault never gets it, as istio-cni never redirected it.
 """
 
 from __future__ import annotations
