@@ -47,7 +47,9 @@ from typing import Any
 import yaml
 
 from testrigs.devtools import controlplane, istio, processes, ztunnel
-from testrigs.lab import netns, procs
+from testrigs.lab import mesh, netns, procs, proxy, realwaypoint
+from testrigs.lab.envoyconf import Certs
+from testrigs.lab.pki import LabCA
 from testrigs.lab.procs import Proc
 
 NODE_NAME = "malab-node-1"
@@ -58,6 +60,7 @@ ISTIOD_PORT_IN_NODE = 15012
 ZTUNNEL_SA = "ztunnel"
 READY_TIMEOUT_S = 60.0
 REDIRECTION = "ambient.istio.io/redirection"
+GATEWAY_NAME = "gateway.networking.k8s.io/gateway-name"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -156,7 +159,7 @@ class RealNode:
         record = NodeRecord(lab_id=secrets.token_hex(3))
         self._save(record)
         stand_in = [f"--node-name={NODE_NAME}", f"--pod-cidr={POD_CIDR}"]
-        controlplane.up(self.controlplane_dir, istio=True, stand_in_args=stand_in)
+        controlplane.up(self.controlplane_dir, istio=True, stand_in_args=stand_in, cacerts=self._plug_ca())
         netns.create_bridge_namespace(self.bridge(record))
         self._ztunnel_identity()
         ports = controlplane.istiod_ports(self.controlplane_dir)
@@ -336,6 +339,7 @@ class RealNode:
             if s["spec"].get("clusterIP") not in (None, "", "None")
         ]
         wanted: list[dict[str, str]] = []
+        waypoint_pods: list[dict[str, Any]] = []
         network = ipaddress.ip_network(POD_CIDR)
         for pod in pods:
             meta, status = pod["metadata"], pod.get("status") or {}
@@ -343,11 +347,14 @@ class RealNode:
             key = f"{meta['namespace']}/{meta['name']}"
             if pod["spec"].get("hostNetwork"):
                 continue  # ztunnel's own pod: the node's namespace is its network
-            if "gateway.networking.k8s.io/gateway-name" in (meta.get("labels") or {}):
-                # A waypoint istiod rendered: it needs Istio's Envoy (HBONE CONNECT), which this node
-                # does not run yet, so it gets no namespace (traffic bound to it fails: not modelled).
-                continue
             if not address or ipaddress.ip_address(address) not in network or meta.get("deletionTimestamp"):
+                continue
+            if GATEWAY_NAME in (meta.get("labels") or {}):
+                # A waypoint istiod rendered: the lab's Envoy (realwaypoint) runs in its namespace;
+                # istio-cni never redirects a waypoint pod (its template says dataplane-mode none).
+                if key not in record.pods:
+                    self._create_pod(record, key, address, meta["uid"], {})
+                waypoint_pods.append(pod)
                 continue
             if key not in record.pods:
                 self._create_pod(record, key, address, meta["uid"], pod["spec"])
@@ -368,7 +375,78 @@ class RealNode:
         from testrigs.lab import zds  # noqa: PLC0415 - zds pulls in inpod only when pods are synced
 
         zds.write_json(self.node_dir / "pods.json", wanted)
+        captured = frozenset(f"{item['namespace']}/{item['name']}" for item in wanted)
+        self._sync_waypoints(record, waypoint_pods, pods, services, captured)
         return record.pods
+
+    def _sync_waypoints(
+        self,
+        record: NodeRecord,
+        waypoint_pods: list[dict[str, Any]],
+        pods: list[dict[str, Any]],
+        services: list[dict[str, Any]],
+        captured: frozenset[str],
+    ) -> None:
+        """Start or reconfigure the lab's Envoy for every waypoint pod istiod rendered; wait until served."""
+        if not waypoint_pods:
+            return
+        kinds = "namespaces,gateways.gateway.networking.k8s.io,authorizationpolicies.security.istio.io"
+        others = json.loads(self.kubectl("get", kinds, "--all-namespaces", "--output=json"))["items"]
+        model = mesh.Mesh([*others, *services])
+        vips = {
+            f"{s['metadata']['namespace']}/{s['metadata']['name']}": s["spec"]["clusterIP"]
+            for s in services
+            if s["spec"].get("clusterIP") not in (None, "", "None")
+        }
+        envoy = proxy.install_envoy(self.state_dir / "bin")
+        for pod in waypoint_pods:
+            meta = pod["metadata"]
+            key = f"{meta['namespace']}/{meta['name']}"
+            gateway = f"{meta['namespace']}/{meta['labels'][GATEWAY_NAME]}"
+            waypoint = next((w for w in model.waypoints if w.key == gateway), None)
+            if waypoint is None:
+                continue  # not a waypoint the lab can run (class, listener): istiod would not use it either
+            proxy_dir = proxy.ProxyDir(self.node_dir / "waypoints" / key.replace("/", "__"))
+            certs = self._waypoint_certs(
+                proxy_dir, meta["namespace"], pod["spec"].get("serviceAccountName") or "default"
+            )
+            resources = realwaypoint.resources(model, waypoint, vips, pods, captured=captured, certs=certs)
+            name = f"waypoint:{key}"
+            running = record.procs.get(name)
+            if running is None or not running.running():
+                running, version = proxy.start(
+                    name,
+                    record.pods[key]["netns"],
+                    envoy,
+                    proxy_dir,
+                    resources,
+                    extensions=[realwaypoint.INTERNAL_LISTENER_EXTENSION],
+                )
+                record.procs[name] = running
+                self._save(record)
+            else:
+                version = proxy.publish(proxy_dir, resources)
+            proxy.wait_version(running, proxy_dir, version)
+
+    def _waypoint_certs(self, proxy_dir: proxy.ProxyDir, namespace: str, service_account: str) -> Certs:
+        """The waypoint's certificate for its ServiceAccount's SPIFFE id, from the CA plugged into istiod."""
+        cert, key = proxy_dir.path / "cert.pem", proxy_dir.path / "key.pem"
+        ca = LabCA(self.state_dir / "ca")
+        if not cert.exists():
+            proxy_dir.create()
+            ca.issue(mesh.spiffe_id(namespace, service_account), proxy_dir.path, netns.PROXY_UID)
+        return Certs(str(cert), str(key), str(ca.cert_path))
+
+    def _plug_ca(self) -> Path:
+        """The lab CA as istiod's ``cacerts`` (a self-signed root: ca-cert = root-cert = cert-chain)."""
+        ca = LabCA(self.state_dir / "ca")
+        ca.create()
+        directory = self.state_dir / "cacerts"
+        directory.mkdir(mode=0o700)
+        for name in ("ca-cert.pem", "root-cert.pem", "cert-chain.pem"):
+            shutil.copyfile(ca.cert_path, directory / name)
+        shutil.copyfile(ca.key_path, directory / "ca-key.pem")
+        return directory
 
     def _create_pod(self, record: NodeRecord, key: str, address: str, uid: str, spec: dict[str, Any]) -> None:
         index = len(record.pods) + 1
