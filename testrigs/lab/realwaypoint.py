@@ -222,7 +222,7 @@ def _tunnel(backend: Backend, certs: Certs, listeners: dict[str, Config], cluste
     """The cluster the router sends to for one backend: an HBONE tunnel, or plain TCP."""
     if not backend.captured:
         name = f"plain|{backend.ip}|{backend.port}"
-        clusters[name] = _static_cluster(name, backend.ip, backend.port)
+        clusters[name] = _one_request_per_connection(_static_cluster(name, backend.ip, backend.port))
         return name
     outer = f"hbone|{backend.ip}"
     clusters[outer] = _hbone_cluster(outer, backend.ip, certs)
@@ -238,8 +238,22 @@ def _tunnel(backend: Backend, certs: Certs, listeners: dict[str, Config], cluste
         },
     }
     listeners[name] = _internal_listener(name, [proxy])
-    clusters[name] = _internal_cluster(name)
+    clusters[name] = _one_request_per_connection(_internal_cluster(name))
     return name
+
+
+def _one_request_per_connection(cluster: Config) -> Config:
+    # A new tunnel per request: ztunnel judges each request's connection with the policy of the
+    # moment. Istio's waypoint pools them (a policy change reaches a pooled connection only when
+    # ztunnel's policy watcher closes it), which would make a test's verdict depend on the last.
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": f"{_TYPE}.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "common_http_protocol_options": {"max_requests_per_connection": 1},
+            "explicit_http_config": {"http_protocol_options": {}},
+        }
+    }
+    return cluster
 
 
 def _hbone_cluster(name: str, ip: str, certs: Certs) -> Config:
