@@ -522,6 +522,11 @@ class RealNode:
                 for name, p in record.procs.items()
                 if name == "ztunnel"
             ],
+            "waypoints": [
+                {"pod": name.removeprefix("waypoint:"), "pid": p.pid, "running": p.running()}
+                for name, p in record.procs.items()
+                if name.startswith("waypoint:")
+            ],
             "agent": self.agent_status(),
             "pods": record.pods,
         }
