@@ -17,13 +17,15 @@ the traffic.
   in-pod rules (``inpod``).
 * **ztunnel.** ``testrigs.devtools.ztunnel`` builds it; it runs in the node namespace with
   ``PROXY_MODE=shared`` and reaches istiod's XDS and CA port through ``relay``.
-* **Certificates: istiod's own CA.** ztunnel authenticates with a token of the ServiceAccount
-  ``istio-system/ztunnel`` (audience ``istio-ca``) bound to a Pod ``istio-system/ztunnel-<node>``
-  on this node, which the API server mints (TokenRequest) and istiod checks by TokenReview; istiod
-  signs a pod's certificate only when a pod with that ServiceAccount runs on ztunnel's node
-  (``CA_TRUSTED_NODE_ACCOUNTS``, node_auth.go). This is istiod's real issuance path, which a
-  plugged-in CA would not change; the lab's Envoy waypoints would need that plug-in (istiod's
-  ``cacerts`` from the lab CA) to interoperate, which is not done yet.
+* **Certificates: istiod's issuance, the lab CA plugged in.** ztunnel authenticates with a token
+  of the ServiceAccount ``istio-system/ztunnel`` (audience ``istio-ca``) bound to a Pod
+  ``istio-system/ztunnel-<node>`` on this node, which the API server mints (TokenRequest) and
+  istiod checks by TokenReview; istiod signs a pod's certificate only when a pod with that
+  ServiceAccount runs on ztunnel's node (``CA_TRUSTED_NODE_ACCOUNTS``, node_auth.go). istiod signs
+  with the lab's CA, plugged in as ``cacerts`` (``LabCA``), so the lab can give its Envoy
+  waypoints certificates ztunnel trusts (upstream Envoy has no client for istiod's CSR API).
+* **Waypoints.** A waypoint pod istiod rendered gets a namespace and the lab's Envoy
+  (``realwaypoint``), reconfigured on every ``sync_pods``.
 
 Every process is recorded (``Proc``) in ``<state>/realnode.json`` before ``up`` goes on, so
 ``down`` (also after a crash) stops them by pid, deletes the namespaces and the state directory.
