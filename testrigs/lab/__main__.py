@@ -45,6 +45,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     build.add_argument("--ztunnel-source", type=Path, default=None, help="the source archive (sha256-pinned)")
     real_up = commands.add_parser("real-up", help="one node on the real ztunnel and istiod; prints the kubeconfig")
     real_up.add_argument("--manifests", type=Path, action="append", required=True, help="file or folder; repeatable")
+    real_up.add_argument(
+        "--fault", action="append", default=[], help="one of: ztunnel-down, uncaptured-pod=NS/NAME, ztunnel-restart[=S]"
+    )
     commands.add_parser("real-down", help="stop and remove the real-ztunnel node; safe to repeat")
     commands.add_parser("real-status", help="JSON report of the real-ztunnel node; exit 0 only when ztunnel runs")
     commands.add_parser("_translate")  # daemons: no help, so not listed
@@ -90,10 +93,16 @@ def _real(args: argparse.Namespace) -> int:
         if args.command == "build":
             print(ztunnel.build(args.ztunnel_source).directory)
         elif args.command == "real-up":
-            node.up()
+            try:
+                faults = realnode.parse_faults(args.fault)
+            except realnode.FaultError as error:
+                print(f"lab: error: --fault: {error}", file=sys.stderr)
+                return 2
+            node.up(faults)
             files = [f for path in args.manifests for f in (sorted(path.glob("*.yaml")) if path.is_dir() else [path])]
             node.kubectl("apply", "-f", "-", stdin="\n---\n".join(f.read_text() for f in files))
             node.settle()
+            node.apply_faults()
             print(node.kubeconfig, flush=True)
         elif args.command == "real-down":
             node.down()

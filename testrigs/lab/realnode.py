@@ -42,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,55 @@ GATEWAY_NAME = "gateway.networking.k8s.io/gateway-name"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+DEFAULT_RESTART_PERIOD_S = 10.0
+FAULTS = {
+    "ztunnel-down": "ztunnel is stopped on the node once it is up (ztunnel-down=NODE names it)",
+    "uncaptured-pod": "uncaptured-pod=NS/NAME: labelled ambient, never handed to ztunnel (started before the "
+    "node's CNI agent was ready); repeatable",
+    "ztunnel-restart": "ztunnel is restarted every 10 s while the node runs (ztunnel-restart=SECONDS)",
+}
+
+
 class RealNodeError(RuntimeError):
     """The node cannot start or act; the message names the step."""
+
+
+class FaultError(ValueError):
+    """A ``--fault`` the real node does not know or whose target is malformed; the message says which."""
+
+
+def parse_faults(names: Sequence[str]) -> list[str]:
+    """Check ``NAME[=TARGET]`` fault specs against ``FAULTS``; returns them. Raises FaultError."""
+    for spec in names:
+        name, _, target = spec.partition("=")
+        if name not in FAULTS:
+            raise FaultError(f"unknown fault {name!r} for the real node; known: {', '.join(sorted(FAULTS))}")
+        if name == "uncaptured-pod" and (target.count("/") != 1 or "" in target.split("/")):
+            raise FaultError(f"fault {spec!r}: uncaptured-pod needs a pod, as uncaptured-pod=NAMESPACE/NAME")
+        if name == "ztunnel-down" and target not in ("", NODE_NAME):
+            raise FaultError(f"fault {spec!r}: the real node is {NODE_NAME}, there is no node {target!r}")
+        if name == "ztunnel-restart" and target:
+            try:
+                period = float(target)
+            except ValueError:
+                period = 0.0
+            if not 1.0 <= period <= 3600.0:
+                raise FaultError(f"fault {spec!r}: the restart period is seconds between 1 and 3600")
+    return list(names)
+
+
+def restart_period(faults: Sequence[str]) -> float | None:
+    """Seconds between ztunnel restarts under ``ztunnel-restart``, or None without the fault."""
+    for spec in faults:
+        name, _, target = spec.partition("=")
+        if name == "ztunnel-restart":
+            return float(target) if target else DEFAULT_RESTART_PERIOD_S
+    return None
+
+
+def withheld_pods(faults: Sequence[str]) -> frozenset[str]:
+    """``namespace/name`` of the pods ``uncaptured-pod`` keeps from ztunnel."""
+    return frozenset(spec.partition("=")[2] for spec in faults if spec.partition("=")[0] == "uncaptured-pod")
 
 
 @dataclass
@@ -77,9 +125,15 @@ class NodeRecord:
     lab_id: str
     procs: dict[str, Proc] = field(default_factory=dict)
     pods: dict[str, dict[str, str]] = field(default_factory=dict)  # "ns/name" -> netns, ip, veth, uid
+    faults: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"lab_id": self.lab_id, "procs": {k: v.to_json() for k, v in self.procs.items()}, "pods": self.pods}
+        return {
+            "lab_id": self.lab_id,
+            "procs": {k: v.to_json() for k, v in self.procs.items()},
+            "pods": self.pods,
+            "faults": self.faults,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NodeRecord:
@@ -87,6 +141,7 @@ class NodeRecord:
             str(data["lab_id"]),
             {k: Proc.from_json(v) for k, v in (data.get("procs") or {}).items()},
             dict(data.get("pods") or {}),
+            [str(f) for f in data.get("faults") or []],
         )
 
 
@@ -149,8 +204,13 @@ class RealNode:
 
     # --- up ----------------------------------------------------------------------------------
 
-    def up(self) -> NodeRecord:
-        """Control plane with istiod, the node namespace, relay, CNI agent and ztunnel; waits until ready."""
+    def up(self, faults: Sequence[str] = ()) -> NodeRecord:
+        """Control plane with istiod, the node namespace, relay, CNI agent and ztunnel; waits until ready.
+
+        ``faults``: ``FAULTS`` specs (checked first, FaultError); ``uncaptured-pod`` and
+        ``ztunnel-restart`` act from the start, ``ztunnel-down`` in ``apply_faults`` once pods settled.
+        """
+        faults = parse_faults(faults)
         self.down()
         binaries = ztunnel.binaries()
         if not ztunnel.is_built():
@@ -158,7 +218,7 @@ class RealNode:
                 f"ztunnel is not built in {binaries.directory}: run 'scripts/controlplane build --ztunnel'"
             )
         self.node_dir.mkdir(parents=True, mode=0o755)
-        record = NodeRecord(lab_id=secrets.token_hex(3))
+        record = NodeRecord(lab_id=secrets.token_hex(3), faults=list(faults))
         self._save(record)
         stand_in = [f"--node-name={NODE_NAME}", f"--pod-cidr={POD_CIDR}"]
         controlplane.up(self.controlplane_dir, istio=True, stand_in_args=stand_in, cacerts=self._plug_ca())
@@ -194,9 +254,22 @@ class RealNode:
         if old is not None:
             procs.stop(old)
         argv = [str(ztunnel.binaries().ztunnel), "proxy", "ztunnel"]
-        proc = procs.spawn_in_netns(
-            "ztunnel", self.bridge(record), argv, self.node_dir / "ztunnel.log", ztunnel_env(self.node_dir, NODE_NAME)
-        )
+        env = ztunnel_env(self.node_dir, NODE_NAME)
+        period = restart_period(record.faults)
+        if period is not None:
+            # The fault's supervisor is the recorded process; ztunnel is its child (ztrestart).
+            status = self.node_dir / "ztrestart.json"
+            argv = [
+                sys.executable,
+                "-m",
+                "testrigs.lab.ztrestart",
+                f"--period={period}",
+                f"--status={status}",
+                "--",
+                *argv,
+            ]
+            env["PYTHONPATH"] = str(REPO_ROOT)
+        proc = procs.spawn_in_netns("ztunnel", self.bridge(record), argv, self.node_dir / "ztunnel.log", env)
         record.procs["ztunnel"] = proc
         self._save(record)
         self._wait_ready(record, proc)
@@ -209,6 +282,15 @@ class RealNode:
         if proc is not None:
             procs.stop(proc)
         self._save(record)
+
+    def apply_faults(self) -> None:
+        """The faults that act once the node is up and its pods settled: ``ztunnel-down``."""
+        record = self._require()
+        missing = sorted(withheld_pods(record.faults) - set(record.pods))
+        if missing:
+            raise RealNodeError(f"fault uncaptured-pod: no pod {', '.join(missing)} on the node (check the manifests)")
+        if any(spec.partition("=")[0] == "ztunnel-down" for spec in record.faults):
+            self.stop_ztunnel()
 
     def _spawn(self, record: NodeRecord, name: str, argv: list[str], log: Path, env: dict[str, str]) -> Proc:
         proc = processes.spawn(name, argv, log, env=env, log_mode=0o644)
@@ -333,6 +415,7 @@ class RealNode:
         pod started before the node's agent was ready: labelled ambient, not captured).
         """
         record = self._require()
+        withhold = withhold | withheld_pods(record.faults)
         pods = json.loads(self.kubectl("get", "pods", "--all-namespaces", "--output=json"))["items"]
         services = json.loads(self.kubectl("get", "services", "--all-namespaces", "--output=json"))["items"]
         vips = [
@@ -519,11 +602,8 @@ class RealNode:
             "up": True,
             "node": NODE_NAME,
             "processes": {name: {"pid": p.pid, "running": p.running()} for name, p in record.procs.items()},
-            "ztunnel": [
-                {"node": NODE_NAME, "pid": p.pid, "running": p.running(), "rss_bytes": istio.rss_bytes(p.pid)}
-                for name, p in record.procs.items()
-                if name == "ztunnel"
-            ],
+            "faults": record.faults,
+            "ztunnel": [self._ztunnel_status(p, record) for name, p in record.procs.items() if name == "ztunnel"],
             "waypoints": [
                 {"pod": name.removeprefix("waypoint:"), "pid": p.pid, "running": p.running()}
                 for name, p in record.procs.items()
@@ -532,6 +612,19 @@ class RealNode:
             "agent": self.agent_status(),
             "pods": record.pods,
         }
+
+    def _ztunnel_status(self, proc: Proc, record: NodeRecord) -> dict[str, Any]:
+        entry: dict[str, Any] = {"node": NODE_NAME, "pid": proc.pid, "running": proc.running()}
+        if restart_period(record.faults) is not None:
+            # The recorded process is the fault's supervisor: report its current ztunnel child.
+            try:
+                child = json.loads((self.node_dir / "ztrestart.json").read_text())
+            except (OSError, ValueError):
+                child = {}
+            entry.update(supervisor_pid=proc.pid, pid=int(child.get("pid") or 0), restarts=child.get("restarts"))
+            entry["running"] = proc.running() and entry["pid"] > 0 and Path(f"/proc/{entry['pid']}").exists()
+        entry["rss_bytes"] = istio.rss_bytes(entry["pid"])
+        return entry
 
     def down(self) -> bool:
         """Stop every recorded process, delete the lab namespaces and the state directory; repeatable."""
