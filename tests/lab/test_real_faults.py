@@ -135,8 +135,9 @@ def test_ztunnel_down_on_the_node(started: tuple[RealNode, list[str]]) -> None:
     assert _lab(node.state_dir, "real-status").returncode == 1  # unhealthy: no ztunnel runs
     # Captured pods keep their redirection to ztunnel's in-pod listener, which is gone: refused.
     assert realkit.curl(node, "default/curl-pod", realkit.CATALOG)[0] == 7
-    # The uncaptured client still reaches the pod directly (nothing enforces STRICT or policy).
+    # Inbound too: catalog's in-pod rules redirect the outside client's plaintext to ztunnel's
+    # in-pod port, gone with ztunnel, so it is refused as well (measured: the node fails closed).
     record = node.load()
     assert record is not None
     pod_url = f"http://{record.pods['default/catalog-0']['ip']}:8080/catalog/tags"
-    print("outside client with ztunnel down:", realkit.curl(node, "curl/curl-pod", pod_url))
+    assert realkit.curl(node, "curl/curl-pod", pod_url) == (7, "")
