@@ -425,6 +425,7 @@ class RealNode:
         ]
         wanted: list[dict[str, str]] = []
         waypoint_pods: list[dict[str, Any]] = []
+        redirected: set[str] = set()
         network = ipaddress.ip_network(POD_CIDR)
         for pod in pods:
             meta, status = pod["metadata"], pod.get("status") or {}
@@ -447,6 +448,8 @@ class RealNode:
             hosts = netns.hosts_file(meta["name"], address, meta["namespace"], vips)
             netns.write_dns(record.pods[key]["netns"], hosts, netns.resolv_conf(meta["namespace"]))
             annotated = (meta.get("annotations") or {}).get(REDIRECTION) == "enabled"
+            if annotated:
+                redirected.add(key)
             if annotated and key not in withhold:
                 wanted.append(
                     {
@@ -460,8 +463,9 @@ class RealNode:
         from testrigs.lab import zds  # noqa: PLC0415 - zds pulls in inpod only when pods are synced
 
         zds.write_json(self.node_dir / "pods.json", wanted)
-        captured = frozenset(f"{item['namespace']}/{item['name']}" for item in wanted)
-        self._sync_waypoints(record, waypoint_pods, pods, services, captured)
+        # The waypoint tunnels to what istiod calls HBONE-capable, the pods the API says istio-cni
+        # redirected, whether or not ztunnel holds them (the uncaptured-pod fault: refused there).
+        self._sync_waypoints(record, waypoint_pods, pods, services, frozenset(redirected))
         return record.pods
 
     def _sync_waypoints(

@@ -20,7 +20,8 @@ PyPI Envoy configured here. It interoperates with the real ztunnel on the wire:
 * **HBONE out.** The router sends the request to an internal listener per backend ``pod:port``
   whose TCP proxy opens an HTTP/2 CONNECT to ``podIP:port`` through the pod's :15008, mTLS with
   the waypoint's own certificate (the destination ztunnel sees the waypoint's identity: the
-  walkthrough's identity pitfall). A backend ztunnel does not capture gets plain TCP.
+  walkthrough's identity pitfall). A backend the API does not mark redirected (istio-cni's
+  annotation: what istiod calls HBONE-capable) gets plain TCP, whether or not ztunnel holds it.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Backend:
     pod: str  # namespace/name
     ip: str
     port: int
-    captured: bool
+    captured: bool  # redirected by istio-cni as the API says: reached over HBONE
 
 
 def backends(service: Service, port: ServicePort, pods: Sequence[Obj], captured: frozenset[str]) -> list[Backend]:
