@@ -10,8 +10,10 @@ when healthy. ``_translate`` and ``_kubelet`` are the daemons ``up`` starts; not
 The real data plane (#12, ``testrigs.lab.realnode``; not yet the default): ``build`` builds
 ztunnel from its pinned source archive (``--ztunnel-source``); ``real-up --manifests PATH`` starts
 one node with istiod, the CNI-agent stand-in and the real ztunnel, applies the manifests and waits
-until ztunnel holds every ambient pod; ``real-status`` (JSON, lists the ztunnel processes) and
-``real-down`` (default state dir ``/tmp/malab-real``).
+until ztunnel holds every ambient pod (``--fault``: ``ztunnel-down``, ``uncaptured-pod=NS/NAME``,
+``ztunnel-restart[=S]``; a bad one exits 2 before anything starts); ``real-sync`` picks up new
+pods and gives the waypoints the current policies; ``real-status`` (JSON, lists the ztunnel and
+waypoint processes) and ``real-down`` (default state dir ``/tmp/malab-real``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Ambient-mesh lab on this host.")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="default: %(default)s")
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{up,down,status,build,real-up,real-down,real-status}"
+        dest="command", required=True, metavar="{up,down,status,build,real-up,real-sync,real-down,real-status}"
     )
     up = commands.add_parser("up", help="start the lab with the auditor's deploy/; prints the kubeconfig path last")
     up.add_argument("--manifests", type=Path, action="append", required=True, help="file or folder; repeatable")
@@ -48,6 +50,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     real_up.add_argument(
         "--fault", action="append", default=[], help="one of: ztunnel-down, uncaptured-pod=NS/NAME, ztunnel-restart[=S]"
     )
+    commands.add_parser("real-sync", help="pick up new pods and give the waypoints the current policies")
     commands.add_parser("real-down", help="stop and remove the real-ztunnel node; safe to repeat")
     commands.add_parser("real-status", help="JSON report of the real-ztunnel node; exit 0 only when ztunnel runs")
     commands.add_parser("_translate")  # daemons: no help, so not listed
@@ -104,6 +107,8 @@ def _real(args: argparse.Namespace) -> int:
             node.settle()
             node.apply_faults()
             print(node.kubeconfig, flush=True)
+        elif args.command == "real-sync":
+            node.sync_pods()
         elif args.command == "real-down":
             node.down()
         else:
