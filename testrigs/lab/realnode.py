@@ -555,20 +555,44 @@ class RealNode:
             self._save(record)
 
     def settle(self, timeout: float = READY_TIMEOUT_S) -> dict[str, dict[str, str]]:
-        """Sync until two passes agree and ztunnel acked every pod handed to it; return the pods.
+        """Sync until every workload has its pod, every waypoint its Envoy, and ztunnel acked every pod handed to it.
 
-        Pods that appear later are picked up by the next ``sync_pods`` (no daemon follows them).
+        Returns the pods. Pods that appear later are picked up by the next ``sync_pods`` (no daemon
+        follows them). Raises RealNodeError naming what is still missing after ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
-        previous: set[str] = set()
+        missing: list[str] = []
         while time.monotonic() < deadline:
             pods = self.sync_pods()
             wanted = {item["uid"] for item in json.loads((self.node_dir / "pods.json").read_text())}
-            if set(pods) == previous and wanted <= set(self.agent_status().get("acked") or []):
+            missing = self._missing(set(pods))
+            if not missing and wanted <= set(self.agent_status().get("acked") or []):
                 return pods
-            previous = set(pods)
             time.sleep(1.0)
-        raise RealNodeError(f"pods did not settle within {timeout:.0f} s: agent {self.agent_status()}")
+        raise RealNodeError(
+            f"pods did not settle within {timeout:.0f} s: missing {missing or 'none'}, agent {self.agent_status()}"
+        )
+
+    def _missing(self, pods: set[str]) -> list[str]:
+        """Workloads without a pod on the node yet: Deployments and StatefulSets (the stand-in names
+        their pod ``<name>-<n>``), and waypoint Gateways (istiod renders their Deployment) without
+        a running Envoy."""
+        kinds = "deployments,statefulsets,gateways.gateway.networking.k8s.io"
+        items = json.loads(self.kubectl("get", kinds, "--all-namespaces", "--output=json"))["items"]
+        record = self._require()
+        missing = []
+        for item in items:
+            namespace, name = item["metadata"]["namespace"], item["metadata"]["name"]
+            spec = item.get("spec") or {}
+            if item["kind"] == "Gateway":
+                if spec.get("gatewayClassName") != mesh.WAYPOINT_CLASS:
+                    continue
+                running = [p for key, p in record.procs.items() if key.startswith(f"waypoint:{namespace}/{name}-")]
+                if not any(p.running() for p in running):
+                    missing.append(f"waypoint {namespace}/{name}")
+            elif spec.get("replicas", 1) != 0 and not any(p.startswith(f"{namespace}/{name}-") for p in pods):
+                missing.append(f"{item['kind']} {namespace}/{name}")
+        return missing
 
     def agent_status(self) -> dict[str, Any]:
         try:
