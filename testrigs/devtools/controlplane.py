@@ -701,18 +701,27 @@ def crd_manifests() -> list[Path]:
     return istio.crd_manifests()
 
 
-def up(state_dir: Path | None = None, *, istio: bool = False, stand_in_args: Sequence[str] = ()) -> Path:
+def up(
+    state_dir: Path | None = None,
+    *,
+    istio: bool = False,
+    stand_in_args: Sequence[str] = (),
+    cacerts: Path | None = None,
+) -> Path:
     """Start the control plane in state_dir unless it is up already; return the kubeconfig.
 
     With ``istio``, also start istiod against it (``testrigs.devtools.istio``), or add istiod to
     a healthy control plane that runs without it. ``stand_in_args`` go to the workload stand-in's
     command line (``--node-name``, ``--pod-cidr``: the lab's real-ztunnel node uses them).
+    ``cacerts``: a directory with ``ca-cert.pem``, ``ca-key.pem``, ``root-cert.pem`` and
+    ``cert-chain.pem``, plugged into istiod as its signing CA (what the chart mounts from the
+    ``cacerts`` Secret at ``./etc/cacerts``); without it istiod makes its own self-signed root.
     """
     state = _state(state_dir)
     with _file_lock(state.lock):
         if is_healthy(state.path):
             if istio and not _load_record(state).get("istiod"):
-                _start_istiod(state, build(), stand_in_args)
+                _start_istiod(state, build(), stand_in_args, cacerts)
             _log(f"already up (state in {state.path})")
             return state.kubeconfig
         _teardown(state)  # leftovers of a crashed or half-finished start
@@ -722,11 +731,13 @@ def up(state_dir: Path | None = None, *, istio: bool = False, stand_in_args: Seq
         _start(state, binaries, manifests)
         _log(f"up in {time.monotonic() - started:.1f} s; state in {state.path}")
         if istio:
-            _start_istiod(state, binaries, stand_in_args)
+            _start_istiod(state, binaries, stand_in_args, cacerts)
         return state.kubeconfig
 
 
-def _start_istiod(state: StateDir, binaries: Binaries, stand_in_args: Sequence[str] = ()) -> None:
+def _start_istiod(
+    state: StateDir, binaries: Binaries, stand_in_args: Sequence[str] = (), cacerts: Path | None = None
+) -> None:
     from testrigs.devtools import istio  # noqa: PLC0415 - istio imports this module
 
     istio_binaries = istio.build()
@@ -754,6 +765,11 @@ def _start_istiod(state: StateDir, binaries: Binaries, stand_in_args: Sequence[s
     ports = istio.IstiodPorts(*_free_ports(6))
     workdir = state.path / "istiod"
     workdir.mkdir(exist_ok=True)  # istiod writes relative paths (./var/run/secrets...) here
+    if cacerts is not None:
+        plugged = workdir / "etc" / "cacerts"
+        plugged.mkdir(parents=True, mode=0o700)
+        for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"):
+            shutil.copyfile(cacerts / name, plugged / name)
     log_path = state.logs / "istiod.log"
     # istiod reads and writes paths relative to its working directory (./var/run/secrets/istio-dns,
     # ./etc/cacerts...); posix_spawn cannot change directory, env -C does and then execs istiod.

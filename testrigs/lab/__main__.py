@@ -10,8 +10,10 @@ when healthy. ``_translate`` and ``_kubelet`` are the daemons ``up`` starts; not
 The real data plane (#12, ``testrigs.lab.realnode``; not yet the default): ``build`` builds
 ztunnel from its pinned source archive (``--ztunnel-source``); ``real-up --manifests PATH`` starts
 one node with istiod, the CNI-agent stand-in and the real ztunnel, applies the manifests and waits
-until ztunnel holds every ambient pod; ``real-status`` (JSON, lists the ztunnel processes) and
-``real-down`` (default state dir ``/tmp/malab-real``).
+until ztunnel holds every ambient pod (``--fault``: ``ztunnel-down``, ``uncaptured-pod=NS/NAME``,
+``ztunnel-restart[=S]``; a bad one exits 2 before anything starts); ``real-sync`` picks up new
+pods and gives the waypoints the current policies; ``real-status`` (JSON, lists the ztunnel and
+waypoint processes) and ``real-down`` (default state dir ``/tmp/malab-real``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Ambient-mesh lab on this host.")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="default: %(default)s")
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{up,down,status,build,real-up,real-down,real-status}"
+        dest="command", required=True, metavar="{up,down,status,build,real-up,real-sync,real-down,real-status}"
     )
     up = commands.add_parser("up", help="start the lab with the auditor's deploy/; prints the kubeconfig path last")
     up.add_argument("--manifests", type=Path, action="append", required=True, help="file or folder; repeatable")
@@ -47,6 +49,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     build.add_argument("--ztunnel-source", type=Path, default=None, help="the source archive (sha256-pinned)")
     real_up = commands.add_parser("real-up", help="one node on the real ztunnel and istiod; prints the kubeconfig")
     real_up.add_argument("--manifests", type=Path, action="append", required=True, help="file or folder; repeatable")
+    real_up.add_argument(
+        "--fault", action="append", default=[], help="one of: ztunnel-down, uncaptured-pod=NS/NAME, ztunnel-restart[=S]"
+    )
+    commands.add_parser("real-sync", help="pick up new pods and give the waypoints the current policies")
     commands.add_parser("real-down", help="stop and remove the real-ztunnel node; safe to repeat")
     commands.add_parser("real-status", help="JSON report of the real-ztunnel node; exit 0 only when ztunnel runs")
     commands.add_parser("_translate")  # daemons: no help, so not listed
@@ -92,11 +98,19 @@ def _real(args: argparse.Namespace) -> int:
         if args.command == "build":
             print(ztunnel.build(args.ztunnel_source).directory)
         elif args.command == "real-up":
-            node.up()
+            try:
+                faults = realnode.parse_faults(args.fault)
+            except realnode.FaultError as error:
+                print(f"lab: error: --fault: {error}", file=sys.stderr)
+                return 2
+            node.up(faults)
             files = [f for path in args.manifests for f in (sorted(path.glob("*.yaml")) if path.is_dir() else [path])]
             node.kubectl("apply", "-f", "-", stdin="\n---\n".join(f.read_text() for f in files))
             node.settle()
+            node.apply_faults()
             print(node.kubeconfig, flush=True)
+        elif args.command == "real-sync":
+            node.sync_pods()
         elif args.command == "real-down":
             node.down()
         else:

@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ class ProxyDir:
             os.chown(path, PROXY_UID, PROXY_UID)
 
 
-def bootstrap(node: str, proxy_dir: ProxyDir) -> dict[str, Any]:
+def bootstrap(node: str, proxy_dir: ProxyDir, extensions: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     def source(kind: str) -> dict[str, Any]:
         path = str(proxy_dir.xds / f"{kind}.json")
         return {
@@ -96,19 +97,30 @@ def bootstrap(node: str, proxy_dir: ProxyDir) -> dict[str, Any]:
             "resource_api_version": "V3",
         }
 
-    return {
+    config: dict[str, Any] = {
         "node": {"id": node, "cluster": "malab"},
         "admin": {"address": {"pipe": {"path": str(proxy_dir.admin)}}},
         "dynamic_resources": {"lds_config": source("lds"), "cds_config": source("cds")},
     }
+    if extensions:  # e.g. internal listeners (the real-ztunnel node's waypoints)
+        config["bootstrap_extensions"] = list(extensions)
+    return config
 
 
-def start(name: str, netns: str, envoy: Path, proxy_dir: ProxyDir, initial: Resources) -> tuple[Proc, str]:
+def start(
+    name: str,
+    netns: str,
+    envoy: Path,
+    proxy_dir: ProxyDir,
+    initial: Resources,
+    *,
+    extensions: Sequence[dict[str, Any]] = (),
+) -> tuple[Proc, str]:
     """Write the bootstrap and first config, start Envoy as uid 1337; return it and the version."""
     proxy_dir.create()
     proxy_dir.admin.unlink(missing_ok=True)
     version = _write_xds(proxy_dir, initial)
-    proxy_dir.bootstrap.write_text(json.dumps(bootstrap(name, proxy_dir)))
+    proxy_dir.bootstrap.write_text(json.dumps(bootstrap(name, proxy_dir, extensions)))
     argv = [SETPRIV, f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups", "--", str(envoy)]
     argv += ["-c", str(proxy_dir.bootstrap), "--disable-hot-restart", "--concurrency", "1"]
     # Short drains: a replaced filter chain must stop serving quickly (probes open new connections).

@@ -17,13 +17,15 @@ the traffic.
   in-pod rules (``inpod``).
 * **ztunnel.** ``testrigs.devtools.ztunnel`` builds it; it runs in the node namespace with
   ``PROXY_MODE=shared`` and reaches istiod's XDS and CA port through ``relay``.
-* **Certificates: istiod's own CA.** ztunnel authenticates with a token of the ServiceAccount
-  ``istio-system/ztunnel`` (audience ``istio-ca``) bound to a Pod ``istio-system/ztunnel-<node>``
-  on this node, which the API server mints (TokenRequest) and istiod checks by TokenReview; istiod
-  signs a pod's certificate only when a pod with that ServiceAccount runs on ztunnel's node
-  (``CA_TRUSTED_NODE_ACCOUNTS``, node_auth.go). This is istiod's real issuance path, which a
-  plugged-in CA would not change; the lab's Envoy waypoints would need that plug-in (istiod's
-  ``cacerts`` from the lab CA) to interoperate, which is not done yet.
+* **Certificates: istiod's issuance, the lab CA plugged in.** ztunnel authenticates with a token
+  of the ServiceAccount ``istio-system/ztunnel`` (audience ``istio-ca``) bound to a Pod
+  ``istio-system/ztunnel-<node>`` on this node, which the API server mints (TokenRequest) and
+  istiod checks by TokenReview; istiod signs a pod's certificate only when a pod with that
+  ServiceAccount runs on ztunnel's node (``CA_TRUSTED_NODE_ACCOUNTS``, node_auth.go). istiod signs
+  with the lab's CA, plugged in as ``cacerts`` (``LabCA``), so the lab can give its Envoy
+  waypoints certificates ztunnel trusts (upstream Envoy has no client for istiod's CSR API).
+* **Waypoints.** A waypoint pod istiod rendered gets a namespace and the lab's Envoy
+  (``realwaypoint``), reconfigured on every ``sync_pods``.
 
 Every process is recorded (``Proc``) in ``<state>/realnode.json`` before ``up`` goes on, so
 ``down`` (also after a crash) stops them by pid, deletes the namespaces and the state directory.
@@ -40,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +50,9 @@ from typing import Any
 import yaml
 
 from testrigs.devtools import controlplane, istio, processes, ztunnel
-from testrigs.lab import netns, procs
+from testrigs.lab import mesh, netns, procs, proxy, realwaypoint
+from testrigs.lab.envoyconf import Certs
+from testrigs.lab.pki import LabCA
 from testrigs.lab.procs import Proc
 
 NODE_NAME = "malab-node-1"
@@ -58,11 +63,59 @@ ISTIOD_PORT_IN_NODE = 15012
 ZTUNNEL_SA = "ztunnel"
 READY_TIMEOUT_S = 60.0
 REDIRECTION = "ambient.istio.io/redirection"
+GATEWAY_NAME = "gateway.networking.k8s.io/gateway-name"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+DEFAULT_RESTART_PERIOD_S = 10.0
+FAULTS = {
+    "ztunnel-down": "ztunnel is stopped on the node once it is up (ztunnel-down=NODE names it)",
+    "uncaptured-pod": "uncaptured-pod=NS/NAME: labelled ambient, never handed to ztunnel (started before the "
+    "node's CNI agent was ready); repeatable",
+    "ztunnel-restart": "ztunnel is restarted every 10 s while the node runs (ztunnel-restart=SECONDS)",
+}
 
 
 class RealNodeError(RuntimeError):
     """The node cannot start or act; the message names the step."""
+
+
+class FaultError(ValueError):
+    """A ``--fault`` the real node does not know or whose target is malformed; the message says which."""
+
+
+def parse_faults(names: Sequence[str]) -> list[str]:
+    """Check ``NAME[=TARGET]`` fault specs against ``FAULTS``; returns them. Raises FaultError."""
+    for spec in names:
+        name, _, target = spec.partition("=")
+        if name not in FAULTS:
+            raise FaultError(f"unknown fault {name!r} for the real node; known: {', '.join(sorted(FAULTS))}")
+        if name == "uncaptured-pod" and (target.count("/") != 1 or "" in target.split("/")):
+            raise FaultError(f"fault {spec!r}: uncaptured-pod needs a pod, as uncaptured-pod=NAMESPACE/NAME")
+        if name == "ztunnel-down" and target not in ("", NODE_NAME):
+            raise FaultError(f"fault {spec!r}: the real node is {NODE_NAME}, there is no node {target!r}")
+        if name == "ztunnel-restart" and target:
+            try:
+                period = float(target)
+            except ValueError:
+                period = 0.0
+            if not 1.0 <= period <= 3600.0:
+                raise FaultError(f"fault {spec!r}: the restart period is seconds between 1 and 3600")
+    return list(names)
+
+
+def restart_period(faults: Sequence[str]) -> float | None:
+    """Seconds between ztunnel restarts under ``ztunnel-restart``, or None without the fault."""
+    for spec in faults:
+        name, _, target = spec.partition("=")
+        if name == "ztunnel-restart":
+            return float(target) if target else DEFAULT_RESTART_PERIOD_S
+    return None
+
+
+def withheld_pods(faults: Sequence[str]) -> frozenset[str]:
+    """``namespace/name`` of the pods ``uncaptured-pod`` keeps from ztunnel."""
+    return frozenset(spec.partition("=")[2] for spec in faults if spec.partition("=")[0] == "uncaptured-pod")
 
 
 @dataclass
@@ -72,9 +125,15 @@ class NodeRecord:
     lab_id: str
     procs: dict[str, Proc] = field(default_factory=dict)
     pods: dict[str, dict[str, str]] = field(default_factory=dict)  # "ns/name" -> netns, ip, veth, uid
+    faults: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"lab_id": self.lab_id, "procs": {k: v.to_json() for k, v in self.procs.items()}, "pods": self.pods}
+        return {
+            "lab_id": self.lab_id,
+            "procs": {k: v.to_json() for k, v in self.procs.items()},
+            "pods": self.pods,
+            "faults": self.faults,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NodeRecord:
@@ -82,6 +141,7 @@ class NodeRecord:
             str(data["lab_id"]),
             {k: Proc.from_json(v) for k, v in (data.get("procs") or {}).items()},
             dict(data.get("pods") or {}),
+            [str(f) for f in data.get("faults") or []],
         )
 
 
@@ -144,8 +204,13 @@ class RealNode:
 
     # --- up ----------------------------------------------------------------------------------
 
-    def up(self) -> NodeRecord:
-        """Control plane with istiod, the node namespace, relay, CNI agent and ztunnel; waits until ready."""
+    def up(self, faults: Sequence[str] = ()) -> NodeRecord:
+        """Control plane with istiod, the node namespace, relay, CNI agent and ztunnel; waits until ready.
+
+        ``faults``: ``FAULTS`` specs (checked first, FaultError); ``uncaptured-pod`` and
+        ``ztunnel-restart`` act from the start, ``ztunnel-down`` in ``apply_faults`` once pods settled.
+        """
+        faults = parse_faults(faults)
         self.down()
         binaries = ztunnel.binaries()
         if not ztunnel.is_built():
@@ -153,10 +218,10 @@ class RealNode:
                 f"ztunnel is not built in {binaries.directory}: run 'scripts/controlplane build --ztunnel'"
             )
         self.node_dir.mkdir(parents=True, mode=0o755)
-        record = NodeRecord(lab_id=secrets.token_hex(3))
+        record = NodeRecord(lab_id=secrets.token_hex(3), faults=list(faults))
         self._save(record)
         stand_in = [f"--node-name={NODE_NAME}", f"--pod-cidr={POD_CIDR}"]
-        controlplane.up(self.controlplane_dir, istio=True, stand_in_args=stand_in)
+        controlplane.up(self.controlplane_dir, istio=True, stand_in_args=stand_in, cacerts=self._plug_ca())
         netns.create_bridge_namespace(self.bridge(record))
         self._ztunnel_identity()
         ports = controlplane.istiod_ports(self.controlplane_dir)
@@ -189,9 +254,22 @@ class RealNode:
         if old is not None:
             procs.stop(old)
         argv = [str(ztunnel.binaries().ztunnel), "proxy", "ztunnel"]
-        proc = procs.spawn_in_netns(
-            "ztunnel", self.bridge(record), argv, self.node_dir / "ztunnel.log", ztunnel_env(self.node_dir, NODE_NAME)
-        )
+        env = ztunnel_env(self.node_dir, NODE_NAME)
+        period = restart_period(record.faults)
+        if period is not None:
+            # The fault's supervisor is the recorded process; ztunnel is its child (ztrestart).
+            status = self.node_dir / "ztrestart.json"
+            argv = [
+                sys.executable,
+                "-m",
+                "testrigs.lab.ztrestart",
+                f"--period={period}",
+                f"--status={status}",
+                "--",
+                *argv,
+            ]
+            env["PYTHONPATH"] = str(REPO_ROOT)
+        proc = procs.spawn_in_netns("ztunnel", self.bridge(record), argv, self.node_dir / "ztunnel.log", env)
         record.procs["ztunnel"] = proc
         self._save(record)
         self._wait_ready(record, proc)
@@ -204,6 +282,15 @@ class RealNode:
         if proc is not None:
             procs.stop(proc)
         self._save(record)
+
+    def apply_faults(self) -> None:
+        """The faults that act once the node is up and its pods settled: ``ztunnel-down``."""
+        record = self._require()
+        missing = sorted(withheld_pods(record.faults) - set(record.pods))
+        if missing:
+            raise RealNodeError(f"fault uncaptured-pod: no pod {', '.join(missing)} on the node (check the manifests)")
+        if any(spec.partition("=")[0] == "ztunnel-down" for spec in record.faults):
+            self.stop_ztunnel()
 
     def _spawn(self, record: NodeRecord, name: str, argv: list[str], log: Path, env: dict[str, str]) -> Proc:
         proc = processes.spawn(name, argv, log, env=env, log_mode=0o644)
@@ -328,6 +415,7 @@ class RealNode:
         pod started before the node's agent was ready: labelled ambient, not captured).
         """
         record = self._require()
+        withhold = withhold | withheld_pods(record.faults)
         pods = json.loads(self.kubectl("get", "pods", "--all-namespaces", "--output=json"))["items"]
         services = json.loads(self.kubectl("get", "services", "--all-namespaces", "--output=json"))["items"]
         vips = [
@@ -336,6 +424,8 @@ class RealNode:
             if s["spec"].get("clusterIP") not in (None, "", "None")
         ]
         wanted: list[dict[str, str]] = []
+        waypoint_pods: list[dict[str, Any]] = []
+        redirected: set[str] = set()
         network = ipaddress.ip_network(POD_CIDR)
         for pod in pods:
             meta, status = pod["metadata"], pod.get("status") or {}
@@ -343,11 +433,14 @@ class RealNode:
             key = f"{meta['namespace']}/{meta['name']}"
             if pod["spec"].get("hostNetwork"):
                 continue  # ztunnel's own pod: the node's namespace is its network
-            if "gateway.networking.k8s.io/gateway-name" in (meta.get("labels") or {}):
-                # A waypoint istiod rendered: it needs Istio's Envoy (HBONE CONNECT), which this node
-                # does not run yet, so it gets no namespace (traffic bound to it fails: not modelled).
-                continue
             if not address or ipaddress.ip_address(address) not in network or meta.get("deletionTimestamp"):
+                continue
+            if GATEWAY_NAME in (meta.get("labels") or {}):
+                # A waypoint istiod rendered: the lab's Envoy (realwaypoint) runs in its namespace;
+                # istio-cni never redirects a waypoint pod (its template says dataplane-mode none).
+                if key not in record.pods:
+                    self._create_pod(record, key, address, meta["uid"], {})
+                waypoint_pods.append(pod)
                 continue
             if key not in record.pods:
                 self._create_pod(record, key, address, meta["uid"], pod["spec"])
@@ -355,6 +448,8 @@ class RealNode:
             hosts = netns.hosts_file(meta["name"], address, meta["namespace"], vips)
             netns.write_dns(record.pods[key]["netns"], hosts, netns.resolv_conf(meta["namespace"]))
             annotated = (meta.get("annotations") or {}).get(REDIRECTION) == "enabled"
+            if annotated:
+                redirected.add(key)
             if annotated and key not in withhold:
                 wanted.append(
                     {
@@ -368,7 +463,79 @@ class RealNode:
         from testrigs.lab import zds  # noqa: PLC0415 - zds pulls in inpod only when pods are synced
 
         zds.write_json(self.node_dir / "pods.json", wanted)
+        # The waypoint tunnels to what istiod calls HBONE-capable, the pods the API says istio-cni
+        # redirected, whether or not ztunnel holds them (the uncaptured-pod fault: refused there).
+        self._sync_waypoints(record, waypoint_pods, pods, services, frozenset(redirected))
         return record.pods
+
+    def _sync_waypoints(
+        self,
+        record: NodeRecord,
+        waypoint_pods: list[dict[str, Any]],
+        pods: list[dict[str, Any]],
+        services: list[dict[str, Any]],
+        captured: frozenset[str],
+    ) -> None:
+        """Start or reconfigure the lab's Envoy for every waypoint pod istiod rendered; wait until served."""
+        if not waypoint_pods:
+            return
+        kinds = "namespaces,gateways.gateway.networking.k8s.io,authorizationpolicies.security.istio.io"
+        others = json.loads(self.kubectl("get", kinds, "--all-namespaces", "--output=json"))["items"]
+        model = mesh.Mesh([*others, *services])
+        vips = {
+            f"{s['metadata']['namespace']}/{s['metadata']['name']}": s["spec"]["clusterIP"]
+            for s in services
+            if s["spec"].get("clusterIP") not in (None, "", "None")
+        }
+        envoy = proxy.install_envoy(self.state_dir / "bin")
+        for pod in waypoint_pods:
+            meta = pod["metadata"]
+            key = f"{meta['namespace']}/{meta['name']}"
+            gateway = f"{meta['namespace']}/{meta['labels'][GATEWAY_NAME]}"
+            waypoint = next((w for w in model.waypoints if w.key == gateway), None)
+            if waypoint is None:
+                continue  # not a waypoint the lab can run (class, listener): istiod would not use it either
+            proxy_dir = proxy.ProxyDir(self.node_dir / "waypoints" / key.replace("/", "__"))
+            certs = self._waypoint_certs(
+                proxy_dir, meta["namespace"], pod["spec"].get("serviceAccountName") or "default"
+            )
+            resources = realwaypoint.resources(model, waypoint, vips, pods, captured=captured, certs=certs)
+            name = f"waypoint:{key}"
+            running = record.procs.get(name)
+            if running is None or not running.running():
+                running, version = proxy.start(
+                    name,
+                    record.pods[key]["netns"],
+                    envoy,
+                    proxy_dir,
+                    resources,
+                    extensions=[realwaypoint.INTERNAL_LISTENER_EXTENSION],
+                )
+                record.procs[name] = running
+                self._save(record)
+            else:
+                version = proxy.publish(proxy_dir, resources)
+            proxy.wait_version(running, proxy_dir, version)
+
+    def _waypoint_certs(self, proxy_dir: proxy.ProxyDir, namespace: str, service_account: str) -> Certs:
+        """The waypoint's certificate for its ServiceAccount's SPIFFE id, from the CA plugged into istiod."""
+        cert, key = proxy_dir.path / "cert.pem", proxy_dir.path / "key.pem"
+        ca = LabCA(self.state_dir / "ca")
+        if not cert.exists():
+            proxy_dir.create()
+            ca.issue(mesh.spiffe_id(namespace, service_account), proxy_dir.path, netns.PROXY_UID)
+        return Certs(str(cert), str(key), str(ca.cert_path))
+
+    def _plug_ca(self) -> Path:
+        """The lab CA as istiod's ``cacerts`` (a self-signed root: ca-cert = root-cert = cert-chain)."""
+        ca = LabCA(self.state_dir / "ca")
+        ca.create()
+        directory = self.state_dir / "cacerts"
+        directory.mkdir(mode=0o700)
+        for name in ("ca-cert.pem", "root-cert.pem", "cert-chain.pem"):
+            shutil.copyfile(ca.cert_path, directory / name)
+        shutil.copyfile(ca.key_path, directory / "ca-key.pem")
+        return directory
 
     def _create_pod(self, record: NodeRecord, key: str, address: str, uid: str, spec: dict[str, Any]) -> None:
         index = len(record.pods) + 1
@@ -388,20 +555,44 @@ class RealNode:
             self._save(record)
 
     def settle(self, timeout: float = READY_TIMEOUT_S) -> dict[str, dict[str, str]]:
-        """Sync until two passes agree and ztunnel acked every pod handed to it; return the pods.
+        """Sync until every workload has its pod, every waypoint its Envoy, and ztunnel acked every pod handed to it.
 
-        Pods that appear later are picked up by the next ``sync_pods`` (no daemon follows them).
+        Returns the pods. Pods that appear later are picked up by the next ``sync_pods`` (no daemon
+        follows them). Raises RealNodeError naming what is still missing after ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
-        previous: set[str] = set()
+        missing: list[str] = []
         while time.monotonic() < deadline:
             pods = self.sync_pods()
             wanted = {item["uid"] for item in json.loads((self.node_dir / "pods.json").read_text())}
-            if set(pods) == previous and wanted <= set(self.agent_status().get("acked") or []):
+            missing = self._missing(set(pods))
+            if not missing and wanted <= set(self.agent_status().get("acked") or []):
                 return pods
-            previous = set(pods)
             time.sleep(1.0)
-        raise RealNodeError(f"pods did not settle within {timeout:.0f} s: agent {self.agent_status()}")
+        raise RealNodeError(
+            f"pods did not settle within {timeout:.0f} s: missing {missing or 'none'}, agent {self.agent_status()}"
+        )
+
+    def _missing(self, pods: set[str]) -> list[str]:
+        """Workloads without a pod on the node yet: Deployments and StatefulSets (the stand-in names
+        their pod ``<name>-<n>``), and waypoint Gateways (istiod renders their Deployment) without
+        a running Envoy."""
+        kinds = "deployments,statefulsets,gateways.gateway.networking.k8s.io"
+        items = json.loads(self.kubectl("get", kinds, "--all-namespaces", "--output=json"))["items"]
+        record = self._require()
+        missing = []
+        for item in items:
+            namespace, name = item["metadata"]["namespace"], item["metadata"]["name"]
+            spec = item.get("spec") or {}
+            if item["kind"] == "Gateway":
+                if spec.get("gatewayClassName") != mesh.WAYPOINT_CLASS:
+                    continue
+                running = [p for key, p in record.procs.items() if key.startswith(f"waypoint:{namespace}/{name}-")]
+                if not any(p.running() for p in running):
+                    missing.append(f"waypoint {namespace}/{name}")
+            elif spec.get("replicas", 1) != 0 and not any(p.startswith(f"{namespace}/{name}-") for p in pods):
+                missing.append(f"{item['kind']} {namespace}/{name}")
+        return missing
 
     def agent_status(self) -> dict[str, Any]:
         try:
@@ -439,14 +630,29 @@ class RealNode:
             "up": True,
             "node": NODE_NAME,
             "processes": {name: {"pid": p.pid, "running": p.running()} for name, p in record.procs.items()},
-            "ztunnel": [
-                {"node": NODE_NAME, "pid": p.pid, "running": p.running(), "rss_bytes": istio.rss_bytes(p.pid)}
+            "faults": record.faults,
+            "ztunnel": [self._ztunnel_status(p, record) for name, p in record.procs.items() if name == "ztunnel"],
+            "waypoints": [
+                {"pod": name.removeprefix("waypoint:"), "pid": p.pid, "running": p.running()}
                 for name, p in record.procs.items()
-                if name == "ztunnel"
+                if name.startswith("waypoint:")
             ],
             "agent": self.agent_status(),
             "pods": record.pods,
         }
+
+    def _ztunnel_status(self, proc: Proc, record: NodeRecord) -> dict[str, Any]:
+        entry: dict[str, Any] = {"node": NODE_NAME, "pid": proc.pid, "running": proc.running()}
+        if restart_period(record.faults) is not None:
+            # The recorded process is the fault's supervisor: report its current ztunnel child.
+            try:
+                child = json.loads((self.node_dir / "ztrestart.json").read_text())
+            except (OSError, ValueError):
+                child = {}
+            entry.update(supervisor_pid=proc.pid, pid=int(child.get("pid") or 0), restarts=child.get("restarts"))
+            entry["running"] = proc.running() and entry["pid"] > 0 and Path(f"/proc/{entry['pid']}").exists()
+        entry["rss_bytes"] = istio.rss_bytes(entry["pid"])
+        return entry
 
     def down(self) -> bool:
         """Stop every recorded process, delete the lab namespaces and the state directory; repeatable."""

@@ -10,7 +10,6 @@ missing ztunnel build fails these tests (``scripts/controlplane build --ztunnel`
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,76 +17,22 @@ from pathlib import Path
 
 import pytest
 
-from testrigs.devtools import ztunnel
-from testrigs.lab import netns
-from testrigs.lab.lab import LabError, check_host
-from testrigs.lab.realnode import NodeRecord, RealNode
-from tests.lab import labkit
+from testrigs.lab.realnode import RealNode
+from tests.lab import labkit, realkit
 
-# Namespace default is labelled ambient: istio-cni redirects every pod in it; namespace curl is not.
-CAPTURED = {f"default/{name}" for name in ("catalog-0", "ui-0", "curl-pod", "cart-carts-0", "checkout-0", "orders-0")}
-SETTLE_TIMEOUT_S = 90.0
+CAPTURED = realkit.CAPTURED
 CATALOG_L4_ALLOW_UI = labkit.CATALOG_L4_ALLOW_UI
+_curl = realkit.curl
+_eventually = realkit.eventually
 
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[RealNode]:
+    the_node = realkit.started_node()
     try:
-        check_host()
-    except LabError as error:
-        pytest.fail(f"the lab cannot run on this machine: {error}")
-    if not ztunnel.is_built():
-        pytest.fail("ztunnel is not built: run 'scripts/controlplane build --ztunnel' (a missing binary is a failure)")
-    the_node = RealNode(Path(f"/tmp/malab-real-{secrets.token_hex(3)}"))
-    started = time.monotonic()
-    try:
-        the_node.up()
-        the_node.kubectl("apply", "-f", "-", stdin="\n---\n".join(p.read_text() for p in labkit.BASE_MANIFESTS))
-        _settle(the_node)
-        print(f"real-ztunnel node up and settled in {time.monotonic() - started:.1f} s")
         yield the_node
     finally:
-        leftover = the_node.load()
-        the_node.down()
-        if leftover is not None:
-            _assert_gone(the_node, leftover)
-
-
-def _settle(node: RealNode) -> None:
-    """Every pod addressed, in its namespace, and the ambient ones acked by ztunnel."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while time.monotonic() < deadline:
-        pods = node.sync_pods()
-        if set(pods) >= CAPTURED and "curl/curl-pod" in pods:
-            break
-        time.sleep(0.5)
-    node.wait_handed(CAPTURED, timeout=SETTLE_TIMEOUT_S)
-
-
-def _assert_gone(node: RealNode, record: NodeRecord) -> None:
-    prefix = f"{netns.PREFIX}{record.lab_id}-"
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    assert prefix not in listing, listing
-    assert not any(path.name.startswith(prefix) for path in netns.ETC_NETNS.glob("*"))
-    assert [name for name, proc in record.procs.items() if proc.running()] == []
-    assert not node.state_dir.exists()
-
-
-def _curl(node: RealNode, pod: str, url: str, *headers: str) -> tuple[int, str]:
-    result = node.exec(pod, ["curl", "-s", "--max-time", "10", *(f"-H{h}" for h in headers), url], timeout=20)
-    return result.returncode, result.stdout
-
-
-def _eventually(expected: int, node: RealNode, pod: str, url: str, timeout: float = 30.0) -> int:
-    # istiod pushes a policy change to ztunnel within a second or two; poll, never sleep blindly.
-    deadline = time.monotonic() + timeout
-    code = -1
-    while time.monotonic() < deadline:
-        code, _ = _curl(node, pod, url)
-        if code == expected:
-            return code
-        time.sleep(0.5)
-    return code
+        realkit.stop_node(the_node)
 
 
 def _catalog_ip(node: RealNode) -> str:
