@@ -6,8 +6,8 @@ the RBAC filters of each bound Service's chain, evaluated as Envoy does in
 ``testrigs.devtools.waypointxds``). A disagreement means the model's reading of Istio is wrong
 until shown otherwise. Pure: built from a ``Snapshot`` through the very path the checks take
 (``checks.reach.route_for``: ``mesh.effective_waypoint`` then ``authz.at_waypoint``; the
-waypoint hop's verdict is ``authz.decide`` on the route's policies, as ``checks.reach`` decides
-it), not through a re-reading of its own.
+waypoint hop's verdict is ``checks.reach.waypoint_decision``, the one ``checks.reach`` takes), not
+through a re-reading of its own.
 
 Facts (keys are ``namespace/name`` of a Service):
 
@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from auditor.core.authz import Caller, Request, Tri, decide
+from auditor.core.authz import Caller, Request, Tri
 from auditor.core.checks.context import AuditContext
-from auditor.core.checks.reach import Route, route_for
+from auditor.core.checks.reach import Route, route_for, waypoint_decision
 from auditor.core.posture import MeshSettings, Posture
 from auditor.core.snapshot import Snapshot, SnapshotIndex
 
@@ -43,10 +43,10 @@ class WaypointService:
 
     def decides(self, principal: str, request: Request) -> Tri:
         """The waypoint's verdict on ``request`` from the in-mesh caller ``principal`` (SPIFFE id
-        without ``spiffe://``): ``authz.decide`` on the route's waypoint policies. Never raises."""
+        without ``spiffe://``): ``checks.reach.waypoint_decision`` on the route. Never raises."""
         if self.route.at_waypoint is None:
             return True
-        return decide(self.route.at_waypoint, Caller(principal), request).allowed
+        return waypoint_decision(self.route.at_waypoint, self.route.service, Caller(principal), request).allowed
 
 
 def waypoint_facts(snapshot: Snapshot, root_namespace: str, trust_domain: str) -> Mapping[str, WaypointService]:

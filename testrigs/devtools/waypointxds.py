@@ -14,7 +14,8 @@ test_waypoint_oracle.py); the auditor never imports it. Three jobs:
   serves through the pod IP in the node id (``WaypointKeyForProxy`` uses the proxy's service
   targets, looked up by that IP), so the waypoint Deployment's pod must have an address.
 * **Envoy's decision.** ``service_chains()`` picks the filter chain of each bound Service port
-  (``inbound-vip|<port>|<protocol>|<hostname>`` of the listener ``main_internal``);
+  (``inbound-vip|<port>|<protocol>|<hostname>`` of the listener ``main_internal``; the HTTP one
+  where istiod sniffs the protocol, as an HTTP request would be sent there);
   ``chain_allows()`` evaluates its RBAC filters (network, then HTTP, in order) for one request,
   as Envoy's RBAC filter does (a DENY filter denies when a policy matches; an ALLOW filter with
   rules denies when none does; a LOG filter and shadow rules decide nothing). It covers the
@@ -159,7 +160,11 @@ def service_chains(found: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int], 
         for chain in listener.get("filterChains") or []:
             parts = str(chain.get("name", "")).split("|")
             if len(parts) == 4 and parts[0] == "inbound-vip":
-                chains[(parts[3], int(parts[1]))] = chain
+                key = (parts[3], int(parts[1]))
+                # A port of unknown protocol has a TCP and an HTTP chain behind protocol
+                # detection: an HTTP request reaches the HTTP one.
+                if key not in chains or parts[2] == "http":
+                    chains[key] = chain
     return chains
 
 
@@ -351,28 +356,27 @@ def string_match(m: Mapping[str, Any], value: str) -> Tri:
 
 def header_match(h: Mapping[str, Any], w: Witness) -> Tri:
     """Envoy's HeaderMatcher for one request (a missing header matches only an inverted or
-    ``present_match: false`` matcher)."""
+    ``present_match: false`` matcher, unless ``treat_missing_header_as_empty``)."""
     value = w.header(str(h["name"]))
     invert = bool(h.get("invertMatch"))
     if "presentMatch" in h:
         result: Tri = (value is not None) == bool(h["presentMatch"])
-    elif value is None:
-        if h.get("treatMissingHeaderAsEmpty"):
-            value = ""
-        else:
-            return invert
-    if "presentMatch" not in h:
-        assert value is not None
-        if "stringMatch" in h:
-            result = string_match(h["stringMatch"], value)
-        elif "exactMatch" in h:
-            result = value == h["exactMatch"]
-        elif "prefixMatch" in h:
-            result = value.startswith(h["prefixMatch"])
-        elif "suffixMatch" in h:
-            result = value.endswith(h["suffixMatch"])
-        elif "safeRegexMatch" in h:
-            result = string_match({"safeRegex": h["safeRegexMatch"]}, value)
-        else:
-            raise ValueError(f"header matcher {h} not modelled here")
+    elif value is None and not h.get("treatMissingHeaderAsEmpty"):
+        return invert
+    else:
+        result = _header_value_match(h, value or "")
     return _not(result) if invert else result
+
+
+def _header_value_match(h: Mapping[str, Any], value: str) -> Tri:
+    if "stringMatch" in h:
+        return string_match(h["stringMatch"], value)
+    if "exactMatch" in h:
+        return bool(value == h["exactMatch"])
+    if "prefixMatch" in h:
+        return value.startswith(h["prefixMatch"])
+    if "suffixMatch" in h:
+        return value.endswith(h["suffixMatch"])
+    if "safeRegexMatch" in h:
+        return string_match({"safeRegex": h["safeRegexMatch"]}, value)
+    raise ValueError(f"header matcher {h} not modelled here")
