@@ -77,7 +77,9 @@ class Caller:
 @dataclass(frozen=True, slots=True)
 class Request:
     """The request a caller makes: HTTP ``method``, ``path``, ``host`` (the authority), destination ``port`` (a
-    number) and ``headers`` (name -> value; names as written, compared case-insensitively).
+    number) and ``headers`` (name -> value; names as written, compared case-insensitively). ``opaque``: the
+    enforcement point sees the connection as TCP, not HTTP (a waypoint's chain for a Service port of a TCP
+    protocol, ``mesh.waypoint_sees_http``): HTTP attributes cannot be evaluated there (semantics §4.8).
     """
 
     method: str = "GET"
@@ -85,6 +87,7 @@ class Request:
     host: str = ""
     port: int = 80
     headers: Mapping[str, str] = field(default_factory=dict)
+    opaque: bool = False
 
     def header(self, name: str) -> str | None:
         """The value of a header, names compared case-insensitively (HTTP, Envoy)."""
@@ -654,6 +657,19 @@ def _wp_field(values: tuple[str, ...], not_values: tuple[str, ...], predicate: _
     return found
 
 
+def _http_only(predicate: _Predicate, request: Request, what: str) -> _Predicate:
+    """istiod builds a TCP chain's RBAC with ``forTCP``: an HTTP-only generator (headers, paths,
+    methods, hosts, request principals and JWT claims) refuses every value there ("is HTTP only"),
+    which drops the rule of an ALLOW policy and only the value of a DENY one (§4.8)."""
+    if not request.opaque:
+        return predicate
+
+    def refused(value: str) -> Tri:
+        raise _UntranslatableError(f"{what} {value!r} is HTTP only, the chain is TCP")
+
+    return refused
+
+
 def _wp_condition(condition: AuthzCondition, caller: Caller, request: Request, deny: bool) -> list[Tri]:
     key = condition.key
     predicate: _Predicate
@@ -666,11 +682,11 @@ def _wp_condition(condition: AuthzCondition, caller: Caller, request: Request, d
     elif key in {"source.ip", "remote.ip", "destination.ip"}:
         predicate = _wp_ip
     elif key.startswith("request.headers"):
-        predicate = _header_predicate(key, request)
+        predicate = _http_only(_header_predicate(key, request), request, key)
     elif key in {"request.auth.principal", "request.auth.audiences", "request.auth.presenter"} or key.startswith(
         "request.auth.claims["
     ):
-        predicate = lambda v: False  # noqa: E731 - the callers we model carry no JWT
+        predicate = _http_only(lambda v: False, request, key)  # the callers we model carry no JWT
     elif key == "connection.sni" or key.startswith("experimental.envoy.filters."):
         predicate = lambda v: None  # noqa: E731 - not in a config snapshot
     else:
@@ -689,14 +705,19 @@ def _header_predicate(key: str, request: Request) -> _Predicate:
     return predicate
 
 
-def _wp_source(source: AuthzSource, caller: Caller, namespace: str, deny: bool) -> list[Tri]:
+def _wp_source(source: AuthzSource, caller: Caller, request: Request, namespace: str, deny: bool) -> list[Tri]:
     found = _wp_field(source.ip_blocks, source.not_ip_blocks, _wp_ip, deny)
     found += _wp_field(source.remote_ip_blocks, source.not_remote_ip_blocks, _wp_ip, deny)
     found += _wp_field(source.namespaces, source.not_namespaces, lambda v: _wp_namespace(v, caller), deny)
     found += _wp_field(
         source.service_accounts, source.not_service_accounts, lambda v: _wp_account(v, caller, namespace), deny
     )
-    found += _wp_field(source.request_principals, source.not_request_principals, lambda v: False, deny)
+    found += _wp_field(
+        source.request_principals,
+        source.not_request_principals,
+        _http_only(lambda v: False, request, "requestPrincipals"),
+        deny,
+    )
     found += _wp_field(source.trust_domains, source.not_trust_domains, lambda v: _wp_trust_domain(v, caller), deny)
     found += _wp_field(source.principals, source.not_principals, lambda v: _wp_principal(v, caller), deny)
     return found
@@ -704,9 +725,12 @@ def _wp_source(source: AuthzSource, caller: Caller, namespace: str, deny: bool) 
 
 def _wp_operation(operation: AuthzOperation, request: Request, deny: bool) -> list[Tri]:
     found = _wp_field(operation.ports, operation.not_ports, lambda v: _wp_port(v, request.port), deny)
-    found += _wp_field(operation.paths, operation.not_paths, lambda v: _wp_path(v, request.path), deny)
-    found += _wp_field(operation.methods, operation.not_methods, lambda v: _wp_header(v, request.method), deny)
-    found += _wp_field(operation.hosts, operation.not_hosts, lambda v: _wp_host(v, request.host), deny)
+    paths = _http_only(lambda v: _wp_path(v, request.path), request, "paths")
+    methods = _http_only(lambda v: _wp_header(v, request.method), request, "methods")
+    hosts = _http_only(lambda v: _wp_host(v, request.host), request, "hosts")
+    found += _wp_field(operation.paths, operation.not_paths, paths, deny)
+    found += _wp_field(operation.methods, operation.not_methods, methods, deny)
+    found += _wp_field(operation.hosts, operation.not_hosts, hosts, deny)
     return found
 
 
@@ -722,7 +746,7 @@ def _waypoint_rule(rule: AuthzRule, caller: Caller, request: Request, *, deny: b
             target = base_permission if condition.key in _PERMISSION_KEYS else base_principal
             target += _wp_condition(condition, caller, request, deny)
         permissions = [_all([*_wp_operation(o, request, deny), *base_permission]) for o in rule.operations]
-        principals = [_all([*_wp_source(s, caller, namespace, deny), *base_principal]) for s in rule.sources]
+        principals = [_all([*_wp_source(s, caller, request, namespace, deny), *base_principal]) for s in rule.sources]
     except _UntranslatableError:
         return False  # the ALLOW rule is skipped; an unknown key skips a DENY rule too
     return _all([_any(permissions or [_all(base_permission)]), _any(principals or [_all(base_principal)])])

@@ -271,6 +271,7 @@ def _service_port(doc: _Doc) -> s.ServicePort:
         target_port=target,
         name=doc.string("name"),
         protocol=_enum(doc, "protocol", "TCP", _PROTOCOLS),
+        app_protocol=doc.string("appProtocol"),
     )
 
 

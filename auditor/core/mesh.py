@@ -21,6 +21,7 @@ from auditor.core.snapshot import (
     Listener,
     PeerAuthentication,
     Service,
+    ServicePort,
     SnapshotIndex,
     Workload,
     selector_matches,
@@ -738,3 +739,47 @@ def istio_service(service: Service, index: SnapshotIndex) -> Evidence | None:
             ev = found[1]
             return Evidence(ev.object, ev.field, ev.value, f"{what}: part of Istio itself")
     return None
+
+
+# --- Which application protocol Istio gives a Service port (semantics §4.8) -------------------------
+
+_HTTP_PROTOCOLS = frozenset({"http", "http2", "http_proxy", "grpc", "grpc-web"})
+_TCP_PROTOCOLS = frozenset({"tcp", "https", "tls", "mongo", "redis", "mysql", "udp"})
+# pkg/config/kube/conversion.go wellKnownPorts: TCP when the name says nothing (SMTP, DNS, MySQL, MongoDB).
+_WELL_KNOWN_TCP_PORTS = frozenset({25, 53, 3306, 27017})
+_APP_PROTOCOL_NAMES = {"kubernetes.io/h2c": "http2", "kubernetes.io/ws": "http", "kubernetes.io/wss": "https"}
+
+
+def port_protocol(port: ServicePort) -> str:
+    """Istio's protocol of a Service port, lower-case (``http``, ``grpc``, ``tcp``, ``https``...), or ``""``
+    when Istio does not know it and sniffs (istiod ``kube.ConvertProtocol``): UDP is ``udp``; else
+    ``appProtocol`` when set (Kubernetes' ``kubernetes.io/h2c``, ``/ws``, ``/wss`` mapped), else the port
+    name; ``grpc-web`` by prefix, otherwise the part before the first ``-``, case-insensitive; an unknown
+    name on a well-known port (25, 53, 3306, 27017) is ``tcp``. Never raises.
+    """
+    if port.protocol == "UDP":
+        return "udp"
+    name = port.app_protocol or port.name
+    if port.app_protocol in _APP_PROTOCOL_NAMES:
+        return _APP_PROTOCOL_NAMES[port.app_protocol]
+    if name[: len("grpc-web")].lower() == "grpc-web":
+        return "grpc-web"
+    found = name.split("-", 1)[0].lower()
+    if found in _HTTP_PROTOCOLS or found in _TCP_PROTOCOLS:
+        return found
+    return "tcp" if port.port in _WELL_KNOWN_TCP_PORTS else ""
+
+
+def waypoint_sees_http(service: Service, port: int) -> bool:
+    """Whether a waypoint handles an HTTP request to ``service``'s port ``port`` as HTTP (semantics §4.8).
+
+    istiod gives a waypoint one chain per Service port (pilot/pkg/networking/core/listener_waypoint.go):
+    an HTTP one for an HTTP protocol, an HTTP and a TCP one behind protocol detection for an unknown
+    protocol (an HTTP request reaches the HTTP one), a TCP one otherwise (``tcp``, ``https``, ``tls``...);
+    there the request is opaque bytes and the AuthorizationPolicies are built for TCP. A port the
+    Service does not declare is taken as HTTP (no chain would take it). Never raises.
+    """
+    declared = next((p for p in service.ports if p.port == port), None)
+    if declared is None:
+        return True
+    return port_protocol(declared) not in _TCP_PROTOCOLS

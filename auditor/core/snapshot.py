@@ -73,13 +73,15 @@ class ServiceAccount:
 @dataclass(frozen=True, slots=True)
 class ServicePort:
     """One entry of a Service's ``spec.ports``: ``port`` (the Service port number), ``target_port`` (a number, or
-    the name of a container port), ``name`` and ``protocol`` (``TCP``, ``UDP`` or ``SCTP``).
+    the name of a container port), ``name``, ``protocol`` (``TCP``, ``UDP`` or ``SCTP``) and ``app_protocol``
+    (``appProtocol``, ``""`` when absent; Istio reads the application protocol from it before the name).
     """
 
     port: int
     target_port: int | str
     name: str = ""
     protocol: str = "TCP"
+    app_protocol: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1076,7 +1076,7 @@ def _namespace_args(namespace: str | None) -> list[str]:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from testrigs.devtools import istio, ztunnel  # noqa: PLC0415 - both import this module
+    from testrigs.devtools import istio, waypointxds, ztunnel  # noqa: PLC0415 - all import this module
 
     binaries = build()
     for name, version in build_info(binaries).get("versions", {}).items():
@@ -1084,8 +1084,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
     istio_binaries = istio.build()
     for name, version in istio.build_info(istio_binaries).get("versions", {}).items():
         _log(f"{name}: {' | '.join(version.splitlines())}")
+    xds_client = waypointxds.build()  # the waypoint oracle's XDS client, same pinned module
     print(binaries.directory)
     print(istio_binaries.directory)
+    print(xds_client.directory)
     if args.ztunnel:
         ztunnel_binaries = ztunnel.build(args.ztunnel_source)
         for name, version in ztunnel.build_info(ztunnel_binaries).get("versions", {}).items():

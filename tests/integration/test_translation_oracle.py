@@ -260,6 +260,11 @@ ORACLE_FIXTURES = {
         "the waypoint's own Service (rendered by istiod) was audited by strict-mtls.captured like an "
         "application Service and failed; fixed by recognising Istio's own objects (semantics §10)"
     ),
+    "waypoint-tcp-port": (
+        "the waypoint oracle (test_waypoint_oracle.py): default/kubernetes:443 (port https) bound to a "
+        "waypoint: istiod built the waypoint's RBAC for TCP and denied everything, the model evaluated the "
+        "ALLOW rule's header and allowed; fixed in reach.waypoint_decision (semantics §4.8)"
+    ),
 }
 STILL_DISAGREEING: frozenset[str] = frozenset()
 

@@ -9,7 +9,7 @@ sidecar pods and Istio gateways speak mTLS with their own identity and skip a Se
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from auditor.core.authz import (
     Applicable,
@@ -31,6 +31,7 @@ from auditor.core.mesh import (
     effective_mtls,
     effective_waypoint,
     uses_service_waypoint,
+    waypoint_sees_http,
 )
 from auditor.core.model import Evidence
 from auditor.core.posture import ProtectedService
@@ -148,7 +149,7 @@ def _reach_backend(ctx: AuditContext, route: Route, backend: Backend, caller: Ca
         return Reach(backend, False, (Hop("the caller's ztunnel", Decision(False, closed.message)),))
     if route.at_waypoint is not None and route.waypoint_identity is not None and route.waypoint.gateway is not None:
         if uses_service_waypoint(caller.kind, route.service):
-            first = decide(route.at_waypoint, caller, request)
+            first = waypoint_decision(route.at_waypoint, route.service, caller, request)
             hops.append(Hop(f"waypoint {route.waypoint.gateway.meta.key}", first))
             if first.allowed is False:
                 return Reach(backend, False, tuple(hops))
@@ -160,6 +161,15 @@ def _reach_backend(ctx: AuditContext, route: Route, backend: Backend, caller: Ca
     where = f"ztunnel of {backend.workload.meta.ref} (sees {seen_by_ztunnel.describe()}{skipped})"
     hops.append(Hop(where, second))
     return Reach(backend, _and(hops), tuple(hops), skipped_waypoint=bool(skipped))
+
+
+def waypoint_decision(at_waypoint: Applicable, service: Service, caller: Caller, request: Request) -> Decision:
+    """The waypoint's decision on ``request`` to ``service`` (the route's ``at_waypoint``): ``authz.decide``,
+    with the request opaque on a Service port the waypoint serves as TCP (``mesh.waypoint_sees_http``,
+    semantics §4.8): there it sees bytes, not a request. Never raises.
+    """
+    opaque = not waypoint_sees_http(service, request.port)
+    return decide(at_waypoint, caller, replace(request, opaque=opaque))
 
 
 def _plaintext(ctx: AuditContext, backend: Backend, l4: Request) -> Reach:

@@ -1,0 +1,388 @@
+"""Differential test: the core's model of what istiod hands a waypoint against the real istiod.
+
+For the same objects on the API server, ``auditor.core.waypointview`` (on the live snapshot the
+auditor reads, through the path the checks take) must agree with what istiod hands each waypoint
+proxy over XDS (``testrigs.devtools.waypointxds``: its listeners, asked for as the waypoint's own
+pod): which Service ports the waypoint serves (one ``inbound-vip`` chain each), and, for each of
+them, the verdict of the chain's RBAC filters on a set of requests (witnesses): callers whose
+principals are of every form the policies name (and near misses), each header a policy names
+present, absent or with a near-miss value, the methods and paths the policies name and others,
+on every Service port. The verdicts are compared, not the syntax: where the model says "cannot
+tell" (an external authorizer, a source address) the witness is counted, not compared.
+
+Run over every static fixture with a waypoint, both examples and a hypothesis-generated family
+(``WAYPOINT_ORACLE_BATCHES`` batches of ``WAYPOINT_ORACLE_BATCH_SIZE`` configurations, the
+generator of the ztunnel oracle, each with a waypoint). A disagreement is the model's to
+explain: it becomes a fixture (tests/fixtures/oracle) and is fixed in the model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from auditor.adapters.k8s.reader import ClusterReader
+from auditor.core.authz import Request, header_name
+from auditor.core.snapshot import AuthorizationPolicy, AuthzRule, Snapshot
+from auditor.core.waypointview import WaypointService, waypoint_facts
+from testrigs.devtools import waypointxds
+from testrigs.devtools.controlplane import ControlPlaneError
+from testrigs.devtools.istio import TRUST_DOMAIN, IstioAPI
+from tests.cases import Case, materialize, merged_documents
+from tests.integration.live import AppliedCase
+from tests.integration.test_translation_oracle import BATCH_LABEL, CASES, ROOT_NAMESPACE, _configuration
+
+CONVERGE_S = 60.0
+BATCHES = int(os.environ.get("WAYPOINT_ORACLE_BATCHES", "5"))
+BATCH_SIZE = int(os.environ.get("WAYPOINT_ORACLE_BATCH_SIZE", "25"))
+DOMAIN = "svc.cluster.local"
+WAYPOINT_CLASS = "istio-waypoint"
+
+
+# --- witnesses --------------------------------------------------------------------------------
+
+
+def _concrete(pattern: str, filler: str = "z") -> str:
+    """A value Istio's string match of ``pattern`` accepts (``*`` presence, ``*x`` suffix, ``x*`` prefix)."""
+    if pattern == "*":
+        return filler
+    if pattern.startswith("*"):
+        return filler + pattern[1:]
+    if pattern.endswith("*"):
+        return pattern[:-1] + filler
+    return pattern
+
+
+BASE_CALLERS = (
+    "cluster.local/ns/x/sa/w0",
+    "cluster.local/ns/x/sa/w1",
+    "cluster.local/ns/ns-a/sa/w2",
+    "cluster.local/ns/a-y/sa/w0",
+    "other.td/ns/x/sa/w1",
+    "cluster.local/ns/default/sa/ui",
+    "cluster.local/ns/default/sa/checkout",
+)
+
+
+@dataclass
+class Witnesses:
+    """The requests one Service is asked about: callers x header sets x (method, path) x ports."""
+
+    callers: set[str] = field(default_factory=set)
+    headers: list[dict[str, str]] = field(default_factory=lambda: [{}])
+    operations: set[tuple[str, str]] = field(default_factory=lambda: {("GET", "/"), ("POST", "/admin")})
+    hosts: set[str] = field(default_factory=set)
+
+    def requests(self, host: str, ports: Iterable[int]) -> Iterable[tuple[str, Request]]:
+        for port, (method, path), headers, authority in itertools.product(
+            ports, sorted(self.operations), self.headers, sorted({host, *self.hosts})
+        ):
+            request = Request(method=method, path=path, host=authority, port=port, headers=headers)
+            for caller in sorted(self.callers):
+                yield caller, request
+
+
+def _principals_of(pattern: str, kind: str, namespace: str) -> list[str]:
+    if kind == "principal":
+        found = [_concrete(pattern), _concrete(pattern, "zz") + "x"]
+        if "/" not in _concrete(pattern):
+            found += [f"cluster.local/ns/{_concrete(pattern)}/sa/w0"]
+        return found
+    if kind == "namespace":
+        return [f"cluster.local/ns/{_concrete(pattern)}/sa/w0", f"cluster.local/ns/{_concrete(pattern)}x/sa/w0"]
+    ns, slash, sa = pattern.partition("/")
+    if not slash:
+        ns, sa = namespace, pattern
+    return [f"cluster.local/ns/{ns}/sa/{sa}", f"cluster.local/ns/{ns}/sa/{sa}x"]
+
+
+def witnesses_for(policies: Iterable[AuthorizationPolicy], service_namespace: str) -> Witnesses:
+    """Witnesses built from what the policies name: each value, a near miss, and the base set."""
+    found = Witnesses(callers={*BASE_CALLERS, f"cluster.local/ns/{service_namespace}/sa/w0"})
+    header_values: dict[str, set[str]] = {}
+    for policy in policies:
+        for rule in policy.rules:
+            _from_rule(found, header_values, rule, policy.meta.namespace)
+    for name, values in sorted(header_values.items()):
+        for value in sorted(values):
+            found.headers += [{name: value}, {name: value + "-near"}, {name: ""}]
+    if len(header_values) > 1:  # every header at once, with the first value each
+        found.headers.append({name: sorted(values)[0] for name, values in header_values.items()})
+    return found
+
+
+def _from_rule(found: Witnesses, header_values: dict[str, set[str]], rule: AuthzRule, ns: str) -> None:
+    for source in rule.sources:
+        for kind, values in (
+            ("principal", (*source.principals, *source.not_principals)),
+            ("namespace", (*source.namespaces, *source.not_namespaces)),
+            ("account", (*source.service_accounts, *source.not_service_accounts)),
+        ):
+            for value in values:
+                found.callers.update(_principals_of(value, kind, ns))
+    for operation in rule.operations:
+        found.operations.update((_concrete(m, "Z"), "/") for m in (*operation.methods, *operation.not_methods))
+        for path in (*operation.paths, *operation.not_paths):
+            found.operations |= {("GET", _concrete(path)), ("GET", _concrete(path) + "x")}
+        found.hosts.update(_concrete(h) for h in (*operation.hosts, *operation.not_hosts))
+    for condition in rule.conditions:
+        values = (*condition.values, *condition.not_values)
+        name = header_name(condition.key)
+        if name is not None:
+            header_values.setdefault(name, set()).update(_concrete(v) for v in values)
+        elif condition.key in {"source.principal", "source.namespace"}:
+            kind = condition.key.split(".")[1]
+            for value in values:
+                found.callers.update(_principals_of(value, kind, ns))
+
+
+# --- the two sides -------------------------------------------------------------------------------
+
+
+def _hostname_key(hostname: str) -> str | None:
+    if not hostname.endswith("." + DOMAIN):
+        return None
+    name, _, namespace = hostname[: -len(DOMAIN) - 1].rpartition(".")
+    return f"{namespace}/{name}" if name else None
+
+
+def _waypoint_pod(api: IstioAPI, namespace: str, gateway: str) -> dict[str, Any] | None:
+    listed = yaml.safe_load(
+        api.kubectl(
+            "get",
+            "pods",
+            f"--namespace={namespace}",
+            f"--selector=gateway.networking.k8s.io/gateway-name={gateway}",
+            "-o",
+            "yaml",
+        )
+    )
+    for pod in listed["items"]:
+        if not pod["metadata"].get("deletionTimestamp") and (pod.get("status") or {}).get("podIP"):
+            found: dict[str, Any] = pod
+            return found
+    return None
+
+
+@dataclass
+class Round:
+    """One comparison: the facts of both sides and the differences found."""
+
+    bindings: dict[str, tuple[frozenset[tuple[str, int]], frozenset[tuple[str, int]]]] = field(default_factory=dict)
+    verdicts: list[str] = field(default_factory=list)
+    compared: int = 0
+    unknown: int = 0
+    missing_pods: list[str] = field(default_factory=list)
+    # Waypoints whose status istiod has not written yet: the model reads that status (§2), so
+    # an early round could agree on "nothing bound" before either side settled.
+    pending: list[str] = field(default_factory=list)
+
+    @property
+    def agrees(self) -> bool:
+        return (
+            not self.missing_pods
+            and not self.pending
+            and not self.verdicts
+            and all(o == m for o, m in self.bindings.values())
+        )
+
+
+def _compare_once(api: IstioAPI, binary: waypointxds.ClientBinary, namespaces: set[str]) -> Round:
+    with api.new_client() as client:
+        snapshot = ClusterReader(client).snapshot()
+    facts = waypoint_facts(snapshot, ROOT_NAMESPACE, TRUST_DOMAIN)
+    result = Round()
+    gateways = [g for g in snapshot.gateways if g.meta.namespace in namespaces and g.class_name == WAYPOINT_CLASS]
+    for gateway in gateways:
+        key = gateway.meta.key
+        if not gateway.conditions or any(c.reason == "Pending" for c in gateway.conditions):
+            result.pending.append(key)
+        model_ports = frozenset(
+            (service, port) for service, view in facts.items() if view.waypoint == key for port in view.ports
+        )
+        pod = _waypoint_pod(api, gateway.meta.namespace, gateway.meta.name)
+        if pod is None:
+            result.missing_pods.append(key)
+            continue
+        node = waypointxds.waypoint_node(
+            gateway.meta.namespace,
+            gateway.meta.name,
+            pod["metadata"]["name"],
+            pod["status"]["podIP"],
+            pod["spec"].get("serviceAccountName") or gateway.meta.name,
+        )
+        chains = waypointxds.service_chains(waypointxds.listeners(binary, api.ports["grpc"], node))
+        by_key = {(_hostname_key(h), port): chain for (h, port), chain in chains.items()}
+        oracle_ports = frozenset((k, port) for k, port in by_key if k is not None)
+        result.bindings[key] = (oracle_ports, model_ports)
+        for service, port in sorted(oracle_ports & model_ports):
+            _compare_verdicts(result, facts[service], port, by_key[(service, port)], snapshot)
+    return result
+
+
+def _compare_verdicts(
+    result: Round, view: WaypointService, port: int, chain: Mapping[str, Any], snapshot: Snapshot
+) -> None:
+    namespace, name = view.service.split("/", 1)
+    relevant = [
+        p
+        for p in snapshot.authorization_policies
+        if p.meta.namespace in {namespace, view.waypoint.split("/", 1)[0], ROOT_NAMESPACE}
+    ]
+    host = f"{name}.{namespace}.{DOMAIN}"
+    for principal, request in witnesses_for(relevant, namespace).requests(host, [port]):
+        model = view.decides(principal, request)
+        oracle = waypointxds.chain_allows(
+            chain,
+            waypointxds.Witness(
+                principal=principal,
+                method=request.method,
+                path=request.path,
+                host=request.host,
+                port=request.port,
+                headers={k.lower(): v for k, v in request.headers.items()},
+            ),
+        )
+        if model is None or oracle is None:
+            result.unknown += 1
+            continue
+        result.compared += 1
+        if model != oracle and len(result.verdicts) < 20:
+            result.verdicts.append(
+                f"{view.service}:{port} via {view.waypoint}: {principal} {request.describe()} "
+                f"host {request.host!r} headers {dict(request.headers)}: istiod={oracle} model={model} "
+                f"(model policies {sorted(view.policies)})"
+            )
+        elif model != oracle:
+            result.verdicts.append("...")
+
+
+STATS: dict[str, int] = {"configs": 0, "compared": 0, "unknown": 0, "chains": 0}
+
+
+def _compare(api: IstioAPI, namespaces: set[str], converge_s: float = CONVERGE_S, configs: int = 1) -> None:
+    """Wait until istiod and the model agree on the namespaces' waypoints, or fail with the difference."""
+    binary = waypointxds.build()
+    deadline = time.monotonic() + converge_s
+    while True:
+        try:
+            result = _compare_once(api, binary, namespaces)
+        except ControlPlaneError as error:  # istiod not yet serving the proxy: retried in the window
+            if time.monotonic() > deadline:
+                raise
+            print(f"waypoint oracle: {error}")
+            time.sleep(1.0)
+            continue
+        if result.agrees or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    STATS["configs"] += configs
+    STATS["compared"] += result.compared
+    STATS["unknown"] += result.unknown
+    STATS["chains"] += sum(len(o) for o, _ in result.bindings.values())
+    print(f"waypoint oracle: {result.compared} verdicts compared, {result.unknown} not (cannot tell); {STATS}")
+    bindings = {k: (sorted(o - m), sorted(m - o)) for k, (o, m) in result.bindings.items() if o != m}
+    assert (result.pending, result.missing_pods, bindings, result.verdicts) == ([], [], {}, []), (
+        "waypoints without status from istiod; without a pod; per waypoint (chains only istiod has, "
+        "only the model has); verdicts"
+    )
+
+
+# --- fixtures and examples -------------------------------------------------------------------------
+
+
+def _has_waypoint(case: Case) -> bool:
+    documents = merged_documents(case)
+    raw = case.directory / "raw.yaml"
+    if raw.is_file():
+        documents += [d for d in yaml.safe_load_all(raw.read_text(encoding="utf-8")) if isinstance(d, dict)]
+    return any(
+        d.get("kind") == "Gateway" and (d.get("spec") or {}).get("gatewayClassName") == WAYPOINT_CLASS
+        for d in documents
+    )
+
+
+WAYPOINT_CASES = [c for c in CASES if _has_waypoint(c)]
+
+
+@pytest.mark.kube
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in WAYPOINT_CASES])
+def test_waypoint_model_agrees_with_istiod_on_fixture(case: Case, istio_api: IstioAPI, tmp_path: Path) -> None:
+    """The model and istiod agree on what each waypoint of the fixture enforces."""
+    manifests = materialize(case, tmp_path)
+    workdir = tmp_path / "applied"
+    workdir.mkdir()
+    with AppliedCase(istio_api, manifests, workdir, write_status=False) as applied:
+        namespaces = {d["metadata"].get("namespace", "default") for d in applied.documents if d["kind"] != "Namespace"}
+        namespaces |= {d["metadata"]["name"] for d in applied.documents if d["kind"] == "Namespace"}
+        _compare(istio_api, namespaces - {ROOT_NAMESPACE})
+
+
+def test_fixtures_with_a_waypoint_are_compared() -> None:
+    names = {c.name for c in WAYPOINT_CASES}
+    assert {"retail-store", "retail-store-drifted"} <= names
+    assert len(names) >= 20, sorted(names)
+
+
+# --- generated configurations ----------------------------------------------------------------------
+
+
+@st.composite
+def _with_waypoint(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """A configuration of the ztunnel oracle's generator that has a waypoint Gateway."""
+    docs: list[dict[str, Any]] = draw(_configuration())
+    if not any(d["kind"] == "Gateway" for d in docs):
+        ns = next(d["metadata"]["name"] for d in docs if d["kind"] == "Namespace")
+        docs.append(
+            {
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "Gateway",
+                "metadata": {"name": "wp", "namespace": ns, "labels": {}},
+                "spec": {
+                    "gatewayClassName": WAYPOINT_CLASS,
+                    "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
+                },
+            }
+        )
+    return docs
+
+
+@pytest.mark.kube
+@settings(
+    max_examples=BATCHES,
+    deadline=None,
+    database=None,
+    phases=[Phase.generate],  # each example is a batch against a live istiod: no shrinking
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(data=st.data())
+def test_waypoint_model_agrees_with_istiod_on_generated_configurations(
+    data: st.DataObject, istio_api: IstioAPI, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    batch = [data.draw(_with_waypoint(), label=f"configuration {i}") for i in range(BATCH_SIZE)]
+    documents = [doc for configuration in batch for doc in configuration]
+    namespaces = {d["metadata"]["name"] for d in documents if d["kind"] == "Namespace"}
+    label = f"{BATCH_LABEL}=w{uuid.uuid4().hex[:10]}"  # a letter first: see the ztunnel oracle
+    key, value = label.split("=")
+    for document in documents:
+        document["metadata"].setdefault("labels", {})[key] = value
+    manifest = tmp_path_factory.mktemp("waypoint-oracle") / "batch.yaml"
+    manifest.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
+    istio_api.apply(manifest)
+    try:
+        _compare(istio_api, namespaces, configs=len(batch))
+    finally:
+        kinds = ",".join(k for k in istio_api.namespaced_kinds if k.split(".")[0] != "events")
+        istio_api.kubectl("delete", kinds, "--all-namespaces", f"--selector={label}", "--wait=false")
+        istio_api.kubectl("delete", "namespaces", f"--selector={label}", "--wait=false")
