@@ -215,6 +215,34 @@ def at_waypoint(
     return Applicable(Point.WAYPOINT, tuple(applied), tuple(ignored))
 
 
+def at_workload_waypoint(waypoint_ns: str, waypoint_name: str, index: SnapshotIndex, root_namespace: str) -> Applicable:
+    """The policies the waypoint ``waypoint_ns/waypoint_name`` enforces on traffic addressed to a pod IP (a pod's own,
+    workload waypoint; semantics §4.8): those whose targetRefs name the Gateway in its own namespace, or the
+    ``istio-waypoint`` GatewayClass in ``root_namespace``. Policies targeting a Service never apply there: istiod
+    builds the waypoint's direct-pod filter chain without a Service (pilot/pkg/networking/core/listener_waypoint.go
+    ``buildWaypointInternal``); ``ignored`` names those of the waypoint's namespace, and inert ones. Never raises.
+    """
+    applied, ignored = [], []
+    for namespace in dict.fromkeys([waypoint_ns, root_namespace]):
+        for policy in index.authz_by_ns.get(namespace, []):
+            gateway = any(
+                (ref.kind == "Gateway" and ref.name == waypoint_name and namespace == waypoint_ns)
+                or (ref.kind == "GatewayClass" and ref.name == "istio-waypoint" and namespace == root_namespace)
+                for ref in policy.target_refs
+            )
+            if not gateway:
+                if namespace == waypoint_ns and any(ref.kind == "Service" for ref in policy.target_refs):
+                    note = "targets a Service: never applied to traffic addressed to a pod IP (§4.8)"
+                    ignored.append(Evidence(policy.meta.ref, "spec.targetRefs", "Service", note))
+                continue
+            reason = _inert_reason(policy, Point.WAYPOINT)
+            if reason is None:
+                applied.append(policy)
+            else:
+                ignored.append(Evidence(policy.meta.ref, "", "ignored at the waypoint", reason))
+    return Applicable(Point.WAYPOINT, tuple(applied), tuple(ignored))
+
+
 def _waypoint_candidates(
     service: Service, waypoint_ns: str, waypoint_name: str, index: SnapshotIndex, root_namespace: str
 ) -> list[AuthorizationPolicy]:

@@ -378,7 +378,7 @@ def waypoint_problems(gateway: Gateway, service: Service, index: SnapshotIndex) 
     """Reasons istiod does not bind the Service to the named Gateway: traffic then bypasses it."""
     problems = list(_gateway_class_problems(gateway))
     problems += _traffic_type_problems(gateway, index)
-    attachment = _attachment_problem(gateway, service, index)
+    attachment = _attachment_problem(gateway, service.meta.namespace, index)
     problems += [attachment] if attachment else []
     problems += _gateway_status_problems(gateway)
     return tuple(problems)
@@ -389,8 +389,7 @@ def hbone_listener(gateway: Gateway) -> Listener | None:
     return next((lst for lst in gateway.listeners if lst.port == HBONE_PORT and lst.protocol == "HBONE"), None)
 
 
-def _attachment_problem(gateway: Gateway, service: Service, index: SnapshotIndex) -> WaypointProblem | None:
-    namespace = service.meta.namespace
+def _attachment_problem(gateway: Gateway, namespace: str, index: SnapshotIndex) -> WaypointProblem | None:
     listener = hbone_listener(gateway)
     origin = "the 15008/HBONE listener" if listener else "no 15008/HBONE listener, so Same"
     allowed = listener.allowed_routes_from if listener else "Same"
@@ -456,19 +455,23 @@ def waypoint_unreachable(gateway: Gateway, index: SnapshotIndex) -> WaypointProb
     )
 
 
-def _traffic_type_problems(gateway: Gateway, index: SnapshotIndex) -> list[WaypointProblem]:
+def traffic_type(gateway: Gateway, index: SnapshotIndex) -> str:
+    """The traffic the waypoint serves: the Gateway's ``istio.io/waypoint-for`` label, else its
+    GatewayClass's, else ``service`` (istiod gatewayToWaypointTransform). The value as written:
+    ``service``, ``workload``, ``all``, ``none`` or anything else (which serves neither). Never raises."""
     gateway_class = index.gateway_classes.get(gateway.class_name)
     class_value = gateway_class.meta.labels.get(WAYPOINT_FOR) if gateway_class else None
-    value = gateway.meta.labels.get(WAYPOINT_FOR, class_value or "service")
-    if value in {"service", "all"}:
+    return gateway.meta.labels.get(WAYPOINT_FOR, class_value if class_value is not None else "service")
+
+
+def _traffic_type_problems(gateway: Gateway, index: SnapshotIndex, kind: str = "service") -> list[WaypointProblem]:
+    """``kind``: ``service`` (Service-addressed traffic) or ``workload`` (traffic addressed to a pod IP)."""
+    value = traffic_type(gateway, index)
+    if value in {kind, "all"}:
         return []
-    ev = Evidence(
-        gateway.meta.ref,
-        f"labels.{WAYPOINT_FOR}",
-        value,
-        "Service-addressed traffic needs service or all",
-    )
-    return [WaypointProblem(f"the waypoint serves {value!r} traffic, not Service-addressed traffic", ev)]
+    what = "Service-addressed traffic" if kind == "service" else "traffic addressed to a pod IP"
+    ev = Evidence(gateway.meta.ref, f"labels.{WAYPOINT_FOR}", value, f"{what} needs {kind} or all")
+    return [WaypointProblem(f"the waypoint serves {value!r} traffic, not {what}", ev)]
 
 
 def _gateway_status_problems(gateway: Gateway) -> list[WaypointProblem]:
@@ -520,6 +523,62 @@ def effective_waypoint(service: Service, index: SnapshotIndex) -> EffectiveWaypo
     if problems:
         return EffectiveWaypoint(None, binding, problems)
     return EffectiveWaypoint(gateway, binding, (), waypoint_unreachable(gateway, index))
+
+
+# A pod's own waypoint (istiod computeWaypoint / fetchWaypointForWorkload, Istio 1.31): a pod of a
+# waypoint (label gateway.networking.k8s.io/gateway-name naming a waypoint of its namespace) has
+# none; else the pod's own istio.io/use-waypoint label, else its namespace's (``none`` opts out),
+# with the same attachment rules as a Service's; the waypoint must serve ``workload`` or ``all``.
+# ztunnel sends traffic addressed to the pod's IP through it, never Service-addressed traffic
+# (ztunnel proxy/outbound.rs: "Don't traverse waypoint if traffic was addressed to a service"),
+# and at the waypoint such traffic meets the direct-pod filter chain, whose policies are those
+# targeting the Gateway (or the istio-waypoint GatewayClass), never a Service's (semantics §4.8).
+
+
+def workload_waypoint_binding(workload: Workload, index: SnapshotIndex) -> WaypointBinding:
+    """Which waypoint a pod's labels (or its namespace's) ask for: pod label beats namespace label."""
+    own = workload.pod_labels
+    if USE_WAYPOINT in own:
+        return _binding_from(own, workload.meta.ref, workload.meta.namespace)
+    ns_labels = index.namespace_labels(workload.meta.namespace)
+    if USE_WAYPOINT in ns_labels:
+        return _binding_from(ns_labels, f"Namespace {workload.meta.namespace}", workload.meta.namespace)
+    ev = Evidence(workload.meta.ref, f"template.labels.{USE_WAYPOINT}", "(absent, also on its namespace)")
+    return WaypointBinding(None, None, (ev,))
+
+
+def workload_waypoint(workload: Workload, index: SnapshotIndex) -> EffectiveWaypoint:
+    """The waypoint istiod hands ztunnel for the pod (its ``Workload.waypoint``): traffic addressed
+    to the pod's IP goes through it (semantics §4.8). ``gateway`` None with ``problems`` saying why
+    when the labels ask for one istiod does not bind (not found, not ready, attachment refused,
+    ``waypoint-for`` not ``workload``/``all``); ``binding.exempt`` for a waypoint's own pods.
+    Fail-open like a Service's. Never raises."""
+    instance = workload.pod_labels.get(GATEWAY_NAME)
+    own = index.gateways.get(f"{workload.meta.namespace}/{instance}") if instance else None
+    if own is not None and _is_waypoint(own):
+        ev = Evidence(workload.meta.ref, f"labels.{GATEWAY_NAME}", own.meta.name, "a pod of this waypoint")
+        return EffectiveWaypoint(None, WaypointBinding(None, None, (ev,), exempt=True), ())
+    binding = workload_waypoint_binding(workload, index)
+    if binding.name is None:
+        return EffectiveWaypoint(None, binding, ())
+    gateway = index.gateways.get(f"{binding.namespace}/{binding.name}")
+    if gateway is None:
+        ev = Evidence(
+            f"Gateway {binding.namespace}/{binding.name}", "", "(not found)", "traffic goes straight to the pod"
+        )
+        return EffectiveWaypoint(None, binding, (WaypointProblem("the waypoint Gateway does not exist", ev),))
+    problems = list(_gateway_class_problems(gateway))
+    problems += _traffic_type_problems(gateway, index, "workload")
+    attachment = _attachment_problem(gateway, workload.meta.namespace, index)
+    problems += [attachment] if attachment else []
+    problems += _gateway_status_problems(gateway)
+    if problems:
+        return EffectiveWaypoint(None, binding, tuple(problems))
+    return EffectiveWaypoint(gateway, binding, (), waypoint_unreachable(gateway, index))
+
+
+def _is_waypoint(gateway: Gateway) -> bool:
+    return gateway.class_name == WAYPOINT_CLASS and not _gateway_status_problems(gateway)
 
 
 def _service_bound_problem(service: Service) -> WaypointProblem | None:

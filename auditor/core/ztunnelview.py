@@ -13,6 +13,9 @@ Facts (keys are ``namespace/name``):
   are not AuthorizationPolicies and are not listed.
 * ``service_waypoints``: for each Service, the waypoint Gateway its traffic really goes
   through (``mesh.effective_waypoint``), or ``""`` for none.
+* ``workload_waypoints``: for each real pod, the waypoint Gateway istiod hands ztunnel as the
+  pod's own (``mesh.workload_waypoint``: traffic addressed to the pod's IP goes through it), or
+  ``""`` for none.
 * ``plaintext_refused``: for each real pod, which of ``mtls_ports`` refuse a caller without
   identity, i.e. whose effective mTLS mode is STRICT (``mesh.effective_mtls``); istiod hands
   ztunnel the same as DENY policies converted from PeerAuthentication.
@@ -25,10 +28,10 @@ Facts (keys are ``namespace/name``):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from auditor.core.authz import Caller, Point, Request, Tri, at_ztunnel, rule_matches
-from auditor.core.mesh import effective_mtls, effective_waypoint
+from auditor.core.mesh import effective_mtls, effective_waypoint, workload_waypoint
 from auditor.core.snapshot import AuthorizationPolicy, Snapshot, SnapshotIndex
 
 
@@ -41,6 +44,7 @@ class ZtunnelFacts:
     plaintext_refused: Mapping[str, frozenset[int]]
     mtls_ports: frozenset[int]
     mtls_ambiguous: Mapping[str, frozenset[int]]
+    workload_waypoints: Mapping[str, str] = field(default_factory=dict)
 
 
 # A port no container declares and no PeerAuthentication names: "every other port".
@@ -61,6 +65,11 @@ def ztunnel_facts(snapshot: Snapshot, root_namespace: str) -> ZtunnelFacts:
         waypoints[f"{service.meta.namespace}/{service.meta.name}"] = (
             "" if gateway is None else f"{gateway.meta.namespace}/{gateway.meta.name}"
         )
+    pod_waypoints = {}
+    for workload in snapshot.workloads:
+        if workload.is_pod:
+            own = workload_waypoint(workload, index).gateway
+            pod_waypoints[workload.meta.key] = "" if own is None else own.meta.key
     ports = {OTHER_PORT}
     ports |= {p.container_port for w in snapshot.workloads for c in w.containers for p in c.ports}
     ports |= {port for policy in snapshot.peer_authentications for port in policy.port_level}
@@ -71,7 +80,7 @@ def ztunnel_facts(snapshot: Snapshot, root_namespace: str) -> ZtunnelFacts:
             decisions = {port: effective_mtls(workload, port, index, root_namespace) for port in ports}
             refused[workload.meta.key] = frozenset(p for p, d in decisions.items() if d.refuses_plaintext)
             ambiguous[workload.meta.key] = frozenset(p for p, d in decisions.items() if d.ambiguous)
-    return ZtunnelFacts(policies, waypoints, refused, frozenset(ports), ambiguous)
+    return ZtunnelFacts(policies, waypoints, refused, frozenset(ports), ambiguous, pod_waypoints)
 
 
 def ztunnel_matches(policy: AuthorizationPolicy, principal: str | None, port: int) -> Tri:

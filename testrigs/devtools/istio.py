@@ -627,6 +627,16 @@ def ambient_facts(
     return workloads, services
 
 
+def workload_waypoints(ambientz: dict[str, Any], gateway_addresses: dict[str, str]) -> dict[str, str]:
+    """istiod's ``/debug/ambientz`` as workload -> its own waypoint: the Gateway (``namespace/name``)
+    whose address or hostname the workload's ``waypoint`` names (what ztunnel sends traffic
+    addressed to the pod's IP through), ``""`` without one. Same keys as ``ambient_facts``."""
+    return {
+        f"{w.get('namespace', '')}/{w.get('name', '')}": _waypoint_of(w.get("waypoint"), gateway_addresses)
+        for w in ambientz.get("workloads") or []
+    }
+
+
 def plaintext_refused(ambientz: dict[str, Any], ports: frozenset[int]) -> dict[str, frozenset[int]]:
     """For each workload of ``/debug/ambientz``: which of ``ports`` refuse a caller without identity.
 

@@ -41,15 +41,19 @@ CONVERGE_S = 60.0  # istiod binds a waypoint only after the stand-in gave its po
 ORACLE_BATCHES = int(os.environ.get("ORACLE_BATCHES", "20"))
 ORACLE_BATCH_SIZE = int(os.environ.get("ORACLE_BATCH_SIZE", "25"))
 
-# (pod -> enforced AuthorizationPolicies, Service -> waypoint, pod -> ports refusing plaintext)
-Facts = tuple[dict[str, frozenset[str]], dict[str, str], dict[str, frozenset[int]]]
+# (pod -> enforced AuthorizationPolicies, Service -> waypoint, pod -> ports refusing plaintext,
+#  pod -> its own (workload) waypoint)
+Facts = tuple[dict[str, frozenset[str]], dict[str, str], dict[str, frozenset[int]], dict[str, str]]
 
 
 def _istiod_facts(api: IstioAPI, ports: frozenset[int]) -> Facts:
     gateways = yaml.safe_load(api.kubectl("get", "gateways.gateway.networking.k8s.io", "-A", "-o", "yaml"))["items"]
     addresses: dict[str, str] = {}
+    _UNREADY.clear()
     for gateway in gateways:
         key = f"{gateway['metadata']['namespace']}/{gateway['metadata']['name']}"
+        if not (gateway.get("status") or {}).get("addresses"):
+            _UNREADY.add(key)
         addresses[f"{gateway['metadata']['name']}.{gateway['metadata']['namespace']}.svc.cluster.local"] = key
         for address in (gateway.get("status") or {}).get("addresses") or []:
             addresses[address["value"]] = key
@@ -57,9 +61,11 @@ def _istiod_facts(api: IstioAPI, ports: frozenset[int]) -> Facts:
     workloads, services = istio.ambient_facts(ambientz, addresses)
     _TRANSLATED.clear()
     _TRANSLATED.update(istio.translated_policies(ambientz))
-    return workloads, services, istio.plaintext_refused(ambientz, ports)
+    return workloads, services, istio.plaintext_refused(ambientz, ports), istio.workload_waypoints(ambientz, addresses)
 
 
+# Gateways without an address in the last read: istiod binds nothing to them yet.
+_UNREADY: set[str] = set()
 # The last /debug/ambientz's translated AuthorizationPolicies and the model's policies, by key.
 _TRANSLATED: dict[str, dict[str, Any]] = {}
 _POLICIES: dict[str, AuthorizationPolicy] = {}
@@ -105,11 +111,12 @@ def _model_facts(api: IstioAPI) -> tuple[Facts, frozenset[int], Mapping[str, fro
     probes = {f"{w.meta.namespace}/{w.meta.name}" for w in snapshot.workloads if is_auditor_probe(w)}
     workloads = {k: v for k, v in facts.workload_policies.items() if k not in probes}
     refused = {k: v for k, v in facts.plaintext_refused.items() if k not in probes}
-    return (workloads, dict(facts.service_waypoints), refused), facts.mtls_ports, facts.mtls_ambiguous
+    own = {k: v for k, v in facts.workload_waypoints.items() if k not in probes}
+    return (workloads, dict(facts.service_waypoints), refused, own), facts.mtls_ports, facts.mtls_ambiguous
 
 
 def _within(facts: Facts, namespaces: set[str]) -> Facts:
-    workloads, services, refused = facts
+    workloads, services, refused, own = facts
 
     def keep(key: str) -> bool:
         return key.split("/", 1)[0] in namespaces
@@ -118,16 +125,22 @@ def _within(facts: Facts, namespaces: set[str]) -> Facts:
         {k: v for k, v in workloads.items() if keep(k)},
         {k: v for k, v in services.items() if keep(k)},
         {k: v for k, v in refused.items() if keep(k)},
+        {k: v for k, v in own.items() if keep(k)},
     )
 
 
 def _undecided(facts: Facts, ports: Mapping[str, frozenset[int]]) -> Facts:
     """Leave out the ports whose mode istiod picks by listing order (the model says ambiguous)."""
-    return facts[0], facts[1], {k: v - ports.get(k, frozenset()) for k, v in facts[2].items()}
+    return facts[0], facts[1], {k: v - ports.get(k, frozenset()) for k, v in facts[2].items()}, facts[3]
 
 
 def _without(facts: Facts, services: frozenset[str]) -> Facts:
-    return facts[0], {key: value for key, value in facts[1].items() if key not in services}, facts[2]
+    return facts[0], {key: value for key, value in facts[1].items() if key not in services}, facts[2], facts[3]
+
+
+def _agree(oracle: Facts, model: Facts) -> bool:
+    own = all(model[3].get(k, v) == v for k, v in oracle[3].items())
+    return oracle[:3] == model[:3] and own
 
 
 def _pods_expected(documents: list[dict[str, Any]], namespaces: set[str]) -> int:
@@ -156,8 +169,12 @@ def _compare(
         model = _undecided(_without(_within(model_facts, namespaces), ignore), undecided)
         oracle = _undecided(_without(_within(_istiod_facts(api, ports), namespaces), ignore), undecided)
         settled = len(oracle[0]) >= expected_pods and len(model[0]) >= expected_pods
+        # Compared once the waypoints are up (or the window is over): before, both sides
+        # agree that nothing is bound, which tests nothing about binding.
+        waiting = any(key.split("/", 1)[0] in namespaces for key in _UNREADY)
+        settled = settled and (not waiting or time.monotonic() > deadline - converge_s / 2)
         rules = _translation_differences(namespaces)
-        if (settled and oracle == model and not rules) or time.monotonic() > deadline:
+        if (settled and _agree(oracle, model) and not rules) or time.monotonic() > deadline:
             break
         time.sleep(1.0)
     assert len(oracle[0]) >= expected_pods, f"istiod lists {len(oracle[0])} of {expected_pods} pods"
@@ -176,8 +193,17 @@ def _compare(
         for k in oracle[2].keys() & model[2].keys()
         if oracle[2][k] != model[2][k]
     }
-    assert (differing_workloads, differing_services, differing_mtls, rules) == ({}, {}, {}, {}), (
-        "(istiod, model) per key; translated rules per policy"
+    print(  # the run's coverage, shown with -s: how many facts were about a bound waypoint
+        f"oracle: {len(oracle[3])} pods ({sum(1 for v in oracle[3].values() if v)} with a workload waypoint), "
+        f"{len(oracle[1])} Services ({sum(1 for v in oracle[1].values() if v)} bound to a waypoint)"
+    )
+    # A pod istiod lists: its own waypoint (the model lists templates' pods only once they are pods).
+    differing_own = {
+        k: (oracle[3][k], model[3].get(k)) for k in oracle[3].keys() & model[3].keys() if oracle[3][k] != model[3][k]
+    }
+    assert (differing_workloads, differing_services, differing_mtls, differing_own, rules) == ({}, {}, {}, {}, {}), (
+        "(istiod, model) per key: policies per pod, waypoint per Service, plaintext-refusing ports per pod, "
+        "workload waypoint per pod; translated rules per policy"
     )
 
 
@@ -380,14 +406,20 @@ def _waypoint_listeners(draw: st.DrawFn) -> list[dict[str, Any]]:
     return listeners
 
 
-def _cross_namespace_client(ns: str, team: str) -> list[dict[str, Any]]:
-    """A second namespace whose Service asks for the waypoint ``wp`` of ``ns`` (attachment rules)."""
+def _cross_namespace_client(ns: str, team: str, pod_waypoint: str = "") -> list[dict[str, Any]]:
+    """A second namespace whose Service asks for the waypoint ``wp`` of ``ns`` (attachment rules).
+
+    ``pod_waypoint``: where its pod asks for ``wp`` of ``ns`` too: ``"pod"`` (the pod's labels),
+    ``"namespace"`` (the namespace's labels) or ``""`` (nowhere)."""
     other = f"{ns}-b"
     labels = {"istio.io/dataplane-mode": "ambient", "team": team}
     use = {"istio.io/use-waypoint": "wp", "istio.io/use-waypoint-namespace": ns}
+    if pod_waypoint == "namespace":
+        labels |= use
+    pod_labels = {"app": "c0"} | (use if pod_waypoint == "pod" else {})
     # The test API server has no controller-manager: no ``default`` ServiceAccount to fall back on.
     spec = {"serviceAccountName": "c0", "containers": [{"name": "app", "image": "app"}]}
-    template = {"metadata": {"labels": {"app": "c0"}}, "spec": spec}
+    template = {"metadata": {"labels": pod_labels}, "spec": spec}
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other, "labels": labels}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "c0", "namespace": other}},
@@ -407,6 +439,18 @@ def _cross_namespace_client(ns: str, team: str) -> list[dict[str, Any]]:
 
 
 @st.composite
+def _pod_waypoint_labels(draw: st.DrawFn, ns: str) -> dict[str, str]:
+    """A pod's own ``istio.io/use-waypoint`` (with ``use-waypoint-namespace`` at times), or none:
+    the workload waypoint, which beats its namespace's label (istiod fetchWaypointForTarget)."""
+    if draw(st.integers(0, 2)) != 0:
+        return {}
+    labels = {"istio.io/use-waypoint": draw(st.sampled_from(["wp", "wp", "wp", "none", "missing"]))}
+    if draw(st.integers(0, 3)) == 0:
+        labels["istio.io/use-waypoint-namespace"] = draw(st.sampled_from([ns, f"{ns}-b"]))
+    return labels
+
+
+@st.composite
 def _configuration(draw: st.DrawFn) -> list[dict[str, Any]]:
     ns = f"g-{uuid.uuid4().hex[:10]}"
     ns_labels: dict[str, str] = {}
@@ -414,12 +458,15 @@ def _configuration(draw: st.DrawFn) -> list[dict[str, Any]]:
         ns_labels["istio.io/dataplane-mode"] = "ambient"
     if draw(st.integers(0, 3)) == 0:
         ns_labels["istio.io/use-waypoint"] = draw(st.sampled_from(["wp", "none", "missing"]))
+        if draw(st.integers(0, 3)) == 0:  # its own namespace, named, or another (where wp does not exist)
+            ns_labels["istio.io/use-waypoint-namespace"] = draw(st.sampled_from([ns, f"{ns}-b"]))
     docs: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": ns_labels}}
     ]
     if draw(st.booleans()):
         gateway_labels = {}
-        waypoint_for = draw(st.sampled_from([None, "service", "all", "workload", "none"]))
+        # workload and all twice: a pod's own waypoint needs one of them
+        waypoint_for = draw(st.sampled_from([None, "service", "all", "all", "workload", "workload", "none"]))
         if waypoint_for:
             gateway_labels["istio.io/waypoint-for"] = waypoint_for
         docs.append(
@@ -435,9 +482,12 @@ def _configuration(draw: st.DrawFn) -> list[dict[str, Any]]:
         service_labels = {}
         if draw(st.integers(0, 2)) == 0:
             service_labels["istio.io/use-waypoint"] = draw(st.sampled_from(["wp", "none", "missing"]))
+        if "istio.io/use-waypoint" in service_labels and draw(st.integers(0, 3)) == 0:
+            service_labels["istio.io/use-waypoint-namespace"] = draw(st.sampled_from([ns, f"{ns}-b"]))
         pod_labels = dict(labels)
         if draw(st.integers(0, 4)) == 0:
             pod_labels["istio.io/dataplane-mode"] = "none"
+        pod_labels |= draw(_pod_waypoint_labels(ns))
         docs += [
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}},
             {
@@ -463,7 +513,9 @@ def _configuration(draw: st.DrawFn) -> list[dict[str, Any]]:
             },
         ]
     if draw(st.integers(0, 3)) == 0:
-        docs += _cross_namespace_client(ns, draw(st.sampled_from(["a", "b"])))
+        docs += _cross_namespace_client(
+            ns, draw(st.sampled_from(["a", "b"])), draw(st.sampled_from(["", "", "pod", "namespace"]))
+        )
     docs += [draw(_authorization_policy(ns, i)) for i in range(draw(st.integers(0, 4)))]
     docs += [draw(_peer_authentication(ns, i)) for i in range(draw(st.integers(0, 2)))]
     return docs

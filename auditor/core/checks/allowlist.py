@@ -10,7 +10,15 @@ from auditor.core.authz import Caller
 from auditor.core.checks import fixes as fix_of
 from auditor.core.checks.catalog import ALLOWED_ADMITTED, INTRUDERS_REFUSED
 from auditor.core.checks.context import AuditContext, finding
-from auditor.core.checks.reach import Reach, Route, probe_request, reach, ztunnel_translation_notes
+from auditor.core.checks.reach import (
+    PodIpPath,
+    Reach,
+    Route,
+    pod_ip_path,
+    probe_request,
+    reach,
+    ztunnel_translation_notes,
+)
 from auditor.core.checks.witnesses import bypass_fix, callers_as, intruders, request_variants, required_headers
 from auditor.core.mesh import ClientKind
 from auditor.core.model import Evidence, Finding, Status
@@ -56,7 +64,8 @@ def check_intruders_refused(ctx: AuditContext, protected: ProtectedService, serv
                 unclear.append(f"{caller.describe()}: {outcome[1].explain()}")
             else:
                 refused_at[_refusing_hop(outcome[1])] = None
-    evidence = [*route.ignored(), *_enforcement_evidence(route), *ztunnel_translation_notes(route)]
+    path = pod_ip_path(ctx, route, callers, variants[:1]) if route.waypoint.gateway is not None else None
+    evidence = [*route.ignored(), *_enforcement_evidence(route, path), *ztunnel_translation_notes(route)]
     if admitted:
         message = f"{len(admitted)} caller(s) outside the allow-list get through, e.g. " + " | ".join(
             admitted[:_MAX_EXAMPLES]
@@ -86,14 +95,34 @@ def check_intruders_refused(ctx: AuditContext, protected: ProtectedService, serv
         "policies' own patterns, the accounts of the namespaces they name, the snapshot's sidecar and gateway "
         f"clients, a plaintext client) are refused on Service-addressed requests (at {where})"
     )
-    if _waypoint_only(route):
-        message += "; an in-mesh request to a pod IP skips the waypoint and no policy refuses it (§4.6)"
+    message += _pod_ip_note(path)
     return finding(INTRUDERS_REFUSED, service, Status.PASS, message, evidence)
 
 
-def _waypoint_only(route: Route) -> bool:
-    """The allow-list lives only at the waypoint: pod-IP traffic skips it (§4.6)."""
-    return route.waypoint.gateway is not None and not any(b.ztunnel.policies for b in route.backends)
+def _pod_ip_note(path: PodIpPath | None) -> str:
+    """The pod-IP path for a PASS message: skipping the Service's waypoint (§4.6), or through the pods' own
+    waypoint, where only policies targeting that Gateway apply (§4.8)."""
+    if path is None:
+        return ""
+    own = ", ".join(path.own_waypoints)
+    if path.admitted and path.through_own():
+        return (
+            f"; an in-mesh request to a pod IP goes through the pod's own waypoint {own}, where only policies "
+            "targeting that Gateway apply, and is not refused (§4.8)"
+        )
+    if path.admitted:
+        return "; an in-mesh request to a pod IP skips the waypoint and no policy refuses it (§4.6)"
+    if own:
+        return f"; in-mesh requests to a pod IP go through the pods' own waypoint {own}, which refuses them too (§4.8)"
+    return ""
+
+
+def _waypoint_only(route: Route, path: PodIpPath | None) -> bool:
+    """The allow-list lives only at the Service's waypoint: pod-IP traffic skips it (§4.6) or meets a pod's own
+    waypoint that does not refuse it (§4.8)."""
+    if route.waypoint.gateway is None or any(b.ztunnel.policies for b in route.backends):
+        return False
+    return path is None or bool(path.admitted)
 
 
 def _any_backend(reaches: tuple[Reach, ...]) -> tuple[bool | None, Reach]:
@@ -116,7 +145,7 @@ def _path(route: Route) -> str:
     return "straight to the pods through ztunnel"
 
 
-def _enforcement_evidence(route: Route) -> list[Evidence]:
+def _enforcement_evidence(route: Route, path: PodIpPath | None) -> list[Evidence]:
     evidence = []
     if route.at_waypoint is not None:
         evidence += [
@@ -133,7 +162,7 @@ def _enforcement_evidence(route: Route) -> list[Evidence]:
             )
             for p in backend.ztunnel.policies
         ]
-    if _waypoint_only(route):
+    if _waypoint_only(route, path):
         # §4.6: the allow-list lives only at the waypoint; pod-IP traffic would skip it.
         evidence.append(
             Evidence(

@@ -11,7 +11,7 @@ from auditor.core.authz import Caller
 from auditor.core.checks import fixes
 from auditor.core.checks.catalog import HEADERS_ENFORCED
 from auditor.core.checks.context import AuditContext, finding
-from auditor.core.checks.reach import Reach, Route, probe_request, reach, ztunnel_translation_notes
+from auditor.core.checks.reach import Reach, Route, pod_ip_path, probe_request, reach, ztunnel_translation_notes
 from auditor.core.checks.witnesses import (
     bypass_callers,
     bypass_fix,
@@ -79,9 +79,29 @@ def check_headers_enforced(ctx: AuditContext, protected: ProtectedService, servi
     skipping = bypass_callers(ctx)
     if skipping:
         message += f"; such requests from the snapshot's {len(skipping)} sidecar and gateway client(s) are refused too"
-    if not any(b.ztunnel.policies for b in route.backends):
-        message += "; a request to a pod IP skips the waypoint, so no header is checked on it (§4.6)"
+    message += _pod_ip_note(ctx, protected, service, route, headers)
     return finding(HEADERS_ENFORCED, service, Status.PASS, message, evidence)
+
+
+def _pod_ip_note(
+    ctx: AuditContext, protected: ProtectedService, service: Service, route: Route, headers: dict[str, str]
+) -> str:
+    """Requests without a required value addressed to a pod IP: they skip the Service's waypoint (§4.6) or meet the
+    pods' own waypoint, where only policies targeting that Gateway apply (§4.8)."""
+    allowed = [c for p in protected.allowed_principals for c in callers_as(ctx, p)]
+    requests = [probe_request(protected, service, variant) for _, _, variant in _degraded(route, headers)]
+    path = pod_ip_path(ctx, route, allowed, requests)
+    own = ", ".join(path.own_waypoints)
+    if path.admitted and path.through_own():
+        return (
+            f"; a request to a pod IP goes through the pod's own waypoint {own}, where only policies targeting that "
+            "Gateway apply, and is admitted without the required value (§4.8)"
+        )
+    if path.admitted or (not own and not any(b.ztunnel.policies for b in route.backends)):
+        return "; a request to a pod IP skips the waypoint, so no header is checked on it (§4.6)"
+    if own:
+        return f"; a request to a pod IP goes through the pods' own waypoint {own}, which checks the header too (§4.8)"
+    return ""
 
 
 def _control_failures(

@@ -17,6 +17,7 @@ from auditor.core.authz import (
     Decision,
     Request,
     at_waypoint,
+    at_workload_waypoint,
     at_ztunnel,
     decide,
     l7_attributes,
@@ -26,12 +27,14 @@ from auditor.core.checks.context import AuditContext
 from auditor.core.mesh import (
     CLIENTS,
     Capture,
+    ClientKind,
     EffectiveWaypoint,
     capture_of,
     effective_mtls,
     effective_waypoint,
     uses_service_waypoint,
     waypoint_sees_http,
+    workload_waypoint,
 )
 from auditor.core.model import Evidence
 from auditor.core.posture import ProtectedService
@@ -41,12 +44,16 @@ from auditor.core.snapshot import Service, Workload
 @dataclass(frozen=True, slots=True)
 class Backend:
     """One workload behind a Service: whether ztunnel captures it (``capture``) and the policies its node's ztunnel
-    enforces for it (``ztunnel``, semantics §4.1).
+    enforces for it (``ztunnel``, semantics §4.1); its own waypoint (``waypoint``, ``mesh.workload_waypoint``), which
+    traffic addressed to its pod IP goes through, and the policies that waypoint enforces on such traffic
+    (``at_waypoint``, ``authz.at_workload_waypoint``; None without one; semantics §4.8).
     """
 
     workload: Workload
     capture: Capture
     ztunnel: Applicable
+    waypoint: EffectiveWaypoint | None = None
+    at_waypoint: Applicable | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +89,19 @@ def route_for(ctx: AuditContext, service: Service) -> Route:
         policies = at_waypoint(service, gateway.meta.namespace, gateway.meta.name, ctx.index, ctx.root_namespace)
         principal = f"{ctx.trust_domain}/ns/{gateway.meta.namespace}/sa/{gateway.meta.name}"
         identity = Caller(principal, label=f"the waypoint's identity {principal}")
-    backends = tuple(
-        Backend(w, capture_of(w, ctx.index), at_ztunnel(w, ctx.index, ctx.root_namespace))
-        for w in ctx.index.workloads_for(service)
-    )
+    backends = tuple(_backend(ctx, w) for w in ctx.index.workloads_for(service))
     return Route(service, waypoint, policies, identity, backends)
+
+
+def _backend(ctx: AuditContext, workload: Workload) -> Backend:
+    own = workload_waypoint(workload, ctx.index)
+    policies = None
+    if own.gateway is not None:
+        gateway = own.gateway.meta
+        policies = at_workload_waypoint(gateway.namespace, gateway.name, ctx.index, ctx.root_namespace)
+    return Backend(
+        workload, capture_of(workload, ctx.index), at_ztunnel(workload, ctx.index, ctx.root_namespace), own, policies
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +187,40 @@ def waypoint_decision(at_waypoint: Applicable, service: Service, caller: Caller,
     return decide(at_waypoint, caller, replace(request, opaque=opaque))
 
 
+def pod_ip_reach(ctx: AuditContext, backend: Backend, caller: Caller, request: Request) -> Reach:
+    """Decide ``request`` addressed to ``backend``'s pod IP (``request.port``: the target port): an ambient caller's
+    ztunnel sends it through the pod's own waypoint when it has one (ztunnel ``fetch_workload_waypoint``; only the
+    policies targeting that Gateway apply there, §4.8), else straight to the pod (§4.6); other kinds of client never
+    use a waypoint. Never raises."""
+    if caller.principal is None:
+        return _plaintext(ctx, backend, request)
+    own = backend.waypoint
+    hops: list[Hop] = []
+    seen_by_ztunnel = caller
+    via_own = own is not None and own.gateway is not None and caller.kind is ClientKind.AMBIENT
+    if own is not None and own.gateway is not None and via_own:
+        if own.fails_closed is not None:
+            return Reach(backend, False, (Hop("the caller's ztunnel", Decision(False, own.fails_closed.message)),))
+        if backend.at_waypoint is not None:
+            first = decide(backend.at_waypoint, caller, request)
+            hops.append(Hop(f"the pod's own waypoint {own.gateway.meta.key}", first))
+            if first.allowed is False:
+                return Reach(backend, False, tuple(hops))
+        gateway = own.gateway.meta
+        principal = f"{ctx.trust_domain}/ns/{gateway.namespace}/sa/{gateway.name}"
+        seen_by_ztunnel = Caller(principal, label=f"the waypoint's identity {principal}")
+    second = _at_destination(backend, seen_by_ztunnel, request)
+    hops.append(Hop(f"ztunnel of {backend.workload.meta.ref} (sees {seen_by_ztunnel.describe()})", second))
+    return Reach(backend, _and(hops), tuple(hops), skipped_waypoint=not via_own)
+
+
+def pod_ip_request(service: Service, workload: Workload, request: Request) -> Request:
+    """``request`` (addressed to the Service's port) as sent to the pod's IP: the Service port's target port, no host.
+    Never raises."""
+    port = _target_port(service, workload, request.port)
+    return Request(method=request.method, path=request.path, port=port, headers=request.headers)
+
+
 def _plaintext(ctx: AuditContext, backend: Backend, l4: Request) -> Reach:
     where = f"ztunnel of {backend.workload.meta.ref}"
     if backend.capture.inbound_enforced:
@@ -231,3 +280,34 @@ def ztunnel_translation_notes(route: Route) -> list[Evidence]:
                     note = f"bound to ztunnel; HTTP attributes: {attributes}; {_FORMS[form]} (§8.3)"
                     evidence.append(Evidence(policy.meta.ref, f"spec.rules[{position}]", f"{form} at ztunnel", note))
     return evidence
+
+
+@dataclass(frozen=True, slots=True)
+class PodIpPath:
+    """How in-mesh requests addressed to a route's pod IPs fare (§4.6, §4.8): the ones that get through
+    (``admitted``) and the pods' own waypoints they met (``own_waypoints``, ``namespace/name``)."""
+
+    admitted: tuple[Reach, ...]
+    own_waypoints: tuple[str, ...]
+
+    def through_own(self) -> bool:
+        """True when some admitted request went through a pod's own waypoint. Never raises."""
+        return any(not item.skipped_waypoint for item in self.admitted)
+
+
+def pod_ip_path(ctx: AuditContext, route: Route, callers: list[Caller], requests: list[Request]) -> PodIpPath:
+    """Each in-mesh ambient caller's ``requests`` (addressed to the Service) sent to every backend's pod IP instead
+    (``pod_ip_reach``). Never raises."""
+    admitted: list[Reach] = []
+    own: dict[str, None] = {}
+    for caller in callers:
+        if caller.principal is None or caller.kind is not ClientKind.AMBIENT:
+            continue
+        for request in requests:
+            for backend in route.backends:
+                item = pod_ip_reach(ctx, backend, caller, pod_ip_request(route.service, backend.workload, request))
+                if not item.skipped_waypoint and backend.waypoint is not None and backend.waypoint.gateway:
+                    own[backend.waypoint.gateway.meta.key] = None
+                if item.allowed is True:
+                    admitted.append(item)
+    return PodIpPath(tuple(admitted), tuple(own))
