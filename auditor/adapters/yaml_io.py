@@ -44,7 +44,7 @@ import os
 import re
 import signal
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from decimal import Decimal
 from typing import Any, NoReturn
 
@@ -241,56 +241,67 @@ def _load_parallel(text: str, split: int, strict: bool, lines: dict[int, int] | 
     skips the documents already yielded: errors are always those of one reading (their
     document, line and column), and the documents are the same since each ends before the cut.
     """
-    yielded = 0
-    fallback = False
     try:
         fd = os.memfd_create("auditor-yaml", os.MFD_CLOEXEC)
     except (AttributeError, OSError):  # not Linux: one process
         yield from _load(text, strict, lines, [0])
         return
-    pid = 0
+    yielded = [0]
     try:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child; it ends in os._exit
-            _child(text[split:], strict, fd)
+        complete = yield from _two_parts(text, split, strict, lines, fd=fd, yielded=yielded)
+    finally:
+        os.close(fd)
+    if not complete:
+        for number, document in _load(text, strict, lines, [0]):
+            if number > yielded[0]:
+                yield number, document
+
+
+def _two_parts(
+    text: str, split: int, strict: bool, lines: dict[int, int] | None, *, fd: int, yielded: list[int]
+) -> Generator[tuple[int, Any], None, bool]:
+    """The head here, the tail from the child; False if one reading must finish the text."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; it ends in os._exit
+        _child(text[split:], strict, fd)
+    try:
         count = [0]
         try:
             for number, document in _load(text[:split], strict, lines, count):
-                yielded = number
+                yielded[0] = number
                 yield number, document
         except YamlSyntaxError:
-            fallback = True
-        if not fallback:
-            _, status = os.waitpid(pid, 0)
-            pid = 0
-            fallback = status != 0
-        if not fallback:
-            head_lines = text.count("\n", 0, split)
-            with os.fdopen(os.dup(fd), "rb") as batches:
-                batches.seek(0)
-                while True:
-                    header = batches.read(8)
-                    if len(header) < 8:
-                        fallback = True  # no end marker: the child did not finish
-                        break
-                    batch = marshal.loads(batches.read(int.from_bytes(header, "little")))
-                    if batch is None or batch == []:
-                        fallback = batch is None  # None: the tail has an error; []: the end
-                        break
-                    for number, line, document in batch:
-                        yielded = count[0] + number
-                        if lines is not None and line is not None:
-                            lines[yielded] = line + head_lines
-                        yield yielded, document
+            return False
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        if status != 0:
+            return False
+        return (yield from _tail(fd, count[0], text.count("\n", 0, split), lines, yielded))
     finally:
         if pid:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-        os.close(fd)
-    if fallback:
-        for number, document in _load(text, strict, lines, [0]):
-            if number > yielded:
-                yield number, document
+
+
+def _tail(
+    fd: int, documents: int, head_lines: int, lines: dict[int, int] | None, yielded: list[int]
+) -> Generator[tuple[int, Any], None, bool]:
+    """The child's batches, numbered after the head's ``documents``; False unless its end marker came."""
+    with os.fdopen(os.dup(fd), "rb") as batches:
+        batches.seek(0)
+        while True:
+            header = batches.read(8)
+            if len(header) < 8:
+                return False
+            # Written by our own forked child a moment ago, never by anyone else.
+            batch = marshal.loads(batches.read(int.from_bytes(header, "little")))  # noqa: S302 - see above
+            if batch is None or batch == []:
+                return batch is not None  # None: the tail has an error; []: the end
+            for number, line, document in batch:
+                yielded[0] = documents + number
+                if lines is not None and line is not None:
+                    lines[yielded[0]] = line + head_lines
+                yield yielded[0], document
 
 
 def _child(tail: str, strict: bool, fd: int) -> NoReturn:  # pragma: no cover - runs in the forked child

@@ -84,6 +84,7 @@ def test_a_large_manifest_is_cut_and_read_the_same(monkeypatch: pytest.MonkeyPat
     assert yaml_io._split_point(text) is not None
     monkeypatch.setattr(yaml_io, "PARALLEL_MIN_CHARS", 0)
     one, lines_one, error_one = _read(text, parallel=False)
+    assert error_one is None
     two, lines_two, error_two = _read(text, parallel=True)
     assert (two, lines_two, error_two) == (one, lines_one, None)
     assert two[-1] == (200, one[-1][1])
