@@ -9,7 +9,8 @@ message, document) after the same documents.
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Generator
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -103,7 +104,10 @@ def test_an_error_in_the_tail_names_the_document_and_line_of_one_reading(monkeyp
 
 def test_a_reader_that_stops_early_leaves_no_child(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(yaml_io, "PARALLEL_MIN_CHARS", 0)
-    documents = load_documents("a: 1\n---\nb: 2\n---\nc: 3\n", strict=False, parallel=True)
+    documents = cast(
+        "Generator[tuple[int, Any], None, None]",
+        load_documents("a: 1\n---\nb: 2\n---\nc: 3\n", strict=False, parallel=True),
+    )
     assert next(documents) == (1, {"a": 1})
     documents.close()
     _assert_no_child_left()
