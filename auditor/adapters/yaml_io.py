@@ -44,6 +44,7 @@ import os
 import re
 import signal
 import struct
+import warnings
 from collections.abc import Generator, Iterator
 from decimal import Decimal
 from typing import Any, NoReturn
@@ -261,7 +262,11 @@ def _two_parts(
     text: str, split: int, strict: bool, lines: dict[int, int] | None, *, fd: int, yielded: list[int]
 ) -> Generator[tuple[int, Any], None, bool]:
     """The head here, the tail from the child; False if one reading must finish the text."""
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads (the progress line's): the
+        # child only reads YAML, takes no lock another thread may hold, and leaves with os._exit.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - the child; it ends in os._exit
         _child(text[split:], strict, fd)
     try:
