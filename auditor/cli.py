@@ -13,22 +13,23 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import TextIO
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, TextIO
 
 from auditor import __version__
-from auditor.adapters.rules.loader import load_rules
 from auditor.app import AuditResult, check_live, check_offline, configure_logging
 from auditor.cli_ops import OPERATIONS, add_operations, run_operation
-from auditor.core.checks.catalog import ALL
 from auditor.core.model import summarize
-from auditor.core.posture import PostureDocument
 from auditor.errors import ClusterUnreachableError, InputError, InputProblemsError
 from auditor.render.document import audit_document
 from auditor.render.escape import visible
-from auditor.render.junit import render_junit
-from auditor.render.text import render_markdown, render_table
-from auditor.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from auditor.settings import Settings
+
+# Start-up (#16): each command imports what it uses. An offline `auditor check` never imports the
+# settings (pydantic-settings), structlog, the other renderers, the rules schema or the cluster SDKs
+# unless it needs them; the imports below inside functions say so with "start-up (#16)".
 
 EXIT_USAGE = 2
 PROGRESS_AFTER_S = 2.0
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdo
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(arguments)
     try:
-        settings = load_settings()
+        settings = _settings(args, os.environ)
         configure_logging(settings)
         return _dispatch(args, stdin or sys.stdin, out, settings)
     except InputError as error:
@@ -118,17 +119,35 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdo
         return EXIT_UNPROVEN
 
 
-def _dispatch(args: argparse.Namespace, stdin: TextIO, out: TextIO, settings: Settings) -> int:
+def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings | None:
+    """The settings, or None for an offline ``check`` when no ``AUDITOR_*`` variable is set.
+
+    The only settings an offline check reads are the logging ones, and with no ``AUDITOR_*``
+    variable (``AUDITOR_CONFIG_FILE`` included) every setting is its default: then nothing is
+    built or validated, and logging builds them itself if a record is ever written
+    (``configure_logging(None)``). Any ``AUDITOR_*`` variable: the settings are built and
+    validated first, as for every other command (a bad value is exit 2).
+    """
+    offline = args.command == "check" and not (args.kubeconfig or args.context or args.in_cluster)
+    if offline and not any(name.upper().startswith("AUDITOR_") for name in environ):
+        return None
+    from auditor.settings import load_settings  # noqa: PLC0415 - start-up (#16)
+
+    return load_settings()
+
+
+def _dispatch(args: argparse.Namespace, stdin: TextIO, out: TextIO, settings: Settings | None) -> int:
     if args.command == "check":
         return _check(args, stdin, out, settings)
     if args.command == "rules":
         return _rules(args, out)
     if args.command in OPERATIONS:
+        assert settings is not None  # noqa: S101 - _settings builds them for every command but an offline check
         return run_operation(args, out, settings)
     return _checks(args, out)
 
 
-def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO, settings: Settings) -> int:
+def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO, settings: Settings | None) -> int:
     live = args.kubeconfig is not None or args.context is not None or args.in_cluster
     if bool(args.manifests) == live:
         raise InputError(
@@ -140,6 +159,7 @@ def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO, settings: Setti
         raise InputError("command line", "--active needs a cluster", fix="add --kubeconfig, --context or --in-cluster")
     with progress(sys.stderr, "auditing"):
         if live:
+            assert settings is not None  # noqa: S101 - _settings builds them for a live check
             probes = settings.probes if args.active else None
             result = check_live(args.kubeconfig, args.context, args.rules, os.environ, probes=probes)
         else:
@@ -188,7 +208,11 @@ def _render(output: str, result: AuditResult, out: TextIO, *, verbose: bool) -> 
     if output == "json":
         # One line: the C encoder (indent disables it) keeps 10k-Service audits fast; jq reads it.
         out.write(json.dumps(audit_document(result.report)) + "\n")
-    elif output == "markdown":
+        return
+    from auditor.render.junit import render_junit  # noqa: PLC0415 - start-up (#16)
+    from auditor.render.text import render_markdown, render_table  # noqa: PLC0415 - start-up (#16)
+
+    if output == "markdown":
         out.write(render_markdown(result.report))
     elif output == "junit":
         out.write(render_junit(result.report))
@@ -197,6 +221,8 @@ def _render(output: str, result: AuditResult, out: TextIO, *, verbose: bool) -> 
 
 
 def _rules(args: argparse.Namespace, out: TextIO) -> int:
+    from auditor.adapters.rules.loader import load_rules  # noqa: PLC0415 - start-up (#16)
+
     if args.rules_command == "schema":
         out.write(schema_text())
         return 0
@@ -215,6 +241,8 @@ def _rules(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def schema_text() -> str:
+    from auditor.core.posture import PostureDocument  # noqa: PLC0415 - start-up (#16)
+
     schema = PostureDocument.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://mesh-auditor.dev/schemas/mesh-posture-v1alpha1.json"
@@ -222,6 +250,8 @@ def schema_text() -> str:
 
 
 def _checks(args: argparse.Namespace, out: TextIO) -> int:
+    from auditor.core.checks.catalog import ALL  # noqa: PLC0415 - start-up (#16)
+
     if args.markdown:
         out.write(checks_markdown())
         return 0
@@ -231,6 +261,8 @@ def _checks(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def checks_markdown() -> str:
+    from auditor.core.checks.catalog import ALL  # noqa: PLC0415 - start-up (#16)
+
     lines = [
         "# Checks",
         "",

@@ -6,16 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, TextIO
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any, TextIO
 
 from auditor.errors import InputError
-from auditor.render.document import DocumentError, report_from_document
-from auditor.render.html import HistoryPoint, ReportError, render_html
-from auditor.render.junit import render_junit
-from auditor.render.text import render_markdown
-from auditor.settings import DrillSettings, Settings, settings_markdown
+
+if TYPE_CHECKING:
+    from auditor.render.html import HistoryPoint
+    from auditor.settings import Settings
+
+# Start-up (#16): registering these commands costs nothing; each imports what it runs.
 
 OPERATIONS = frozenset({"daemon", "drill", "report", "settings"})
 
@@ -70,8 +69,11 @@ def _add_drill(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _drill(args: argparse.Namespace, out: TextIO, settings: Settings) -> int:
+    from pydantic import ValidationError  # noqa: PLC0415 - start-up (#16)
+
     from auditor.app import run_drill  # noqa: PLC0415 - the cluster's SDKs load only for cluster commands
     from auditor.render.drill import render_drill_markdown, render_drill_table  # noqa: PLC0415 - as above
+    from auditor.settings import DrillSettings  # noqa: PLC0415 - start-up (#16)
 
     if not (args.kubeconfig or args.context or args.in_cluster):
         raise InputError("command line", "a drill needs a cluster", fix="add --kubeconfig, --context or --in-cluster")
@@ -112,12 +114,19 @@ def run_operation(args: argparse.Namespace, out: TextIO, settings: Settings) -> 
             settings = settings.model_copy(update={"daemon": settings.daemon.model_copy(update={"rules": args.rules})})
         return run_daemon(settings)
     if args.command == "settings":
+        from auditor.settings import settings_markdown  # noqa: PLC0415 - start-up (#16)
+
         out.write(settings_markdown())
         return 0
     return _report(args, out)
 
 
 def _report(args: argparse.Namespace, out: TextIO) -> int:
+    from auditor.render.document import DocumentError, report_from_document  # noqa: PLC0415 - start-up (#16)
+    from auditor.render.html import ReportError, render_html  # noqa: PLC0415 - start-up (#16)
+    from auditor.render.junit import render_junit  # noqa: PLC0415 - start-up (#16)
+    from auditor.render.text import render_markdown  # noqa: PLC0415 - start-up (#16)
+
     document = _read_document(Path(args.run))
     try:
         report = report_from_document(document)
@@ -160,6 +169,8 @@ def _history(directory: str | None) -> list[HistoryPoint]:
             field="--history",
             fix="point --history at the directory of earlier runs (the daemon's report archive)",
         )
+    from auditor.render.html import HistoryPoint  # noqa: PLC0415 - start-up (#16)
+
     points = []
     for path in sorted(Path(directory).glob("*.json")):
         document = _read_document(path)

@@ -38,12 +38,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import marshal
 import math
+import os
 import re
+import signal
 import struct
-from collections.abc import Iterator
+import warnings
+from collections.abc import Generator, Iterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from yaml import events as ev
@@ -139,7 +143,18 @@ def check_size(text: str, already: int = 0, limit: int = MAX_FILE_CHARS) -> int:
     return total
 
 
-def load_documents(text: str, *, strict: bool = True, lines: dict[int, int] | None = None) -> Iterator[tuple[int, Any]]:
+PARALLEL_MIN_CHARS = 512 * 1024
+"""Texts at least this long may be read on two processors (``load_documents(parallel=True)``)."""
+_PARALLEL_HEAD = 0.4
+"""The share of the text the calling process reads itself: it also decodes every document."""
+_BATCH = 256
+_SPLIT = re.compile(r"\n---\n")
+_NOT_SPLIT = re.compile(r"^(?:%|\.\.\.)", re.MULTILINE)
+
+
+def load_documents(
+    text: str, *, strict: bool = True, lines: dict[int, int] | None = None, parallel: bool = False
+) -> Iterator[tuple[int, Any]]:
     """Yield ``(number, document)`` for every non-empty document, numbered from 1.
 
     With ``lines``, each yielded document's number is mapped to the 1-based line where it starts
@@ -148,16 +163,33 @@ def load_documents(text: str, *, strict: bool = True, lines: dict[int, int] | No
     ``strict=False`` is kubectl's reading of a manifest (a duplicate key keeps the last value);
     ``strict=True`` (the auditor's own files) refuses duplicate keys. Raises ``YamlSyntaxError``
     (``YamlLimitError`` for a limit) naming the document and, where known, line and column.
+
+    ``parallel=True``: a text of at least ``PARALLEL_MIN_CHARS`` characters is cut at a document
+    separator and its tail is read by a forked child process while this one reads the head
+    (#16). Same documents, numbers, lines and errors as one reading: see ``_load_parallel``.
     """
     if not strict:
-        bad = _BAD_SEPARATOR.search(text)
-        if bad is not None:
-            line = text.count("\n", 0, bad.start()) + 1
-            raise YamlSyntaxError(
-                len(re.findall(r"^---", text[: bad.start()], re.MULTILINE)) + 1,
-                f"invalid document separator at line {line}: kubectl accepts only a comment after ---",
-                fix="put the document's content on the line after ---",
-            )
+        _check_separators(text)
+    split = _split_point(text) if parallel and len(text) >= PARALLEL_MIN_CHARS else None
+    if split is None:
+        yield from _load(text, strict, lines, [0])
+    else:
+        yield from _load_parallel(text, split, strict, lines)
+
+
+def _check_separators(text: str) -> None:
+    bad = _BAD_SEPARATOR.search(text)
+    if bad is not None:
+        line = text.count("\n", 0, bad.start()) + 1
+        raise YamlSyntaxError(
+            len(re.findall(r"^---", text[: bad.start()], re.MULTILINE)) + 1,
+            f"invalid document separator at line {line}: kubectl accepts only a comment after ---",
+            fix="put the document's content on the line after ---",
+        )
+
+
+def _load(text: str, strict: bool, lines: dict[int, int] | None, count: list[int]) -> Iterator[tuple[int, Any]]:
+    """The reading itself; ``count[0]`` follows the documents started so far (empty ones too)."""
     parser: Any = _Parser(text)  # get_event is untyped in types-PyYAML
     number = 0
     try:
@@ -166,6 +198,7 @@ def load_documents(text: str, *, strict: bool = True, lines: dict[int, int] | No
             kind = type(event)
             if kind is ev.DocumentStartEvent:
                 number += 1
+                count[0] = number
                 document = _Builder(parser, strict).document(event)
                 if document is not None:
                     if lines is not None:
@@ -180,6 +213,131 @@ def load_documents(text: str, *, strict: bool = True, lines: dict[int, int] | No
         raise YamlSyntaxError(max(number, 1), _describe(error)) from error
     finally:
         parser.dispose()
+
+
+def _split_point(text: str) -> int | None:
+    """Where the text may be cut in two: the start of a ``---`` line alone, or None.
+
+    A ``---`` line at column 0 either starts a document or makes the whole text an error
+    (inside a quoted scalar or a flow collection libyaml refuses it; a block scalar ends before
+    it), and anchors, tags and merges never cross a document. Texts with directives (``%``) or
+    document end markers (``...``) are not cut: their scope crosses the line.
+    """
+    if _NOT_SPLIT.search(text) is not None:
+        return None
+    target = int(len(text) * _PARALLEL_HEAD)
+    found = _SPLIT.search(text, max(target - 1, 0))
+    if found is None:
+        return None
+    return found.start() + 1
+
+
+def _load_parallel(text: str, split: int, strict: bool, lines: dict[int, int] | None) -> Iterator[tuple[int, Any]]:
+    """Read ``text[:split]`` here and ``text[split:]`` in a forked child, then the child's documents.
+
+    The child sends its documents as ``marshal`` batches (dict, list, str, int, float, bool and
+    None, shared values kept shared) through an anonymous in-memory file. Its numbers and lines
+    are shifted by the documents and lines of the head. Any error, in either part, or a child
+    that does not finish cleanly, falls back to reading the whole text in this process and
+    skips the documents already yielded: errors are always those of one reading (their
+    document, line and column), and the documents are the same since each ends before the cut.
+    """
+    try:
+        fd = os.memfd_create("auditor-yaml", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):  # not Linux: one process
+        yield from _load(text, strict, lines, [0])
+        return
+    yielded = [0]
+    try:
+        complete = yield from _two_parts(text, split, strict, lines, fd=fd, yielded=yielded)
+    finally:
+        os.close(fd)
+    if not complete:
+        for number, document in _load(text, strict, lines, [0]):
+            if number > yielded[0]:
+                yield number, document
+
+
+def _two_parts(
+    text: str, split: int, strict: bool, lines: dict[int, int] | None, *, fd: int, yielded: list[int]
+) -> Generator[tuple[int, Any], None, bool]:
+    """The head here, the tail from the child; False if one reading must finish the text."""
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads (the progress line's): the
+        # child only reads YAML, takes no lock another thread may hold, and leaves with os._exit.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; it ends in os._exit
+        _child(text[split:], strict, fd)
+    try:
+        count = [0]
+        try:
+            for number, document in _load(text[:split], strict, lines, count):
+                yielded[0] = number
+                yield number, document
+        except YamlSyntaxError:
+            return False
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        if status != 0:
+            return False
+        return (yield from _tail(fd, count[0], text.count("\n", 0, split), lines, yielded))
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def _tail(
+    fd: int, documents: int, head_lines: int, lines: dict[int, int] | None, yielded: list[int]
+) -> Generator[tuple[int, Any], None, bool]:
+    """The child's batches, numbered after the head's ``documents``; False unless its end marker came."""
+    with os.fdopen(os.dup(fd), "rb") as batches:
+        batches.seek(0)
+        while True:
+            header = batches.read(8)
+            if len(header) < 8:
+                return False
+            # Written by our own forked child a moment ago, never by anyone else.
+            batch = marshal.loads(batches.read(int.from_bytes(header, "little")))  # noqa: S302 - see above
+            if batch is None or batch == []:
+                return batch is not None  # None: the tail has an error; []: the end
+            for number, line, document in batch:
+                yielded[0] = documents + number
+                if lines is not None and line is not None:
+                    lines[yielded[0]] = line + head_lines
+                yield yielded[0], document
+
+
+def _child(tail: str, strict: bool, fd: int) -> NoReturn:  # pragma: no cover - runs in the forked child
+    """Read the tail, write ``marshal`` batches of ``(number, line, document)``, then ``[]`` (done)
+    or ``None`` (an error: the parent reads the text again to report it) and leave at once."""
+    code = 1
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as out:
+
+            def send(value: Any) -> None:
+                data = marshal.dumps(value)
+                out.write(len(data).to_bytes(8, "little"))
+                out.write(data)
+
+            lines: dict[int, int] = {}
+            batch: list[tuple[int, int | None, Any]] = []
+            end: list[Any] | None = []
+            try:
+                for number, document in _load(tail, strict, lines, [0]):
+                    batch.append((number, lines.get(number), document))
+                    if len(batch) >= _BATCH:
+                        send(batch)
+                        batch = []
+            except YamlSyntaxError:
+                end = None
+            if batch:
+                send(batch)
+            send(end)
+        code = 0
+    finally:
+        os._exit(code)  # no atexit handlers, no flushing of the parent's buffers twice
 
 
 class _Frame:

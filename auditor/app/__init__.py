@@ -23,22 +23,9 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
-import structlog
-
 from auditor.adapters.manifests.reader import read_manifests
 from auditor.adapters.rules.loader import load_rules, resolve_header_values, unresolved_sources
 from auditor.core.audit import run_static_audit
-from auditor.core.drill import (
-    CanaryError,
-    CanaryOptions,
-    DrillAlerter,
-    DrillResult,
-    applicable,
-    build_canary,
-    choose_source,
-    drift_kind,
-    drill_steps,
-)
 from auditor.core.istioversion import semantics_of
 from auditor.core.model import Finding, Severity
 from auditor.core.posture import Posture
@@ -49,17 +36,36 @@ from auditor.errors import ClusterUnreachableError, InputError
 from auditor.ports import ProbeRunner
 from auditor.render.escape import visible
 from auditor.report import AuditReport
-from auditor.settings import ProbeSettings, Settings
 
 if TYPE_CHECKING:
+    import structlog
+
     from auditor.adapters.probepods.runner import RunnerOptions
+    from auditor.core.drill import DrillAlerter, DrillResult
+    from auditor.settings import ProbeSettings, Settings
 
 
-def configure_logging(settings: Settings) -> None:
+_DEFAULT_LEVEL = logging.WARNING
+"""``LoggingSettings.level``'s default (tests/unit/test_startup.py keeps the two equal)."""
+
+
+def configure_logging(settings: Settings | None) -> None:
     """structlog for our own lines, and every other logger through the same renderer: the
     standard library's (APScheduler, urllib3, kubernetes), ``warnings`` and uncaught exceptions
     in any thread, so a JSON log stream stays one JSON object per line (tracebacks included,
-    as an ``exception`` field)."""
+    as an ``exception`` field).
+
+    ``None``: the settings were not built (an offline ``auditor check`` with no ``AUDITOR_*``
+    variable, so every setting is its default). Records below the default level are dropped
+    unseen; the first record, warning or uncaught exception at or above it builds the settings
+    and this configuration before it is written. Start-up (#16): pydantic-settings and
+    structlog are imported only then.
+    """
+    if settings is None:
+        _configure_on_first_record()
+        return
+    import structlog  # noqa: PLC0415 - start-up (#16)
+
     level = getattr(logging, settings.logging.level.upper())
     json_out = settings.logging.format == "json"
     renderer: structlog.types.Processor = (
@@ -117,6 +123,40 @@ def configure_logging(settings: Settings) -> None:
     threading.excepthook = thread_excepthook
 
 
+class _FirstRecord(logging.Handler):
+    """Until a record is written: configure logging from the settings, then write it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _configure_now()
+        if record.levelno >= logging.getLogger().level:
+            for handler in logging.getLogger().handlers:
+                handler.handle(record)
+
+
+def _configure_now() -> None:
+    from auditor.settings import load_settings  # noqa: PLC0415 - start-up (#16)
+
+    configure_logging(load_settings())
+
+
+def _configure_on_first_record() -> None:
+    root = logging.getLogger()
+    root.handlers[:] = [_FirstRecord()]
+    root.setLevel(_DEFAULT_LEVEL)
+    logging.captureWarnings(True)
+
+    def excepthook(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+        _configure_now()
+        sys.excepthook(kind, error, trace)
+
+    def thread_excepthook(args: threading.ExceptHookArgs) -> None:
+        _configure_now()
+        threading.excepthook(args)
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_excepthook
+
+
 def visible_log_strings(_logger: object, _method: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
     """Show control characters in every string of a log line as escapes (the console renderer
     prints strings raw; JSON escapes them itself): a logged name cannot forge or erase a line."""
@@ -142,18 +182,23 @@ def check_offline(
     manifests: Sequence[str], rules: Sequence[str], environ: Mapping[str, str], stdin: TextIO
 ) -> AuditResult:
     """``auditor check --manifests``: read everything first, so bad input changes nothing."""
-    log = structlog.get_logger("auditor.check")
+    # The standard library's logger: it goes through the same handler and renderer as
+    # structlog's (configure_logging), and needs no structlog at start-up (#16).
+    log = logging.getLogger("auditor.check")
     with _without_cycle_collection():
         posture = load_rules(rules)
         loaded = read_manifests(manifests, stdin)
-        log.info("inputs read", files=len(loaded.files), services=len(loaded.snapshot.services), rules=list(rules))
+        log.info(
+            "inputs read",
+            extra={"files": len(loaded.files), "services": len(loaded.snapshot.services), "rules": list(rules)},
+        )
 
         def secret(namespace: str, name: str, key: str) -> str | None:
             return loaded.secrets.get((namespace, name), {}).get(key)
 
         values = resolve_header_values(posture, environ, secret)
         findings = run_static_audit(loaded.snapshot, posture, values)
-    log.info("audit done", findings=len(findings))
+    log.info("audit done", extra={"findings": len(findings)})
     inputs: dict[str, object] = {
         "mode": "offline",
         "manifests": list(manifests),
@@ -254,6 +299,8 @@ def active_audit(
     run_id: str,
 ) -> tuple[Finding, ...]:
     """Static findings plus the verdicts of one probe run, sorted together."""
+    import structlog  # noqa: PLC0415 - start-up time (#16)
+
     log = structlog.get_logger("auditor.check")
     plan = plan_probes(posture, snapshot, values, run_id, options)
     log.info("probe run", run_id=run_id, pods=len(plan.batches), not_planned=len(plan.not_planned))
@@ -307,9 +354,20 @@ def run_drill(
 
     Raises ``InputError`` when the rules protect nothing a canary can mirror.
     """
+    import structlog  # noqa: PLC0415 - start-up time (#16)
+
     from auditor.adapters.k8s.drill import KubeSandbox  # noqa: PLC0415 - start-up time (#16)
     from auditor.adapters.k8s.reader import ClusterReader  # noqa: PLC0415 - start-up time (#16)
     from auditor.adapters.kubeapi import build_api_client  # noqa: PLC0415 - start-up time (#16)
+    from auditor.core.drill import (  # noqa: PLC0415 - start-up time (#16)
+        CanaryError,
+        CanaryOptions,
+        applicable,
+        build_canary,
+        choose_source,
+        drift_kind,
+        drill_steps,
+    )
     from auditor.daemon.drillrun import DrillRunner, RunOptions  # noqa: PLC0415 - start-up time (#16)
 
     posture = load_rules(rules)

@@ -141,7 +141,7 @@ def _read_all(files: list[str], stdin: TextIO) -> list[tuple[str, str]]:
 
 def _documents(name: str, text: str, lines: dict[int, int]) -> Iterator[tuple[int, Any]]:
     try:
-        yield from load_documents(text, strict=False, lines=lines)  # kubectl's reading (yaml_io)
+        yield from load_documents(text, strict=False, lines=lines, parallel=True)  # kubectl's reading (yaml_io)
     except YamlSyntaxError as problem:
         raise InputError(name, problem.message, document=problem.document, fix=problem.fix) from problem
 
