@@ -266,7 +266,10 @@ def _two_parts(
         # Python 3.12+ warns about fork() in a process with threads (the progress line's): the
         # child only reads YAML, takes no lock another thread may hold, and leaves with os._exit.
         warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # no process to be had (a limit): one reading
+            return False
     if pid == 0:  # pragma: no cover - the child; it ends in os._exit
         _child(text[split:], strict, fd)
     try:

@@ -29,11 +29,8 @@ from auditor.core.audit import run_static_audit
 from auditor.core.istioversion import semantics_of
 from auditor.core.model import Finding, Severity
 from auditor.core.posture import Posture
-from auditor.core.probing.probeplan import PlanOptions, plan_probes
-from auditor.core.probing.verdict import probe_findings
 from auditor.core.snapshot import Snapshot
 from auditor.errors import ClusterUnreachableError, InputError
-from auditor.ports import ProbeRunner
 from auditor.render.escape import visible
 from auditor.report import AuditReport
 
@@ -42,6 +39,8 @@ if TYPE_CHECKING:
 
     from auditor.adapters.probepods.runner import RunnerOptions
     from auditor.core.drill import DrillAlerter, DrillResult
+    from auditor.core.probing.probeplan import PlanOptions
+    from auditor.ports import ProbeRunner
     from auditor.settings import ProbeSettings, Settings
 
 
@@ -301,6 +300,9 @@ def active_audit(
     """Static findings plus the verdicts of one probe run, sorted together."""
     import structlog  # noqa: PLC0415 - start-up time (#16)
 
+    from auditor.core.probing.probeplan import plan_probes  # noqa: PLC0415 - start-up time (#16)
+    from auditor.core.probing.verdict import probe_findings  # noqa: PLC0415 - start-up time (#16)
+
     log = structlog.get_logger("auditor.check")
     plan = plan_probes(posture, snapshot, values, run_id, options)
     log.info("probe run", run_id=run_id, pods=len(plan.batches), not_planned=len(plan.not_planned))
@@ -309,6 +311,8 @@ def active_audit(
 
 
 def plan_options(settings: ProbeSettings) -> PlanOptions:
+    from auditor.core.probing.probeplan import PlanOptions  # noqa: PLC0415 - start-up time (#16)
+
     return PlanOptions(
         in_mesh_namespace=settings.in_mesh_namespace,
         outside_namespace=settings.outside_namespace,

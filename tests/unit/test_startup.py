@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = str(ROOT / "examples" / "retail-store")
 RULES = str(ROOT / "rules" / "retail-store.yaml")
 # What only other commands need: the settings model's loader, the log renderer, the cluster's,
-# AWS's and Slack's SDKs, the daemon's scheduler and HTTP clients.
+# AWS's and Slack's SDKs, the daemon's scheduler and HTTP clients, probing and drills.
 NOT_FOR_AN_OFFLINE_CHECK = (
     "pydantic_settings",
     "structlog",
@@ -38,6 +38,9 @@ NOT_FOR_AN_OFFLINE_CHECK = (
     "apscheduler",
     "auditor.settings",
     "auditor.render.html",
+    "auditor.core.probing.probeplan",
+    "auditor.core.drill",
+    "probes.wire",
 )
 _PROBE = """
 import json, sys

@@ -117,3 +117,13 @@ def test_texts_with_directives_or_end_markers_are_not_cut() -> None:
     assert yaml_io._split_point("a: 1\n...\n---\nb: 2\n") is None
     assert yaml_io._split_point("%YAML 1.1\n---\na: 1\n---\nb: 2\n") is None
     assert yaml_io._split_point("a: 1\n---\nb: 2\n") == 5
+
+
+def test_without_a_second_process_one_reading_does_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(yaml_io, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setattr(os, "fork", no_fork)
+    text = "a: 1\n---\nb: 2\n---\nc: 3\n"
+    assert _read(text, parallel=True) == _read(text, parallel=False)

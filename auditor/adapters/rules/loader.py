@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -22,7 +23,9 @@ from auditor.core.posture import (
     merge,
 )
 from auditor.errors import InputError, InputProblemsError
-from auditor.ports import SecretLookup
+
+if TYPE_CHECKING:
+    from auditor.ports import SecretLookup  # the probing ports: not imported by an offline check (#16)
 
 _FIXES = {
     "missing": "add the field",
