@@ -353,7 +353,7 @@ def _first_match(
 #   ``generator.go``: principals become ``spiffe://`` + value matched against the peer's URI SAN,
 #   namespaces and service accounts become regexes over it, headers use Envoy header matchers.
 #   A value the generator cannot translate drops the whole rule of an ALLOW policy and only that
-#   value of a DENY policy (``rule.checkError``).
+#   value of any other (DENY; CUSTOM and AUDIT, built as DENY and LOG) (``rule.checkError``, §4.8).
 
 L4_WHEN_KEYS = frozenset({"source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"})
 _HTTP_OPERATION_FIELDS = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
