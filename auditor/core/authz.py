@@ -338,6 +338,17 @@ def decide(applicable: Applicable, caller: Caller, request: Request) -> Decision
     )
 
 
+def widened_when_untranslatable(policy: AuthorizationPolicy) -> bool:
+    """Whether istiod drops only a value it cannot translate (True) or the whole rule (False, ALLOW).
+
+    pilot/pkg/security/authz/model ``rule.checkError`` returns the error only for an ALLOW action;
+    the builder generates CUSTOM rules with the DENY action (the CUSTOM policy's RBAC selects what the
+    external authorizer sees) and AUDIT rules with LOG, so for both the value goes and the rule
+    widens, as for DENY (§4.8). Never raises.
+    """
+    return policy.action != "ALLOW"
+
+
 def _first_match(
     policies: Iterable[AuthorizationPolicy], caller: Caller, request: Request, point: Point
 ) -> tuple[Tri, str, AuthzRule | None]:
@@ -345,7 +356,7 @@ def _first_match(
     for policy in policies:
         for position, rule in enumerate(policy.rules):
             result = rule_matches(
-                rule, caller, request, point, deny=policy.action == "DENY", namespace=policy.meta.namespace
+                rule, caller, request, point, deny=widened_when_untranslatable(policy), namespace=policy.meta.namespace
             )
             where = f"{policy.meta.ref} rules[{position}]"
             if result:
@@ -370,7 +381,7 @@ def _first_match(
 #   ``generator.go``: principals become ``spiffe://`` + value matched against the peer's URI SAN,
 #   namespaces and service accounts become regexes over it, headers use Envoy header matchers.
 #   A value the generator cannot translate drops the whole rule of an ALLOW policy and only that
-#   value of a DENY policy (``rule.checkError``).
+#   value of any other (DENY; CUSTOM and AUDIT, built as DENY and LOG) (``rule.checkError``, §4.8).
 
 L4_WHEN_KEYS = frozenset({"source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"})
 _HTTP_OPERATION_FIELDS = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")

@@ -357,6 +357,8 @@ def string_match(m: Mapping[str, Any], value: str) -> Tri:
 def header_match(h: Mapping[str, Any], w: Witness) -> Tri:
     """Envoy's HeaderMatcher for one request (a missing header matches only an inverted or
     ``present_match: false`` matcher, unless ``treat_missing_header_as_empty``)."""
+    if not h.get("name"):  # request.headers[]: istiod's validation refuses such a policy
+        raise ValueError(f"header matcher without a name {h}: Envoy refuses the listener")
     value = w.header(str(h["name"]))
     invert = bool(h.get("invertMatch"))
     if "presentMatch" in h:

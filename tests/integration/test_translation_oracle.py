@@ -291,6 +291,12 @@ ORACLE_FIXTURES = {
         "waypoint: istiod built the waypoint's RBAC for TCP and denied everything, the model evaluated the "
         "ALLOW rule's header and allowed; fixed in reach.waypoint_decision (semantics §4.8)"
     ),
+    "waypoint-custom-untranslatable-value": (
+        "the waypoint oracle, generated: a CUSTOM rule whose HTTP-only value istiod refused on a TCP chain: "
+        "istiod builds CUSTOM rules with the DENY action and dropped the value (the rule matched, the "
+        "provider-less CUSTOM denied), the model dropped the rule as for an ALLOW and allowed; fixed in "
+        "authz.widened_when_untranslatable (semantics §4.8)"
+    ),
 }
 STILL_DISAGREEING: frozenset[str] = frozenset()
 

@@ -44,7 +44,7 @@ from tests.integration.live import AppliedCase
 from tests.integration.test_translation_oracle import BATCH_LABEL, CASES, ROOT_NAMESPACE, _configuration
 
 CONVERGE_S = 60.0
-BATCHES = int(os.environ.get("WAYPOINT_ORACLE_BATCHES", "5"))
+BATCHES = int(os.environ.get("WAYPOINT_ORACLE_BATCHES", "6"))
 BATCH_SIZE = int(os.environ.get("WAYPOINT_ORACLE_BATCH_SIZE", "25"))
 DOMAIN = "svc.cluster.local"
 WAYPOINT_CLASS = "istio-waypoint"
@@ -338,12 +338,143 @@ def test_fixtures_with_a_waypoint_are_compared() -> None:
 # --- generated configurations ----------------------------------------------------------------------
 
 
+_HEADER_VALUES = ["t", "t*", "*t", "*"]
+_PORT_NAMES = ["http", "http", "http-web", "grpc", "tcp", "https", "tls-x", "web", ""]
+
+
+@st.composite
+def _l7_source(draw: st.DrawFn) -> dict[str, Any]:
+    field = draw(
+        st.sampled_from(
+            [
+                "principals",
+                "notPrincipals",
+                "namespaces",
+                "notNamespaces",
+                "serviceAccounts",
+                "notServiceAccounts",
+                "requestPrincipals",
+                "notRequestPrincipals",
+                "ipBlocks",
+                "remoteIpBlocks",
+                "trustDomains",
+            ]
+        )
+    )
+    values = {
+        "rincipals": [
+            "cluster.local/ns/x/sa/w0",
+            "*",
+            "cluster.local/*",
+            "*/sa/w1",
+            "spiffe://cluster.local/ns/x/sa/w0",
+        ],
+        "amespaces": ["x", "*", "ns-*", "*-y"],
+        "erviceAccounts": ["w0", "x/w1", "ns-a/w2"],
+        "pBlocks": ["10.0.0.0/8", "not-an-ip"],
+        "rustDomains": ["cluster.local", "other.td", "*.td", "*"],
+    }
+    choices = next(v for k, v in values.items() if field.endswith(k))
+    if field.endswith("equestPrincipals"):
+        choices = ["issuer/subject", "*"]
+    return {field: draw(st.lists(st.sampled_from(choices), min_size=1, max_size=2, unique=True))}
+
+
+@st.composite
+def _l7_operation(draw: st.DrawFn) -> dict[str, Any]:
+    operation: dict[str, Any] = {}
+    for name, choices in (
+        ("methods", ["GET", "POST", "G*"]),
+        ("notMethods", ["DELETE"]),
+        ("paths", ["/admin", "/admin*", "*/tags", "/api/{*}"]),
+        ("notPaths", ["/health", "/pub*"]),
+        ("hosts", ["w0.*", "*.svc.cluster.local", "other.example"]),
+        ("ports", ["80", "8080", "http", "81"]),
+        ("notPorts", ["81"]),
+    ):
+        if draw(st.integers(0, 3)) == 0:
+            operation[name] = draw(st.lists(st.sampled_from(choices), min_size=1, max_size=2, unique=True))
+    return operation
+
+
+@st.composite
+def _l7_condition(draw: st.DrawFn) -> dict[str, Any]:
+    key = draw(
+        st.sampled_from(
+            [
+                "request.headers[x-token]",
+                "request.headers[x-token]",
+                "request.headers[X-Other]",
+                "source.principal",
+                "source.namespace",
+                "destination.port",
+                "request.auth.claims[iss]",
+                "request.nonsense",  # istiod's webhook refuses it; the translation drops the rule
+            ]
+        )
+    )
+    values = {
+        "source.principal": ["cluster.local/ns/x/sa/w0", "*/sa/w1"],
+        "source.namespace": ["x", "ns-*"],
+        "destination.port": ["80", "8080", "http"],
+    }.get(key, _HEADER_VALUES)
+    field = draw(st.sampled_from(["values", "notValues"]))
+    return {"key": key, field: draw(st.lists(st.sampled_from(values), min_size=1, max_size=2, unique=True))}
+
+
+@st.composite
+def _l7_rule(draw: st.DrawFn) -> dict[str, Any]:
+    rule: dict[str, Any] = {}
+    if draw(st.booleans()):
+        rule["from"] = [{"source": draw(_l7_source())} for _ in range(draw(st.integers(1, 2)))]
+    if draw(st.booleans()):
+        rule["to"] = [{"operation": draw(_l7_operation())}]
+    if draw(st.booleans()):
+        rule["when"] = [draw(_l7_condition()) for _ in range(draw(st.integers(1, 2)))]
+    return rule
+
+
+@st.composite
+def _l7_policy(draw: st.DrawFn, ns: str, index: int) -> dict[str, Any]:
+    """An AuthorizationPolicy for the waypoint: targetRefs to the Gateway, a Service, or (rarely)
+    the istio-waypoint GatewayClass from the root namespace; L7 rules of every kind."""
+    scope = draw(st.sampled_from(["gateway", "gateway", "service", "service", "root-class", "selector"]))
+    action = draw(st.sampled_from(["ALLOW", "ALLOW", "DENY", "DENY", "AUDIT", "CUSTOM"]))
+    spec: dict[str, Any] = {"action": action}
+    if action == "CUSTOM":
+        spec["provider"] = {"name": "ext-authz"}
+    namespace = ns
+    if scope == "gateway":
+        spec["targetRefs"] = [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "wp"}]
+    elif scope == "service":
+        spec["targetRefs"] = [{"kind": "Service", "group": "", "name": draw(st.sampled_from(["w0", "w1", "w2"]))}]
+    elif scope == "root-class" and draw(st.integers(0, 3)) == 0:
+        # Applies at every waypoint of the mesh: rare, and only a DENY (an ALLOW would deny
+        # everything else the batch compares).
+        namespace = ROOT_NAMESPACE
+        spec["action"] = "DENY"
+        spec.pop("provider", None)
+        spec["targetRefs"] = [{"kind": "GatewayClass", "group": "gateway.networking.k8s.io", "name": WAYPOINT_CLASS}]
+        spec["rules"] = [{"from": [{"source": {"principals": [f"cluster.local/ns/{ns}/sa/intruder"]}}]}]
+    else:
+        spec["selector"] = {"matchLabels": {"app": "w0"}}  # ztunnel's: the waypoint ignores it
+    if "rules" not in spec:
+        rules = draw(st.lists(_l7_rule(), max_size=2))
+        if rules or action != "ALLOW" or draw(st.booleans()):
+            spec["rules"] = rules or [{}]
+    meta: dict[str, Any] = {"name": f"l7-{index}-{ns}" if namespace != ns else f"l7-{index}", "namespace": namespace}
+    if draw(st.integers(0, 5)) == 0:
+        meta["annotations"] = {"istio.io/dry-run": "true"}
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": meta, "spec": spec}
+
+
 @st.composite
 def _with_waypoint(draw: st.DrawFn) -> list[dict[str, Any]]:
-    """A configuration of the ztunnel oracle's generator that has a waypoint Gateway."""
+    """A configuration of the ztunnel oracle's generator with a waypoint Gateway ``wp``, Services
+    bound to it more often, ports of every protocol, and L7 policies for the waypoint."""
     docs: list[dict[str, Any]] = draw(_configuration())
+    ns = next(d["metadata"]["name"] for d in docs if d["kind"] == "Namespace")
     if not any(d["kind"] == "Gateway" for d in docs):
-        ns = next(d["metadata"]["name"] for d in docs if d["kind"] == "Namespace")
         docs.append(
             {
                 "apiVersion": "gateway.networking.k8s.io/v1",
@@ -355,6 +486,16 @@ def _with_waypoint(draw: st.DrawFn) -> list[dict[str, Any]]:
                 },
             }
         )
+    for service in (d for d in docs if d["kind"] == "Service" and d["metadata"]["namespace"] == ns):
+        if draw(st.booleans()):
+            service["metadata"].setdefault("labels", {})["istio.io/use-waypoint"] = "wp"
+        port = service["spec"]["ports"][0]
+        port["name"] = draw(st.sampled_from(_PORT_NAMES)) or "unnamed"
+        if draw(st.integers(0, 3)) == 0:
+            port["appProtocol"] = draw(st.sampled_from(["http", "tcp", "kubernetes.io/h2c"]))
+        if draw(st.integers(0, 3)) == 0:
+            service["spec"]["ports"].append({"name": "tcp-extra", "port": 81, "targetPort": 8081})
+    docs += [draw(_l7_policy(ns, i)) for i in range(draw(st.integers(0, 3)))]
     return docs
 
 

@@ -11,9 +11,10 @@ from collections.abc import Mapping
 
 import pytest
 
-from auditor.core.authz import Caller, Point, Request, rule_matches
+from auditor.core.authz import Applicable, Caller, Point, Request, decide, rule_matches, widened_when_untranslatable
 from auditor.core.mesh import port_protocol, waypoint_sees_http
 from auditor.core.snapshot import (
+    AuthorizationPolicy,
     AuthzCondition,
     AuthzOperation,
     AuthzRule,
@@ -142,3 +143,17 @@ def test_envoy_rbac_evaluator_refuses_unknown_matchers() -> None:
     chain = _chain({"rules": {"policies": {"p": {"permissions": [{"any": True}], "principals": [{"frobnicate": {}}]}}}})
     with pytest.raises(ValueError, match="not modelled"):
         waypointxds.chain_allows(chain, waypointxds.Witness("cluster.local/ns/a/sa/b"))
+
+
+@pytest.mark.parametrize(("action", "widened"), [("ALLOW", False), ("DENY", True), ("CUSTOM", True), ("AUDIT", True)])
+def test_custom_and_audit_rules_lose_only_the_untranslatable_value(action: str, widened: bool) -> None:
+    """builder.go generates CUSTOM rules with the DENY action (AUDIT with LOG); rule.checkError
+    drops the whole rule for ALLOW only."""
+    rule = AuthzRule(operations=(AuthzOperation(ports=("http",)),))
+    policy = AuthorizationPolicy(
+        ObjectMeta("AuthorizationPolicy", "p", "default"), action=action, selector=None, rules=(rule,)
+    )
+    assert widened_when_untranslatable(policy) is widened
+    applicable = Applicable(Point.WAYPOINT, (policy,))
+    allowed = decide(applicable, UI, Request(port=80)).allowed
+    assert allowed == {"ALLOW": False, "DENY": False, "CUSTOM": None, "AUDIT": True}[action]

@@ -184,7 +184,14 @@ def waypoint_decision(at_waypoint: Applicable, service: Service, caller: Caller,
     semantics §4.8): there it sees bytes, not a request. Never raises.
     """
     opaque = not waypoint_sees_http(service, request.port)
-    return decide(at_waypoint, caller, replace(request, opaque=opaque))
+    decision = decide(at_waypoint, caller, replace(request, opaque=opaque))
+    if opaque and any(l7_attributes(rule) for policy in at_waypoint.policies for rule in policy.rules):
+        note = (
+            f" (the waypoint serves port {request.port} of {service.meta.ref} as TCP: its protocol is not HTTP, "
+            "so HTTP attributes drop an ALLOW rule and drop out of a DENY rule, §4.8)"
+        )
+        return replace(decision, reason=decision.reason + note)
+    return decision
 
 
 def pod_ip_reach(ctx: AuditContext, backend: Backend, caller: Caller, request: Request) -> Reach:
