@@ -727,7 +727,9 @@ def client_of(workload: Workload, index: SnapshotIndex) -> ClientOf:
     infra = istio_workload(workload, index)
     if infra is not None and isinstance(infra[0], ClientKind):
         return ClientOf(infra[0], infra[1])
-    sidecar = _sidecar_evidence(workload, index)
+    # A control-plane component's istio-proxy container (ztunnel's, in Istio's chart) is its own
+    # proxy, not an injected sidecar: its capture decides, like any pod's (§10).
+    sidecar = _sidecar_evidence(workload, index) if infra is None else None
     if sidecar is not None:
         return ClientOf(ClientKind.SIDECAR, sidecar)
     if _outbound_captured(workload, index):

@@ -66,7 +66,15 @@ def ztunnel_pod(node: str) -> Obj:
         "metadata": {
             "name": ztunnel_pod_name(node),
             "namespace": ZTUNNEL_NAMESPACE,
-            "labels": {"app": "ztunnel", OWNED_BY: "ztunnel"},
+            # As Istio's ztunnel chart labels its pods (manifests/charts/ztunnel daemonset.yaml).
+            "labels": {
+                "app": "ztunnel",
+                "app.kubernetes.io/name": "ztunnel",
+                "istio.io/dataplane-mode": "none",
+                "sidecar.istio.io/inject": "false",
+                OWNED_BY: "ztunnel",
+            },
+            "annotations": {"sidecar.istio.io/inject": "false"},
         },
         "spec": {
             "nodeName": node,

@@ -47,8 +47,8 @@ ENV = {
     "AUDITOR_PROBES__CONTROL_ENABLED": "true",
     "AUDITOR_PROBES__DEADLINE_S": "60",
     "AUDITOR_PROBES__REQUEST_TIMEOUT_S": "2",
-    # By Service name only: these tests pin the four by-name verdicts (#13's pod-IP probing needs
-    # pods with an IP and Ready in the API, which the lab's kubelet does not write yet).
+    # By Service name only: these tests pin the four by-name verdicts; probing by pod IP is
+    # tested in test_endpoints.py (replicas on two nodes, one not captured).
     "AUDITOR_PROBES__ENDPOINTS_PER_CYCLE": "0",
 }
 CATALOG_L4_POLICY = """

@@ -122,6 +122,7 @@ def _audit(lab: TwoNodeLab, monkeypatch: pytest.MonkeyPatch, endpoints_per_cycle
 
 
 def _strict_probe(document: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any]
     (found,) = [
         f
         for f in document["findings"]

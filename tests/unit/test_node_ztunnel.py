@@ -7,8 +7,10 @@ from typing import Any
 
 from auditor.core.audit import run_static_audit
 from auditor.core.decode import build_snapshot, decode_object
+from auditor.core.mesh import ClientKind, client_of
 from auditor.core.model import Finding, Status
 from auditor.core.posture import MeshSettings, Posture, ScopeEntry
+from auditor.core.snapshot import SnapshotIndex
 
 NAMESPACE = {
     "apiVersion": "v1",
@@ -148,3 +150,17 @@ def test_the_nodes_of_a_service_come_from_its_endpointslices_on_a_live_cluster()
     assert found.status is Status.FAIL
     assert found.message == "unprotected node(s): node node-2: no ztunnel pod (hosts Pod shop/cart-b)"
     assert ("Node node-1", "Ready; hosts endpoint 10.0.1.4") in {(e.object, e.note) for e in found.evidence}
+
+
+def test_a_ztunnel_pod_as_istios_chart_renders_it_is_no_sidecar_caller() -> None:
+    """Its container is called istio-proxy, yet it is ztunnel itself (app: ztunnel, dataplane-mode
+    none), never a sidecar client that skips waypoints: it would fail every waypoint-only allow-list."""
+    labels = {"app": "ztunnel", "istio.io/dataplane-mode": "none", "sidecar.istio.io/inject": "false"}
+    ztunnel = _pod("ztunnel-x", "istio-system", labels, "node-1")
+    ztunnel["spec"]["containers"] = [{"name": "istio-proxy"}]
+    sidecar = _pod("client", "shop", {"app": "client"}, "node-1")
+    sidecar["spec"]["containers"] = [{"name": "app"}, {"name": "istio-proxy"}]
+    objects = [d for o in (NAMESPACE, ztunnel, sidecar) for d in decode_object(o)]
+    index = SnapshotIndex(build_snapshot(objects, live=True))
+    kinds = {w.meta.name: client_of(w, index).kind for w in index.snapshot.workloads}
+    assert kinds == {"ztunnel-x": ClientKind.OUTSIDE, "client": ClientKind.SIDECAR}
