@@ -192,3 +192,14 @@ def rotate(endpoints: Sequence[Endpoint], budget: int, rotation: int) -> tuple[E
         return tuple(endpoints)
     start = (rotation * budget) % len(endpoints)
     return tuple(endpoints[(start + i) % len(endpoints)] for i in range(budget))
+
+
+def rotate_with_focus(
+    endpoints: Sequence[Endpoint], budget: int, rotation: int, nodes: frozenset[str]
+) -> tuple[Endpoint, ...]:
+    """``rotate``, but the endpoints on ``nodes`` (a new node, a ztunnel pod replaced or Ready
+    again: the daemon's node trigger) come first, so the cycle it triggers probes them whatever
+    the rotation; the rest of the budget rotates over the others."""
+    focused = tuple(e for e in endpoints if e.node in nodes)[: max(budget, 0)]
+    others = [e for e in endpoints if e.node not in nodes]
+    return focused + rotate(others, budget - len(focused), rotation)

@@ -32,7 +32,13 @@ def test_new_node_and_ztunnel_pod_trigger_a_probe_cycle_within_the_bound(
     stop = threading.Event()
     node = f"auto-{uuid.uuid4().hex[:8]}"
     with kube_api.new_client() as api:
-        trigger = NodeTrigger(api, fired.set, 5.0, stop)
+        nodes: list[frozenset[str]] = []
+
+        def probe(_changes: tuple[str, ...], names: frozenset[str]) -> None:
+            nodes.append(names)
+            fired.set()
+
+        trigger = NodeTrigger(api, probe, 5.0, stop)
         trigger.start()
         try:
             assert trigger.wait_baseline(10.0)
@@ -41,6 +47,7 @@ def test_new_node_and_ztunnel_pod_trigger_a_probe_cycle_within_the_bound(
             kube_api.apply_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}))
             node_s = _wait(fired, started)
             assert [c for _, c in trigger.changes] == [f"node {node} appeared"]
+            assert nodes == [frozenset({node})]
             fired.clear()
             kube_api.apply_text(
                 yaml.safe_dump({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "z"}}),
@@ -86,7 +93,7 @@ def test_a_server_that_does_not_answer_triggers_nothing_and_is_retried(kube_api:
     stop = threading.Event()
     with kube_api.new_client() as api:
         api.configuration.host = "https://127.0.0.1:1"  # nothing listens there
-        trigger = NodeTrigger(api, fired.set, 0.5, stop)
+        trigger = NodeTrigger(api, lambda _changes, _nodes: fired.set(), 0.5, stop)
         trigger.start()
         try:
             assert not trigger.wait_baseline(1.5)
