@@ -147,8 +147,8 @@ def _drill_schedule(
     cfg = settings.daemon
 
     def run(stopping: threading.Event) -> DrillResult:
-        # With the daemon's probes on, drills are judged by probe verdicts too (docs/drills.md).
-        probes = settings.probes if cfg.probes_enabled else None
+        # With the daemon's probes on and drill.probes, drills are judged by probe verdicts too (docs/drills.md).
+        probes = settings.probes if cfg.probes_enabled and settings.drill.probes else None
         return run_drill(cfg.kubeconfig, cfg.context, cfg.rules, settings, stop=stopping, probes=probes)
 
     schedule = DrillSchedule(
