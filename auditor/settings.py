@@ -261,6 +261,12 @@ class DrillSettings(_Group):
         description="true: no drill starts, a running one reverts and cleans up. The sandbox namespace's label "
         "mesh-auditor.dev/drills=off does the same without a restart.",
     )
+    probes: bool = Field(
+        default=False,
+        description="Daemon with probes on: judge drills by probe verdicts too (each drift must fail its promise's "
+        "probe verdict; drills[].detected_by). Needs the sandbox namespace in the chart's control.namespaces, for "
+        "the canary's control probe. `auditor drill --active` does the same for one drill.",
+    )
     slack_channel: str = Field(
         default="", description="Channel id for drill alerts (bot mode); empty: the alerts' channel (slack.channel)."
     )

@@ -81,6 +81,7 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
         values = resolve_header_values(posture, os.environ, secrets.secret_value)
         metrics = DaemonMetrics()
         holder: list[Daemon] = []
+        focus = _Focus()  # what the node trigger saw, for the probe cycle it triggers
         halt = threading.Event()  # set by Daemon.stop: probe cycles stop and delete their pods
         watcher = SnapshotWatcher(api, on_change=lambda: holder[0].snapshot_changed() if holder else None)
         identity = cfg.identity or socket.gethostname()
@@ -98,7 +99,7 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
                 metrics_alerts=lambda: int(metrics.alerts_open._value.get()),
                 on_failure=metrics.sink_write_failed,
             ),
-            probe_cycle=_probe_cycle(settings, api, halt, metrics) if cfg.probes_enabled else None,
+            probe_cycle=_probe_cycle(settings, api, halt, metrics, focus) if cfg.probes_enabled else None,
             metrics=metrics,
             extra_findings=_auto_mode(settings.aws, api),
             stopping=halt,
@@ -110,7 +111,12 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> in
         drills = _drill_schedule(settings, daemon, metrics, stop)
         nodes = None
         if cfg.probes_enabled and cfg.node_check_s:
-            nodes = NodeTrigger(api, daemon.probe_soon, cfg.node_check_s, stop)
+
+            def probe_nodes(changes: tuple[str, ...], names: frozenset[str]) -> None:
+                focus.add(changes, names)
+                daemon.probe_soon()
+
+            nodes = NodeTrigger(api, probe_nodes, cfg.node_check_s, stop)
             nodes.start()
         log.info("daemon started", identity=identity, health_port=health.port)
         current = [posture]
@@ -141,8 +147,8 @@ def _drill_schedule(
     cfg = settings.daemon
 
     def run(stopping: threading.Event) -> DrillResult:
-        # With the daemon's probes on, drills are judged by probe verdicts too (docs/drills.md).
-        probes = settings.probes if cfg.probes_enabled else None
+        # With the daemon's probes on and drill.probes, drills are judged by probe verdicts too (docs/drills.md).
+        probes = settings.probes if cfg.probes_enabled and settings.drill.probes else None
         return run_drill(cfg.kubeconfig, cfg.context, cfg.rules, settings, stop=stopping, probes=probes)
 
     schedule = DrillSchedule(
@@ -289,16 +295,43 @@ class _CountedRunner:
         return report
 
 
-def _probe_cycle(settings: Settings, api: ApiClient, halt: threading.Event, metrics: DaemonMetrics) -> ProbeCycle:
+class _Focus:
+    """The node trigger's changes not yet probed (thread-safe): the next probe cycle takes them and
+    probes the endpoints on those nodes first, naming the change in its evidence (#13)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changes: list[str] = []
+        self._nodes: set[str] = set()
+
+    def add(self, changes: tuple[str, ...], nodes: frozenset[str]) -> None:
+        with self._lock:
+            self._changes += [c for c in changes if c not in self._changes]
+            self._nodes |= nodes
+
+    def take(self) -> tuple[str, frozenset[str]]:
+        with self._lock:
+            taken = ("; ".join(self._changes), frozenset(self._nodes))
+            self._changes, self._nodes = [], set()
+        return taken
+
+
+def _probe_cycle(
+    settings: Settings, api: ApiClient, halt: threading.Event, metrics: DaemonMetrics, focus: _Focus | None = None
+) -> ProbeCycle:
     runner = _CountedRunner(PodProbeRunner(PodApi(api), runner_options(settings.probes), stop=halt), metrics)
     options = plan_options(settings.probes)
     cycles = itertools.count()  # rotates the endpoints probed by pod IP when over budget (#13)
+    focus = focus or _Focus()
 
     def cycle(
         snapshot: Snapshot, posture: Posture, values: Mapping[tuple[str, str], str | None], static: tuple[Finding, ...]
     ) -> tuple[Finding, ...]:
         run_id = uuid.uuid4().hex[:12]
-        rotated = dataclasses.replace(options, rotation=next(cycles))
+        reason, nodes = focus.take()
+        if nodes:
+            structlog.get_logger("auditor.daemon").info("probe cycle for changed nodes", run_id=run_id, changes=reason)
+        rotated = dataclasses.replace(options, rotation=next(cycles), focus_nodes=nodes, focus_reason=reason)
         return active_audit(
             snapshot, posture, values=values, static=static, runner=runner, options=rotated, run_id=run_id
         )

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from auditor.core.posture import ProtectedService
-from auditor.core.snapshot import EndpointSlice, Service, SnapshotIndex, Workload
+from auditor.core.snapshot import EndpointSlice, Service, SliceEndpoint, SnapshotIndex, Workload
 
 ENDPOINT_PLAINTEXT = "endpoint-plaintext:"
 ENDPOINT_INTRUDER = "endpoint-intruder:"
@@ -131,6 +131,12 @@ def ready_endpoints(protected: ProtectedService, service: Service, index: Snapsh
     return service_endpoints(protected, service, index).endpoints
 
 
+def serves(entry: SliceEndpoint) -> bool:
+    """True for a slice entry that is a ready endpoint: ``conditions.ready`` not false (absent means
+    ready, discovery.k8s.io/v1), not terminating, with an address. Never raises."""
+    return entry.ready is not False and entry.terminating is not True and bool(entry.addresses)
+
+
 def _from_slices(
     protected: ProtectedService, port_name: str, slices: tuple[EndpointSlice, ...], index: SnapshotIndex
 ) -> tuple[Endpoint, ...]:
@@ -145,7 +151,7 @@ def _from_slices(
         if number is None:
             continue
         for entry in piece.endpoints:
-            if entry.ready is False or entry.terminating is True or not entry.addresses:
+            if not serves(entry):
                 continue
             ip = entry.addresses[0]  # the addresses are fungible; consumers may use the first
             node = entry.node_name or _node_of(entry.pod, index)
@@ -192,3 +198,14 @@ def rotate(endpoints: Sequence[Endpoint], budget: int, rotation: int) -> tuple[E
         return tuple(endpoints)
     start = (rotation * budget) % len(endpoints)
     return tuple(endpoints[(start + i) % len(endpoints)] for i in range(budget))
+
+
+def rotate_with_focus(
+    endpoints: Sequence[Endpoint], budget: int, rotation: int, nodes: frozenset[str]
+) -> tuple[Endpoint, ...]:
+    """``rotate``, but the endpoints on ``nodes`` (a new node, a ztunnel pod replaced or Ready
+    again: the daemon's node trigger) come first, so the cycle it triggers probes them whatever
+    the rotation; the rest of the budget rotates over the others."""
+    focused = tuple(e for e in endpoints if e.node in nodes)[: max(budget, 0)]
+    others = [e for e in endpoints if e.node not in nodes]
+    return focused + rotate(others, budget - len(focused), rotation)

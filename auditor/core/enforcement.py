@@ -62,3 +62,13 @@ def changed_nodes(before: EnforcementPoints, after: EnforcementPoints) -> tuple[
         elif pod.ready and not previous.ready:
             changes.append(f"ztunnel pod {pod.name} on node {node} became Ready")
     return tuple(changes)
+
+
+def changed_node_names(before: EnforcementPoints, after: EnforcementPoints) -> frozenset[str]:
+    """The nodes ``changed_nodes`` reports on: appeared, or whose ztunnel pod is new or became Ready."""
+    names = set(after.nodes - before.nodes)
+    for node, pod in after.ztunnels.items():
+        previous = before.ztunnels.get(node)
+        if previous is None or previous.uid != pod.uid or (pod.ready and not previous.ready):
+            names.add(node)
+    return frozenset(names)

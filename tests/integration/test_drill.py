@@ -199,6 +199,7 @@ def test_drill_command_prints_the_json_contract(
             "alerted": False,
             "time_to_alert_s": None,
             "resolved": True,
+            "detected_by": ["static"],  # no --active: the static audit alone
             "detail": "the drill alert was not delivered (Slack off or refused)",
         }
     ]

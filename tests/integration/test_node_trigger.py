@@ -1,6 +1,6 @@
 """The daemon's node trigger against the real API server: it WATCHES Nodes and ztunnel pods, so a
 new Node, a new ztunnel pod and a ztunnel pod becoming Ready each start a probe cycle within a
-bounded delay of the event (measured here), named (node and pod) in what the trigger reports."""
+bounded delay of the API write (measured here, the writes made in-process), named (node and pod) in what the trigger reports."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import uuid
 
 import pytest
 import yaml
+from kubernetes import client
 
+from auditor.adapters import kubeapi
 from auditor.adapters.k8s.nodes import NodeTrigger
 from testrigs.devtools.controlplane import KubeAPI
 
@@ -32,15 +34,24 @@ def test_new_node_and_ztunnel_pod_trigger_a_probe_cycle_within_the_bound(
     stop = threading.Event()
     node = f"auto-{uuid.uuid4().hex[:8]}"
     with kube_api.new_client() as api:
-        trigger = NodeTrigger(api, fired.set, 5.0, stop)
+        nodes: list[frozenset[str]] = []
+
+        def probe(_changes: tuple[str, ...], names: frozenset[str]) -> None:
+            nodes.append(names)
+            fired.set()
+
+        trigger = NodeTrigger(api, probe, 5.0, stop)
         trigger.start()
         try:
             assert trigger.wait_baseline(10.0)
             assert not fired.wait(0.3)  # the baseline itself triggers nothing
             started = time.monotonic()
-            kube_api.apply_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}))
+            kubeapi.send_json(
+                api, "POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}
+            )
             node_s = _wait(fired, started)
             assert [c for _, c in trigger.changes] == [f"node {node} appeared"]
+            assert nodes == [frozenset({node})]
             fired.clear()
             kube_api.apply_text(
                 yaml.safe_dump({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "z"}}),
@@ -53,7 +64,7 @@ def test_new_node_and_ztunnel_pod_trigger_a_probe_cycle_within_the_bound(
                 "spec": {"nodeName": node, "serviceAccountName": "z", "containers": [{"name": "z", "image": "z"}]},
             }
             started = time.monotonic()
-            kube_api.apply_text(yaml.safe_dump(pod), namespace=kube_namespace)
+            kubeapi.send_json(api, "POST", f"/api/v1/namespaces/{kube_namespace}/pods", pod)
             pod_s = _wait(fired, started)
             assert (
                 trigger.changes[-1][1]
@@ -62,10 +73,7 @@ def test_new_node_and_ztunnel_pod_trigger_a_probe_cycle_within_the_bound(
             fired.clear()
             ready = {"status": {"conditions": [{"type": "Ready", "status": "True"}], "phase": "Running"}}
             started = time.monotonic()
-            kube_api.kubectl(
-                "patch", "pod", "ztunnel-x", f"--namespace={kube_namespace}", "--subresource=status",
-                "--type=merge", f"--patch={yaml.safe_dump(ready)}",
-            )  # fmt: skip
+            client.CoreV1Api(api).patch_namespaced_pod_status("ztunnel-x", kube_namespace, ready)
             ready_s = _wait(fired, started)
             assert trigger.changes[-1][1] == f"ztunnel pod {kube_namespace}/ztunnel-x on node {node} became Ready"
             print(
@@ -86,7 +94,7 @@ def test_a_server_that_does_not_answer_triggers_nothing_and_is_retried(kube_api:
     stop = threading.Event()
     with kube_api.new_client() as api:
         api.configuration.host = "https://127.0.0.1:1"  # nothing listens there
-        trigger = NodeTrigger(api, fired.set, 0.5, stop)
+        trigger = NodeTrigger(api, lambda _changes, _nodes: fired.set(), 0.5, stop)
         trigger.start()
         try:
             assert not trigger.wait_baseline(1.5)

@@ -479,8 +479,22 @@ def _list(resource: Resource) -> Any:
     return operation
 
 
+def _watch_nodes(kube_api: KubeAPI, api: client.ApiClient) -> None:
+    """The node trigger's request (auditor/adapters/k8s/nodes.py): a watch of Nodes, ended by the server."""
+    query = [("watch", "1"), ("timeoutSeconds", "1")]
+    for _ in api_calls.stream_lines(api, "/api/v1/nodes", query, read_timeout=10):
+        pass
+
+
 # (role kind, role name, which rule goes, the SubjectAccessReview that says it went, the request)
 RULE_PROOFS = {
+    "nodes-watch": (
+        "ClusterRole",
+        READER,
+        lambda rule: rule["resources"] == ["nodes"],
+        ("watch", "nodes", "", None, None),
+        _watch_nodes,
+    ),
     "events-create": (
         "Role",
         STATE_ROLE,

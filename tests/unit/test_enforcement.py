@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from auditor.core.enforcement import changed_nodes, enforcement_points
+from auditor.core.enforcement import changed_node_names, changed_nodes, enforcement_points
 
 
 def _node(name: str) -> dict[str, Any]:
@@ -43,3 +43,15 @@ def test_a_restarted_or_recovered_ztunnel_is_named() -> None:
     down = enforcement_points([_node("n1")], [_ztunnel("ztunnel-a", "n1", "u1", ready=False)])
     assert changed_nodes(BEFORE, down) == ()  # the static node-ztunnel check reports it
     assert changed_nodes(down, BEFORE) == ("ztunnel pod istio-system/ztunnel-a on node n1 became Ready",)
+
+
+def test_the_changed_node_names_are_those_the_changes_name() -> None:
+    after = enforcement_points(
+        [_node("n1"), _node("n2"), _node("n3")],
+        [_ztunnel("ztunnel-c", "n1", "u3"), _ztunnel("ztunnel-b", "n2", "u2", ready=False)],
+    )
+    assert changed_node_names(BEFORE, after) == frozenset({"n1", "n2", "n3"})
+    assert changed_node_names(BEFORE, BEFORE) == frozenset()
+    down = enforcement_points([_node("n1")], [_ztunnel("ztunnel-a", "n1", "u1", ready=False)])
+    assert changed_node_names(BEFORE, down) == frozenset()
+    assert changed_node_names(down, BEFORE) == frozenset({"n1"})

@@ -28,7 +28,7 @@ from kubernetes import client
 
 from auditor.adapters import kubeapi
 from auditor.adapters.kubeapi import ApiRefused, ApiUnavailable
-from auditor.core.enforcement import EnforcementPoints, changed_nodes, enforcement_points
+from auditor.core.enforcement import EnforcementPoints, changed_node_names, changed_nodes, enforcement_points
 
 ZTUNNEL_SELECTOR = "app=ztunnel"  # Istio's ztunnel chart labels its pods app: ztunnel
 _WATCH_S = 60  # a watch's timeoutSeconds: the server ends it, and it is resumed from its version
@@ -41,14 +41,19 @@ class _Gone(Exception):  # noqa: N818 - control flow inside the watch loop, neve
 
 
 class NodeTrigger:
-    """Calls ``trigger`` (a probe cycle) when the enforcement points change: a node added or a ztunnel pod replaced
-    or now Ready (``core.enforcement.changed_nodes``). Watches Nodes and ztunnel pods in two daemon threads until
-    ``stop`` is set; ``bound_s`` (seconds) caps the retry backoff after an error. The first complete listing is
-    the baseline.
+    """Calls ``trigger(changes, nodes)`` (a probe cycle) when the enforcement points change: a node added or a
+    ztunnel pod replaced or now Ready. ``changes`` names each change with its node and ztunnel pod
+    (``core.enforcement.changed_nodes``), ``nodes`` are the node names concerned (their endpoints are probed first).
+    Watches Nodes and ztunnel pods in two daemon threads until ``stop`` is set; ``bound_s`` (seconds) caps the
+    retry backoff after an error. The first complete listing is the baseline.
     """
 
     def __init__(
-        self, api: client.ApiClient, trigger: Callable[[], None], bound_s: float, stop: threading.Event
+        self,
+        api: client.ApiClient,
+        trigger: Callable[[tuple[str, ...], frozenset[str]], None],
+        bound_s: float,
+        stop: threading.Event,
     ) -> None:
         self._api = api
         self._trigger = trigger
@@ -170,13 +175,16 @@ class NodeTrigger:
             if nodes is None or pods is None:
                 return
             current = enforcement_points(list(nodes.values()), list(pods.values()))
-            changes = () if self._last is None else changed_nodes(self._last, current)
+            changes: tuple[str, ...] = ()
+            names: frozenset[str] = frozenset()
+            if self._last is not None:
+                changes, names = changed_nodes(self._last, current), changed_node_names(self._last, current)
             self._last = current
             now = time.monotonic()
             self.changes = (self.changes + [(now, change) for change in changes])[-_KEPT:]
         if changes:
             self._log.info("enforcement points changed: probing now", changes=list(changes))
-            self._trigger()
+            self._trigger(changes, names)
 
 
 def _key(item: Mapping[str, Any]) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from auditor.core.checks.catalog import NODE_ZTUNNEL
 from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.fixes import none
+from auditor.core.endpoints import serves
 from auditor.core.mesh import istio_service
 from auditor.core.model import Evidence, Finding, Fix, FixDocument, Status
 from auditor.core.snapshot import ZTUNNEL_LABEL, Service
@@ -74,7 +75,7 @@ def _endpoints_by_node(ctx: AuditContext, service: Service) -> dict[str, list[st
     if slices:
         for piece in slices:
             for entry in piece.endpoints:
-                if entry.ready is False or entry.terminating is True or not entry.node_name or not entry.addresses:
+                if not serves(entry) or not entry.node_name:
                     continue
                 name = f"Pod {entry.pod}" if entry.pod else f"endpoint {entry.addresses[0]}"
                 if name not in found.get(entry.node_name, []):

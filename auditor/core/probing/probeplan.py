@@ -32,7 +32,7 @@ from auditor.core.endpoints import (
     Coverage,
     Endpoint,
     ServiceEndpoints,
-    rotate,
+    rotate_with_focus,
     service_endpoints,
 )
 from auditor.core.model import Fix, Severity
@@ -156,6 +156,9 @@ class RunPlan:
     bypass_severity: Severity = Severity.LOW
     # Per probed Service (``namespace/name``) with endpoints: the fix a pod-IP bypass finding gives.
     bypass_fixes: Mapping[str, Fix] = field(default_factory=dict)
+    # What triggered this run, when the daemon's node trigger did (PlanOptions.focus_*).
+    focus_nodes: frozenset[str] = frozenset()
+    focus_reason: str = ""
 
     def requests_for(self, target: str) -> tuple[PlannedRequest, ...]:
         """Every planned request to ``target`` (``namespace/name``), across batches."""
@@ -190,6 +193,10 @@ class PlanOptions:
     endpoint_budget: int = 0
     rotation: int = 0
     bypass_severity: Severity = Severity.LOW
+    # Set by the daemon's node trigger (auditor/adapters/k8s/nodes.py): the nodes whose endpoints
+    # this run probes first, and what happened there (named in the findings' evidence).
+    focus_nodes: frozenset[str] = frozenset()
+    focus_reason: str = ""
 
 
 def plan_probes(
@@ -229,6 +236,8 @@ def plan_probes(
         coverage,
         options.bypass_severity,
         _bypass_fixes(posture, index, header_values, endpoints),
+        options.focus_nodes,
+        options.focus_reason,
     )
 
 
@@ -269,7 +278,7 @@ def _endpoints(
         if protected.target in targets and service is not None:
             found = known[protected.target] = service_endpoints(protected, service, index)
             ready += found.endpoints
-    chosen = rotate(ready, options.endpoint_budget, options.rotation)
+    chosen = rotate_with_focus(ready, options.endpoint_budget, options.rotation, options.focus_nodes)
     coverage = {
         target: Coverage(sum(1 for e in chosen if e.target == target), len(found.endpoints), found.source, found.gap)
         for target, found in sorted(known.items())

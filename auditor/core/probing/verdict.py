@@ -231,7 +231,7 @@ def strict_mtls_verdict(view: TargetView) -> Finding:
         failed = _contradiction(
             view, STRICT_MTLS_PROBE, (CAPTURED, PEER_AUTHENTICATION), traffic, [s for _, s in answered]
         )
-        evidence = failed.evidence + tuple(_endpoint_evidence(e) for e, _ in answered)
+        evidence = failed.evidence + tuple(_endpoint_evidence(e) for e, _ in answered) + _focus_evidence(view, pairs)
         return dataclasses.replace(failed, evidence=evidence, details=details)
     if by_name.status is not Status.PASS:
         return dataclasses.replace(by_name, details=details)
@@ -246,7 +246,7 @@ def strict_mtls_verdict(view: TargetView) -> Finding:
         )
     shown = coverage.describe() if coverage else f"{len(pairs)} endpoints probed by pod IP"
     message = f"{by_name.message}; {shown}, each refused plaintext"
-    evidence = by_name.evidence + tuple(_endpoint_evidence(e) for e, _ in pairs)
+    evidence = by_name.evidence + tuple(_endpoint_evidence(e) for e, _ in pairs) + _focus_evidence(view, pairs)
     if coverage is not None and coverage.source != FROM_SLICES:
         source = Evidence(f"Service {view.protected.target}", "endpoints from", coverage.source, "")
         evidence = (*evidence, source)
@@ -263,6 +263,14 @@ def endpoint_seens(view: TargetView, prefix: str) -> list[tuple[Endpoint, Seen]]
             if endpoint is not None:
                 pairs.append((endpoint, view.resolve(request)))
     return pairs
+
+
+def _focus_evidence(view: TargetView, pairs: list[tuple[Endpoint, Seen]]) -> tuple[Evidence, ...]:
+    """Why this run probed these endpoints first: the node trigger's change on their node(s)."""
+    nodes = sorted({e.node for e, _ in pairs if e.node in view.plan.focus_nodes})
+    if not nodes or not view.plan.focus_reason:
+        return ()
+    return (Evidence("Probe cycle", "triggered by", view.plan.focus_reason, f"endpoints on {', '.join(nodes)}"),)
 
 
 def _endpoint_evidence(endpoint: Endpoint) -> Evidence:

@@ -245,3 +245,24 @@ def test_a_live_service_without_pods_or_slices_has_no_endpoint_gap() -> None:
 def test_offline_endpoints_from_pods_say_so_in_the_evidence() -> None:
     strict = _findings(_plan(), {})["strict-mtls.probe"]
     assert ("endpoints from", FROM_PODS) in {(e.field, e.value) for e in strict.evidence}
+
+
+def test_a_node_trigger_probes_that_nodes_endpoints_first_and_names_the_change() -> None:
+    """Over budget, the rotation alone would probe catalog-a this cycle; the trigger on node-2 makes
+    it catalog-b, and the strict-mtls evidence names the change (node and ztunnel pod)."""
+    reason = "ztunnel pod istio-system/ztunnel-x on node node-2 became Ready"
+    options = PlanOptions(
+        control_allowed=True,
+        endpoint_budget=1,
+        rotation=0,
+        focus_nodes=frozenset({"node-2"}),
+        focus_reason=reason,
+    )
+    plan = plan_probes(RULES, Snapshot(services=(CATALOG,), workloads=PODS), header_values(RULES), RUN, options)
+    assert [e.pod for e in plan.endpoints] == ["default/catalog-b"]
+    assert [e.pod for e in _plan(budget=1, rotation=0).endpoints] == ["default/catalog-a"]
+    strict = _findings(plan, {})["strict-mtls.probe"]
+    assert strict.status is Status.PASS
+    assert ("Probe cycle", "triggered by", reason, "endpoints on node-2") in {
+        (e.object, e.field, e.value, e.note) for e in strict.evidence
+    }
