@@ -9,8 +9,9 @@ publishes) by pod IP and the Service's target port:
 - ``outside`` sends plaintext: STRICT must refuse it at that pod's node (semantics §1.2);
 - ``intruder`` (only for Services bound to a waypoint) sends the allowed request's headers: a
   request to a pod IP skips the Service's waypoint (§4.6), so only policy that ztunnel enforces
-  can refuse it; when it is answered, the Service's L7 promise can be bypassed by anyone who
-  learns a pod IP (``waypoint-enrollment.pod-ip-bypass``).
+  can refuse it, or the pod's own waypoint (``waypoint``, ``mesh.workload_waypoint``) with the
+  policies targeting that Gateway (§4.8); when it is answered, the Service's L7 promise can be
+  bypassed by anyone who learns a pod IP (``waypoint-enrollment.pod-ip-bypass``).
 
 The number of endpoints per cycle is bounded (``budget``); when a cluster has more, a fair
 rotation (``rotation``, the cycle's number) covers every endpoint within ceil(n / budget) cycles.
@@ -22,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from auditor.core.mesh import workload_waypoint
 from auditor.core.posture import ProtectedService
 from auditor.core.snapshot import Service, SnapshotIndex, Workload
 
@@ -38,6 +40,7 @@ class Endpoint:
     node: str
     ip: str
     port: int
+    waypoint: str = ""  # the pod's own waypoint "<namespace>/<name>", which traffic to its IP goes through (§4.8)
 
     @property
     def url_base(self) -> str:
@@ -47,7 +50,8 @@ class Endpoint:
 
     def describe(self) -> str:
         """The endpoint in words: IP and port, pod and node. Never raises."""
-        return f"endpoint {self.ip}:{self.port} (pod {self.pod} on node {self.node or '(unknown)'})"
+        own = f", through its own waypoint {self.waypoint}" if self.waypoint else ""
+        return f"endpoint {self.ip}:{self.port} (pod {self.pod} on node {self.node or '(unknown)'}{own})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +79,9 @@ def ready_endpoints(protected: ProtectedService, service: Service, index: Snapsh
             continue
         number = _target_port(port.target_port, pod)
         if number is not None:
-            found.append(Endpoint(protected.target, pod.meta.key, pod.node_name, pod.pod_ip, number))
+            own = workload_waypoint(pod, index).gateway
+            waypoint = own.meta.key if own is not None else ""
+            found.append(Endpoint(protected.target, pod.meta.key, pod.node_name, pod.pod_ip, number, waypoint))
     return tuple(sorted(found, key=lambda e: e.pod))
 
 
