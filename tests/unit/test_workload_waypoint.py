@@ -37,7 +37,7 @@ INTRUDER = Caller("cluster.local/ns/x/sa/intruder")
 UI = Caller("cluster.local/ns/default/sa/ui")
 
 
-def _gateway(waypoint_for: str | None = "workload", allowed: str | None = None, namespace: str = "default") -> Gateway:
+def _gateway(waypoint_for: str | None = "workload", allowed: str = "Same", namespace: str = "default") -> Gateway:
     labels = {FOR: waypoint_for} if waypoint_for is not None else {}
     return Gateway(
         meta=ObjectMeta(kind="Gateway", name="wp", namespace=namespace, labels=labels),
@@ -110,8 +110,8 @@ def test_a_waypoints_own_pods_have_no_workload_waypoint() -> None:
     assert (own.gateway, own.binding.exempt) == (None, True)
 
 
-@pytest.mark.parametrize(("allowed", "bound"), [(None, False), ("Same", False), ("All", True)])
-def test_another_namespaces_waypoint_follows_allowed_routes(allowed: str | None, bound: bool) -> None:
+@pytest.mark.parametrize(("allowed", "bound"), [("Same", False), ("All", True)])
+def test_another_namespaces_waypoint_follows_allowed_routes(allowed: str, bound: bool) -> None:
     pod = _pod("other", **{USE: "wp", USE_NS: "default"})
     assert (_bound(pod, _index(_gateway("workload", allowed), pod)) != "") == bound
 
