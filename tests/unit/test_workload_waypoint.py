@@ -8,8 +8,14 @@ traffic addressed to the pod IP through it; there only policies targeting the Ga
 
 from __future__ import annotations
 
+import io
+import json
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from auditor.cli import main
 from auditor.core.authz import Caller, Request, at_workload_waypoint
 from auditor.core.checks.context import AuditContext
 from auditor.core.checks.reach import pod_ip_reach, route_for
@@ -29,6 +35,7 @@ from auditor.core.snapshot import (
     TargetRef,
     Workload,
 )
+from tests.cases import ROOT, load_case, materialize
 
 USE = "istio.io/use-waypoint"
 USE_NS = "istio.io/use-waypoint-namespace"
@@ -159,3 +166,42 @@ def test_a_request_to_the_pod_ip_meets_the_pods_own_waypoint(ref: TargetRef, ref
         assert (item.allowed, item.hops[0].where) == (False, refused_at)
     admitted = pod_ip_reach(ctx, backend, UI, Request())
     assert admitted.allowed is True
+
+
+@pytest.mark.parametrize(
+    ("case", "intruders", "headers"),
+    [
+        (
+            "waypoint-workload-pod-label",
+            "in-mesh requests to a pod IP go through the pods' own waypoint default/catalog-waypoint, which refuses "
+            "them too (§4.8)",
+            "a request to a pod IP goes through the pods' own waypoint default/catalog-waypoint, which checks the "
+            "header too (§4.8)",
+        ),
+        (
+            "waypoint-for-all",
+            "an in-mesh request to a pod IP skips the waypoint and no policy refuses it (§4.6)",
+            "a request to a pod IP skips the waypoint, so no header is checked on it (§4.6)",
+        ),
+    ],
+)
+def test_the_l7_checks_say_how_a_request_to_a_pod_ip_fares(
+    case: str, intruders: str, headers: str, tmp_path: Path
+) -> None:
+    """Same promises pass either way; what differs is the pod-IP path: the pods' own waypoint, or none."""
+    loaded = load_case(ROOT / "tests" / "fixtures" / "static" / case)
+    document = _audit(materialize(loaded, tmp_path), loaded.rules)
+    messages = {
+        f["check"]: (f["status"], f["message"]) for f in document["findings"] if f["target"] == "default/catalog"
+    }
+    assert messages["principal-allowlist.intruders-refused"][0] == "pass"
+    assert messages["principal-allowlist.intruders-refused"][1].endswith(intruders)
+    assert messages["required-headers.enforced"][0] == "pass"
+    assert messages["required-headers.enforced"][1].endswith(headers)
+
+
+def _audit(manifests: Path, rules: Path) -> dict[str, Any]:
+    out = io.StringIO()
+    main(["check", "--manifests", str(manifests), "--rules", str(rules), "--output", "json"], stdout=out)
+    document: dict[str, Any] = json.loads(out.getvalue())
+    return document
