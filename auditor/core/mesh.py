@@ -469,7 +469,9 @@ def _traffic_type_problems(gateway: Gateway, index: SnapshotIndex, kind: str = "
     if value in {kind, "all"}:
         return []
     what = "Service-addressed traffic" if kind == "service" else "traffic addressed to a pod IP"
-    ev = Evidence(gateway.meta.ref, f"labels.{WAYPOINT_FOR}", value, f"{what} needs {kind} or all")
+    # istiod reports it on a Service's istio.io/WaypointBound (False, UnsupportedTrafficType); on a pod, nowhere.
+    note = f"{what} needs {kind} or all (istiod: UnsupportedTrafficType)"
+    ev = Evidence(gateway.meta.ref, f"labels.{WAYPOINT_FOR}", value, note)
     return [WaypointProblem(f"the waypoint serves {value!r} traffic, not {what}", ev)]
 
 
