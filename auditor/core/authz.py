@@ -79,7 +79,7 @@ class Request:
     """The request a caller makes: HTTP ``method``, ``path``, ``host`` (the authority), destination ``port`` (a
     number) and ``headers`` (name -> value; names as written, compared case-insensitively). ``opaque``: the
     enforcement point sees the connection as TCP, not HTTP (a waypoint's chain for a Service port of a TCP
-    protocol, ``mesh.waypoint_sees_http``): HTTP attributes cannot be evaluated there (semantics §4.8).
+    protocol, ``mesh.waypoint_sees_http``): HTTP attributes cannot be evaluated there (semantics §4.9).
     """
 
     method: str = "GET"
@@ -344,7 +344,7 @@ def widened_when_untranslatable(policy: AuthorizationPolicy) -> bool:
     pilot/pkg/security/authz/model ``rule.checkError`` returns the error only for an ALLOW action;
     the builder generates CUSTOM rules with the DENY action (the CUSTOM policy's RBAC selects what the
     external authorizer sees) and AUDIT rules with LOG, so for both the value goes and the rule
-    widens, as for DENY (§4.8). Never raises.
+    widens, as for DENY (§4.9). Never raises.
     """
     return policy.action != "ALLOW"
 
@@ -381,7 +381,7 @@ def _first_match(
 #   ``generator.go``: principals become ``spiffe://`` + value matched against the peer's URI SAN,
 #   namespaces and service accounts become regexes over it, headers use Envoy header matchers.
 #   A value the generator cannot translate drops the whole rule of an ALLOW policy and only that
-#   value of any other (DENY; CUSTOM and AUDIT, built as DENY and LOG) (``rule.checkError``, §4.8).
+#   value of any other (DENY; CUSTOM and AUDIT, built as DENY and LOG) (``rule.checkError``, §4.9).
 
 L4_WHEN_KEYS = frozenset({"source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"})
 _HTTP_OPERATION_FIELDS = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
@@ -699,7 +699,7 @@ def _wp_field(values: tuple[str, ...], not_values: tuple[str, ...], predicate: _
 def _http_only(predicate: _Predicate, request: Request, what: str) -> _Predicate:
     """istiod builds a TCP chain's RBAC with ``forTCP``: an HTTP-only generator (headers, paths,
     methods, hosts, request principals and JWT claims) refuses every value there ("is HTTP only"),
-    which drops the rule of an ALLOW policy and only the value of a DENY one (§4.8)."""
+    which drops the rule of an ALLOW policy and only the value of a DENY one (§4.9)."""
     if not request.opaque:
         return predicate
 

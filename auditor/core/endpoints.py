@@ -8,8 +8,9 @@ ready endpoint by pod IP and the Service's target port:
 - ``outside`` sends plaintext: STRICT must refuse it at that pod's node (semantics §1.2);
 - ``intruder`` (only for Services bound to a waypoint) sends the allowed request's headers: a
   request to a pod IP skips the Service's waypoint (§4.6), so only policy that ztunnel enforces
-  can refuse it; when it is answered, the Service's L7 promise can be bypassed by anyone who
-  learns a pod IP (``waypoint-enrollment.pod-ip-bypass``).
+  can refuse it, or the pod's own waypoint (``waypoint``, ``mesh.workload_waypoint``) with the
+  policies targeting that Gateway (§4.8); when it is answered, the Service's L7 promise can be
+  bypassed by anyone who learns a pod IP (``waypoint-enrollment.pod-ip-bypass``).
 
 Where the endpoints come from (``service_endpoints``): on a live cluster, the Service's
 ``discovery.k8s.io/v1`` EndpointSlices (label ``kubernetes.io/service-name``), as kube-proxy and
@@ -31,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from auditor.core.mesh import workload_waypoint
 from auditor.core.posture import ProtectedService
 from auditor.core.snapshot import EndpointSlice, Service, SliceEndpoint, SnapshotIndex, Workload
 
@@ -50,6 +52,7 @@ class Endpoint:
     node: str
     ip: str
     port: int
+    waypoint: str = ""  # the pod's own waypoint "<namespace>/<name>", which traffic to its IP goes through (§4.8)
 
     @property
     def key(self) -> str:
@@ -65,7 +68,8 @@ class Endpoint:
     def describe(self) -> str:
         """The endpoint in words: IP and port, pod and node. Never raises."""
         pod = f"pod {self.pod}" if self.pod else "no pod named by its EndpointSlice"
-        return f"endpoint {self.ip}:{self.port} ({pod} on node {self.node or '(unknown)'})"
+        own = f", through its own waypoint {self.waypoint}" if self.waypoint else ""
+        return f"endpoint {self.ip}:{self.port} ({pod} on node {self.node or '(unknown)'}{own})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,17 +158,19 @@ def _from_slices(
             if not serves(entry):
                 continue
             ip = entry.addresses[0]  # the addresses are fungible; consumers may use the first
-            node = entry.node_name or _node_of(entry.pod, index)
-            found.setdefault((ip, number), Endpoint(protected.target, entry.pod, node, ip, number))
+            pod = _pod_of(entry.pod, index)
+            node = entry.node_name or (pod.node_name if pod is not None else "")
+            waypoint = _own_waypoint(pod, index)
+            found.setdefault((ip, number), Endpoint(protected.target, entry.pod, node, ip, number, waypoint))
     return tuple(sorted(found.values(), key=lambda e: (e.pod, e.ip)))
 
 
-def _node_of(pod: str, index: SnapshotIndex) -> str:
+def _pod_of(pod: str, index: SnapshotIndex) -> Workload | None:
     namespace, _, name = pod.partition("/")
     for workload in index.workloads_by_ns.get(namespace, ()):
         if workload.is_pod and workload.meta.name == name:
-            return workload.node_name
-    return ""
+            return workload
+    return None
 
 
 def _from_pods(protected: ProtectedService, service: Service, index: SnapshotIndex) -> tuple[Endpoint, ...]:
@@ -177,8 +183,16 @@ def _from_pods(protected: ProtectedService, service: Service, index: SnapshotInd
             continue
         number = _target_port(port.target_port, pod)
         if number is not None:
-            found.append(Endpoint(protected.target, pod.meta.key, pod.node_name, pod.pod_ip, number))
+            found.append(
+                Endpoint(protected.target, pod.meta.key, pod.node_name, pod.pod_ip, number, _own_waypoint(pod, index))
+            )
     return tuple(sorted(found, key=lambda e: (e.pod, e.ip)))
+
+
+def _own_waypoint(pod: Workload | None, index: SnapshotIndex) -> str:
+    """The pod's own waypoint ``<namespace>/<name>`` (semantics §4.8), "" without one or without a pod."""
+    own = workload_waypoint(pod, index).gateway if pod is not None else None
+    return own.meta.key if own is not None else ""
 
 
 def _target_port(target: int | str, pod: Workload) -> int | None:

@@ -41,7 +41,7 @@ from auditor.core.checks import fixes
 from auditor.core.checks.context import AuditContext
 from auditor.core.decode import Decoded, build_snapshot
 from auditor.core.istioversion import semantics_findings, semantics_of
-from auditor.core.mesh import ClientKind, client_of, is_auditor_probe
+from auditor.core.mesh import ClientKind, client_of, is_auditor_probe, workload_waypoint
 from auditor.core.model import Finding
 from auditor.core.posture import Posture
 from auditor.core.snapshot import (
@@ -259,15 +259,29 @@ class IncrementalAudit:
         found = set(self._protected_in.get(policy.meta.namespace, ()))
         names = {ref.name for ref in policy.target_refs}
         index = self._full_index()
+        gateways = {ref.name for ref in policy.target_refs if ref.kind == "Gateway"}
         for protected in self._posture.protected:
             if protected.name in names or (protected.waypoint is not None and protected.waypoint.name in names):
                 found.add(protected.target)
+            elif gateways and self._own_waypoint_named(protected.target, policy.meta.namespace, gateways, index):
+                found.add(protected.target)  # its pods' own waypoint: the pod-IP path (semantics §4.8)
             elif policy.selector:
                 service = index.services.get(protected.target)
                 backends = index.workloads_for(service) if service is not None else ()
                 if any(selector_matches(policy.selector, w.pod_labels) for w in backends):
                     found.add(protected.target)
         return frozenset(found)
+
+    @staticmethod
+    def _own_waypoint_named(target: str, namespace: str, names: set[str], index: SnapshotIndex) -> bool:
+        """Whether a backend of the protected Service ``target`` has its own waypoint (``mesh.workload_waypoint``)
+        among the Gateways ``names`` of ``namespace``."""
+        service = index.services.get(target)
+        for workload in index.workloads_for(service) if service is not None else ():
+            own = workload_waypoint(workload, index).gateway
+            if own is not None and own.meta.namespace == namespace and own.meta.name in names:
+                return True
+        return False
 
     def _backend_of(self, workload: Workload, index: SnapshotIndex) -> frozenset[str]:
         """The protected Services of the workload's namespace that select it (it is their backend),

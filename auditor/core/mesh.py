@@ -470,7 +470,9 @@ def _traffic_type_problems(gateway: Gateway, index: SnapshotIndex, kind: str = "
     if value in {kind, "all"}:
         return []
     what = "Service-addressed traffic" if kind == "service" else "traffic addressed to a pod IP"
-    ev = Evidence(gateway.meta.ref, f"labels.{WAYPOINT_FOR}", value, f"{what} needs {kind} or all")
+    # istiod reports it on a Service's istio.io/WaypointBound (False, UnsupportedTrafficType); on a pod, nowhere.
+    note = f"{what} needs {kind} or all (istiod: UnsupportedTrafficType)"
+    ev = Evidence(gateway.meta.ref, f"labels.{WAYPOINT_FOR}", value, note)
     return [WaypointProblem(f"the waypoint serves {value!r} traffic, not {what}", ev)]
 
 
@@ -802,7 +804,7 @@ def istio_service(service: Service, index: SnapshotIndex) -> Evidence | None:
     return None
 
 
-# --- Which application protocol Istio gives a Service port (semantics §4.8) -------------------------
+# --- Which application protocol Istio gives a Service port (semantics §4.9) -------------------------
 
 _HTTP_PROTOCOLS = frozenset({"http", "http2", "http_proxy", "grpc", "grpc-web"})
 _TCP_PROTOCOLS = frozenset({"tcp", "https", "tls", "mongo", "redis", "mysql", "udp"})
@@ -832,7 +834,7 @@ def port_protocol(port: ServicePort) -> str:
 
 
 def waypoint_sees_http(service: Service, port: int) -> bool:
-    """Whether a waypoint handles an HTTP request to ``service``'s port ``port`` as HTTP (semantics §4.8).
+    """Whether a waypoint handles an HTTP request to ``service``'s port ``port`` as HTTP (semantics §4.9).
 
     istiod gives a waypoint one chain per Service port (pilot/pkg/networking/core/listener_waypoint.go):
     an HTTP one for an HTTP protocol, an HTTP and a TCP one behind protocol detection for an unknown

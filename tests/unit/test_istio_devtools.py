@@ -84,6 +84,24 @@ def test_ambient_facts_adds_namespace_and_global_policies_and_drops_dry_run_and_
     assert services == {"a/w0": "a/wp", "b/w1": "b/wp", "b/w2": ""}
 
 
+def test_workload_waypoints_name_each_pods_own_waypoint_by_address_or_hostname() -> None:
+    ambientz = {
+        "workloads": [
+            {"name": "w0-0", "namespace": "a", "waypoint": {"address": {"address": _b64("10.0.0.12")}}},
+            {"name": "w1-0", "namespace": "b", "waypoint": {"hostname": {"hostname": "wp.b.svc.cluster.local"}}},
+            {"name": "w2-0", "namespace": "b"},
+            {"name": "w3-0", "namespace": "b", "waypoint": {"address": {"address": _b64("10.9.9.9")}}},
+        ]
+    }
+    gateways = {"10.0.0.12": "a/wp", "wp.b.svc.cluster.local": "b/wp"}
+    assert istio.workload_waypoints(ambientz, gateways) == {
+        "a/w0-0": "a/wp",
+        "b/w1-0": "b/wp",
+        "b/w2-0": "",
+        "b/w3-0": f"(unknown address {_b64('10.9.9.9')})",  # shown as istiod wrote it
+    }
+
+
 # Shapes seen in istiod 1.31's /debug/ambientz (issue 11).
 _ALLOW = {
     "name": "p1",

@@ -1,4 +1,4 @@
-"""§4.8: a waypoint serves a Service port of a TCP protocol as TCP, and istiod builds its RBAC for TCP.
+"""§4.9: a waypoint serves a Service port of a TCP protocol as TCP, and istiod builds its RBAC for TCP.
 
 Found by the waypoint oracle (tests/integration/test_waypoint_oracle.py, fixture
 tests/fixtures/oracle/waypoint-tcp-port). Also the test rig's Envoy RBAC evaluator on the shapes

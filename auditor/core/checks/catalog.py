@@ -306,13 +306,15 @@ WAYPOINT_BYPASS = CheckMeta(
     severity=Severity.LOW,  # advisory by default; settings probes.pod_ip_bypass_severity
     protects=(
         "Traffic addressed to a pod IP skips the Service's waypoint (semantics §4.6): only policy that "
-        "ztunnel enforces protects it. Proven by a probe that sends the intruder's request to each ready "
-        "endpoint by pod IP."
+        "ztunnel enforces protects it, or the pod's own waypoint (istio.io/use-waypoint on the pod or its "
+        "namespace, waypoint-for workload or all) with the policies targeting that Gateway (§4.8). Proven by a "
+        "probe that sends the intruder's request to each ready endpoint by pod IP."
     ),
     remediation=(
         "Add an L4 ALLOW policy enforced by ztunnel on the workload (selector) that admits only the "
         "waypoint's identity, so that every caller must go through the waypoint; or bind the waypoint to "
-        "the workloads too (istio.io/use-waypoint on the namespace or pods, waypoint-for: all)."
+        "the workloads too (istio.io/use-waypoint on the namespace or pods, waypoint-for: all) with the L7 policy "
+        "targeting the Gateway: a policy targeting the Service never applies to pod-IP traffic (§4.8)."
     ),
     remediation_yaml="""\
 apiVersion: security.istio.io/v1

@@ -368,7 +368,8 @@ def _gateway(meta: ObjectMeta, listener: str, *, cross_namespace: bool) -> dict[
         entry["allowedRoutes"] = {"namespaces": {"from": "All"}}
     labels = dict(meta.labels)
     if labels.get(WAYPOINT_FOR) not in {"service", "all"}:
-        labels[WAYPOINT_FOR] = "service"
+        # A workload waypoint keeps serving the pods that use it (semantics §4.8): all, not service.
+        labels[WAYPOINT_FOR] = "all" if labels.get(WAYPOINT_FOR) == "workload" else "service"
     metadata = _metadata(meta)
     metadata["labels"] = labels
     return {

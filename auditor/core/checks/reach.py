@@ -181,14 +181,14 @@ def _reach_backend(ctx: AuditContext, route: Route, backend: Backend, caller: Ca
 def waypoint_decision(at_waypoint: Applicable, service: Service, caller: Caller, request: Request) -> Decision:
     """The waypoint's decision on ``request`` to ``service`` (the route's ``at_waypoint``): ``authz.decide``,
     with the request opaque on a Service port the waypoint serves as TCP (``mesh.waypoint_sees_http``,
-    semantics §4.8): there it sees bytes, not a request. Never raises.
+    semantics §4.9): there it sees bytes, not a request. Never raises.
     """
     opaque = not waypoint_sees_http(service, request.port)
     decision = decide(at_waypoint, caller, replace(request, opaque=opaque))
     if opaque and any(l7_attributes(rule) for policy in at_waypoint.policies for rule in policy.rules):
         note = (
             f" (the waypoint serves port {request.port} of {service.meta.ref} as TCP: its protocol is not HTTP, "
-            "so HTTP attributes drop an ALLOW rule and drop out of a DENY rule, §4.8)"
+            "so HTTP attributes drop an ALLOW rule and drop out of a DENY rule, §4.9)"
         )
         return replace(decision, reason=decision.reason + note)
     return decision

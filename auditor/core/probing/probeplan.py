@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from auditor.core.authz import Caller, Request, at_workload_waypoint, decide
 from auditor.core.checks.context import AuditContext
 from auditor.core.checks.fixes import bypass_fix
 from auditor.core.endpoints import (
@@ -224,7 +225,7 @@ def plan_probes(
     # One index for the endpoints and their bypass fixes, built only when endpoints are probed.
     index = SnapshotIndex(snapshot) if options.endpoint_budget > 0 else None
     endpoints, coverage = _endpoints(posture, index, requests, options)
-    requests += _endpoint_requests(endpoints, posture, requests, options)
+    requests += _endpoint_requests(endpoints, posture, requests, options, _PodIpRefusal(posture, index, header_values))
     batches = _batches(requests, run_id, options)
     return RunPlan(
         run_id,
@@ -292,9 +293,11 @@ def _endpoint_requests(
     posture: Posture,
     planned: list[tuple[Identity, PlannedRequest]],
     options: PlanOptions,
+    refusal: _PodIpRefusal,
 ) -> list[tuple[Identity, PlannedRequest]]:
     """Per endpoint: the outside identity's plaintext; behind a waypoint also the intruder's
-    request with the headers, to the pod IP (the waypoint bypass, semantics §4.6)."""
+    request with the headers, to the pod IP (the waypoint bypass, semantics §4.6), refused by
+    the pod's own waypoint when it has one that refuses it (§4.8), else by ztunnel."""
     by_role = {(r.target, r.role): (identity, r) for identity, r in planned if r.variant in {PLAINTEXT, WITH_HEADERS}}
     requests: list[tuple[Identity, PlannedRequest]] = []
     for endpoint in endpoints:
@@ -309,19 +312,49 @@ def _endpoint_requests(
         intruder = by_role.get((endpoint.target, Role.INTRUDER))
         if intruder is not None and protected.waypoint is not None:
             variant = f"{ENDPOINT_INTRUDER}{endpoint.key}"
-            requests.append((intruder[0], _to_endpoint(intruder[1], endpoint, variant, path, options)))
+            expect = refusal.expected(protected, endpoint, intruder[0], path)
+            requests.append((intruder[0], _to_endpoint(intruder[1], endpoint, variant, path, options, expect)))
     return requests
 
 
+@dataclass(frozen=True, slots=True)
+class _PodIpRefusal:
+    """What refuses the intruder's request to a pod IP: the pod's own waypoint, when the policies
+    targeting that Gateway refuse it (an L7 denial, semantics §4.8), else ztunnel (L4)."""
+
+    posture: Posture
+    index: SnapshotIndex | None
+    header_values: Mapping[tuple[str, str], str | None]
+
+    def expected(self, protected: ProtectedService, endpoint: Endpoint, identity: Identity, path: str) -> Outcome:
+        """``L7_DENIED`` when the endpoint's own waypoint refuses the intruder's request, else ``L4_DENIED``."""
+        if self.index is None or not endpoint.waypoint:
+            return Outcome.L4_DENIED
+        mesh = self.posture.mesh
+        namespace, name = endpoint.waypoint.split("/", 1)
+        applicable = at_workload_waypoint(namespace, name, self.index, mesh.root_namespace)
+        caller = Caller(f"{mesh.trust_domain}/ns/{identity.namespace}/sa/{identity.service_account}")
+        headers, _ = _header_values(protected, self.header_values)
+        request = Request(method=_probe_of(protected).method, path=path, port=endpoint.port, headers=headers)
+        refused = decide(applicable, caller, request).allowed is False
+        return Outcome.L7_DENIED if refused else Outcome.L4_DENIED
+
+
 def _to_endpoint(
-    request: PlannedRequest, endpoint: Endpoint, variant: str, path: str, options: PlanOptions
+    request: PlannedRequest,
+    endpoint: Endpoint,
+    variant: str,
+    path: str,
+    options: PlanOptions,
+    expect: Outcome = Outcome.L4_DENIED,
 ) -> PlannedRequest:
-    """The request to one endpoint by pod IP: refused at L4 when the promises hold. Its base URL is
-    ``url_overrides["endpoint:<ip>:<port>"]`` when set (a network where pod IPs are translated)."""
+    """The request to one endpoint by pod IP: ``expect`` (refused at L4, or at the pod's own waypoint)
+    when the promises hold. Its base URL is ``url_overrides["endpoint:<ip>:<port>"]`` when set (a
+    network where pod IPs are translated)."""
     request_id = f"{endpoint.target}:{request.role.value}:{variant}"
     base = options.url_overrides.get(f"endpoint:{endpoint.ip}:{endpoint.port}", endpoint.url_base).rstrip("/")
     wire = request.wire.model_copy(update={"id": request_id, "url": base + path})
-    return PlannedRequest(request_id, endpoint.target, request.role, variant, Outcome.L4_DENIED, wire)
+    return PlannedRequest(request_id, endpoint.target, request.role, variant, expect, wire)
 
 
 def _missing_reason(protected: ProtectedService, absent: bool) -> str:

@@ -278,6 +278,10 @@ def _endpoint_evidence(endpoint: Endpoint) -> Evidence:
     return Evidence(named, "node", endpoint.node or "(unknown)", f"endpoint {endpoint.ip}:{endpoint.port}")
 
 
+def _expect(seen: Seen) -> Outcome:
+    return seen.request.expect if seen.request is not None else Outcome.L4_DENIED
+
+
 def pod_ip_bypass_verdict(view: TargetView) -> Finding:
     """The intruder's request to each endpoint by pod IP, around the waypoint (semantics §4.6)."""
     meta = dataclasses.replace(WAYPOINT_BYPASS, severity=view.plan.bypass_severity)
@@ -292,10 +296,13 @@ def pod_ip_bypass_verdict(view: TargetView) -> Finding:
     missing = [s for _, s in pairs if s.observation is None]
     if missing:
         return _not_observed(view, meta, missing[0])
-    wrong = [s for _, s in pairs if s.observation is not None and s.observation.outcome is not Outcome.L4_DENIED]
+    # The refusal each request expects: ztunnel's (L4), or the pod's own waypoint's (L7, §4.8).
+    wrong = [s for _, s in pairs if s.observation is not None and s.observation.outcome is not _expect(s)]
     if wrong:
         return _wrong_kind(view, meta, wrong[0])
-    what = f"ztunnel refused the intruder by pod IP at each of {len(pairs)} endpoint(s)"
+    own = sorted({e.waypoint for e, s in pairs if e.waypoint and _expect(s) is Outcome.L7_DENIED})
+    where = "ztunnel" + (f" or the pod's own waypoint ({', '.join(own)})" if own else "")
+    what = f"{where} refused the intruder by pod IP at each of {len(pairs)} endpoint(s)"
     return _denial(view, meta, what, [s for _, s in pairs])
 
 

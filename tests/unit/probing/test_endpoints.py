@@ -15,17 +15,24 @@ from auditor.core.probing.probeplan import PlanOptions, RunPlan, plan_probes
 from auditor.core.probing.probereport import Observation
 from auditor.core.probing.verdict import probe_findings
 from auditor.core.snapshot import (
+    AuthorizationPolicy,
+    AuthzRule,
+    AuthzSource,
     Container,
     ContainerPort,
+    Gateway,
+    Listener,
     ObjectMeta,
     ReadProblem,
     Service,
     ServicePort,
     Snapshot,
+    TargetRef,
     Workload,
 )
 from auditor.daemon.metrics import DaemonMetrics
-from tests.unit.probing.builders import ALLOWED, RUN, catalog_rules, compliant, header_values, posture, report
+from probes.wire import Outcome
+from tests.unit.probing.builders import ALLOWED, L4, RUN, catalog_rules, compliant, header_values, posture, report
 
 RULES = posture(catalog_rules())
 OFFLINE = f" (endpoints from {FROM_PODS})"
@@ -266,3 +273,54 @@ def test_a_node_trigger_probes_that_nodes_endpoints_first_and_names_the_change()
     assert ("Probe cycle", "triggered by", reason, "endpoints on node-2") in {
         (e.object, e.field, e.value, e.note) for e in strict.evidence
     }
+
+
+# --- a pod's own (workload) waypoint (semantics §4.8) -------------------------------------------
+
+
+def _own_waypoint_plan(target: TargetRef) -> RunPlan:
+    """The catalog pods use the waypoint catalog-waypoint (waypoint-for all) for traffic to their IPs;
+    one ALLOW admits only ui, targeting ``target``."""
+    labels = {"istio.io/use-waypoint": "catalog-waypoint"}
+    pods = tuple(dataclasses.replace(p, pod_labels={**p.pod_labels, **labels}) for p in PODS)
+    gateway = Gateway(
+        ObjectMeta("Gateway", "catalog-waypoint", "default", labels={"istio.io/waypoint-for": "all"}),
+        "istio-waypoint",
+        (Listener("mesh", 15008, "HBONE"),),
+    )
+    allow = AuthorizationPolicy(
+        ObjectMeta("AuthorizationPolicy", "allow-ui", "default"),
+        "ALLOW",
+        None,
+        (target,),
+        (AuthzRule(sources=(AuthzSource(principals=("cluster.local/ns/default/sa/ui",)),)),),
+    )
+    snapshot = Snapshot(services=(CATALOG,), workloads=pods, gateways=(gateway,), authorization_policies=(allow,))
+    options = PlanOptions(control_allowed=True, endpoint_budget=16)
+    return plan_probes(RULES, snapshot, header_values(RULES), RUN, options)
+
+
+def _intruder_expectations(plan: RunPlan) -> set[Outcome]:
+    return {r.expect for b in plan.batches for r in b.requests if r.variant.startswith("endpoint-intruder:")}
+
+
+def test_a_pods_own_waypoint_refusing_the_intruder_is_no_bypass() -> None:
+    """A policy targeting the Gateway applies to traffic addressed to the pod IP through it: an L7 denial."""
+    plan = _own_waypoint_plan(TargetRef("Gateway", "catalog-waypoint", "gateway.networking.k8s.io"))
+    assert _intruder_expectations(plan) == {Outcome.L7_DENIED}
+    assert {e.waypoint for e in plan.endpoints} == {"default/catalog-waypoint"}
+    bypass = _findings(plan, {})["waypoint-enrollment.pod-ip-bypass"]
+    assert bypass.status is Status.PASS
+    assert "the pod's own waypoint (default/catalog-waypoint)" in bypass.message
+    # ztunnel's refusal where the waypoint's was expected is not the promised refusal: never a PASS.
+    l4 = {r.id: L4 for b in plan.batches for r in b.requests if r.variant.startswith("endpoint-intruder:")}
+    assert _findings(plan, l4)["waypoint-enrollment.pod-ip-bypass"].status is Status.INCONCLUSIVE
+
+
+def test_a_pods_own_waypoint_without_the_services_policy_still_expects_ztunnel() -> None:
+    """A policy targeting the Service never sees pod-IP traffic, even through the pod's own waypoint."""
+    plan = _own_waypoint_plan(TargetRef("Service", "catalog", ""))
+    assert _intruder_expectations(plan) == {Outcome.L4_DENIED}
+    found = _findings(plan, {"default/catalog:intruder:endpoint-intruder:default/catalog-a": ALLOWED})
+    assert found["waypoint-enrollment.pod-ip-bypass"].status is Status.FAIL
+    assert "through its own waypoint default/catalog-waypoint" in found["waypoint-enrollment.pod-ip-bypass"].message
