@@ -313,7 +313,7 @@ def _endpoint_requests(
         if intruder is not None and protected.waypoint is not None:
             variant = f"{ENDPOINT_INTRUDER}{endpoint.key}"
             expect = refusal.expected(protected, endpoint, intruder[0], path)
-            requests.append((intruder[0], _to_endpoint(intruder[1], endpoint, variant, path, options, expect)))
+            requests.append((intruder[0], _to_endpoint(intruder[1], endpoint, variant, path, options, expect=expect)))
     return requests
 
 
@@ -346,6 +346,7 @@ def _to_endpoint(
     variant: str,
     path: str,
     options: PlanOptions,
+    *,
     expect: Outcome = Outcome.L4_DENIED,
 ) -> PlannedRequest:
     """The request to one endpoint by pod IP: ``expect`` (refused at L4, or at the pod's own waypoint)
