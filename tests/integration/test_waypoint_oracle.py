@@ -44,7 +44,7 @@ from tests.integration.live import AppliedCase
 from tests.integration.test_translation_oracle import BATCH_LABEL, CASES, ROOT_NAMESPACE, _configuration
 
 CONVERGE_S = 60.0
-BATCHES = int(os.environ.get("WAYPOINT_ORACLE_BATCHES", "6"))
+BATCHES = int(os.environ.get("WAYPOINT_ORACLE_BATCHES", "8"))
 BATCH_SIZE = int(os.environ.get("WAYPOINT_ORACLE_BATCH_SIZE", "25"))
 DOMAIN = "svc.cluster.local"
 WAYPOINT_CLASS = "istio-waypoint"
