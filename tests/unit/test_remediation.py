@@ -71,6 +71,12 @@ def _merge(target: Any, patch: Any, *, strategic: bool) -> Any:
     for key, value in patch.items():
         if value is None:
             out.pop(key, None)
+        elif strategic and key == "ports" and isinstance(value, list) and all("port" in v for v in value):
+            # A Service's ports merge by their patchMergeKey, port (k8s.io/api core/v1 ServiceSpec).
+            merged = {p["port"]: dict(p) for p in out.get(key, [])}
+            for item in value:
+                merged[item["port"]] = _merge(merged.get(item["port"]), item, strategic=True)
+            out[key] = list(merged.values())
         elif strategic and key == "containers" and isinstance(value, list):
             deleted = {c["name"] for c in value if c.get("$patch") == "delete"}
             out[key] = [c for c in out.get(key, []) if c.get("name") not in deleted]

@@ -41,7 +41,9 @@ from auditor.core.mesh import (
     MtlsDecision,
     capture_of,
     is_auditor_probe,
+    port_protocol,
     uses_service_waypoint,
+    waypoint_sees_http,
 )
 from auditor.core.model import NO_FIX, Finding, Fix, FixDocument, Status
 from auditor.core.posture import ProtectedService
@@ -546,6 +548,7 @@ def refusal_fix(
         denying=denying,
         uncaptured=outside.values(),
     )
+    fix = _with_http_port(fix, protected, service) if waypoint else fix
     return _with_ingress(fix, service) if ingress else fix
 
 
@@ -572,7 +575,46 @@ def admitted_fix(ctx: AuditContext, protected: ProtectedService, service: Servic
                         uncaptured[workload.meta.ref] = (workload, capture)
     ztunnel = any(c.principal not in allowed for c in bypass_callers(ctx))
     fix = policy_fix(ctx, protected, service, route, waypoint=True, ztunnel=ztunnel, uncaptured=uncaptured.values())
+    fix = _with_http_port(fix, protected, service)
     return _with_ingress(fix, service) if ingress else fix
+
+
+# Protocols whose bytes a waypoint cannot read as HTTP even when told so: the application speaks TLS.
+_TLS_PROTOCOLS = frozenset({"https", "tls"})
+
+
+def _with_http_port(fix: Fix, protected: ProtectedService, service: Service) -> Fix:
+    """``fix`` plus what lets the waypoint see the HTTP request at all: when it serves the protected
+    port as TCP (semantics §4.9: ``appProtocol`` or the port name says a TCP protocol), HTTP
+    attributes of its policies drop out whatever they say. A port named or declared TCP gets
+    ``appProtocol: http`` (a strategic merge patch, merged by ``port``); a port whose application
+    speaks TLS (``https``, ``tls``) gets a note only: the waypoint cannot read inside that TLS, so
+    the application must serve plain HTTP inside the mesh (ztunnel's HBONE encrypts it). Never raises."""
+    if protected.probe is None or waypoint_sees_http(service, protected.probe.port):
+        return fix
+    port = next(p for p in service.ports if p.port == protected.probe.port)
+    protocol = port_protocol(port)
+    if protocol in _TLS_PROTOCOLS:
+        note = (
+            f"port {port.port} of Service {service.meta.key} carries {protocol.upper()}: the waypoint cannot read "
+            "its HTTP headers, so serve plain HTTP on it inside the mesh (ztunnel encrypts it) and name it http"
+        )
+        documents: tuple[FixDocument, ...] = fix.documents
+    else:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": service.meta.name, "namespace": service.meta.namespace},
+            "spec": {"ports": [{"port": port.port, "appProtocol": "http"}]},
+        }
+        note = (
+            f"declare port {port.port} of Service {service.meta.key} as HTTP (appProtocol: http): the waypoint "
+            f"serves it as {protocol.upper() or 'TCP'} and drops every HTTP attribute of its policies"
+        )
+        documents = (FixDocument(body, patch=True), *fix.documents)
+    rest = fix.note if fix.documents else ""
+    text = "; ".join(n.rstrip(".") for n in (note, rest) if n)
+    return Fix(documents, text[:1].upper() + text[1:] + ".")
 
 
 def _with_ingress(fix: Fix, service: Service) -> Fix:
