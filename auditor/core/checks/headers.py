@@ -11,6 +11,7 @@ from auditor.core.authz import Caller
 from auditor.core.checks import fixes
 from auditor.core.checks.catalog import HEADERS_ENFORCED
 from auditor.core.checks.context import AuditContext, finding
+from auditor.core.checks.reach import NO_BACKENDS as _NO_BACKENDS
 from auditor.core.checks.reach import Reach, Route, pod_ip_path, probe_request, reach, ztunnel_translation_notes
 from auditor.core.checks.witnesses import (
     bypass_callers,
@@ -36,7 +37,7 @@ def check_headers_enforced(ctx: AuditContext, protected: ProtectedService, servi
             HEADERS_ENFORCED,
             service,
             Status.INCONCLUSIVE,
-            "no workload matches the Service selector",
+            _NO_BACKENDS,
         )
     headers, unknown = required_headers(ctx, protected)
     if unknown:
