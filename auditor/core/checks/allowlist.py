@@ -10,11 +10,11 @@ from auditor.core.authz import Caller
 from auditor.core.checks import fixes as fix_of
 from auditor.core.checks.catalog import ALLOWED_ADMITTED, INTRUDERS_REFUSED
 from auditor.core.checks.context import AuditContext, finding
-from auditor.core.checks.reach import NO_BACKENDS as _NO_BACKENDS
 from auditor.core.checks.reach import (
     PodIpPath,
     Reach,
     Route,
+    no_backends,
     pod_ip_path,
     probe_request,
     reach,
@@ -38,7 +38,7 @@ def check_intruders_refused(ctx: AuditContext, protected: ProtectedService, serv
             INTRUDERS_REFUSED,
             service,
             Status.INCONCLUSIVE,
-            _NO_BACKENDS,
+            no_backends(route),
         )
     headers, _ = required_headers(ctx, protected)
     admitted: list[str] = []
@@ -185,7 +185,7 @@ def check_allowed_admitted(ctx: AuditContext, protected: ProtectedService, servi
             ALLOWED_ADMITTED,
             service,
             Status.INCONCLUSIVE,
-            _NO_BACKENDS,
+            no_backends(route),
         )
     headers, unknown = required_headers(ctx, protected)
     if unknown:

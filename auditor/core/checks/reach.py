@@ -40,8 +40,13 @@ from auditor.core.model import Evidence
 from auditor.core.posture import ProtectedService
 from auditor.core.snapshot import Service, Workload
 
-# A route without backends (``Route.backends`` empty): nothing proves a promise decided there.
-NO_BACKENDS = "no workload matches the Service selector and no EndpointSlice of the Service names a Pod of the input"
+
+def no_backends(route: Route) -> str:
+    """Why ``route`` has no backends (``Route.backends`` empty), in words: nothing proves a promise decided
+    there. Never raises."""
+    if route.from_slices:
+        return "no EndpointSlice entry of the Service names a Pod of the input"
+    return "no workload matches the Service selector"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +79,7 @@ class Route:
     waypoint_identity: Caller | None
     backends: tuple[Backend, ...]
     unknown: tuple[str, ...] = ()
+    from_slices: bool = False  # the backends come from the Service's EndpointSlices
 
     def ignored(self) -> tuple[Evidence, ...]:
         """The evidence of policies ignored along the route (waypoint, then each backend's ztunnel), without
@@ -97,7 +103,7 @@ def route_for(ctx: AuditContext, service: Service) -> Route:
         identity = Caller(principal, label=f"the waypoint's identity {principal}")
     found = ctx.index.backends(service)
     backends = tuple(_backend(ctx, w) for w in found.workloads)
-    return Route(service, waypoint, policies, identity, backends, found.unknown)
+    return Route(service, waypoint, policies, identity, backends, found.unknown, found.from_slices)
 
 
 def _backend(ctx: AuditContext, workload: Workload) -> Backend:
