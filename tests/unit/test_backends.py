@@ -58,7 +58,8 @@ def _slice(*entries: dict[str, Any]) -> dict[str, Any]:
 def _entry(ip: str, pod: str = "", **conditions: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {"addresses": [ip], "conditions": conditions}
     if pod:
-        entry["targetRef"] = {"kind": "Pod", "namespace": pod.split("/")[0], "name": pod.split("/")[1]}
+        namespace, _, name = pod.partition("/")
+        entry["targetRef"] = {"kind": "Pod", "namespace": namespace, "name": name}
     return entry
 
 
