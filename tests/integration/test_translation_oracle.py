@@ -148,41 +148,10 @@ def _not_pods(facts: Facts, documents: list[dict[str, Any]]) -> Facts:
         if d["kind"] == "EndpointSlice"
     }
 
-    def keep(key: str) -> bool:
-        return key.split("/", 1)[0] in namespaces
-
-    return (
-        {k: v for k, v in workloads.items() if keep(k)},
-        {k: v for k, v in services.items() if keep(k)},
-        {k: v for k, v in refused.items() if keep(k)},
-        {k: v for k, v in own.items() if keep(k)},
-    )
-
-
-def _undecided(facts: Facts, ports: Mapping[str, frozenset[int]]) -> Facts:
-    """Leave out the ports whose mode istiod picks by listing order (the model says ambiguous)."""
-    return facts[0], facts[1], {k: v - ports.get(k, frozenset()) for k, v in facts[2].items()}, facts[3]
-
-
-def _without(facts: Facts, services: frozenset[str]) -> Facts:
-    return facts[0], {key: value for key, value in facts[1].items() if key not in services}, facts[2], facts[3]
-
-
-def _not_pods(facts: Facts, documents: list[dict[str, Any]]) -> Facts:
-    """istiod's facts without the workloads it builds from EndpointSlice entries that name no Pod (keyed
-    by the slice's name): the model holds no workload for them but an unknown backend of the Service
-    (``SnapshotIndex.backends``), whose promises are INCONCLUSIVE, never a pass."""
-    slices: set[str] = set()
-    slices |= {
-        f"{d['metadata'].get('namespace', 'default')}/{d['metadata']['name']}"
-        for d in documents
-        if d["kind"] == "EndpointSlice"
-    }
-
-    def keep(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    def kept(mapping: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in mapping.items() if k not in slices}
 
-    return keep(facts[0]), facts[1], keep(facts[2]), keep(facts[3])
+    return kept(facts[0]), facts[1], kept(facts[2]), kept(facts[3])
 
 
 def _agree(oracle: Facts, model: Facts) -> bool:
