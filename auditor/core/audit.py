@@ -6,10 +6,18 @@ returns findings sorted by target, property and check id, so outputs are stable.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 
 from auditor.core.checks import allowlist, fixes, headers, nodes, strict_mtls, waypoint
-from auditor.core.checks.catalog import PEER_AUTHENTICATION, SNAPSHOT_READ, TARGET_EXISTS
+from auditor.core.checks.catalog import (
+    ALLOWED_ADMITTED,
+    HEADERS_ENFORCED,
+    INTRUDERS_REFUSED,
+    PEER_AUTHENTICATION,
+    SNAPSHOT_READ,
+    TARGET_EXISTS,
+)
 from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.reach import route_for
 from auditor.core.istioversion import semantics_findings, semantics_of
@@ -165,4 +173,22 @@ def _protected_findings(ctx: AuditContext, protected: ProtectedService) -> list[
         ]
     if protected.required_headers:
         findings.append(headers.check_headers_enforced(ctx, protected, service, route))
+    if route.unknown:
+        findings = [_unknown_backends(f, route.unknown) if f.check.id in _AT_BACKENDS else f for f in findings]
     return findings
+
+
+# The promises decided at the Service's backends (their ztunnel, their waypoint): an unknown backend
+# leaves them unproven. Waypoint binding is decided by the Service's and Gateway's own config.
+_AT_BACKENDS = frozenset({ALLOWED_ADMITTED.id, INTRUDERS_REFUSED.id, HEADERS_ENFORCED.id})
+
+
+def _unknown_backends(found: Finding, unknown: tuple[str, ...]) -> Finding:
+    """A PASS becomes INCONCLUSIVE when an EndpointSlice of the Service names an endpoint that is no Pod of
+    the input: traffic reaching it meets an enforcement point nothing in the snapshot describes."""
+    if found.status is not Status.PASS:
+        return found
+    shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+    ev = Evidence(f"EndpointSlices of Service {found.target}", "endpoints[].addresses", shown, "no Pod of the input")
+    message = f"unknown backend(s) from the Service's EndpointSlices, no Pod of the input: {shown}; {found.message}"
+    return dataclasses.replace(found, status=Status.INCONCLUSIVE, message=message, evidence=(*found.evidence, ev))

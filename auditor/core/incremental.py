@@ -245,7 +245,9 @@ class IncrementalAudit:
                 targets |= self._reading(ns)
             return Reach(here, targets=targets)
         if isinstance(obj, EndpointSlice):
-            return Reach(here)  # where a Service's endpoints run: the node check of its namespace
+            # Where a Service's endpoints run (the node check of its namespace), and which pods are
+            # the backends of its Service (``SnapshotIndex.backends``): that protected Service's checks.
+            return Reach(here, targets=frozenset(self._protected_in.get(ns, ())) & {f"{ns}/{obj.service}"})
         return EVERYTHING  # HTTPRoute, ServiceEntry, anything new: do not guess
 
     def _reading(self, namespace: str) -> frozenset[str]:
@@ -284,7 +286,8 @@ class IncrementalAudit:
         return False
 
     def _backend_of(self, workload: Workload, index: SnapshotIndex) -> frozenset[str]:
-        """The protected Services of the workload's namespace that select it (it is their backend),
+        """The protected Services of the workload's namespace that select it or whose EndpointSlices
+        name it (it is their backend),
         and those waypointed there (their waypoint's pods)."""
         found = set()
         for target in self._protected_in.get(workload.meta.namespace, ()):
@@ -293,6 +296,8 @@ class IncrementalAudit:
                 found.add(target)  # waypointed here, or not there yet: do not guess
             elif service.selector and selector_matches(service.selector, workload.pod_labels):
                 found.add(target)
+            elif any(w.meta.key == workload.meta.key for w in index.backends(service).workloads):
+                found.add(target)  # named by the Service's EndpointSlices
         return frozenset(found)
 
     @staticmethod

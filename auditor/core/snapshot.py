@@ -360,6 +360,23 @@ class EndpointSlice:
 
 
 @dataclass(frozen=True, slots=True)
+class Backends:
+    """The backends of a Service (``SnapshotIndex.backends``).
+
+    ``workloads``: the pods (or, offline without pods, the pod templates) that receive its traffic;
+    ``unknown``: serving EndpointSlice entries that name no Pod of the snapshot in the Service's
+    namespace (a hand-written slice pointing at an IP outside the cluster's pods, or at a Pod the
+    input does not hold), as ``"endpoint <address>"`` (plus ``" (Pod <ns>/<name>, not in the input)"``):
+    nothing about them can be judged, so no promise that depends on the backend may pass;
+    ``from_slices``: True when the Service's EndpointSlices were read (live or in manifest files).
+    """
+
+    workloads: tuple[Workload, ...] = ()
+    unknown: tuple[str, ...] = ()
+    from_slices: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ReadProblem:
     """Something the reader could not read (a forbidden list, a missing CRD): never a pass."""
 
@@ -536,6 +553,8 @@ class SnapshotIndex:
         self._slices = self._index_slices(snapshot.endpoint_slices)
         self._workloads = self._index_workloads(snapshot.workloads)
         self._workloads_for: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Workload, ...]] = {}
+        self._backends: dict[str, Backends] = {}
+        self._pods_by_ns: dict[str, dict[str, Workload]] | None = None
         self._ztunnels: ZtunnelView | None = None
         self.peer_auth_by_ns: dict[str, list[PeerAuthentication]] = defaultdict(list)
         self.peer_auth_wide: dict[str, list[PeerAuthentication]] = defaultdict(list)
@@ -602,6 +621,8 @@ class SnapshotIndex:
         new._workloads = workloads
         new._slices = _rekeyed(self._slices, before._slices, after._slices, lambda key: key[0] == ns)
         new._workloads_for = {}
+        new._backends = {}
+        new._pods_by_ns = None
         new._ztunnels = None  # rebuilt on first use from the new snapshot
         new.peer_auth_by_ns = _replaced(self.peer_auth_by_ns, after.peer_auth_by_ns, ns)
         new.peer_auth_wide = _replaced(self.peer_auth_wide, after.peer_auth_wide, ns)
@@ -684,7 +705,72 @@ class SnapshotIndex:
         return found.meta.labels if found else {}
 
     def workloads_for(self, service: Service) -> tuple[Workload, ...]:
-        """Workloads behind a Service: real pods when any exist, else pod templates."""
+        """The workloads behind a Service: ``backends(service).workloads``. Never raises."""
+        return self.backends(service).workloads
+
+    def backends(self, service: Service) -> Backends:
+        """The backends of ``service``, the one answer every check uses (``Backends``).
+
+        With EndpointSlices for it in the snapshot (label ``kubernetes.io/service-name``; live, or in
+        manifest files): every Pod an entry names that is not ``terminating`` (its ``targetRef``, else
+        the Pod of the Service's namespace with the entry's address as ``status.podIP``), plus the pods
+        the selector matches (the slice controller adds them once Ready); a serving entry (ready not
+        false, not terminating) naming no Pod of the snapshot is ``unknown``. Without slices: the
+        pods the selector matches, else its pod templates (offline); none without a selector.
+        Kubernetes routes a Service's traffic to its slices' addresses whoever wrote them
+        (discovery.k8s.io/v1; kube-proxy and istiod read slices, not selectors). Never raises."""
+        key = service.meta.key
+        cached = self._backends.get(key)
+        if cached is not None:
+            return cached
+        selected = self._selected(service)
+        slices = self.slices_for(service)
+        if not slices:
+            found = Backends(selected)
+        else:
+            pods = self._pods_in(service.meta.namespace)
+            named: dict[str, Workload] = {}
+            unknown: dict[str, None] = {}
+            for piece in slices:
+                for entry in piece.endpoints:
+                    if entry.terminating is True or not entry.addresses:
+                        continue
+                    pod = self._pod_of(entry, service.meta.namespace, pods)
+                    if pod is not None:
+                        named.setdefault(pod.meta.key, pod)
+                    elif entry.ready is not False:
+                        missing = f" (Pod {entry.pod}, not in the input)" if entry.pod else ""
+                        unknown[f"endpoint {entry.addresses[0]}{missing}"] = None
+            for workload in selected:
+                if workload.is_pod or not named:
+                    named.setdefault(workload.meta.key, workload)
+            found = Backends(tuple(named.values()), tuple(unknown), from_slices=True)
+        self._backends[key] = found
+        return found
+
+    def _pods_in(self, namespace: str) -> dict[str, Workload]:
+        # Pods by name and by IP (``ip:<address>``) per namespace, built once per index.
+        if self._pods_by_ns is None:
+            by_ns: dict[str, dict[str, Workload]] = defaultdict(dict)
+            for workload in self.snapshot.workloads:
+                if workload.is_pod:
+                    by_ns[workload.meta.namespace][workload.meta.name] = workload
+                    if workload.pod_ip:
+                        by_ns[workload.meta.namespace].setdefault(f"ip:{workload.pod_ip}", workload)
+            self._pods_by_ns = dict(by_ns)
+        return self._pods_by_ns.get(namespace, {})
+
+    @staticmethod
+    def _pod_of(entry: SliceEndpoint, namespace: str, pods: Mapping[str, Workload]) -> Workload | None:
+        # A Pod of another namespace is not looked up: the checks of a Service read only its own
+        # namespace (the incremental audit relies on it), so such an entry stays unknown.
+        if entry.pod:
+            pod_ns, _, name = entry.pod.partition("/")
+            return pods.get(name) if pod_ns == namespace else None
+        return next((pods[f"ip:{a}"] for a in entry.addresses if f"ip:{a}" in pods), None)
+
+    def _selected(self, service: Service) -> tuple[Workload, ...]:
+        """The workloads ``service``'s selector matches: real pods when any exist, else pod templates."""
         if not service.selector:
             return ()
         # The answer depends only on the namespace and the selector; the checks ask several

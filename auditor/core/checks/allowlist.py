@@ -14,6 +14,7 @@ from auditor.core.checks.reach import (
     PodIpPath,
     Reach,
     Route,
+    no_backends,
     pod_ip_path,
     probe_request,
     reach,
@@ -37,7 +38,7 @@ def check_intruders_refused(ctx: AuditContext, protected: ProtectedService, serv
             INTRUDERS_REFUSED,
             service,
             Status.INCONCLUSIVE,
-            "no workload matches the Service selector",
+            no_backends(route),
         )
     headers, _ = required_headers(ctx, protected)
     admitted: list[str] = []
@@ -184,7 +185,7 @@ def check_allowed_admitted(ctx: AuditContext, protected: ProtectedService, servi
             ALLOWED_ADMITTED,
             service,
             Status.INCONCLUSIVE,
-            "no workload matches the Service selector",
+            no_backends(route),
         )
     headers, unknown = required_headers(ctx, protected)
     if unknown:

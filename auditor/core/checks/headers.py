@@ -11,7 +11,15 @@ from auditor.core.authz import Caller
 from auditor.core.checks import fixes
 from auditor.core.checks.catalog import HEADERS_ENFORCED
 from auditor.core.checks.context import AuditContext, finding
-from auditor.core.checks.reach import Reach, Route, pod_ip_path, probe_request, reach, ztunnel_translation_notes
+from auditor.core.checks.reach import (
+    Reach,
+    Route,
+    no_backends,
+    pod_ip_path,
+    probe_request,
+    reach,
+    ztunnel_translation_notes,
+)
 from auditor.core.checks.witnesses import (
     bypass_callers,
     bypass_fix,
@@ -36,7 +44,7 @@ def check_headers_enforced(ctx: AuditContext, protected: ProtectedService, servi
             HEADERS_ENFORCED,
             service,
             Status.INCONCLUSIVE,
-            "no workload matches the Service selector",
+            no_backends(route),
         )
     headers, unknown = required_headers(ctx, protected)
     if unknown:

@@ -41,6 +41,14 @@ from auditor.core.posture import ProtectedService
 from auditor.core.snapshot import Service, Workload
 
 
+def no_backends(route: Route) -> str:
+    """Why ``route`` has no backends (``Route.backends`` empty), in words: nothing proves a promise decided
+    there. Never raises."""
+    if route.from_slices:
+        return "no EndpointSlice entry of the Service names a Pod of the input"
+    return "no workload matches the Service selector"
+
+
 @dataclass(frozen=True, slots=True)
 class Backend:
     """One workload behind a Service: whether ztunnel captures it (``capture``) and the policies its node's ztunnel
@@ -60,7 +68,9 @@ class Backend:
 class Route:
     """The enforcement path of Service-addressed traffic: the ``waypoint`` in effect, its policies (``at_waypoint``,
     None without one), the identity it presents to the destination ztunnel (``waypoint_identity``, semantics §4.5)
-    and the ``backends``.
+    and the ``backends`` (``SnapshotIndex.backends``: from the Service's EndpointSlices when the snapshot has
+    any, else its selector); ``unknown`` names the slice endpoints that are no Pod of the input, whose
+    enforcement cannot be judged (no finding that depends on the backends may pass while any remain).
     """
 
     service: Service
@@ -68,6 +78,8 @@ class Route:
     at_waypoint: Applicable | None
     waypoint_identity: Caller | None
     backends: tuple[Backend, ...]
+    unknown: tuple[str, ...] = ()
+    from_slices: bool = False  # the backends come from the Service's EndpointSlices
 
     def ignored(self) -> tuple[Evidence, ...]:
         """The evidence of policies ignored along the route (waypoint, then each backend's ztunnel), without
@@ -89,8 +101,9 @@ def route_for(ctx: AuditContext, service: Service) -> Route:
         policies = at_waypoint(service, gateway.meta.namespace, gateway.meta.name, ctx.index, ctx.root_namespace)
         principal = f"{ctx.trust_domain}/ns/{gateway.meta.namespace}/sa/{gateway.meta.name}"
         identity = Caller(principal, label=f"the waypoint's identity {principal}")
-    backends = tuple(_backend(ctx, w) for w in ctx.index.workloads_for(service))
-    return Route(service, waypoint, policies, identity, backends)
+    found = ctx.index.backends(service)
+    backends = tuple(_backend(ctx, w) for w in found.workloads)
+    return Route(service, waypoint, policies, identity, backends, found.unknown, found.from_slices)
 
 
 def _backend(ctx: AuditContext, workload: Workload) -> Backend:

@@ -14,6 +14,8 @@ from auditor.core.mesh import CaptureState, MtlsDecision, capture_of, effective_
 from auditor.core.model import CheckMeta, Evidence, Finding, Status
 from auditor.core.snapshot import Service, Workload
 
+_SHOWN = 5  # unknown endpoints named in a message
+
 
 def check_captured(ctx: AuditContext, service: Service) -> Finding:
     """``strict-mtls.captured``: is ``service``'s every pod in ambient (ztunnel) capture? One finding."""
@@ -30,6 +32,9 @@ def check_captured(ctx: AuditContext, service: Service) -> Finding:
     if out:
         message = "not captured by ztunnel: " + "; ".join(out)
         return finding(CAPTURED, service, Status.FAIL, message, evidence, fix=fixes.capture_fix(ctx, captures))
+    unknown = _unknown(ctx, service, CAPTURED)
+    if unknown:
+        return unknown
     pending = [w.meta.ref for w, c in captures if c.state is CaptureState.PENDING]
     if pending:
         return finding(
@@ -69,6 +74,17 @@ def _no_workloads(
     ctx: AuditContext, service: Service, workloads: tuple[Workload, ...], check_id: str
 ) -> Finding | None:
     meta = CAPTURED if check_id == CAPTURED.id else PEER_AUTHENTICATION
+    backends = ctx.index.backends(service)
+    if backends.from_slices:
+        if workloads:
+            return None
+        return _unknown(ctx, service, meta) or finding(
+            meta,
+            service,
+            Status.INCONCLUSIVE,
+            "no EndpointSlice entry of the Service names a Pod: nothing proves the promise",
+            [_slices_evidence(ctx, service, "no serving entry names a Pod")],
+        )
     if service.selector is None:
         ev = Evidence(service.meta.ref, "spec.selector", "(absent)")
         return finding(
@@ -89,6 +105,27 @@ def _no_workloads(
             [ev],
         )
     return None
+
+
+def _unknown(ctx: AuditContext, service: Service, meta: CheckMeta) -> Finding | None:
+    """INCONCLUSIVE when an EndpointSlice of ``service`` sends traffic to an address that is no Pod of the
+    input: its capture and policies cannot be judged, so the promise is not proven (never a pass)."""
+    unknown = ctx.index.backends(service).unknown
+    if not unknown:
+        return None
+    shown = ", ".join(unknown[:_SHOWN]) + (f" and {len(unknown) - _SHOWN} more" if len(unknown) > _SHOWN else "")
+    return finding(
+        meta,
+        service,
+        Status.INCONCLUSIVE,
+        f"unknown backend(s) from the Service's EndpointSlices, no Pod of the input: {shown}",
+        [_slices_evidence(ctx, service, "an endpoint that names no Pod of the input cannot be judged")],
+    )
+
+
+def _slices_evidence(ctx: AuditContext, service: Service, note: str) -> Evidence:
+    names = ", ".join(s.meta.name for s in ctx.index.slices_for(service))
+    return Evidence(f"EndpointSlices of {service.meta.ref}", "endpoints[].targetRef", names, note)
 
 
 def check_peer_authentication(ctx: AuditContext, service: Service) -> Finding:
@@ -135,6 +172,9 @@ def check_peer_authentication(ctx: AuditContext, service: Service) -> Finding:
     if failures:
         fix = fixes.mtls_fix(ctx, failing)
         return finding(PEER_AUTHENTICATION, service, Status.FAIL, "; ".join(failures), evidence, fix=fix)
+    unknown = _unknown(ctx, service, PEER_AUTHENTICATION)
+    if unknown:
+        return unknown
     if unclear:
         return finding(PEER_AUTHENTICATION, service, Status.INCONCLUSIVE, "; ".join(unclear), evidence)
     return finding(
