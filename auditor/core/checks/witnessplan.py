@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from auditor.core.authz import Caller, Request
-from auditor.core.checks.catalog import ALLOWED_ADMITTED, HEADERS_ENFORCED, INTRUDERS_REFUSED
+from auditor.core.checks.catalog import ALLOWED_ADMITTED,, HEADERS_ENFORCED, INTRUDERS_REFUSED
 from auditor.core.checks.context import AuditContext
 from auditor.core.checks.reach import Reach, Route, probe_request, reach, route_for
 from auditor.core.checks.witnesses import (
@@ -39,6 +39,7 @@ from auditor.core.checks.witnesses import (
     request_variants,
     required_headers,
 )
+from auditor.core.model import CheckMeta
 from auditor.core.posture import Posture, ProtectedService
 from auditor.core.snapshot import Service, Snapshot, SnapshotIndex
 
@@ -126,7 +127,7 @@ def _allowed(
 ) -> list[Witness]:
     request = probe_request(protected, service, headers)
     return [
-        _witness(ALLOWED_ADMITTED.id, ALLOWED_ADMITTED.property, protected, caller, request, "control", ctx, route)
+        _witness(ctx, route, protected, check=ALLOWED_ADMITTED, caller=caller, request=request, label="control")
         for principal in protected.allowed_principals
         for caller in callers_as(ctx, principal)
     ]
@@ -137,7 +138,7 @@ def _intruders(
 ) -> list[Witness]:
     variants = request_variants(ctx, protected, service, route, headers)
     return [
-        _witness(INTRUDERS_REFUSED.id, INTRUDERS_REFUSED.property, protected, caller, request, "intruder", ctx, route)
+        _witness(ctx, route, protected, check=INTRUDERS_REFUSED, caller=caller, request=request, label="intruder")
         for caller in intruders(ctx, protected, route)
         for request in variants
     ]
@@ -146,10 +147,12 @@ def _intruders(
 def _headers(
     ctx: AuditContext, protected: ProtectedService, service: Service, route: Route, headers: dict[str, str]
 ) -> list[Witness]:
-    check, promise = HEADERS_ENFORCED.id, HEADERS_ENFORCED.property
+    check = HEADERS_ENFORCED
     allowed = [c for p in protected.allowed_principals for c in callers_as(ctx, p)]
     control = probe_request(protected, service, headers)
-    found = [_witness(check, promise, protected, c, control, "control", ctx, route) for c in allowed]
+    found = [
+        _witness(ctx, route, protected, check=check, caller=c, request=control, label="control") for c in allowed
+    ]
     for caller in dict.fromkeys([*allowed, *bypass_callers(ctx)]):
         for name, value in headers.items():
             missing = {k: v for k, v in headers.items() if k != name}
@@ -160,24 +163,26 @@ def _headers(
             ]
             for label, variant in degraded:
                 for request in request_variants(ctx, protected, service, route, variant):
-                    found.append(_witness(check, promise, protected, caller, request, label, ctx, route))
+                    found.append(
+                        _witness(ctx, route, protected, check=check, caller=caller, request=request, label=label)
+                    )
     return found
 
 
 def _witness(
-    check: str,
-    promise: str,
+    ctx: AuditContext,
+    route: Route,
     protected: ProtectedService,
+    *,
+    check: CheckMeta,
     caller: Caller,
     request: Request,
     label: str,
-    ctx: AuditContext,
-    route: Route,
 ) -> Witness:
     expected, reason = _verdict(reach(ctx, route, caller, request))
     return Witness(
-        promise=str(promise),
-        check=check,
+        promise=str(check.property),
+        check=check.id,
         target=protected.target,
         caller=caller.principal,
         kind=caller.kind.value,
