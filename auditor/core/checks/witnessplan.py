@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from auditor.core.authz import Caller, Request
-from auditor.core.checks.catalog import ALLOWED_ADMITTED,, HEADERS_ENFORCED, INTRUDERS_REFUSED
+from auditor.core.checks.catalog import ALLOWED_ADMITTED, HEADERS_ENFORCED, INTRUDERS_REFUSED
 from auditor.core.checks.context import AuditContext
 from auditor.core.checks.reach import Reach, Route, probe_request, reach, route_for
 from auditor.core.checks.witnesses import (
@@ -150,9 +150,7 @@ def _headers(
     check = HEADERS_ENFORCED
     allowed = [c for p in protected.allowed_principals for c in callers_as(ctx, p)]
     control = probe_request(protected, service, headers)
-    found = [
-        _witness(ctx, route, protected, check=check, caller=c, request=control, label="control") for c in allowed
-    ]
+    found = [_witness(ctx, route, protected, check=check, caller=c, request=control, label="control") for c in allowed]
     for caller in dict.fromkeys([*allowed, *bypass_callers(ctx)]):
         for name, value in headers.items():
             missing = {k: v for k, v in headers.items() if k != name}
