@@ -23,8 +23,8 @@ closed without a reply (curl exit 52/56: ztunnel), or the waypoint's 503 whose r
 ``connection termination`` (the destination's ztunnel refused the waypoint's tunnel, the
 walkthrough's observation); anything else (timeout, DNS, connection refused, another 503) is
 ``inconclusive``. A denial counts only when, in the same run, the control (the first allowed
-identity's request with the required headers) on the same Service and port got through; without
-it the denial is inconclusive. A disagreement is sent again until it has held for
+identity's request with the required headers, or any witness that got through) on the same
+Service and port got through; without it the denial is inconclusive. A disagreement is sent again until it has held for
 ``CONFIRM_S`` seconds (istiod's push and the waypoint's reload are eventually consistent).
 
 Exit codes: 0 every expressible witness agrees; 1 at least one disagreement; 2 bad input (the
@@ -78,6 +78,9 @@ class Observation:
 
     outcome: str
     detail: str
+
+
+_NO_CONTROL = Observation("inconclusive", "no control")
 
 
 @dataclass
@@ -400,14 +403,25 @@ def run(node: RealNode, document: dict[str, Any]) -> Report:
     senders_s = time.monotonic() - started
     time.sleep(SETTLE_S)  # istiod's push of new identities and policies to ztunnel
     controls = _controls(node, witnesses, senders)
-    results: list[Result] = []
+    observed: list[tuple[dict[str, Any], Sender, Observation | None]] = []
     for witness in witnesses:
         sender = senders[(witness["caller"], witness["kind"])]
-        if sender.skipped:
-            results.append(Result(witness, "skipped", detail=sender.skipped))
-            continue
-        observation = _confirmed(node, witness, sender.pod)
-        results.append(_judge(witness, observation, sender.pod, controls))
+        observed.append((witness, sender, None if sender.skipped else _confirmed(node, witness, sender.pod)))
+    # Any request that got through on a Service port in this run proves that path, like the control.
+    for witness, _, observation in observed:
+        key = (witness["target"], witness["port"])
+        if (
+            observation is not None
+            and observation.outcome == "allowed"
+            and controls.get(key, _NO_CONTROL).outcome != "allowed"
+        ):
+            controls[key] = observation
+    results = [
+        Result(witness, "skipped", detail=sender.skipped)
+        if observation is None
+        else _judge(witness, observation, sender.pod, controls)
+        for witness, sender, observation in observed
+    ]
     timings = {"senders": senders_s, "total": time.monotonic() - started}
     return Report(results, document["findings"], timings)
 
