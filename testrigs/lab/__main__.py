@@ -14,6 +14,10 @@ until ztunnel holds every ambient pod (``--fault``: ``ztunnel-down``, ``uncaptur
 ``ztunnel-restart[=S]``; a bad one exits 2 before anything starts); ``real-sync`` picks up new
 pods and gives the waypoints the current policies; ``real-status`` (JSON, lists the ztunnel and
 waypoint processes) and ``real-down`` (default state dir ``/tmp/malab-real``).
+
+``verify --manifests PATH --rules FILE [--output json] [--keep]`` (``testrigs.lab.verify``): the
+static audit's witnesses sent as real traffic on the real node (reused when one runs, else brought
+up and taken down unless ``--keep``); exit 0 agree, 1 a disagreement, 2 bad input, 3 inconclusive.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Ambient-mesh lab on this host.")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="default: %(default)s")
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{up,down,status,build,real-up,real-sync,real-down,real-status}"
+        dest="command", required=True, metavar="{up,down,status,build,real-up,real-sync,real-down,real-status,verify}"
     )
     up = commands.add_parser("up", help="start the lab with the auditor's deploy/; prints the kubeconfig path last")
     up.add_argument("--manifests", type=Path, action="append", required=True, help="file or folder; repeatable")
@@ -55,6 +59,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     commands.add_parser("real-sync", help="pick up new pods and give the waypoints the current policies")
     commands.add_parser("real-down", help="stop and remove the real-ztunnel node; safe to repeat")
     commands.add_parser("real-status", help="JSON report of the real-ztunnel node; exit 0 only when ztunnel runs")
+    verify = commands.add_parser("verify", help="send the static audit's witnesses as traffic on the real node")
+    verify.add_argument("--manifests", type=Path, action="append", required=True, help="file or folder; repeatable")
+    verify.add_argument("--rules", type=Path, action="append", required=True, help="rules file; repeatable")
+    verify.add_argument("--output", choices=("text", "json"), default="text")
+    verify.add_argument("--keep", action="store_true", help="leave a node verify started running")
     commands.add_parser("_translate")  # daemons: no help, so not listed
     commands.add_parser("_kubelet")
     return parser
@@ -64,7 +73,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "scripts/lab") -> int
     args = _parser(prog).parse_args(argv)
     lab = Lab(args.state_dir)
     try:
-        if args.command == "build" or args.command.startswith("real-"):
+        if args.command == "build" or args.command.startswith("real-") or args.command == "verify":
             return _real(args)
         if args.command == "up":
             kubeconfig = lab.up(args.manifests, args.fault, with_auditor=True, nodes=args.nodes)
@@ -95,6 +104,8 @@ def _real(args: argparse.Namespace) -> int:
     state_dir = realnode.DEFAULT_STATE_DIR if args.state_dir == DEFAULT_STATE_DIR else args.state_dir
     node = realnode.RealNode(state_dir)
     try:
+        if args.command == "verify":
+            return _verify(args, state_dir)
         if args.command == "build":
             print(ztunnel.build(args.ztunnel_source).directory)
         elif args.command == "real-up":
@@ -121,6 +132,24 @@ def _real(args: argparse.Namespace) -> int:
         print(f"lab: error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _verify(args: argparse.Namespace, state_dir: Path) -> int:
+    from testrigs.lab import verify  # noqa: PLC0415 - only this command runs the static audit's dump
+
+    missing = [str(p) for p in [*args.manifests, *args.rules] if not p.exists()]
+    if missing:
+        print(
+            f"lab: error: no such file: {', '.join(missing)} (fix: give existing --manifests/--rules)", file=sys.stderr
+        )
+        return verify.EXIT_BAD_INPUT
+    try:
+        report = verify.verify(state_dir, args.manifests, args.rules, keep=args.keep)
+    except verify.VerifyInputError as error:
+        print(f"lab: error: {error}", file=sys.stderr)
+        return verify.EXIT_BAD_INPUT
+    print(json.dumps(report.as_dict(), indent=2) if args.output == "json" else report.text())
+    return report.exit_code
 
 
 def _translate(lab: Lab) -> int:

@@ -229,6 +229,10 @@ def _or_rules(rules: list[Config]) -> Config:
 
 
 def _header_rule(name: str, value: str) -> Config:
+    # istiod's matcher.HeaderMatcher: "*" is present_match, which an empty value also satisfies
+    # (the regex ".+" of _string_match would refuse it; found by scripts/lab verify, #12).
+    if value == "*":
+        return {"header": {"name": name, "present_match": True}}
     return {"header": {"name": name, "string_match": _string_match(value)}}
 
 
@@ -256,7 +260,7 @@ def _condition(condition: Mapping[str, Any], target: Target, layer: Layer) -> Co
 
 def _when_matcher(key: str, header: str | None) -> Any:
     if header is not None:
-        return lambda v: {"header": {"name": header.lower(), "string_match": _string_match(v)}}
+        return lambda v: _header_rule(header.lower(), v)
     table = {
         "source.principal": _principal,
         "source.namespace": _namespace,
