@@ -58,9 +58,27 @@ def _read(text: str, *, parallel: bool) -> tuple[list[tuple[int, Any]], dict[int
     return documents, lines, None
 
 
-def _assert_no_child_left() -> None:
-    with pytest.raises(ChildProcessError):
-        os.waitpid(-1, os.WNOHANG)
+def _recording_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the pid of every child the reader forks (in the parent; the child sees 0)."""
+    forked: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    return forked
+
+
+def _assert_no_child_left(forked: list[int]) -> None:
+    # Only the reader's own children: in the whole suite the test process has others (servers
+    # that earlier tests started), so waitpid(-1) would see them.
+    for pid in forked:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 @given(
@@ -74,9 +92,10 @@ def test_two_processes_read_what_one_reads(
 ) -> None:
     monkeypatch.setattr(yaml_io, "PARALLEL_MIN_CHARS", 0)
     monkeypatch.setattr(yaml_io, "_PARALLEL_HEAD", head)
+    forked = _recording_forks(monkeypatch)
     text = separator.lstrip("\n").join(f if f.endswith("\n") or not f else f + "\n" for f in fragments)
     assert _read(text, parallel=True) == _read(text, parallel=False)
-    _assert_no_child_left()
+    _assert_no_child_left(forked)
 
 
 def test_a_large_manifest_is_cut_and_read_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,13 +123,15 @@ def test_an_error_in_the_tail_names_the_document_and_line_of_one_reading(monkeyp
 
 def test_a_reader_that_stops_early_leaves_no_child(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(yaml_io, "PARALLEL_MIN_CHARS", 0)
+    forked = _recording_forks(monkeypatch)
     documents = cast(
         "Generator[tuple[int, Any], None, None]",
         load_documents("a: 1\n---\nb: 2\n---\nc: 3\n", strict=False, parallel=True),
     )
     assert next(documents) == (1, {"a": 1})
     documents.close()
-    _assert_no_child_left()
+    assert forked, "the reader forked no child: the test proves nothing"
+    _assert_no_child_left(forked)
 
 
 def test_texts_with_directives_or_end_markers_are_not_cut() -> None:
