@@ -55,7 +55,7 @@ def check_headers_enforced(ctx: AuditContext, protected: ProtectedService, servi
     evidence = [*route.ignored(), *_dropped_at_ztunnel(route)]
     if route.waypoint.gateway is None:
         evidence += [p.evidence for p in route.waypoint.problems] or list(route.waypoint.binding.evidence)
-    control, refusals = _control_failures(ctx, protected, service, route, headers)
+    control, refusals, undecided = _control_failures(ctx, protected, service, route, headers)
     if control:
         message = (
             "requests carrying the required headers are refused too, so the header is not what the policy checks: "
@@ -76,6 +76,14 @@ def check_headers_enforced(ctx: AuditContext, protected: ProtectedService, servi
             " | ".join(unclear[:_MAX_EXAMPLES]),
             evidence,
         )
+    if undecided:
+        # A refusal proves the header only next to an admitted control (the rule the probes follow):
+        # when the request carrying the value cannot be decided, neither can the header's part.
+        message = (
+            "requests without the required value are refused, but whether requests carrying it are admitted "
+            "cannot be told, so the refusal may not be the header's doing: " + " | ".join(undecided[:_MAX_EXAMPLES])
+        )
+        return finding(HEADERS_ENFORCED, service, Status.INCONCLUSIVE, message, evidence)
     names = ", ".join(h.name for h in protected.required_headers)
     gateway = route.waypoint.gateway
     where = gateway.meta.key if gateway else "?"
@@ -118,17 +126,22 @@ def _control_failures(
     service: Service,
     route: Route,
     headers: dict[str, str],
-) -> tuple[list[str], list[tuple[str, Caller, Reach]]]:
+) -> tuple[list[str], list[tuple[str, Caller, Reach]], list[str]]:
+    """The allowed identities' requests with the required values: (refused, as text; refused, as
+    (principal, caller, reach); undecided, as text)."""
     request = probe_request(protected, service, headers)
     failures: list[str] = []
     refusals: list[tuple[str, Caller, Reach]] = []
+    undecided: list[str] = []
     for principal in protected.allowed_principals:
         for caller in callers_as(ctx, principal):
             for item in reach(ctx, route, caller, request):
                 if item.allowed is False:
                     failures.append(f"{caller.describe()}: {item.explain()}")
                     refusals.append((principal, caller, item))
-    return failures, refusals
+                elif item.allowed is None:
+                    undecided.append(f"{caller.describe()}: {item.explain()}")
+    return failures, refusals, undecided
 
 
 def _headerless_admitted(
