@@ -43,6 +43,7 @@ SANDBOX = "mesh-auditor-drill"  # the default drill.namespace
 RULES = labkit.REPO / "rules" / "retail-store.yaml"
 AUDITOR = ("mesh-auditor", "mesh-auditor")  # the ServiceAccount's namespace and name
 THREAD = "1700000000.000001"
+CONTROL_ROLE_TEXT = (labkit.REPO / "deploy" / "control-probes-default.yaml").read_text(encoding="utf-8")
 # Every kind a drill could write, the kinds the lab's controllers write, and namespaces: compared
 # before and after (not the status, which the lab's controllers keep writing).
 WATCHED = (
@@ -223,3 +224,39 @@ def test_a_drill_in_the_lab_detects_alerts_and_resolves_every_drift_kind_and_tou
     # Nothing outside the sandbox changed.
     assert before.keys() == after.keys()
     assert {key for key in before if before[key] != after[key]} == set()
+
+
+def test_with_active_probing_each_drift_is_detected_by_the_probes_on_its_promise(drill_lab: DrillLab) -> None:
+    """``auditor drill --active`` in the lab: the canary's audits also run probe pods (the control as
+    the drill's allowed account in the sandbox, which the chart's control Role there permits), and a
+    drift counts as detected only when the probe verdict of its own promise fails."""
+    control = CONTROL_ROLE_TEXT.replace("namespace: default", f"namespace: {SANDBOX}")
+    drill_lab.kube.apply_text(control)
+    env = {
+        **os.environ,
+        "AUDITOR_PROBES__CONTROL_ENABLED": "true",
+        "AUDITOR_PROBES__DEADLINE_S": "60",
+        "AUDITOR_PROBES__REQUEST_TIMEOUT_S": "2",
+        "AUDITOR_DRILL__POLL_S": "0.5",
+        "AUDITOR_DRILL__DETECT_TIMEOUT_S": "120",
+    }
+    argv = [sys.executable, "-m", "auditor.cli", "drill", "--kubeconfig", str(drill_lab.auditor_kubeconfig)]
+    argv += ["--rules", str(RULES), "--active", "--output", "json"]
+    started = time.monotonic()
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900, env=env)
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    document = json.loads(result.stdout)
+    drills = document["drills"]
+    print(
+        f"\nauditor drill --active in the lab: {took:.1f} s; "
+        + ", ".join(
+            f"{d['kind']} detected by {'+'.join(d['detected_by'])} in {d['time_to_detect_s']} s" for d in drills
+        )
+    )
+    assert document["baseline"]["passed"] is True, document["baseline"]
+    for drill in drills:
+        expected = next(k.promise.value for k in DRIFT_KINDS if k.name == drill["kind"])
+        assert (drill["promise"], drill["detected"], drill["resolved"]) == (expected, True, True), drill
+        assert "probe" in drill["detected_by"], drill
+    assert document["cleanup"] == {"leftover_objects": 0}

@@ -244,3 +244,24 @@ def test_service_name_probing_alone_misses_the_uncaptured_pod_about_half_the_tim
     assert set(statuses) <= {"fail", "pass"}, statuses
     # P(0 or 20 of 20) at 1/2 each is 2e-6: both outcomes must show.
     assert 0 < detected < CYCLES_BY_NAME, statuses
+
+
+def test_the_pod_ip_waypoint_bypass_is_a_probe_backed_advisory_finding(
+    two_nodes: TwoNodeLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#13: the intruder's request with the allowed headers, sent to each catalog pod's IP, skips the
+    Service's waypoint (semantics §4.6); retail's catalog has no ztunnel policy admitting only the
+    waypoint, so it is answered: ``waypoint-enrollment.pod-ip-bypass`` FAILs from traffic, naming the
+    endpoints, at the default advisory severity, with the ztunnel ALLOW for the waypoint as its fix."""
+    document = _audit(two_nodes, monkeypatch, endpoints_per_cycle=16)
+    (found,) = [
+        f
+        for f in document["findings"]
+        if f["check"] == "waypoint-enrollment.pod-ip-bypass" and f["target"] == "default/catalog"
+    ]
+    assert found["method"] == "probe", found
+    assert found["status"] == "fail", found
+    assert found["severity"] == "low", found
+    assert "around the waypoint" in found["message"], found["message"]
+    assert "pod default/catalog-0" in found["message"], found["message"]
+    assert "catalog-waypoint" in found["remediation_yaml"], found["remediation_yaml"]
