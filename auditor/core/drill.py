@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from auditor.core.checks.catalog import WAYPOINT_BYPASS
 from auditor.core.model import Finding, Method, Property, Status
 from auditor.core.posture import (
     ControlProbe,
@@ -476,15 +477,26 @@ class Judgement:
         return "; ".join(parts) or "no finding for the canary"
 
 
+# Advisory checks no drift kind targets: the canary mirrors the protected Service, and with it a
+# weakness of that protection that is its own finding (the pod-IP bypass, when the Service has no
+# ztunnel ALLOW for its waypoint: found by a drill with probes in the lab). Judged, it would fail
+# every baseline, and at each drift it would read as a detection that was there before.
+NOT_JUDGED_BY_DRILLS = frozenset({WAYPOINT_BYPASS.id})
+
+
 def judge(findings: Sequence[Finding], canary: Canary, *, by_probes: bool = False) -> Judgement:
     """The canary's findings (static, and probe ones when probes ran) as a ``Judgement``.
 
     The baseline passes only when every promise the canary carries has a finding and all of
-    them PASS: a promise with no finding, or an unproven one, is never a pass. With
+    them PASS (``NOT_JUDGED_BY_DRILLS`` left out): a promise with no finding, or an unproven one, is never a pass. With
     ``by_probes`` each promise also needs a passing probe verdict (a probe run that proved
     nothing is never a baseline), and a drift counts as detected only by a failing probe verdict.
     """
-    mine = [f for f in findings if f.target == canary.target and f.property in PROMISES]
+    mine = [
+        f
+        for f in findings
+        if f.target == canary.target and f.property in PROMISES and f.check.id not in NOT_JUDGED_BY_DRILLS
+    ]
     failing: dict[Property, list[str]] = {}
     probe_failing: dict[Property, list[str]] = {}
     for finding in mine:

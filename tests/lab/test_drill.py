@@ -234,6 +234,11 @@ def test_with_active_probing_each_drift_is_detected_by_the_probes_on_its_promise
     drill_lab.kube.apply_text(control)
     env = {
         **os.environ,
+        "AUDITOR_SLACK__MODE": "bot",
+        "AUDITOR_SLACK__BOT_TOKEN": "xoxb-drill-token",
+        "AUDITOR_SLACK__CHANNEL": "CALERTS",
+        "AUDITOR_DRILL__SLACK_CHANNEL": "CDRILLS",
+        "AUDITOR_DRILL__SLACK_THREAD_TS": THREAD,
         "AUDITOR_PROBES__CONTROL_ENABLED": "true",
         "AUDITOR_PROBES__DEADLINE_S": "60",
         "AUDITOR_PROBES__REQUEST_TIMEOUT_S": "2",
@@ -242,9 +247,12 @@ def test_with_active_probing_each_drift_is_detected_by_the_probes_on_its_promise
     }
     argv = [sys.executable, "-m", "auditor.cli", "drill", "--kubeconfig", str(drill_lab.auditor_kubeconfig)]
     argv += ["--rules", str(RULES), "--active", "--output", "json"]
-    started = time.monotonic()
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900, env=env)
-    took = time.monotonic() - started
+    with slack_server() as (base, slack):
+        env["AUDITOR_SLACK__BASE_URL"] = base + "api/"
+        started = time.monotonic()
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900, env=env)
+        took = time.monotonic() - started
+        messages = list(slack.messages)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     document = json.loads(result.stdout)
     drills = document["drills"]
@@ -257,6 +265,13 @@ def test_with_active_probing_each_drift_is_detected_by_the_probes_on_its_promise
     assert document["baseline"]["passed"] is True, document["baseline"]
     for drill in drills:
         expected = next(k.promise.value for k in DRIFT_KINDS if k.name == drill["kind"])
-        assert (drill["promise"], drill["detected"], drill["resolved"]) == (expected, True, True), drill
+        assert (drill["promise"], drill["detected"], drill["alerted"], drill["resolved"]) == (
+            expected,
+            True,
+            True,
+            True,
+        ), drill
         assert "probe" in drill["detected_by"], drill
     assert document["cleanup"] == {"leftover_objects": 0}
+    assert document["ok"] is True
+    assert all(m["text"].startswith("[DRILL]") for m in messages)
