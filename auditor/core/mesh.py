@@ -19,6 +19,7 @@ from auditor.core.snapshot import (
     Gateway,
     Labels,
     Listener,
+    ObjectMeta,
     PeerAuthentication,
     Service,
     ServicePort,
@@ -344,13 +345,18 @@ def waypoint_binding(service: Service, index: SnapshotIndex) -> WaypointBinding:
             "istiod's own Service for a waypoint or east-west gateway never uses a waypoint (§2)",
         )
         return WaypointBinding(None, None, (ev,), exempt=True)
+    return _binding_by_labels(own, service.meta, f"labels.{USE_WAYPOINT}", index)
+
+
+def _binding_by_labels(own: Labels, meta: ObjectMeta, field: str, index: SnapshotIndex) -> WaypointBinding:
+    """The waypoint an object's own ``istio.io/use-waypoint`` names, else its namespace's (the
+    object's label wins, with no fallback); ``field`` names where the label was looked for."""
     if USE_WAYPOINT in own:
-        return _binding_from(own, service.meta.ref, service.meta.namespace)
-    ns_labels = index.namespace_labels(service.meta.namespace)
+        return _binding_from(own, meta.ref, meta.namespace)
+    ns_labels = index.namespace_labels(meta.namespace)
     if USE_WAYPOINT in ns_labels:
-        return _binding_from(ns_labels, f"Namespace {service.meta.namespace}", service.meta.namespace)
-    ev = Evidence(service.meta.ref, f"labels.{USE_WAYPOINT}", "(absent, also on its namespace)")
-    return WaypointBinding(None, None, (ev,))
+        return _binding_from(ns_labels, f"Namespace {meta.namespace}", meta.namespace)
+    return WaypointBinding(None, None, (Evidence(meta.ref, field, "(absent, also on its namespace)"),))
 
 
 def _binding_from(labels: Labels, ref: str, default_namespace: str) -> WaypointBinding:
@@ -539,14 +545,7 @@ def effective_waypoint(service: Service, index: SnapshotIndex) -> EffectiveWaypo
 
 def workload_waypoint_binding(workload: Workload, index: SnapshotIndex) -> WaypointBinding:
     """Which waypoint a pod's labels (or its namespace's) ask for: pod label beats namespace label."""
-    own = workload.pod_labels
-    if USE_WAYPOINT in own:
-        return _binding_from(own, workload.meta.ref, workload.meta.namespace)
-    ns_labels = index.namespace_labels(workload.meta.namespace)
-    if USE_WAYPOINT in ns_labels:
-        return _binding_from(ns_labels, f"Namespace {workload.meta.namespace}", workload.meta.namespace)
-    ev = Evidence(workload.meta.ref, f"template.labels.{USE_WAYPOINT}", "(absent, also on its namespace)")
-    return WaypointBinding(None, None, (ev,))
+    return _binding_by_labels(workload.pod_labels, workload.meta, f"template.labels.{USE_WAYPOINT}", index)
 
 
 def workload_waypoint(workload: Workload, index: SnapshotIndex) -> EffectiveWaypoint:
