@@ -602,15 +602,27 @@ class RealNode:
         return status
 
     def wait_handed(self, keys: set[str], timeout: float = 60.0) -> None:
-        """Wait until the agent has ztunnel's ack for every pod in ``keys`` (``namespace/name``)."""
-        record = self._require()
-        uids = {record.pods[key]["uid"] for key in keys}
+        """Wait until the agent has ztunnel's ack for every pod in ``keys`` (``namespace/name``).
+
+        Pods are synced on every pass: the istio-cni stand-in writes a new pod's address and its
+        redirection annotation in two API writes, so a sync between them hands the pod to nobody
+        (a CI run waited 90 s on exactly that). The uid compared is the API's, from the agent's
+        wanted list, never one remembered from an earlier pod of the same name.
+        """
         deadline = time.monotonic() + timeout
+        missing = sorted(keys)
         while time.monotonic() < deadline:
-            if uids <= set(self.agent_status().get("acked") or []):
+            self.sync_pods()
+            wanted = {
+                f"{item['namespace']}/{item['name']}": item["uid"]
+                for item in json.loads((self.node_dir / "pods.json").read_text())
+            }
+            acked = set(self.agent_status().get("acked") or [])
+            missing = sorted(key for key in keys if wanted.get(key) not in acked)
+            if not missing:
                 return
-            time.sleep(0.2)
-        raise RealNodeError(f"ztunnel did not ack {sorted(keys)} within {timeout:.0f} s: {self.agent_status()}")
+            time.sleep(0.5)
+        raise RealNodeError(f"ztunnel did not ack {missing} within {timeout:.0f} s: {self.agent_status()}")
 
     def exec(self, key: str, argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         """Run a command inside a pod's namespace (as root: never captured differently, no uid 1337)."""

@@ -304,7 +304,7 @@ def _wait_pods(node: RealNode, keys: set[str], *, ambient: set[str], timeout: fl
         time.sleep(0.5)
     else:
         raise RuntimeError(f"the sender pods {sorted(keys - set(node.sync_pods()))} got no address")
-    node.wait_handed(ambient & keys, timeout=timeout)
+    node.wait_handed(ambient & keys, timeout=max(deadline - time.monotonic(), 10.0))
 
 
 # --- traffic ------------------------------------------------------------------------------------
