@@ -184,7 +184,7 @@ def check_offline(
     # The standard library's logger: it goes through the same handler and renderer as
     # structlog's (configure_logging), and needs no structlog at start-up (#16).
     log = logging.getLogger("auditor.check")
-    with _without_cycle_collection():
+    with without_cycle_collection():
         posture = load_rules(rules)
         loaded = read_manifests(manifests, stdin)
         log.info(
@@ -209,12 +209,14 @@ def check_offline(
 
 
 @contextmanager
-def _without_cycle_collection() -> Iterator[None]:
+def without_cycle_collection() -> Iterator[None]:
     """Pause Python's cyclic garbage collector while a one-shot audit builds its objects.
 
     Reading and auditing make millions of objects that all live until the audit ends; the
     collector kept re-scanning them (a fifth of the CPU time of a 10,000-Service audit, #16) and
-    found nothing: the memory is freed by reference counting either way.
+    found nothing: the memory is freed by reference counting either way. The CLI also renders
+    an offline audit's report inside it (another 0.1-0.2 s of collections at 10,000 Services).
+    Nested uses are fine: only the outermost one turns the collector back on.
     """
     enabled = gc.isenabled()
     gc.disable()

@@ -682,6 +682,8 @@ _Predicate = Callable[[str], Tri]
 
 def _wp_field(values: tuple[str, ...], not_values: tuple[str, ...], predicate: _Predicate, deny: bool) -> list[Tri]:
     """model.go ``rule.permission`` / ``rule.principal``: OR of values, NOT(OR) of notValues."""
+    if not values and not not_values:
+        return []  # the common case (most fields of a rule are unset): nothing to translate (#16)
     found: list[Tri] = []
     for group, negate in ((values, False), (not_values, True)):
         results = []

@@ -56,17 +56,26 @@ class _Doc:
     a frozen dataclass's ``__init__`` costs several times more (#16).
     """
 
-    __slots__ = ("body", "path")
+    __slots__ = ("_parent", "_part", "body")
 
-    def __init__(self, body: Mapping[str, Any], path: str = "") -> None:
+    def __init__(self, body: Mapping[str, Any], path: str = "", parent: _Doc | None = None) -> None:
         self.body = body
-        self.path = path
+        # The path is only read by error messages: a child keeps its parent and its own part
+        # (``key``, ``key[index]``) and spells the path out when asked (#16).
+        self._parent = parent
+        self._part = path
+
+    @property
+    def path(self) -> str:
+        """Where this mapping is in the object, as error messages name it (``spec.rules[0]``)."""
+        return self._part if self._parent is None else self._parent.at(self._part)
 
     def at(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
+        path = self.path
+        return f"{path}.{key}" if path else key
 
     def child(self, key: str) -> _Doc:
-        return _Doc(self.mapping(key), self.at(key))
+        return _Doc(self.mapping(key), key, self)
 
     def mapping(self, key: str) -> Mapping[str, Any]:
         value = self.body.get(key)
@@ -91,20 +100,21 @@ class _Doc:
                 "write it as a YAML list (- item)",
             )
         docs = []
-        at = self.at(key)
         for index, item in enumerate(value):
             if type(item) is not dict and not isinstance(item, Mapping):
                 raise DecodeError(
-                    f"{at}[{index}]",
+                    f"{self.at(key)}[{index}]",
                     f"expected a mapping, got {_kind_of(item)}",
                     "each item is key: value pairs",
                 )
-            docs.append(_Doc(item, f"{at}[{index}]"))
+            docs.append(_Doc(item, f"{key}[{index}]", self))
         return docs
 
     def string(self, key: str, default: str = "") -> str:
-        value = self.body.get(key, default)
-        if value is None:
+        value = self.body.get(key)
+        if type(value) is str:  # the common case first (#16)
+            return value
+        if value is None:  # absent or null
             return default
         # The API server refuses a number where its schema says string (core types' JSON decoding,
         # CRDs' structural schema), so the offline reader must too: kubectl sends 0x10 as 16.

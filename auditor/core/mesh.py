@@ -790,6 +790,19 @@ def istio_workload(workload: Workload, index: SnapshotIndex) -> tuple[ClientKind
 
 def istio_service(service: Service, index: SnapshotIndex) -> Evidence | None:
     """Evidence that a Service is Istio's own (waypoint, gateway, istiod, ztunnel, istio-cni), or None."""
+    # Several checks ask for every Service: remembered per index, with the Service object itself
+    # so that another object of the same name never matches (#16).
+    key = ("istio-service", service.meta.key)
+    held = index.index_memo.get(key)
+    if isinstance(held, tuple) and held[0] is service:
+        found: Evidence | None = held[1]
+        return found
+    found = _istio_service(service, index)
+    index.index_memo[key] = (service, found)
+    return found
+
+
+def _istio_service(service: Service, index: SnapshotIndex) -> Evidence | None:
     labels = service.meta.labels
     for key in (GATEWAY_NAME, GATEWAY_MANAGED):
         if key in labels:

@@ -21,7 +21,11 @@ _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
+    # defer_build: the validators are built by the first validation, for the models it uses
+    # (a rules file builds ``PostureDocument``'s), not one per class at import (#16: start-up).
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True, defer_build=True
+    )
 
 
 Name = Annotated[str, Field(pattern=_DNS_LABEL, max_length=253, description="A Kubernetes object name.")]
@@ -265,7 +269,8 @@ def _model_in(annotation: object) -> type[BaseModel] | None:
 class Posture(BaseModel):
     """All rules files merged: what the audit checks."""
 
-    model_config = ConfigDict(frozen=True)
+    # Built on first use: ``merge`` constructs it from models validated already (#16).
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     mesh: MeshSettings
     scope: tuple[ScopeEntry, ...]
@@ -296,7 +301,9 @@ def merge(documents: list[tuple[str, PostureDocument]]) -> Posture:
                     f"{origin}: protected service {service.target} is also in {seen[service.target]}; keep one"
                 )
             seen[service.target] = origin
-    return Posture(
+    # Every part was validated with its document and the fields are already tuples: validating
+    # them again would only build Posture's own validator, at every start (#16).
+    return Posture.model_construct(
         mesh=mesh,
         scope=tuple(e for _, d in documents for e in d.spec.scope),
         protected=tuple(p for _, d in documents for p in d.spec.protected_services),

@@ -589,6 +589,9 @@ class SnapshotIndex:
         # What the checks derive from one workload (and its namespace), keyed by id(workload),
         # kept with the workload itself so that an id reused by another object never matches.
         self.workload_memo: dict[int, tuple[Workload, object]] = {}
+        # What the checks derive from the whole snapshot (keyed (what, ...)): it lives and dies
+        # with this index, and an incremental audit's patched index starts without it.
+        self.index_memo: dict[tuple[str, ...], object] = {}
 
     def replaced_namespace(self, namespace: str, before: SnapshotIndex, after: SnapshotIndex) -> SnapshotIndex:
         """This index with the namespaced objects of ``namespace`` as ``after`` has them (``before``
@@ -660,6 +663,7 @@ class SnapshotIndex:
         for workload in before.snapshot.workloads:
             memo.pop(id(workload), None)
         new.workload_memo = memo
+        new.index_memo = {}
         return new
 
     @staticmethod
