@@ -353,6 +353,15 @@ class RealNode:
         elif "ztunnel" not in record.procs:
             self.start_ztunnel()
         self.sync_pods()
+        # Until the agent took every withheld pod back from ztunnel (its in-pod rules removed), then
+        # once more, so that kube-proxy's rules follow the agent's emptied nat table.
+        withheld = {record.pods[key]["uid"] for key in withheld_pods(faults) if key in record.pods}
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while withheld & set(self.agent_status().get("acked") or []):
+            if time.monotonic() > deadline:
+                raise RealNodeError(f"the agent still hands {sorted(withheld)} to ztunnel: {self.agent_status()}")
+            time.sleep(0.2)
+        self.sync_pods()
 
     def _spawn(self, record: NodeRecord, name: str, argv: list[str], log: Path, env: dict[str, str]) -> Proc:
         proc = processes.spawn(name, argv, log, env=env, log_mode=0o644)
