@@ -46,6 +46,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -82,6 +83,8 @@ FAULTS = {
     "uncaptured-pod": "uncaptured-pod=NS/NAME: labelled ambient, never handed to ztunnel (started before the "
     "node's CNI agent was ready); repeatable",
     "ztunnel-restart": "ztunnel is restarted every 10 s while the node runs (ztunnel-restart=SECONDS)",
+    "istiod-stale": "istiod is frozen (SIGSTOP) once pods settled: ztunnel keeps the last configuration it got, "
+    "whatever the API server says afterwards",
 }
 
 
@@ -105,6 +108,8 @@ def parse_faults(names: Sequence[str]) -> list[str]:
             raise FaultError(f"unknown fault {name!r} for the real node; known: {', '.join(sorted(FAULTS))}")
         if name == "uncaptured-pod" and (target.count("/") != 1 or "" in target.split("/")):
             raise FaultError(f"fault {spec!r}: uncaptured-pod needs a pod, as uncaptured-pod=NAMESPACE/NAME")
+        if name == "istiod-stale" and target:
+            raise FaultError(f"fault {spec!r}: istiod-stale takes no target")
         if name == "ztunnel-down" and target not in ("", NODE_NAME):
             raise FaultError(f"fault {spec!r}: the real node is {NODE_NAME}, there is no node {target!r}")
         if name == "ztunnel-restart" and target:
@@ -334,6 +339,7 @@ class RealNode:
             raise RealNodeError(f"fault uncaptured-pod: no pod {', '.join(missing)} on the node (check the manifests)")
         if any(spec.partition("=")[0] == "ztunnel-down" for spec in record.faults):
             self.stop_ztunnel()
+        self._freeze_istiod("istiod-stale" in record.faults)
 
     def set_faults(self, faults: Sequence[str]) -> None:
         """Switch the node's faults while it runs (``FAULTS`` specs, checked first: FaultError).
@@ -352,6 +358,7 @@ class RealNode:
             self.stop_ztunnel()
         elif "ztunnel" not in record.procs:
             self.start_ztunnel()
+        self._freeze_istiod("istiod-stale" in faults)
         self.sync_pods()
         # Until the agent took every withheld pod back from ztunnel (its in-pod rules removed), then
         # once more, so that kube-proxy's rules follow the agent's emptied nat table.
@@ -362,6 +369,15 @@ class RealNode:
                 raise RealNodeError(f"the agent still hands {sorted(withheld)} to ztunnel: {self.agent_status()}")
             time.sleep(0.2)
         self.sync_pods()
+
+    def _freeze_istiod(self, frozen: bool) -> None:
+        """SIGSTOP (``frozen``) or SIGCONT istiod: its streams to ztunnel stay open and say nothing new."""
+        process = controlplane.recorded_process("istiod", self.controlplane_dir)
+        if process is None or not process.running():
+            if frozen:
+                raise RealNodeError("fault istiod-stale: no istiod runs on the node's control plane")
+            return
+        os.kill(process.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
 
     def _spawn(self, record: NodeRecord, name: str, argv: list[str], log: Path, env: dict[str, str]) -> Proc:
         proc = processes.spawn(name, argv, log, env=env, log_mode=0o644)
@@ -890,6 +906,8 @@ class RealNode:
         """Stop every recorded process, delete the lab namespaces and the state directory; repeatable."""
         record = self.load()
         if record is not None:
+            if "istiod-stale" in record.faults:
+                self._freeze_istiod(False)  # a stopped process would not act on the SIGTERM that stops it
             procs.stop_all(list(record.procs.values()))
             prefix = f"{netns.PREFIX}{record.lab_id}-"
             for name in netns.list_lab_namespaces(prefix):

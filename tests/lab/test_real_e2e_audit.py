@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,9 +33,23 @@ from tests.lab import labkit, realkit
 
 pytestmark = pytest.mark.lab
 
-Audit = Callable[[], tuple[int, dict[str, Any]]]
+Audit = Callable[..., tuple[int, dict[str, Any]]]
 CATALOG_POD = "default/catalog-0"
 MESH_POLICY = labkit.RETAIL / "20-mesh-policy.yaml"
+L4_RULES = labkit.RULES / "catalog-l4.yaml"
+TOKEN = "x-auth-token: internal-retail-token"
+CATALOG_L4_POLICY = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: catalog-l4, namespace: default}
+spec:
+  selector:
+    matchLabels: {app.kubernetes.io/name: catalog, app.kubernetes.io/component: service}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/default/sa/ui]}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +59,7 @@ def node() -> Iterator[RealNode]:
     try:
         started = time.monotonic()
         the_node.kubectl("apply", "-f", str(MESH_POLICY))
-        realkit.wait_waypoint(the_node, "x-auth-token: internal-retail-token")
+        realkit.wait_waypoint(the_node, TOKEN)
         the_node.deploy_auditor()
         the_node.kubectl("apply", "-f", str(labkit.CONTROL_ROLE))
         labkit.wait_until_auditor_may_create_pods(the_node.kubectl)
@@ -61,9 +76,9 @@ def audit(node: RealNode, monkeypatch: pytest.MonkeyPatch) -> Iterator[Audit]:
     for name, value in labkit.AUDIT_ENV.items():
         monkeypatch.setenv(name, value)
 
-    def run() -> tuple[int, dict[str, Any]]:
+    def run(rules: Path = labkit.RETAIL_RULES) -> tuple[int, dict[str, Any]]:
         out = io.StringIO()
-        argv = ["check", "--kubeconfig", str(node.auditor_kubeconfig), "--rules", str(labkit.RETAIL_RULES)]
+        argv = ["check", "--kubeconfig", str(node.auditor_kubeconfig), "--rules", str(rules)]
         started = time.monotonic()
         code = main([*argv, "--active", "--output", "json"], stdout=out)
         document: dict[str, Any] = json.loads(out.getvalue())
@@ -189,3 +204,34 @@ def test_service_down_is_inconclusive_never_pass(node: RealNode, audit: Audit) -
     )
     assert "upstream-error (HTTP 503)" in labkit.probe_findings(document)["waypoint-enrollment.probe"]["message"]
     assert code == 3
+
+
+def _catalog_waypoint(node: RealNode) -> str | None:
+    """The waypoint ztunnel holds for catalog's Service (from istiod), or None."""
+    services = node.config_dump().get("services") or []
+    service: dict[str, Any] = next((s for s in services if s["hostname"] == "catalog.default.svc.cluster.local"), {})
+    waypoint = service.get("waypoint") or {}
+    return str(waypoint["destination"]) if waypoint.get("destination") else None
+
+
+def test_istiod_stale_policy_added_after_is_not_enforced(node: RealNode, audit: Audit) -> None:
+    """catalog unbound from its waypoint (ztunnel enforces at L4), then istiod freezes, then an L4
+    ALLOW for sa/ui is applied: the config says only ui may call catalog; ztunnel never got it."""
+    node.kubectl("label", "service", "catalog", "--namespace=default", "istio.io/use-waypoint-")
+    try:
+        deadline = time.monotonic() + 30
+        while _catalog_waypoint(node) is not None:
+            assert time.monotonic() < deadline, "istiod never told ztunnel catalog left its waypoint"
+            time.sleep(0.5)
+        node.set_faults(["istiod-stale"])
+        node.kubectl("apply", "-f", "-", stdin=CATALOG_L4_POLICY)
+        code, document = audit(L4_RULES)
+        statuses = labkit.probe_statuses(document)
+        assert "pass" not in statuses.values(), _probe_evidence(document)
+        assert _static_not_passed(document) == []
+        print(statuses, code)
+    finally:
+        node.set_faults(())
+        node.kubectl("delete", "authorizationpolicy", "catalog-l4", "--namespace=default", "--ignore-not-found")
+        node.kubectl("label", "service", "catalog", "--namespace=default", "istio.io/use-waypoint=catalog-waypoint")
+        realkit.wait_waypoint(node, TOKEN)
