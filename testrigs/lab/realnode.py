@@ -11,7 +11,8 @@ the traffic.
   redirection annotation.
 * **Node.** The lab's bridge namespace ``malab-<id>-br`` is the node's network. Every API pod
   with an address gets a lab pod namespace with that address, the lab app on its container ports,
-  and a route to the Service range (no default route).
+  and a route to the Service range (no default route). A pod ztunnel does not hold also gets
+  kube-proxy's DNAT of the Service VIPs in its own nat table (``_service_backends``).
 * **CNI agent.** ``zds`` (a daemon) hands each pod that istio-cni would redirect (the stand-in's
   ``ambient.istio.io/redirection: enabled``) to ztunnel with its netns fd, after installing the
   in-pod rules (``inpod``).
