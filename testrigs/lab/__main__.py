@@ -54,7 +54,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     real_up = commands.add_parser("real-up", help="one node on the real ztunnel and istiod; prints the kubeconfig")
     real_up.add_argument("--manifests", type=Path, action="append", required=True, help="file or folder; repeatable")
     real_up.add_argument(
-        "--fault", action="append", default=[], help="one of: ztunnel-down, uncaptured-pod=NS/NAME, ztunnel-restart[=S], istiod-stale"
+        "--fault",
+        action="append",
+        default=[],
+        help="one of: ztunnel-down, uncaptured-pod=NS/NAME, ztunnel-restart[=S], istiod-stale",
     )
     commands.add_parser("real-sync", help="pick up new pods and give the waypoints the current policies")
     commands.add_parser("real-down", help="stop and remove the real-ztunnel node; safe to repeat")
