@@ -690,6 +690,11 @@ def _processes(record: dict[str, Any]) -> list[Process]:
     return [Process.from_json(p) for p in record.get("processes", [])]
 
 
+def recorded_process(name: str, state_dir: Path | None = None) -> Process | None:
+    """The process ``name`` (``etcd``, ``kube-apiserver``, ``istiod``...) that ``up`` recorded, or None."""
+    return next((p for p in _processes(_load_record(_state(state_dir))) if p.name == name), None)
+
+
 # ---------------------------------------------------------------------------------------------
 # up / down / status
 

@@ -11,7 +11,7 @@ The real data plane (#12, ``testrigs.lab.realnode``; not yet the default): ``bui
 ztunnel from its pinned source archive (``--ztunnel-source``); ``real-up --manifests PATH`` starts
 one node with istiod, the CNI-agent stand-in and the real ztunnel, applies the manifests and waits
 until ztunnel holds every ambient pod (``--fault``: ``ztunnel-down``, ``uncaptured-pod=NS/NAME``,
-``ztunnel-restart[=S]``; a bad one exits 2 before anything starts); ``real-sync`` picks up new
+``ztunnel-restart[=S]``, ``istiod-stale``; a bad one exits 2 before anything starts); ``real-sync`` picks up new
 pods and gives the waypoints the current policies; ``real-status`` (JSON, lists the ztunnel and
 waypoint processes) and ``real-down`` (default state dir ``/tmp/malab-real``).
 
@@ -54,7 +54,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     real_up = commands.add_parser("real-up", help="one node on the real ztunnel and istiod; prints the kubeconfig")
     real_up.add_argument("--manifests", type=Path, action="append", required=True, help="file or folder; repeatable")
     real_up.add_argument(
-        "--fault", action="append", default=[], help="one of: ztunnel-down, uncaptured-pod=NS/NAME, ztunnel-restart[=S]"
+        "--fault",
+        action="append",
+        default=[],
+        help="one of: ztunnel-down, uncaptured-pod=NS/NAME, ztunnel-restart[=S], istiod-stale",
     )
     commands.add_parser("real-sync", help="pick up new pods and give the waypoints the current policies")
     commands.add_parser("real-down", help="stop and remove the real-ztunnel node; safe to repeat")

@@ -91,17 +91,32 @@ class LabLauncher:
     ) -> subprocess.Popen[bytes]:
         meta = pod["metadata"]
         netns = self.pod_netns(f"{meta['namespace']}/{meta['name']}")
-        if argv and argv[0] in {"python", "python3"}:
-            argv = [self._image.python, *argv[1:]]
-        env = {**env, "PYTHONPATH": self._image.pythonpath, "PYTHONNOUSERSITE": "1", "HOME": str(workdir)}
-        prefix = [IP, "netns", "exec", netns]
-        if not self._image.as_root:
-            uid, gid = _security(pod)
-            for path in (workdir, *workdir.iterdir()):  # the termination log belongs to the pod's user
-                os.chown(path, uid, gid)
-            prefix += [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
-            prefix += ["--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--"]
-        return subprocess.Popen([*prefix, *argv], env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return start_in_pod(self._image, pod, netns, argv, env, workdir=workdir)
+
+
+def start_in_pod(
+    image: probe_image.Image, pod: dict[str, Any], netns: str, argv: list[str], env: dict[str, str], *, workdir: Path
+) -> subprocess.Popen[bytes]:
+    """Start a pod's container command in the pod's network namespace ``netns``, as its user.
+
+    ``argv``/``env``/``workdir`` as the pod executor's ``Launcher.launch`` gets them; ``python`` is
+    the probe image's interpreter. ``ip netns exec`` bind-mounts the pod's ``hosts`` and
+    ``resolv.conf``; ``setpriv`` drops to the pod's ``runAsUser``/``runAsGroup`` (default 65532)
+    with no new privileges and no capabilities (unless the image must run as root). Shared by the
+    emulated lab's kubelet and the real node's (``realkubelet``). Raises LaunchError for a
+    runAsNonRoot container that would run as root.
+    """
+    if argv and argv[0] in {"python", "python3"}:
+        argv = [image.python, *argv[1:]]
+    env = {**env, "PYTHONPATH": image.pythonpath, "PYTHONNOUSERSITE": "1", "HOME": str(workdir)}
+    prefix = [IP, "netns", "exec", netns]
+    if not image.as_root:
+        uid, gid = _security(pod)
+        for path in (workdir, *workdir.iterdir()):  # the termination log belongs to the pod's user
+            os.chown(path, uid, gid)
+        prefix += [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+        prefix += ["--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--"]
+    return subprocess.Popen([*prefix, *argv], env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def run(lab: Lab) -> int:

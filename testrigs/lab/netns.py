@@ -155,21 +155,40 @@ def nat_rules(*, captured: bool, inbound: bool, vip_dnat: Iterable[tuple[str, in
                 "-A PREROUTING -p tcp -j REDIRECT --to-ports 15006",
             ]
     else:
-        groups: dict[tuple[str, int], list[tuple[str, int]]] = {}
-        for vip, port, backend, target in vip_dnat:
-            check_address(vip)
-            check_address(backend)
-            groups.setdefault((vip, port), []).append((backend, target))
-        for (vip, port), backends in groups.items():
-            for index, (backend, target) in enumerate(backends):
-                # kube-proxy's iptables mode: rule i of n matches with probability 1/(n-i), so
-                # each of the n backends gets 1/n of the new connections.
-                remaining = len(backends) - index
-                pick = f" -m statistic --mode random --probability {1 / remaining:.11f}" if remaining > 1 else ""
-                lines.append(
-                    f"-A OUTPUT -p tcp -d {vip}/32 --dport {port}{pick} -j DNAT --to-destination {backend}:{target}"
-                )
+        lines += kube_proxy_dnat(vip_dnat)
     return "\n".join([*lines, "COMMIT", ""])
+
+
+def kube_proxy_dnat(
+    vip_dnat: Iterable[tuple[str, int, str, int]],
+    vip_network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None,
+) -> list[str]:
+    """kube-proxy's nat OUTPUT rules (iptables-restore lines): each Service VIP:port to its backends.
+
+    ``vip_dnat``: (VIP, port, backend pod address, target port); the entries of one VIP:port, in
+    order, are its backends, one chosen at random per connection. Backends must be lab addresses
+    (``check_address``); VIPs too, or in ``vip_network`` when given (the test control plane's
+    Service range, for the real-ztunnel node). Raises NetnsError for any other address.
+    """
+    groups: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    for vip, port, backend, target in vip_dnat:
+        if vip_network is None:
+            check_address(vip)
+        elif ipaddress.ip_address(vip) not in vip_network:
+            raise NetnsError(f"refusing Service address {vip}: not in {vip_network}")
+        check_address(backend)
+        groups.setdefault((vip, port), []).append((backend, target))
+    lines = []
+    for (vip, port), backends in groups.items():
+        for index, (backend, target) in enumerate(backends):
+            # kube-proxy's iptables mode: rule i of n matches with probability 1/(n-i), so
+            # each of the n backends gets 1/n of the new connections.
+            remaining = len(backends) - index
+            pick = f" -m statistic --mode random --probability {1 / remaining:.11f}" if remaining > 1 else ""
+            lines.append(
+                f"-A OUTPUT -p tcp -d {vip}/32 --dport {port}{pick} -j DNAT --to-destination {backend}:{target}"
+            )
+    return lines
 
 
 def apply_nat(name: str, rules: str) -> None:

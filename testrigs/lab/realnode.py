@@ -11,7 +11,8 @@ the traffic.
   redirection annotation.
 * **Node.** The lab's bridge namespace ``malab-<id>-br`` is the node's network. Every API pod
   with an address gets a lab pod namespace with that address, the lab app on its container ports,
-  and a route to the Service range (no default route).
+  and a route to the Service range (no default route). A pod ztunnel does not hold also gets
+  kube-proxy's DNAT of the Service VIPs in its own nat table (``_service_backends``).
 * **CNI agent.** ``zds`` (a daemon) hands each pod that istio-cni would redirect (the stand-in's
   ``ambient.istio.io/redirection: enabled``) to ztunnel with its netns fd, after installing the
   in-pod rules (``inpod``).
@@ -26,6 +27,12 @@ the traffic.
   waypoints certificates ztunnel trusts (upstream Envoy has no client for istiod's CSR API).
 * **Waypoints.** A waypoint pod istiod rendered gets a namespace and the lab's Envoy
   (``realwaypoint``), reconfigured on every ``sync_pods``.
+* **Probe pods.** ``start_kubelet`` starts ``realkubelet``: the pod executor runs the auditor's
+  probe pods in their own pod namespaces (captured ones handed to ztunnel first), as the pod's
+  user; ``sync_pods`` removes the namespace of a pod the API server no longer has.
+
+The record is changed by several processes (the tests' ``sync_pods``, the kubelet daemon): every
+change holds ``<state>/node.lock`` (``_locked``).
 
 Every process is recorded (``Proc``) in ``<state>/realnode.json`` before ``up`` goes on, so
 ``down`` (also after a crash) stops them by pid, deletes the namespaces and the state directory.
@@ -34,15 +41,18 @@ Every process is recorded (``Proc``) in ``<state>/realnode.json`` before ``up`` 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +60,7 @@ from typing import Any
 import yaml
 
 from testrigs.devtools import controlplane, istio, processes, ztunnel
+from testrigs.lab import image as probe_image
 from testrigs.lab import mesh, netns, procs, proxy, realwaypoint
 from testrigs.lab.envoyconf import Certs
 from testrigs.lab.pki import LabCA
@@ -73,7 +84,13 @@ FAULTS = {
     "uncaptured-pod": "uncaptured-pod=NS/NAME: labelled ambient, never handed to ztunnel (started before the "
     "node's CNI agent was ready); repeatable",
     "ztunnel-restart": "ztunnel is restarted every 10 s while the node runs (ztunnel-restart=SECONDS)",
+    "istiod-stale": "istiod is frozen (SIGSTOP) once pods settled: ztunnel keeps the last configuration it got, "
+    "whatever the API server says afterwards",
 }
+
+
+_THREAD_LOCK = threading.RLock()  # the threads of one process; node.lock serializes the processes
+_HELD: dict[Path, int] = {}
 
 
 class RealNodeError(RuntimeError):
@@ -92,6 +109,8 @@ def parse_faults(names: Sequence[str]) -> list[str]:
             raise FaultError(f"unknown fault {name!r} for the real node; known: {', '.join(sorted(FAULTS))}")
         if name == "uncaptured-pod" and (target.count("/") != 1 or "" in target.split("/")):
             raise FaultError(f"fault {spec!r}: uncaptured-pod needs a pod, as uncaptured-pod=NAMESPACE/NAME")
+        if name == "istiod-stale" and target:
+            raise FaultError(f"fault {spec!r}: istiod-stale takes no target")
         if name == "ztunnel-down" and target not in ("", NODE_NAME):
             raise FaultError(f"fault {spec!r}: the real node is {NODE_NAME}, there is no node {target!r}")
         if name == "ztunnel-restart" and target:
@@ -202,6 +221,30 @@ class RealNode:
         temporary.write_text(json.dumps(record.to_json(), indent=1))
         temporary.replace(self.record_path)
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the node's lock (``<state>/node.lock``, flock) across a load-change-save of the record.
+
+        Re-entrant within a process (the kubelet daemon's launch threads share one holder).
+        """
+        with _THREAD_LOCK:
+            if _HELD.get(self.state_dir, 0):
+                _HELD[self.state_dir] += 1
+                try:
+                    yield
+                finally:
+                    _HELD[self.state_dir] -= 1
+                return
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            with (self.state_dir / "node.lock").open("a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                _HELD[self.state_dir] = 1
+                try:
+                    yield
+                finally:
+                    _HELD[self.state_dir] = 0
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
     def bridge(self, record: NodeRecord) -> str:
         return f"{netns.PREFIX}{record.lab_id}-br"
 
@@ -252,6 +295,12 @@ class RealNode:
 
     def start_ztunnel(self, record: NodeRecord | None = None) -> Proc:
         """(Re)start ztunnel in the node namespace and wait for its readiness endpoint."""
+        with self._locked():
+            record, proc = self._start_ztunnel(record)
+        self._wait_ready(record, proc)
+        return proc
+
+    def _start_ztunnel(self, record: NodeRecord | None) -> tuple[NodeRecord, Proc]:
         record = record or self._require()
         old = record.procs.get("ztunnel")
         if old is not None:
@@ -275,16 +324,16 @@ class RealNode:
         proc = procs.spawn_in_netns("ztunnel", self.bridge(record), argv, self.node_dir / "ztunnel.log", env)
         record.procs["ztunnel"] = proc
         self._save(record)
-        self._wait_ready(record, proc)
-        return proc
+        return record, proc
 
     def stop_ztunnel(self) -> None:
         """Stop ztunnel (the node's data plane goes down; captured pods lose their listeners)."""
-        record = self._require()
-        proc = record.procs.pop("ztunnel", None)
-        if proc is not None:
-            procs.stop(proc)
-        self._save(record)
+        with self._locked():
+            record = self._require()
+            proc = record.procs.pop("ztunnel", None)
+            if proc is not None:
+                procs.stop(proc)
+            self._save(record)
 
     def apply_faults(self) -> None:
         """The faults that act once the node is up and its pods settled: ``ztunnel-down``."""
@@ -294,6 +343,45 @@ class RealNode:
             raise RealNodeError(f"fault uncaptured-pod: no pod {', '.join(missing)} on the node (check the manifests)")
         if any(spec.partition("=")[0] == "ztunnel-down" for spec in record.faults):
             self.stop_ztunnel()
+        self._freeze_istiod("istiod-stale" in record.faults)
+
+    def set_faults(self, faults: Sequence[str]) -> None:
+        """Switch the node's faults while it runs (``FAULTS`` specs, checked first: FaultError).
+
+        ``uncaptured-pod`` takes effect at the next ``sync_pods`` (the agent removes the pod's
+        redirection and sends ztunnel its ``del``); ``ztunnel-down`` stops ztunnel now, and
+        leaving it restarts ztunnel. ``ztunnel-restart`` acts only from ``up``.
+        """
+        faults = parse_faults(faults)
+        down = any(spec.partition("=")[0] == "ztunnel-down" for spec in faults)
+        with self._locked():
+            record = self._require()
+            record.faults = list(faults)
+            self._save(record)
+        if down:
+            self.stop_ztunnel()
+        elif "ztunnel" not in record.procs:
+            self.start_ztunnel()
+        self._freeze_istiod("istiod-stale" in faults)
+        self.sync_pods()
+        # Until the agent took every withheld pod back from ztunnel (its in-pod rules removed), then
+        # once more, so that kube-proxy's rules follow the agent's emptied nat table.
+        withheld = {record.pods[key]["uid"] for key in withheld_pods(faults) if key in record.pods}
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while withheld & set(self.agent_status().get("acked") or []):
+            if time.monotonic() > deadline:
+                raise RealNodeError(f"the agent still hands {sorted(withheld)} to ztunnel: {self.agent_status()}")
+            time.sleep(0.2)
+        self.sync_pods()
+
+    def _freeze_istiod(self, frozen: bool) -> None:
+        """SIGSTOP (``frozen``) or SIGCONT istiod: its streams to ztunnel stay open and say nothing new."""
+        process = controlplane.recorded_process("istiod", self.controlplane_dir)
+        if process is None or not process.running():
+            if frozen:
+                raise RealNodeError("fault istiod-stale: no istiod runs on the node's control plane")
+            return
+        os.kill(process.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
 
     def _spawn(self, record: NodeRecord, name: str, argv: list[str], log: Path, env: dict[str, str]) -> Proc:
         proc = processes.spawn(name, argv, log, env=env, log_mode=0o644)
@@ -416,7 +504,13 @@ class RealNode:
 
         ``withhold``: ``namespace/name`` of pods the CNI agent must never hand over (the fault of a
         pod started before the node's agent was ready: labelled ambient, not captured).
+        The namespace (and app) of a pod the API server no longer has, or has under another uid, is
+        removed; the agent then sends ztunnel its ``del``. Holds the node's lock.
         """
+        with self._locked():
+            return self._sync_pods(withhold)
+
+    def _sync_pods(self, withhold: frozenset[str]) -> dict[str, dict[str, str]]:
         record = self._require()
         withhold = withhold | withheld_pods(record.faults)
         pods = json.loads(self.kubectl("get", "pods", "--all-namespaces", "--output=json"))["items"]
@@ -427,6 +521,7 @@ class RealNode:
             if s["spec"].get("clusterIP") not in (None, "", "None")
         ]
         wanted: list[dict[str, str]] = []
+        kube_proxied: list[str] = []  # namespaces of pods ztunnel does not hold: kube-proxy's DNAT applies
         waypoint_pods: list[dict[str, Any]] = []
         redirected: set[str] = set()
         network = ipaddress.ip_network(POD_CIDR)
@@ -454,6 +549,8 @@ class RealNode:
             annotated = (meta.get("annotations") or {}).get(REDIRECTION) == "enabled"
             if annotated:
                 redirected.add(key)
+            if not annotated or key in withhold:
+                kube_proxied.append(record.pods[key]["netns"])
             if annotated and key not in withhold:
                 wanted.append(
                     {
@@ -467,10 +564,48 @@ class RealNode:
         from testrigs.lab import zds  # noqa: PLC0415 - zds pulls in inpod only when pods are synced
 
         zds.write_json(self.node_dir / "pods.json", wanted)
+        if kube_proxied:
+            dnat = netns.kube_proxy_dnat(self._service_backends(services), ipaddress.ip_network(SERVICE_CIDR))
+            chains = ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+            rules = "*nat\n" + chains + "".join(f"{line}\n" for line in dnat) + "COMMIT\n"
+            for name in kube_proxied:
+                netns.apply_nat(name, rules)
         # The waypoint tunnels to what istiod calls HBONE-capable, the pods the API says istio-cni
         # redirected, whether or not ztunnel holds them (the uncaptured-pod fault: refused there).
         self._sync_waypoints(record, waypoint_pods, pods, services, frozenset(redirected))
         return record.pods
+
+    def _service_backends(self, services: list[dict[str, Any]]) -> list[tuple[str, int, str, int]]:
+        """kube-proxy's view: (VIP, port, ready endpoint address, its port) from the EndpointSlices.
+
+        The real node has no kube-proxy on the node; like the emulated lab, each pod that ztunnel
+        does not hold gets kube-proxy's DNAT in its own nat table (``netns.kube_proxy_dnat``), so a client
+        outside the mesh reaches a Service by name. A pod ztunnel holds never needs it: istio-cni's
+        in-pod rules send all its TCP to ztunnel before any DNAT would (they replace the table).
+        """
+        slices = json.loads(self.kubectl("get", "endpointslices", "--all-namespaces", "--output=json"))["items"]
+        entries: list[tuple[str, int, str, int]] = []
+        for service in services:
+            meta, spec = service["metadata"], service["spec"]
+            if spec.get("clusterIP") in (None, "", "None"):
+                continue
+            for port in spec.get("ports") or []:
+                for item in slices:
+                    labels = item["metadata"].get("labels") or {}
+                    if item["metadata"]["namespace"] != meta["namespace"]:
+                        continue
+                    if labels.get("kubernetes.io/service-name") != meta["name"]:
+                        continue
+                    target = next(
+                        (p["port"] for p in item.get("ports") or [] if p.get("name", "") == port.get("name", "")), None
+                    )
+                    for endpoint in item.get("endpoints") or []:
+                        if target is None or (endpoint.get("conditions") or {}).get("ready") is False:
+                            continue
+                        for address in endpoint.get("addresses") or []:
+                            if ipaddress.ip_address(address) in ipaddress.ip_network(POD_CIDR):
+                                entries.append((spec["clusterIP"], int(port["port"]), address, int(target)))
+        return entries
 
     def _sync_waypoints(
         self,
@@ -589,12 +724,97 @@ class RealNode:
         # Service VIPs are on no link: ztunnel (captured pods) takes them from the socket's
         # original destination, and the route only lets connect() reach the OUTPUT hook.
         netns.ip_batch(name, f"route add {SERVICE_CIDR} dev eth0\n")
+        self._start_app(record, key, spec)
+
+    def _start_app(self, record: NodeRecord, key: str, spec: dict[str, Any]) -> None:
+        """The lab app on the pod's container ports, in the pod's namespace (none without ports)."""
+        entry = record.pods[key]
         ports = [p["containerPort"] for c in spec.get("containers") or [] for p in c.get("ports") or []]
         if ports:
+            index = entry["netns"].rsplit("-p", 1)[1]
             argv = [sys.executable, "-m", "testrigs.lab.app", f"--pod={key}", *(f"--port={p}" for p in ports)]
-            proc = procs.spawn_in_netns(f"app:{key}", name, argv, self.node_dir / f"app-{index}.log")
+            proc = procs.spawn_in_netns(f"app:{key}", entry["netns"], argv, self.node_dir / f"app-{index}.log")
             record.procs[f"app:{key}"] = proc
             self._save(record)
+
+    def set_app_running(self, key: str, running: bool) -> None:
+        """Stop or restart a pod's app (``namespace/name``): the pod, its address and ztunnel's hold stay.
+
+        The real node's form of the lab's ``service-down``: the Service keeps its endpoint, and
+        whatever reaches it (ztunnel, the waypoint) finds nothing listening.
+        """
+        with self._locked():
+            record = self._require()
+            if key not in record.pods:
+                raise RealNodeError(f"no pod {key} on the node")
+            proc = record.procs.pop(f"app:{key}", None)
+            if proc is not None:
+                procs.stop(proc)
+            self._save(record)
+            if running:
+                namespace, name = key.split("/", 1)
+                pod = json.loads(self.kubectl("get", "pod", name, f"--namespace={namespace}", "--output=json"))
+                self._start_app(record, key, pod["spec"])
+
+    def assign_address(self, pod: dict[str, Any]) -> str:
+        """Give a pod the kubelet runs (a probe pod) an address of ``POD_CIDR``, written to its status.
+
+        The workload stand-in addresses the other pods from the bottom of the range; these come
+        from the top, so the two never pick the same address. Returns the address.
+        """
+        meta = pod["metadata"]
+        with self._locked():
+            record = self._require()
+            listed = json.loads(self.kubectl("get", "pods", "--all-namespaces", "--output=json"))["items"]
+            used = {(p.get("status") or {}).get("podIP") for p in listed} | {e["ip"] for e in record.pods.values()}
+            network = ipaddress.ip_network(POD_CIDR)
+            address = next(
+                str(ip) for ip in (network.broadcast_address - n for n in range(1, network.num_addresses - 1))
+                if str(ip) not in used
+            )  # fmt: skip
+            status = {"status": {"podIP": address, "podIPs": [{"ip": address}], "hostIP": "127.0.0.1"}}
+            self.kubectl(
+                "patch", "pod", meta["name"], f"--namespace={meta['namespace']}", "--subresource=status",
+                "--type=merge", f"--patch={json.dumps(status)}",
+            )  # fmt: skip
+        return address
+
+    @property
+    def auditor_kubeconfig(self) -> Path:
+        """A kubeconfig for the auditor's ServiceAccount (``deploy_auditor``): RBAC and probe-guard apply."""
+        return self.state_dir / "auditor-kubeconfig"
+
+    def deploy_auditor(self) -> Path:
+        """Apply what the auditor needs to run probe pods (the lab's ``AUDITOR_DEPLOY``) and write
+        ``auditor_kubeconfig`` with a 24 h token of its ServiceAccount; returns the kubeconfig."""
+        from testrigs.lab.lab import AUDITOR_DEPLOY, AUDITOR_SERVICE_ACCOUNT, AUDITOR_TOKEN_DURATION  # noqa: PLC0415
+
+        self.kubectl("apply", "-f", "-", stdin="\n---\n".join(path.read_text() for path in AUDITOR_DEPLOY))
+        namespace, name = AUDITOR_SERVICE_ACCOUNT
+        token = self.kubectl(
+            "create", "token", name, f"--namespace={namespace}", f"--duration={AUDITOR_TOKEN_DURATION}"
+        ).strip()
+        config = yaml.safe_load(self.kubeconfig.read_text(encoding="utf-8"))
+        config["users"] = [{"name": name, "user": {"token": token}}]
+        for context in config.get("contexts") or []:
+            context["context"]["user"] = name
+        self.auditor_kubeconfig.touch(mode=0o600)
+        self.auditor_kubeconfig.write_text(yaml.safe_dump(config), encoding="utf-8")
+        return self.auditor_kubeconfig
+
+    def start_kubelet(self) -> Proc:
+        """Build the probe image and start ``realkubelet`` (runs the auditor's probe pods); recorded as ``kubelet``."""
+        from testrigs.lab.lab import PROBE_UID  # noqa: PLC0415 - the emulated lab's module is heavier
+
+        image_dir = self.state_dir / "image"
+        image = probe_image.build(image_dir)
+        probe_image.verify(image, PROBE_UID)
+        image.save(image_dir / "image.json")
+        argv = [sys.executable, "-m", "testrigs.lab.realkubelet", f"--state-dir={self.state_dir}"]
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        with self._locked():
+            record = self._require()
+            return self._spawn(record, "kubelet", argv, self.node_dir / "kubelet.log", env)
 
     def settle(self, timeout: float = READY_TIMEOUT_S) -> dict[str, dict[str, str]]:
         """Sync until every workload has its pod, every waypoint its Envoy, and ztunnel acked every pod handed to it.
@@ -712,6 +932,8 @@ class RealNode:
         """Stop every recorded process, delete the lab namespaces and the state directory; repeatable."""
         record = self.load()
         if record is not None:
+            if "istiod-stale" in record.faults:
+                self._freeze_istiod(False)  # a stopped process would not act on the SIGTERM that stops it
             procs.stop_all(list(record.procs.values()))
             prefix = f"{netns.PREFIX}{record.lab_id}-"
             for name in netns.list_lab_namespaces(prefix):

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from testrigs.devtools.controlplane import ControlPlaneError
 from testrigs.lab import netns
 from testrigs.lab.lab import Lab, Record
+from testrigs.lab.realnode import RealNodeError
 
 SetMesh = Callable[..., None]
 Probe = Callable[..., dict[str, Any]]
@@ -122,3 +127,60 @@ def peer_identity(lab: Lab, pod: str) -> str:
                 if "uri" in san:
                     return str(san["uri"])
     return ""
+
+
+# --- auditor check --active in a lab (test_e2e_audit on the emulated lab, test_real_e2e_audit on the real node)
+
+RULES = Path(__file__).resolve().parent / "rules"
+RETAIL_RULES = RULES / "retail-store-control.yaml"
+CONTROL_ROLE = REPO / "deploy" / "control-probes-default.yaml"
+AUDITOR = "system:serviceaccount:mesh-auditor:mesh-auditor"
+PROBE_CHECKS = ("strict-mtls.probe", "principal-allowlist.probe", "required-headers.probe", "waypoint-enrollment.probe")
+AUDIT_ENV = {
+    "AUDITOR_PROBES__CONTROL_ENABLED": "true",
+    "AUDITOR_PROBES__DEADLINE_S": "60",
+    "AUDITOR_PROBES__REQUEST_TIMEOUT_S": "2",
+    # By Service name only: these tests pin the four by-name verdicts; probing by pod IP is
+    # tested in test_endpoints.py (replicas on two nodes, one not captured).
+    "AUDITOR_PROBES__ENDPOINTS_PER_CYCLE": "0",
+}
+
+
+def wait_until_auditor_may_create_pods(kubectl: Callable[..., object]) -> None:
+    """RBAC reaches the authorizer through an informer: wait until the control Role has.
+
+    ``kubectl``: the lab's (``KubeAPI.kubectl`` or ``RealNode.kubectl``), raising for a non-zero exit.
+    """
+    for _ in range(100):
+        try:
+            kubectl("auth", "can-i", "create", "pods", "--namespace=default", f"--as={AUDITOR}")
+        except (ControlPlaneError, RealNodeError):  # kubectl exits 1 for "no"
+            time.sleep(0.1)
+        else:
+            return
+    pytest.fail("the control Role never took effect")
+
+
+def probe_findings(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The probe findings for default/catalog in an ``--output json`` document, by check."""
+    return {f["check"]: f for f in document["findings"] if f["method"] == "probe" and f["target"] == "default/catalog"}
+
+
+def probe_statuses(document: dict[str, Any]) -> dict[str, str]:
+    return {check: f["status"] for check, f in probe_findings(document).items()}
+
+
+def static_failures(document: dict[str, Any]) -> list[str]:
+    return [
+        f"{f['target']} {f['check']}" for f in document["findings"] if f["method"] == "static" and f["status"] != "pass"
+    ]
+
+
+def sent_from(finding: dict[str, Any]) -> set[str]:
+    """The namespaces of the probe pods a finding's evidence names ("sent from Pod ns/name")."""
+    found = set()
+    for evidence in finding["evidence"]:
+        text = json.dumps(evidence)
+        if "sent from Pod " in text:
+            found.add(text.split("sent from Pod ", 1)[1].split("/", 1)[0])
+    return found

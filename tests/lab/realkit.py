@@ -102,3 +102,18 @@ def eventually_body(expected: str, node: RealNode, pod: str, url: str, *headers:
             return body
         time.sleep(0.5)
     return body
+
+
+def wait_waypoint(node: RealNode, *headers: str) -> None:
+    """Until the waypoint's Envoy runs and ztunnel sends ui's Service traffic through it (istiod's binding).
+
+    ``headers`` go with ui's request (``x-auth-token: ...`` under the retail store's L7 policy).
+    """
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while not any(w["running"] for w in node.status()["waypoints"]):
+        assert time.monotonic() < deadline, node.status()
+        node.sync_pods()
+        time.sleep(0.5)
+    # ztunnel learns the binding from istiod: the first request through the waypoint is the proof.
+    body = eventually_body(labkit.CATALOG_TAGS, node, "default/ui-0", CATALOG, *headers, timeout=60)
+    assert body == labkit.CATALOG_TAGS, body

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from auditor.cli import main
-from testrigs.devtools.controlplane import ControlPlaneError, KubeAPI
+from testrigs.devtools.controlplane import KubeAPI
 from testrigs.lab import kubelet, netns
 from testrigs.lab.lab import Lab, LabError, check_host
 from tests.lab import labkit
@@ -37,20 +37,12 @@ from tests.lab import labkit
 pytestmark = pytest.mark.lab
 
 REPO = labkit.REPO
-RULES = Path(__file__).resolve().parent / "rules"
-RETAIL_RULES = RULES / "retail-store-control.yaml"
+RULES = labkit.RULES
+RETAIL_RULES = labkit.RETAIL_RULES
 L4_RULES = RULES / "catalog-l4.yaml"
-CONTROL_ROLE = REPO / "deploy" / "control-probes-default.yaml"
-AUDITOR = "system:serviceaccount:mesh-auditor:mesh-auditor"
-PROBE_CHECKS = ("strict-mtls.probe", "principal-allowlist.probe", "required-headers.probe", "waypoint-enrollment.probe")
-ENV = {
-    "AUDITOR_PROBES__CONTROL_ENABLED": "true",
-    "AUDITOR_PROBES__DEADLINE_S": "60",
-    "AUDITOR_PROBES__REQUEST_TIMEOUT_S": "2",
-    # By Service name only: these tests pin the four by-name verdicts; probing by pod IP is
-    # tested in test_endpoints.py (replicas on two nodes, one not captured).
-    "AUDITOR_PROBES__ENDPOINTS_PER_CYCLE": "0",
-}
+CONTROL_ROLE = labkit.CONTROL_ROLE
+PROBE_CHECKS = labkit.PROBE_CHECKS
+ENV = labkit.AUDIT_ENV
 CATALOG_L4_POLICY = """
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -87,18 +79,6 @@ def _auditor(*argv: str, env: dict[str, str] | None = None, timeout: float = 180
     return subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout, env=environment)
 
 
-def _wait_until_auditor_may_create_pods(kube: KubeAPI) -> None:
-    """RBAC reaches the authorizer through an informer: wait until the control Role has."""
-    for _ in range(100):
-        try:
-            kube.kubectl("auth", "can-i", "create", "pods", "--namespace=default", f"--as={AUDITOR}")
-        except ControlPlaneError:  # kubectl exits 1 for "no"
-            time.sleep(0.1)
-        else:
-            return
-    pytest.fail("the control Role never took effect")
-
-
 @pytest.fixture(scope="module")
 def retail() -> Iterator[RetailLab]:
     """``scripts/lab up`` on the retail example; ``scripts/lab down`` (twice) at the end."""
@@ -122,7 +102,7 @@ def retail() -> Iterator[RetailLab]:
         auditor_kubeconfig = Path(status["auditor_kubeconfig"])
         kube = lab.kube()
         kube.apply(CONTROL_ROLE)
-        _wait_until_auditor_may_create_pods(kube)
+        labkit.wait_until_auditor_may_create_pods(kube.kubectl)
         yield RetailLab(lab, kubeconfig, auditor_kubeconfig, kube)
     finally:
         first = _lab_script("--state-dir", str(state_dir), "down")
@@ -151,28 +131,10 @@ def audit(retail: RetailLab, monkeypatch: pytest.MonkeyPatch) -> Iterator[Audit]
         retail.lab.reconcile()
 
 
-def _probes(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {f["check"]: f for f in document["findings"] if f["method"] == "probe" and f["target"] == "default/catalog"}
-
-
-def _statuses(document: dict[str, Any]) -> dict[str, str]:
-    return {check: f["status"] for check, f in _probes(document).items()}
-
-
-def _static_failures(document: dict[str, Any]) -> list[str]:
-    return [
-        f"{f['target']} {f['check']}" for f in document["findings"] if f["method"] == "static" and f["status"] != "pass"
-    ]
-
-
-def _sent_from(finding: dict[str, Any]) -> set[str]:
-    """The namespaces of the probe pods a finding's evidence names ("sent from Pod ns/name")."""
-    found = set()
-    for evidence in finding["evidence"]:
-        text = json.dumps(evidence)
-        if "sent from Pod " in text:
-            found.add(text.split("sent from Pod ", 1)[1].split("/", 1)[0])
-    return found
+_probes = labkit.probe_findings
+_statuses = labkit.probe_statuses
+_static_failures = labkit.static_failures
+_sent_from = labkit.sent_from
 
 
 def test_compliant_retail_store_passes_every_property_with_probe_evidence(retail: RetailLab) -> None:

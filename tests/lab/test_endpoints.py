@@ -31,7 +31,8 @@ from testrigs.devtools.controlplane import KubeAPI
 from testrigs.lab import netns
 from testrigs.lab.lab import Lab, LabError, check_host
 from tests.lab import labkit
-from tests.lab.test_e2e_audit import CONTROL_ROLE, ENV, RETAIL_RULES, _lab_script, _wait_until_auditor_may_create_pods
+from tests.lab.labkit import wait_until_auditor_may_create_pods
+from tests.lab.test_e2e_audit import CONTROL_ROLE, ENV, RETAIL_RULES, _lab_script
 
 pytestmark = pytest.mark.lab
 
@@ -82,7 +83,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodeLab]:
         assert status["healthy"] is True
         kube = lab.kube()
         kube.apply(CONTROL_ROLE)
-        _wait_until_auditor_may_create_pods(kube)
+        wait_until_auditor_may_create_pods(kube.kubectl)
         _wait_for_pods(kube, ("catalog-0", "catalog-1"))
         yield TwoNodeLab(lab, Path(status["auditor_kubeconfig"]), kube)
     finally:

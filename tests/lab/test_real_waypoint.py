@@ -10,7 +10,6 @@ are the walkthrough's waypoint observations, now with ztunnel's own enforcement 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -30,14 +29,7 @@ def node() -> Iterator[RealNode]:
     the_node = realkit.started_node()
     try:
         the_node.kubectl("apply", "-f", "-", stdin=labkit.WAYPOINT)
-        deadline = time.monotonic() + realkit.SETTLE_TIMEOUT_S
-        while not any(w["running"] for w in the_node.status()["waypoints"]):
-            assert time.monotonic() < deadline, the_node.status()
-            the_node.sync_pods()
-            time.sleep(0.5)
-        # ztunnel learns the binding from istiod: the first request through the waypoint is the proof.
-        body = realkit.eventually_body(labkit.CATALOG_TAGS, the_node, "default/ui-0", CATALOG, timeout=60)
-        assert body == labkit.CATALOG_TAGS
+        realkit.wait_waypoint(the_node)
         yield the_node
     finally:
         realkit.stop_node(the_node)
