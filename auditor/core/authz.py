@@ -143,6 +143,16 @@ def at_ztunnel(workload: Workload, index: SnapshotIndex, root_namespace: str) ->
     return Applicable(Point.ZTUNNEL, tuple(applied), tuple(ignored))
 
 
+def enforced_at_ztunnel(policy: AuthorizationPolicy) -> bool:
+    """Whether istiod hands ztunnel ``policy`` to enforce (semantics §4.1, §4.3): a policy without
+    targetRefs, not dry-run, whose action is ALLOW or DENY. istiod 1.31 translates no other
+    (pilot/pkg/serviceregistry/ambient/authorization.go ``convertAuthorizationPolicy``: CUSTOM and
+    AUDIT get the ``ZtunnelAccepted`` condition False, reason ``UnsupportedValue``, "ztunnel does
+    not support the CUSTOM action"; dry-run ones the same unless
+    ``AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY``, and then only to log). Never raises."""
+    return not policy.target_refs and _inert_reason(policy, Point.ZTUNNEL) is None
+
+
 def _candidates(namespace: str, index: SnapshotIndex, root_namespace: str) -> list[AuthorizationPolicy]:
     local = index.authz_by_ns.get(namespace, [])
     return local + ([] if namespace == root_namespace else index.authz_by_ns.get(root_namespace, []))
