@@ -387,6 +387,12 @@ ORACLE_FIXTURES = {
         "provider-less CUSTOM denied), the model dropped the rule as for an ALLOW and allowed; fixed in "
         "authz.widened_when_untranslatable (semantics §4.9)"
     ),
+    "waypoint-custom-dry-run": (
+        "the waypoint oracle, with the extension provider ext-authz in the test istiod's mesh config: a "
+        "dry-run CUSTOM policy at a waypoint: istiod enforced its rules as DENY in the provider's RBAC filter "
+        "(builder.go buildHTTP) and denied what they select, the model took it as inert and allowed; fixed in "
+        "authz._inert_reason (semantics §4.3)"
+    ),
 }
 STILL_DISAGREEING: frozenset[str] = frozenset()
 
