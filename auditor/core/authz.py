@@ -342,12 +342,18 @@ def decide(applicable: Applicable, caller: Caller, request: Request) -> Decision
 
 
 def custom_selects(applicable: Applicable, caller: Caller, request: Request) -> Tri:
-    """Whether a CUSTOM policy of ``applicable`` (dry-run ones included) selects ``request``: its
-    provider is asked (or, for a provider istiod cannot build, the request is denied; for a
-    dry-run policy and a valid provider, denied). ``None`` when the model cannot tell. Semantics
-    §4.3; compared with the waypoint's XDS by tests/integration/test_waypoint_oracle.py. Never raises."""
+    """Whether a CUSTOM policy of ``applicable`` selects ``request``: its provider is asked (or,
+    for a provider istiod cannot build, the request is denied). A dry-run CUSTOM policy selects
+    only with a valid provider (its rules then deny; with an invalid one istiod leaves it out,
+    builder.go ``getBadCustomDenyRules`` takes the enforced policies only), so its match alone is
+    ``None``, as is whatever the model cannot tell. Semantics §4.3; compared with the waypoint's
+    XDS by tests/integration/test_waypoint_oracle.py. Never raises."""
     customs = [p for p in applicable.policies if p.action == "CUSTOM"]
-    return _first_match(customs, caller, request, applicable.point)[0]
+    enforced = _first_match([p for p in customs if not p.dry_run], caller, request, applicable.point)[0]
+    if enforced is not False:
+        return enforced
+    dry_run = _first_match([p for p in customs if p.dry_run], caller, request, applicable.point)[0]
+    return None if dry_run is not False else False
 
 
 def _local_decision(

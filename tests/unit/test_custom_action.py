@@ -97,6 +97,9 @@ def test_a_dry_run_custom_policy_is_not_inert_at_a_waypoint() -> None:
     assert decide(applicable, UI, Request(path="/admin")).allowed is None
     assert decide(applicable, UI, Request(path="/")).allowed is True
     assert enforced_at_ztunnel(dry) is False
+    # Selected only if its provider is valid (with an unknown one istiod leaves it out).
+    assert custom_selects(applicable, UI, Request(path="/admin")) is None
+    assert custom_selects(applicable, UI, Request(path="/")) is False
 
 
 @pytest.mark.parametrize(
