@@ -8,7 +8,12 @@ them, the verdict of the chain's RBAC filters on a set of requests (witnesses): 
 principals are of every form the policies name (and near misses), each header a policy names
 present, absent or with a near-miss value, the methods and paths the policies name and others,
 on every Service port. The verdicts are compared, not the syntax: where the model says "cannot
-tell" (an external authorizer, a source address) the witness is counted, not compared.
+tell" (an external authorizer, a source address) the witness is counted, not compared. CUSTOM
+policies (the test istiod's mesh config defines the provider ``ext-authz``; the generators also
+name an unknown one) are compared on their own terms: whether a CUSTOM policy selects the request
+(istiod's ext_authz filter runs for it, or its deny rules for a provider it could not build
+match) against ``WaypointService.custom_selects``, and the model must not decide a request whose
+verdict is the external authorizer's (semantics §4.3).
 
 Run over every static fixture with a waypoint, both examples and a hypothesis-generated family
 (``WAYPOINT_ORACLE_BATCHES`` batches of ``WAYPOINT_ORACLE_BATCH_SIZE`` configurations, the
