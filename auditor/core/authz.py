@@ -143,6 +143,16 @@ def at_ztunnel(workload: Workload, index: SnapshotIndex, root_namespace: str) ->
     return Applicable(Point.ZTUNNEL, tuple(applied), tuple(ignored))
 
 
+def enforced_at_ztunnel(policy: AuthorizationPolicy) -> bool:
+    """Whether istiod hands ztunnel ``policy`` to enforce (semantics §4.1, §4.3): a policy without
+    targetRefs, not dry-run, whose action is ALLOW or DENY. istiod 1.31 translates no other
+    (pilot/pkg/serviceregistry/ambient/authorization.go ``convertAuthorizationPolicy``: CUSTOM and
+    AUDIT get the ``ZtunnelAccepted`` condition False, reason ``UnsupportedValue``, "ztunnel does
+    not support the CUSTOM action"; dry-run ones the same unless
+    ``AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY``, and then only to log). Never raises."""
+    return not policy.target_refs and _inert_reason(policy, Point.ZTUNNEL) is None
+
+
 def _candidates(namespace: str, index: SnapshotIndex, root_namespace: str) -> list[AuthorizationPolicy]:
     local = index.authz_by_ns.get(namespace, [])
     return local + ([] if namespace == root_namespace else index.authz_by_ns.get(root_namespace, []))
@@ -164,7 +174,9 @@ def _names_workload_service(policy: AuthorizationPolicy) -> bool:
 
 
 def _inert_reason(policy: AuthorizationPolicy, point: Point) -> str | None:
-    if policy.dry_run:
+    if policy.dry_run and not (policy.action == "CUSTOM" and point is Point.WAYPOINT):
+        # A dry-run CUSTOM policy is not inert at a waypoint: istiod 1.31 puts its rules in the
+        # enforced rules (action DENY) of the provider's RBAC filter (§4.3, builder.go buildHTTP).
         return "istio.io/dry-run: the policy is evaluated but never enforced (§2)"
     if policy.action == "AUDIT":
         return "AUDIT policies only log; they allow and deny nothing"
@@ -306,14 +318,48 @@ def _unresolved_target(policy: AuthorizationPolicy, service: Service, waypoint_n
 
 
 def decide(applicable: Applicable, caller: Caller, request: Request) -> Decision:
-    """CUSTOM (waypoint), then DENY, then "no ALLOW applies" allows, then any ALLOW match."""
+    """CUSTOM (waypoint), then DENY, then "no ALLOW applies" allows, then any ALLOW match.
+
+    A waypoint runs the filters of CUSTOM policies before the others (istiod 1.31
+    pilot/pkg/networking/core/listener_waypoint.go ``buildWaypointHTTPFilters``, networkfilter.go):
+    a request a CUSTOM policy selects is then decided by its provider and by the DENY and ALLOW
+    policies, so it is denied when those deny it, and otherwise the model cannot tell (the
+    provider's answer; istiod denies it instead for a provider it cannot build, passes it for an
+    HTTP provider on a port served as TCP, and a dry-run CUSTOM policy's rules deny it when the
+    provider is valid: semantics §4.3). Never raises.
+    """
     point = applicable.point
     by_action: dict[str, list[AuthorizationPolicy]] = {"ALLOW": [], "DENY": [], "CUSTOM": []}
     for policy in applicable.policies:
         by_action.setdefault(policy.action, []).append(policy)
     custom, custom_policy, _ = _first_match(by_action["CUSTOM"], caller, request, point)
-    if custom is not False:
-        return Decision(None, "a CUSTOM (external) authorizer decides", custom_policy)
+    local = _local_decision(by_action, caller, request, point)
+    if custom is False or local.allowed is False:
+        return local
+    if custom is None:
+        return Decision(None, "a CUSTOM (external) authorizer may decide", custom_policy)
+    return Decision(None, "a CUSTOM (external) authorizer decides", custom_policy)
+
+
+def custom_selects(applicable: Applicable, caller: Caller, request: Request) -> Tri:
+    """Whether a CUSTOM policy of ``applicable`` selects ``request``: its provider is asked (or,
+    for a provider istiod cannot build, the request is denied). A dry-run CUSTOM policy selects
+    only with a valid provider (its rules then deny; with an invalid one istiod leaves it out,
+    builder.go ``getBadCustomDenyRules`` takes the enforced policies only), so its match alone is
+    ``None``, as is whatever the model cannot tell. Semantics §4.3; compared with the waypoint's
+    XDS by tests/integration/test_waypoint_oracle.py. Never raises."""
+    customs = [p for p in applicable.policies if p.action == "CUSTOM"]
+    enforced = _first_match([p for p in customs if not p.dry_run], caller, request, applicable.point)[0]
+    if enforced is not False:
+        return enforced
+    dry_run = _first_match([p for p in customs if p.dry_run], caller, request, applicable.point)[0]
+    return None if dry_run is not False else False
+
+
+def _local_decision(
+    by_action: Mapping[str, list[AuthorizationPolicy]], caller: Caller, request: Request, point: Point
+) -> Decision:
+    """DENY, then "no ALLOW applies" allows, then any ALLOW match (RBAC filters, no CUSTOM)."""
     denied, deny_policy, deny_rule = _first_match(by_action["DENY"], caller, request, point)
     if denied:
         return Decision(False, "a DENY policy matches", deny_policy, deny_rule)

@@ -17,16 +17,20 @@ Facts (keys are ``namespace/name`` of a Service):
   (``Route.at_waypoint.policies``).
 * ``decides(principal, request)``: the waypoint's verdict on one request (True allow, False deny,
   None when the model cannot tell: an external authorizer, a source address).
+* ``custom_selects(principal, request)``: whether a CUSTOM policy selects the request, i.e. the
+  model's claim of which requests are subject to an external decision (``authz.custom_selects``,
+  on the request as the waypoint sees it: opaque on a port it serves as TCP).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from auditor.core.authz import Caller, Request, Tri
+from auditor.core.authz import Caller, Request, Tri, custom_selects
 from auditor.core.checks.context import AuditContext
 from auditor.core.checks.reach import Route, route_for, waypoint_decision
+from auditor.core.mesh import waypoint_sees_http
 from auditor.core.posture import MeshSettings, Posture
 from auditor.core.snapshot import Snapshot, SnapshotIndex
 
@@ -47,6 +51,14 @@ class WaypointService:
         if self.route.at_waypoint is None:
             return True
         return waypoint_decision(self.route.at_waypoint, self.route.service, Caller(principal), request).allowed
+
+    def custom_selects(self, principal: str, request: Request) -> Tri:
+        """Whether a CUSTOM policy at the waypoint selects ``request`` from ``principal``: the request
+        goes to its provider (or is denied for a provider istiod cannot build). Never raises."""
+        if self.route.at_waypoint is None:
+            return False
+        opaque = not waypoint_sees_http(self.route.service, request.port)
+        return custom_selects(self.route.at_waypoint, Caller(principal), replace(request, opaque=opaque))
 
 
 def waypoint_facts(snapshot: Snapshot, root_namespace: str, trust_domain: str) -> Mapping[str, WaypointService]:

@@ -21,6 +21,9 @@ Facts (keys are ``namespace/name``):
   ztunnel the same as DENY policies converted from PeerAuthentication.
 * ``mtls_ambiguous``: for each real pod, the ports whose mode istiod decides by listing order
   (equally old, disagreeing policies: ``MtlsDecision.ambiguous``): no fact to compare.
+* ``policies_enforced``: for each AuthorizationPolicy without targetRefs, whether istiod hands it
+  ztunnel to enforce (``authz.enforced_at_ztunnel``: not CUSTOM, AUDIT or dry-run); istiod
+  writes its ``ZtunnelAccepted`` condition from the same translation.
 * ``mtls_ports``: the ports asked about: every container port, every ``portLevelMtls`` key, and
   ``OTHER_PORT`` standing for any port no policy names.
 """
@@ -30,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from auditor.core.authz import Caller, Point, Request, Tri, at_ztunnel, rule_matches
+from auditor.core.authz import Caller, Point, Request, Tri, at_ztunnel, enforced_at_ztunnel, rule_matches
 from auditor.core.mesh import effective_mtls, effective_waypoint, workload_waypoint
 from auditor.core.snapshot import AuthorizationPolicy, Snapshot, SnapshotIndex
 
@@ -45,6 +48,7 @@ class ZtunnelFacts:
     mtls_ports: frozenset[int]
     mtls_ambiguous: Mapping[str, frozenset[int]]
     workload_waypoints: Mapping[str, str] = field(default_factory=dict)
+    policies_enforced: Mapping[str, bool] = field(default_factory=dict)
 
 
 # A port no container declares and no PeerAuthentication names: "every other port".
@@ -80,7 +84,8 @@ def ztunnel_facts(snapshot: Snapshot, root_namespace: str) -> ZtunnelFacts:
             decisions = {port: effective_mtls(workload, port, index, root_namespace) for port in ports}
             refused[workload.meta.key] = frozenset(p for p, d in decisions.items() if d.refuses_plaintext)
             ambiguous[workload.meta.key] = frozenset(p for p, d in decisions.items() if d.ambiguous)
-    return ZtunnelFacts(policies, waypoints, refused, frozenset(ports), ambiguous, pod_waypoints)
+    enforced = {p.meta.key: enforced_at_ztunnel(p) for p in snapshot.authorization_policies if not p.target_refs}
+    return ZtunnelFacts(policies, waypoints, refused, frozenset(ports), ambiguous, pod_waypoints, enforced)
 
 
 def ztunnel_matches(policy: AuthorizationPolicy, principal: str | None, port: int) -> Tri:

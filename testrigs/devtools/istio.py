@@ -64,6 +64,14 @@ GATEWAY_API_CRDS = "config/crd/standard"
 ISTIO_NAMESPACE = "istio-system"
 REVISION = "default"
 TRUST_DOMAIN = "cluster.local"
+# The mesh config's one extension provider (envoyExtAuthzHttp), for CUSTOM AuthorizationPolicies:
+# istiod builds its ext_authz filter only when the provider's Service is in its registry
+# (pilot/pkg/security/authz/builder/extauthz.go ``buildExtAuthzHTTP``: ``model.LookupCluster``),
+# so ``istiod_objects`` creates that Service too. A CUSTOM policy naming any other provider gets
+# istiod's deny rules instead (builder.go ``getBadCustomDenyRules``).
+EXT_AUTHZ_PROVIDER = "ext-authz"
+EXT_AUTHZ_SERVICE = "ext-authz"
+EXT_AUTHZ_PORT = 8000
 ISTIOD_READY_TIMEOUT_S = 90.0
 
 
@@ -301,6 +309,15 @@ def mesh_config() -> dict[str, Any]:
             "discoveryAddress": f"istiod.{ISTIO_NAMESPACE}.svc:15012",
             "proxyMetadata": {"ISTIO_META_ENABLE_HBONE": "true"},
         },
+        "extensionProviders": [
+            {
+                "name": EXT_AUTHZ_PROVIDER,
+                "envoyExtAuthzHttp": {
+                    "service": f"{EXT_AUTHZ_SERVICE}.{ISTIO_NAMESPACE}.svc.cluster.local",
+                    "port": EXT_AUTHZ_PORT,
+                },
+            }
+        ],
     }
 
 
@@ -381,7 +398,8 @@ def cni_enablement_selectors(pins: IstioPins | None = None) -> list[dict[str, An
 
 
 def istiod_objects(chart: Path) -> list[dict[str, Any]]:
-    """What the chart installs and istiod reads before it starts: namespace and two ConfigMaps."""
+    """What the chart installs and istiod reads before it starts: namespace and two ConfigMaps, and the
+    Service of the mesh config's extension provider (``EXT_AUTHZ_PROVIDER``; nothing serves it)."""
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ISTIO_NAMESPACE}}
     mesh = {
         "apiVersion": "v1",
@@ -389,7 +407,13 @@ def istiod_objects(chart: Path) -> list[dict[str, Any]]:
         "metadata": {"name": "istio", "namespace": ISTIO_NAMESPACE, "labels": {"istio.io/rev": REVISION}},
         "data": {"mesh": yaml.safe_dump(mesh_config(), sort_keys=False), "meshNetworks": "networks: {}\n"},
     }
-    return [namespace, mesh, injector_configmap(chart)]
+    provider = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": EXT_AUTHZ_SERVICE, "namespace": ISTIO_NAMESPACE},
+        "spec": {"ports": [{"name": "http", "port": EXT_AUTHZ_PORT}]},
+    }
+    return [namespace, mesh, injector_configmap(chart), provider]
 
 
 def binary_version(binaries: IstioBinaries) -> str:

@@ -16,14 +16,25 @@ test_waypoint_oracle.py); the auditor never imports it. Three jobs:
 * **Envoy's decision.** ``service_chains()`` picks the filter chain of each bound Service port
   (``inbound-vip|<port>|<protocol>|<hostname>`` of the listener ``main_internal``; the HTTP one
   where istiod sniffs the protocol, as an HTTP request would be sent there);
-  ``chain_allows()`` evaluates its RBAC filters (network, then HTTP, in order) for one request,
-  as Envoy's RBAC filter does (a DENY filter denies when a policy matches; an ALLOW filter with
-  rules denies when none does; a LOG filter and shadow rules decide nothing). It covers the
-  matchers Istio's authz builder emits (pilot/pkg/security/authz/model): and/or/not, any,
-  authenticated principal and the ``io.istio.peer_principal`` filter state, headers (including
-  ``:method`` and ``:authority``), url_path, destination_port; anything else (IP ranges, JWT
-  metadata, path templates, ext_authz) makes the answer ``None`` or raises ``ValueError`` for a
-  matcher not known here, never a guess.
+  ``chain_outcome()`` evaluates its authorization filters (network, then HTTP, in order) for one
+  request, as Envoy does: the request passes when every filter lets it through; an RBAC filter's
+  ``rules`` decide (a DENY filter denies when a policy matches; an ALLOW filter denies when none
+  does; LOG decides nothing), its ``shadow_rules`` only record which policy matched. CUSTOM
+  policies (pilot/pkg/security/authz/builder/builder.go ``buildHTTP``/``buildTCP``; istiod puts
+  their filters first, listener_waypoint.go ``buildWaypointHTTPFilters``): for a provider the mesh
+  config defines, an RBAC filter whose shadow rules (stat prefix ``istio_ext_authz_``) select the
+  requests, then an ext_authz filter enabled only when they matched (``filter_enabled_metadata``
+  on ``istio_ext_authz_shadow_effective_policy_id``); the rules of a dry-run CUSTOM policy go in
+  that RBAC filter's enforced ``rules`` (action DENY). For a provider it cannot build (unknown,
+  or more than one provider for a workload), a DENY filter of the same rules (policy names
+  ending ``-deny-due-to-bad-CUSTOM-action``). The outcome holds the verdict if the external
+  authorizer allows and if it denies, and whether a CUSTOM policy's filters selected the request.
+  It covers the matchers Istio's authz builder emits (pilot/pkg/security/authz/model): and/or/not,
+  any, authenticated principal and the ``io.istio.peer_principal`` filter state, headers
+  (including ``:method`` and ``:authority``), url_path, destination_port; anything else (IP
+  ranges, JWT metadata, path templates) makes the answer ``None`` or raises ``ValueError`` for a
+  matcher not known here, never a guess. ``chain_allows()`` is the verdict when it does not
+  depend on the external authorizer.
 
 Errors: ``controlplane.ControlPlaneError`` for build and client failures.
 """
@@ -54,6 +65,9 @@ RBAC_NETWORK = "envoy.filters.network.rbac"
 HCM = "envoy.filters.network.http_connection_manager"
 EXT_AUTHZ = ("envoy.filters.http.ext_authz", "envoy.filters.network.ext_authz")
 PEER_PRINCIPAL = "io.istio.peer_principal"
+EXT_AUTHZ_STAT_PREFIX = "istio_ext_authz_"  # authzmodel.RBACExtAuthzShadowRulesStatPrefix
+EXT_AUTHZ_POLICY_PREFIX = "istio-ext-authz-"  # builder/extauthz.go extAuthzMatchPrefix + "-"
+BAD_CUSTOM_SUFFIX = "-deny-due-to-bad-CUSTOM-action"  # builder/extauthz.go badCustomActionSuffix
 Tri = bool | None
 
 
@@ -205,27 +219,76 @@ def rbac_filters(chain: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """Envoy's handling of one request on one chain.
+
+    ``if_provider_allows`` / ``if_provider_denies``: whether the request passes every filter when
+    the external authorizer (an enabled ext_authz filter) allows / denies it. ``custom``: whether a
+    CUSTOM policy's filters selected it (its ext_authz filter runs, or istiod's deny rules for a
+    provider it could not build, or a dry-run CUSTOM policy's rules, matched). ``custom_filters``:
+    whether the chain holds any filter built from a CUSTOM policy."""
+
+    if_provider_allows: Tri
+    if_provider_denies: Tri
+    custom: Tri
+    custom_filters: bool
+
+    @property
+    def allowed(self) -> Tri:
+        """The verdict, ``None`` when it depends on the external authorizer or cannot be told."""
+        return self.if_provider_allows if self.if_provider_allows == self.if_provider_denies else None
+
+    @property
+    def external(self) -> bool:
+        """Whether the external authorizer's answer is the verdict."""
+        return self.if_provider_allows is True and self.if_provider_denies is False
+
+
 def chain_allows(chain: Mapping[str, Any], witness: Witness) -> Tri:
-    """Whether the chain's RBAC filters let the request through: False as soon as one denies,
-    None when an undecidable filter (ext_authz, an IP matcher) comes first, else True."""
-    unknown = False
+    """Whether the chain's filters let the request through: ``chain_outcome(...).allowed``."""
+    return chain_outcome(chain, witness).allowed
+
+
+def chain_outcome(chain: Mapping[str, Any], witness: Witness) -> Outcome:
+    """Evaluate the chain's authorization filters for ``witness``; see ``Outcome``."""
+    verdicts: dict[bool, list[Tri]] = {True: [], False: []}
+    selected: list[Tri] = []
+    custom_filters = False
+    enabled: Tri = False  # whether the last CUSTOM RBAC filter's shadow rules matched
     for name, config in rbac_filters(chain):
         if name in EXT_AUTHZ:
-            unknown = True  # an external authorizer decides (CUSTOM)
+            custom_filters = True
+            selected.append(enabled)
+            for provider_allows, found in verdicts.items():
+                found.append(
+                    True if enabled is False else (provider_allows if enabled else _deny_or_unknown(provider_allows))
+                )
+            enabled = False
             continue
-        verdict = _rbac_filter(config, witness, http=name == RBAC_HTTP)
-        if verdict is False:
-            return None if unknown else False
-        if verdict is None:
-            unknown = True
-    return None if unknown else True
+        http = name == RBAC_HTTP
+        if config.get("shadowRulesStatPrefix") == EXT_AUTHZ_STAT_PREFIX:
+            custom_filters = True
+            enabled = _any_policy(config.get("shadowRules") or {}, witness, http)
+            if config.get("rules") is not None:  # dry-run CUSTOM policies: enforced as DENY
+                selected.append(_any_policy(config["rules"], witness, http))
+        elif any(str(n).endswith(BAD_CUSTOM_SUFFIX) for n in ((config.get("rules") or {}).get("policies") or {})):
+            custom_filters = True
+            selected.append(_any_policy(config["rules"], witness, http))
+        verdict = _rbac_filter(config, witness, http=http)
+        for found in verdicts.values():
+            found.append(verdict)
+    return Outcome(_and(verdicts[True]), _and(verdicts[False]), _or(selected), custom_filters)
 
 
-def _rbac_filter(config: Mapping[str, Any], witness: Witness, *, http: bool) -> Tri:
-    rules = config.get("rules")
-    if rules is None:  # only shadow rules: enforces nothing
-        return True
-    action = rules.get("action", "ALLOW")
+def _deny_or_unknown(provider_allows: bool) -> Tri:
+    # The ext_authz filter may run (its RBAC filter's match cannot be told): it lets the
+    # request through if the provider allows, and may deny it otherwise.
+    return True if provider_allows else None
+
+
+def _any_policy(rules: Mapping[str, Any], witness: Witness, http: bool) -> Tri:
+    """Whether any policy of an RBAC rule set matches (Envoy's RBAC engine, action aside)."""
     matched: Tri = False
     for policy in (rules.get("policies") or {}).values():
         result = _and(
@@ -237,6 +300,15 @@ def _rbac_filter(config: Mapping[str, Any], witness: Witness, *, http: bool) -> 
         matched = _or((matched, result))
         if matched is True:
             break
+    return matched
+
+
+def _rbac_filter(config: Mapping[str, Any], witness: Witness, *, http: bool) -> Tri:
+    rules = config.get("rules")
+    if rules is None:  # only shadow rules: enforces nothing
+        return True
+    action = rules.get("action", "ALLOW")
+    matched = _any_policy(rules, witness, http)
     if action == "ALLOW":
         return matched
     if action == "DENY":

@@ -16,6 +16,7 @@ becomes a fixture (tests/fixtures/oracle) and is fixed in the model.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, reject, settings
 from hypothesis import strategies as st
 
 from auditor.adapters.k8s.reader import ClusterReader
@@ -33,7 +34,7 @@ from auditor.core.mesh import is_auditor_probe
 from auditor.core.snapshot import AuthorizationPolicy
 from auditor.core.ztunnelview import ztunnel_facts, ztunnel_matches
 from testrigs.devtools import istio
-from testrigs.devtools.istio import IstioAPI
+from testrigs.devtools.istio import EXT_AUTHZ_PROVIDER, IstioAPI
 from tests.cases import ROOT, Case, all_cases, load_case, materialize, outcome
 from tests.integration.live import AppliedCase, audit
 
@@ -62,9 +63,27 @@ def _istiod_facts(api: IstioAPI, ports: frozenset[int]) -> Facts:
             addresses[address["value"]] = key
     ambientz = api.debug("/debug/ambientz")
     workloads, services = istio.ambient_facts(ambientz, addresses)
+    _ACCEPTED.clear()
+    _ACCEPTED.update(_ztunnel_accepted(api))
     _TRANSLATED.clear()
     _TRANSLATED.update(istio.translated_policies(ambientz))
     return workloads, services, istio.plaintext_refused(ambientz, ports), istio.workload_waypoints(ambientz, addresses)
+
+
+def _ztunnel_accepted(api: IstioAPI) -> dict[str, bool | None]:
+    """Per AuthorizationPolicy without targetRefs: whether istiod enforces it at ztunnel, from the
+    ``ZtunnelAccepted`` condition it writes (True and not dry-run); None before it wrote one."""
+    listed = yaml.safe_load(api.kubectl("get", "authorizationpolicies.security.istio.io", "-A", "-o", "yaml"))
+    accepted: dict[str, bool | None] = {}
+    for policy in listed["items"]:
+        if (policy.get("spec") or {}).get("targetRefs") or (policy.get("spec") or {}).get("targetRef"):
+            continue
+        key = f"{policy['metadata']['namespace']}/{policy['metadata']['name']}"
+        conditions = {c["type"]: c["status"] for c in (policy.get("status") or {}).get("conditions") or []}
+        dry_run = ((policy["metadata"].get("annotations") or {}).get("istio.io/dry-run") or "").lower() == "true"
+        status = conditions.get("ZtunnelAccepted")
+        accepted[key] = None if status is None else status == "True" and not dry_run
+    return accepted
 
 
 # Waypoint Gateways without an address in the last read: istiod binds nothing to them yet.
@@ -72,6 +91,21 @@ _UNREADY: set[str] = set()
 # The last /debug/ambientz's translated AuthorizationPolicies and the model's policies, by key.
 _TRANSLATED: dict[str, dict[str, Any]] = {}
 _POLICIES: dict[str, AuthorizationPolicy] = {}
+# Per AuthorizationPolicy without targetRefs, enforced at ztunnel: istiod's status (None: not
+# written, see _enforcement_differences) and the model's claim (CUSTOM, AUDIT, dry-run: not enforced, semantics §4.3).
+_ACCEPTED: dict[str, bool | None] = {}
+_ENFORCED: dict[str, bool] = {}
+_ACTIONS: dict[str, str] = {}
+# Figures of the run, printed with -s: configurations, facts compared, CUSTOM policies seen.
+STATS: dict[str, int] = {
+    "configs": 0,
+    "pods": 0,
+    "services": 0,
+    "policies": 0,
+    "custom": 0,
+    "rule_checks": 0,
+    "status_missing": 0,
+}
 # Connections the translated rules are compared on: no identity, identities of every form the
 # generated policies name (namespaces x, ns-*, *-y; service accounts w0-w2; another trust domain).
 CALLERS = (
@@ -103,12 +137,34 @@ def _translation_differences(namespaces: set[str]) -> dict[str, list[str]]:
     return differences
 
 
+def _enforcement_differences(namespaces: set[str]) -> dict[str, tuple[bool | None, bool]]:
+    """Per policy without targetRefs in ``namespaces``: (istiod, model) where they disagree on
+    whether ztunnel enforces it (CUSTOM and AUDIT never, semantics §4.3).
+
+    A policy istiod does not translate (CUSTOM, AUDIT, dry-run) may never get a
+    ``ZtunnelAccepted`` condition: istiod 1.31 keys each such policy's WorkloadAuthorization
+    ``"/"`` (pilot/pkg/model/service.go ``ResourceName``: its ``Authorization`` is nil), so they
+    collide and one status stands for all (10 of 250 policies in a 200-configuration run). A
+    missing condition where the model says "not enforced" is that, not a difference."""
+    return {
+        key: (_ACCEPTED.get(key), enforced)
+        for key, enforced in _ENFORCED.items()
+        if key.split("/", 1)[0] in namespaces
+        and _ACCEPTED.get(key) != enforced
+        and not (_ACCEPTED.get(key) is None and not enforced)
+    }
+
+
 def _model_facts(api: IstioAPI) -> tuple[Facts, frozenset[int], Mapping[str, frozenset[int]]]:
     with api.new_client() as client:
         snapshot = ClusterReader(client).snapshot()
     facts = ztunnel_facts(snapshot, ROOT_NAMESPACE)
     _POLICIES.clear()
     _POLICIES.update((p.meta.key, p) for p in snapshot.authorization_policies if not p.dry_run)
+    _ENFORCED.clear()
+    _ENFORCED.update(facts.policies_enforced)
+    _ACTIONS.clear()
+    _ACTIONS.update((p.meta.key, p.action) for p in snapshot.authorization_policies)
     # The workload stand-in leaves the auditor's own probe pods to the PodExecutor (none runs here),
     # so they never get an address and istiod never lists them: not a fact to compare.
     probes = {f"{w.meta.namespace}/{w.meta.name}" for w in snapshot.workloads if is_auditor_probe(w)}
@@ -194,7 +250,8 @@ def _compare(
         waiting = any(key.split("/", 1)[0] in namespaces for key in _UNREADY)
         settled = settled and (not waiting or time.monotonic() > deadline - converge_s / 2)
         rules = _translation_differences(namespaces)
-        if (settled and _agree(oracle, model) and not rules) or time.monotonic() > deadline:
+        enforcement = _enforcement_differences(namespaces)
+        if (settled and _agree(oracle, model) and not rules and not enforcement) or time.monotonic() > deadline:
             break
         time.sleep(1.0)
     assert len(oracle[0]) >= expected_pods, f"istiod lists {len(oracle[0])} of {expected_pods} pods"
@@ -221,9 +278,26 @@ def _compare(
     differing_own = {
         k: (oracle[3][k], model[3].get(k)) for k in oracle[3].keys() & model[3].keys() if oracle[3][k] != model[3][k]
     }
-    assert (differing_workloads, differing_services, differing_mtls, differing_own, rules) == ({}, {}, {}, {}, {}), (
+    compared = [key for key in _ENFORCED if key.split("/", 1)[0] in namespaces]
+    STATS["pods"] += len(oracle[0])
+    STATS["services"] += len(oracle[1])
+    STATS["policies"] += len(compared)
+    STATS["custom"] += sum(1 for key in compared if _ACTIONS.get(key) == "CUSTOM")
+    STATS["rule_checks"] += sum(
+        len(CALLERS) * len(PORTS) for k, p in _POLICIES.items() if k in _TRANSLATED and k.split("/", 1)[0] in namespaces
+    )
+    STATS["status_missing"] += sum(1 for key in compared if _ACCEPTED.get(key) is None)
+    print(f"oracle: {STATS}")
+    assert (differing_workloads, differing_services, differing_mtls, differing_own, rules, enforcement) == (
+        {},
+        {},
+        {},
+        {},
+        {},
+        {},
+    ), (
         "(istiod, model) per key: policies per pod, waypoint per Service, plaintext-refusing ports per pod, "
-        "workload waypoint per pod; translated rules per policy"
+        "workload waypoint per pod; translated rules per policy; enforced at ztunnel per policy (ZtunnelAccepted)"
     )
 
 
@@ -317,6 +391,12 @@ ORACLE_FIXTURES = {
         "provider-less CUSTOM denied), the model dropped the rule as for an ALLOW and allowed; fixed in "
         "authz.widened_when_untranslatable (semantics §4.9)"
     ),
+    "waypoint-custom-dry-run": (
+        "the waypoint oracle, with the extension provider ext-authz in the test istiod's mesh config: a "
+        "dry-run CUSTOM policy at a waypoint: istiod enforced its rules as DENY in the provider's RBAC filter "
+        "(builder.go buildHTTP) and denied what they select, the model took it as inert and allowed; fixed in "
+        "authz._inert_reason (semantics §4.3)"
+    ),
 }
 STILL_DISAGREEING: frozenset[str] = frozenset()
 
@@ -342,6 +422,45 @@ def test_every_disagreement_fixture_is_listed() -> None:
 # --- generated configurations ------------------------------------------------------------------
 
 _NAMES = ["w0", "w1", "w2"]
+# CUSTOM providers: the one the test istiod's mesh config defines (an ext_authz filter at a
+# waypoint) twice, and one it does not (istiod's deny rules instead, builder.go).
+CUSTOM_PROVIDERS = [EXT_AUTHZ_PROVIDER, EXT_AUTHZ_PROVIDER, "unknown-authz"]
+# Configurations already compared in this session (namespace names left out): a batch draws
+# fresh ones (see ``draw_batch``).
+_SEEN: set[str] = set()
+DRAWS_PER_CONFIGURATION = 3
+
+
+def fingerprint(configuration: list[dict[str, Any]]) -> str:
+    """The configuration as text with its generated namespace name left out: two configurations
+    with the same fingerprint test the same thing."""
+    namespace = next(d["metadata"]["name"] for d in configuration if d["kind"] == "Namespace")
+    return json.dumps(configuration, sort_keys=True).replace(namespace, "NS")
+
+
+def draw_batch(data: st.DataObject, strategy: st.SearchStrategy[list[dict[str, Any]]], size: int) -> list[Any]:
+    """``size`` configurations none of which was compared before in the session.
+
+    Hypothesis tries its simplest example first (all 25 configurations of the first batch were
+    one and the same) and mutates earlier examples (about half of 500 were repeats): each slot
+    gets up to ``DRAWS_PER_CONFIGURATION`` draws, and a batch that cannot fill its slots with new
+    configurations is rejected (``hypothesis.reject``; generation is cheap, istiod's work is not).
+    """
+    batch: list[Any] = []
+    keys: set[str] = set()
+    for attempt in range(size * DRAWS_PER_CONFIGURATION):
+        if len(batch) == size:
+            break
+        # Drawn inside the test: as a @given argument the batch (tens of kB) would be repr'ed.
+        configuration = data.draw(strategy, label=f"draw {attempt}")
+        key = fingerprint(configuration)
+        if key not in keys and key not in _SEEN:
+            keys.add(key)
+            batch.append(configuration)
+    if len(batch) < size:
+        reject()
+    _SEEN.update(keys)
+    return batch
 
 
 @st.composite
@@ -380,7 +499,7 @@ def _authorization_policy(draw: st.DrawFn, ns: str, index: int) -> dict[str, Any
     action = draw(st.sampled_from(["ALLOW", "DENY", "AUDIT", "CUSTOM"]))
     spec: dict[str, Any] = {"action": action}
     if action == "CUSTOM":
-        spec["provider"] = {"name": "ext-authz"}
+        spec["provider"] = {"name": draw(st.sampled_from(CUSTOM_PROVIDERS))}
     if scope == "selector-app":
         spec["selector"] = {"matchLabels": {"app": draw(st.sampled_from(_NAMES))}}
     elif scope == "selector-tier":
@@ -559,8 +678,8 @@ def _configuration(draw: st.DrawFn) -> list[dict[str, Any]]:
 def test_model_agrees_with_istiod_on_generated_configurations(
     data: st.DataObject, istio_api: IstioAPI, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    # Drawn inside the test: as a @given argument the batch (tens of kB) would be repr'ed.
-    batch = [data.draw(_configuration(), label=f"configuration {i}") for i in range(ORACLE_BATCH_SIZE)]
+    batch = draw_batch(data, _configuration(), ORACLE_BATCH_SIZE)
+    STATS["configs"] += len(batch)
     documents = [doc for configuration in batch for doc in configuration]
     namespaces = {d["metadata"]["name"] for d in documents if d["kind"] == "Namespace"}
     # A letter first: a bare hex value such as "4e12345678" is a string to PyYAML (which quotes

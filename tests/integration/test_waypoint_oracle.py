@@ -8,7 +8,12 @@ them, the verdict of the chain's RBAC filters on a set of requests (witnesses): 
 principals are of every form the policies name (and near misses), each header a policy names
 present, absent or with a near-miss value, the methods and paths the policies name and others,
 on every Service port. The verdicts are compared, not the syntax: where the model says "cannot
-tell" (an external authorizer, a source address) the witness is counted, not compared.
+tell" (an external authorizer, a source address) the witness is counted, not compared. CUSTOM
+policies (the test istiod's mesh config defines the provider ``ext-authz``; the generators also
+name an unknown one) are compared on their own terms: whether a CUSTOM policy selects the request
+(istiod's ext_authz filter runs for it, or its deny rules for a provider it could not build
+match) against ``WaypointService.custom_selects``, and the model must not decide a request whose
+verdict is the external authorizer's (semantics §4.3).
 
 Run over every static fixture with a waypoint, both examples and a hypothesis-generated family
 (``WAYPOINT_ORACLE_BATCHES`` batches of ``WAYPOINT_ORACLE_BATCH_SIZE`` configurations, the
@@ -41,7 +46,14 @@ from testrigs.devtools.controlplane import ControlPlaneError
 from testrigs.devtools.istio import TRUST_DOMAIN, IstioAPI
 from tests.cases import Case, materialize, merged_documents
 from tests.integration.live import AppliedCase
-from tests.integration.test_translation_oracle import BATCH_LABEL, CASES, ROOT_NAMESPACE, _configuration
+from tests.integration.test_translation_oracle import (
+    BATCH_LABEL,
+    CASES,
+    CUSTOM_PROVIDERS,
+    ROOT_NAMESPACE,
+    _configuration,
+    draw_batch,
+)
 
 CONVERGE_S = 60.0
 BATCHES = int(os.environ.get("WAYPOINT_ORACLE_BATCHES", "8"))
@@ -188,6 +200,16 @@ class Round:
     # an early round could agree on "nothing bound" before either side settled.
     pending: list[str] = field(default_factory=list)
 
+    external: int = 0  # requests whose verdict is the external authorizer's (istiod)
+    custom_compared: int = 0  # requests on which "a CUSTOM policy selects it" was compared
+    custom_selected: int = 0  # ... of which istiod's CUSTOM filters selected
+
+    def disagree(self, text: str) -> None:
+        if len(self.verdicts) < 20:
+            self.verdicts.append(text)
+        elif self.verdicts[-1] != "...":
+            self.verdicts.append("...")
+
     @property
     def agrees(self) -> bool:
         return (
@@ -241,9 +263,11 @@ def _compare_verdicts(
         if p.meta.namespace in {namespace, view.waypoint.split("/", 1)[0], ROOT_NAMESPACE}
     ]
     host = f"{name}.{namespace}.{DOMAIN}"
+    tcp = not any(f.get("name") == waypointxds.HCM for f in chain.get("filters") or [])
     for principal, request in witnesses_for(relevant, namespace).requests(host, [port]):
         model = view.decides(principal, request)
-        oracle = waypointxds.chain_allows(
+        model_custom = view.custom_selects(principal, request)
+        outcome = waypointxds.chain_outcome(
             chain,
             waypointxds.Witness(
                 principal=principal,
@@ -254,21 +278,62 @@ def _compare_verdicts(
                 headers={k.lower(): v for k, v in request.headers.items()},
             ),
         )
+        where = (
+            f"{view.service}:{port} via {view.waypoint}: {principal} {request.describe()} "
+            f"host {request.host!r} headers {dict(request.headers)}"
+        )
+        _compare_custom(result, where, outcome, model, model_custom, tcp=tcp, policies=view.policies)
+        oracle = outcome.allowed
         if model is None or oracle is None:
             result.unknown += 1
             continue
         result.compared += 1
-        if model != oracle and len(result.verdicts) < 20:
-            result.verdicts.append(
-                f"{view.service}:{port} via {view.waypoint}: {principal} {request.describe()} "
-                f"host {request.host!r} headers {dict(request.headers)}: istiod={oracle} model={model} "
-                f"(model policies {sorted(view.policies)})"
+        if model != oracle:
+            result.disagree(f"{where}: istiod={oracle} model={model} (model policies {sorted(view.policies)})")
+
+
+def _compare_custom(
+    result: Round,
+    where: str,
+    outcome: waypointxds.Outcome,
+    model: bool | None,
+    model_custom: bool | None,
+    *,
+    tcp: bool,
+    policies: frozenset[str],
+) -> None:
+    """The model's claim about CUSTOM policies against istiod's filters for one request: which
+    requests a CUSTOM policy selects (sent to the provider, or denied for a provider istiod could
+    not build), and that the model never decides a request whose verdict is the provider's."""
+    if outcome.external:
+        result.external += 1
+        if model is not None:
+            result.disagree(
+                f"{where}: istiod asks the external authorizer, the model decided {model} ({sorted(policies)})"
             )
-        elif model != oracle:
-            result.verdicts.append("...")
+    if outcome.custom is None or model_custom is None:
+        return
+    result.custom_compared += 1
+    result.custom_selected += bool(outcome.custom)
+    # An HTTP provider on a chain served as TCP: istiod builds no filter (builder.go buildTCP
+    # "ignored CUSTOM action with HTTP provider on TCP filter chain"); the model, not knowing
+    # the mesh config's providers, says the provider decides (None): not a claim to refute.
+    ignored = tcp and not outcome.custom_filters
+    if outcome.custom != model_custom and not (model_custom and ignored):
+        result.disagree(
+            f"{where}: a CUSTOM policy selects it: istiod={outcome.custom} model={model_custom} ({sorted(policies)})"
+        )
 
 
-STATS: dict[str, int] = {"configs": 0, "compared": 0, "unknown": 0, "chains": 0}
+STATS: dict[str, int] = {
+    "configs": 0,
+    "compared": 0,
+    "unknown": 0,
+    "chains": 0,
+    "external": 0,
+    "custom_compared": 0,
+    "custom_selected": 0,
+}
 
 
 def _compare(api: IstioAPI, namespaces: set[str], converge_s: float = CONVERGE_S, configs: int = 1) -> None:
@@ -291,6 +356,9 @@ def _compare(api: IstioAPI, namespaces: set[str], converge_s: float = CONVERGE_S
     STATS["compared"] += result.compared
     STATS["unknown"] += result.unknown
     STATS["chains"] += sum(len(o) for o, _ in result.bindings.values())
+    STATS["external"] += result.external
+    STATS["custom_compared"] += result.custom_compared
+    STATS["custom_selected"] += result.custom_selected
     print(f"waypoint oracle: {result.compared} verdicts compared, {result.unknown} not (cannot tell); {STATS}")
     bindings = {k: (sorted(o - m), sorted(m - o)) for k, (o, m) in result.bindings.items() if o != m}
     assert (result.pending, result.missing_pods, bindings, result.verdicts) == ([], [], {}, []), (
@@ -439,10 +507,10 @@ def _l7_policy(draw: st.DrawFn, ns: str, index: int) -> dict[str, Any]:
     """An AuthorizationPolicy for the waypoint: targetRefs to the Gateway, a Service, or (rarely)
     the istio-waypoint GatewayClass from the root namespace; L7 rules of every kind."""
     scope = draw(st.sampled_from(["gateway", "gateway", "service", "service", "root-class", "selector"]))
-    action = draw(st.sampled_from(["ALLOW", "ALLOW", "DENY", "DENY", "AUDIT", "CUSTOM"]))
+    action = draw(st.sampled_from(["ALLOW", "ALLOW", "DENY", "DENY", "AUDIT", "CUSTOM", "CUSTOM"]))
     spec: dict[str, Any] = {"action": action}
     if action == "CUSTOM":
-        spec["provider"] = {"name": "ext-authz"}
+        spec["provider"] = {"name": draw(st.sampled_from(CUSTOM_PROVIDERS))}
     namespace = ns
     if scope == "gateway":
         spec["targetRefs"] = [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "wp"}]
@@ -511,7 +579,7 @@ def _with_waypoint(draw: st.DrawFn) -> list[dict[str, Any]]:
 def test_waypoint_model_agrees_with_istiod_on_generated_configurations(
     data: st.DataObject, istio_api: IstioAPI, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    batch = [data.draw(_with_waypoint(), label=f"configuration {i}") for i in range(BATCH_SIZE)]
+    batch = draw_batch(data, _with_waypoint(), BATCH_SIZE)
     documents = [doc for configuration in batch for doc in configuration]
     namespaces = {d["metadata"]["name"] for d in documents if d["kind"] == "Namespace"}
     label = f"{BATCH_LABEL}=w{uuid.uuid4().hex[:10]}"  # a letter first: see the ztunnel oracle
