@@ -29,6 +29,7 @@ refused write is reported and retried on the next reconcile.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from testrigs.lab import nodes as lab_nodes
 from testrigs.lab import writeback
-from testrigs.lab.mesh import Mesh, Obj, Workload, meta, name_of, namespace_of, spec
+from testrigs.lab.mesh import Mesh, Obj, Workload, meta, name_of, namespace_of, rendered_for_gateway, spec
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -107,6 +108,7 @@ def desired(objects: list[Obj], mesh: Mesh, running: Mapping[str, str]) -> Desir
     those become Ready Pods and endpoints, as a kubelet reports a started container.
     """
     found = Desired()
+    waypoint_pods: dict[str, Workload] = {}
     for node in mesh.nodes:
         pod = lab_nodes.ztunnel_pod(node)
         found.pods[f"{lab_nodes.ZTUNNEL_NAMESPACE}/{name_of(pod)}"] = pod
@@ -119,12 +121,52 @@ def desired(objects: list[Obj], mesh: Mesh, running: Mapping[str, str]) -> Desir
         found.pods[workload.key] = _replica_pod(deployment, workload, mesh.captured(workload))
         found.pod_ips[workload.key] = running[workload.key]
         found.deployments[workload.replica_of] = found.deployments.get(workload.replica_of, 0) + 1
+    rendered = {
+        f"{namespace_of(o)}/{rendered_for_gateway(o)}": o for o in deployments.values() if rendered_for_gateway(o)
+    }
+    for workload in mesh.waypoint_workloads():
+        deployment = rendered.get(workload.key)
+        if deployment is None or workload.key not in running:
+            continue
+        # istiod rendered this waypoint's Deployment: its one replica is the lab's waypoint pod
+        # (the lab's Envoy), named like the lab pod, on the first lab node.
+        placed = dataclasses.replace(workload, node=mesh.nodes[0] if mesh.nodes else "")
+        found.pods[workload.key] = _replica_pod(deployment, placed, captured=False)
+        found.pod_ips[workload.key] = running[workload.key]
+        deployment_key = f"{namespace_of(deployment)}/{name_of(deployment)}"
+        found.deployments[deployment_key] = found.deployments.get(deployment_key, 0) + 1
+        waypoint_pods[workload.key] = placed
     for key in deployments:
         found.deployments.setdefault(key, 0)
     for obj in objects:
         if obj.get("kind") == "Service" and spec(obj).get("selector"):
-            found.slices[f"{namespace_of(obj)}/{name_of(obj)}-lab"] = _slice(obj, mesh, found)
+            key = f"{namespace_of(obj)}/{name_of(obj)}-lab"
+            if rendered_for_gateway(obj) is not None:
+                found.slices[key] = _waypoint_slice(obj, waypoint_pods, found)
+            else:
+                found.slices[key] = _slice(obj, mesh, found)
     return found
+
+
+def _waypoint_slice(service_obj: Obj, waypoint_pods: Mapping[str, Workload], found: Desired) -> Obj:
+    """The EndpointSlice of the Service istiod rendered for a waypoint: the waypoint's pod, on
+    every port of the Service (the template's ports have no targetPort: the port itself)."""
+    selector = spec(service_obj).get("selector") or {}
+    members = {
+        key: workload
+        for key, workload in waypoint_pods.items()
+        if workload.namespace == namespace_of(service_obj)
+        and all((meta(found.pods[key]).get("labels") or {}).get(str(k)) == str(v) for k, v in selector.items())
+    }
+    ports = []
+    for port in spec(service_obj).get("ports") or []:
+        entry: dict[str, Any] = {"port": int(port.get("targetPort") or port["port"]), "protocol": "TCP"}
+        if port.get("name"):
+            entry["name"] = port["name"]
+        if port.get("appProtocol"):
+            entry["appProtocol"] = port["appProtocol"]
+        ports.append(entry)
+    return _slice_object(service_obj, members, found, ports)
 
 
 def _slice(service_obj: Obj, mesh: Mesh, found: Desired) -> Obj:
@@ -141,6 +183,10 @@ def _slice(service_obj: Obj, mesh: Mesh, found: Desired) -> Obj:
         if name:
             entry["name"] = name
         ports.append(entry)
+    return _slice_object(service_obj, members, found, ports)
+
+
+def _slice_object(service_obj: Obj, members: Mapping[str, Workload], found: Desired, ports: list[Any]) -> Obj:
     endpoints_list = [
         {
             "addresses": [found.pod_ips[key]],
