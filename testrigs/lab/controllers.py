@@ -315,7 +315,42 @@ def sync(api: ApiClient, objects: list[Obj], mesh: Mesh, running: Mapping[str, s
             calls.call("PATCH", f"{_pod_path(key)}/status", body, merge=True)
     _deployment_statuses(calls, objects, want)
     _slices(calls, want)
+    _collect_garbage(calls, objects)
     return calls.problems
+
+
+RENDERED_KINDS = (
+    ("Deployment", "/apis/apps/v1/namespaces/{namespace}/deployments/{name}"),
+    ("Service", "/api/v1/namespaces/{namespace}/services/{name}"),
+    ("ServiceAccount", "/api/v1/namespaces/{namespace}/serviceaccounts/{name}"),
+)
+
+
+def _collect_garbage(calls: _Api, objects: list[Obj]) -> None:
+    """The garbage collector's part for istiod's waypoint objects: a ServiceAccount, Deployment or
+    Service owned by a Gateway that no longer exists (by uid) is deleted, as kube-controller-manager's
+    garbage collector deletes dependents whose owner is gone (the test control plane has none)."""
+    candidates = [o for o in objects if o.get("kind") in ("Deployment", "Service") and rendered_for_gateway(o)]
+    candidates += [
+        {**account, "kind": "ServiceAccount"}
+        for account in calls.items("/api/v1/serviceaccounts", "gateway.networking.k8s.io/gateway-name")
+    ]
+    if not candidates:
+        return
+    # Listed after every candidate: a Gateway created since the snapshot is seen, never collected.
+    listing = calls.call("GET", "/apis/gateway.networking.k8s.io/v1/gateways")
+    if listing is None:
+        return  # the list failed (reported): never collect on a partial view
+    gateways = {str(meta(o).get("uid")) for o in listing.get("items") or []}
+    paths = dict(RENDERED_KINDS)
+    for obj in candidates:
+        owners = [o for o in meta(obj).get("ownerReferences") or [] if o.get("kind") == "Gateway"]
+        if rendered_for_gateway(obj) is None or any(str(o.get("uid")) in gateways for o in owners):
+            continue
+        if meta(obj).get("deletionTimestamp"):
+            continue
+        path = paths[str(obj.get("kind"))].format(namespace=namespace_of(obj), name=name_of(obj))
+        calls.call("DELETE", path, {"propagationPolicy": "Background"})
 
 
 def _ztunnel_prerequisites(calls: _Api, objects: list[Obj]) -> None:
