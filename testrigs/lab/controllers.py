@@ -297,7 +297,7 @@ def sync(api: ApiClient, objects: list[Obj], mesh: Mesh, running: Mapping[str, s
             calls.call("POST", "/api/v1/nodes", lab_nodes.node_object(node))
     _ztunnel_prerequisites(calls, objects)
     pods = {f"{namespace_of(p)}/{name_of(p)}": p for p in calls.items("/api/v1/pods", lab_nodes.OWNED_BY)}
-    for key, pod in pods.items():
+    for key, pod in list(pods.items()):  # deleted ones are popped on the way
         wanted = want.pods.get(key)
         stale = wanted is not None and (meta(pod).get("annotations") or {}).get(TEMPLATE_HASH) != (
             meta(wanted).get("annotations") or {}
