@@ -159,9 +159,7 @@ RENDERED_DEPLOYMENT = {
     "metadata": {"name": "wp", "namespace": "shop", "uid": "uid-wp-deploy", "ownerReferences": [WAYPOINT_OWNER]},
     "spec": {
         "template": {
-            "metadata": {
-                "labels": {"gateway.networking.k8s.io/gateway-name": "wp", "istio.io/dataplane-mode": "none"}
-            },
+            "metadata": {"labels": {"gateway.networking.k8s.io/gateway-name": "wp", "istio.io/dataplane-mode": "none"}},
             "spec": {"serviceAccountName": "wp", "containers": [{"name": "istio-proxy"}]},
         }
     },
@@ -184,7 +182,8 @@ def test_istiods_waypoint_objects_are_not_lab_workloads_but_get_the_lab_waypoint
     Gateway (no second pod, no Service of its own), and mirrors its pod into istiod's Deployment."""
     objects = [NAMESPACE, WAYPOINT_GATEWAY, RENDERED_DEPLOYMENT, RENDERED_SERVICE]
     mesh = Mesh(objects, nodes=TWO)
-    assert mesh.workloads == [] and mesh.services == []
+    assert mesh.workloads == []
+    assert mesh.services == []
     assert [w.key for w in mesh.all_workloads()] == ["shop/wp"]
     want = controllers.desired(objects, mesh, {"shop/wp": "198.18.1.9"})
     pod = want.pods["shop/wp"]
@@ -198,5 +197,6 @@ def test_istiods_waypoint_objects_are_not_lab_workloads_but_get_the_lab_waypoint
     assert [(e["addresses"], e["targetRef"]["name"]) for e in slice_["endpoints"]] == [(["198.18.1.9"], "wp")]
     # Before the lab's Envoy runs: no pod, an empty slice, 0 ready.
     idle = controllers.desired(objects, mesh, {})
-    assert "shop/wp" not in idle.pods and idle.slices["shop/wp-lab"]["endpoints"] == []
+    assert "shop/wp" not in idle.pods
+    assert idle.slices["shop/wp-lab"]["endpoints"] == []
     assert idle.deployments == {"shop/wp": 0}
