@@ -1,16 +1,18 @@
 """The lab: a real data plane with ambient semantics, driven by a real API server.
 
-Role: the composition root of ``testrigs.lab``. ``Lab.up`` starts the control plane
-(``testrigs.devtools.controlplane``), applies the manifests (and, ``with_auditor``, the auditor's
-``deploy/`` RBAC and probe-guard plus a kubeconfig for its ServiceAccount), builds the bridge
-namespace, the CA and the probe image (``image``), then ``reconcile``s and starts the translator
-and kubelet daemons (``translator``, ``kubelet``). ``reconcile`` is level-based and idempotent:
-from one snapshot of the API server, read under the lab's lock so concurrent reconcilers never
-apply an older snapshot after a newer one, it creates or removes lab pods (``netns``), keeps each
-pod's app and Envoy running (``procs``, ``proxy``), publishes fresh Envoy config (``envoyconf``),
-rewrites each pod's nat table and DNS files, and writes back the status Istio would
-(``writeback``). ``down`` stops every recorded process by pid, deletes every ``malab-<id>-*``
-namespace and the state directory, and is safe to repeat.
+Role: the composition root of ``testrigs.lab``. ``Lab.up`` starts the control plane with the real
+istiod (``testrigs.devtools.controlplane``, ``istio=True``: istiod writes the status of Istio's
+objects and renders waypoints' Deployments), applies the manifests (and, ``with_auditor``, the
+auditor's ``deploy/`` RBAC and probe-guard plus a kubeconfig for its ServiceAccount), builds the
+bridge namespace, the CA and the probe image (``image``), then ``reconcile``s and starts the
+translator and kubelet daemons (``translator``, ``kubelet``). ``reconcile`` is level-based and
+idempotent: from one snapshot of the API server, read under the lab's lock so concurrent reconcilers
+never apply an older snapshot after a newer one, it creates or removes lab pods (``netns``), keeps
+each pod's app and Envoy running (``procs``, ``proxy``), publishes fresh Envoy config
+(``envoyconf``), rewrites each pod's nat table and DNS files, writes istio-cni's redirection
+annotation (``writeback``) and the controller-manager's and kubelets' objects (``controllers``).
+``down`` stops every recorded process by pid, deletes every ``malab-<id>-*`` namespace and the state
+directory, and is safe to repeat.
 
 Everything the lab created is recorded in ``<state dir>/lab.json`` before it is created, so a
 ``down`` from another process (or after a crash half-way through ``up``) finds it.
@@ -366,8 +368,8 @@ class Lab:
         """Make the data plane match ``objects`` (default: the API server now); returns when it does.
 
         The API server is read under the lock: two reconcilers (the translator, the kubelet, a
-        test) never apply an older snapshot after a newer one. Status write-back (``writeback``)
-        follows, best effort: a refused write is reported on stderr and retried next time.
+        test) never apply an older snapshot after a newer one. istio-cni's annotation (``writeback``)
+        and the controllers' objects follow, best effort: a refused write is reported on stderr and retried next time.
         """
         from testrigs.lab import translator  # noqa: PLC0415 - the kubernetes client is slow to import
 
