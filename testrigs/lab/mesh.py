@@ -126,7 +126,7 @@ class Service:
 
 @dataclass(frozen=True)
 class Waypoint:
-    """A Gateway of class istio-waypoint that the lab can run (one HBONE listener on 15008)."""
+    """A Gateway of class istio-waypoint that the lab can run (an HBONE listener on 15008)."""
 
     namespace: str
     name: str
@@ -219,13 +219,26 @@ def _service(obj: Obj) -> Service:
 
 
 def _waypoint(obj: Obj) -> Waypoint | None:
-    # semantics §2: class istio-waypoint and exactly one listener, port 15008, protocol HBONE.
+    return (
+        Waypoint(namespace_of(obj), name_of(obj), labels_of(obj).get(WAYPOINT_FOR, "service"))
+        if runnable_waypoint(obj)
+        else None
+    )
+
+
+def runnable_waypoint(obj: Obj) -> bool:
+    """A Gateway of class istio-waypoint with a 15008/HBONE listener: one the lab runs an Envoy for.
+
+    Semantics §2: other listeners do not unbind a waypoint (istiod marks only the odd listener
+    ``Accepted=False``), so they do not stop the lab either (the lab used to require exactly one
+    listener, and a generated Gateway with an extra HTTP listener never settled). A waypoint
+    without a 15008 listener is bound yet unreachable: istiod still renders its pod, and the lab
+    runs nothing in it, so ztunnel's HBONE to it fails closed as in a cluster.
+    """
     listeners = spec(obj).get("listeners") or []
-    if spec(obj).get("gatewayClassName") != WAYPOINT_CLASS or len(listeners) != 1:
-        return None
-    if int(listeners[0].get("port", 0)) != 15008 or listeners[0].get("protocol") != "HBONE":
-        return None
-    return Waypoint(namespace_of(obj), name_of(obj), labels_of(obj).get(WAYPOINT_FOR, "service"))
+    return spec(obj).get("gatewayClassName") == WAYPOINT_CLASS and any(
+        int(listener.get("port", 0)) == 15008 and listener.get("protocol") == "HBONE" for listener in listeners
+    )
 
 
 def _age(obj: Obj, position: int) -> tuple[str, int]:

@@ -126,6 +126,7 @@ class NodeRecord:
     procs: dict[str, Proc] = field(default_factory=dict)
     pods: dict[str, dict[str, str]] = field(default_factory=dict)  # "ns/name" -> netns, ip, veth, uid
     faults: list[str] = field(default_factory=list)
+    next_index: int = 1  # the next pod namespace's index (removed pods' indices are not reused)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -133,6 +134,7 @@ class NodeRecord:
             "procs": {k: v.to_json() for k, v in self.procs.items()},
             "pods": self.pods,
             "faults": self.faults,
+            "next_index": self.next_index,
         }
 
     @classmethod
@@ -142,6 +144,7 @@ class NodeRecord:
             {k: Proc.from_json(v) for k, v in (data.get("procs") or {}).items()},
             dict(data.get("pods") or {}),
             [str(f) for f in data.get("faults") or []],
+            int(data.get("next_index") or len(data.get("pods") or {}) + 1),
         )
 
 
@@ -427,6 +430,7 @@ class RealNode:
         waypoint_pods: list[dict[str, Any]] = []
         redirected: set[str] = set()
         network = ipaddress.ip_network(POD_CIDR)
+        self._remove_gone_pods(record, pods, network)
         for pod in pods:
             meta, status = pod["metadata"], pod.get("status") or {}
             address = status.get("podIP", "")
@@ -537,8 +541,46 @@ class RealNode:
         shutil.copyfile(ca.key_path, directory / "ca-key.pem")
         return directory
 
+    def _remove_gone_pods(
+        self, record: NodeRecord, pods: list[dict[str, Any]], network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    ) -> None:
+        """Tear down the node's side of every pod the API no longer has (or has anew, with another uid).
+
+        A kubelet does this when a pod is deleted. Without it a deleted pod's namespace kept its
+        address on the bridge, the stand-in gave the address to a new pod, and two namespaces
+        answered for one IP: the differential run saw a captured sender refused and a plaintext
+        one let through, each reaching the other's stale namespace.
+        """
+        live = {
+            f"{p['metadata']['namespace']}/{p['metadata']['name']}": p["metadata"]["uid"]
+            for p in pods
+            if not p["metadata"].get("deletionTimestamp")
+            and (p.get("status") or {}).get("podIP")
+            and ipaddress.ip_address(p["status"]["podIP"]) in network
+        }
+        gone = [key for key, pod in record.pods.items() if live.get(key) != pod["uid"]]
+        for key in gone:
+            for name in [n for n in record.procs if n.endswith(f":{key}")]:  # app:<key>, waypoint:<key>
+                procs.stop(record.procs.pop(name))
+            pod = record.pods.pop(key)
+            for pid in procs.netns_pids(pod["netns"]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            # The bridge's end first: ztunnel may still hold the pod's namespace open (its fd from
+            # ZDS, until the agent's del), and the address must leave the bridge now.
+            subprocess.run(
+                [procs.IP, "-n", self.bridge(record), "link", "delete", pod["veth"]],
+                capture_output=True,
+                check=False,
+                timeout=10,
+            )
+            netns.delete_namespace(pod["netns"])
+        if gone:
+            self._save(record)
+
     def _create_pod(self, record: NodeRecord, key: str, address: str, uid: str, spec: dict[str, Any]) -> None:
-        index = len(record.pods) + 1
+        index = record.next_index  # only grows: a removed pod's names and log are never reused
+        record.next_index += 1
         name = f"{netns.PREFIX}{record.lab_id}-p{index}"
         veth = f"v{record.lab_id}{index}"[:15]
         record.pods[key] = {"netns": name, "ip": address, "veth": veth, "uid": uid}
@@ -585,8 +627,8 @@ class RealNode:
             namespace, name = item["metadata"]["namespace"], item["metadata"]["name"]
             spec = item.get("spec") or {}
             if item["kind"] == "Gateway":
-                if spec.get("gatewayClassName") != mesh.WAYPOINT_CLASS:
-                    continue
+                if not mesh.runnable_waypoint(item):
+                    continue  # another class, or a waypoint without 15008: nothing for the lab to run
                 running = [p for key, p in record.procs.items() if key.startswith(f"waypoint:{namespace}/{name}-")]
                 if not any(p.running() for p in running):
                     missing.append(f"waypoint {namespace}/{name}")

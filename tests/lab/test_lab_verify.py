@@ -168,17 +168,30 @@ DIFFERENTIAL_EXAMPLES = int(os.environ.get("VERIFY_DIFFERENTIAL_EXAMPLES", "10")
 DIFFERENTIAL_LOG: list[dict[str, Any]] = []
 
 
-def _differential_rules(namespace: str, path: Path) -> Path:
-    """Protect ``w0`` of the generated namespace: only ``w1`` may call it (no header: L4 and waypoint alike)."""
+def _differential_rules(namespace: str, path: Path, documents: list[dict[str, Any]]) -> Path:
+    """Protect ``w0`` of the generated namespace: only ``w1`` may call it; with a waypoint, also ``x-token: t``.
+
+    The header is the one the generator's L7 rules name (``request.headers[x-token]``), so the
+    required-headers witnesses (without it, with near misses) meet the waypoint's real RBAC too.
+    A header promise needs a waypoint in the rules: it is the generated namespace's Gateway when
+    there is one (the rules say which waypoint, the configuration decides whether it serves w0).
+    """
+    protected: dict[str, Any] = {
+        "name": "w0",
+        "namespace": namespace,
+        "allowedPrincipals": [f"cluster.local/ns/{namespace}/sa/w1"],
+    }
+    gateways = [d for d in documents if d["kind"] == "Gateway" and d["metadata"].get("namespace") == namespace]
+    if gateways:
+        protected["waypoint"] = {"name": gateways[0]["metadata"]["name"], "namespace": namespace}
+        protected["requiredHeaders"] = [{"name": "x-token", "value": {"literal": "t"}}]
     posture = {
         "apiVersion": "mesh-auditor.dev/v1alpha1",
         "kind": "MeshPosture",
         "metadata": {"name": namespace},
         "spec": {
             "mesh": {"rootNamespace": "istio-system", "trustDomain": "cluster.local"},
-            "protectedServices": [
-                {"name": "w0", "namespace": namespace, "allowedPrincipals": [f"cluster.local/ns/{namespace}/sa/w1"]}
-            ],
+            "protectedServices": [protected],
         },
     }
     path.write_text(yaml.safe_dump(posture))
@@ -199,23 +212,53 @@ def test_generated_configurations_config_and_traffic_agree(node: RealNode, docum
     directory.mkdir(exist_ok=True)
     manifests = directory / "manifests.yaml"
     manifests.write_text(yaml.safe_dump_all(documents))
-    rules = _differential_rules(namespace, directory / "rules.yaml")
+    rules = _differential_rules(namespace, directory / "rules.yaml", documents)
     # The retail store stays applied: the generated namespace is added to it.
     document = verify.static_witnesses([RETAIL, manifests], [rules])
     verify.apply(node, [RETAIL, manifests])
+    try:
+        summary = _differential_example(node, namespace, document)
+    finally:
+        _remove_example(node, documents)
+        # The run's record survives the session (the closing note's figures come from it).
+        Path(os.environ.get("VERIFY_DIFFERENTIAL_LOG", "/tmp/malab-verify-differential.json")).write_text(
+            json.dumps(DIFFERENTIAL_LOG, indent=1) + "\n"
+        )
+    disagreements = [r for r in summary.get("results", []) if r["verdict"] == "disagree"]
+    assert disagreements == [], (yaml.safe_dump_all(documents), summary)
+
+
+def _differential_example(node: RealNode, namespace: str, document: dict[str, Any]) -> dict[str, Any]:
     try:
         node.settle(timeout=45)
     except RealNodeError as error:
         # A waypoint Gateway the lab's Envoy cannot run (wrong listener): the node never settles.
         DIFFERENTIAL_LOG.append({"namespace": namespace, "not expressible": str(error)[:200]})
         print(f"differential: {namespace} not expressible on the node: {error}")
-        return
+        return {}
     report = verify.run(node, document)
     print(report.text())
     summary = report.as_dict()
+    disagreed = [r for r in summary["results"] if r["verdict"] == "disagree"]
     DIFFERENTIAL_LOG.append(
-        {"namespace": namespace, **{k: summary[k] for k in ("witnesses", "checked", "disagreements")}}
+        {
+            "namespace": namespace,
+            **{k: summary[k] for k in ("witnesses", "checked", "disagreements")},
+            "disagreed": disagreed,
+        }
     )
+    for row in disagreed:
+        print(f"DISAGREE {namespace}: {json.dumps(row)}")
     print(f"differential so far: {DIFFERENTIAL_LOG}")
-    disagreements = [r for r in summary["results"] if r["verdict"] == "disagree"]
-    assert disagreements == [], (yaml.safe_dump_all(documents), report.text())
+    return summary
+
+
+def _remove_example(node: RealNode, documents: list[dict[str, Any]]) -> None:
+    """Delete what the example created, namespaces excepted (the test control plane has no namespace
+    controller: a deleted namespace stays Terminating). Without this, a waypoint one example's
+    Gateway left unrunnable kept every later example from settling, and the node grew each time."""
+    contents = [d for d in documents if d["kind"] != "Namespace"]
+    node.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-", stdin=yaml.safe_dump_all(contents))
+    for namespace in sorted({d["metadata"]["name"] for d in documents if d["kind"] == "Namespace"}):
+        node.kubectl("delete", "pods", "--ignore-not-found", "--wait=false", f"--namespace={namespace}", "--all")
+    node.sync_pods()
