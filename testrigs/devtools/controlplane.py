@@ -712,6 +712,7 @@ def up(
     istio: bool = False,
     stand_in_args: Sequence[str] = (),
     cacerts: Path | None = None,
+    stand_in: bool = True,
 ) -> Path:
     """Start the control plane in state_dir unless it is up already; return the kubeconfig.
 
@@ -721,12 +722,14 @@ def up(
     ``cacerts``: a directory with ``ca-cert.pem``, ``ca-key.pem``, ``root-cert.pem`` and
     ``cert-chain.pem``, plugged into istiod as its signing CA (what the chart mounts from the
     ``cacerts`` Secret at ``./etc/cacerts``); without it istiod makes its own self-signed root.
+    ``stand_in=False`` starts istiod without the workload stand-in: for a caller that is the
+    controller-manager, kubelet and istio-cni itself (the emulated mesh lab's ``controllers``).
     """
     state = _state(state_dir)
     with _file_lock(state.lock):
         if is_healthy(state.path):
             if istio and not _load_record(state).get("istiod"):
-                _start_istiod(state, build(), stand_in_args, cacerts)
+                _start_istiod(state, build(), stand_in_args, cacerts, stand_in=stand_in)
             _log(f"already up (state in {state.path})")
             return state.kubeconfig
         _teardown(state)  # leftovers of a crashed or half-finished start
@@ -736,12 +739,17 @@ def up(
         _start(state, binaries, manifests)
         _log(f"up in {time.monotonic() - started:.1f} s; state in {state.path}")
         if istio:
-            _start_istiod(state, binaries, stand_in_args, cacerts)
+            _start_istiod(state, binaries, stand_in_args, cacerts, stand_in=stand_in)
         return state.kubeconfig
 
 
 def _start_istiod(
-    state: StateDir, binaries: Binaries, stand_in_args: Sequence[str] = (), cacerts: Path | None = None
+    state: StateDir,
+    binaries: Binaries,
+    stand_in_args: Sequence[str] = (),
+    cacerts: Path | None = None,
+    *,
+    stand_in: bool = True,
 ) -> None:
     from testrigs.devtools import istio  # noqa: PLC0415 - istio imports this module
 
@@ -753,20 +761,24 @@ def _start_istiod(
     # Pods for Deployments (waypoints included), pod IPs and Ready, EndpointSlices, istio-cni's
     # redirection annotation: what the missing controller-manager, kubelet and istio-cni would
     # give istiod and the auditor (podexecutor.WorkloadStandIn).
-    stand_in_argv = [
-        sys.executable,
-        "-m",
-        "testrigs.devtools.podexecutor",
-        f"--kubeconfig={state.kubeconfig}",
-        f"--cni-selectors={json.dumps(istio.cni_enablement_selectors())}",
-        *stand_in_args,
-    ]
-    stand_in_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    stand_in = processes.spawn(
-        "workload-stand-in", stand_in_argv, state.logs / "workload-stand-in.log", env=stand_in_env
-    )
-    record["processes"].append({"name": stand_in.name, "pid": stand_in.pid, "start_ticks": stand_in.start_ticks})
-    _save_record(state, record)
+    stand_in_process: Process | None = None
+    if stand_in:
+        stand_in_argv = [
+            sys.executable,
+            "-m",
+            "testrigs.devtools.podexecutor",
+            f"--kubeconfig={state.kubeconfig}",
+            f"--cni-selectors={json.dumps(istio.cni_enablement_selectors())}",
+            *stand_in_args,
+        ]
+        stand_in_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        stand_in_process = processes.spawn(
+            "workload-stand-in", stand_in_argv, state.logs / "workload-stand-in.log", env=stand_in_env
+        )
+        record["processes"].append(
+            {"name": stand_in_process.name, "pid": stand_in_process.pid, "start_ticks": stand_in_process.start_ticks}
+        )
+        _save_record(state, record)
     ports = istio.IstiodPorts(*_free_ports(6))
     workdir = state.path / "istiod"
     workdir.mkdir(exist_ok=True)  # istiod writes relative paths (./var/run/secrets...) here
@@ -792,7 +804,8 @@ def _start_istiod(
         ready_s = istio.wait_istiod(process, ports.http, log_path, istio.ISTIOD_READY_TIMEOUT_S)
     except BaseException:
         _stop(process)
-        _stop(stand_in)
+        if stand_in_process is not None:
+            _stop(stand_in_process)
         raise
     version = istio.binary_version(istio_binaries)
     # The Deployment Istio's chart would have installed, stamped with the built binary's version:

@@ -10,7 +10,8 @@ on purpose (faults), so the auditor's probes and verdicts can be tested end to e
 - ``netns``, ``procs``, ``proxy``, ``pki``: namespaces + iptables, processes, Envoy, the CA;
 - ``app``: the HTTP app each pod runs; ``translator``: the API-server poll loop;
 - ``kubelet``, ``image``: probe pods from the API server run inside their own lab pods;
-  ``writeback``: the status Istio would write (waypoint Gateways, the redirection annotation);
+  ``writeback``: istio-cni's redirection annotation (every status of istiod's comes from the
+  real istiod the lab runs); ``controllers``: the controller-manager's and kubelets' objects;
 - ``python -m testrigs.lab up|down|status`` (run as ``scripts/lab``): the command line (docs/lab.md).
 
 The lab never imports ``auditor.core`` or ``auditor.adapters`` (an import-linter contract): it is

@@ -29,6 +29,7 @@ refused write is reported and retried on the next reconcile.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from testrigs.lab import nodes as lab_nodes
 from testrigs.lab import writeback
-from testrigs.lab.mesh import Mesh, Obj, Workload, meta, name_of, namespace_of, spec
+from testrigs.lab.mesh import Mesh, Obj, Workload, meta, name_of, namespace_of, rendered_for_gateway, spec
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -107,6 +108,7 @@ def desired(objects: list[Obj], mesh: Mesh, running: Mapping[str, str]) -> Desir
     those become Ready Pods and endpoints, as a kubelet reports a started container.
     """
     found = Desired()
+    waypoint_pods: dict[str, Workload] = {}
     for node in mesh.nodes:
         pod = lab_nodes.ztunnel_pod(node)
         found.pods[f"{lab_nodes.ZTUNNEL_NAMESPACE}/{name_of(pod)}"] = pod
@@ -119,12 +121,52 @@ def desired(objects: list[Obj], mesh: Mesh, running: Mapping[str, str]) -> Desir
         found.pods[workload.key] = _replica_pod(deployment, workload, mesh.captured(workload))
         found.pod_ips[workload.key] = running[workload.key]
         found.deployments[workload.replica_of] = found.deployments.get(workload.replica_of, 0) + 1
+    rendered = {
+        f"{namespace_of(o)}/{rendered_for_gateway(o)}": o for o in deployments.values() if rendered_for_gateway(o)
+    }
+    for workload in mesh.waypoint_workloads():
+        deployment = rendered.get(workload.key)
+        if deployment is None or workload.key not in running:
+            continue
+        # istiod rendered this waypoint's Deployment: its one replica is the lab's waypoint pod
+        # (the lab's Envoy), named like the lab pod, on the first lab node.
+        placed = dataclasses.replace(workload, node=mesh.nodes[0] if mesh.nodes else "")
+        found.pods[workload.key] = _replica_pod(deployment, placed, captured=False)
+        found.pod_ips[workload.key] = running[workload.key]
+        deployment_key = f"{namespace_of(deployment)}/{name_of(deployment)}"
+        found.deployments[deployment_key] = found.deployments.get(deployment_key, 0) + 1
+        waypoint_pods[workload.key] = placed
     for key in deployments:
         found.deployments.setdefault(key, 0)
     for obj in objects:
         if obj.get("kind") == "Service" and spec(obj).get("selector"):
-            found.slices[f"{namespace_of(obj)}/{name_of(obj)}-lab"] = _slice(obj, mesh, found)
+            key = f"{namespace_of(obj)}/{name_of(obj)}-lab"
+            if rendered_for_gateway(obj) is not None:
+                found.slices[key] = _waypoint_slice(obj, waypoint_pods, found)
+            else:
+                found.slices[key] = _slice(obj, mesh, found)
     return found
+
+
+def _waypoint_slice(service_obj: Obj, waypoint_pods: Mapping[str, Workload], found: Desired) -> Obj:
+    """The EndpointSlice of the Service istiod rendered for a waypoint: the waypoint's pod, on
+    every port of the Service (the template's ports have no targetPort: the port itself)."""
+    selector = spec(service_obj).get("selector") or {}
+    members = {
+        key: workload
+        for key, workload in waypoint_pods.items()
+        if workload.namespace == namespace_of(service_obj)
+        and all((meta(found.pods[key]).get("labels") or {}).get(str(k)) == str(v) for k, v in selector.items())
+    }
+    ports = []
+    for port in spec(service_obj).get("ports") or []:
+        entry: dict[str, Any] = {"port": int(port.get("targetPort") or port["port"]), "protocol": "TCP"}
+        if port.get("name"):
+            entry["name"] = port["name"]
+        if port.get("appProtocol"):
+            entry["appProtocol"] = port["appProtocol"]
+        ports.append(entry)
+    return _slice_object(service_obj, members, found, ports)
 
 
 def _slice(service_obj: Obj, mesh: Mesh, found: Desired) -> Obj:
@@ -141,6 +183,10 @@ def _slice(service_obj: Obj, mesh: Mesh, found: Desired) -> Obj:
         if name:
             entry["name"] = name
         ports.append(entry)
+    return _slice_object(service_obj, members, found, ports)
+
+
+def _slice_object(service_obj: Obj, members: Mapping[str, Workload], found: Desired, ports: list[Any]) -> Obj:
     endpoints_list = [
         {
             "addresses": [found.pod_ips[key]],
@@ -251,7 +297,7 @@ def sync(api: ApiClient, objects: list[Obj], mesh: Mesh, running: Mapping[str, s
             calls.call("POST", "/api/v1/nodes", lab_nodes.node_object(node))
     _ztunnel_prerequisites(calls, objects)
     pods = {f"{namespace_of(p)}/{name_of(p)}": p for p in calls.items("/api/v1/pods", lab_nodes.OWNED_BY)}
-    for key, pod in pods.items():
+    for key, pod in list(pods.items()):  # deleted ones are popped on the way
         wanted = want.pods.get(key)
         stale = wanted is not None and (meta(pod).get("annotations") or {}).get(TEMPLATE_HASH) != (
             meta(wanted).get("annotations") or {}
@@ -269,7 +315,42 @@ def sync(api: ApiClient, objects: list[Obj], mesh: Mesh, running: Mapping[str, s
             calls.call("PATCH", f"{_pod_path(key)}/status", body, merge=True)
     _deployment_statuses(calls, objects, want)
     _slices(calls, want)
+    _collect_garbage(calls, objects)
     return calls.problems
+
+
+RENDERED_KINDS = (
+    ("Deployment", "/apis/apps/v1/namespaces/{namespace}/deployments/{name}"),
+    ("Service", "/api/v1/namespaces/{namespace}/services/{name}"),
+    ("ServiceAccount", "/api/v1/namespaces/{namespace}/serviceaccounts/{name}"),
+)
+
+
+def _collect_garbage(calls: _Api, objects: list[Obj]) -> None:
+    """The garbage collector's part for istiod's waypoint objects: a ServiceAccount, Deployment or
+    Service owned by a Gateway that no longer exists (by uid) is deleted, as kube-controller-manager's
+    garbage collector deletes dependents whose owner is gone (the test control plane has none)."""
+    candidates = [o for o in objects if o.get("kind") in ("Deployment", "Service") and rendered_for_gateway(o)]
+    candidates += [
+        {**account, "kind": "ServiceAccount"}
+        for account in calls.items("/api/v1/serviceaccounts", "gateway.networking.k8s.io/gateway-name")
+    ]
+    if not candidates:
+        return
+    # Listed after every candidate: a Gateway created since the snapshot is seen, never collected.
+    listing = calls.call("GET", "/apis/gateway.networking.k8s.io/v1/gateways")
+    if listing is None:
+        return  # the list failed (reported): never collect on a partial view
+    gateways = {str(meta(o).get("uid")) for o in listing.get("items") or []}
+    paths = dict(RENDERED_KINDS)
+    for obj in candidates:
+        owners = [o for o in meta(obj).get("ownerReferences") or [] if o.get("kind") == "Gateway"]
+        if rendered_for_gateway(obj) is None or any(str(o.get("uid")) in gateways for o in owners):
+            continue
+        if meta(obj).get("deletionTimestamp"):
+            continue
+        path = paths[str(obj.get("kind"))].format(namespace=namespace_of(obj), name=name_of(obj))
+        calls.call("DELETE", path, {"propagationPolicy": "Background"})
 
 
 def _ztunnel_prerequisites(calls: _Api, objects: list[Obj]) -> None:

@@ -1,16 +1,18 @@
 """The lab: a real data plane with ambient semantics, driven by a real API server.
 
-Role: the composition root of ``testrigs.lab``. ``Lab.up`` starts the control plane
-(``testrigs.devtools.controlplane``), applies the manifests (and, ``with_auditor``, the auditor's
-``deploy/`` RBAC and probe-guard plus a kubeconfig for its ServiceAccount), builds the bridge
-namespace, the CA and the probe image (``image``), then ``reconcile``s and starts the translator
-and kubelet daemons (``translator``, ``kubelet``). ``reconcile`` is level-based and idempotent:
-from one snapshot of the API server, read under the lab's lock so concurrent reconcilers never
-apply an older snapshot after a newer one, it creates or removes lab pods (``netns``), keeps each
-pod's app and Envoy running (``procs``, ``proxy``), publishes fresh Envoy config (``envoyconf``),
-rewrites each pod's nat table and DNS files, and writes back the status Istio would
-(``writeback``). ``down`` stops every recorded process by pid, deletes every ``malab-<id>-*``
-namespace and the state directory, and is safe to repeat.
+Role: the composition root of ``testrigs.lab``. ``Lab.up`` starts the control plane with the real
+istiod (``testrigs.devtools.controlplane``, ``istio=True``: istiod writes the status of Istio's
+objects and renders waypoints' Deployments), applies the manifests (and, ``with_auditor``, the
+auditor's ``deploy/`` RBAC and probe-guard plus a kubeconfig for its ServiceAccount), builds the
+bridge namespace, the CA and the probe image (``image``), then ``reconcile``s and starts the
+translator and kubelet daemons (``translator``, ``kubelet``). ``reconcile`` is level-based and
+idempotent: from one snapshot of the API server, read under the lab's lock so concurrent reconcilers
+never apply an older snapshot after a newer one, it creates or removes lab pods (``netns``), keeps
+each pod's app and Envoy running (``procs``, ``proxy``), publishes fresh Envoy config
+(``envoyconf``), rewrites each pod's nat table and DNS files, writes istio-cni's redirection
+annotation (``writeback``) and the controller-manager's and kubelets' objects (``controllers``).
+``down`` stops every recorded process by pid, deletes every ``malab-<id>-*`` namespace and the state
+directory, and is safe to repeat.
 
 Everything the lab created is recorded in ``<state dir>/lab.json`` before it is created, so a
 ``down`` from another process (or after a crash half-way through ``up``) finds it.
@@ -65,6 +67,7 @@ AUDITOR_DEPLOY = tuple(
 AUDITOR_SERVICE_ACCOUNT = ("mesh-auditor", "mesh-auditor")  # namespace, name
 AUDITOR_TOKEN_DURATION = "24h"  # noqa: S105 - a lifetime, not a secret
 PROBE_UID = 65532  # probe pods' runAsUser (auditor/adapters/probepods/podspec.py)
+ISTIOD_STATUS_TIMEOUT_S = 60.0
 
 
 class LabError(RuntimeError):
@@ -266,19 +269,62 @@ class Lab:
                 raise LabError(f"{parent} is not traversable by others: the proxy (uid 1337) could not read its files")
 
     def _start(self, record: Record, objects: list[Obj]) -> None:
-        kubeconfig = controlplane.up(self.controlplane_dir)
+        ca = LabCA(self.state_dir / "ca")
+        ca.create()
+        # The real istiod writes every status of Istio's the auditor reads and renders waypoints'
+        # Deployments; the lab's ``controllers`` are the controller-manager, kubelet and
+        # istio-cni, so the control plane's workload stand-in is not started.
+        kubeconfig = controlplane.up(self.controlplane_dir, istio=True, stand_in=False, cacerts=self._plug_ca(ca))
         record.kubeconfig = str(kubeconfig)
         self._save(record)
         api = controlplane.KubeAPI(kubeconfig, controlplane.build().kubectl)
         for batch in manifests.apply_order(objects):
             api.apply_text(manifests.dump(batch))
         netns.create_bridge_namespace(self.bridge_netns(record))
-        LabCA(self.state_dir / "ca").create()
         proxy.install_envoy(self.state_dir / "bin")
         image = probe_image.build(self.state_dir / "image")
         probe_image.verify(image, PROBE_UID)
         image.save(self.state_dir / "image" / "image.json")
         self.reconcile()
+        self.wait_istiod_status()
+
+    def _plug_ca(self, ca: LabCA) -> Path:
+        """The lab CA as istiod's ``cacerts`` (self-signed root: ca-cert = root-cert = cert-chain),
+        so the root istiod publishes (``istio-ca-root-cert``) is the one the lab's proxies trust."""
+        directory = self.state_dir / "cacerts"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        for name in ("ca-cert.pem", "root-cert.pem", "cert-chain.pem"):
+            shutil.copyfile(ca.cert_path, directory / name)
+        shutil.copyfile(ca.key_path, directory / "ca-key.pem")
+        return directory
+
+    def wait_istiod_status(self, timeout: float = ISTIOD_STATUS_TIMEOUT_S) -> None:
+        """Reconcile until istiod has programmed every waypoint Gateway the lab runs (``Programmed``
+        True for the current generation, with an address); raises LabError naming those it has not.
+
+        istiod writes the status asynchronously (after it rendered the waypoint's Deployment and
+        Service and the lab's controllers gave that Deployment its pod), so a caller that applies a
+        waypoint and audits at once calls this in between, as one waits for ``kubectl wait
+        --for=condition=Programmed`` on a cluster.
+        """
+        deadline = time.monotonic() + timeout
+        pending: list[str] = []
+        while True:
+            self.reconcile()
+            objects = self.read_api()
+            waypoints = {w.key for w in Mesh(objects).waypoints}
+            pending = [
+                f"{key}: {_conditions(obj)}"
+                for obj in objects
+                if obj.get("kind") == "Gateway"
+                and (key := f"{obj['metadata'].get('namespace')}/{obj['metadata'].get('name')}") in waypoints
+                and not _programmed(obj)
+            ]
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if pending:
+            raise LabError(f"istiod did not program these waypoints within {timeout:.0f} s: {'; '.join(pending)}")
 
     @property
     def auditor_kubeconfig(self) -> Path:
@@ -322,8 +368,8 @@ class Lab:
         """Make the data plane match ``objects`` (default: the API server now); returns when it does.
 
         The API server is read under the lock: two reconcilers (the translator, the kubelet, a
-        test) never apply an older snapshot after a newer one. Status write-back (``writeback``)
-        follows, best effort: a refused write is reported on stderr and retried next time.
+        test) never apply an older snapshot after a newer one. istio-cni's annotation (``writeback``)
+        and the controllers' objects follow, best effort: a refused write is reported on stderr and retried next time.
         """
         from testrigs.lab import translator  # noqa: PLC0415 - the kubernetes client is slow to import
 
@@ -618,6 +664,20 @@ class _Reconciler:
                 for pod, target in self.mesh.endpoints(service, port):
                     rules.append((self.record.vips[service.key], port.port, self.record.pods[pod.key].ip, target))
         return rules
+
+
+def _programmed(gateway: Obj) -> bool:
+    status = gateway.get("status") or {}
+    generation = (gateway.get("metadata") or {}).get("generation")
+    return bool(status.get("addresses")) and any(
+        c.get("type") == "Programmed" and c.get("status") == "True" and c.get("observedGeneration") == generation
+        for c in status.get("conditions") or []
+    )
+
+
+def _conditions(gateway: Obj) -> str:
+    conditions = (gateway.get("status") or {}).get("conditions") or []
+    return ", ".join(f"{c.get('type')}={c.get('status')} ({c.get('reason')})" for c in conditions) or "no status"
 
 
 def _wait_listening(proc: Proc, ports: Sequence[int], timeout: float = APP_READY_TIMEOUT_S) -> None:

@@ -29,6 +29,17 @@ WAYPOINT_FOR = "istio.io/waypoint-for"
 BYPASS_INBOUND = "ambient.istio.io/bypass-inbound-capture"
 DRY_RUN = "istio.io/dry-run"
 WAYPOINT_CLASS = "istio-waypoint"
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+
+
+def rendered_for_gateway(obj: Obj) -> str | None:
+    """The name of the Gateway whose deployment controller made ``obj`` (istiod renders a
+    waypoint's ServiceAccount, Deployment and Service from its ``waypoint`` template, each owned
+    by the Gateway), or None for any other object."""
+    for owner in meta(obj).get("ownerReferences") or []:
+        if owner.get("kind") == "Gateway" and str(owner.get("apiVersion", "")).startswith(f"{GATEWAY_API_GROUP}/"):
+            return str(owner.get("name") or "") or None
+    return None
 
 
 def meta(obj: Obj) -> Mapping[str, Any]:
@@ -281,6 +292,10 @@ class Mesh:
 
     def _add(self, obj: Obj) -> None:
         kind = obj.get("kind")
+        if rendered_for_gateway(obj) is not None:
+            # istiod's objects for a waypoint Gateway: the lab runs the waypoint (its Envoy) from
+            # the Gateway itself; ``controllers`` mirrors its pod into istiod's Deployment.
+            return
         if kind == "Namespace":
             self.namespace_labels[name_of(obj)] = labels_of(obj)
         elif kind == "Service":

@@ -1,14 +1,16 @@
-"""What istiod and istio-cni write back to the API server, as far as the lab models it.
+"""What istio-cni writes back to the API server, as far as the lab models it.
 
 Role: after each reconcile, ``Lab.reconcile`` calls ``patches`` with the snapshot it applied and
-the pods it runs, and ``apply`` sends the result. Without it the API server would disagree with
-the data plane in ways a real cluster does not:
+the pods it runs, and ``apply`` sends the result. The lab's data plane is its own istio-cni (it
+decides which pods are captured, including the ``uncaptured-endpoint`` fault), so the lab writes
+what istio-cni writes: a Pod the lab captured gets the annotation
+``ambient.istio.io/redirection: enabled``; a pod no longer captured loses it.
 
-- a waypoint Gateway the lab runs gets ``Accepted``/``Programmed`` True and ``status.addresses``
-  (the waypoint pod's address), as Istio writes once the waypoint is ready (semantics §2); the
-  Gateway API CRD otherwise leaves the ``Pending`` conditions of "no controller reconciled it";
-- a bare Pod the lab captured gets the annotation ``ambient.istio.io/redirection: enabled``, as
-  istio-cni writes; a pod no longer captured loses it.
+Everything istiod writes comes from the real istiod the lab runs (``controlplane.up(istio=True)``),
+never from here: the waypoint Gateway's ``Accepted``/``Programmed`` conditions and
+``status.addresses``, the Service's ``istio.io/WaypointBound`` condition, the
+AuthorizationPolicy's ``WaypointAccepted``/``ZtunnelAccepted`` conditions, and the waypoint's
+Deployment, Service and ServiceAccount (docs/lab.md, "What istiod writes").
 
 ``patches`` is pure and returns nothing when the API already says the right thing, so the write
 (which changes resourceVersions and wakes the translator) happens once per real change.
@@ -19,7 +21,6 @@ the ``uncaptured-endpoint`` fault never gets it, as istio-cni never redirected i
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,51 +42,14 @@ class Patch:
     body: dict[str, Any]
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _gateway_ready(obj: Obj, address: str) -> bool:
-    status = obj.get("status") or {}
-    generation = meta(obj).get("generation")
-    conditions = {c.get("type"): c for c in status.get("conditions") or []}
-    ready = all(
-        (conditions.get(kind) or {}).get("status") == "True"
-        and (conditions.get(kind) or {}).get("observedGeneration") == generation
-        for kind in ("Accepted", "Programmed")
-    )
-    return ready and [a.get("value") for a in status.get("addresses") or []] == [address]
-
-
-def _gateway_status(obj: Obj, address: str) -> dict[str, Any]:
-    now, generation = _now(), meta(obj).get("generation")
-    conditions = [
-        {
-            "type": kind,
-            "status": "True",
-            "reason": kind,
-            "message": "the lab runs this waypoint",
-            "observedGeneration": generation,
-            "lastTransitionTime": now,
-        }
-        for kind in ("Accepted", "Programmed")
-    ]
-    return {"status": {"addresses": [{"type": "IPAddress", "value": address}], "conditions": conditions}}
-
-
 def patches(objects: list[Obj], mesh: Mesh, running: Mapping[str, str]) -> list[Patch]:
     """What to write so the API agrees with the data plane; ``running`` maps pod key -> address
     for the pods (and waypoints) whose proxies and nat rules are in place."""
-    waypoints = {w.key for w in mesh.waypoints}
     captured = {w.key for w in mesh.workloads if mesh.captured(w)}
     found = []
     for obj in objects:
         key = f"{namespace_of(obj)}/{name_of(obj)}"
-        if obj.get("kind") == "Gateway" and key in waypoints and key in running:
-            if not _gateway_ready(obj, running[key]):
-                path = f"/apis/gateway.networking.k8s.io/v1/namespaces/{namespace_of(obj)}/gateways/{name_of(obj)}"
-                found.append(Patch(f"{path}/status", _gateway_status(obj, running[key])))
-        elif obj.get("kind") == "Pod" and key in running and not meta(obj).get("deletionTimestamp"):
+        if obj.get("kind") == "Pod" and key in running and not meta(obj).get("deletionTimestamp"):
             current = (meta(obj).get("annotations") or {}).get(REDIRECTION)
             wanted = "enabled" if key in captured else None
             if current != wanted:

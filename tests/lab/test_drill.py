@@ -156,8 +156,10 @@ def _in_sandbox(kube: KubeAPI) -> list[str]:
     for resource in (*WATCHED[1:], "secrets", "configmaps"):
         listing = json.loads(kube.kubectl("get", resource, f"--namespace={SANDBOX}", "-o", "json"))["items"]
         found += [f"{resource} {item['metadata']['name']}" for item in listing]
-    # What the API server and the test put there themselves, not the drill.
+    # What the API server, istiod (its root and CRL in every namespace) and the test put there
+    # themselves, not the drill.
     ignored = {"serviceaccounts default", "configmaps kube-root-ca.crt"}
+    ignored |= {"configmaps istio-ca-root-cert", "configmaps istio-ca-crl"}
     ignored |= {
         "roles.rbac.authorization.k8s.io mesh-auditor-drill",
         "rolebindings.rbac.authorization.k8s.io mesh-auditor-drill",

@@ -145,3 +145,58 @@ def test_controllers_mirror_running_replicas_as_pods_and_an_endpoint_slice() -> 
     partial = controllers.desired(objects, mesh, {"shop/cart-0": "198.18.1.1"})
     assert "shop/cart-1" not in partial.pods
     assert [e["targetRef"]["name"] for e in partial.slices["shop/cart-lab"]["endpoints"]] == ["cart-0"]
+
+
+WAYPOINT_OWNER = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "name": "wp", "uid": "uid-gw"}
+WAYPOINT_GATEWAY = {
+    "kind": "Gateway",
+    "metadata": {"name": "wp", "namespace": "shop", "uid": "uid-gw"},
+    "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+}
+# What istiod renders from the chart's waypoint template (abridged): owned by the Gateway.
+RENDERED_DEPLOYMENT = {
+    "kind": "Deployment",
+    "metadata": {"name": "wp", "namespace": "shop", "uid": "uid-wp-deploy", "ownerReferences": [WAYPOINT_OWNER]},
+    "spec": {
+        "template": {
+            "metadata": {"labels": {"gateway.networking.k8s.io/gateway-name": "wp", "istio.io/dataplane-mode": "none"}},
+            "spec": {"serviceAccountName": "wp", "containers": [{"name": "istio-proxy"}]},
+        }
+    },
+}
+RENDERED_SERVICE = {
+    "kind": "Service",
+    "metadata": {"name": "wp", "namespace": "shop", "uid": "uid-wp-svc", "ownerReferences": [WAYPOINT_OWNER]},
+    "spec": {
+        "selector": {"gateway.networking.k8s.io/gateway-name": "wp"},
+        "ports": [
+            {"name": "status-port", "port": 15021, "appProtocol": "http"},
+            {"name": "mesh", "port": 15008, "appProtocol": "all"},
+        ],
+    },
+}
+
+
+def test_istiods_waypoint_objects_are_not_lab_workloads_but_get_the_lab_waypoint_pod() -> None:
+    """istiod renders the waypoint's Deployment and Service: the lab runs the waypoint from the
+    Gateway (no second pod, no Service of its own), and mirrors its pod into istiod's Deployment."""
+    objects = [NAMESPACE, WAYPOINT_GATEWAY, RENDERED_DEPLOYMENT, RENDERED_SERVICE]
+    mesh = Mesh(objects, nodes=TWO)
+    assert mesh.workloads == []
+    assert mesh.services == []
+    assert [w.key for w in mesh.all_workloads()] == ["shop/wp"]
+    want = controllers.desired(objects, mesh, {"shop/wp": "198.18.1.9"})
+    pod = want.pods["shop/wp"]
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == "uid-wp-deploy"
+    assert pod["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] == "wp"
+    assert "ambient.istio.io/redirection" not in pod["metadata"]["annotations"]  # istio-cni never redirects it
+    assert want.pod_ips["shop/wp"] == "198.18.1.9"
+    assert want.deployments == {"shop/wp": 1}
+    slice_ = want.slices["shop/wp-lab"]
+    assert [(p["name"], p["port"]) for p in slice_["ports"]] == [("status-port", 15021), ("mesh", 15008)]
+    assert [(e["addresses"], e["targetRef"]["name"]) for e in slice_["endpoints"]] == [(["198.18.1.9"], "wp")]
+    # Before the lab's Envoy runs: no pod, an empty slice, 0 ready.
+    idle = controllers.desired(objects, mesh, {})
+    assert "shop/wp" not in idle.pods
+    assert idle.slices["shop/wp-lab"]["endpoints"] == []
+    assert idle.deployments == {"shop/wp": 0}

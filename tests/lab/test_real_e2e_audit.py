@@ -99,21 +99,6 @@ def _verdicts(document: dict[str, Any]) -> dict[str, str]:
     return {c: f"{f['status']}: {f['message'][:100]}" for c, f in labkit.probe_findings(document).items()}
 
 
-def _static_not_passed(document: dict[str, Any]) -> list[str]:
-    """Static findings other than a pass, leaving out the skips of the waypoint's own Service.
-
-    istiod renders the waypoint's Service for real here (the emulated lab has none); the strict-mtls
-    checks skip it as Istio's own infrastructure ("created by istiod for a Gateway").
-    """
-    return [
-        f"{f['target']} {f['check']} {f['status']}"
-        for f in document["findings"]
-        if f["method"] == "static"
-        and f["status"] != "pass"
-        and not (f["status"] == "skipped" and f["target"] == "default/catalog-waypoint")
-    ]
-
-
 def _probe_evidence(document: dict[str, Any]) -> str:
     return json.dumps({c: [f["message"], f["evidence"]] for c, f in labkit.probe_findings(document).items()})[-6000:]
 
@@ -136,7 +121,7 @@ def test_compliant_retail_store_passes_every_probe_on_the_real_ztunnel(node: Rea
     assert result.returncode == 0, (_probe_evidence(document), result.stderr[-3000:], _kubelet_log(node))
     probes = labkit.probe_findings(document)
     assert labkit.probe_statuses(document) == dict.fromkeys(labkit.PROBE_CHECKS, "pass"), probes
-    assert _static_not_passed(document) == []
+    assert labkit.static_failures(document) == []
     assert {f["status"] for f in document["findings"] if f["method"] == "probe"} == {"pass"}
     # Each identity sent from its own namespace: outside, the in-mesh intruder, the control in default.
     assert labkit.sent_from(probes["strict-mtls.probe"]) == {"mesh-auditor-outside"}
@@ -178,7 +163,7 @@ def test_uncaptured_server_fails_strict_mtls(node: RealNode, audit: Audit) -> No
     finding = labkit.probe_findings(document)["strict-mtls.probe"]
     assert finding["message"].startswith("config and traffic disagree"), finding["message"]
     assert labkit.sent_from(finding) == {"mesh-auditor-outside"}
-    assert _static_not_passed(document) == []
+    assert labkit.static_failures(document) == []
     assert code == 1
 
 
@@ -240,7 +225,7 @@ def test_istiod_stale_policy_added_after_is_never_a_pass(node: RealNode, audit: 
         }, _probe_evidence(document)
         intruder = labkit.probe_findings(document)["principal-allowlist.probe"]["message"]
         assert "expected l4-denied, got timeout" in intruder, intruder
-        assert _static_not_passed(document) == []
+        assert labkit.static_failures(document) == []
         assert code == 3
     finally:
         node.set_faults(())
