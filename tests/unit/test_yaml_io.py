@@ -200,7 +200,12 @@ def test_check_size_counts_every_file_together() -> None:
         yaml_io.check_size("x" * 60, total, limit=100)
 
 
-_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=8)
+# U+FFFE and U+FFFF are left out: YAML 1.1 does not allow them (neither libyaml nor go-yaml), so a
+# YAML document holding one is refused, as by kubectl. The same character in a JSON manifest is a
+# known difference, pinned below (kubectl reads a stream that starts with "{" as JSON).
+_text = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="\ufffe\uffff"), max_size=8
+)
 _values = st.recursive(
     st.one_of(_text, st.integers(-(2**63), 2**63 - 1), st.booleans(), st.none()),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
@@ -214,6 +219,15 @@ def test_json_like_values_round_trip(value: Any) -> None:
     """JSON (a YAML subset, every string quoted) reads back unchanged."""
     text = json.dumps({"v": value}, ensure_ascii=False)
     assert _one(text) == {"v": value}
+
+
+@pytest.mark.parametrize("character", ["\ufffe", "\uffff"])
+def test_a_noncharacter_yaml_forbids_is_an_input_error_even_in_json(character: str) -> None:
+    """Known difference: kubectl decodes a stream starting with "{" as JSON and keeps U+FFFE; the
+    reader reads every stream as YAML 1.1 and refuses it, a clear input error (exit 2), never a
+    verdict on a different object (docs/ambient-semantics.md §11)."""
+    with pytest.raises(YamlSyntaxError, match="unacceptable character"):
+        _one(json.dumps({"v": f"a{character}"}, ensure_ascii=False))
 
 
 def test_aliased_scalars_and_huge_integers_read_as_the_api_server_stores_them() -> None:
