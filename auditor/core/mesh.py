@@ -157,6 +157,7 @@ class MtlsDecision:
     mode: str
     evidence: tuple[Evidence, ...]
     ambiguous: bool = False
+    ambiguity: str = "policies at one level disagree and are equally old (same or no creationTimestamp)"
 
     @property
     def refuses_plaintext(self) -> bool:
@@ -225,7 +226,44 @@ def effective_mtls(workload: Workload, port: int, index: SnapshotIndex, root_nam
                 "keys are target ports (§3)",
             )
         )
+    if not ambiguous and mode == "STRICT" and port_mode is None and _lookup_order_decides(winners[2], winners[:2]):
+        assert winners[2] is not None  # noqa: S101 - _lookup_order_decides checked it; narrows for mypy
+        evidence.append(
+            Evidence(
+                winners[2].meta.ref,
+                "spec.portLevelMtls",
+                "PERMISSIVE",
+                "istiod drops the static STRICT policy for this pod and hands ztunnel this policy's derived "
+                "form, built with the namespace/mesh policy it had indexed then: plaintext may be accepted (§3)",
+            )
+        )
+        return MtlsDecision(
+            mode=mode,
+            evidence=tuple(evidence),
+            ambiguous=True,
+            ambiguity="an UNSET workload policy with a PERMISSIVE port exception under an inherited STRICT: "
+            "istiod's result depends on the order it saw the policies in",
+        )
     return MtlsDecision(mode=mode, evidence=tuple(evidence), ambiguous=ambiguous)
+
+
+def _lookup_order_decides(workload: PeerAuthentication | None, parents: list[PeerAuthentication | None]) -> bool:
+    """istiod 1.31 (ambient/policies.go ``PeerAuthDerivedPolicies``, authorization.go
+    ``convertPeerAuthentication``): for a workload policy with mode UNSET and a PERMISSIVE port
+    exception under an inherited STRICT, the pod references only the policy's derived form (the
+    static STRICT policy is dropped), and that form merges in the namespace and mesh policies
+    looked up with ``PeerAuthByNamespace.Lookup`` outside krt's dependency tracking. When istiod
+    converted the workload policy before it had indexed the STRICT parent (created later, changed
+    since, or listed later at start-up), the derived form is empty and is never recomputed: the
+    pod accepts plaintext on every port. Whether that happened is not in the configuration, so
+    the ports the exception does not name are ambiguous. Found by the translation oracle (a
+    generated batch applying both policies at once)."""
+    return (
+        workload is not None
+        and workload.mode is None
+        and "PERMISSIVE" in workload.port_level.values()
+        and any(parent is not None and parent.mode is not None for parent in parents)
+    )
 
 
 def _dropped_port_strict(

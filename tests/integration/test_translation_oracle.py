@@ -371,6 +371,12 @@ ORACLE_FIXTURES = {
         "istiod kept 8080 STRICT (it hands ztunnel the port exceptions of such a policy only when one is "
         "PERMISSIVE), the model read DISABLE; fixed in mesh.effective_mtls (semantics §3)"
     ),
+    "peer-authentication-port-permissive-lookup-order": (
+        "generated: a workload PeerAuthentication UNSET with portLevelMtls 8080 PERMISSIVE, listed before its "
+        "namespace's STRICT policy in one apply: istiod handed ztunnel no STRICT for the pod (it drops the "
+        "static STRICT policy and the derived form was built before the parent was indexed), the model read "
+        "STRICT on the other ports; fixed by calling those ports ambiguous (mesh._lookup_order_decides, §3)"
+    ),
     "peer-authentication-same-second": (
         "two disagreeing namespace PeerAuthentications created in the same second: the model broke the "
         "tie by name (STRICT), istiod's ambient translation handed ztunnel PERMISSIVE (it keeps the first "

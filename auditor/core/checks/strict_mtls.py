@@ -152,9 +152,7 @@ def check_peer_authentication(ctx: AuditContext, service: Service) -> Finding:
             evidence += decision.evidence
             label = f"{workload.meta.ref} port {port}"
             if decision.ambiguous:
-                unclear.append(
-                    f"{label}: policies at one level disagree and are equally old (same or no creationTimestamp)"
-                )
+                unclear.append(f"{label}: {decision.ambiguity}")
             elif not decision.refuses_plaintext:
                 failures.append(f"{label} accepts plaintext (effective mode {decision.mode})")
                 failing.append((workload, port, decision))
