@@ -787,7 +787,7 @@ class RealNode:
     def deploy_auditor(self) -> Path:
         """Apply what the auditor needs to run probe pods (the lab's ``AUDITOR_DEPLOY``) and write
         ``auditor_kubeconfig`` with a 24 h token of its ServiceAccount; returns the kubeconfig."""
-        from testrigs.lab.lab import AUDITOR_DEPLOY, AUDITOR_SERVICE_ACCOUNT, AUDITOR_TOKEN_DURATION  # noqa: PLC0415
+        from testrigs.lab.lab import AUDITOR_DEPLOY, AUDITOR_SERVICE_ACCOUNT, AUDITOR_TOKEN_DURATION  # noqa: PLC0415 - the emulated lab's module is heavier; only this method needs it
 
         self.kubectl("apply", "-f", "-", stdin="\n---\n".join(path.read_text() for path in AUDITOR_DEPLOY))
         namespace, name = AUDITOR_SERVICE_ACCOUNT

@@ -49,6 +49,19 @@ spec:
   - from:
     - source: {principals: [cluster.local/ns/default/sa/ui]}
 """
+# catalog's L4 allow-list (ztunnel): only sa/ui; both labs' e2e audits apply it.
+CATALOG_L4_POLICY = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: catalog-l4, namespace: default}
+spec:
+  selector:
+    matchLabels: {app.kubernetes.io/name: catalog, app.kubernetes.io/component: service}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/default/sa/ui]}
+"""
 WAYPOINT = """
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway

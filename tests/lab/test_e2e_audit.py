@@ -43,18 +43,7 @@ L4_RULES = RULES / "catalog-l4.yaml"
 CONTROL_ROLE = labkit.CONTROL_ROLE
 PROBE_CHECKS = labkit.PROBE_CHECKS
 ENV = labkit.AUDIT_ENV
-CATALOG_L4_POLICY = """
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: catalog-l4, namespace: default}
-spec:
-  selector:
-    matchLabels: {app.kubernetes.io/name: catalog, app.kubernetes.io/component: service}
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: [cluster.local/ns/default/sa/ui]}
-"""
+CATALOG_L4_POLICY = labkit.CATALOG_L4_POLICY
 
 Audit = Callable[..., tuple[int, dict[str, Any]]]
 

@@ -38,18 +38,7 @@ CATALOG_POD = "default/catalog-0"
 MESH_POLICY = labkit.RETAIL / "20-mesh-policy.yaml"
 L4_RULES = labkit.RULES / "catalog-l4.yaml"
 TOKEN = "x-auth-token: internal-retail-token"
-CATALOG_L4_POLICY = """
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: catalog-l4, namespace: default}
-spec:
-  selector:
-    matchLabels: {app.kubernetes.io/name: catalog, app.kubernetes.io/component: service}
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: [cluster.local/ns/default/sa/ui]}
-"""
+CATALOG_L4_POLICY = labkit.CATALOG_L4_POLICY
 
 
 @pytest.fixture(scope="module")
