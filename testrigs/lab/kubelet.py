@@ -151,13 +151,19 @@ def run(lab: Lab) -> int:
             scheduler=schedule,
             other_nodes=record.nodes[1:],
         )
-        executor.start()
-        try:
-            reported = 0
-            while not stop.wait(1.0) and lab.record_path.exists():
-                for error in executor.errors[reported:]:
-                    print(f"kubelet: {error}", file=sys.stderr, flush=True)
-                reported = len(executor.errors)
-        finally:
-            executor.stop()
+        run_until_removed(executor, lab.record_path, stop)
     return 0
+
+
+def run_until_removed(executor: PodExecutor, record_path: Path, stop: threading.Event) -> None:
+    """Run ``executor`` until ``stop`` is set or the lab's record (``record_path``) is gone, printing
+    each new executor error on stderr once; both lab kubelets (emulated and real node) use it."""
+    executor.start()
+    try:
+        reported = 0
+        while not stop.wait(1.0) and record_path.exists():
+            for error in executor.errors[reported:]:
+                print(f"kubelet: {error}", file=sys.stderr, flush=True)
+            reported = len(executor.errors)
+    finally:
+        executor.stop()

@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -332,17 +332,8 @@ class Lab:
         return self.state_dir / "auditor-kubeconfig"
 
     def _write_auditor_kubeconfig(self) -> None:
-        namespace, name = AUDITOR_SERVICE_ACCOUNT
         kube = self.kube()
-        token = kube.kubectl(
-            "create", "token", name, f"--namespace={namespace}", f"--duration={AUDITOR_TOKEN_DURATION}"
-        ).strip()
-        config = yaml.safe_load(kube.kubeconfig.read_text(encoding="utf-8"))
-        config["users"] = [{"name": name, "user": {"token": token}}]
-        for context in config.get("contexts") or []:
-            context["context"]["user"] = name
-        self.auditor_kubeconfig.touch(mode=0o600)
-        self.auditor_kubeconfig.write_text(yaml.safe_dump(config), encoding="utf-8")
+        write_auditor_kubeconfig(kube.kubectl, kube.kubeconfig, self.auditor_kubeconfig)
 
     def _start_daemon(self, name: str, command: str) -> None:
         with self._locked():
@@ -694,3 +685,17 @@ def _wait_listening(proc: Proc, ports: Sequence[int], timeout: float = APP_READY
                 return
         time.sleep(0.05)
     raise LabError(f"{proc.name} did not listen on {sorted(ports)} within {timeout:.0f} s")
+
+
+def write_auditor_kubeconfig(kubectl: Callable[..., str], admin_kubeconfig: Path, target: Path) -> None:
+    """Write ``target`` (mode 0600): ``admin_kubeconfig`` with its user replaced by a token of the
+    auditor's ServiceAccount (``AUDITOR_SERVICE_ACCOUNT``, valid ``AUDITOR_TOKEN_DURATION``), made
+    with ``kubectl`` (called as ``kubectl(*args) -> stdout``), so RBAC and probe-guard apply."""
+    namespace, name = AUDITOR_SERVICE_ACCOUNT
+    token = kubectl("create", "token", name, f"--namespace={namespace}", f"--duration={AUDITOR_TOKEN_DURATION}")
+    config = yaml.safe_load(admin_kubeconfig.read_text(encoding="utf-8"))
+    config["users"] = [{"name": name, "user": {"token": token.strip()}}]
+    for context in config.get("contexts") or []:
+        context["context"]["user"] = name
+    target.touch(mode=0o600)
+    target.write_text(yaml.safe_dump(config), encoding="utf-8")

@@ -38,7 +38,7 @@ from typing import Any
 from testrigs.devtools import istio
 from testrigs.devtools.podexecutor import AUTO_MODE_LABELS, LaunchError, PodExecutor, redirection_enabled
 from testrigs.lab import image as probe_image
-from testrigs.lab.kubelet import start_in_pod
+from testrigs.lab.kubelet import run_until_removed, start_in_pod
 from testrigs.lab.realnode import NODE_NAME, REDIRECTION, RealNode, RealNodeError
 
 POD_READY_TIMEOUT_S = 60.0
@@ -104,15 +104,7 @@ def run(node: RealNode) -> int:
         executor = PodExecutor(
             api, node_name=NODE_NAME, node_labels=AUTO_MODE_LABELS, launcher=RealLauncher(node, image), poll_s=POLL_S
         )
-        executor.start()
-        try:
-            reported = 0
-            while not stop.wait(1.0) and node.record_path.exists():
-                for error in executor.errors[reported:]:
-                    print(f"kubelet: {error}", file=sys.stderr, flush=True)
-                reported = len(executor.errors)
-        finally:
-            executor.stop()
+        run_until_removed(executor, node.record_path, stop)
     return 0
 
 

@@ -787,19 +787,10 @@ class RealNode:
     def deploy_auditor(self) -> Path:
         """Apply what the auditor needs to run probe pods (the lab's ``AUDITOR_DEPLOY``) and write
         ``auditor_kubeconfig`` with a 24 h token of its ServiceAccount; returns the kubeconfig."""
-        from testrigs.lab.lab import AUDITOR_DEPLOY, AUDITOR_SERVICE_ACCOUNT, AUDITOR_TOKEN_DURATION  # noqa: PLC0415 - the emulated lab's module is heavier; only this method needs it
+        from testrigs.lab.lab import AUDITOR_DEPLOY, write_auditor_kubeconfig  # noqa: PLC0415 - the emulated lab's module is heavier; only this method needs it
 
         self.kubectl("apply", "-f", "-", stdin="\n---\n".join(path.read_text() for path in AUDITOR_DEPLOY))
-        namespace, name = AUDITOR_SERVICE_ACCOUNT
-        token = self.kubectl(
-            "create", "token", name, f"--namespace={namespace}", f"--duration={AUDITOR_TOKEN_DURATION}"
-        ).strip()
-        config = yaml.safe_load(self.kubeconfig.read_text(encoding="utf-8"))
-        config["users"] = [{"name": name, "user": {"token": token}}]
-        for context in config.get("contexts") or []:
-            context["context"]["user"] = name
-        self.auditor_kubeconfig.touch(mode=0o600)
-        self.auditor_kubeconfig.write_text(yaml.safe_dump(config), encoding="utf-8")
+        write_auditor_kubeconfig(self.kubectl, self.kubeconfig, self.auditor_kubeconfig)
         return self.auditor_kubeconfig
 
     def start_kubelet(self) -> Proc:
