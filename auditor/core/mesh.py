@@ -226,11 +226,11 @@ def effective_mtls(workload: Workload, port: int, index: SnapshotIndex, root_nam
                 "keys are target ports (§3)",
             )
         )
-    if not ambiguous and mode == "STRICT" and port_mode is None and _lookup_order_decides(winners[2], winners[:2]):
-        assert winners[2] is not None  # noqa: S101 - _lookup_order_decides checked it; narrows for mypy
+    order_decides = _lookup_order_decides(winners[2], winners[:2])
+    if not ambiguous and mode == "STRICT" and port_mode is None and order_decides is not None:
         evidence.append(
             Evidence(
-                winners[2].meta.ref,
+                order_decides.meta.ref,
                 "spec.portLevelMtls",
                 "PERMISSIVE",
                 "istiod drops the static STRICT policy for this pod and hands ztunnel this policy's derived "
@@ -247,7 +247,9 @@ def effective_mtls(workload: Workload, port: int, index: SnapshotIndex, root_nam
     return MtlsDecision(mode=mode, evidence=tuple(evidence), ambiguous=ambiguous)
 
 
-def _lookup_order_decides(workload: PeerAuthentication | None, parents: list[PeerAuthentication | None]) -> bool:
+def _lookup_order_decides(
+    workload: PeerAuthentication | None, parents: list[PeerAuthentication | None]
+) -> PeerAuthentication | None:
     """istiod 1.31 (ambient/policies.go ``PeerAuthDerivedPolicies``, authorization.go
     ``convertPeerAuthentication``): for a workload policy with mode UNSET and a PERMISSIVE port
     exception under an inherited STRICT, the pod references only the policy's derived form (the
@@ -257,13 +259,15 @@ def _lookup_order_decides(workload: PeerAuthentication | None, parents: list[Pee
     since, or listed later at start-up), the derived form is empty and is never recomputed: the
     pod accepts plaintext on every port. Whether that happened is not in the configuration, so
     the ports the exception does not name are ambiguous. Found by the translation oracle (a
-    generated batch applying both policies at once)."""
-    return (
+    generated batch applying both policies at once). Returns that workload policy, else None."""
+    if (
         workload is not None
         and workload.mode is None
         and "PERMISSIVE" in workload.port_level.values()
         and any(parent is not None and parent.mode is not None for parent in parents)
-    )
+    ):
+        return workload
+    return None
 
 
 def _dropped_port_strict(
