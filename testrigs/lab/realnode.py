@@ -827,17 +827,25 @@ class RealNode:
         )
 
     def _missing(self, pods: set[str]) -> list[str]:
-        """Workloads without a pod on the node yet: Deployments and StatefulSets (the stand-in names
-        their pod ``<name>-<n>``), and waypoint Gateways (istiod renders their Deployment) without
-        a running Envoy."""
-        kinds = "deployments,statefulsets,gateways.gateway.networking.k8s.io"
+        """Workloads without a pod on the node yet: every API Pod (bare ones too: a manifest's
+        ``curl-pod`` has no owner), Deployments and StatefulSets (the stand-in names their pod
+        ``<name>-<n>``), and waypoint Gateways (istiod renders their Deployment) without a running
+        Envoy."""
+        kinds = "pods,deployments,statefulsets,gateways.gateway.networking.k8s.io"
         items = json.loads(self.kubectl("get", kinds, "--all-namespaces", "--output=json"))["items"]
         record = self._require()
         missing = []
         for item in items:
             namespace, name = item["metadata"]["namespace"], item["metadata"]["name"]
             spec = item.get("spec") or {}
-            if item["kind"] == "Gateway":
+            if item["kind"] == "Pod":
+                # A pod waiting for its address is missing too: settling without it let a fault
+                # test find no curl-pod on the node (CI, session 5). ztunnel's own pod is on the
+                # host network, and a deleted pod is not awaited.
+                if not spec.get("hostNetwork") and not item["metadata"].get("deletionTimestamp"):
+                    if f"{namespace}/{name}" not in pods:
+                        missing.append(f"Pod {namespace}/{name}")
+            elif item["kind"] == "Gateway":
                 if not mesh.runnable_waypoint(item):
                     continue  # another class, or a waypoint without 15008: nothing for the lab to run
                 running = [p for key, p in record.procs.items() if key.startswith(f"waypoint:{namespace}/{name}-")]
