@@ -12,11 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
+from auditor.adapters.rules.loader import load_rules
+from auditor.core.audit import run_static_audit
 from auditor.core.decode import build_snapshot, decode_object
 from auditor.core.incremental import Change, IncrementalAudit, full_audit
 from auditor.core.model import Status
 from auditor.core.revision import in_revision, revision_findings, serving_revision
 from auditor.core.snapshot import ObjectMeta, Workload
+from tests.cases import CASES_DIR, load_case, merged_documents
 from tests.unit.test_incremental import _generated, _objects
 
 
@@ -116,3 +119,15 @@ def test_an_istiod_outside_the_root_namespace_decides_the_revision_incrementally
     update = audit.apply([Change(key, added, ())])
     assert update.findings == full_audit(objects, posture, {})
     assert [f.target for f in update.findings if f.check.id == "audit.config-revision"] == ignored
+
+
+def test_a_fix_never_reuses_the_name_of_an_ignored_object() -> None:
+    """Applying the ALLOW fix over the ignored catalog policy would keep its canary label (and the
+    policy ignored): the fix takes another name."""
+    case = load_case(CASES_DIR / "revision-authz-canary")
+    objects = [o for d in merged_documents(case) for o in decode_object(d)]
+    findings = run_static_audit(build_snapshot(objects), load_rules([str(case.rules)]), {})
+    (refused,) = [f for f in findings if f.check.id == "principal-allowlist.intruders-refused"]
+    names = {(d.body["kind"], d.body["metadata"]["name"]) for d in refused.fix.documents}
+    assert ("AuthorizationPolicy", "catalog-mesh-auditor") in names
+    assert ("AuthorizationPolicy", "catalog") not in names
