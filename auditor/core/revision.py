@@ -48,7 +48,7 @@ REVISION_LABEL = "istio.io/rev"
 DEFAULT_REVISION = "default"
 # The kinds the model holds that istiod filters by revision (Gateway is not: revision tags).
 _Filtered = TypeVar("_Filtered", AuthorizationPolicy, PeerAuthentication, ServiceEntry, HTTPRoute)
-API_VERSIONS = {
+CONFIG_API_VERSIONS = {
     "AuthorizationPolicy": "security.istio.io/v1",
     "PeerAuthentication": "security.istio.io/v1",
     "ServiceEntry": "networking.istio.io/v1",
@@ -127,7 +127,7 @@ def revision_findings(snapshot: Snapshot) -> tuple[Finding, ...]:
         metadata: dict[str, object] = {"name": meta.name, "labels": {REVISION_LABEL: None}}
         if meta.namespace:
             metadata["namespace"] = meta.namespace
-        body = {"apiVersion": API_VERSIONS[meta.kind], "kind": meta.kind, "metadata": metadata}
+        body = {"apiVersion": CONFIG_API_VERSIONS[meta.kind], "kind": meta.kind, "metadata": metadata}
         fix = Fix(
             (FixDocument(body, patch=True),),
             f"Remove the label (every istiod reads an unlabelled object), or set it to {revision.name}.",
