@@ -20,10 +20,10 @@ from auditor.core.checks.catalog import (
 )
 from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.reach import route_for
+from auditor.core.checks.revision import revision_findings
 from auditor.core.istioversion import semantics_findings, semantics_of
 from auditor.core.model import Evidence, Finding, Status
 from auditor.core.posture import Posture, ProtectedService, ScopeEntry
-from auditor.core.revision import revision_findings
 from auditor.core.snapshot import ReadProblem, Service, Snapshot, SnapshotIndex, selector_matches
 
 

@@ -14,10 +14,11 @@ import yaml
 
 from auditor.adapters.rules.loader import load_rules
 from auditor.core.audit import run_static_audit
+from auditor.core.checks.revision import revision_findings
 from auditor.core.decode import build_snapshot, decode_object
 from auditor.core.incremental import Change, IncrementalAudit, full_audit
 from auditor.core.model import Status
-from auditor.core.revision import in_revision, revision_findings, serving_revision
+from auditor.core.revision import in_revision, serving_revision
 from auditor.core.snapshot import ObjectMeta, Workload
 from tests.cases import CASES_DIR, load_case, merged_documents
 from tests.unit.test_incremental import _generated, _objects
