@@ -11,7 +11,7 @@ from auditor.core.snapshot import Snapshot
 
 def revision_findings(snapshot: Snapshot) -> tuple[Finding, ...]:
     """A FAIL ``audit.config-revision`` per Istio config object the serving istiod ignores, with the
-    patch that removes its label; target ``namespace/name`` of the object. Never raises."""
+    patch that removes its label; target ``namespace/Kind/name`` of the object. Never raises."""
     revision = snapshot.revision
     found = []
     for ignored in snapshot.ignored_config:
