@@ -11,9 +11,12 @@ The real data plane (#12, ``testrigs.lab.realnode``; not yet the default): ``bui
 ztunnel from its pinned source archive (``--ztunnel-source``); ``real-up --manifests PATH`` starts
 one node with istiod, the CNI-agent stand-in and the real ztunnel, applies the manifests and waits
 until ztunnel holds every ambient pod (``--fault``: ``ztunnel-down``, ``uncaptured-pod=NS/NAME``,
-``ztunnel-restart[=S]``, ``istiod-stale``; a bad one exits 2 before anything starts); ``real-sync`` picks up new
-pods and gives the waypoints the current policies; ``real-status`` (JSON, lists the ztunnel and
-waypoint processes) and ``real-down`` (default state dir ``/tmp/malab-real``).
+``ztunnel-restart[=S]``, ``istiod-stale``; a bad one exits 2 before anything starts; ``--with-auditor``
+also deploys the auditor's ``deploy/`` and the control Role of namespace default, starts the probe
+kubelet, and prints the auditor's kubeconfig path to stderr, so ``auditor check --active`` runs
+against the node); ``real-sync`` picks up new pods and gives the waypoints the current policies;
+``real-status`` (JSON, lists the ztunnel, waypoint and kubelet processes) and ``real-down``
+(default state dir ``/tmp/malab-real``).
 
 ``verify --manifests PATH --rules FILE [--output json] [--keep]`` (``testrigs.lab.verify``): the
 static audit's witnesses sent as real traffic on the real node (reused when one runs, else brought
@@ -58,6 +61,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="one of: ztunnel-down, uncaptured-pod=NS/NAME, ztunnel-restart[=S], istiod-stale",
+    )
+    real_up.add_argument(
+        "--with-auditor",
+        action="store_true",
+        help="also deploy the auditor (deploy/ and the control Role of namespace default) and start the probe "
+        "kubelet, so 'auditor check --active' runs against the node; its kubeconfig path goes to stderr",
     )
     commands.add_parser("real-sync", help="pick up new pods and give the waypoints the current policies")
     commands.add_parser("real-down", help="stop and remove the real-ztunnel node; safe to repeat")
@@ -121,6 +130,10 @@ def _real(args: argparse.Namespace) -> int:
             files = [f for path in args.manifests for f in (sorted(path.glob("*.yaml")) if path.is_dir() else [path])]
             node.kubectl("apply", "-f", "-", stdin="\n---\n".join(f.read_text() for f in files))
             node.settle()
+            if args.with_auditor:
+                kubeconfig = node.deploy_auditor(control_roles=(realnode.CONTROL_ROLE,))
+                node.start_kubelet()
+                print(f"lab: the auditor's ServiceAccount kubeconfig: {kubeconfig}", file=sys.stderr)
             node.apply_faults()
             print(node.kubeconfig, flush=True)
         elif args.command == "real-sync":
@@ -131,7 +144,7 @@ def _real(args: argparse.Namespace) -> int:
             report = node.status()
             print(json.dumps(report, indent=2))
             return 0 if any(z["running"] for z in report.get("ztunnel") or []) else 1
-    except (realnode.RealNodeError, NetnsError, ControlPlaneError) as error:
+    except (realnode.RealNodeError, NetnsError, ControlPlaneError, ImageError) as error:
         print(f"lab: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -117,3 +117,22 @@ def wait_waypoint(node: RealNode, *headers: str) -> None:
     # ztunnel learns the binding from istiod: the first request through the waypoint is the proof.
     body = eventually_body(labkit.CATALOG_TAGS, node, "default/ui-0", CATALOG, *headers, timeout=60)
     assert body == labkit.CATALOG_TAGS, body
+
+
+def audited_node(mesh_policy: Path, *headers: str) -> RealNode:
+    """``started_node`` with ``mesh_policy`` applied, its waypoint serving (``headers`` with ui's request),
+    the auditor's ``deploy/`` and the control Role applied, and the node's kubelet running probe pods."""
+    node = started_node()
+    try:
+        started = time.monotonic()
+        node.kubectl("apply", "-f", str(mesh_policy))
+        wait_waypoint(node, *headers)
+        node.deploy_auditor()
+        node.kubectl("apply", "-f", str(labkit.CONTROL_ROLE))
+        labkit.wait_until_auditor_may_create_pods(node.kubectl)
+        node.start_kubelet()
+    except BaseException:
+        stop_node(node)
+        raise
+    print(f"\nmesh policy, waypoint, auditor and kubelet: {time.monotonic() - started:.1f} s")
+    return node

@@ -9,8 +9,10 @@ iptables rules, ip rules and routes unchanged.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,3 +143,46 @@ def test_ztunnel_down_on_the_node(started: tuple[RealNode, list[str]]) -> None:
     assert record is not None
     pod_url = f"http://{record.pods['default/catalog-0']['ip']}:8080/catalog/tags"
     assert realkit.curl(node, "curl/curl-pod", pod_url) == (7, "")
+
+
+def test_real_up_with_auditor_runs_the_active_audit_from_the_command_line(
+    started: tuple[RealNode, list[str]],
+) -> None:
+    """``real-up --with-auditor``: the auditor's kubeconfig on stderr, the kubelet in ``real-status``,
+    and ``auditor check --active`` with it PASSes the four probes on the real ztunnel; ``real-down``
+    (the fixture) leaves no kubelet and no probe pod process behind."""
+    node, launched = started
+    launched.append(node.state_dir.name)  # the kubelet's argv names the state dir
+    policy = f"--manifests={labkit.RETAIL / '20-mesh-policy.yaml'}"
+    started_at = time.monotonic()
+    up = _lab(node.state_dir, "real-up", *MANIFESTS, policy, "--with-auditor")
+    print(f"\nreal-up --with-auditor: {time.monotonic() - started_at:.1f} s")
+    assert up.returncode == 0, up.stderr[-3000:]
+    assert up.stdout.strip().splitlines()[-1] == str(node.kubeconfig)
+    assert f"lab: the auditor's ServiceAccount kubeconfig: {node.auditor_kubeconfig}" in up.stderr, up.stderr
+    status = json.loads(_lab(node.state_dir, "real-status").stdout)
+    (kubelet,) = status["kubelet"]
+    assert kubelet["running"] is True, status["kubelet"]
+    assert status["processes"]["kubelet"]["pid"] == kubelet["pid"]
+    assert status["auditor_kubeconfig"] == str(node.auditor_kubeconfig)
+    # ztunnel learns the waypoint binding from istiod after the pods settled: wait as a user would.
+    realkit.wait_waypoint(node, "x-auth-token: internal-retail-token")
+    command = [sys.executable, "-m", "auditor.cli", "check", "--kubeconfig", str(node.auditor_kubeconfig)]
+    command += ["--rules", str(labkit.RETAIL_RULES), "--active", "--output", "json"]
+    started_at = time.monotonic()
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=240, env={**os.environ, **labkit.AUDIT_ENV}
+    )
+    print(f"auditor check --active against real-up --with-auditor: {time.monotonic() - started_at:.1f} s")
+    document = json.loads(result.stdout)
+    assert labkit.probe_statuses(document) == dict.fromkeys(labkit.PROBE_CHECKS, "pass"), result.stdout[-4000:]
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_real_up_without_auditor_starts_no_kubelet(started: tuple[RealNode, list[str]]) -> None:
+    """The default stays as it was: no kubelet, no auditor kubeconfig."""
+    node, launched = started
+    launched.append(node.state_dir.name)
+    status = _up(node)
+    assert status["kubelet"] == []
+    assert status["auditor_kubeconfig"] is None
