@@ -1,8 +1,10 @@
-"""Helpers of the real-ztunnel tests (``test_real_ztunnel``, ``test_real_waypoint``): one node per module.
+"""Helpers of the real-ztunnel tests (``test_real_ztunnel``, ``test_real_waypoint``, ...): one node per module.
 
 ``started_node`` brings a ``RealNode`` up in a fresh state directory with the retail store and
-the walkthrough's curl pods, and waits until ztunnel acked every ambient pod; ``stop_node`` takes
-it down and checks that nothing of it survives (processes, namespaces, /etc/netns, state dir).
+the walkthrough's curl pods, and waits until ztunnel acked every ambient pod; ``audited_node``
+adds a mesh policy, the auditor, the control Role and the probe kubelet (``test_real_bypass``);
+``stop_node`` takes it down and checks that nothing of it survives (processes, namespaces,
+/etc/netns, state dir).
 """
 
 from __future__ import annotations
