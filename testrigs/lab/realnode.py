@@ -60,6 +60,7 @@ from typing import Any
 import yaml
 
 from testrigs.devtools import controlplane, istio, processes, ztunnel
+from testrigs.devtools.podexecutor import redirection_enabled
 from testrigs.lab import image as probe_image
 from testrigs.lab import mesh, netns, procs, proxy, realwaypoint
 from testrigs.lab.envoyconf import Certs
@@ -860,6 +861,9 @@ class RealNode:
         Envoy."""
         kinds = "pods,deployments,statefulsets,gateways.gateway.networking.k8s.io"
         items = json.loads(self.kubectl("get", kinds, "--all-namespaces", "--output=json"))["items"]
+        listed = json.loads(self.kubectl("get", "namespaces", "--output=json"))["items"]
+        namespaces = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in listed}
+        selectors = istio.cni_enablement_selectors()
         record = self._require()
         missing = []
         for item in items:
@@ -872,6 +876,12 @@ class RealNode:
                 awaited = not spec.get("hostNetwork") and not item["metadata"].get("deletionTimestamp")
                 if awaited and f"{namespace}/{name}" not in pods:
                     missing.append(f"Pod {namespace}/{name}")
+                # So is one istio-cni would redirect before the stand-in annotated it: the agent
+                # hands over only annotated pods, so settling then leaves it outside ztunnel (the
+                # likely cause of a ztunnel-down run whose curl-pod still reached catalog: curl 0).
+                annotated = (item["metadata"].get("annotations") or {}).get(REDIRECTION) == "enabled"
+                if awaited and not annotated and redirection_enabled(item, namespaces.get(namespace, {}), selectors):
+                    missing.append(f"istio-cni's annotation of Pod {namespace}/{name}")
             elif item["kind"] == "Gateway":
                 if not mesh.runnable_waypoint(item):
                     continue  # another class, or a waypoint without 15008: nothing for the lab to run
