@@ -60,6 +60,7 @@ from typing import Any
 import yaml
 
 from testrigs.devtools import controlplane, istio, processes, ztunnel
+from testrigs.devtools.podexecutor import redirection_enabled
 from testrigs.lab import image as probe_image
 from testrigs.lab import mesh, netns, procs, proxy, realwaypoint
 from testrigs.lab.envoyconf import Certs
@@ -76,6 +77,10 @@ READY_TIMEOUT_S = 60.0
 REDIRECTION = "ambient.istio.io/redirection"
 GATEWAY_NAME = "gateway.networking.k8s.io/gateway-name"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The opt-in control probes in namespace default (the retail store's), for ``real-up --with-auditor``.
+CONTROL_ROLE = REPO_ROOT / "deploy" / "control-probes-default.yaml"
+AUDITOR = "system:serviceaccount:mesh-auditor:mesh-auditor"
+RBAC_TIMEOUT_S = 10.0
 
 
 DEFAULT_RESTART_PERIOD_S = 10.0
@@ -784,14 +789,37 @@ class RealNode:
         """A kubeconfig for the auditor's ServiceAccount (``deploy_auditor``): RBAC and probe-guard apply."""
         return self.state_dir / "auditor-kubeconfig"
 
-    def deploy_auditor(self) -> Path:
+    def deploy_auditor(self, control_roles: Sequence[Path] = ()) -> Path:
         """Apply what the auditor needs to run probe pods (the lab's ``AUDITOR_DEPLOY``) and write
-        ``auditor_kubeconfig`` with a 24 h token of its ServiceAccount; returns the kubeconfig."""
+        ``auditor_kubeconfig`` with a 24 h token of its ServiceAccount; returns the kubeconfig.
+
+        ``control_roles``: opt-in control Role files (``deploy/control-probes-*.yaml``) applied too;
+        returns once the authorizer lets the auditor create pods in namespace default (RBAC reaches
+        it through an informer), else RealNodeError after ``RBAC_TIMEOUT_S`` seconds.
+        """
         from testrigs.lab.lab import AUDITOR_DEPLOY, write_auditor_kubeconfig  # noqa: PLC0415 - the emulated lab's module is heavier; only this method needs it
 
-        self.kubectl("apply", "-f", "-", stdin="\n---\n".join(path.read_text() for path in AUDITOR_DEPLOY))
+        paths = [*AUDITOR_DEPLOY, *control_roles]
+        self.kubectl("apply", "-f", "-", stdin="\n---\n".join(path.read_text() for path in paths))
         write_auditor_kubeconfig(self.kubectl, self.kubeconfig, self.auditor_kubeconfig)
+        if control_roles:
+            self._wait_auditor_may_create_pods()
         return self.auditor_kubeconfig
+
+    def _wait_auditor_may_create_pods(self) -> None:
+        deadline = time.monotonic() + RBAC_TIMEOUT_S
+        while True:
+            try:
+                self.kubectl("auth", "can-i", "create", "pods", "--namespace=default", f"--as={AUDITOR}")
+            except RealNodeError:  # kubectl exits 1 for "no"
+                if time.monotonic() > deadline:
+                    raise RealNodeError(
+                        f"the control Role never let {AUDITOR} create pods in namespace default "
+                        f"within {RBAC_TIMEOUT_S:.0f} s"
+                    ) from None
+                time.sleep(0.1)
+            else:
+                return
 
     def start_kubelet(self) -> Proc:
         """Build the probe image and start ``realkubelet`` (runs the auditor's probe pods); recorded as ``kubelet``."""
@@ -833,6 +861,9 @@ class RealNode:
         Envoy."""
         kinds = "pods,deployments,statefulsets,gateways.gateway.networking.k8s.io"
         items = json.loads(self.kubectl("get", kinds, "--all-namespaces", "--output=json"))["items"]
+        listed = json.loads(self.kubectl("get", "namespaces", "--output=json"))["items"]
+        namespaces = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in listed}
+        selectors = istio.cni_enablement_selectors()
         record = self._require()
         missing = []
         for item in items:
@@ -845,6 +876,12 @@ class RealNode:
                 awaited = not spec.get("hostNetwork") and not item["metadata"].get("deletionTimestamp")
                 if awaited and f"{namespace}/{name}" not in pods:
                     missing.append(f"Pod {namespace}/{name}")
+                # So is one istio-cni would redirect before the stand-in annotated it: the agent
+                # hands over only annotated pods, so settling then leaves it outside ztunnel (the
+                # likely cause of a ztunnel-down run whose curl-pod still reached catalog: curl 0).
+                annotated = (item["metadata"].get("annotations") or {}).get(REDIRECTION) == "enabled"
+                if awaited and not annotated and redirection_enabled(item, namespaces.get(namespace, {}), selectors):
+                    missing.append(f"istio-cni's annotation of Pod {namespace}/{name}")
             elif item["kind"] == "Gateway":
                 if not mesh.runnable_waypoint(item):
                     continue  # another class, or a waypoint without 15008: nothing for the lab to run
@@ -910,6 +947,10 @@ class RealNode:
                 for name, p in record.procs.items()
                 if name.startswith("waypoint:")
             ],
+            "kubelet": [
+                {"pid": p.pid, "running": p.running()} for name, p in record.procs.items() if name == "kubelet"
+            ],
+            "auditor_kubeconfig": str(self.auditor_kubeconfig) if self.auditor_kubeconfig.exists() else None,
             "agent": self.agent_status(),
             "pods": record.pods,
         }

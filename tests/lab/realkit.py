@@ -1,8 +1,10 @@
-"""Helpers of the real-ztunnel tests (``test_real_ztunnel``, ``test_real_waypoint``): one node per module.
+"""Helpers of the real-ztunnel tests (``test_real_ztunnel``, ``test_real_waypoint``, ...): one node per module.
 
 ``started_node`` brings a ``RealNode`` up in a fresh state directory with the retail store and
-the walkthrough's curl pods, and waits until ztunnel acked every ambient pod; ``stop_node`` takes
-it down and checks that nothing of it survives (processes, namespaces, /etc/netns, state dir).
+the walkthrough's curl pods, and waits until ztunnel acked every ambient pod; ``audited_node``
+adds a mesh policy, the auditor, the control Role and the probe kubelet (``test_real_bypass``);
+``stop_node`` takes it down and checks that nothing of it survives (processes, namespaces,
+/etc/netns, state dir).
 """
 
 from __future__ import annotations
@@ -117,3 +119,22 @@ def wait_waypoint(node: RealNode, *headers: str) -> None:
     # ztunnel learns the binding from istiod: the first request through the waypoint is the proof.
     body = eventually_body(labkit.CATALOG_TAGS, node, "default/ui-0", CATALOG, *headers, timeout=60)
     assert body == labkit.CATALOG_TAGS, body
+
+
+def audited_node(mesh_policy: Path, *headers: str) -> RealNode:
+    """``started_node`` with ``mesh_policy`` applied, its waypoint serving (``headers`` with ui's request),
+    the auditor's ``deploy/`` and the control Role applied, and the node's kubelet running probe pods."""
+    node = started_node()
+    try:
+        started = time.monotonic()
+        node.kubectl("apply", "-f", str(mesh_policy))
+        wait_waypoint(node, *headers)
+        node.deploy_auditor()
+        node.kubectl("apply", "-f", str(labkit.CONTROL_ROLE))
+        labkit.wait_until_auditor_may_create_pods(node.kubectl)
+        node.start_kubelet()
+    except BaseException:
+        stop_node(node)
+        raise
+    print(f"\nmesh policy, waypoint, auditor and kubelet: {time.monotonic() - started:.1f} s")
+    return node

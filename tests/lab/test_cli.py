@@ -40,7 +40,7 @@ def test_cli_up_follows_live_changes_and_down_leaves_nothing() -> None:
     manifests = [arg for path in labkit.BASE_MANIFESTS for arg in ("--manifests", str(path))]
     record = None
     try:
-        up = _lab_cli(state_dir, "up", *manifests)
+        up = _lab_cli(state_dir, "up", "--emulated", *manifests)
         assert up.returncode == 0, up.stderr[-3000:]
         kubeconfig = Path(up.stdout.strip().splitlines()[-1])
         assert kubeconfig.is_file()

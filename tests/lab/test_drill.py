@@ -118,7 +118,9 @@ def drill_lab() -> Iterator[DrillLab]:
     state_dir = Path(f"/tmp/malab-drill-{secrets.token_hex(3)}")
     record = None
     try:
-        up = _lab_script("--state-dir", str(state_dir), "up", "--nodes", "2", "--manifests", str(labkit.RETAIL))
+        up = _lab_script(
+            "--state-dir", str(state_dir), "up", "--emulated", "--nodes", "2", "--manifests", str(labkit.RETAIL)
+        )
         assert up.returncode == 0, up.stderr[-3000:]
         lab = Lab(state_dir)
         record = lab.load()

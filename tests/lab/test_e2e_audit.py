@@ -79,7 +79,7 @@ def retail() -> Iterator[RetailLab]:
     record = None
     try:
         started = time.monotonic()
-        up = _lab_script("--state-dir", str(state_dir), "up", "--manifests", str(labkit.RETAIL))
+        up = _lab_script("--state-dir", str(state_dir), "up", "--emulated", "--manifests", str(labkit.RETAIL))
         print(f"\nscripts/lab up: {time.monotonic() - started:.1f} s")
         assert up.returncode == 0, up.stderr[-3000:]
         kubeconfig = Path(up.stdout.strip().splitlines()[-1])

@@ -73,7 +73,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodeLab]:
     record = None
     try:
         up = _lab_script(
-            "--state-dir", str(state_dir), "up", "--nodes", "2", "--fault", "uncaptured-endpoint",
+            "--state-dir", str(state_dir), "up", "--emulated", "--nodes", "2", "--fault", "uncaptured-endpoint",
             "--manifests", str(manifests),
         )  # fmt: skip
         assert up.returncode == 0, up.stderr[-3000:]

@@ -9,8 +9,10 @@ iptables rules, ip rules and routes unchanged.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +82,14 @@ def test_unknown_or_malformed_fault_is_refused_before_anything_starts(tmp_path: 
         result = _lab(tmp_path / "never", "real-up", *MANIFESTS, f"--fault={fault}", timeout=60)
         assert (result.returncode, words in result.stderr) == (2, True), result.stderr
         assert not (tmp_path / "never").exists()
+    # ``up`` is the real data plane: the translator's planted faults and several nodes need --emulated.
+    for extra, words in (
+        ("--fault=l4-allow-all", "l4-allow-all: planted by the emulated lab's translator"),
+        ("--nodes=2", "the real data plane runs one node (fix: add --emulated)"),
+    ):
+        result = _lab(tmp_path / "never", "up", *MANIFESTS, extra, timeout=60)
+        assert (result.returncode, words in result.stderr) == (2, True), result.stderr
+        assert not (tmp_path / "never").exists()
 
 
 def test_uncaptured_pod_and_ztunnel_restarted_mid_audit(started: tuple[RealNode, list[str]]) -> None:
@@ -141,3 +151,48 @@ def test_ztunnel_down_on_the_node(started: tuple[RealNode, list[str]]) -> None:
     assert record is not None
     pod_url = f"http://{record.pods['default/catalog-0']['ip']}:8080/catalog/tags"
     assert realkit.curl(node, "curl/curl-pod", pod_url) == (7, "")
+
+
+def test_lab_up_is_the_real_data_plane_and_runs_the_active_audit_from_the_command_line(
+    started: tuple[RealNode, list[str]],
+) -> None:
+    """``scripts/lab up`` (the default: the real ztunnel, as ``real-up --with-auditor``): the
+    auditor's kubeconfig on stderr, the kubelet in ``status`` (data plane ``real``), and ``auditor
+    check --active`` with it PASSes the four probes on the real ztunnel; ``real-down`` (the
+    fixture) leaves no kubelet and no probe pod process behind."""
+    node, launched = started
+    launched.append(node.state_dir.name)  # the kubelet's argv names the state dir
+    policy = f"--manifests={labkit.RETAIL / '20-mesh-policy.yaml'}"
+    started_at = time.monotonic()
+    up = _lab(node.state_dir, "up", *MANIFESTS, policy)
+    print(f"\nscripts/lab up (real data plane, with the auditor): {time.monotonic() - started_at:.1f} s")
+    assert up.returncode == 0, up.stderr[-3000:]
+    assert up.stdout.strip().splitlines()[-1] == str(node.kubeconfig)
+    assert f"lab: the auditor's ServiceAccount kubeconfig: {node.auditor_kubeconfig}" in up.stderr, up.stderr
+    status = json.loads(_lab(node.state_dir, "status").stdout)
+    assert status["data_plane"] == "real"
+    (kubelet,) = status["kubelet"]
+    assert kubelet["running"] is True, status["kubelet"]
+    assert status["processes"]["kubelet"]["pid"] == kubelet["pid"]
+    assert status["auditor_kubeconfig"] == str(node.auditor_kubeconfig)
+    # ztunnel learns the waypoint binding from istiod after the pods settled: wait as a user would.
+    realkit.wait_waypoint(node, "x-auth-token: internal-retail-token")
+    command = [sys.executable, "-m", "auditor.cli", "check", "--kubeconfig", str(node.auditor_kubeconfig)]
+    command += ["--rules", str(labkit.RETAIL_RULES), "--active", "--output", "json"]
+    started_at = time.monotonic()
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=240, env={**os.environ, **labkit.AUDIT_ENV}
+    )
+    print(f"auditor check --active against scripts/lab up: {time.monotonic() - started_at:.1f} s")
+    document = json.loads(result.stdout)
+    assert labkit.probe_statuses(document) == dict.fromkeys(labkit.PROBE_CHECKS, "pass"), result.stdout[-4000:]
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_real_up_without_auditor_starts_no_kubelet(started: tuple[RealNode, list[str]]) -> None:
+    """The default stays as it was: no kubelet, no auditor kubeconfig."""
+    node, launched = started
+    launched.append(node.state_dir.name)
+    status = _up(node)
+    assert status["kubelet"] == []
+    assert status["auditor_kubeconfig"] is None
