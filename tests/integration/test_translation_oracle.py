@@ -318,7 +318,15 @@ def _example(name: str) -> Case:
 # said to be bypassed where istiod binds it (waypoint-two-listeners, waypoint-wrong-listener). A
 # disagreement still open would be listed here as a strict xfail with what istiod does.
 KNOWN_DISAGREEMENTS: dict[str, str] = {}
-CASES = [*all_cases(), _example("retail-store"), _example("retail-store-drifted")]
+# Disagreement fixtures compared live too: what they pin is istiod's reading of the API server
+# (the test istiod runs REVISION "default", the chart's), not an order or a timestamp the apply decides.
+LIVE_ORACLE_FIXTURES = ("authorization-policy-other-revision", "peer-authentication-other-revision")
+CASES = [
+    *all_cases(),
+    *(load_case(ROOT / "tests" / "fixtures" / "oracle" / name) for name in LIVE_ORACLE_FIXTURES),
+    _example("retail-store"),
+    _example("retail-store-drifted"),
+]
 PARAMS = [
     pytest.param(c, id=c.name, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_DISAGREEMENTS[c.name])])
     if c.name in KNOWN_DISAGREEMENTS
