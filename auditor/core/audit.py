@@ -23,6 +23,7 @@ from auditor.core.checks.reach import route_for
 from auditor.core.istioversion import semantics_findings, semantics_of
 from auditor.core.model import Evidence, Finding, Status
 from auditor.core.posture import Posture, ProtectedService, ScopeEntry
+from auditor.core.revision import revision_findings
 from auditor.core.snapshot import ReadProblem, Service, Snapshot, SnapshotIndex, selector_matches
 
 
@@ -36,12 +37,19 @@ def run_static_audit(
     every check that reads an unreadable kind is "not evaluated" (never a pass). Never raises."""
     ctx = AuditContext(index=SnapshotIndex(snapshot), posture=posture, header_values=header_values)
     findings = [_read_problem(problem) for problem in snapshot.problems]
-    findings += semantics_findings(semantics_of(snapshot))
+    findings += snapshot_wide_findings(snapshot)
     findings += scoped_findings(ctx)
     findings += protected_findings(ctx, posture.protected)
     unreadable = {problem.kind: problem for problem in snapshot.problems}
     findings = [_not_evaluated(f, unreadable) if f.check.reads & unreadable.keys() else f for f in findings]
     return tuple(sorted((fixes.explained(f) for f in findings), key=Finding.sort_key))
+
+
+def snapshot_wide_findings(snapshot: Snapshot) -> tuple[Finding, ...]:
+    """The findings about the whole snapshot, not one Service: each istiod whose version is not
+    the model's (``audit.istio-semantics``) and each Istio config object the serving istiod does
+    not read (``audit.config-revision``). Unsorted, not explained. Never raises."""
+    return semantics_findings(semantics_of(snapshot)) + revision_findings(snapshot)
 
 
 def scoped_findings(ctx: AuditContext) -> list[Finding]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from auditor.core import snapshot as s
+from auditor.core.revision import serving_revision, split_by_revision
 
 DEFAULT_NAMESPACE = "default"
 _T = TypeVar("_T")
@@ -597,18 +598,29 @@ def build_snapshot(
     def of(cls: type[_T]) -> tuple[_T, ...]:
         return tuple(buckets.get(cls, ()))
 
+    # Istio config objects labelled for another istiod revision are not read by the one serving
+    # the mesh: they are left out, and listed (auditor.core.revision).
+    workloads = of(s.Workload)
+    revision = serving_revision(workloads)
+    peer_authentications, ignored_peer = split_by_revision(of(s.PeerAuthentication), revision.name)
+    authorization_policies, ignored_authz = split_by_revision(of(s.AuthorizationPolicy), revision.name)
+    http_routes, ignored_routes = split_by_revision(of(s.HTTPRoute), revision.name)
+    service_entries, ignored_entries = split_by_revision(of(s.ServiceEntry), revision.name)
+    ignored = ignored_peer + ignored_authz + ignored_routes + ignored_entries
     return s.Snapshot(
         namespaces=of(s.Namespace),
         service_accounts=of(s.ServiceAccount),
         services=of(s.Service),
-        workloads=of(s.Workload),
-        peer_authentications=of(s.PeerAuthentication),
-        authorization_policies=of(s.AuthorizationPolicy),
+        workloads=workloads,
+        peer_authentications=peer_authentications,
+        authorization_policies=authorization_policies,
         gateways=of(s.Gateway),
         gateway_classes=of(s.GatewayClass),
-        http_routes=of(s.HTTPRoute),
-        service_entries=of(s.ServiceEntry),
+        http_routes=http_routes,
+        service_entries=service_entries,
         endpoint_slices=of(s.EndpointSlice),
         problems=tuple(problems),
         live=live,
+        revision=revision,
+        ignored_config=tuple(sorted(ignored, key=lambda i: (i.meta.namespace, i.meta.name, i.meta.kind))),
     )

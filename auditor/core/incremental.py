@@ -36,11 +36,10 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from auditor.core.audit import protected_findings, run_static_audit, scoped_findings
+from auditor.core.audit import protected_findings, run_static_audit, scoped_findings, snapshot_wide_findings
 from auditor.core.checks import fixes
 from auditor.core.checks.context import AuditContext
 from auditor.core.decode import Decoded, build_snapshot
-from auditor.core.istioversion import semantics_findings, semantics_of
 from auditor.core.mesh import ClientKind, client_of, is_auditor_probe, workload_waypoint
 from auditor.core.model import Finding
 from auditor.core.posture import Posture
@@ -128,8 +127,9 @@ class IncrementalAudit:
         self._posture, self._values, self._live = posture, header_values, live
         self._by_ns: dict[str, dict[ObjectKey, tuple[Decoded, ...]]] = {}
         self._gateways: dict[ObjectKey, tuple[Decoded, ...]] = {}  # every namespace's: waypoints
-        # Every namespace's ztunnel workloads: the node check (checks.nodes) of any Service reads them.
-        self._ztunnels: dict[ObjectKey, tuple[Decoded, ...]] = {}
+        # Every namespace's ztunnel and istiod workloads: the node check (checks.nodes) of any Service
+        # reads the ztunnels, and both decide the serving revision (auditor.core.revision).
+        self._mesh_control: dict[ObjectKey, tuple[Decoded, ...]] = {}
         for key, decoded in objects.items():
             self._put(key, decoded)
         self._root = posture.mesh.root_namespace
@@ -185,9 +185,9 @@ class IncrementalAudit:
     def _reach_and_store(self, change: Change, fresh: dict[str, SnapshotIndex]) -> Reach:
         ns = change.key[1]
         objects = change.before + change.after
-        if not ns or ns == self._root or any(o.meta.namespace != ns or _is_ztunnel(o) for o in objects):
-            # Cluster-scoped (Namespace, GatewayClass), mesh-wide, or a ztunnel (it decides the
-            # node check of every Service on its node): no per-namespace shortcut.
+        if not ns or ns == self._root or any(o.meta.namespace != ns or _is_mesh_control(o) for o in objects):
+            # Cluster-scoped (Namespace, GatewayClass), mesh-wide, or a ztunnel or istiod (the node
+            # check of every Service on its node; which revision's config is read): no shortcut.
             self._drop(change.key)
             self._put(change.key, change.after)
             self._index = None
@@ -359,8 +359,8 @@ class IncrementalAudit:
         return [f for f in scoped_findings(ctx) if _namespace_of(f) == namespace]
 
     def _sub_index(self, namespace: str) -> SnapshotIndex:
-        """An index of one namespace, the root namespace, Namespaces and every Gateway."""
-        groups = [self._by_ns.get(namespace, {}), self._by_ns.get("", {}), self._gateways, self._ztunnels]
+        """An index of one namespace, the root namespace, Namespaces, every Gateway, ztunnel and istiod."""
+        groups = [self._by_ns.get(namespace, {}), self._by_ns.get("", {}), self._gateways, self._mesh_control]
         if namespace != self._root:
             groups.append(self._by_ns.get(self._root, {}))
         seen: dict[ObjectKey, tuple[Decoded, ...]] = {}
@@ -381,9 +381,9 @@ class IncrementalAudit:
         # one global sort would (a namespace name has no "/").
         order = sorted(self._blocks, key=lambda ns: ns + "/")
         findings = tuple(itertools.chain.from_iterable(self._blocks[ns] for ns in order))
-        # Which istiod runs (its version against the model's) can come from any namespace: a
-        # scan of the workloads, cheap next to a re-evaluation; sorted in only when there is one.
-        semantics = tuple(fixes.explained(f) for f in semantics_findings(semantics_of(self._full_index().snapshot)))
+        # Which istiod runs (its version against the model's) and which config it ignores can
+        # come from any namespace: a scan, cheap next to a re-evaluation; sorted in only when found.
+        semantics = tuple(fixes.explained(f) for f in snapshot_wide_findings(self._full_index().snapshot))
         self._findings = tuple(sorted(findings + semantics, key=Finding.sort_key)) if semantics else findings
 
     # --- the object store ---------------------------------------------------------------------
@@ -394,8 +394,8 @@ class IncrementalAudit:
         self._by_ns.setdefault(key[1], {})[key] = decoded
         if any(isinstance(o, Gateway) for o in decoded):
             self._gateways[key] = decoded
-        if any(_is_ztunnel(o) for o in decoded):
-            self._ztunnels[key] = decoded
+        if any(_is_mesh_control(o) for o in decoded):
+            self._mesh_control[key] = decoded
 
     def _drop(self, key: ObjectKey) -> None:
         objects = self._by_ns.get(key[1])
@@ -404,11 +404,13 @@ class IncrementalAudit:
             if not objects:
                 del self._by_ns[key[1]]
         self._gateways.pop(key, None)
-        self._ztunnels.pop(key, None)
+        self._mesh_control.pop(key, None)
 
 
-def _is_ztunnel(obj: Decoded) -> bool:
-    return isinstance(obj, Workload) and obj.pod_labels.get(ZTUNNEL_LABEL[0]) == ZTUNNEL_LABEL[1]
+def _is_mesh_control(obj: Decoded) -> bool:
+    """A ztunnel (it decides the node check of every Service on its node) or an istiod (with the
+    ztunnels, it decides which revision's config is read: auditor.core.revision)."""
+    return isinstance(obj, Workload) and obj.pod_labels.get(ZTUNNEL_LABEL[0]) in (ZTUNNEL_LABEL[1], "istiod")
 
 
 def _client_kinds(index: SnapshotIndex, account: tuple[str, str]) -> tuple[ClientKind, ...]:

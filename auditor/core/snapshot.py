@@ -387,6 +387,31 @@ class ReadProblem:
 
 
 @dataclass(frozen=True, slots=True)
+class ServingRevision:
+    """The revision of the istiod that programs ztunnel and the waypoints, and how it was found.
+
+    ``name``: the revision (never empty); ``source``: the object and field that said so, or the
+    assumption made (``"assumed: ..."``) when the input names no ztunnel or istiod revision.
+    """
+
+    name: str
+    source: str
+
+    @property
+    def assumed(self) -> bool:
+        """True when no object of the input named the revision. Never raises."""
+        return self.source.startswith("assumed")
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoredConfig:
+    """An Istio config object istiod does not read: ``meta`` and its ``istio.io/rev`` ``label``."""
+
+    meta: ObjectMeta
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the checks may look at, frozen at one moment."""
 
@@ -403,6 +428,10 @@ class Snapshot:
     endpoint_slices: tuple[EndpointSlice, ...] = ()
     problems: tuple[ReadProblem, ...] = ()
     live: bool = False
+    # The revision whose istiod serves the mesh, and the Istio config objects it does not read
+    # (left out of the fields above: auditor.core.revision).
+    revision: ServingRevision = ServingRevision("default", "assumed: Istio's chart default")
+    ignored_config: tuple[IgnoredConfig, ...] = ()
 
 
 def selector_matches(selector: Labels, labels: Labels) -> bool:
@@ -478,6 +507,7 @@ _NAMESPACED_FIELDS = (
     "http_routes",
     "service_entries",
     "endpoint_slices",
+    "ignored_config",  # sorted by namespace too (build_snapshot)
 )
 K = TypeVar("K")
 V = TypeVar("V")

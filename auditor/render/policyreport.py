@@ -21,6 +21,7 @@ from collections import defaultdict
 from typing import Any
 
 from auditor.core.model import Finding, Property, Status
+from auditor.core.revision import CONFIG_API_VERSIONS
 from auditor.render.escape import visible
 from auditor.report import AuditReport
 
@@ -99,5 +100,14 @@ def _result(finding: Finding, timestamp: int) -> dict[str, Any]:
         },
     }
     if namespace != "cluster" and name and name != "*":
-        result["resources"] = [{"apiVersion": "v1", "kind": "Service", "namespace": namespace, "name": name}]
+        result["resources"] = [_resource(namespace, name)]
     return result
+
+
+def _resource(namespace: str, name: str) -> dict[str, str]:
+    """The object a target names: ``namespace/name`` is a Service; ``namespace/Kind/name`` is an
+    Istio or Gateway API config object (``audit.config-revision``)."""
+    kind, slash, object_name = name.partition("/")
+    if slash and kind in CONFIG_API_VERSIONS:
+        return {"apiVersion": CONFIG_API_VERSIONS[kind], "kind": kind, "namespace": namespace, "name": object_name}
+    return {"apiVersion": "v1", "kind": "Service", "namespace": namespace, "name": name}

@@ -842,9 +842,9 @@ class RealNode:
                 # A pod waiting for its address is missing too: settling without it let a fault
                 # test find no curl-pod on the node (CI, session 5). ztunnel's own pod is on the
                 # host network, and a deleted pod is not awaited.
-                if not spec.get("hostNetwork") and not item["metadata"].get("deletionTimestamp"):
-                    if f"{namespace}/{name}" not in pods:
-                        missing.append(f"Pod {namespace}/{name}")
+                awaited = not spec.get("hostNetwork") and not item["metadata"].get("deletionTimestamp")
+                if awaited and f"{namespace}/{name}" not in pods:
+                    missing.append(f"Pod {namespace}/{name}")
             elif item["kind"] == "Gateway":
                 if not mesh.runnable_waypoint(item):
                     continue  # another class, or a waypoint without 15008: nothing for the lab to run

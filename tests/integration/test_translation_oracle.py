@@ -525,10 +525,19 @@ def _authorization_policy(draw: st.DrawFn, ns: str, index: int) -> dict[str, Any
     rules = draw(st.lists(_rule(), max_size=2))
     if rules or action != "ALLOW" or draw(st.booleans()):
         spec["rules"] = rules or [{}]
-    meta: dict[str, Any] = {"name": f"ap-{index}", "namespace": ns}
+    meta: dict[str, Any] = {"name": f"ap-{index}", "namespace": ns, **draw(_revision_labels())}
     if draw(st.booleans()) and draw(st.booleans()):
         meta["annotations"] = {"istio.io/dry-run": "true"}
     return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": meta, "spec": spec}
+
+
+@st.composite
+def _revision_labels(draw: st.DrawFn) -> dict[str, Any]:
+    """Now and then an istio.io/rev label: the harness's istiod is revision default (as the chart's),
+    so it reads ``default`` and ignores ``canary`` (semantics §13)."""
+    if draw(st.integers(0, 5)) != 0:
+        return {}
+    return {"labels": {"istio.io/rev": draw(st.sampled_from(["default", "canary"]))}}
 
 
 @st.composite
@@ -541,7 +550,7 @@ def _peer_authentication(draw: st.DrawFn, ns: str, index: int) -> dict[str, Any]
     return {
         "apiVersion": "security.istio.io/v1",
         "kind": "PeerAuthentication",
-        "metadata": {"name": f"pa-{index}", "namespace": ns},
+        "metadata": {"name": f"pa-{index}", "namespace": ns, **draw(_revision_labels())},
         "spec": spec,
     }
 

@@ -52,6 +52,7 @@ from tests.integration.test_translation_oracle import (
     CUSTOM_PROVIDERS,
     ROOT_NAMESPACE,
     _configuration,
+    _revision_labels,
     draw_batch,
 )
 
@@ -531,6 +532,7 @@ def _l7_policy(draw: st.DrawFn, ns: str, index: int) -> dict[str, Any]:
         if rules or action != "ALLOW" or draw(st.booleans()):
             spec["rules"] = rules or [{}]
     meta: dict[str, Any] = {"name": f"l7-{index}-{ns}" if namespace != ns else f"l7-{index}", "namespace": namespace}
+    meta.update(draw(_revision_labels()))
     if draw(st.integers(0, 5)) == 0:
         meta["annotations"] = {"istio.io/dry-run": "true"}
     return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": meta, "spec": spec}

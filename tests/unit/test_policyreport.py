@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from auditor.core.checks.catalog import CAPTURED, SNAPSHOT_READ, WAYPOINT_BOUND
+from auditor.core.checks.catalog import CAPTURED, CONFIG_REVISION, SNAPSHOT_READ, WAYPOINT_BOUND
 from auditor.core.model import Finding, Property, Status
 from auditor.render.policyreport import CATEGORY, MESSAGE_LIMIT, policy_reports
 from tests.cases import run_report
@@ -47,3 +47,20 @@ def test_each_promise_has_its_category_and_severity_fits_the_released_crd() -> N
     assert set(CATEGORY) == set(Property)
     assert len(set(CATEGORY.values())) == len(Property)
     assert {r["severity"] for r in results} <= {"high", "medium", "low"}
+
+
+def test_an_ignored_config_object_is_the_resource_of_its_result() -> None:
+    """``audit.config-revision`` targets ``namespace/Kind/name``: the result names that object, not a Service."""
+    findings = [Finding(CONFIG_REVISION, "default/AuthorizationPolicy/catalog", Status.FAIL, "ignored")]
+    (report,) = policy_reports(run_report(findings, run_id="r1", at=1))
+    assert (report["metadata"]["namespace"], report["results"][0]["resources"]) == (
+        "default",
+        [
+            {
+                "apiVersion": "security.istio.io/v1",
+                "kind": "AuthorizationPolicy",
+                "namespace": "default",
+                "name": "catalog",
+            }
+        ],
+    )

@@ -143,6 +143,7 @@ REPRESENTATIVES: dict[str, tuple[Callable[[], Finding], str]] = {
     ),
     "required-headers.enforced": (lambda: _fixture("headers-not-values", "required-headers.enforced"), "yaml"),
     "audit.target-exists": (lambda: _fixture("protected-missing", "audit.target-exists"), "none"),
+    "audit.config-revision": (lambda: _fixture("revision-authz-canary", "audit.config-revision"), "yaml"),
     "audit.snapshot-read": (_snapshot_read, "none"),
     "audit.eks-auto-mode": (_auto_mode_wrong_class, "yaml"),
     "strict-mtls.probe": (

@@ -370,6 +370,24 @@ ISTIO_SEMANTICS = CheckMeta(
     reads=frozenset({"Deployment", "Pod"}),
 )
 
+CONFIG_REVISION = CheckMeta(
+    id="audit.config-revision",
+    property=Property.AUDIT_INTEGRITY,
+    title="Every Istio policy is read by the istiod that serves the mesh",
+    severity=Severity.HIGH,
+    protects="istiod reads a config object labelled istio.io/rev only when the label is its own revision: a "
+    "policy written for another revision (a canary never installed, one rolled back, a revision tag's name) "
+    "is never sent to ztunnel or the waypoints, and every promise it was meant to keep is not kept.",
+    remediation="Remove the istio.io/rev label from the object (every istiod reads an unlabelled object), or set "
+    "it to the revision that serves the mesh (the finding's evidence names it and how it was found).",
+    fix_summary="A strategic merge patch of the object removing its istio.io/rev label.",
+    references=(
+        f"{SEMANTICS} §13",
+        "https://istio.io/latest/docs/setup/upgrade/canary/",
+    ),
+    reads=frozenset({"AuthorizationPolicy", "PeerAuthentication", "ServiceEntry", "HTTPRoute", "DaemonSet"}),
+)
+
 ALL: tuple[CheckMeta, ...] = (
     CAPTURED,
     PEER_AUTHENTICATION,
@@ -382,6 +400,7 @@ ALL: tuple[CheckMeta, ...] = (
     TARGET_EXISTS,
     SNAPSHOT_READ,
     ISTIO_SEMANTICS,
+    CONFIG_REVISION,
     AUTO_MODE,
     STRICT_MTLS_PROBE,
     ALLOWLIST_PROBE,

@@ -921,11 +921,16 @@ def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _free_name(ctx: AuditContext, kind: str, namespace: str, wanted: str) -> str:
-    """``wanted`` unless an object of that kind already has it there (then ``wanted-mesh-auditor``)."""
+    """``wanted`` unless an object of that kind already has it there (then ``wanted-mesh-auditor``),
+    counting the objects istiod ignores (``audit.config-revision``): applying over one would keep
+    its ``istio.io/rev`` label, and the fix with it."""
     if kind == "PeerAuthentication":
         taken = {p.meta.name for p in ctx.index.peer_auth_by_ns.get(namespace, [])}
     else:
         taken = {p.meta.name for p in ctx.index.authz_by_ns.get(namespace, [])}
+    taken |= {
+        i.meta.name for i in ctx.index.snapshot.ignored_config if i.meta.kind == kind and i.meta.namespace == namespace
+    }
     return wanted if wanted not in taken else f"{wanted}-mesh-auditor"
 
 
