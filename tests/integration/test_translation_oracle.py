@@ -390,6 +390,16 @@ ORACLE_FIXTURES = {
         "tie by name (STRICT), istiod's ambient translation handed ztunnel PERMISSIVE (it keeps the first "
         "it lists); fixed by calling equally old disagreeing policies ambiguous (semantics §3)"
     ),
+    "authorization-policy-other-revision": (
+        "an L4 ALLOW for catalog labelled istio.io/rev=canary: istiod (REVISION default, the chart's) "
+        "handed catalog's ztunnel only the policies of its own revision and wrote no ZtunnelAccepted on the "
+        "canary one, the model enforced it too; fixed by leaving out another revision's config (semantics §13)"
+    ),
+    "peer-authentication-other-revision": (
+        "a namespace PERMISSIVE PeerAuthentication labelled istio.io/rev=canary under mesh STRICT: istiod "
+        "(REVISION default) kept every port of default STRICT, the model read PERMISSIVE; fixed by leaving "
+        "out another revision's config (semantics §13)"
+    ),
     "waypoint-own-service": (
         "the waypoint's own Service (rendered by istiod) was audited by strict-mtls.captured like an "
         "application Service and failed; fixed by recognising Istio's own objects (semantics §10)"
