@@ -20,10 +20,11 @@ from auditor.core.checks.catalog import (
 )
 from auditor.core.checks.context import AuditContext, finding
 from auditor.core.checks.reach import route_for
+from auditor.core.checks.revision import revision_findings, uncertain_revision
 from auditor.core.istioversion import semantics_findings, semantics_of
 from auditor.core.model import Evidence, Finding, Status
 from auditor.core.posture import Posture, ProtectedService, ScopeEntry
-from auditor.core.revision import revision_findings
+from auditor.core.revision import every_revision
 from auditor.core.snapshot import ReadProblem, Service, Snapshot, SnapshotIndex, selector_matches
 
 
@@ -34,15 +35,24 @@ def run_static_audit(
 
     ``header_values``: ``(target, header name) -> value`` (None: the source had no value, the
     header finding is INCONCLUSIVE). Each read problem of the snapshot is an ERROR finding, and
-    every check that reads an unreadable kind is "not evaluated" (never a pass). Never raises."""
+    every check that reads an unreadable kind is "not evaluated" (never a pass). When the serving
+    istiod revision is assumed and objects of another revision were left out, the input is judged
+    a second time with them read, and a verdict that differs is INCONCLUSIVE
+    (``checks.revision.uncertain_revision``). Never raises."""
+    findings = _judged(snapshot, posture, header_values)
+    if snapshot.revision.assumed and snapshot.ignored_config:
+        findings = uncertain_revision(findings, _judged(every_revision(snapshot), posture, header_values), snapshot)
+    return tuple(sorted((fixes.explained(f) for f in findings), key=Finding.sort_key))
+
+
+def _judged(snapshot: Snapshot, posture: Posture, header_values: Mapping[tuple[str, str], str | None]) -> list[Finding]:
     ctx = AuditContext(index=SnapshotIndex(snapshot), posture=posture, header_values=header_values)
     findings = [_read_problem(problem) for problem in snapshot.problems]
     findings += snapshot_wide_findings(snapshot)
     findings += scoped_findings(ctx)
     findings += protected_findings(ctx, posture.protected)
     unreadable = {problem.kind: problem for problem in snapshot.problems}
-    findings = [_not_evaluated(f, unreadable) if f.check.reads & unreadable.keys() else f for f in findings]
-    return tuple(sorted((fixes.explained(f) for f in findings), key=Finding.sort_key))
+    return [_not_evaluated(f, unreadable) if f.check.reads & unreadable.keys() else f for f in findings]
 
 
 def snapshot_wide_findings(snapshot: Snapshot) -> tuple[Finding, ...]:

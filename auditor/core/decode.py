@@ -600,21 +600,21 @@ def build_snapshot(
 
     # Istio config objects labelled for another istiod revision are not read by the one serving
     # the mesh: they are left out, and listed (auditor.core.revision).
-    workloads = of(s.Workload)
-    revision = serving_revision(workloads)
+    workloads, gateways, namespaces = of(s.Workload), of(s.Gateway), of(s.Namespace)
+    revision = serving_revision(workloads, gateways, namespaces)
     peer_authentications, ignored_peer = split_by_revision(of(s.PeerAuthentication), revision.name)
     authorization_policies, ignored_authz = split_by_revision(of(s.AuthorizationPolicy), revision.name)
     http_routes, ignored_routes = split_by_revision(of(s.HTTPRoute), revision.name)
     service_entries, ignored_entries = split_by_revision(of(s.ServiceEntry), revision.name)
     ignored = ignored_peer + ignored_authz + ignored_routes + ignored_entries
     return s.Snapshot(
-        namespaces=of(s.Namespace),
+        namespaces=namespaces,
         service_accounts=of(s.ServiceAccount),
         services=of(s.Service),
         workloads=workloads,
         peer_authentications=peer_authentications,
         authorization_policies=authorization_policies,
-        gateways=of(s.Gateway),
+        gateways=gateways,
         gateway_classes=of(s.GatewayClass),
         http_routes=http_routes,
         service_entries=service_entries,

@@ -43,15 +43,18 @@ from auditor.core.decode import Decoded, build_snapshot
 from auditor.core.mesh import ClientKind, client_of, is_auditor_probe, workload_waypoint
 from auditor.core.model import Finding
 from auditor.core.posture import Posture
+from auditor.core.revision import REVISION_LABEL
 from auditor.core.snapshot import (
     ZTUNNEL_LABEL,
     AuthorizationPolicy,
     EndpointSlice,
     Gateway,
+    HTTPRoute,
     Namespace,
     PeerAuthentication,
     Service,
     ServiceAccount,
+    ServiceEntry,
     Snapshot,
     SnapshotIndex,
     Workload,
@@ -163,9 +166,12 @@ class IncrementalAudit:
         """Apply the changes in order and re-evaluate what they reach; returns the new findings."""
         reach = NOTHING
         fresh: dict[str, SnapshotIndex] = {}  # namespace -> its index after the changes so far
+        uncertain = self._uncertain_revision()
         for change in changes:
             reach |= self._reach_and_store(change, fresh)
-        if reach.everything:
+        if reach.everything or uncertain or self._uncertain_revision():
+            # An assumed revision with objects left out: the whole input is judged twice
+            # (run_static_audit), so no namespace's findings stand alone. Rare, never stale.
             self._evaluate_everything()
             return Update(self._findings, frozenset(self._blocks), self._all_targets, True)
         touched = set(reach.namespaces)
@@ -176,7 +182,9 @@ class IncrementalAudit:
             touched |= self._evaluate_protected(targets)
         for namespace in touched:
             self._rebuild_block(namespace)
-        if touched:
+        # A policy of another revision reaches no Service's findings, only audit.config-revision's.
+        filtered = (AuthorizationPolicy, PeerAuthentication, ServiceEntry, HTTPRoute)
+        if touched or any(isinstance(o, filtered) for change in changes for o in change.before + change.after):
             self._join()
         return Update(self._findings, frozenset(reach.namespaces), frozenset(targets), False)
 
@@ -185,7 +193,7 @@ class IncrementalAudit:
     def _reach_and_store(self, change: Change, fresh: dict[str, SnapshotIndex]) -> Reach:
         ns = change.key[1]
         objects = change.before + change.after
-        if not ns or ns == self._root or any(o.meta.namespace != ns or _is_mesh_control(o) for o in objects):
+        if not ns or ns == self._root or any(o.meta.namespace != ns or _decides_revision(o) for o in objects):
             # Cluster-scoped (Namespace, GatewayClass), mesh-wide, or a ztunnel or istiod (the node
             # check of every Service on its node; which revision's config is read): no shortcut.
             self._drop(change.key)
@@ -383,8 +391,16 @@ class IncrementalAudit:
         findings = tuple(itertools.chain.from_iterable(self._blocks[ns] for ns in order))
         # Which istiod runs (its version against the model's) and which config it ignores can
         # come from any namespace: a scan, cheap next to a re-evaluation; sorted in only when found.
-        semantics = tuple(fixes.explained(f) for f in snapshot_wide_findings(self._full_index().snapshot))
+        snapshot = self._full_index().snapshot
+        if snapshot.revision.assumed and snapshot.ignored_config:
+            self._findings = run_static_audit(snapshot, self._posture, self._values)
+            return
+        semantics = tuple(fixes.explained(f) for f in snapshot_wide_findings(snapshot))
         self._findings = tuple(sorted(findings + semantics, key=Finding.sort_key)) if semantics else findings
+
+    def _uncertain_revision(self) -> bool:
+        snapshot = self._full_index().snapshot
+        return snapshot.revision.assumed and bool(snapshot.ignored_config)
 
     # --- the object store ---------------------------------------------------------------------
 
@@ -405,6 +421,12 @@ class IncrementalAudit:
                 del self._by_ns[key[1]]
         self._gateways.pop(key, None)
         self._mesh_control.pop(key, None)
+
+
+def _decides_revision(obj: Decoded) -> bool:
+    """A ztunnel or istiod (``_is_mesh_control``), or a Gateway labelled ``istio.io/rev``: it takes
+    part in the serving revision (auditor.core.revision), which every namespace's index shares."""
+    return _is_mesh_control(obj) or (isinstance(obj, Gateway) and REVISION_LABEL in obj.meta.labels)
 
 
 def _is_mesh_control(obj: Decoded) -> bool:

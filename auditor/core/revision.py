@@ -2,41 +2,51 @@
 
 istiod reads an Istio config object only when ``config.LabelsInRevision(labels, REVISION)`` holds
 (``pkg/config/model.go``): an object without the ``istio.io/rev`` label is read by every istiod; one
-with the label is read only by the istiod whose ``REVISION`` equals its value (an istiod with an
-empty ``REVISION`` reads everything, but Istio's chart always sets it: ``{{ .Values.revision |
-default "default" }}``). The ambient index filters AuthorizationPolicy, PeerAuthentication,
-ServiceEntry and WorkloadEntry so (``pilot/pkg/serviceregistry/ambient/ambientindex.go``), and the
-Gateway API controller every kind it reads except Gateway, whose revision tags it resolves
-separately (``pilot/pkg/config/kube/gateway/controller.go``). Revision tags do not apply to config
-objects: a policy labelled with a tag's name is read by no istiod.
+with the label (an empty value too) is read only by the istiod whose ``REVISION`` equals its value;
+an istiod with an empty ``REVISION`` reads everything (Istio's chart always sets it: ``{{
+.Values.revision | default "default" }}``). The ambient index filters AuthorizationPolicy,
+PeerAuthentication, ServiceEntry and WorkloadEntry so (``pilot/pkg/serviceregistry/ambient/
+ambientindex.go``), the CRD client and the Gateway API controller every kind but Gateway and
+GatewayClass (``pilot/pkg/config/kube/gateway/controller.go``). Revision tags do not apply to
+config objects: a policy labelled with a tag's name is read by no istiod.
 
-An object no istiod reads is as if it were not there: ztunnel and the waypoints never get it. The
-audit therefore drops it from the snapshot (``auditor.core.decode.build_snapshot``) and reports it
-(``audit.config-revision``), so that a policy written for a revision that does not serve the mesh
-cannot pass an audit it has no part in (found by the real data plane, #12).
+An object no istiod reads is as if it were not there. ``build_snapshot`` leaves it out of the
+snapshot and lists it (``Snapshot.ignored_config``, reported by ``audit.config-revision``), so a
+policy written for a revision that does not serve the mesh cannot pass an audit it takes no part
+in (found looking for real-data-plane faults, #12).
 
-The serving revision, the one whose istiod programs ztunnel, is read from the input:
+The serving revision, the one whose istiod programs ztunnel, is *observed* when the input shows it:
 
-1. a ztunnel workload (``app: ztunnel``) labelled ``istio.io/rev`` (the ztunnel chart labels its
-   DaemonSet and points ``XDS_ADDRESS`` at ``istiod-<revision>`` when given a revision);
-2. otherwise the one revision of the istiods in the input (``app: istiod``, their ``istio.io/rev``
-   label, ``default`` when absent, as the chart labels them);
-3. otherwise ``default``: the chart's revision when none is given, and the assumption the finding
-   states (several istiods and no ztunnel: ``default`` if one of them is, else the first by name).
+1. the ztunnel workloads (``app: ztunnel``) agree on an ``istio.io/rev`` annotation (or label): the
+   ztunnel chart, given a revision, annotates its DaemonSet and pods so and points ``XDS_ADDRESS``
+   at ``istiod-<revision>``; without one it points at Service ``istiod``, the revision-less
+   release's (REVISION ``default``), observed when an istiod labelled ``default`` is in the input;
+2. else the only istiod (``app: istiod``) is labelled ``istio.io/rev`` (the chart labels it with its
+   REVISION).
+
+Otherwise it is *assumed* (``default`` when no istiod, or one of several, is ``default``): no
+istiod in the input (offline manifests), several istiods and no ztunnel naming one, an istiod
+without the label (its REVISION may be empty: it would read everything). A waypoint Gateway or a
+namespace labelled for another revision makes it assumed too: istiod programs a waypoint from the
+revision that owns it (its label, else its namespace's), which the model does not follow.
+When the revision is assumed and objects were left out, the audit judges the input both ways and
+reports a verdict that differs as INCONCLUSIVE (``auditor.core.audit``): never a PASS that rests on
+a guess.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from auditor.core.checks.catalog import CONFIG_REVISION
-from auditor.core.checks.context import finding
-from auditor.core.model import Evidence, Finding, Fix, FixDocument, Status
+from auditor.core.mesh import WAYPOINT_CLASS
 from auditor.core.snapshot import (
     AuthorizationPolicy,
+    Gateway,
     HTTPRoute,
     IgnoredConfig,
+    Namespace,
     PeerAuthentication,
     ServiceEntry,
     ServingRevision,
@@ -65,31 +75,104 @@ def in_revision(labels: Mapping[str, str], revision: str) -> bool:
     return label is None or not revision or label == revision
 
 
-def serving_revision(workloads: Iterable[Workload]) -> ServingRevision:
-    """The revision whose istiod serves ztunnel, from the workloads of the input (module docstring).
-
-    Controllers (DaemonSet, Deployment) are read before Pods. Never raises.
-    """
+def serving_revision(
+    workloads: Iterable[Workload], gateways: Iterable[Gateway] = (), namespaces: Iterable[Namespace] = ()
+) -> ServingRevision:
+    """The revision whose istiod serves ztunnel, observed or assumed (module docstring). Never raises."""
     mesh = [w for w in workloads if w.pod_labels.get("app") in ("ztunnel", "istiod")]
     ordered = sorted(mesh, key=lambda w: (w.is_pod, w.meta.namespace, w.meta.name))
-    for workload in ordered:
-        if workload.pod_labels.get("app") == "ztunnel":
-            label = workload.meta.labels.get(REVISION_LABEL) or workload.pod_labels.get(REVISION_LABEL)
-            if label:
-                return ServingRevision(label, f"{workload.meta.ref} labels.{REVISION_LABEL}")
-    istiods: dict[str, str] = {}
+    istiods: dict[str | None, str] = {}  # revision label (None: unlabelled) -> the first istiod's ref
+    ztunnels: dict[str, str] = {}  # revision annotation ("" without) -> the first ztunnel's ref
     for workload in ordered:
         if workload.pod_labels.get("app") == "istiod":
-            label = workload.pod_labels.get(REVISION_LABEL) or workload.meta.labels.get(REVISION_LABEL)
-            istiods.setdefault(label or DEFAULT_REVISION, workload.meta.ref)
-    if len(istiods) == 1:
-        ((name, ref),) = istiods.items()
-        return ServingRevision(name, f"{ref} labels.{REVISION_LABEL}")
+            label = workload.pod_labels.get(REVISION_LABEL, workload.meta.labels.get(REVISION_LABEL))
+            istiods.setdefault(label, workload.meta.ref)
+        else:
+            ztunnels.setdefault(_ztunnel_revision(workload), workload.meta.ref)
+    found = _observed(ztunnels, istiods)
+    if found is None:
+        named = {r for r in istiods if r}
+        name = DEFAULT_REVISION if not named or DEFAULT_REVISION in named else sorted(named)[0]
+        found = ServingRevision(name, _why_assumed(ztunnels, istiods), assumed=True)
+    for owner in _other_revision_owners(found.name, gateways, namespaces):
+        return ServingRevision(
+            found.name,
+            f"{found.source}; but {owner}, and istiod programs a waypoint from the revision that owns it",
+            assumed=True,
+        )
+    return found
+
+
+def _ztunnel_revision(workload: Workload) -> str:
+    for values in (workload.meta.annotations, workload.pod_annotations, workload.meta.labels, workload.pod_labels):
+        if values.get(REVISION_LABEL):
+            return values[REVISION_LABEL]
+    return ""
+
+
+def _observed(ztunnels: Mapping[str, str], istiods: Mapping[str | None, str]) -> ServingRevision | None:
+    if len(ztunnels) == 1:
+        ((revision, ref),) = ztunnels.items()
+        if revision:
+            return ServingRevision(revision, f"{ref} annotations.{REVISION_LABEL}")
+        if DEFAULT_REVISION in istiods:
+            return ServingRevision(
+                DEFAULT_REVISION,
+                f"{ref} has no {REVISION_LABEL}: it connects to Service istiod, the revision-less release's "
+                f"({istiods[DEFAULT_REVISION]} labels.{REVISION_LABEL})",
+            )
+        return None
+    if not ztunnels and len(istiods) == 1:
+        ((label, ref),) = istiods.items()
+        if label:
+            return ServingRevision(label, f"{ref} labels.{REVISION_LABEL}")
+    return None
+
+
+def _why_assumed(ztunnels: Mapping[str, str], istiods: Mapping[str | None, str]) -> str:
+    if len(ztunnels) > 1:
+        return f"the ztunnels name different revisions ({', '.join(sorted(r or '(none)' for r in ztunnels))})"
     if not istiods:
-        return ServingRevision(DEFAULT_REVISION, "assumed: no istiod or ztunnel in the input; Istio's chart default")
-    name = DEFAULT_REVISION if DEFAULT_REVISION in istiods else sorted(istiods)[0]
-    return ServingRevision(
-        name, f"assumed: istiod revisions {', '.join(sorted(istiods))} and no ztunnel naming one; {name} serves it"
+        return "no istiod in the input; Istio's chart default"
+    if None in istiods:
+        return f"{istiods[None]} has no {REVISION_LABEL} label: its REVISION is unknown"
+    return f"istiod revisions {', '.join(sorted(r for r in istiods if r))} and no ztunnel naming one"
+
+
+def _other_revision_owners(revision: str, gateways: Iterable[Gateway], namespaces: Iterable[Namespace]) -> list[str]:
+    """Waypoint Gateways and namespaces labelled for another revision (their waypoints' istiod)."""
+    owners = [
+        f"waypoint {g.meta.namespace}/{g.meta.name} is labelled {REVISION_LABEL}={g.meta.labels[REVISION_LABEL]}"
+        for g in gateways
+        if g.class_name == WAYPOINT_CLASS and g.meta.labels.get(REVISION_LABEL, revision) != revision
+    ]
+    owners += [
+        f"namespace {n.meta.name} is labelled {REVISION_LABEL}={n.meta.labels[REVISION_LABEL]}"
+        for n in namespaces
+        if n.meta.labels.get(REVISION_LABEL, revision) != revision
+    ]
+    return owners
+
+
+def every_revision(snapshot: Snapshot) -> Snapshot:
+    """``snapshot`` with the objects it left out put back, as an istiod reading every revision
+    would see it (in ``build_snapshot`` order); the same snapshot when none was left out. Never raises."""
+    if not snapshot.ignored_config:
+        return snapshot
+    back: dict[type, list[Any]] = {}
+    for ignored in snapshot.ignored_config:
+        back.setdefault(type(ignored.obj), []).append(ignored.obj)
+
+    def merged(objects: tuple[_Filtered, ...], kind: type[_Filtered]) -> tuple[_Filtered, ...]:
+        return tuple(sorted((*objects, *back.get(kind, ())), key=lambda o: (o.meta.namespace, o.meta.name)))
+
+    return dataclasses.replace(
+        snapshot,
+        peer_authentications=merged(snapshot.peer_authentications, PeerAuthentication),
+        authorization_policies=merged(snapshot.authorization_policies, AuthorizationPolicy),
+        http_routes=merged(snapshot.http_routes, HTTPRoute),
+        service_entries=merged(snapshot.service_entries, ServiceEntry),
+        ignored_config=(),
     )
 
 
@@ -103,35 +186,5 @@ def split_by_revision(
         if in_revision(obj.meta.labels, revision):
             read.append(obj)
         else:
-            ignored.append(IgnoredConfig(obj.meta, obj.meta.labels[REVISION_LABEL]))
+            ignored.append(IgnoredConfig(obj, obj.meta.labels[REVISION_LABEL]))
     return tuple(read), tuple(ignored)
-
-
-def revision_findings(snapshot: Snapshot) -> tuple[Finding, ...]:
-    """A FAIL ``audit.config-revision`` per Istio config object the serving istiod ignores, with the
-    patch that removes its label; target ``namespace/name`` of the object. Never raises."""
-    revision = snapshot.revision
-    found = []
-    for ignored in snapshot.ignored_config:
-        meta = ignored.meta
-        message = (
-            f"{meta.ref} is labelled {REVISION_LABEL}={ignored.label}: the istiod that serves the mesh "
-            f"(revision {revision.name}) does not read it, so ztunnel and the waypoints never get it"
-        )
-        evidence = [
-            Evidence(
-                meta.ref, f"metadata.labels.{REVISION_LABEL}", ignored.label, "istiod reads only its own revision"
-            ),
-            Evidence("serving revision", "", revision.name, revision.source),
-        ]
-        metadata: dict[str, object] = {"name": meta.name, "labels": {REVISION_LABEL: None}}
-        if meta.namespace:
-            metadata["namespace"] = meta.namespace
-        body = {"apiVersion": CONFIG_API_VERSIONS[meta.kind], "kind": meta.kind, "metadata": metadata}
-        fix = Fix(
-            (FixDocument(body, patch=True),),
-            f"Remove the label (every istiod reads an unlabelled object), or set it to {revision.name}.",
-        )
-        target = f"{meta.namespace}/{meta.kind}/{meta.name}" if meta.namespace else f"/{meta.kind}/{meta.name}"
-        found.append(finding(CONFIG_REVISION, target, Status.FAIL, message, evidence, fix=fix))
-    return tuple(found)

@@ -390,25 +390,28 @@ class ReadProblem:
 class ServingRevision:
     """The revision of the istiod that programs ztunnel and the waypoints, and how it was found.
 
-    ``name``: the revision (never empty); ``source``: the object and field that said so, or the
-    assumption made (``"assumed: ..."``) when the input names no ztunnel or istiod revision.
+    ``name``: the revision (never empty); ``source``: the object and field that said so, or why it
+    is an assumption; ``assumed``: True when the input does not show it (the audit then reports
+    every verdict that depends on it as INCONCLUSIVE: ``auditor.core.revision``).
     """
 
     name: str
     source: str
-
-    @property
-    def assumed(self) -> bool:
-        """True when no object of the input named the revision. Never raises."""
-        return self.source.startswith("assumed")
+    assumed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class IgnoredConfig:
-    """An Istio config object istiod does not read: ``meta`` and its ``istio.io/rev`` ``label``."""
+    """An Istio config object istiod does not read: the object (an AuthorizationPolicy,
+    PeerAuthentication, ServiceEntry or HTTPRoute) and its ``istio.io/rev`` ``label``."""
 
-    meta: ObjectMeta
+    obj: AuthorizationPolicy | PeerAuthentication | ServiceEntry | HTTPRoute
     label: str
+
+    @property
+    def meta(self) -> ObjectMeta:
+        """The object's metadata. Never raises."""
+        return self.obj.meta
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,7 +433,7 @@ class Snapshot:
     live: bool = False
     # The revision whose istiod serves the mesh, and the Istio config objects it does not read
     # (left out of the fields above: auditor.core.revision).
-    revision: ServingRevision = ServingRevision("default", "assumed: Istio's chart default")
+    revision: ServingRevision = ServingRevision("default", "Istio's chart default", assumed=True)
     ignored_config: tuple[IgnoredConfig, ...] = ()
 
 

@@ -250,6 +250,26 @@ def _edits(ns: str, i: int) -> list[dict[str, Any] | tuple[str, str, str]]:
                 "rules": [{"from": [{"source": {"principals": [f"cluster.local/ns/{other}/sa/*"]}}]}],
             },
         },
+        {
+            # Another revision's (semantics §13): left out, or judged both ways while no istiod is in.
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "at-wp", "namespace": ns, "labels": {"istio.io/rev": "canary"}},
+            "spec": {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "wp"}]},
+        },
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "PeerAuthentication",
+            "metadata": {"name": "wide", "namespace": ns, "labels": {"istio.io/rev": "canary"}},
+            "spec": {"mtls": {"mode": "DISABLE"}},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "istiod", "namespace": "istio-system", "labels": {"istio.io/rev": "canary"}},
+            "spec": {"template": {"metadata": {"labels": {"app": "istiod", "istio.io/rev": "canary"}}, "spec": {}}},
+        },
+        ("Deployment", "istio-system", "istiod"),
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "spare", "namespace": ns}},
         {
             "apiVersion": "v1",

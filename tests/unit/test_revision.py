@@ -14,19 +14,33 @@ import yaml
 
 from auditor.adapters.rules.loader import load_rules
 from auditor.core.audit import run_static_audit
+from auditor.core.checks.revision import revision_findings
 from auditor.core.decode import build_snapshot, decode_object
 from auditor.core.incremental import Change, IncrementalAudit, full_audit
 from auditor.core.model import Status
-from auditor.core.revision import in_revision, revision_findings, serving_revision
-from auditor.core.snapshot import ObjectMeta, Workload
+from auditor.core.revision import in_revision, serving_revision
+from auditor.core.snapshot import Gateway, Namespace, ObjectMeta, Workload
 from tests.cases import CASES_DIR, load_case, merged_documents
 from tests.unit.test_incremental import _generated, _objects
 
 
-def _workload(app: str, name: str, labels: dict[str, str], *, pod: bool = False, pod_labels: bool = False) -> Workload:
-    meta = ObjectMeta(kind="Pod" if pod else "Deployment", name=name, namespace="istio-system", labels=labels)
-    template = {"app": app, **(labels if pod_labels else {})}
-    return Workload(meta=meta, pod_labels=template, pod_annotations={}, service_account=app, is_pod=pod)
+def _workload(
+    app: str,
+    name: str,
+    labels: dict[str, str] | None = None,
+    *,
+    annotations: dict[str, str] | None = None,
+    pod: bool = False,
+) -> Workload:
+    kind = "Pod" if pod else ("DaemonSet" if app == "ztunnel" else "Deployment")
+    meta = ObjectMeta(kind=kind, name=name, namespace="istio-system", labels=labels or {})
+    return Workload(
+        meta=meta,
+        pod_labels={"app": app, **(labels or {})},
+        pod_annotations=annotations or {},
+        service_account=app,
+        is_pod=pod,
+    )
 
 
 @pytest.mark.parametrize(
@@ -44,23 +58,40 @@ def test_labels_in_revision_as_istiod(labels: dict[str, str], revision: str, rea
     assert in_revision(labels, revision) is read
 
 
-def test_serving_revision_ztunnel_then_the_one_istiod_then_the_chart_default() -> None:
-    ztunnel = _workload("ztunnel", "ztunnel", {"istio.io/rev": "canary"})
-    istiod = _workload("istiod", "istiod-1-30", {"istio.io/rev": "1-30"})
-    assert serving_revision([istiod, ztunnel]).name == "canary"
-    assert serving_revision([istiod]).name == "1-30"
-    assert serving_revision([istiod]).source == "Deployment istio-system/istiod-1-30 labels.istio.io/rev"
-    unlabelled_ztunnel = _workload("ztunnel", "ztunnel", {})
-    assert serving_revision([unlabelled_ztunnel, istiod]).name == "1-30"
-    default = serving_revision([])
-    assert (default.name, default.assumed) == ("default", True)
-    # An istiod without the label is the chart's default revision.
-    assert serving_revision([_workload("istiod", "istiod", {})]).name == "default"
-    # Two istiods and no ztunnel: default when one of them is, stated as an assumption.
-    two = serving_revision([istiod, _workload("istiod", "istiod", {"istio.io/rev": "default"})])
-    assert (two.name, two.assumed) == ("default", True)
-    # A pod's template labels count as the controller's.
-    assert serving_revision([_workload("istiod", "p", {"istio.io/rev": "x"}, pod=True, pod_labels=True)]).name == "x"
+CANARY_ZTUNNEL = _workload("ztunnel", "ztunnel", annotations={"istio.io/rev": "canary"})  # as the chart renders it
+PLAIN_ZTUNNEL = _workload("ztunnel", "ztunnel")
+ISTIOD_DEFAULT = _workload("istiod", "istiod", {"istio.io/rev": "default"})
+ISTIOD_1_30 = _workload("istiod", "istiod-1-30", {"istio.io/rev": "1-30"})
+
+
+@pytest.mark.parametrize(
+    ("workloads", "name", "assumed"),
+    [
+        ([CANARY_ZTUNNEL, ISTIOD_DEFAULT, ISTIOD_1_30], "canary", False),  # the chart's annotation decides
+        ([PLAIN_ZTUNNEL, ISTIOD_DEFAULT, ISTIOD_1_30], "default", False),  # Service istiod: the revision-less release
+        ([PLAIN_ZTUNNEL, ISTIOD_1_30], "1-30", True),  # Service istiod is then a revision tag's: unknown
+        ([ISTIOD_1_30], "1-30", False),  # the only istiod, labelled by the chart
+        ([ISTIOD_DEFAULT, ISTIOD_1_30], "default", True),  # two istiods, no ztunnel naming one
+        ([_workload("istiod", "istiod")], "default", True),  # unlabelled: its REVISION may be "" (reads all)
+        ([], "default", True),  # offline manifests without istiod
+        ([CANARY_ZTUNNEL, _workload("ztunnel", "ztunnel-b", annotations={"istio.io/rev": "b"})], "default", True),
+        ([_workload("istiod", "p", {"istio.io/rev": "x"}, pod=True)], "x", False),
+    ],
+)
+def test_serving_revision_observed_or_assumed(workloads: list[Workload], name: str, assumed: bool) -> None:
+    found = serving_revision(workloads)
+    assert (found.name, found.assumed) == (name, assumed), found.source
+
+
+def test_a_waypoint_or_namespace_of_another_revision_makes_it_assumed() -> None:
+    gateway = Gateway(
+        meta=ObjectMeta("Gateway", "wp", "shop", labels={"istio.io/rev": "canary"}), class_name="istio-waypoint"
+    )
+    found = serving_revision([ISTIOD_DEFAULT], gateways=[gateway])
+    assert (found.name, found.assumed) == ("default", True)
+    assert "waypoint shop/wp is labelled istio.io/rev=canary" in found.source
+    namespace = Namespace(meta=ObjectMeta("Namespace", "shop", labels={"istio.io/rev": "default"}))
+    assert serving_revision([ISTIOD_DEFAULT], namespaces=[namespace]).assumed is False
 
 
 def _policy(name: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -72,9 +103,17 @@ def _policy(name: str, labels: dict[str, str]) -> dict[str, Any]:
     }
 
 
+ISTIOD_DOCUMENT = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "istiod", "namespace": "istio-system", "labels": {"istio.io/rev": "default"}},
+    "spec": {"template": {"metadata": {"labels": {"app": "istiod", "istio.io/rev": "default"}}, "spec": {}}},
+}
+
+
 def test_an_ignored_policy_is_left_out_and_reported_with_its_patch() -> None:
-    objects = [o for d in (_policy("kept", {}), _policy("gone", {"istio.io/rev": "canary"})) for o in decode_object(d)]
-    snapshot = build_snapshot(objects)
+    documents = (_policy("kept", {}), _policy("gone", {"istio.io/rev": "canary"}), ISTIOD_DOCUMENT)
+    snapshot = build_snapshot([o for d in documents for o in decode_object(d)])
     assert [p.meta.name for p in snapshot.authorization_policies] == ["kept"]
     (found,) = revision_findings(snapshot)
     assert (found.check.id, found.status, found.target) == (
@@ -82,8 +121,7 @@ def test_an_ignored_policy_is_left_out_and_reported_with_its_patch() -> None:
         Status.FAIL,
         "alpha/AuthorizationPolicy/gone",
     )
-    assert "istio.io/rev=canary" in found.message
-    assert "(revision default)" in found.message
+    assert "labelled istio.io/rev='canary': an istiod of revision default, the one serving the mesh," in found.message
     (document,) = found.fix.documents
     assert document.patch
     assert yaml.safe_dump(dict(document.body), sort_keys=True) == yaml.safe_dump(
@@ -131,3 +169,11 @@ def test_a_fix_never_reuses_the_name_of_an_ignored_object() -> None:
     names = {(d.body["kind"], d.body["metadata"]["name"]) for d in refused.fix.documents}
     assert ("AuthorizationPolicy", "catalog-mesh-auditor") in names
     assert ("AuthorizationPolicy", "catalog") not in names
+
+
+def test_an_assumed_revision_reports_inconclusive_without_yaml() -> None:
+    """No istiod in the input: the object may be read after all; nothing was proven wrong."""
+    snapshot = build_snapshot(list(decode_object(_policy("gone", {"istio.io/rev": "canary"}))))
+    (found,) = revision_findings(snapshot)
+    assert (found.status, found.fix.documents) == (Status.INCONCLUSIVE, ())
+    assert "assumed (no istiod in the input; Istio's chart default)" in found.message

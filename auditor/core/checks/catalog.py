@@ -379,13 +379,18 @@ CONFIG_REVISION = CheckMeta(
     "policy written for another revision (a canary never installed, one rolled back, a revision tag's name) "
     "is never sent to ztunnel or the waypoints, and every promise it was meant to keep is not kept.",
     remediation="Remove the istio.io/rev label from the object (every istiod reads an unlabelled object), or set "
-    "it to the revision that serves the mesh (the finding's evidence names it and how it was found).",
-    fix_summary="A strategic merge patch of the object removing its istio.io/rev label.",
+    "it to the revision that serves the mesh (the finding's evidence names it and how it was found). An audit "
+    "that cannot see the serving revision (offline manifests without istiod) reports every verdict that "
+    "depends on it as INCONCLUSIVE.",
+    fix_summary="A patch of the object removing its istio.io/rev label (every istiod reads an unlabelled "
+    "object). INCONCLUSIVE when the input does not show the serving revision.",
     references=(
         f"{SEMANTICS} §13",
         "https://istio.io/latest/docs/setup/upgrade/canary/",
     ),
-    reads=frozenset({"AuthorizationPolicy", "PeerAuthentication", "ServiceEntry", "HTTPRoute", "DaemonSet"}),
+    reads=frozenset(
+        {"AuthorizationPolicy", "PeerAuthentication", "ServiceEntry", "HTTPRoute", "DaemonSet", "Deployment", "Pod"}
+    ),
 )
 
 ALL: tuple[CheckMeta, ...] = (
