@@ -62,6 +62,11 @@ BUILD_RECIPE = "1"
 ISTIO_CRDS = "manifests/charts/base/files/crd-all.gen.yaml"
 GATEWAY_API_CRDS = "config/crd/standard"
 ISTIO_NAMESPACE = "istio-system"
+# istiod's revision: the chart's istiod runs with env REVISION ``{{ .Values.revision | default "default" }}``
+# (manifests/charts/istio-control/istio-discovery/templates/deployment.yaml), so a default install
+# reads only Istio config without an ``istio.io/rev`` label or labelled ``default``
+# (pkg/config/model.go ``LabelsInRevision``, applied by crdclient, the gateway controller and the
+# ambient index): the test istiod filters revisions as a real install does.
 REVISION = "default"
 TRUST_DOMAIN = "cluster.local"
 # The mesh config's one extension provider (envoyExtAuthzHttp), for CUSTOM AuthorizationPolicies:
@@ -484,6 +489,8 @@ def istiod_env(kubeconfig: Path) -> dict[str, str]:
         "POD_NAMESPACE": ISTIO_NAMESPACE,
         "POD_NAME": "istiod-local",
         "SERVICE_ACCOUNT": "istiod",
+        # The chart's value (deployment.yaml: ``{{ .Values.revision | default "default" }}``), not
+        # unset: an istiod with REVISION "" reads every revision's config (LabelsInRevision).
         "REVISION": REVISION,
         "CLUSTER_ID": "Kubernetes",
         "PILOT_ENABLE_AMBIENT": "true",

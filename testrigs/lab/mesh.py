@@ -30,6 +30,9 @@ BYPASS_INBOUND = "ambient.istio.io/bypass-inbound-capture"
 DRY_RUN = "istio.io/dry-run"
 WAYPOINT_CLASS = "istio-waypoint"
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+REVISION_LABEL = "istio.io/rev"
+# The revision of the istiod both labs run (testrigs.devtools.istio.REVISION: the chart's default).
+ISTIOD_REVISION = "default"
 
 
 def rendered_for_gateway(obj: Obj) -> str | None:
@@ -246,6 +249,16 @@ def _age(obj: Obj, position: int) -> tuple[str, int]:
     return (str(meta(obj).get("creationTimestamp") or ""), position)
 
 
+def in_revision(obj: Obj, revision: str) -> bool:
+    """Whether an istiod of ``revision`` reads ``obj`` (Istio's pkg/config/model.go
+    ``LabelsInRevision``): an object without an ``istio.io/rev`` label always; an istiod with no
+    revision ("") everything; otherwise only an object whose label is its revision. istiod filters
+    PeerAuthentications and AuthorizationPolicies so (the ambient index's ``configFilter``, the
+    CRD client), waypoint Gateways not (gateway/controller.go ``buildClient``)."""
+    label = labels_of(obj).get(REVISION_LABEL)
+    return label is None or not revision or label == revision
+
+
 def matches(selector: Mapping[str, str], pod_labels: Mapping[str, str]) -> bool:
     return all(pod_labels.get(k) == v for k, v in selector.items())
 
@@ -257,7 +270,9 @@ class Mesh:
     the fault of that name: None is off; otherwise, of every Deployment with two or more replicas
     (all of them for ``()``, else those whose ``namespace/name`` is listed), the last replica is
     not captured although its labels say ambient, as a pod that started before its node's
-    istio-cni agent was ready (issue #13). ``uncaptured`` holds those pods' keys.
+    istio-cni agent was ready (issue #13). ``uncaptured`` holds those pods' keys. ``revision``:
+    the istiod's; PeerAuthentications and AuthorizationPolicies of another revision are left out
+    (``in_revision``), as that istiod never hands them to ztunnel or a waypoint.
     """
 
     def __init__(
@@ -266,8 +281,10 @@ class Mesh:
         *,
         nodes: Sequence[str] = lab_nodes.names(1),
         uncaptured_endpoint: Sequence[str] | None = None,
+        revision: str = ISTIOD_REVISION,
     ) -> None:
         ordered = list(objects)
+        self.revision = revision
         self.nodes = tuple(nodes)
         self.uncaptured: frozenset[str] = frozenset()
         self.namespace_labels: dict[str, dict[str, str]] = {}
@@ -302,6 +319,8 @@ class Mesh:
             self.services.append(_service(obj))
         elif kind == "Gateway" and (waypoint := _waypoint(obj)) is not None:
             self.waypoints.append(waypoint)
+        elif kind in ("PeerAuthentication", "AuthorizationPolicy") and not in_revision(obj, self.revision):
+            return  # istiod of another revision's config: this istiod never reads it, its proxies never get it
         elif kind == "PeerAuthentication":
             self.peer_authentications.append(obj)
         elif kind == "AuthorizationPolicy":

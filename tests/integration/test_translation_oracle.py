@@ -35,7 +35,7 @@ from auditor.core.snapshot import AuthorizationPolicy
 from auditor.core.ztunnelview import ztunnel_facts, ztunnel_matches
 from testrigs.devtools import istio
 from testrigs.devtools.istio import EXT_AUTHZ_PROVIDER, IstioAPI
-from tests.cases import ROOT, Case, all_cases, load_case, materialize, outcome
+from tests.cases import ROOT, Case, all_cases, load_case, materialize, merged_documents, outcome
 from tests.integration.live import AppliedCase, audit
 
 ROOT_NAMESPACE = "istio-system"
@@ -318,7 +318,15 @@ def _example(name: str) -> Case:
 # said to be bypassed where istiod binds it (waypoint-two-listeners, waypoint-wrong-listener). A
 # disagreement still open would be listed here as a strict xfail with what istiod does.
 KNOWN_DISAGREEMENTS: dict[str, str] = {}
-CASES = [*all_cases(), _example("retail-store"), _example("retail-store-drifted")]
+# Disagreement fixtures compared live too: what they pin is istiod's reading of the API server
+# (the test istiod runs REVISION "default", the chart's), not an order or a timestamp the apply decides.
+LIVE_ORACLE_FIXTURES = ("authorization-policy-other-revision", "peer-authentication-other-revision")
+CASES = [
+    *all_cases(),
+    *(load_case(ROOT / "tests" / "fixtures" / "oracle" / name) for name in LIVE_ORACLE_FIXTURES),
+    _example("retail-store"),
+    _example("retail-store-drifted"),
+]
 PARAMS = [
     pytest.param(c, id=c.name, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_DISAGREEMENTS[c.name])])
     if c.name in KNOWN_DISAGREEMENTS
@@ -335,7 +343,7 @@ def test_model_agrees_with_istiod_on_fixture(case: Case, istio_api: IstioAPI, tm
     showed istiod without a waypoint binding for `default/catalog` for the whole convergence
     window, right after the previous case's waypoint was deleted; applied again, they agree. A
     real disagreement disagrees both times and fails (and the first difference is printed)."""
-    manifests = materialize(case, tmp_path)
+    manifests = live_manifests(case, tmp_path)
     if case.name in KNOWN_DISAGREEMENTS:  # a strict xfail: one attempt, the usual window
         _apply_and_compare(istio_api, manifests, tmp_path / "attempt-1", converge_s=45.0)
         return
@@ -344,6 +352,34 @@ def test_model_agrees_with_istiod_on_fixture(case: Case, istio_api: IstioAPI, tm
     except AssertionError as first:
         print(f"oracle: {case.name} disagreed on attempt 1, applying it again: {first}")
         _apply_and_compare(istio_api, manifests, tmp_path / "attempt-2")
+
+
+def live_manifests(case: Case, directory: Path) -> Path:
+    """The case's manifests as applied to the harness: without the fixture's own istiod Deployment
+    (``istio-system/istiod``, which fixtures add so that an offline audit observes the serving
+    revision). The harness already holds the chart's istiod Deployment for the istiod it runs
+    (``istio.istiod_objects``, revision ``istio.REVISION``), whose selector a fixture's cannot
+    replace (immutable); it tells the live audit the same revision. A fixture's istiod of another
+    revision could not be compared against this istiod: that fails, naming the fixture."""
+    manifests = materialize(case, directory)
+    documents = merged_documents(case)
+    kept = []
+    for document in documents:
+        meta = document.get("metadata") or {}
+        if (document.get("kind"), meta.get("namespace"), meta.get("name")) != ("Deployment", ROOT_NAMESPACE, "istiod"):
+            kept.append(document)
+            continue
+        revision = (meta.get("labels") or {}).get("istio.io/rev", "default")
+        assert revision == istio.REVISION, (
+            f"{case.name}: its istiod is revision {revision!r}; the harness's istiod is {istio.REVISION!r}"
+        )
+    if len(kept) != len(documents):
+        text = yaml.safe_dump_all(kept, sort_keys=False)
+        raw = case.directory / "raw.yaml"
+        if raw.is_file():
+            text += "---\n" + raw.read_text(encoding="utf-8")
+        manifests.write_text(text, encoding="utf-8")
+    return manifests
 
 
 def _apply_and_compare(api: IstioAPI, manifests: Path, workdir: Path, converge_s: float = CONVERGE_S) -> None:
@@ -381,6 +417,16 @@ ORACLE_FIXTURES = {
         "two disagreeing namespace PeerAuthentications created in the same second: the model broke the "
         "tie by name (STRICT), istiod's ambient translation handed ztunnel PERMISSIVE (it keeps the first "
         "it lists); fixed by calling equally old disagreeing policies ambiguous (semantics §3)"
+    ),
+    "authorization-policy-other-revision": (
+        "an L4 ALLOW for catalog labelled istio.io/rev=canary: istiod (REVISION default, the chart's) "
+        "handed catalog's ztunnel only the policies of its own revision and wrote no ZtunnelAccepted on the "
+        "canary one, the model enforced it too; fixed by leaving out another revision's config (semantics §13)"
+    ),
+    "peer-authentication-other-revision": (
+        "a namespace PERMISSIVE PeerAuthentication labelled istio.io/rev=canary under mesh STRICT: istiod "
+        "(REVISION default) kept every port of default STRICT, the model read PERMISSIVE; fixed by leaving "
+        "out another revision's config (semantics §13)"
     ),
     "waypoint-own-service": (
         "the waypoint's own Service (rendered by istiod) was audited by strict-mtls.captured like an "

@@ -44,7 +44,7 @@ from auditor.core.waypointview import WaypointService, waypoint_facts
 from testrigs.devtools import waypointxds
 from testrigs.devtools.controlplane import ControlPlaneError
 from testrigs.devtools.istio import TRUST_DOMAIN, IstioAPI
-from tests.cases import Case, materialize, merged_documents
+from tests.cases import Case, merged_documents
 from tests.integration.live import AppliedCase
 from tests.integration.test_translation_oracle import (
     BATCH_LABEL,
@@ -54,6 +54,7 @@ from tests.integration.test_translation_oracle import (
     _configuration,
     _revision_labels,
     draw_batch,
+    live_manifests,
 )
 
 CONVERGE_S = 60.0
@@ -389,7 +390,7 @@ WAYPOINT_CASES = [c for c in CASES if _has_waypoint(c)]
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in WAYPOINT_CASES])
 def test_waypoint_model_agrees_with_istiod_on_fixture(case: Case, istio_api: IstioAPI, tmp_path: Path) -> None:
     """The model and istiod agree on what each waypoint of the fixture enforces."""
-    manifests = materialize(case, tmp_path)
+    manifests = live_manifests(case, tmp_path)
     workdir = tmp_path / "applied"
     workdir.mkdir()
     with AppliedCase(istio_api, manifests, workdir, write_status=False) as applied:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from auditor.cli import main
 from testrigs.lab.realnode import RealNode
@@ -39,6 +40,17 @@ MESH_POLICY = labkit.RETAIL / "20-mesh-policy.yaml"
 L4_RULES = labkit.RULES / "catalog-l4.yaml"
 TOKEN = "x-auth-token: internal-retail-token"
 CATALOG_L4_POLICY = labkit.CATALOG_L4_POLICY
+# The static findings other than a pass for a policy of another revision (the auditor's model
+# leaves it out as istiod does, and audit.config-revision names it).
+CANARY_L4_STATIC = [
+    "default/catalog principal-allowlist.intruders-refused",
+    "default/AuthorizationPolicy/catalog-l4 audit.config-revision",
+]
+CANARY_WAYPOINT_STATIC = [
+    "default/catalog principal-allowlist.intruders-refused",
+    "default/catalog required-headers.enforced",
+    "default/AuthorizationPolicy/catalog audit.config-revision",
+]
 
 
 @pytest.fixture(scope="module")
@@ -220,4 +232,89 @@ def test_istiod_stale_policy_added_after_is_never_a_pass(node: RealNode, audit: 
         node.set_faults(())
         node.kubectl("delete", "authorizationpolicy", "catalog-l4", "--namespace=default", "--ignore-not-found")
         node.kubectl("label", "service", "catalog", "--namespace=default", "istio.io/use-waypoint=catalog-waypoint")
+        realkit.wait_waypoint(node, TOKEN)
+
+
+def _in_revision(manifest: str, revision: str) -> str:
+    """``manifest`` (one object) labelled ``istio.io/rev: <revision>``."""
+    document = yaml.safe_load(manifest)
+    document["metadata"].setdefault("labels", {})["istio.io/rev"] = revision
+    return str(yaml.safe_dump(document))
+
+
+def _ztunnel_policies(node: RealNode) -> set[str]:
+    """The AuthorizationPolicies (``namespace/name``) istiod handed the real ztunnel."""
+    return {f"{p.get('namespace')}/{p.get('name')}" for p in node.config_dump().get("policies") or []}
+
+
+def test_ztunnel_policy_of_another_revision_is_never_enforced(node: RealNode, audit: Audit) -> None:
+    """catalog unbound from its waypoint, then catalog's L4 ALLOW for sa/ui labelled
+    ``istio.io/rev: canary``: istiod (REVISION default, the chart's) never reads it, so the real
+    ztunnel lets the in-mesh intruder reach catalog; the static audit says the same from the
+    objects alone (the allow-list is not enforced, and the policy is another revision's).
+    Relabelled ``default``, the same policy is read: ztunnel refuses the intruder, all pass."""
+    node.kubectl("label", "service", "catalog", "--namespace=default", "istio.io/use-waypoint-")
+    try:
+        deadline = time.monotonic() + 30
+        while _catalog_waypoint(node) is not None:
+            assert time.monotonic() < deadline, "istiod never told ztunnel catalog left its waypoint"
+            time.sleep(0.5)
+        node.kubectl("apply", "-f", "-", stdin=_in_revision(CATALOG_L4_POLICY, "canary"))
+        code, document = audit(L4_RULES)
+        assert labkit.probe_statuses(document) == {
+            "strict-mtls.probe": "pass",
+            "principal-allowlist.probe": "fail",
+        }, _probe_evidence(document)
+        intruder = labkit.probe_findings(document)["principal-allowlist.probe"]
+        assert labkit.sent_from(intruder) == {"mesh-auditor-probes", "default"}
+        assert sorted(labkit.static_failures(document)) == sorted(CANARY_L4_STATIC), labkit.static_failures(document)
+        assert "default/catalog-l4" not in _ztunnel_policies(node)  # istiod never sent it
+        assert code == 1
+
+        node.kubectl(
+            "label", "authorizationpolicy", "catalog-l4", "--namespace=default", "istio.io/rev=default", "--overwrite"
+        )
+        deadline = time.monotonic() + 30
+        while "default/catalog-l4" not in _ztunnel_policies(node):
+            assert time.monotonic() < deadline, "istiod never sent ztunnel the policy of its own revision"
+            time.sleep(0.5)
+        code, document = audit(L4_RULES)
+        assert labkit.probe_statuses(document) == dict.fromkeys(
+            ("strict-mtls.probe", "principal-allowlist.probe"), "pass"
+        ), _probe_evidence(document)
+        assert labkit.static_failures(document) == []
+        assert code == 0
+    finally:
+        node.kubectl("delete", "authorizationpolicy", "catalog-l4", "--namespace=default", "--ignore-not-found")
+        node.kubectl("label", "service", "catalog", "--namespace=default", "istio.io/use-waypoint=catalog-waypoint")
+        realkit.wait_waypoint(node, TOKEN)
+
+
+def test_waypoint_policy_of_another_revision_is_never_enforced(node: RealNode, audit: Audit) -> None:
+    """The retail store's L7 policy at catalog's waypoint (sa/ui with the token) labelled
+    ``istio.io/rev: canary``: istiod of revision default never reads it, so the waypoint enforces
+    nothing; the intruder and a request without the token reach catalog. The waypoint is the
+    lab's Envoy (``realwaypoint``), which leaves out another revision's policies by istiod's rule
+    (``testrigs.lab.mesh.in_revision``); ztunnel, capture and mTLS are real."""
+    node.kubectl("label", "authorizationpolicy", "catalog", "--namespace=default", "istio.io/rev=canary", "--overwrite")
+    try:
+        node.sync_pods()  # the waypoint gets the policies of the revision it serves
+        body = realkit.eventually_body(labkit.CATALOG_TAGS, node, "default/ui-0", realkit.CATALOG)
+        assert body == labkit.CATALOG_TAGS, f"the waypoint still asks for the token: {body}"
+        code, document = audit()
+        assert labkit.probe_statuses(document) == {
+            "strict-mtls.probe": "pass",
+            "principal-allowlist.probe": "fail",
+            "required-headers.probe": "fail",
+            "waypoint-enrollment.probe": "pass",
+        }, _probe_evidence(document)
+        assert sorted(labkit.static_failures(document)) == sorted(CANARY_WAYPOINT_STATIC), labkit.static_failures(
+            document
+        )
+        assert code == 1
+    finally:
+        node.kubectl("label", "authorizationpolicy", "catalog", "--namespace=default", "istio.io/rev-")
+        node.sync_pods()
+        body = realkit.eventually_body("RBAC: access denied", node, "default/ui-0", realkit.CATALOG)
+        assert body == "RBAC: access denied", body
         realkit.wait_waypoint(node, TOKEN)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import yaml
 
@@ -154,3 +155,12 @@ def test_plaintext_refused_reads_the_converted_peer_authentication() -> None:
     }
     refused = istio.plaintext_refused(ambientz, frozenset({1, 8080, 9090}))
     assert refused == {"ns/w0-0": frozenset({1, 9090}), "ns/w1-0": frozenset()}
+
+
+def test_istiod_runs_with_the_charts_default_revision() -> None:
+    """The chart sets istiod's env REVISION to the revision value or "default" (never ""), so the
+    test istiod reads only unlabelled config and config labelled ``istio.io/rev: default``."""
+    deployment = istio.chart_dir("istio-control/istio-discovery") / "templates" / "deployment.yaml"
+    text = deployment.read_text(encoding="utf-8")
+    assert '- name: REVISION\n            value: "{{ .Values.revision | default `default` }}"' in text
+    assert istio.istiod_env(Path("/kubeconfig"))["REVISION"] == "default"

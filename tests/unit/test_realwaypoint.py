@@ -7,12 +7,14 @@ failure there is told apart from a change here.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from testrigs.lab import realnode, realwaypoint
+from testrigs.devtools import istio
+from testrigs.lab import mesh, realnode, realwaypoint
 from testrigs.lab.envoyconf import Certs
 from testrigs.lab.mesh import Mesh
 from tests.lab import labkit
@@ -86,6 +88,39 @@ def test_principals_are_matched_on_the_peer_identity_carried_in_filter_state() -
     assert realwaypoint.PEER_PRINCIPAL in text
     assert "x-auth-token" in text
     assert "cluster.local/ns/default/sa/ui" in text
+
+
+def _labelled(text: str, revision: str) -> str:
+    document = yaml.safe_load(text)
+    document["metadata"]["labels"] = {"istio.io/rev": revision}
+    return yaml.safe_dump(document)
+
+
+@pytest.mark.parametrize(("revision", "enforced"), [("canary", False), ("default", True), ("", False)])
+def test_a_policy_of_another_revision_never_reaches_the_waypoint(revision: str, enforced: bool) -> None:
+    """The lab's istiod runs revision "default" (LabelsInRevision): a targetRefs policy labelled
+    another revision (or an empty one) is not read, so the waypoint gets no RBAC from it."""
+    config = _resources(_labelled(labkit.WAYPOINT_ALLOW_UI_WITH_TOKEN, revision))
+    manager = config["listeners"]["svc|default/catalog|80"]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert ("cluster.local/ns/default/sa/ui" in repr(manager["http_filters"])) is enforced
+
+
+def test_the_labs_istiod_revision_is_the_one_the_harness_istiod_runs() -> None:
+    assert mesh.ISTIOD_REVISION == istio.REVISION == istio.istiod_env(Path("/k"))["REVISION"]
+
+
+def test_revision_filter_leaves_out_peer_authentications_and_keeps_gateways() -> None:
+    permissive = {
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "p", "namespace": "default", "labels": {"istio.io/rev": "canary"}},
+        "spec": {"mtls": {"mode": "PERMISSIVE"}},
+    }
+    gateway = yaml.safe_load(labkit.WAYPOINT)
+    gateway["metadata"]["labels"]["istio.io/rev"] = "canary"
+    model = Mesh([NAMESPACE, permissive, gateway])
+    assert (model.peer_authentications, [w.key for w in model.waypoints]) == ([], ["default/catalog-waypoint"])
+    everything = Mesh([NAMESPACE, permissive], revision="")
+    assert everything.peer_authentications == [permissive]
 
 
 def test_a_service_without_the_waypoint_label_gets_no_listener() -> None:
