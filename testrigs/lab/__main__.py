@@ -148,7 +148,7 @@ def _is_real(state_dir: Path | None) -> bool:
 
 def _real(args: argparse.Namespace) -> int:
     from testrigs.devtools import ztunnel  # noqa: PLC0415 - only these commands need cargo's side
-    from testrigs.lab import realnode  # noqa: PLC0415
+    from testrigs.lab import realnode  # noqa: PLC0415 - the emulated lab's commands never need it
 
     state_dir = args.state_dir or realnode.DEFAULT_STATE_DIR
     node = realnode.RealNode(state_dir)
