@@ -15,6 +15,7 @@ after each test, waiting until ztunnel holds every captured pod again.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -211,12 +212,7 @@ def test_istiod_stale_policy_added_after_is_never_a_pass(node: RealNode, audit: 
     intruder's request times out instead of reaching catalog, and no control succeeds. A stale
     istiod blinds the probes rather than fooling them; never a PASS.
     """
-    node.kubectl("label", "service", "catalog", "--namespace=default", "istio.io/use-waypoint-")
-    try:
-        deadline = time.monotonic() + 30
-        while _catalog_waypoint(node) is not None:
-            assert time.monotonic() < deadline, "istiod never told ztunnel catalog left its waypoint"
-            time.sleep(0.5)
+    with _catalog_unbound(node):
         node.set_faults(["istiod-stale"])
         node.kubectl("apply", "-f", "-", stdin=CATALOG_L4_POLICY)
         code, document = audit(L4_RULES)
@@ -228,6 +224,19 @@ def test_istiod_stale_policy_added_after_is_never_a_pass(node: RealNode, audit: 
         assert "expected l4-denied, got timeout" in intruder, intruder
         assert labkit.static_failures(document) == []
         assert code == 3
+
+
+@contextlib.contextmanager
+def _catalog_unbound(node: RealNode) -> Iterator[None]:
+    """catalog unbound from its waypoint (ztunnel enforces at L4) until ztunnel knows it; after:
+    faults off, catalog's L4 policy gone, catalog bound again and its waypoint serving."""
+    node.kubectl("label", "service", "catalog", "--namespace=default", "istio.io/use-waypoint-")
+    try:
+        deadline = time.monotonic() + 30
+        while _catalog_waypoint(node) is not None:
+            assert time.monotonic() < deadline, "istiod never told ztunnel catalog left its waypoint"
+            time.sleep(0.5)
+        yield
     finally:
         node.set_faults(())
         node.kubectl("delete", "authorizationpolicy", "catalog-l4", "--namespace=default", "--ignore-not-found")
@@ -253,12 +262,7 @@ def test_ztunnel_policy_of_another_revision_is_never_enforced(node: RealNode, au
     ztunnel lets the in-mesh intruder reach catalog; the static audit says the same from the
     objects alone (the allow-list is not enforced, and the policy is another revision's).
     Relabelled ``default``, the same policy is read: ztunnel refuses the intruder, all pass."""
-    node.kubectl("label", "service", "catalog", "--namespace=default", "istio.io/use-waypoint-")
-    try:
-        deadline = time.monotonic() + 30
-        while _catalog_waypoint(node) is not None:
-            assert time.monotonic() < deadline, "istiod never told ztunnel catalog left its waypoint"
-            time.sleep(0.5)
+    with _catalog_unbound(node):
         node.kubectl("apply", "-f", "-", stdin=_in_revision(CATALOG_L4_POLICY, "canary"))
         code, document = audit(L4_RULES)
         assert labkit.probe_statuses(document) == {
@@ -284,10 +288,6 @@ def test_ztunnel_policy_of_another_revision_is_never_enforced(node: RealNode, au
         ), _probe_evidence(document)
         assert labkit.static_failures(document) == []
         assert code == 0
-    finally:
-        node.kubectl("delete", "authorizationpolicy", "catalog-l4", "--namespace=default", "--ignore-not-found")
-        node.kubectl("label", "service", "catalog", "--namespace=default", "istio.io/use-waypoint=catalog-waypoint")
-        realkit.wait_waypoint(node, TOKEN)
 
 
 def test_waypoint_policy_of_another_revision_is_never_enforced(node: RealNode, audit: Audit) -> None:
