@@ -3,7 +3,8 @@
 Every request gets its own client and transport, hence its own TCP connection: ztunnel decides
 per connection, so a pooled connection could carry a stale allow/deny (semantics §1.8). No
 retries (a retry would hide a reset), no redirects (a 3xx is already "allowed"), no proxy or
-other environment settings (``trust_env=False``: a proxy would be the peer we classify).
+other environment settings (``trust_env=False``: a proxy would be the peer we classify). A
+request with ``after`` waits until the request it names ended (a confirmation, probes.wire).
 
 The peer may be hostile, so every exchange is bounded (docs/adversarial-inputs.md):
 
@@ -63,9 +64,17 @@ async def run_plan(plan: ProbePlan, concurrency: int = DEFAULT_CONCURRENCY) -> R
     # Built once: loading the CA bundle per request would cost more than a loopback exchange.
     tls = httpx.create_ssl_context(trust_env=False)
 
+    ended = {r.id: asyncio.Event() for r in plan.requests}
+
     async def bounded(request: ProbeRequest) -> ProbeResult:
-        async with bound:
-            return await _probe(request, plan.marker_for(request), tls)
+        if request.after is not None:
+            # A confirmation starts after the request it confirms ended (wire: ``after``).
+            await ended[request.after].wait()
+        try:
+            async with bound:
+                return await _probe(request, plan.marker_for(request), tls)
+        finally:
+            ended[request.id].set()
 
     results = await asyncio.gather(*(bounded(r) for r in plan.requests))
     return RunResult(run_id=plan.run_id, results=tuple(results))

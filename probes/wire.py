@@ -8,14 +8,16 @@ raise a ``ValueError`` subclass whose message names the offending field.
 
     plan   {"schema_version": 1, "run_id": str, "marker_header": str?, "concurrency": int?,
             "requests": [{"id", "url", "method", "headers", "header_refs"?,
-                          "header_ref_suffixes"?, "timeout_s", "marker_header"?}]}
+                          "header_ref_suffixes"?, "timeout_s", "marker_header"?, "after"?}]}
 
 ``header_refs`` maps a header name to the environment variable (``MESH_AUDITOR_HEADER_<n>``) that
 holds its value in the probe pod, set by the kubelet from a Secret (``secretKeyRef``): secret
 values never travel in the plan, which is part of the pod spec. ``header_ref_suffixes`` appends a
 literal to a referenced value (the near-miss control request: the secret plus a suffix), so a
 value derived from a secret travels as a reference too. ``with_header_values`` resolves both
-inside the probe program.
+inside the probe program. ``after`` names an earlier request of the same plan: this one is sent
+only once that one ended, on its own connection (a confirmation of a denial must not share the
+moment of the first request, when a restarting ztunnel cuts every connection at once).
     result {"schema_version": 1, "run_id": str,
             "results": [{"id", "outcome", "evidence": {status, connect_ms, first_byte_ms,
                          total_ms, headers, body_prefix, error}}]}
@@ -173,6 +175,8 @@ class ProbeRequest(_Plan):
     header_ref_suffixes: Annotated[dict[str, str], AfterValidator(_check_header_ref_suffixes)] = Field(
         default_factory=dict
     )
+    # The id of an earlier request of the plan: this one starts only after that one ended.
+    after: _Id | None = None
 
     @model_validator(mode="after")
     def _refs_are_not_headers(self) -> ProbeRequest:
@@ -203,6 +207,9 @@ class ProbePlan(_Plan):
         for request in requests:
             if request.id in seen:
                 raise ValueError(f"duplicate id {request.id!r}")
+            # An earlier one only: the order is the plan's, so waiting can never form a cycle.
+            if request.after is not None and request.after not in seen:
+                raise ValueError(f"request {request.id!r}: after {request.after!r} names no earlier request")
             seen.add(request.id)
         return requests
 

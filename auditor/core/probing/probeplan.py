@@ -14,6 +14,12 @@ every planned request's expectation with what the pod observed. Three identities
   same request without each header, and with a near miss of each value (the value plus a
   suffix, which a prefix match admits, §8.2), must be ``l7-denied``.
 
+A refusal by ztunnel (``l4-denied``) is a connection closed or reset without a byte, and so is a
+connection cut by a restarting ztunnel: each request that expects one, and the control's
+request (whose refusal is a FAIL), gets a confirmation (variant ``again:<variant>``): the same
+request on a new connection, sent only after the first ended (``ProbeRequest.after``). The
+verdict counts such an answer only when both agree.
+
 Header values live only inside the wire requests (``PlannedRequest.wire``, hidden from repr);
 ids, expectations and everything a finding renders are free of them.
 """
@@ -45,6 +51,7 @@ WITH_HEADERS = "with-headers"
 PLAINTEXT = "plaintext"
 WITHOUT = "without:"
 NEAR_MISS = "near-miss:"
+AGAIN = "again:"  # the confirmation of the request of the rest of the variant (see the module doc)
 # Appended to the required value: the near miss shares the whole value as a prefix, so a policy
 # that matches the header by prefix (values: ["i*"]) admits it and the probe shows it (§8.2).
 NEAR_MISS_SUFFIX = "-mesh-auditor-near-miss"
@@ -308,12 +315,14 @@ def _endpoint_requests(
         outside = by_role.get((endpoint.target, Role.OUTSIDE))
         if outside is not None:
             variant = f"{ENDPOINT_PLAINTEXT}{endpoint.key}"
-            requests.append((outside[0], _to_endpoint(outside[1], endpoint, variant, path, options)))
+            plaintext = _to_endpoint(outside[1], endpoint, variant, path, options)
+            requests += [(outside[0], r) for r in (plaintext, *_confirmations(plaintext))]
         intruder = by_role.get((endpoint.target, Role.INTRUDER))
         if intruder is not None and protected.waypoint is not None:
             variant = f"{ENDPOINT_INTRUDER}{endpoint.key}"
             expect = refusal.expected(protected, endpoint, intruder[0], path)
-            requests.append((intruder[0], _to_endpoint(intruder[1], endpoint, variant, path, options, expect=expect)))
+            first = _to_endpoint(intruder[1], endpoint, variant, path, options, expect=expect)
+            requests += [(intruder[0], r) for r in (first, *_confirmations(first))]
     return requests
 
 
@@ -372,7 +381,8 @@ def _plan_target(
 ) -> tuple[list[tuple[Identity, PlannedRequest]], list[NotPlanned]]:
     planned: list[tuple[Identity, PlannedRequest]] = []
     outside = Identity(Role.OUTSIDE, options.outside_namespace, options.service_account, in_mesh=False)
-    planned.append((outside, _request(protected, outside, PLAINTEXT, Outcome.L4_DENIED, headers={}, options=options)))
+    plaintext = _request(protected, outside, PLAINTEXT, Outcome.L4_DENIED, headers={}, options=options)
+    planned += [(outside, plaintext), (outside, confirmation(plaintext))]
     headers, unresolved = _header_values(protected, header_values)
     if unresolved:
         reason = f"the value of required header {unresolved} could not be resolved (see the static findings)"
@@ -388,7 +398,8 @@ def _plan_target(
     intruder = Identity(Role.INTRUDER, options.in_mesh_namespace, options.service_account, in_mesh=True)
     # semantics §4.1: behind a waypoint the caller is refused at L7 (403), otherwise by ztunnel.
     refusal = Outcome.L7_DENIED if protected.waypoint is not None else Outcome.L4_DENIED
-    planned.append((intruder, _request(protected, intruder, WITH_HEADERS, refusal, headers=headers, options=options)))
+    first = _request(protected, intruder, WITH_HEADERS, refusal, headers=headers, options=options)
+    planned += [(intruder, first), *((intruder, c) for c in _confirmations(first))]
     control = _control_identity(protected, posture, options)
     if isinstance(control, NotPlanned):
         return planned, [control]
@@ -438,11 +449,11 @@ def _control_requests(
     protected: ProtectedService, control: Identity, headers: dict[str, str], options: PlanOptions
 ) -> list[PlannedRequest]:
     status = _probe_of(protected).expect_status
-    requests = [
-        _request(
-            protected, control, WITH_HEADERS, Outcome.ALLOWED, headers=headers, options=options, expect_status=status
-        )
-    ]
+    allowed = _request(
+        protected, control, WITH_HEADERS, Outcome.ALLOWED, headers=headers, options=options, expect_status=status
+    )
+    # Confirmed too: the allowed identity refused is a FAIL, and a restart's cut looks like a refusal.
+    requests = [allowed, confirmation(allowed)]
     for name, value in headers.items():
         others = {k: v for k, v in headers.items() if k != name}
         requests.append(
@@ -474,6 +485,22 @@ def _request(
         timeout_s=options.timeout_s,
     )
     return PlannedRequest(request_id, protected.target, identity.role, variant, expect, wire, expect_status)
+
+
+def confirmation(request: PlannedRequest) -> PlannedRequest:
+    """The same request on a new connection, sent after ``request`` ended: variant ``again:<variant>``."""
+    variant = f"{AGAIN}{request.variant}"
+    request_id = f"{request.target}:{request.role.value}:{variant}"
+    wire = request.wire.model_copy(update={"id": request_id, "after": request.id})
+    return PlannedRequest(
+        request_id, request.target, request.role, variant, request.expect, wire, request.expect_status
+    )
+
+
+def _confirmations(request: PlannedRequest) -> tuple[PlannedRequest, ...]:
+    """A confirmation when ``request`` expects ztunnel's refusal, which a cut connection mimics;
+    a waypoint's 403 is a complete response that no restart produces."""
+    return (confirmation(request),) if request.expect is Outcome.L4_DENIED else ()
 
 
 def service_url(protected: ProtectedService, role: Role, options: PlanOptions) -> str:
@@ -509,14 +536,21 @@ def _batches(
 
 
 def _split(requests: list[PlannedRequest], budget: int) -> list[list[PlannedRequest]]:
-    """Greedy split so that each part's plan stays under the environment-string limit."""
+    """Greedy split so that each part's plan stays under the environment-string limit; a
+    confirmation stays in the part of the request it follows (``after`` names one of its plan)."""
+    units: list[list[PlannedRequest]] = []
+    for request in requests:
+        if request.wire.after is not None and units and units[-1][-1].id == request.wire.after:
+            units[-1].append(request)
+        else:
+            units.append([request])
     parts: list[list[PlannedRequest]] = [[]]
     used = 0
-    for request in requests:
-        size = len(request.wire.model_dump_json()) + 1
+    for unit in units:
+        size = sum(len(r.wire.model_dump_json()) + 1 for r in unit)
         if parts[-1] and used + size > budget:
             parts.append([])
             used = 0
-        parts[-1].append(request)
+        parts[-1].extend(unit)
         used += size
     return parts

@@ -10,6 +10,10 @@ static findings of the same audit in; findings out. The rules, strictest first:
 - The allowed identity refused (``l4-denied``/``l7-denied``) is a FAIL of principal-allowlist.
 - An expected denial is a PASS only when the positive control succeeded in the same run; without
   one it is INCONCLUSIVE (a broken Service also "denies", semantics §1 closing note).
+- ztunnel's refusal (``l4-denied``: a close or reset without a byte) counts only when the
+  request's confirmation (probeplan ``again:``, a new connection after the first ended) was
+  refused too: a restarting ztunnel cuts connections exactly so. Disagreeing answers are
+  INCONCLUSIVE ("inconsistent answers"); either answer getting through is still a FAIL.
 - A denial of the wrong kind (503, timeout, refused, dns-failure, ztunnel where the waypoint was
   expected) is INCONCLUSIVE (§1.4-§1.6). A missing report is ERROR or INCONCLUSIVE.
 """
@@ -38,7 +42,16 @@ from auditor.core.checks.fixes import explained, merge_fixes, none
 from auditor.core.endpoints import ENDPOINT_INTRUDER, ENDPOINT_PLAINTEXT, FROM_SLICES, Endpoint
 from auditor.core.model import NO_FIX, CheckMeta, Evidence, Finding, Fix, Method, Status
 from auditor.core.posture import ProtectedService
-from auditor.core.probing.probeplan import NEAR_MISS, PLAINTEXT, WITH_HEADERS, WITHOUT, PlannedRequest, Role, RunPlan
+from auditor.core.probing.probeplan import (
+    AGAIN,
+    NEAR_MISS,
+    PLAINTEXT,
+    WITH_HEADERS,
+    WITHOUT,
+    PlannedRequest,
+    Role,
+    RunPlan,
+)
 from auditor.core.probing.probereport import Observation, RunReport
 from probes.wire import Outcome
 
@@ -47,6 +60,11 @@ UPSTREAM_TIME = "x-envoy-upstream-service-time"
 # Outcomes that show the request reached the application: the promise under test was broken.
 _REACHED = frozenset({Outcome.ALLOWED, Outcome.APP_DENIED})
 _DENIED = frozenset({Outcome.L4_DENIED, Outcome.L7_DENIED})
+INCONSISTENT = "inconsistent answers"
+_WHY_AGAIN = (
+    "ztunnel's refusal counts only when a second request of the same identity, on a new connection after the "
+    "first ended, is refused too: a connection cut by a restarting ztunnel looks the same"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +139,17 @@ class TargetView:
                 request, None, Status.ERROR, f"the probe's report has no result for this request{cut}", report.pod
             )
         return Seen(request, observation, pod=report.pod)
+
+    def again(self, seen: Seen) -> Seen | None:
+        """The confirmation of ``seen``'s request (probeplan ``again:``) resolved, or None when none was planned.
+        Never raises."""
+        if seen.request is None:
+            return None
+        first = seen.request
+        variant = f"{AGAIN}{first.variant}"
+        planned = self.plan.requests_for(self.protected.target)
+        request = next((r for r in planned if r.role is first.role and r.variant == variant), None)
+        return self.resolve(request) if request is not None else None
 
     def statics(self, *checks: CheckMeta) -> list[Finding]:
         """The static findings of ``checks`` for this Service, in ``checks`` order (absent ones left out)."""
@@ -198,6 +227,14 @@ def control_of(view: TargetView) -> Control:
         return Control(seen, passed=True, refused=False, summary="the positive control succeeded in the same run")
     refused = observation.outcome in _DENIED
     summary = f"the positive control got {observation.describe()}, expected {_expected(request)}"
+    again = view.again(seen)
+    if refused and observation.outcome is Outcome.L4_DENIED and again is not None:
+        # A cut connection looks like ztunnel's refusal: the second request must be refused too.
+        second = again.observation
+        if second is None or second.outcome is not Outcome.L4_DENIED:
+            answer = second.describe() if second is not None else f"no answer ({again.reason})"
+            summary = f"{summary}, but its second request got {answer}: {INCONSISTENT}"
+            return Control(seen, passed=False, refused=False, summary=summary)
     return Control(seen, passed=False, refused=refused, summary=summary)
 
 
@@ -224,7 +261,8 @@ def strict_mtls_verdict(view: TargetView) -> Finding:
     if not pairs:
         return by_name
     details = {**by_name.details, "endpoints": f"{coverage.probed}/{coverage.ready}" if coverage else str(len(pairs))}
-    answered = [(e, s) for e, s in pairs if s.observation is not None and _plaintext_answered(s.observation)]
+    every = [(e, a) for e, s in pairs for a in _with_again(view, s)]
+    answered = [(e, s) for e, s in every if s.observation is not None and _plaintext_answered(s.observation)]
     if answered:
         shown = "; ".join(f"{e.describe()}: {s.observation.describe()}" for e, s in answered if s.observation)
         traffic = f"plaintext from outside the mesh was answered by {shown}"
@@ -244,6 +282,14 @@ def strict_mtls_verdict(view: TargetView) -> Finding:
         return dataclasses.replace(
             by_name, status=Status.INCONCLUSIVE, message=message, evidence=evidence, details=details
         )
+    for endpoint, seen in pairs:
+        unconfirmed = _unconfirmed(view, STRICT_MTLS_PROBE, seen)
+        if unconfirmed is not None:
+            message = f"{by_name.message}; but {endpoint.describe()} is not proven: {unconfirmed.message}"
+            evidence = (*by_name.evidence, *unconfirmed.evidence, _endpoint_evidence(endpoint))
+            return dataclasses.replace(
+                by_name, status=Status.INCONCLUSIVE, message=message, evidence=evidence, details=details
+            )
     shown = coverage.describe() if coverage else f"{len(pairs)} endpoints probed by pod IP"
     message = f"{by_name.message}; {shown}, each refused plaintext"
     evidence = by_name.evidence + tuple(_endpoint_evidence(e) for e, _ in pairs) + _focus_evidence(view, pairs)
@@ -286,7 +332,8 @@ def pod_ip_bypass_verdict(view: TargetView) -> Finding:
     """The intruder's request to each endpoint by pod IP, around the waypoint (semantics §4.6)."""
     meta = dataclasses.replace(WAYPOINT_BYPASS, severity=view.plan.bypass_severity)
     pairs = endpoint_seens(view, ENDPOINT_INTRUDER)
-    reached = [(e, s) for e, s in pairs if s.observation is not None and s.observation.outcome in _REACHED]
+    every = [(e, a) for e, s in pairs for a in _with_again(view, s)]
+    reached = [(e, s) for e, s in every if s.observation is not None and s.observation.outcome in _REACHED]
     if reached:
         shown = "; ".join(f"{e.describe()}: {s.observation.describe()}" for e, s in reached if s.observation)
         message = f"an identity on no allow-list reached the Service's pods by pod IP, around the waypoint: {shown}"
@@ -300,25 +347,38 @@ def pod_ip_bypass_verdict(view: TargetView) -> Finding:
     wrong = [s for _, s in pairs if s.observation is not None and s.observation.outcome is not _expect(s)]
     if wrong:
         return _wrong_kind(view, meta, wrong[0])
+    for endpoint, seen in pairs:
+        unconfirmed = _unconfirmed(view, meta, seen)
+        if unconfirmed is not None:
+            evidence = [*unconfirmed.evidence, _endpoint_evidence(endpoint)]
+            message = f"{endpoint.describe()}: {unconfirmed.message}"
+            return _finding(view, meta, Status.INCONCLUSIVE, message, evidence)
     own = sorted({e.waypoint for e, s in pairs if e.waypoint and _expect(s) is Outcome.L7_DENIED})
     where = "ztunnel" + (f" or the pod's own waypoint ({', '.join(own)})" if own else "")
     what = f"{where} refused the intruder by pod IP at each of {len(pairs)} endpoint(s)"
-    return _denial(view, meta, what, [s for _, s in pairs])
+    return _denial(view, meta, what, [s for _, s in every])
 
 
 def _strict_by_name(view: TargetView) -> Finding:
     """``strict-mtls`` from traffic: FAIL when a plaintext request from outside the mesh was
     answered, PASS when ztunnel refused it, INCONCLUSIVE otherwise (not observed, wrong kind)."""
     seen = view.seen(Role.OUTSIDE, PLAINTEXT)
+    answers = _with_again(view, seen)
+    answered = [s for s in answers if s.observation is not None and _plaintext_answered(s.observation)]
+    if answered:
+        shown = "; ".join(s.observation.describe() for s in answered if s.observation)
+        traffic = f"a plaintext request from outside the mesh was answered: {shown}"
+        return _contradiction(view, STRICT_MTLS_PROBE, (CAPTURED, PEER_AUTHENTICATION), traffic, answered)
     observation = seen.observation
     if observation is None:
         return _not_observed(view, STRICT_MTLS_PROBE, seen)
-    if _plaintext_answered(observation):
-        traffic = f"a plaintext request from outside the mesh was answered: {observation.describe()}"
-        return _contradiction(view, STRICT_MTLS_PROBE, (CAPTURED, PEER_AUTHENTICATION), traffic, [seen])
     if observation.outcome is Outcome.L4_DENIED:
-        what = f"one plaintext request ({_sent(seen)}) from a probe pod outside the mesh was refused at L4"
-        return _denial(view, STRICT_MTLS_PROBE, what, [seen])
+        unconfirmed = _unconfirmed(view, STRICT_MTLS_PROBE, seen)
+        if unconfirmed is not None:
+            return unconfirmed
+        sent = f"one plaintext request ({_sent(seen)}) from a probe pod outside the mesh"
+        what = f"{sent} was refused at L4{_repeated(answers)}"
+        return _denial(view, STRICT_MTLS_PROBE, what, answers)
     return _wrong_kind(view, STRICT_MTLS_PROBE, seen)
 
 
@@ -334,11 +394,14 @@ def allowlist_verdict(view: TargetView) -> Finding:
     """``principal-allowlist`` from traffic: FAIL when the intruder got through or the allowed
     identity was refused; PASS only when the intruder was refused and the control request succeeded."""
     seen = view.seen(Role.INTRUDER, WITH_HEADERS)
+    answers = _with_again(view, seen)
     control = control_of(view)
     observation = seen.observation
-    if observation is not None and observation.outcome in _REACHED:
-        traffic = f"an identity on no allow-list got through: {observation.describe()}"
-        return _contradiction(view, ALLOWLIST_PROBE, (INTRUDERS_REFUSED,), traffic, [seen, control.seen])
+    reached = _reached(answers)
+    if reached:
+        shown = "; ".join(s.observation.describe() for s in reached if s.observation)
+        traffic = f"an identity on no allow-list got through: {shown}"
+        return _contradiction(view, ALLOWLIST_PROBE, (INTRUDERS_REFUSED,), traffic, [*reached, control.seen])
     if control.refused:
         traffic = f"the allowed identity was refused: {control.summary}"
         return _contradiction(view, ALLOWLIST_PROBE, (ALLOWED_ADMITTED,), traffic, [control.seen, seen])
@@ -346,8 +409,12 @@ def allowlist_verdict(view: TargetView) -> Finding:
         return _not_observed(view, ALLOWLIST_PROBE, seen)
     assert seen.request is not None  # noqa: S101 - an observation always belongs to a request
     if observation.outcome is seen.request.expect:
-        what = f"one request ({_sent(seen)}) from the probe's intruder identity, on no allow-list, was refused"
-        return _denial(view, ALLOWLIST_PROBE, what, [seen, control.seen], control)
+        unconfirmed = _unconfirmed(view, ALLOWLIST_PROBE, seen)
+        if unconfirmed is not None:
+            return unconfirmed
+        sent = f"one request ({_sent(seen)}) from the probe's intruder identity, on no allow-list,"
+        what = f"{sent} was refused{_repeated(answers)}"
+        return _denial(view, ALLOWLIST_PROBE, what, [*answers, control.seen], control)
     return _wrong_kind(view, ALLOWLIST_PROBE, seen)
 
 
@@ -429,6 +496,41 @@ def _hop_wanted(marker: str | None) -> str:
 
 
 # --- shared outcomes -----------------------------------------------------------------------------
+
+
+def _with_again(view: TargetView, seen: Seen) -> list[Seen]:
+    """``seen`` and, when planned, its confirmation (probeplan ``again:``)."""
+    again = view.again(seen)
+    return [seen] if again is None else [seen, again]
+
+
+def _reached(seens: list[Seen]) -> list[Seen]:
+    return [s for s in seens if s.observation is not None and s.observation.outcome in _REACHED]
+
+
+def _repeated(answers: list[Seen]) -> str:
+    return ", and so was the same request on a new connection after it" if len(answers) > 1 else ""
+
+
+def _unconfirmed(view: TargetView, meta: CheckMeta, seen: Seen) -> Finding | None:
+    """None when ``seen`` is not ztunnel's refusal, or is one that its confirmation repeated;
+    else the INCONCLUSIVE finding saying why the refusal proves nothing (``_WHY_AGAIN``)."""
+    first = seen.observation
+    if first is None or first.outcome is not Outcome.L4_DENIED:
+        return None
+    again = view.again(seen)
+    if again is None:
+        message = f"not proven: {first.describe()} was not confirmed (no second request was planned); {_WHY_AGAIN}"
+        return _finding(view, meta, Status.INCONCLUSIVE, message, [seen.evidence()])
+    if again.observation is None:
+        return _not_observed(view, meta, again)
+    if again.observation.outcome is Outcome.L4_DENIED:
+        return None
+    message = (
+        f"not proven: {INCONSISTENT}: the first request got {first.describe()}, the second "
+        f"({_sent(again)}) got {again.observation.describe()}; {_WHY_AGAIN}"
+    )
+    return _finding(view, meta, Status.INCONCLUSIVE, message, [seen.evidence(), again.evidence()])
 
 
 def _not_observed(view: TargetView, meta: CheckMeta, seen: Seen, *, needs_control: bool = False) -> Finding:

@@ -329,3 +329,16 @@ def test_invalid_result_raises_result_error(document: str, named: str) -> None:
     """A broken result document is refused with the field named."""
     with pytest.raises(ResultError, match=named):
         parse_result(document)
+
+
+def test_after_names_an_earlier_request_of_the_plan() -> None:
+    """A confirmation waits for an earlier request: a later or unknown one is refused (no wait cycle)."""
+    good = json.dumps({"run_id": "r", "requests": [{"id": "a", "url": URL}, {"id": "b", "url": URL, "after": "a"}]})
+    assert [r.after for r in parse_plan(good).requests] == [None, "a"]
+    for requests in (
+        [{"id": "a", "url": URL, "after": "b"}, {"id": "b", "url": URL}],
+        [{"id": "a", "url": URL, "after": "a"}],
+        [{"id": "a", "url": URL, "after": "z"}],
+    ):
+        with pytest.raises(PlanError, match=r"after '[abz]' names no earlier request"):
+            parse_plan(json.dumps({"run_id": "r", "requests": requests}))

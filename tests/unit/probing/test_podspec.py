@@ -123,4 +123,8 @@ def test_the_pod_command_runs_the_probe_program_from_the_environment(tmp_path: P
     assert done.returncode == 0, done.stderr
     result = parse_result(log.read_bytes())
     assert result.run_id == RUN
-    assert [(r.id, r.outcome) for r in result.results] == [("default/catalog:outside:plaintext", Outcome.REFUSED)]
+    # The confirmation (``after`` the first) is sent too, once the first ended.
+    assert [(r.id, r.outcome) for r in result.results] == [
+        ("default/catalog:outside:plaintext", Outcome.REFUSED),
+        ("default/catalog:outside:again:plaintext", Outcome.REFUSED),
+    ]

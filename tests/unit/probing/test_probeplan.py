@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from auditor.core.probing.probeplan import NotPlanned, PlanOptions, Role, plan_probes, service_url
+from auditor.core.probing.probeplan import AGAIN, NotPlanned, PlanOptions, Role, plan_probes, service_url
 from probes.wire import Outcome
 from tests.unit.probing.builders import (
     CATALOG,
@@ -28,8 +28,10 @@ def test_waypoint_service_with_control_plans_every_identity_and_header() -> None
     expectations = _expectations(catalog_rules(headers=("x-auth-token", "x-tenant")))
     assert expectations == {
         "default/catalog:outside:plaintext": Outcome.L4_DENIED,
+        "default/catalog:outside:again:plaintext": Outcome.L4_DENIED,
         "default/catalog:intruder:with-headers": Outcome.L7_DENIED,
         "default/catalog:control:with-headers": Outcome.ALLOWED,
+        "default/catalog:control:again:with-headers": Outcome.ALLOWED,
         "default/catalog:control:without:x-auth-token": Outcome.L7_DENIED,
         "default/catalog:control:without:x-tenant": Outcome.L7_DENIED,
         "default/catalog:control:near-miss:x-auth-token": Outcome.L7_DENIED,
@@ -66,7 +68,12 @@ def test_two_services_share_one_pod_per_identity() -> None:
     )
     assert len(plan.batches) == 3
     outside = next(b for b in plan.batches if b.identity.role is Role.OUTSIDE)
-    assert [r.id for r in outside.requests] == ["default/catalog:outside:plaintext", "default/orders:outside:plaintext"]
+    assert [r.id for r in outside.requests] == [
+        "default/catalog:outside:plaintext",
+        "default/catalog:outside:again:plaintext",
+        "default/orders:outside:plaintext",
+        "default/orders:outside:again:plaintext",
+    ]
 
 
 def test_header_values_reach_only_the_wire_requests() -> None:
@@ -163,4 +170,9 @@ def test_large_batches_split_under_the_plan_size_limit() -> None:
     assert len(outside) > 1
     assert [b.part for b in outside] == list(range(1, len(outside) + 1))
     assert all(len(b.wire_plan(RUN, None).model_dump_json()) <= 2048 for b in plan.batches)
-    assert sorted(r.target for b in outside for r in b.requests) == sorted(f"default/{n}" for n in names)
+    firsts = [r for b in outside for r in b.requests if not r.variant.startswith(AGAIN)]
+    assert sorted(r.target for r in firsts) == sorted(f"default/{n}" for n in names)
+    # Each confirmation stays in the part of the request it follows (``after`` names one of its plan).
+    for batch in plan.batches:
+        ids = [r.id for r in batch.requests]
+        assert all(r.wire.after in ids[:i] for i, r in enumerate(batch.requests) if r.wire.after is not None)

@@ -34,6 +34,7 @@ from tests.unit.probing.builders import (
 OUTSIDE = "default/catalog:outside:plaintext"
 INTRUDER = "default/catalog:intruder:with-headers"
 CONTROL = "default/catalog:control:with-headers"
+CONTROL_AGAIN = "default/catalog:control:again:with-headers"
 NO_TOKEN = "default/catalog:control:without:x-auth-token"
 NEAR_MISS = "default/catalog:control:near-miss:x-auth-token"
 
@@ -133,7 +134,7 @@ def test_intruder_admitted_fails_principal_allowlist() -> None:
 def test_allowed_identity_refused_fails_principal_allowlist() -> None:
     """The control refused by ztunnel (the waypoint identity pitfall): FAIL with allowed-admitted's evidence."""
     static = (static_finding(ALLOWED_ADMITTED, Status.PASS),)
-    finding = _verdicts({CONTROL: L4}, static=static)["principal-allowlist.probe"]
+    finding = _verdicts({CONTROL: L4, CONTROL_AGAIN: L4}, static=static)["principal-allowlist.probe"]
     assert finding.status is Status.FAIL
     assert "the allowed identity was refused" in finding.message
     assert "config of principal-allowlist.allowed-admitted" in [e.object for e in finding.evidence]
