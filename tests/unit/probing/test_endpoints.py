@@ -72,9 +72,7 @@ def _findings(plan: RunPlan, changes: Mapping[str, Observation]) -> dict[str, Fi
 
 def test_ready_endpoints_are_addressed_by_pod_ip_and_target_port() -> None:
     plan = _plan()
-    urls = sorted(
-        r.wire.url for b in plan.batches for r in b.requests if "endpoint" in r.variant and not r.wire.after
-    )
+    urls = sorted(r.wire.url for b in plan.batches for r in b.requests if "endpoint" in r.variant and not r.wire.after)
     assert urls == [
         "http://10.0.1.5:8080/catalog/tags",  # outside, plaintext
         "http://10.0.1.5:8080/catalog/tags",  # intruder, around the waypoint
