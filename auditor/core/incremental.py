@@ -43,18 +43,16 @@ from auditor.core.decode import Decoded, build_snapshot
 from auditor.core.mesh import ClientKind, client_of, is_auditor_probe, workload_waypoint
 from auditor.core.model import Finding
 from auditor.core.posture import Posture
-from auditor.core.revision import REVISION_LABEL
+from auditor.core.revision import FILTERED_KINDS, REVISION_LABEL
 from auditor.core.snapshot import (
     ZTUNNEL_LABEL,
     AuthorizationPolicy,
     EndpointSlice,
     Gateway,
-    HTTPRoute,
     Namespace,
     PeerAuthentication,
     Service,
     ServiceAccount,
-    ServiceEntry,
     Snapshot,
     SnapshotIndex,
     Workload,
@@ -183,8 +181,7 @@ class IncrementalAudit:
         for namespace in touched:
             self._rebuild_block(namespace)
         # A policy of another revision reaches no Service's findings, only audit.config-revision's.
-        filtered = (AuthorizationPolicy, PeerAuthentication, ServiceEntry, HTTPRoute)
-        if touched or any(isinstance(o, filtered) for change in changes for o in change.before + change.after):
+        if touched or any(isinstance(o, FILTERED_KINDS) for change in changes for o in change.before + change.after):
             self._join()
         return Update(self._findings, frozenset(reach.namespaces), frozenset(targets), False)
 

@@ -57,6 +57,7 @@ from auditor.core.snapshot import (
 REVISION_LABEL = "istio.io/rev"
 DEFAULT_REVISION = "default"
 # The kinds the model holds that istiod filters by revision (Gateway is not: revision tags).
+FILTERED_KINDS = (AuthorizationPolicy, PeerAuthentication, ServiceEntry, HTTPRoute)
 _Filtered = TypeVar("_Filtered", AuthorizationPolicy, PeerAuthentication, ServiceEntry, HTTPRoute)
 CONFIG_API_VERSIONS = {
     "AuthorizationPolicy": "security.istio.io/v1",
@@ -94,13 +95,14 @@ def serving_revision(
         named = {r for r in istiods if r}
         name = DEFAULT_REVISION if not named or DEFAULT_REVISION in named else sorted(named)[0]
         found = ServingRevision(name, _why_assumed(ztunnels, istiods), assumed=True)
-    for owner in _other_revision_owners(found.name, gateways, namespaces):
-        return ServingRevision(
-            found.name,
-            f"{found.source}; but {owner}, and istiod programs a waypoint from the revision that owns it",
-            assumed=True,
-        )
-    return found
+    owners = _other_revision_owners(found.name, gateways, namespaces)
+    if not owners:
+        return found
+    return ServingRevision(
+        found.name,
+        f"{found.source}; but {owners[0]}, and istiod programs a waypoint from the revision that owns it",
+        assumed=True,
+    )
 
 
 def _ztunnel_revision(workload: Workload) -> str:

@@ -50,18 +50,7 @@ spec:
     - source: {principals: [cluster.local/ns/default/sa/ui]}
 """
 # catalog's L4 allow-list (ztunnel): only sa/ui; both labs' e2e audits apply it.
-CATALOG_L4_POLICY = """
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: catalog-l4, namespace: default}
-spec:
-  selector:
-    matchLabels: {app.kubernetes.io/name: catalog, app.kubernetes.io/component: service}
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: [cluster.local/ns/default/sa/ui]}
-"""
+CATALOG_L4_POLICY = CATALOG_L4_ALLOW_UI.replace("{name: catalog,", "{name: catalog-l4,")
 WAYPOINT = """
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
