@@ -42,11 +42,9 @@ import marshal
 import math
 import os
 import re
-import signal
 import struct
 import warnings
 from collections.abc import Generator, Iterator
-from decimal import Decimal
 from typing import Any, NoReturn
 
 import yaml
@@ -145,7 +143,7 @@ def check_size(text: str, already: int = 0, limit: int = MAX_FILE_CHARS) -> int:
 
 PARALLEL_MIN_CHARS = 512 * 1024
 """Texts at least this long may be read on two processors (``load_documents(parallel=True)``)."""
-_PARALLEL_HEAD = 0.4
+_PARALLEL_HEAD = 0.45
 """The share of the text the calling process reads itself: it also decodes every document."""
 _BATCH = 256
 _SPLIT = re.compile(r"\n---\n")
@@ -287,6 +285,8 @@ def _two_parts(
         return (yield from _tail(fd, count[0], text.count("\n", 0, split), lines, yielded))
     finally:
         if pid:
+            import signal  # noqa: PLC0415 - start-up (#16): only a reading abandoned halfway
+
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
 
@@ -779,6 +779,8 @@ def _go_float32_g(number: float) -> str:
         mantissa = mantissa.rstrip("0").rstrip(".")
     if exponent < -4 or exponent >= 6:  # Go: %e when exp < -4 || exp >= eprec (6 when shortest)
         return f"{mantissa}e{'-' if exponent < 0 else '+'}{abs(exponent):02d}"
+    from decimal import Decimal  # noqa: PLC0415 - start-up (#16): only for float32 values
+
     return format(Decimal(f"{mantissa}e{exponent}"), "f")
 
 

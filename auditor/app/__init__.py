@@ -14,10 +14,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import secrets
 import sys
 import threading
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -208,6 +206,20 @@ def check_offline(
     return AuditResult(findings, inputs, unresolved_sources(posture, values))
 
 
+def _run_id() -> str:
+    """A short random id for one probe run or drill (12 hex digits)."""
+    import uuid  # noqa: PLC0415 - start-up (#16): an offline check makes no run id
+
+    return uuid.uuid4().hex[:12]
+
+
+def _random_hex(size: int) -> str:
+    """``size`` random bytes as hex, from ``secrets`` (a drill's throwaway header value)."""
+    import secrets  # noqa: PLC0415 - start-up (#16): an offline check needs none
+
+    return secrets.token_hex(size)
+
+
 @contextmanager
 def without_cycle_collection() -> Iterator[None]:
     """Pause Python's cyclic garbage collector while a one-shot audit builds its objects.
@@ -274,7 +286,7 @@ def check_live(
         inputs["istio_semantics"] = semantics_of(snapshot).as_dict()
         if probes is not None:
             runner = PodProbeRunner(PodApi(api), runner_options(probes))
-            run_id = uuid.uuid4().hex[:12]
+            run_id = _run_id()
             findings = active_audit(
                 snapshot,
                 posture,
@@ -383,7 +395,7 @@ def run_drill(
         image=drill.image,
         run_as_user=settings.probes.run_as_user,
         node_selector=dict(settings.probes.node_selector),
-        header_value=f"mesh-auditor-drill-{secrets.token_hex(8)}",  # never a real header value
+        header_value=f"mesh-auditor-drill-{_random_hex(8)}",  # never a real header value
     )
     try:
         source = choose_source(posture, drill.service)
@@ -397,7 +409,7 @@ def run_drill(
         ) from error
     kinds = [drift_kind(name) for name in drill.kinds]
     skipped = tuple((k.name, why) for k in kinds if (why := applicable(k, canary)) is not None)
-    drill_id = uuid.uuid4().hex[:12]
+    drill_id = _run_id()
     structlog.get_logger("auditor.drill").info(
         "drill starting", drill=drill_id, canary=canary.target, mirrors=source.target
     )
@@ -418,7 +430,7 @@ def run_drill(
             # The canary's positive control runs as the drill's own account in the sandbox
             # (build_canary): no real workload is impersonated, so it needs no second opt-in.
             options = dataclasses.replace(plan_options(probes), control_allowed=True)
-            run_id = uuid.uuid4().hex[:12]
+            run_id = _run_id()
             return active_audit(
                 snapshot,
                 canary.posture,
